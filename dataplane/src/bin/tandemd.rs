@@ -1,0 +1,67 @@
+//! tandemd: the tandem data-plane daemon.
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use clap::Parser;
+use tandem_control::config::Config;
+use tandem_dataplane::daemon::Daemon;
+
+/// Stateful services node data plane: steers service traffic with XDP into
+/// per-queue AF_XDP sockets and forwards it between the inside and outside
+/// interfaces using the kernel's routes and neighbours.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML); see deploy/tandem.example.toml.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Instance name; names the stats segment and control socket.
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    instance: String,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandemd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("tandemd: installing signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing::info!(instance = %args.instance, config = %args.config.display(), "starting");
+    let daemon = match Daemon::start(&cfg, stop) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tandemd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!("running");
+    daemon.run_until_stopped();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,16 @@
+//! tandem's data plane: the XDP loader, AF_XDP workers and L3 forwarding.
+//!
+//! Packet path: the XDP program (`tandem-ebpf`) steers service traffic into
+//! per-queue AF_XDP sockets; [`worker`] threads parse, route through the
+//! kernel's FIB mirrored by [`netlink`] into [`fib`], rewrite ([`forward`],
+//! [`wire`]) and transmit. [`daemon`] wires it together for `tandemd`.
+
+pub mod counters;
+pub mod daemon;
+pub mod fib;
+pub mod forward;
+pub mod loader;
+pub mod netlink;
+pub mod sys;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,202 @@
+//! Loads the embedded XDP program, attaches it and owns its maps.
+//!
+//! Design: the program is attached through a BPF link, so it detaches when
+//! the last descriptor closes, including when tandemd dies without cleaning
+//! up: a crash leaves nothing that blocks the next start.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use tandem_common::{
+    IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter, map, xsk_index,
+};
+use tandem_control::config;
+
+/// The object built by build.rs.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tandem-xdp"));
+
+/// Errors loading or driving the XDP program.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program {PROGRAM_NAME}: {0}")]
+    Program(#[from] ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("attaching XDP to {iface}: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> LoaderError {
+    move |source| LoaderError::Map { name, source }
+}
+
+/// The loaded program and its maps.
+pub struct Loader {
+    ebpf: Ebpf,
+    role: Array<MapData, NodeRole>,
+    ifaces: HashMap<MapData, u32, IfaceSlot>,
+    xsks: XskMap<MapData>,
+    local4: HashMap<MapData, LocalV4Key, u32>,
+    local6: HashMap<MapData, LocalV6Key, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    locals: BTreeSet<IpAddr>,
+}
+
+impl Loader {
+    pub fn load() -> Result<Self, LoaderError> {
+        let mut ebpf = Ebpf::load(PROGRAM)?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::MissingMap(name));
+        let role = Array::try_from(take(map::ROLE)?).map_err(map_err(map::ROLE))?;
+        let ifaces = HashMap::try_from(take(map::IFACES)?).map_err(map_err(map::IFACES))?;
+        let xsks = XskMap::try_from(take(map::XSKS)?).map_err(map_err(map::XSKS))?;
+        let local4 = HashMap::try_from(take(map::LOCAL_V4)?).map_err(map_err(map::LOCAL_V4))?;
+        let local6 = HashMap::try_from(take(map::LOCAL_V6)?).map_err(map_err(map::LOCAL_V6))?;
+        let counters =
+            PerCpuArray::try_from(take(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        prog.load()?;
+        Ok(Self {
+            ebpf,
+            role,
+            ifaces,
+            xsks,
+            local4,
+            local6,
+            counters,
+            locals: BTreeSet::new(),
+        })
+    }
+
+    /// Registers interface `ifindex` as `slot` with `queues` XSK queues.
+    pub fn add_iface(&mut self, ifindex: u32, slot: u32, queues: u32) -> Result<(), LoaderError> {
+        self.ifaces
+            .insert(ifindex, IfaceSlot { slot, queues }, 0)
+            .map_err(map_err(map::IFACES))
+    }
+
+    pub fn set_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), LoaderError> {
+        self.xsks
+            .set(xsk_index(slot, queue), fd.as_raw_fd(), 0)
+            .map_err(map_err(map::XSKS))
+    }
+
+    pub fn set_forward(&mut self, forward: bool) -> Result<(), LoaderError> {
+        self.role
+            .set(
+                0,
+                NodeRole {
+                    forward: u32::from(forward),
+                },
+                0,
+            )
+            .map_err(map_err(map::ROLE))
+    }
+
+    /// Attaches to `iface` in the configured mode; native falls back to
+    /// generic with a warning. Returns the mode in use.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: config::XdpMode,
+    ) -> Result<config::XdpMode, LoaderError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        let attach_err = |source| LoaderError::Attach {
+            iface: iface.to_owned(),
+            source,
+        };
+        match mode {
+            config::XdpMode::Generic => {
+                prog.attach(iface, XdpMode::Skb).map_err(attach_err)?;
+                Ok(config::XdpMode::Generic)
+            }
+            config::XdpMode::Native => match prog.attach(iface, XdpMode::Driver) {
+                Ok(_) => Ok(config::XdpMode::Native),
+                Err(e) => {
+                    tracing::warn!(
+                        iface,
+                        error = %e,
+                        "native XDP unavailable; falling back to generic (skb) mode"
+                    );
+                    prog.attach(iface, XdpMode::Skb).map_err(attach_err)?;
+                    Ok(config::XdpMode::Generic)
+                }
+            },
+        }
+    }
+
+    /// Makes the XDP local-address maps equal `want`: traffic to these
+    /// addresses goes to the kernel.
+    pub fn sync_local_addresses(&mut self, want: &BTreeSet<IpAddr>) -> Result<(), LoaderError> {
+        for gone in self.locals.difference(want) {
+            // A missing key is already the wanted state.
+            let _ = match gone {
+                IpAddr::V4(a) => self.local4.remove(&v4key(*a)),
+                IpAddr::V6(a) => self.local6.remove(&v6key(*a)),
+            };
+        }
+        for new in want.difference(&self.locals) {
+            match new {
+                IpAddr::V4(a) => self
+                    .local4
+                    .insert(v4key(*a), 1, 0)
+                    .map_err(map_err(map::LOCAL_V4))?,
+                IpAddr::V6(a) => self
+                    .local6
+                    .insert(v6key(*a), 1, 0)
+                    .map_err(map_err(map::LOCAL_V6))?,
+            }
+        }
+        self.locals.clone_from(want);
+        Ok(())
+    }
+
+    /// The XDP verdict counters, summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; XdpCounter::COUNT as usize], LoaderError> {
+        let mut out = [0u64; XdpCounter::COUNT as usize];
+        for (i, v) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err(map::COUNTERS))?;
+            *v = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn v4key(a: Ipv4Addr) -> LocalV4Key {
+    LocalV4Key {
+        addr_be: u32::from_ne_bytes(a.octets()),
+    }
+}
+
+fn v6key(a: Ipv6Addr) -> LocalV6Key {
+    LocalV6Key { addr: a.octets() }
+}

@@ -1,0 +1,173 @@
+//! The few libc calls tandemd makes itself, each behind a safe wrapper.
+
+use std::{
+    ffi::CString,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+/// A failed system call.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {io_error}")]
+pub struct SyscallError {
+    pub call: &'static str,
+    #[source]
+    pub io_error: io::Error,
+}
+
+impl SyscallError {
+    fn last(call: &'static str) -> Self {
+        Self {
+            call,
+            io_error: io::Error::last_os_error(),
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes.
+pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> bool {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 8];
+    let n = fds.len().min(pfds.len());
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = *fd;
+        p.events = libc::POLLIN;
+    }
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: pfds is a valid array of n initialised pollfd structs.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
+    r > 0
+}
+
+/// The interface index of `name`.
+pub fn if_index(name: &str) -> Result<u32, SyscallError> {
+    let c = CString::new(name).map_err(|_| SyscallError {
+        call: "if_nametoindex",
+        io_error: io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"),
+    })?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(SyscallError::last("if_nametoindex"));
+    }
+    Ok(idx)
+}
+
+/// Number of rx queues of `name`, from sysfs.
+pub fn rx_queue_count(name: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Raw IP sockets that hand datagrams to the kernel's output path, which
+/// routes them and resolves the neighbour (queueing the datagram meanwhile).
+#[derive(Debug)]
+pub struct PuntSocket {
+    v4: OwnedFd,
+    v6: OwnedFd,
+}
+
+fn raw_socket(domain: libc::c_int) -> Result<OwnedFd, SyscallError> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(SyscallError::last("socket(SOCK_RAW)"));
+    }
+    // SAFETY: fd is a freshly created descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl PuntSocket {
+    /// IPPROTO_RAW implies IP_HDRINCL: the datagram goes out as written.
+    pub fn new() -> Result<Self, SyscallError> {
+        Ok(Self {
+            v4: raw_socket(libc::AF_INET)?,
+            v6: raw_socket(libc::AF_INET6)?,
+        })
+    }
+
+    /// Sends an IPv4 datagram (header included) towards `dst`.
+    pub fn send_v4(&self, datagram: &[u8], dst: Ipv4Addr) -> Result<(), SyscallError> {
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: datagram and sa are valid for the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                self.v4.as_raw_fd(),
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                libc::MSG_DONTWAIT,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(SyscallError::last("sendto(raw v4)"));
+        }
+        Ok(())
+    }
+
+    /// Sends an IPv6 datagram (header included) towards `dst`.
+    pub fn send_v6(&self, datagram: &[u8], dst: Ipv6Addr) -> Result<(), SyscallError> {
+        let sa = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: dst.octets(),
+            },
+            sin6_scope_id: 0,
+        };
+        // SAFETY: datagram and sa are valid for the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                self.v6.as_raw_fd(),
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                libc::MSG_DONTWAIT,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(SyscallError::last("sendto(raw v6)"));
+        }
+        Ok(())
+    }
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it.
+pub fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: lim is a valid rlimit; failure is harmless on memcg-accounted kernels.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const lim) };
+    if r != 0 {
+        tracing::debug!("setrlimit(RLIMIT_MEMLOCK) failed: {}", io::Error::last_os_error());
+    }
+}

@@ -1,0 +1,548 @@
+//! Wire formats the worker touches: Ethernet (+ one VLAN tag), IPv4, IPv6 and
+//! the ICMP errors it originates.
+//!
+//! Design: plain offset arithmetic over the frame in the UMEM, no copies.
+//! [`parse`] validates everything a later accessor relies on, so rewriting
+//! code indexes without re-checking. Checksums follow RFC 1071 (full) and
+//! RFC 1624 (incremental).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+pub const IPV4_MIN_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Why a frame could not be parsed. Each is a drop counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than the headers it announces.
+    Truncated,
+    /// Not IPv4 or IPv6 (the XDP program should not have sent it).
+    NotIp,
+    /// Bad version, header length or total length.
+    BadHeader,
+    /// IPv4 header checksum does not verify.
+    BadChecksum,
+}
+
+/// The network header of a parsed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ip {
+    V4 {
+        /// Offset of the IPv4 header in the frame.
+        l3: usize,
+        /// IPv4 header length in bytes.
+        ihl: usize,
+        /// IPv4 total length.
+        len: usize,
+        dst: Ipv4Addr,
+        ttl: u8,
+    },
+    V6 {
+        l3: usize,
+        /// 40 + payload length.
+        len: usize,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+    },
+}
+
+impl Ip {
+    #[inline]
+    pub fn l3(&self) -> usize {
+        match *self {
+            Self::V4 { l3, .. } | Self::V6 { l3, .. } => l3,
+        }
+    }
+
+    /// Length of the IP datagram (header and payload, no link padding).
+    #[inline]
+    pub fn len(&self) -> usize {
+        match *self {
+            Self::V4 { len, .. } | Self::V6 { len, .. } => len,
+        }
+    }
+}
+
+#[inline]
+fn be16(b: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([b[off], b[off + 1]])
+}
+
+/// Parses the link and network headers of `frame`.
+pub fn parse(frame: &[u8]) -> Result<Ip, ParseError> {
+    if frame.len() < ETH_HLEN {
+        return Err(ParseError::Truncated);
+    }
+    let mut l3 = ETH_HLEN;
+    let mut ethertype = be16(frame, 12);
+    if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+        if frame.len() < ETH_HLEN + 4 {
+            return Err(ParseError::Truncated);
+        }
+        ethertype = be16(frame, 16);
+        l3 += 4;
+    }
+    match ethertype {
+        ETHERTYPE_IPV4 => parse_v4(frame, l3),
+        ETHERTYPE_IPV6 => parse_v6(frame, l3),
+        _ => Err(ParseError::NotIp),
+    }
+}
+
+fn parse_v4(frame: &[u8], l3: usize) -> Result<Ip, ParseError> {
+    let ip = frame.get(l3..).ok_or(ParseError::Truncated)?;
+    if ip.len() < IPV4_MIN_HLEN {
+        return Err(ParseError::Truncated);
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Err(ParseError::BadHeader);
+    }
+    let len = usize::from(be16(ip, 2));
+    if len < ihl {
+        return Err(ParseError::BadHeader);
+    }
+    if ip.len() < len {
+        return Err(ParseError::Truncated);
+    }
+    if checksum(&ip[..ihl], 0) != 0 {
+        return Err(ParseError::BadChecksum);
+    }
+    Ok(Ip::V4 {
+        l3,
+        ihl,
+        len,
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        ttl: ip[8],
+    })
+}
+
+fn parse_v6(frame: &[u8], l3: usize) -> Result<Ip, ParseError> {
+    let ip = frame.get(l3..).ok_or(ParseError::Truncated)?;
+    if ip.len() < IPV6_HLEN {
+        return Err(ParseError::Truncated);
+    }
+    if ip[0] >> 4 != 6 {
+        return Err(ParseError::BadHeader);
+    }
+    let len = IPV6_HLEN + usize::from(be16(ip, 4));
+    if ip.len() < len {
+        return Err(ParseError::Truncated);
+    }
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&ip[24..40]);
+    Ok(Ip::V6 {
+        l3,
+        len,
+        dst: Ipv6Addr::from(dst),
+        hop_limit: ip[7],
+    })
+}
+
+/// RFC 1071 one's-complement sum of `data` added to `initial`, folded and
+/// complemented: the value to store in a checksum field (0 means the data,
+/// including its checksum field, verifies).
+pub fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// RFC 1624 eqn. 3: checksum after one 16-bit word changed from `old` to `new`.
+#[inline]
+pub fn checksum_update(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Decrements the IPv4 TTL at `l3` and patches the header checksum.
+#[inline]
+pub fn decrement_ttl_v4(frame: &mut [u8], l3: usize) {
+    let old = be16(frame, l3 + 8);
+    frame[l3 + 8] -= 1;
+    let new = be16(frame, l3 + 8);
+    let csum = checksum_update(be16(frame, l3 + 10), old, new);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Decrements the IPv6 hop limit at `l3`.
+#[inline]
+pub fn decrement_hop_limit_v6(frame: &mut [u8], l3: usize) {
+    frame[l3 + 7] -= 1;
+}
+
+/// Writes an untagged Ethernet header ending at `l3` (so `l3 >= 14`).
+#[inline]
+pub fn write_eth(frame: &mut [u8], l3: usize, dst: [u8; 6], src: [u8; 6], ethertype: u16) {
+    let e = l3 - ETH_HLEN;
+    frame[e..e + 6].copy_from_slice(&dst);
+    frame[e + 6..e + 12].copy_from_slice(&src);
+    frame[e + 12..e + 14].copy_from_slice(&ethertype.to_be_bytes());
+}
+
+/// Most of the offending datagram an ICMPv4 error quotes (576 - 20 - 8, the
+/// RFC 1812 limit).
+const ICMP4_QUOTE_MAX: usize = 548;
+/// Most an ICMPv6 error quotes (RFC 4443: the error fits the 1280 minimum MTU).
+const ICMP6_QUOTE_MAX: usize = 1280 - IPV6_HLEN - 8;
+
+/// Whether an error may be sent about this IPv4 datagram (RFC 1812 4.3.2.7):
+/// not about ICMP errors, non-first fragments, or non-unicast sources.
+pub fn may_send_icmp4_error(frame: &[u8], l3: usize, ihl: usize) -> bool {
+    let ip = &frame[l3..];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    if src.is_multicast() || src.is_broadcast() || src.is_unspecified() || src.is_loopback() {
+        return false;
+    }
+    if be16(ip, 6) & 0x1fff != 0 {
+        return false;
+    }
+    if ip[9] == PROTO_ICMP {
+        // Only informational messages (echo, timestamp, ...) may trigger one.
+        let Some(&ty) = ip.get(ihl) else { return false };
+        return matches!(ty, 0 | 8 | 13 | 14);
+    }
+    true
+}
+
+/// Turns the frame holding an IPv4 datagram at `l3` (of `len` bytes) into an
+/// ICMPv4 error from `src` back to its sender. `frame` is the whole buffer
+/// (its capacity, not just the received bytes). The Ethernet header is left
+/// for the caller, which routes the error. `rest` is the second word of the
+/// ICMP header (e.g. the next-hop MTU of "fragmentation needed"). Returns the new frame length and
+/// the error's destination.
+pub fn icmp4_error(
+    frame: &mut [u8],
+    l3: usize,
+    len: usize,
+    src: Ipv4Addr,
+    ty: u8,
+    code: u8,
+    rest: u32,
+) -> Option<(usize, Ipv4Addr)> {
+    const OUT_L3: usize = ETH_HLEN;
+    const QUOTE_AT: usize = OUT_L3 + IPV4_MIN_HLEN + 8;
+    let quote = len.min(ICMP4_QUOTE_MAX);
+    if frame.len() < QUOTE_AT + quote {
+        return None;
+    }
+    let orig_src = Ipv4Addr::new(frame[l3 + 12], frame[l3 + 13], frame[l3 + 14], frame[l3 + 15]);
+    frame.copy_within(l3..l3 + quote, QUOTE_AT);
+    let total = IPV4_MIN_HLEN + 8 + quote;
+    let ip = &mut frame[OUT_L3..OUT_L3 + IPV4_MIN_HLEN];
+    ip.copy_from_slice(&[
+        0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&orig_src.octets());
+    let c = checksum(ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp_at = OUT_L3 + IPV4_MIN_HLEN;
+    frame[icmp_at..icmp_at + 4].copy_from_slice(&[ty, code, 0, 0]);
+    frame[icmp_at + 4..icmp_at + 8].copy_from_slice(&rest.to_be_bytes());
+    let c = checksum(&frame[icmp_at..QUOTE_AT + quote], 0);
+    frame[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
+    Some((ETH_HLEN + total, orig_src))
+}
+
+/// Whether an error may be sent about this IPv6 datagram (RFC 4443 2.4 e).
+pub fn may_send_icmp6_error(frame: &[u8], l3: usize) -> bool {
+    let ip = &frame[l3..];
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&ip[8..24]);
+    let src = Ipv6Addr::from(s);
+    if src.is_multicast() || src.is_unspecified() || src.is_loopback() {
+        return false;
+    }
+    if ip[6] == PROTO_ICMPV6 {
+        // Errors are types 0..=127; only informational ones may trigger one.
+        return ip.get(IPV6_HLEN).is_some_and(|&ty| ty >= 128);
+    }
+    true
+}
+
+/// IPv6 counterpart of [`icmp4_error`].
+pub fn icmp6_error(
+    frame: &mut [u8],
+    l3: usize,
+    len: usize,
+    src: Ipv6Addr,
+    ty: u8,
+    code: u8,
+    rest: u32,
+) -> Option<(usize, Ipv6Addr)> {
+    const OUT_L3: usize = ETH_HLEN;
+    const QUOTE_AT: usize = OUT_L3 + IPV6_HLEN + 8;
+    let quote = len.min(ICMP6_QUOTE_MAX);
+    if frame.len() < QUOTE_AT + quote {
+        return None;
+    }
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&frame[l3 + 8..l3 + 24]);
+    let orig_src = Ipv6Addr::from(s);
+    frame.copy_within(l3..l3 + quote, QUOTE_AT);
+    let payload = 8 + quote;
+    let ip = &mut frame[OUT_L3..OUT_L3 + IPV6_HLEN];
+    ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, PROTO_ICMPV6, 64]);
+    ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&orig_src.octets());
+    let icmp_at = OUT_L3 + IPV6_HLEN;
+    frame[icmp_at..icmp_at + 4].copy_from_slice(&[ty, code, 0, 0]);
+    frame[icmp_at + 4..icmp_at + 8].copy_from_slice(&rest.to_be_bytes());
+    let c = checksum(
+        &frame[icmp_at..QUOTE_AT + quote],
+        pseudo_header_sum6(&src, &orig_src, payload as u32, PROTO_ICMPV6),
+    );
+    frame[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
+    Some((ETH_HLEN + IPV6_HLEN + payload, orig_src))
+}
+
+/// Unfolded one's-complement sum of the IPv6 pseudo-header (RFC 8200 8.1).
+pub fn pseudo_header_sum6(src: &Ipv6Addr, dst: &Ipv6Addr, len: u32, next: u8) -> u32 {
+    let mut sum = 0u32;
+    for a in [src.octets(), dst.octets()] {
+        for c in a.chunks_exact(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+    }
+    sum + (len >> 16) + (len & 0xffff) + u32::from(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{
+        Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+    };
+
+    const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+    const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x02];
+
+    fn udp4(ttl: u8, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv4([198, 18, 1, 10], [198, 18, 2, 10], ttl)
+            .udp(40000, 7);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn udp6(hops: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv6(
+                "2001:db8:1::10".parse::<Ipv6Addr>().unwrap().octets(),
+                "2001:db8:2::10".parse::<Ipv6Addr>().unwrap().octets(),
+                hops,
+            )
+            .udp(40000, 7);
+        let mut v = Vec::new();
+        b.write(&mut v, b"hello").unwrap();
+        v
+    }
+
+    #[test]
+    fn parse_ipv4_udp() {
+        let f = udp4(64, b"abc");
+        let ip = parse(&f).unwrap();
+        assert_eq!(
+            ip,
+            Ip::V4 {
+                l3: 14,
+                ihl: 20,
+                len: 20 + 8 + 3,
+                dst: Ipv4Addr::new(198, 18, 2, 10),
+                ttl: 64
+            }
+        );
+    }
+
+    #[test]
+    fn parse_ignores_link_padding() {
+        let mut f = udp4(64, b"");
+        f.resize(60, 0);
+        assert_eq!(parse(&f).unwrap().len(), 28);
+    }
+
+    #[test]
+    fn parse_vlan_tagged_ipv4() {
+        let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .single_vlan(100.try_into().unwrap())
+            .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 9)
+            .udp(1, 2);
+        let mut f = Vec::new();
+        b.write(&mut f, b"x").unwrap();
+        assert_eq!(parse(&f).unwrap().l3(), 18);
+    }
+
+    #[test]
+    fn parse_rejects_truncated_ipv4() {
+        let f = udp4(64, b"abcdef");
+        assert_eq!(parse(&f[..30]), Err(ParseError::Truncated));
+        assert_eq!(parse(&f[..10]), Err(ParseError::Truncated));
+        // Header complete, payload cut short of total length.
+        assert_eq!(parse(&f[..f.len() - 1]), Err(ParseError::Truncated));
+    }
+
+    #[test]
+    fn parse_rejects_bad_ihl_and_version() {
+        let mut f = udp4(64, b"a");
+        f[14] = 0x44;
+        assert_eq!(parse(&f), Err(ParseError::BadHeader));
+        f[14] = 0x65;
+        assert_eq!(parse(&f), Err(ParseError::BadHeader));
+    }
+
+    #[test]
+    fn parse_rejects_total_length_below_header() {
+        let mut f = udp4(64, b"a");
+        f[16..18].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(parse(&f), Err(ParseError::BadHeader));
+    }
+
+    #[test]
+    fn parse_rejects_bad_checksum() {
+        let mut f = udp4(64, b"a");
+        f[24] ^= 0x55;
+        assert_eq!(parse(&f), Err(ParseError::BadChecksum));
+    }
+
+    #[test]
+    fn parse_rejects_non_ip() {
+        let mut f = udp4(64, b"a");
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(parse(&f), Err(ParseError::NotIp));
+    }
+
+    #[test]
+    fn parse_ipv6_udp_and_truncation() {
+        let f = udp6(5);
+        match parse(&f).unwrap() {
+            Ip::V6 { len, hop_limit, .. } => {
+                assert_eq!(len, 40 + 8 + 5);
+                assert_eq!(hop_limit, 5);
+            }
+            Ip::V4 { .. } => panic!("v4"),
+        }
+        assert_eq!(parse(&f[..50]), Err(ParseError::Truncated));
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_checksum_valid() {
+        for ttl in [2u8, 64, 128, 255] {
+            let mut f = udp4(ttl, b"payload");
+            decrement_ttl_v4(&mut f, 14);
+            let p = SlicedPacket::from_ethernet(&f).unwrap();
+            let Some(NetSlice::Ipv4(ip)) = p.net else { panic!() };
+            assert_eq!(ip.header().ttl(), ttl - 1);
+            assert_eq!(checksum(&f[14..34], 0), 0, "ttl {ttl}");
+        }
+    }
+
+    #[test]
+    fn incremental_update_matches_full_recompute() {
+        let mut f = udp4(64, b"z");
+        // Every possible TTL value, against a from-scratch checksum.
+        for ttl in 1..=255u8 {
+            f[22] = ttl;
+            f[24..26].copy_from_slice(&[0, 0]);
+            let c = checksum(&f[14..34], 0);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            decrement_ttl_v4(&mut f, 14);
+            let got = u16::from_be_bytes([f[24], f[25]]);
+            f[24..26].copy_from_slice(&[0, 0]);
+            let want = checksum(&f[14..34], 0);
+            assert_eq!(got, want, "ttl {ttl}");
+            f[22] = ttl;
+        }
+    }
+
+    #[test]
+    fn icmp4_time_exceeded_is_well_formed() {
+        let orig = udp4(1, b"0123456789");
+        let mut buf = vec![0u8; 2048];
+        buf[..orig.len()].copy_from_slice(&orig);
+        let ip = parse(&buf[..orig.len()]).unwrap();
+        let src = Ipv4Addr::new(198, 18, 1, 2);
+        let (len, to) = icmp4_error(&mut buf, 14, ip.len(), src, 11, 0, 0).unwrap();
+        assert_eq!(to, Ipv4Addr::new(198, 18, 1, 10));
+        write_eth(&mut buf, 14, SRC_MAC, DST_MAC, ETHERTYPE_IPV4);
+        let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
+        let Some(NetSlice::Ipv4(ip4)) = &p.net else { panic!() };
+        assert_eq!(ip4.header().source(), [198, 18, 1, 2]);
+        assert_eq!(ip4.header().destination(), [198, 18, 1, 10]);
+        assert_eq!(checksum(&buf[14..34], 0), 0);
+        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!() };
+        assert!(matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)));
+        assert_eq!(checksum(&buf[34..len], 0), 0);
+        // The quote is the original datagram, byte for byte.
+        assert_eq!(&buf[42..len], &orig[14..]);
+    }
+
+    #[test]
+    fn icmp6_time_exceeded_checksum_verifies() {
+        let orig = udp6(1);
+        let mut buf = vec![0u8; 2048];
+        buf[..orig.len()].copy_from_slice(&orig);
+        let src: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+        let (len, to) = icmp6_error(&mut buf, 14, orig.len() - 14, src, 3, 0, 0).unwrap();
+        assert_eq!(to, "2001:db8:1::10".parse::<Ipv6Addr>().unwrap());
+        write_eth(&mut buf, 14, SRC_MAC, DST_MAC, ETHERTYPE_IPV6);
+        let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else { panic!() };
+        assert!(matches!(icmp.icmp_type(), Icmpv6Type::TimeExceeded(_)));
+        let payload = (len - 54) as u32;
+        let sum = pseudo_header_sum6(&src, &to, payload, PROTO_ICMPV6);
+        assert_eq!(checksum(&buf[54..len], sum), 0);
+    }
+
+    #[test]
+    fn no_icmp_error_about_icmp_errors_or_fragments() {
+        let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1)
+            .icmpv4(Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ));
+        let mut f = Vec::new();
+        b.write(&mut f, &[0; 28]).unwrap();
+        assert!(!may_send_icmp4_error(&f, 14, 20));
+        let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1)
+            .icmpv4_echo_request(1, 1);
+        let mut f = Vec::new();
+        b.write(&mut f, b"ping").unwrap();
+        assert!(may_send_icmp4_error(&f, 14, 20));
+        let mut f = udp4(1, b"x");
+        f[20] = 0x00;
+        f[21] = 0x10; // fragment offset 16
+        assert!(!may_send_icmp4_error(&f, 14, 20));
+    }
+
+    #[test]
+    fn icmp_error_needs_room() {
+        let orig = udp4(1, &[0u8; 600]);
+        let mut buf = orig.clone();
+        assert!(icmp4_error(&mut buf[..100], 14, 628, Ipv4Addr::LOCALHOST, 11, 0, 0).is_none());
+    }
+}

@@ -1,0 +1,278 @@
+//! A forwarding worker: one pinned thread, its UMEM, its AF_XDP sockets.
+//!
+//! Design: the worker's sockets share one UMEM, so a frame received on one
+//! interface is transmitted on another without a copy. Frames circulate
+//! rx -> tx -> completion -> free pool -> fill ring; the pool is a plain
+//! stack owned by the thread. Per iteration: reap completions, refill fill
+//! rings, receive a batch per socket, decide each frame, transmit per egress
+//! socket with one wakeup, publish counters. When every rx ring is empty the
+//! worker sleeps in poll(); it never spins on a shared core.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+use crate::{
+    counters::{IfaceCounter, Tally, WorkerBlock, WorkerCounter},
+    fib::FibReader,
+    forward::{self, Action, DropReason, Limits},
+    sys::PuntSocket,
+};
+
+/// One AF_XDP socket of a worker: an (interface, queue) pair.
+pub struct Port {
+    /// Interface slot (index into the daemon's interface list).
+    pub slot: usize,
+    pub ifindex: u32,
+    pub queue: u32,
+    pub tx: TxQueue,
+    pub rx: RxQueue,
+    pub fq: FillQueue,
+    pub cq: CompQueue,
+}
+
+impl Port {
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+}
+
+/// Everything a worker thread owns.
+pub struct Worker {
+    pub id: usize,
+    pub umem: Umem,
+    pub ports: Vec<Port>,
+    /// Free frames not on any ring.
+    pub free: Vec<FrameDesc>,
+    pub batch: usize,
+    pub fib: FibReader,
+    pub limits: Limits,
+    pub punt: PuntSocket,
+    pub block: Arc<WorkerBlock>,
+    pub stop: Arc<AtomicBool>,
+    /// ifindex of each interface slot.
+    pub slot_ifindex: Vec<u32>,
+}
+
+/// How long an idle worker sleeps in poll() before re-checking `stop`.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+impl Worker {
+    /// Puts `per_port` frames on every fill ring. Call before the XDP program
+    /// is attached so no frame arrives to an empty ring.
+    pub fn prime(&mut self, per_port: usize) {
+        for p in &mut self.ports {
+            let n = per_port.min(self.free.len());
+            let at = self.free.len() - n;
+            // SAFETY: the frames come from this worker's UMEM and are on no
+            // other ring.
+            let done = unsafe { p.fq.produce(&self.free[at..]) };
+            self.free.truncate(self.free.len() - done);
+        }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(mut self) -> Self {
+        let mut tally = Tally::default();
+        let mut rx = vec![FrameDesc::default(); self.batch];
+        let mut comp = vec![FrameDesc::default(); self.batch * 2];
+        let slots = self.slot_ifindex.len();
+        // Frames waiting for tx, per egress interface slot.
+        let mut pending: Vec<Vec<FrameDesc>> =
+            (0..slots).map(|_| Vec::with_capacity(self.batch * self.ports.len())).collect();
+        // The port each slot transmits on: the first this worker has there.
+        let egress: Vec<usize> = (0..slots)
+            .map(|s| self.ports.iter().position(|p| p.slot == s).unwrap_or(0))
+            .collect();
+        let fds: Vec<RawFd> = self.ports.iter().map(Port::fd).collect();
+
+        while !self.stop.load(Ordering::Relaxed) {
+            self.fib.refresh();
+            self.reap_completions(&mut comp);
+            self.refill(&mut tally);
+
+            let mut received = 0;
+            for pi in 0..self.ports.len() {
+                // SAFETY: rx only hands out frames of this worker's UMEM.
+                let n = unsafe { self.ports[pi].rx.consume(&mut rx) };
+                if n == 0 {
+                    continue;
+                }
+                received += n;
+                let slot = self.ports[pi].slot;
+                let ingress = self.ports[pi].ifindex;
+                for desc in &mut rx[..n] {
+                    let rx_len = desc.lengths().data();
+                    tally.iface(slot, IfaceCounter::RxPackets, 1);
+                    tally.iface(slot, IfaceCounter::RxBytes, rx_len as u64);
+                    tally.add(WorkerCounter::RxBytes, rx_len as u64);
+                    let action = {
+                        // SAFETY: the frame was just consumed from rx, so no
+                        // ring and no other reference holds it.
+                        let mut data = unsafe { self.umem.data_mut(desc) };
+                        data.cursor().set_pos(usize::MAX);
+                        let buf = data.contents_mut();
+                        let action = forward::forward(
+                            buf,
+                            rx_len,
+                            ingress,
+                            self.fib.fib(),
+                            &mut self.limits,
+                        );
+                        if let Action::Punt { l3, len, v6 } = action {
+                            punt(&self.punt, &buf[l3..l3 + len], v6, &mut tally);
+                        }
+                        action
+                    };
+                    let out = match action {
+                        Action::Forward { oif, len } => {
+                            tally.add(WorkerCounter::Forwarded, 1);
+                            Some((oif, len))
+                        }
+                        Action::IcmpError { oif, len, reason } => {
+                            tally.drop(reason);
+                            tally.add(WorkerCounter::IcmpErrorsSent, 1);
+                            Some((oif, len))
+                        }
+                        Action::Punt { .. } => None,
+                        Action::Drop(r) => {
+                            tally.drop(r);
+                            None
+                        }
+                    };
+                    match out.and_then(|(oif, len)| {
+                        self.slot_ifindex.iter().position(|i| *i == oif).map(|s| (s, len))
+                    }) {
+                        Some((s, len)) => {
+                            // SAFETY: as above; sets the length to transmit.
+                            unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
+                            pending[s].push(*desc);
+                        }
+                        None => {
+                            if out.is_some() {
+                                tally.drop(DropReason::ForeignEgress);
+                            }
+                            self.free.push(*desc);
+                        }
+                    }
+                }
+            }
+
+            if received > 0 {
+                tally.add(WorkerCounter::RxPackets, received as u64);
+                tally.add(WorkerCounter::RxBatches, 1);
+                for (s, frames) in pending.iter_mut().enumerate() {
+                    if !frames.is_empty() {
+                        self.transmit(egress[s], frames, &mut tally);
+                    }
+                }
+                tally.publish(&self.block);
+            } else {
+                tally.add(WorkerCounter::IdlePolls, 1);
+                tally.publish(&self.block);
+                crate::sys::poll_readable(&fds, IDLE_POLL);
+            }
+        }
+        // Return frames still in completion rings so accounting stays whole.
+        self.reap_completions(&mut comp);
+        tally.publish(&self.block);
+        self
+    }
+
+    fn reap_completions(&mut self, comp: &mut [FrameDesc]) {
+        for p in &mut self.ports {
+            loop {
+                // SAFETY: completions return frames this worker transmitted.
+                let n = unsafe { p.cq.consume(comp) };
+                self.free.extend_from_slice(&comp[..n]);
+                if n < comp.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn refill(&mut self, tally: &mut Tally) {
+        for p in &mut self.ports {
+            let want = p.fq.nb_free(self.batch as u32) as usize;
+            if want == 0 {
+                continue;
+            }
+            let n = want.min(self.free.len());
+            if n < want {
+                tally.add(WorkerCounter::FillShort, 1);
+            }
+            if n == 0 {
+                continue;
+            }
+            let at = self.free.len() - n;
+            // SAFETY: frames from the free pool are on no ring.
+            let done = unsafe { p.fq.produce(&self.free[at..]) };
+            self.free.truncate(self.free.len() - done);
+        }
+    }
+
+    fn transmit(&mut self, port: usize, frames: &mut Vec<FrameDesc>, tally: &mut Tally) {
+        let p = &mut self.ports[port];
+        let room = p.tx.nb_free(frames.len() as u32) as usize;
+        let n = room.min(frames.len());
+        // SAFETY: the frames belong to this UMEM and are on no ring.
+        let sent = if n > 0 {
+            unsafe { p.tx.produce(&frames[..n]) }
+        } else {
+            0
+        };
+        let mut bytes = 0u64;
+        for d in &frames[..sent] {
+            bytes += d.lengths().data() as u64;
+        }
+        tally.add(WorkerCounter::TxPackets, sent as u64);
+        tally.add(WorkerCounter::TxBytes, bytes);
+        tally.iface(p.slot, IfaceCounter::TxPackets, sent as u64);
+        tally.iface(p.slot, IfaceCounter::TxBytes, bytes);
+        for d in &frames[sent..] {
+            tally.drop(DropReason::TxRingFull);
+            self.free.push(*d);
+        }
+        frames.clear();
+        if sent > 0 && p.tx.needs_wakeup() {
+            tally.add(WorkerCounter::TxWakeups, 1);
+            if let Err(e) = p.tx.wakeup() {
+                tracing::debug!(worker = self.id, error = %e, "tx wakeup failed");
+            }
+        }
+    }
+
+    /// The kernel's AF_XDP statistics of each socket, for the exit report.
+    pub fn socket_stats(&self) -> Vec<(usize, u32, Option<xsk_rs::socket::XdpStatistics>)> {
+        self.ports
+            .iter()
+            .map(|p| (p.slot, p.queue, p.rx.fd().xdp_statistics().ok()))
+            .collect()
+    }
+}
+
+fn punt(sock: &PuntSocket, datagram: &[u8], v6: bool, tally: &mut Tally) {
+    let r = if v6 {
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&datagram[24..40]);
+        sock.send_v6(datagram, Ipv6Addr::from(d))
+    } else {
+        sock.send_v4(
+            datagram,
+            Ipv4Addr::new(datagram[16], datagram[17], datagram[18], datagram[19]),
+        )
+    };
+    match r {
+        Ok(()) => tally.add(WorkerCounter::Punted, 1),
+        Err(_) => tally.add(WorkerCounter::PuntErrors, 1),
+    }
+}

@@ -1,0 +1,236 @@
+//! tandem's XDP steering program.
+//!
+//! Design: parse just enough of each frame to decide who handles it. Anything
+//! the kernel must see (non-IP, link-local control, traffic to the node's own
+//! addresses) is passed; everything else is service traffic and goes to the
+//! AF_XDP socket bound to the receiving queue, or is dropped and counted when
+//! this node may not forward. Malformed frames close: they are dropped and
+//! counted, never passed on to a worker or the kernel.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use tandem_common::{
+    IfaceSlot, LocalV4Key, LocalV6Key, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole,
+    XdpCounter, xsk_index,
+};
+
+#[map(name = "TND_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounter::COUNT, 0);
+#[map(name = "TND_ROLE")]
+static ROLE: Array<NodeRole> = Array::with_max_entries(1, 0);
+#[map(name = "TND_IFACES")]
+static IFACES: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFACES, 0);
+#[map(name = "TND_XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
+#[map(name = "TND_LOCAL_V4")]
+static LOCAL_V4: HashMap<LocalV4Key, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+#[map(name = "TND_LOCAL_V6")]
+static LOCAL_V6: HashMap<LocalV6Key, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// What to do with a frame, and which counter says so.
+struct Verdict {
+    action: u32,
+    counter: XdpCounter,
+}
+
+const fn verdict(action: u32, counter: XdpCounter) -> Verdict {
+    Verdict { action, counter }
+}
+
+const PARSE_ERROR: Verdict = verdict(xdp_action::XDP_DROP, XdpCounter::DropParseError);
+
+#[xdp]
+pub fn tandem_xdp(ctx: XdpContext) -> u32 {
+    count(XdpCounter::RxFrames);
+    let v = match classify(&ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    count(v.counter);
+    v.action
+}
+
+#[inline(always)]
+fn count(c: XdpCounter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: the per-CPU slot belongs to this CPU for the duration of the
+        // program; no other writer can run concurrently on it.
+        unsafe { *p += 1 };
+    }
+}
+
+/// A bounds-checked pointer to a `T` at `off` bytes into the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, Verdict> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return Err(PARSE_ERROR);
+    }
+    Ok((start + off) as *const T)
+}
+
+#[inline(always)]
+fn load_u8(ctx: &XdpContext, off: usize) -> Result<u8, Verdict> {
+    // SAFETY: ptr_at checked that the byte lies inside the frame.
+    Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
+}
+
+#[inline(always)]
+fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, Verdict> {
+    // SAFETY: ptr_at checked both bytes lie inside the frame; unaligned read.
+    let raw = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 2]>(ctx, off)?) };
+    Ok(u16::from_be_bytes(raw))
+}
+
+fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: plain-data value read from a map the program owns.
+    let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
+        return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
+    };
+
+    let mut l3 = ETH_HLEN;
+    let mut ethertype = load_be16(ctx, 12)?;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = load_be16(ctx, 16)?;
+        l3 += 4;
+    }
+    let service = match ethertype {
+        ETH_P_IP => ipv4(ctx, l3)?,
+        ETH_P_IPV6 => ipv6(ctx, l3)?,
+        _ => return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp)),
+    };
+    if let Some(v) = service {
+        return Ok(v);
+    }
+
+    let forward = ROLE.get(0).is_some_and(|r| r.forward != 0);
+    if !forward {
+        return Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNotMaster));
+    }
+    let queue = ctx.rx_queue_index();
+    if queue >= iface.queues || queue >= MAX_QUEUES || iface.slot >= MAX_IFACES {
+        return Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNoSocket));
+    }
+    match XSKS.redirect(xsk_index(iface.slot, queue), 0) {
+        Ok(action) => Ok(verdict(action, XdpCounter::Redirected)),
+        Err(_) => Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNoSocket)),
+    }
+}
+
+/// `Ok(Some(v))`: the frame is not service traffic and `v` says where it goes.
+/// `Ok(None)`: service traffic.
+///
+/// Every pointer check comes before the scalar length checks: LLVM otherwise
+/// folds the pointer checks away using the scalar ones, which the verifier
+/// cannot follow.
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
+    // SAFETY: ptr_at checked that the 20-byte fixed header lies in the frame.
+    let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 20]>(ctx, l3)?) };
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(PARSE_ERROR);
+    }
+    // The whole header, options included, must be in the frame.
+    ptr_at::<u8>(ctx, l3 + ihl - 1)?;
+    let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if frag == 0 {
+        let l4 = l3 + ihl;
+        match h[9] {
+            IPPROTO_TCP => check_tcp(ctx, l4)?,
+            IPPROTO_UDP | IPPROTO_ICMP => {
+                ptr_at::<[u8; 8]>(ctx, l4)?;
+            }
+            _ => {}
+        }
+    }
+    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if total_len < ihl || l3 + total_len > ctx.data_end() - ctx.data() {
+        return Err(PARSE_ERROR);
+    }
+    let dst = [h[16], h[17], h[18], h[19]];
+    let key = LocalV4Key {
+        addr_be: u32::from_ne_bytes(dst),
+    };
+    // SAFETY: plain-data value read from a map the program owns.
+    if unsafe { LOCAL_V4.get(&key) }.is_some() {
+        return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal)));
+    }
+    if dst[0] & 0xf0 == 0xe0 || dst == [255; 4] {
+        return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassControl)));
+    }
+    Ok(None)
+}
+
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
+    // SAFETY: ptr_at checked that the 40-byte header lies in the frame.
+    let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 40]>(ctx, l3)?) };
+    if h[0] >> 4 != 6 {
+        return Err(PARSE_ERROR);
+    }
+    let l4 = l3 + 40;
+    let mut nd = false;
+    match h[6] {
+        IPPROTO_TCP => check_tcp(ctx, l4)?,
+        IPPROTO_UDP => {
+            ptr_at::<[u8; 8]>(ctx, l4)?;
+        }
+        IPPROTO_ICMPV6 => {
+            // Router/neighbour discovery (133..=137) belongs to the kernel.
+            let ty = load_u8(ctx, l4)?;
+            ptr_at::<[u8; 8]>(ctx, l4)?;
+            nd = (133..=137).contains(&ty);
+        }
+        _ => {}
+    }
+    let payload_len = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if l3 + 40 + payload_len > ctx.data_end() - ctx.data() {
+        return Err(PARSE_ERROR);
+    }
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&h[24..40]);
+    // SAFETY: plain-data value read from a map the program owns.
+    if unsafe { LOCAL_V6.get(&LocalV6Key { addr: dst }) }.is_some() {
+        return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal)));
+    }
+    if nd || dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
+        return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassControl)));
+    }
+    Ok(None)
+}
+
+#[inline(always)]
+fn check_tcp(ctx: &XdpContext, l4: usize) -> Result<(), Verdict> {
+    let data_off = ((load_u8(ctx, l4 + 12)? >> 4) as usize) * 4;
+    if data_off < 20 {
+        return Err(PARSE_ERROR);
+    }
+    ptr_at::<[u8; 20]>(ctx, l4)?;
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
