@@ -1,1 +1,2 @@
-
+//! tandem's benchmarks: criterion micro-benches (`benches/`) and the
+//! packet-rate harness (`src/bin/pktrate.rs`).

@@ -207,7 +207,11 @@ impl Config {
         }
         let d = &self.dataplane;
         if d.workers > 64 {
-            return Err(invalid("dataplane.workers", "0..=64", d.workers.to_string()));
+            return Err(invalid(
+                "dataplane.workers",
+                "0..=64",
+                d.workers.to_string(),
+            ));
         }
         if d.frame_size != 2048 && d.frame_size != 4096 {
             return Err(invalid(
@@ -348,10 +352,24 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for f in ["tandem.example.toml", "lab/a.toml", "lab/b.toml"] {
+            let cfg = Config::load(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(!cfg.interfaces.inside.is_empty());
+        }
+        let example = Config::load(&dir.join("tandem.example.toml")).unwrap();
+        assert_eq!(example.dataplane, Dataplane::default(), "example documents the defaults");
+    }
+
+    #[test]
     fn unreadable_file_names_path() {
         let e = Config::load(Path::new("/nonexistent/tandem.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("/nonexistent/tandem.toml: cannot read"), "{e}");
+        assert!(
+            e.starts_with("/nonexistent/tandem.toml: cannot read"),
+            "{e}"
+        );
     }
 }

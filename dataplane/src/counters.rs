@@ -83,8 +83,12 @@ pub enum IfaceCounter {
 
 impl IfaceCounter {
     pub const COUNT: usize = 4;
-    pub const ALL: [Self; Self::COUNT] =
-        [Self::RxPackets, Self::RxBytes, Self::TxPackets, Self::TxBytes];
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::RxPackets,
+        Self::RxBytes,
+        Self::TxPackets,
+        Self::TxBytes,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {

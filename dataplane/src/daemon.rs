@@ -88,7 +88,10 @@ impl Daemon {
     pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Self, DaemonError> {
         sys::raise_memlock();
         let d = &cfg.dataplane;
-        let ifnames = vec![cfg.interfaces.inside.clone(), cfg.interfaces.outside.clone()];
+        let ifnames = vec![
+            cfg.interfaces.inside.clone(),
+            cfg.interfaces.outside.clone(),
+        ];
         let mut ifindexes = Vec::new();
         let mut queues = Vec::new();
         for name in &ifnames {
@@ -264,8 +267,8 @@ impl Daemon {
         tracing::info!("stopping");
         let mut socket_lines = Vec::new();
         for h in self.workers.drain(..) {
-            match h.join() {
-                Ok(w) => {
+            if let Ok(w) = h.join() {
+                {
                     for (slot, queue, st) in w.socket_stats() {
                         if let Some(st) = st {
                             socket_lines.push(format!(
@@ -282,7 +285,8 @@ impl Daemon {
                         }
                     }
                 }
-                Err(_) => tracing::error!("a worker panicked"),
+            } else {
+                tracing::error!("a worker panicked");
             }
         }
         if let Some(m) = self.monitor.take() {
@@ -334,7 +338,11 @@ impl Daemon {
         }
         for (slot, name) in self.ifnames.iter().enumerate() {
             for c in IfaceCounter::ALL {
-                out.push(format!("{name}.{}={}", c.name(), sum.iface[slot][c as usize]));
+                out.push(format!(
+                    "{name}.{}={}",
+                    c.name(),
+                    sum.iface[slot][c as usize]
+                ));
             }
         }
         out.join(" ")
@@ -368,8 +376,8 @@ fn bind_port(
     let iface: Interface = name.parse().map_err(|e| sock_err(format!("{e:?}")))?;
     // SAFETY: each (interface, queue) pair is bound once, by this call, and
     // INHIBIT_PROG_LOAD is set, as sharing a UMEM requires.
-    let (tx, rx, rings) = unsafe { Socket::new(cfg, umem, &iface, queue) }
-        .map_err(|e| sock_err(e.to_string()))?;
+    let (tx, rx, rings) =
+        unsafe { Socket::new(cfg, umem, &iface, queue) }.map_err(|e| sock_err(e.to_string()))?;
     let (fq, cq) = rings.ok_or_else(|| sock_err("no fill/completion rings returned".into()))?;
     Ok(Port {
         slot,

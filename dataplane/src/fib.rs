@@ -79,11 +79,19 @@ pub struct Fib {
 }
 
 fn mask4(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
 }
 
 fn mask6(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
 }
 
 impl Fib {
@@ -353,7 +361,10 @@ mod tests {
     fn gateway_route_resolves_the_gateway_not_the_destination() {
         let mut f = lab();
         f.set_neighbour(OUT, Ipv4Addr::new(198, 18, 2, 254).into(), Some([9; 6]));
-        assert_eq!(f.lookup4(Ipv4Addr::new(1, 1, 1, 1)).unwrap().dst_mac, [9; 6]);
+        assert_eq!(
+            f.lookup4(Ipv4Addr::new(1, 1, 1, 1)).unwrap().dst_mac,
+            [9; 6]
+        );
     }
 
     #[test]
@@ -368,7 +379,7 @@ mod tests {
             kind: RouteKind::Reject,
         });
         assert_eq!(f.lookup4(Ipv4Addr::new(10, 1, 1, 1)), Err(Miss::NoRoute));
-        f.remove_route4(Ipv4Addr::new(0, 0, 0, 0), 0, 0);
+        f.remove_route4(Ipv4Addr::UNSPECIFIED, 0, 0);
         assert_eq!(f.lookup4(Ipv4Addr::new(8, 8, 8, 8)), Err(Miss::NoRoute));
     }
 

@@ -87,7 +87,10 @@ impl From<ParseError> for DropReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Transmit `frame[..len]` on `oif`.
-    Forward { oif: u32, len: usize },
+    Forward {
+        oif: u32,
+        len: usize,
+    },
     /// Transmit an ICMP error built in the frame, `frame[..len]`, on `oif`;
     /// the original packet is dropped for `reason`.
     IcmpError {
@@ -97,7 +100,18 @@ pub enum Action {
     },
     /// The next hop is unresolved: hand `frame[l3..l3 + len]` to the kernel,
     /// which resolves the neighbour and sends it.
-    Punt { l3: usize, len: usize, v6: bool },
+    Punt {
+        l3: usize,
+        len: usize,
+        v6: bool,
+    },
+    /// An ICMP error built in the frame whose next hop is unresolved: punt
+    /// `frame[ETH_HLEN..len]`; the original packet is dropped for `reason`.
+    PuntIcmpError {
+        len: usize,
+        v6: bool,
+        reason: DropReason,
+    },
     Drop(DropReason),
 }
 
@@ -163,7 +177,7 @@ pub fn forward(
     let ip = if ip.l3() == ETH_HLEN {
         ip
     } else {
-        let (l3, len) = (ip.l3(), ip.len());
+        let (l3, len) = (ip.l3(), ip.datagram_len());
         buf.copy_within(l3..l3 + len, ETH_HLEN);
         match ip {
             Ip::V4 {
@@ -191,7 +205,17 @@ pub fn forward(
     match ip {
         Ip::V4 { len, dst, ttl, .. } => {
             if ttl <= 1 {
-                return icmp_error(buf, ip, ingress, fib, limits, DropReason::TtlExpired, 11, 0, 0);
+                return icmp_error(
+                    buf,
+                    ip,
+                    ingress,
+                    fib,
+                    limits,
+                    DropReason::TtlExpired,
+                    11,
+                    0,
+                    0,
+                );
             }
             // Decrement first: a punted datagram leaves through the kernel's
             // output path, which does not decrement it again.
@@ -204,7 +228,17 @@ pub fn forward(
                 // DF set: tell the sender (RFC 1191); else fragmenting is the
                 // kernel's job, which this path does not do.
                 if buf[ETH_HLEN + 6] & 0x40 != 0 {
-                    return icmp_error(buf, ip, ingress, fib, limits, DropReason::TooBig, 3, 4, mtu);
+                    return icmp_error(
+                        buf,
+                        ip,
+                        ingress,
+                        fib,
+                        limits,
+                        DropReason::TooBig,
+                        3,
+                        4,
+                        mtu,
+                    );
                 }
                 return Action::Drop(DropReason::TooBig);
             }
@@ -221,7 +255,17 @@ pub fn forward(
             ..
         } => {
             if hop_limit <= 1 {
-                return icmp_error(buf, ip, ingress, fib, limits, DropReason::TtlExpired, 3, 0, 0);
+                return icmp_error(
+                    buf,
+                    ip,
+                    ingress,
+                    fib,
+                    limits,
+                    DropReason::TtlExpired,
+                    3,
+                    0,
+                    0,
+                );
             }
             wire::decrement_hop_limit_v6(buf, ETH_HLEN);
             let hop = match fib.lookup6(dst) {
@@ -252,7 +296,7 @@ fn miss(m: Miss, ip: Ip, limits: &mut Limits) -> Action {
             if limits.punt.allow() {
                 Action::Punt {
                     l3: ip.l3(),
-                    len: ip.len(),
+                    len: ip.datagram_len(),
                     v6: matches!(ip, Ip::V6 { .. }),
                 }
             } else {
@@ -286,8 +330,7 @@ fn icmp_error(
             if !limits.icmp.allow() {
                 return suppressed;
             }
-            wire::icmp4_error(buf, l3, len, src, ty, code, rest)
-                .map(|(n, to)| (n, IpAddr::V4(to)))
+            wire::icmp4_error(buf, l3, len, src, ty, code, rest).map(|(n, to)| (n, IpAddr::V4(to)))
         }
         Ip::V6 { l3, len, .. } => {
             if !wire::may_send_icmp6_error(buf, l3) {
@@ -299,8 +342,7 @@ fn icmp_error(
             if !limits.icmp.allow() {
                 return suppressed;
             }
-            wire::icmp6_error(buf, l3, len, src, ty, code, rest)
-                .map(|(n, to)| (n, IpAddr::V6(to)))
+            wire::icmp6_error(buf, l3, len, src, ty, code, rest).map(|(n, to)| (n, IpAddr::V6(to)))
         }
     };
     let Some((len, to)) = built else {
@@ -310,7 +352,17 @@ fn icmp_error(
         IpAddr::V4(a) => (fib.lookup4(a), ETHERTYPE_IPV4),
         IpAddr::V6(a) => (fib.lookup6(a), ETHERTYPE_IPV6),
     };
-    let Ok(hop) = hop else { return suppressed };
+    let hop = match hop {
+        Ok(h) => h,
+        Err(Miss::NoNeighbour { .. }) if limits.punt.allow() => {
+            return Action::PuntIcmpError {
+                len,
+                v6: to.is_ipv6(),
+                reason,
+            };
+        }
+        Err(_) => return suppressed,
+    };
     wire::write_eth(buf, ETH_HLEN, hop.dst_mac, hop.src_mac, ethertype);
     Action::IcmpError {
         oif: hop.oif,
@@ -405,10 +457,14 @@ mod tests {
         assert_eq!(a, Action::Forward { oif: OUT, len: n });
         let p = SlicedPacket::from_ethernet(&buf[..n]).unwrap();
         let eth = p.link.unwrap().to_header().unwrap();
-        let etherparse::LinkHeader::Ethernet2(eth) = eth else { panic!() };
+        let etherparse::LinkHeader::Ethernet2(eth) = eth else {
+            panic!()
+        };
         assert_eq!(eth.destination, SERVER_MAC);
         assert_eq!(eth.source, OUT_MAC);
-        let Some(NetSlice::Ipv4(ip)) = p.net else { panic!() };
+        let Some(NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
         assert_eq!(ip.header().ttl(), 63);
         assert_eq!(wire::checksum(&buf[14..34], 0), 0);
     }
@@ -432,11 +488,19 @@ mod tests {
         let n = buf.len();
         buf.resize(2048, 0);
         let a = forward(&mut buf, n, IN, &fib(), &mut limits());
-        assert_eq!(a, Action::Forward { oif: OUT, len: n - 4 });
+        assert_eq!(
+            a,
+            Action::Forward {
+                oif: OUT,
+                len: n - 4
+            }
+        );
         let p = SlicedPacket::from_ethernet(&buf[..n - 4]).unwrap();
         assert!(p.vlan().is_none());
         assert_eq!(p.payload_ether_type(), None);
-        let Some(NetSlice::Ipv4(ip)) = p.net else { panic!() };
+        let Some(NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
         assert_eq!(ip.header().ttl(), 8);
     }
 
@@ -449,9 +513,27 @@ mod tests {
         };
         assert_eq!((oif, reason), (IN, DropReason::TtlExpired));
         let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
-        let Some(NetSlice::Ipv4(ip)) = p.net else { panic!() };
+        let Some(NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
         assert_eq!(ip.header().source(), [198, 18, 1, 2]);
         assert_eq!(ip.header().destination(), [198, 18, 1, 10]);
+    }
+
+    #[test]
+    fn time_exceeded_to_an_unresolved_sender_is_punted() {
+        let mut f = fib();
+        f.set_neighbour(IN, Ipv4Addr::new(198, 18, 1, 10).into(), None);
+        let (mut buf, n) = frame(1, [198, 18, 2, 10], 10);
+        let a = forward(&mut buf, n, IN, &f, &mut limits());
+        let Action::PuntIcmpError { len, v6, reason } = a else {
+            panic!("{a:?}")
+        };
+        assert!(!v6);
+        assert_eq!(reason, DropReason::TtlExpired);
+        assert_eq!(wire::checksum(&buf[ETH_HLEN..ETH_HLEN + 20], 0), 0);
+        assert_eq!(buf[ETH_HLEN + 20], 11);
+        assert!(len > ETH_HLEN + 28);
     }
 
     #[test]
@@ -536,7 +618,14 @@ mod tests {
         buf2.resize(2048, 0);
         let a = forward(&mut buf2, n, IN, &fib(), &mut limits());
         assert!(
-            matches!(a, Action::IcmpError { oif: IN, reason: DropReason::TtlExpired, .. }),
+            matches!(
+                a,
+                Action::IcmpError {
+                    oif: IN,
+                    reason: DropReason::TtlExpired,
+                    ..
+                }
+            ),
             "{a:?}"
         );
     }

@@ -65,7 +65,8 @@ pub struct Loader {
 impl Loader {
     pub fn load() -> Result<Self, LoaderError> {
         let mut ebpf = Ebpf::load(PROGRAM)?;
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::MissingMap(name));
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::MissingMap(name));
         let role = Array::try_from(take(map::ROLE)?).map_err(map_err(map::ROLE))?;
         let ifaces = HashMap::try_from(take(map::IFACES)?).map_err(map_err(map::IFACES))?;
         let xsks = XskMap::try_from(take(map::XSKS)?).map_err(map_err(map::XSKS))?;

@@ -279,11 +279,18 @@ fn for_each_message(
 pub fn dump() -> Result<Fib, NetlinkError> {
     let mut sock = Socket::new(NETLINK_ROUTE).map_err(io_err("socket"))?;
     sock.bind_auto().map_err(io_err("bind"))?;
-    sock.connect(&SocketAddr::new(0, 0)).map_err(io_err("connect"))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(io_err("connect"))?;
     let mut fib = Fib::default();
     let requests: [(&'static str, RouteNetlinkMessage); 6] = [
-        ("links", RouteNetlinkMessage::GetLink(LinkMessage::default())),
-        ("addresses", RouteNetlinkMessage::GetAddress(AddressMessage::default())),
+        (
+            "links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        ),
+        (
+            "addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        ),
         ("ipv4 routes", {
             let mut m = RouteMessage::default();
             m.header.address_family = AddressFamily::Inet;
@@ -353,7 +360,8 @@ impl Monitor {
         ] {
             sock.add_membership(g).map_err(io_err("add_membership"))?;
         }
-        sock.set_non_blocking(true).map_err(io_err("set_non_blocking"))?;
+        sock.set_non_blocking(true)
+            .map_err(io_err("set_non_blocking"))?;
         Ok(Self {
             sock,
             buf: vec![0u8; 1 << 16],

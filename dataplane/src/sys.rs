@@ -61,12 +61,11 @@ pub fn if_index(name: &str) -> Result<u32, SyscallError> {
 /// Number of rx queues of `name`, from sysfs.
 pub fn rx_queue_count(name: &str) -> u32 {
     std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
-        .map(|d| {
+        .map_or(1, |d| {
             d.filter_map(Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
                 .count() as u32
         })
-        .unwrap_or(1)
         .max(1)
 }
 
@@ -168,6 +167,9 @@ pub fn raise_memlock() {
     // SAFETY: lim is a valid rlimit; failure is harmless on memcg-accounted kernels.
     let r = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const lim) };
     if r != 0 {
-        tracing::debug!("setrlimit(RLIMIT_MEMLOCK) failed: {}", io::Error::last_os_error());
+        tracing::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+            io::Error::last_os_error()
+        );
     }
 }

@@ -65,7 +65,7 @@ impl Ip {
 
     /// Length of the IP datagram (header and payload, no link padding).
     #[inline]
-    pub fn len(&self) -> usize {
+    pub fn datagram_len(&self) -> usize {
         match *self {
             Self::V4 { len, .. } | Self::V6 { len, .. } => len,
         }
@@ -246,7 +246,12 @@ pub fn icmp4_error(
     if frame.len() < QUOTE_AT + quote {
         return None;
     }
-    let orig_src = Ipv4Addr::new(frame[l3 + 12], frame[l3 + 13], frame[l3 + 14], frame[l3 + 15]);
+    let orig_src = Ipv4Addr::new(
+        frame[l3 + 12],
+        frame[l3 + 13],
+        frame[l3 + 14],
+        frame[l3 + 15],
+    );
     frame.copy_within(l3..l3 + quote, QUOTE_AT);
     let total = IPV4_MIN_HLEN + 8 + quote;
     let ip = &mut frame[OUT_L3..OUT_L3 + IPV4_MIN_HLEN];
@@ -382,7 +387,7 @@ mod tests {
     fn parse_ignores_link_padding() {
         let mut f = udp4(64, b"");
         f.resize(60, 0);
-        assert_eq!(parse(&f).unwrap().len(), 28);
+        assert_eq!(parse(&f).unwrap().datagram_len(), 28);
     }
 
     #[test]
@@ -454,7 +459,9 @@ mod tests {
             let mut f = udp4(ttl, b"payload");
             decrement_ttl_v4(&mut f, 14);
             let p = SlicedPacket::from_ethernet(&f).unwrap();
-            let Some(NetSlice::Ipv4(ip)) = p.net else { panic!() };
+            let Some(NetSlice::Ipv4(ip)) = p.net else {
+                panic!()
+            };
             assert_eq!(ip.header().ttl(), ttl - 1);
             assert_eq!(checksum(&f[14..34], 0), 0, "ttl {ttl}");
         }
@@ -485,15 +492,19 @@ mod tests {
         buf[..orig.len()].copy_from_slice(&orig);
         let ip = parse(&buf[..orig.len()]).unwrap();
         let src = Ipv4Addr::new(198, 18, 1, 2);
-        let (len, to) = icmp4_error(&mut buf, 14, ip.len(), src, 11, 0, 0).unwrap();
+        let (len, to) = icmp4_error(&mut buf, 14, ip.datagram_len(), src, 11, 0, 0).unwrap();
         assert_eq!(to, Ipv4Addr::new(198, 18, 1, 10));
         write_eth(&mut buf, 14, SRC_MAC, DST_MAC, ETHERTYPE_IPV4);
         let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
-        let Some(NetSlice::Ipv4(ip4)) = &p.net else { panic!() };
+        let Some(NetSlice::Ipv4(ip4)) = &p.net else {
+            panic!()
+        };
         assert_eq!(ip4.header().source(), [198, 18, 1, 2]);
         assert_eq!(ip4.header().destination(), [198, 18, 1, 10]);
         assert_eq!(checksum(&buf[14..34], 0), 0);
-        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!() };
+        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+            panic!()
+        };
         assert!(matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)));
         assert_eq!(checksum(&buf[34..len], 0), 0);
         // The quote is the original datagram, byte for byte.
@@ -510,7 +521,9 @@ mod tests {
         assert_eq!(to, "2001:db8:1::10".parse::<Ipv6Addr>().unwrap());
         write_eth(&mut buf, 14, SRC_MAC, DST_MAC, ETHERTYPE_IPV6);
         let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
-        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else { panic!() };
+        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!()
+        };
         assert!(matches!(icmp.icmp_type(), Icmpv6Type::TimeExceeded(_)));
         let payload = (len - 54) as u32;
         let sum = pseudo_header_sum6(&src, &to, payload, PROTO_ICMPV6);

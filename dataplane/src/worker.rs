@@ -25,6 +25,7 @@ use crate::{
     fib::FibReader,
     forward::{self, Action, DropReason, Limits},
     sys::PuntSocket,
+    wire::ETH_HLEN,
 };
 
 /// One AF_XDP socket of a worker: an (interface, queue) pair.
@@ -79,15 +80,17 @@ impl Worker {
         }
     }
 
-    /// Runs until `stop` is set.
+    /// Runs until `stop` is set; returns the worker for its exit report.
+    #[must_use]
     pub fn run(mut self) -> Self {
         let mut tally = Tally::default();
         let mut rx = vec![FrameDesc::default(); self.batch];
         let mut comp = vec![FrameDesc::default(); self.batch * 2];
         let slots = self.slot_ifindex.len();
         // Frames waiting for tx, per egress interface slot.
-        let mut pending: Vec<Vec<FrameDesc>> =
-            (0..slots).map(|_| Vec::with_capacity(self.batch * self.ports.len())).collect();
+        let mut pending: Vec<Vec<FrameDesc>> = (0..slots)
+            .map(|_| Vec::with_capacity(self.batch * self.ports.len()))
+            .collect();
         // The port each slot transmits on: the first this worker has there.
         let egress: Vec<usize> = (0..slots)
             .map(|s| self.ports.iter().position(|p| p.slot == s).unwrap_or(0))
@@ -127,8 +130,14 @@ impl Worker {
                             self.fib.fib(),
                             &mut self.limits,
                         );
-                        if let Action::Punt { l3, len, v6 } = action {
-                            punt(&self.punt, &buf[l3..l3 + len], v6, &mut tally);
+                        match action {
+                            Action::Punt { l3, len, v6 } => {
+                                punt(&self.punt, &buf[l3..l3 + len], v6, &mut tally);
+                            }
+                            Action::PuntIcmpError { len, v6, .. } => {
+                                punt(&self.punt, &buf[ETH_HLEN..len], v6, &mut tally);
+                            }
+                            _ => {}
                         }
                         action
                     };
@@ -142,26 +151,32 @@ impl Worker {
                             tally.add(WorkerCounter::IcmpErrorsSent, 1);
                             Some((oif, len))
                         }
+                        Action::PuntIcmpError { reason, .. } => {
+                            tally.drop(reason);
+                            tally.add(WorkerCounter::IcmpErrorsSent, 1);
+                            None
+                        }
                         Action::Punt { .. } => None,
                         Action::Drop(r) => {
                             tally.drop(r);
                             None
                         }
                     };
-                    match out.and_then(|(oif, len)| {
-                        self.slot_ifindex.iter().position(|i| *i == oif).map(|s| (s, len))
-                    }) {
-                        Some((s, len)) => {
-                            // SAFETY: as above; sets the length to transmit.
-                            unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
-                            pending[s].push(*desc);
+                    let egress = out.and_then(|(oif, len)| {
+                        self.slot_ifindex
+                            .iter()
+                            .position(|i| *i == oif)
+                            .map(|s| (s, len))
+                    });
+                    if let Some((s, len)) = egress {
+                        // SAFETY: as above; sets the length to transmit.
+                        unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
+                        pending[s].push(*desc);
+                    } else {
+                        if out.is_some() {
+                            tally.drop(DropReason::ForeignEgress);
                         }
-                        None => {
-                            if out.is_some() {
-                                tally.drop(DropReason::ForeignEgress);
-                            }
-                            self.free.push(*desc);
-                        }
+                        self.free.push(*desc);
                     }
                 }
             }
@@ -224,8 +239,8 @@ impl Worker {
         let p = &mut self.ports[port];
         let room = p.tx.nb_free(frames.len() as u32) as usize;
         let n = room.min(frames.len());
-        // SAFETY: the frames belong to this UMEM and are on no ring.
         let sent = if n > 0 {
+            // SAFETY: the frames belong to this UMEM and are on no ring.
             unsafe { p.tx.produce(&frames[..n]) }
         } else {
             0

@@ -8,6 +8,10 @@
 //! counted, never passed on to a worker or the kernel.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "bounds checks must be inlined into their callers for the verifier to see them"
+)]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -56,6 +60,7 @@ const fn verdict(action: u32, counter: XdpCounter) -> Verdict {
 const PARSE_ERROR: Verdict = verdict(xdp_action::XDP_DROP, XdpCounter::DropParseError);
 
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "the #[xdp] entry signature")]
 pub fn tandem_xdp(ctx: XdpContext) -> u32 {
     count(XdpCounter::RxFrames);
     let v = match classify(&ctx) {
@@ -101,7 +106,7 @@ fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, Verdict> {
 fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: plain-data value read from a map the program owns.
-    let Some(iface) = (unsafe { IFACES.get(&ifindex) }).copied() else {
+    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
         return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
     };
 
@@ -169,7 +174,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
         addr_be: u32::from_ne_bytes(dst),
     };
     // SAFETY: plain-data value read from a map the program owns.
-    if unsafe { LOCAL_V4.get(&key) }.is_some() {
+    if unsafe { LOCAL_V4.get(key) }.is_some() {
         return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal)));
     }
     if dst[0] & 0xf0 == 0xe0 || dst == [255; 4] {
@@ -206,7 +211,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&h[24..40]);
     // SAFETY: plain-data value read from a map the program owns.
-    if unsafe { LOCAL_V6.get(&LocalV6Key { addr: dst }) }.is_some() {
+    if unsafe { LOCAL_V6.get(LocalV6Key { addr: dst }) }.is_some() {
         return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal)));
     }
     if nd || dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {

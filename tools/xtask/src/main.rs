@@ -1,1 +1,182 @@
-fn main(){}
+//! `cargo xtask setup|test|lab|bench`: the project's own automation.
+//!
+//! Design: every command that needs the toolchain calls `setup` first, and
+//! `setup` only installs what is missing, so a fresh machine and a warm one
+//! run the same command.
+
+mod lab;
+mod setup;
+mod traffic;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tandem's build, test and lab automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks: Debian packages, nightly rust-src,
+    /// bpf-linker built against Debian's LLVM 22. Idempotent.
+    Setup,
+    /// Run everything CI runs: fmt, clippy (host and bpfel), all tests
+    /// including the privileged namespace tests (needs root).
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// The lab pair in network namespaces (see DESIGN.md). Without a
+    /// subcommand: up, traffic, status.
+    Lab {
+        #[command(subcommand)]
+        cmd: Option<lab::LabCmd>,
+    },
+    /// Run the benchmarks (criterion micro-benches and the packet-rate
+    /// harness); see bench/README.md.
+    Bench {
+        /// Arguments passed to the packet-rate harness.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Internal: traffic endpoints the lab runs inside its namespaces.
+    #[command(hide = true)]
+    Traffic {
+        #[command(subcommand)]
+        cmd: traffic::TrafficCmd,
+    },
+}
+
+/// The workspace root (the parent of tools/xtask).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing if it fails.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test(no_lint: bool) -> Result<()> {
+    setup::setup()?;
+    let in_ci = std::env::var_os("CI").is_some();
+    if !is_root() {
+        if in_ci {
+            bail!(
+                "cargo xtask test: CI is set but this is not root; the privileged namespace, XDP \
+                 and AF_XDP tests cannot run, and CI must not pass by skipping them"
+            );
+        }
+        eprintln!(
+            "xtask: not root: privileged tests will be reported as ignored (run as root for the full suite)"
+        );
+    }
+    if !no_lint {
+        eprintln!("xtask: cargo fmt --check");
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        eprintln!("xtask: clippy (host)");
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tandem-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        eprintln!("xtask: clippy (bpfel)");
+        run(cargo()
+            .current_dir(root().join("ebpf/xdp"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--target-dir",
+            ])
+            .arg(root().join("target/bpf-clippy"))
+            .args(["--", "-D", "warnings"]))?;
+    }
+    eprintln!("xtask: cargo test --workspace");
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tandem-ebpf",
+        "--",
+        "--test-threads",
+        "1",
+    ]))?;
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    run(cargo().args(["bench", "-p", "tandem-bench", "--bench", "wire"]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "tandem-bench",
+            "--bin",
+            "pktrate",
+            "--",
+        ])
+        .args(args))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Lab { cmd } => lab::lab(cmd),
+        Cmd::Bench { args } => bench(&args),
+        Cmd::Traffic { cmd } => traffic::run(&cmd),
+    }
+}

@@ -1,0 +1,376 @@
+//! Fresh network namespaces, veth pairs and a running tandemd for the
+//! privileged tests. Everything made here is removed on drop.
+
+use std::{
+    fs,
+    io::Read as _,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this process may create namespaces and load XDP programs.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cmd`, panicking with its output if it fails.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn ip(args: &[&str]) -> String {
+    sh(Command::new("ip").args(args))
+}
+
+/// A network namespace that is deleted (with its processes) on drop.
+pub struct Ns {
+    pub name: String,
+}
+
+impl Ns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "tt{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// A command run inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `f` on a thread that entered this namespace. Sockets created
+    /// there stay in the namespace wherever they are used afterwards.
+    pub fn enter<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let f_ns = fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let r = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    pub fn sysctl(&self, kv: &str) {
+        sh(self.cmd("sysctl").args(["-qw", kv]));
+    }
+
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let s = sh(self.cmd("cat").arg(format!("/sys/class/net/{dev}/address")));
+        let mut m = [0u8; 6];
+        for (i, p) in s.trim().split(':').enumerate() {
+            m[i] = u8::from_str_radix(p, 16).expect("mac");
+        }
+        m
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                if let Ok(pid) = p.parse::<i32>() {
+                    // SAFETY: kill(2) on a process of our test namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// client (c0) -- (in0) node (out0) -- (s0) server, two queues per veth,
+/// the kernel's forwarding off in node.
+pub struct Topo {
+    pub client: Ns,
+    pub node: Ns,
+    pub server: Ns,
+}
+
+pub const CLIENT: &str = "198.18.1.10";
+pub const NODE_IN: &str = "198.18.1.1";
+pub const SERVER: &str = "198.18.2.10";
+
+impl Topo {
+    pub fn new() -> Self {
+        let client = Ns::new("c");
+        let node = Ns::new("n");
+        let server = Ns::new("s");
+        for (a, an, b, bn) in [
+            (&client, "c0", &node, "in0"),
+            (&server, "s0", &node, "out0"),
+        ] {
+            ip(&[
+                "link",
+                "add",
+                an,
+                "netns",
+                &a.name,
+                "numrxqueues",
+                "2",
+                "numtxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                bn,
+                "netns",
+                &b.name,
+                "numrxqueues",
+                "2",
+                "numtxqueues",
+                "2",
+            ]);
+        }
+        ip(&[
+            "-n",
+            &client.name,
+            "addr",
+            "add",
+            "198.18.1.10/24",
+            "dev",
+            "c0",
+        ]);
+        ip(&[
+            "-n",
+            &server.name,
+            "addr",
+            "add",
+            "198.18.2.10/24",
+            "dev",
+            "s0",
+        ]);
+        ip(&[
+            "-n",
+            &node.name,
+            "addr",
+            "add",
+            "198.18.1.1/24",
+            "dev",
+            "in0",
+        ]);
+        ip(&[
+            "-n",
+            &node.name,
+            "addr",
+            "add",
+            "198.18.2.1/24",
+            "dev",
+            "out0",
+        ]);
+        for (ns, dev) in [
+            (&client, "c0"),
+            (&server, "s0"),
+            (&node, "in0"),
+            (&node, "out0"),
+        ] {
+            ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+        }
+        ip(&[
+            "-n",
+            &client.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            NODE_IN,
+        ]);
+        ip(&[
+            "-n",
+            &server.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.2.1",
+        ]);
+        // See README: partial checksums do not survive AF_XDP on veth.
+        sh(client.cmd("ethtool").args(["-K", "c0", "tx", "off"]));
+        sh(server.cmd("ethtool").args(["-K", "s0", "tx", "off"]));
+        node.sysctl("net.ipv4.ip_forward=0");
+        node.sysctl("net.ipv6.conf.all.forwarding=0");
+        Self {
+            client,
+            node,
+            server,
+        }
+    }
+
+    /// Whether XDP is attached to `dev` in the node.
+    pub fn xdp_attached(&self, dev: &str) -> bool {
+        ip(&["-n", &self.node.name, "link", "show", dev]).contains("xdp")
+    }
+}
+
+pub fn tandemd_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tandemd"))
+}
+
+/// A tandemd running in a namespace, its stderr in a file.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    cfg: PathBuf,
+}
+
+pub const BASE_CONFIG: &str = "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n\
+                               [dataplane]\nbind = \"copy\"\n";
+
+impl Daemon {
+    pub fn start(ns: &Ns, config: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir();
+        let cfg = dir.join(format!("tandem-test-{}-{n}.toml", std::process::id()));
+        let log = dir.join(format!("tandem-test-{}-{n}.log", std::process::id()));
+        fs::write(&cfg, config).expect("write config");
+        let f = fs::File::create(&log).expect("log file");
+        let child = ns
+            .cmd(tandemd_path().to_str().expect("utf-8 path"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn tandemd");
+        let mut d = Self {
+            child: Some(child),
+            log,
+            cfg,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = d.log_text();
+            if text.contains("tandemd: running") || text.contains(" running") {
+                return d;
+            }
+            let exited = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() <= deadline,
+                "tandemd did not start ({exited:?}):\n{text}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        // Strip ANSI colour codes in case the subscriber emitted them.
+        let mut out = String::with_capacity(s.len());
+        let mut it = s.chars().peekable();
+        while let Some(c) = it.next() {
+            if c == '\x1b' {
+                for d in it.by_ref() {
+                    if d == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id().cast_signed())
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit.
+    pub fn signal_and_wait(&mut self, sig: i32) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // `ip netns exec` execs tandemd, so the child pid is tandemd's.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id().cast_signed(), sig) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return (st, self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tandemd did not exit on signal {sig}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the final counters from the exit log.
+    pub fn stop(&mut self) -> Counters {
+        let (st, log) = self.signal_and_wait(libc::SIGTERM);
+        assert!(st.success(), "tandemd exited {st}:\n{log}");
+        Counters::from_log(&log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_file(&self.log);
+        let _ = fs::remove_file(&self.cfg);
+    }
+}
+
+/// The `name=value` pairs of tandemd's "final counters" log line.
+pub struct Counters(Vec<(String, u64)>);
+
+impl Counters {
+    pub fn from_log(log: &str) -> Self {
+        let line = log
+            .lines()
+            .find_map(|l| l.split_once("final counters: ").map(|(_, r)| r.to_owned()))
+            .unwrap_or_else(|| panic!("no final counters in log:\n{log}"));
+        Self(
+            line.split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_owned(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or_else(|| panic!("no counter {key}"), |(_, v)| *v)
+    }
+}

@@ -1,0 +1,1 @@
+//! Operator tools: `tandemstat` (counter readout) and `tandemctl` (commands).

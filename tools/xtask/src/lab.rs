@@ -1,0 +1,439 @@
+//! `cargo xtask lab`: the lab pair of DESIGN.md in network namespaces.
+//!
+//! ```text
+//! tnd-client 198.18.1.10/24 (gw 198.18.1.1) --+-- br-in  --+-- tnd-a in0 198.18.1.2  | tnd-b in0 198.18.1.3
+//! tnd-server 198.18.2.10/24 (gw 198.18.2.1) --+-- br-out --+-- tnd-a out0 198.18.2.2 | tnd-b out0 198.18.2.3
+//! tnd-a sync0 198.18.9.1/30 <---- veth ----> tnd-b sync0 198.18.9.2/30
+//! ```
+//! Bridges live in tnd-sw. Until the redundancy state machine lands, node A
+//! runs tandemd and holds the VIPs (198.18.1.1, 198.18.2.1); B is built but
+//! idle. Every veth has two queues so both workers see traffic.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+
+use crate::{cargo, output, root, run};
+
+#[derive(Subcommand, Clone, Copy)]
+pub enum LabCmd {
+    /// Build the namespaces and start tandemd on node A (returns; daemons keep running).
+    Up,
+    /// Stop every lab process and remove every lab namespace.
+    Down,
+    /// Show namespaces, daemons, XDP attachment and VIP ownership.
+    Status,
+    /// Run bounded TCP/UDP/ICMP flows client -> server and print what crossed.
+    Traffic,
+}
+
+const NAMESPACES: [&str; 5] = ["tnd-sw", "tnd-client", "tnd-server", "tnd-a", "tnd-b"];
+const SERVER: &str = "198.18.2.10";
+const QUEUES: &str = "2";
+
+fn state_dir() -> PathBuf {
+    PathBuf::from("/run/tandem/lab")
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn ns_run(ns: &str, args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+fn ns_exists(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// A veth pair with `QUEUES` queues on both ends.
+fn veth(ns1: &str, name1: &str, ns2: &str, name2: &str) -> Result<()> {
+    ip(&[
+        "link",
+        "add",
+        name1,
+        "netns",
+        ns1,
+        "numrxqueues",
+        QUEUES,
+        "numtxqueues",
+        QUEUES,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        name2,
+        "netns",
+        ns2,
+        "numrxqueues",
+        QUEUES,
+        "numtxqueues",
+        QUEUES,
+    ])
+}
+
+fn addr(ns: &str, cidr: &str, dev: &str) -> Result<()> {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev])
+}
+
+fn up_link(ns: &str, dev: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "set", dev, "up"])
+}
+
+fn build_topology() -> Result<()> {
+    for ns in NAMESPACES {
+        ip(&["netns", "add", ns])?;
+        up_link(ns, "lo")?;
+    }
+    for br in ["br-in", "br-out"] {
+        ip(&["-n", "tnd-sw", "link", "add", br, "type", "bridge"])?;
+        up_link("tnd-sw", br)?;
+    }
+    // (namespace, its interface, switch port, bridge)
+    let ports = [
+        ("tnd-client", "eth0", "cl0", "br-in"),
+        ("tnd-a", "in0", "a-in", "br-in"),
+        ("tnd-b", "in0", "b-in", "br-in"),
+        ("tnd-server", "eth0", "sv0", "br-out"),
+        ("tnd-a", "out0", "a-out", "br-out"),
+        ("tnd-b", "out0", "b-out", "br-out"),
+    ];
+    for (ns, dev, port, br) in ports {
+        veth(ns, dev, "tnd-sw", port)?;
+        ip(&["-n", "tnd-sw", "link", "set", port, "master", br])?;
+        up_link("tnd-sw", port)?;
+        up_link(ns, dev)?;
+    }
+    veth("tnd-a", "sync0", "tnd-b", "sync0")?;
+    up_link("tnd-a", "sync0")?;
+    up_link("tnd-b", "sync0")?;
+
+    // A veth hands TCP/UDP on with the checksum still to be filled in
+    // (CHECKSUM_PARTIAL); a frame that crosses AF_XDP loses that state, so
+    // the end hosts must checksum in software. Real NICs are not affected.
+    for ns in ["tnd-client", "tnd-server"] {
+        output(
+            Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]),
+        )?;
+    }
+    addr("tnd-client", "198.18.1.10/24", "eth0")?;
+    ip(&[
+        "-n",
+        "tnd-client",
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.1.1",
+    ])?;
+    addr("tnd-server", "198.18.2.10/24", "eth0")?;
+    ip(&[
+        "-n",
+        "tnd-server",
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.2.1",
+    ])?;
+    for (ns, inside, outside, sync) in [
+        ("tnd-a", "198.18.1.2/24", "198.18.2.2/24", "198.18.9.1/30"),
+        ("tnd-b", "198.18.1.3/24", "198.18.2.3/24", "198.18.9.2/30"),
+    ] {
+        addr(ns, inside, "in0")?;
+        addr(ns, outside, "out0")?;
+        addr(ns, sync, "sync0")?;
+        // Only tandemd forwards: the kernel of a node never does.
+        ns_run(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+        ns_run(ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+    }
+    // Node A holds the VIPs until the redundancy state machine decides.
+    addr("tnd-a", "198.18.1.1/24", "in0")?;
+    addr("tnd-a", "198.18.2.1/24", "out0")?;
+    Ok(())
+}
+
+fn tandemd_path() -> PathBuf {
+    root().join("target/release/tandemd")
+}
+
+fn start_daemon(node: &str) -> Result<u32> {
+    let dir = state_dir();
+    fs::create_dir_all(&dir)?;
+    let log = dir.join(format!("{node}.log"));
+    let cfg = root().join(format!("deploy/lab/{node}.toml"));
+    let f = fs::File::create(&log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &format!("tnd-{node}")])
+        .arg(tandemd_path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--instance", node])
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .process_group(0)
+        .spawn()
+        .context("starting tandemd")?;
+    let pid = child.id();
+    fs::write(dir.join(format!("{node}.pid")), pid.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("running") {
+            return Ok(pid);
+        }
+        if !pid_alive(pid) || Instant::now() > deadline {
+            bail!(
+                "tandemd on node {node} did not start; its log ({}):\n{text}",
+                log.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // Zombies count as dead.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
+}
+
+fn read_pid(node: &str) -> Option<u32> {
+    fs::read_to_string(state_dir().join(format!("{node}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn kill_and_wait(pid: u32) {
+    // SAFETY: kill(2) with a pid we started; harmless if it is gone.
+    unsafe { libc::kill(pid.cast_signed(), libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    if pid_alive(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
+    }
+}
+
+pub fn down() -> Result<()> {
+    for node in ["a", "b"] {
+        if let Some(pid) = read_pid(node) {
+            kill_and_wait(pid);
+        }
+    }
+    for ns in NAMESPACES {
+        if !ns_exists(ns) {
+            continue;
+        }
+        // Anything else still running in the namespace (echo servers, ...).
+        if let Ok(pids) = output(Command::new("ip").args(["netns", "pids", ns])) {
+            for p in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                kill_and_wait(p);
+            }
+        }
+        ip(&["netns", "del", ns])?;
+    }
+    let _ = fs::remove_dir_all(state_dir());
+    Ok(())
+}
+
+fn up() -> Result<()> {
+    crate::setup::setup()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tandem-dataplane",
+        "--bin",
+        "tandemd",
+    ]))?;
+    down()?;
+    build_topology()?;
+    let pid = start_daemon("a")?;
+    println!("lab up: tandemd --instance a running in tnd-a (pid {pid}); tnd-b idle");
+    Ok(())
+}
+
+fn sys_counter(ns: &str, dev: &str, name: &str) -> u64 {
+    output(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "cat"])
+            .arg(format!("/sys/class/net/{dev}/statistics/{name}")),
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+fn xdp_mode(ns: &str, dev: &str) -> String {
+    let out =
+        output(Command::new("ip").args(["-n", ns, "-d", "link", "show", dev])).unwrap_or_default();
+    if out.contains("xdpgeneric") {
+        "generic".into()
+    } else if out.contains("xdp") {
+        "native".into()
+    } else {
+        "-".into()
+    }
+}
+
+fn status() {
+    let missing: Vec<_> = NAMESPACES.iter().filter(|n| !ns_exists(n)).collect();
+    if missing.len() == NAMESPACES.len() {
+        println!("lab is down (no tnd-* namespaces)");
+        return;
+    }
+    if !missing.is_empty() {
+        println!("lab is incomplete: missing {missing:?}");
+    }
+    println!(
+        "{:<7} {:<16} {:<9} {:<9} {:<24} {:>10} {:>10}",
+        "NODE", "DAEMON", "XDP-IN0", "XDP-OUT0", "VIPS", "IN0-RX", "OUT0-TX"
+    );
+    for node in ["a", "b"] {
+        let ns = format!("tnd-{node}");
+        if !ns_exists(&ns) {
+            continue;
+        }
+        let daemon = match read_pid(node) {
+            Some(p) if pid_alive(p) => format!("running {p}"),
+            Some(p) => format!("dead {p}"),
+            None => "idle".into(),
+        };
+        let addrs = output(Command::new("ip").args(["-n", &ns, "-4", "-o", "addr", "show"]))
+            .unwrap_or_default();
+        let vips: Vec<&str> = ["198.18.1.1", "198.18.2.1"]
+            .into_iter()
+            .filter(|v| addrs.contains(&format!("inet {v}/")))
+            .collect();
+        println!(
+            "{:<7} {:<16} {:<9} {:<9} {:<24} {:>10} {:>10}",
+            ns,
+            daemon,
+            xdp_mode(&ns, "in0"),
+            xdp_mode(&ns, "out0"),
+            if vips.is_empty() {
+                "-".to_string()
+            } else {
+                vips.join(",")
+            },
+            sys_counter(&ns, "in0", "rx_packets"),
+            sys_counter(&ns, "out0", "tx_packets"),
+        );
+    }
+    if let Some(node) = ["a", "b"]
+        .into_iter()
+        .find(|n| read_pid(n).is_some_and(pid_alive))
+    {
+        println!("log: {}", state_dir().join(format!("{node}.log")).display());
+    }
+}
+
+fn traffic() -> Result<()> {
+    for ns in NAMESPACES {
+        if !ns_exists(ns) {
+            bail!("lab is not up (namespace {ns} missing); run `cargo xtask lab up`");
+        }
+    }
+    let fwd = output(Command::new("ip").args([
+        "netns",
+        "exec",
+        "tnd-a",
+        "sysctl",
+        "-n",
+        "net.ipv4.ip_forward",
+    ]))?;
+    println!(
+        "tnd-a net.ipv4.ip_forward={}: only tandemd can forward",
+        fwd.trim()
+    );
+    let xtask = std::env::current_exe()?;
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", "tnd-server"])
+        .arg(&xtask)
+        .args(["traffic", "serve", "--port", "7", "--seconds", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting echo server")?;
+    thread::sleep(Duration::from_millis(300));
+    let before = sys_counter("tnd-a", "in0", "rx_packets");
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "tnd-client",
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            SERVER,
+        ])
+        .output()?;
+    let ping_text = String::from_utf8_lossy(&ping.stdout);
+    let ping_line = ping_text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("no ping summary");
+    println!("icmp: {ping_line}");
+    let client = Command::new("ip")
+        .args(["netns", "exec", "tnd-client"])
+        .arg(&xtask)
+        .args([
+            "traffic", "client", "--server", SERVER, "--tcp", "20", "--udp", "200",
+        ])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&client.stdout));
+    eprint!("{}", String::from_utf8_lossy(&client.stderr));
+    let _ = server.kill();
+    let _ = server.wait();
+    let after = sys_counter("tnd-a", "in0", "rx_packets");
+    println!(
+        "tnd-a in0 received {} packets during the run",
+        after.saturating_sub(before)
+    );
+    if !ping.status.success() || !client.status.success() {
+        bail!("lab traffic: not everything crossed node A");
+    }
+    Ok(())
+}
+
+pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the lab needs root (network namespaces, XDP, AF_XDP)");
+    }
+    match cmd {
+        Some(LabCmd::Up) => up(),
+        Some(LabCmd::Down) => down(),
+        Some(LabCmd::Status) => {
+            status();
+            Ok(())
+        }
+        Some(LabCmd::Traffic) => traffic(),
+        None => {
+            up()?;
+            traffic()?;
+            status();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask setup`: installs what is missing, nothing else.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{output, run};
+
+/// Debian packages: the eBPF toolchain (LLVM 22 matches rustc's LLVM), what
+/// xsk-rs needs to build libxdp, and the tools the lab and tests drive.
+const PACKAGES: &[&str] = &[
+    "clang",
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "libclang-dev",
+    "libelf-dev",
+    "zlib1g-dev",
+    "libpcap-dev",
+    "m4",
+    "pkg-config",
+    "make",
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "python3",
+];
+
+/// bpf-linker release known to work with LLVM 22 and rustc 1.95 / nightly 1.97.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn install_packages() -> Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run `cargo xtask setup` as root (or apt-get install them)"
+        );
+    }
+    eprintln!("xtask setup: installing {missing:?}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is needed to build the XDP program")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding rust-src to nightly");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn llvm_major(version_output: &str) -> Option<u32> {
+    let line = version_output
+        .lines()
+        .find(|l| l.contains("LLVM version") || l.contains("LLVM"))?;
+    let digits: String = line
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .to_owned();
+    digits.parse().ok()
+}
+
+fn bpf_linker() -> Result<()> {
+    let rustc = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
+    let want = llvm_major(&rustc).context("cannot read nightly rustc's LLVM version")?;
+    if let Ok(v) = output(Command::new("bpf-linker").arg("--version")) {
+        if v.contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+        eprintln!(
+            "xtask setup: bpf-linker is {} (want {BPF_LINKER_VERSION})",
+            v.trim()
+        );
+    }
+    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {want}");
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{want}"))
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{want}")))
+}
+
+pub fn setup() -> Result<()> {
+    install_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major;
+
+    #[test]
+    fn reads_llvm_major_from_rustc() {
+        let v = "rustc 1.97.0-nightly\nbinary: rustc\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(v), Some(22));
+    }
+}
