@@ -359,7 +359,11 @@ mod tests {
             assert!(!cfg.interfaces.inside.is_empty());
         }
         let example = Config::load(&dir.join("tandem.example.toml")).unwrap();
-        assert_eq!(example.dataplane, Dataplane::default(), "example documents the defaults");
+        assert_eq!(
+            example.dataplane,
+            Dataplane::default(),
+            "example documents the defaults"
+        );
     }
 
     #[test]
