@@ -127,10 +127,15 @@ fn test(no_lint: bool) -> Result<()> {
             "warnings",
         ]))?;
         eprintln!("xtask: clippy (bpfel)");
-        run(cargo()
+        run(Command::new("rustup")
             .current_dir(root().join("ebpf/xdp"))
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CARGO")
             .args([
-                "+nightly",
+                "run",
+                "nightly",
+                "cargo",
                 "clippy",
                 "--target",
                 "bpfel-unknown-none",

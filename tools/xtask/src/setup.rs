@@ -61,7 +61,7 @@ fn install_packages() -> Result<()> {
         .args(&missing))
 }
 
-fn nightly_rust_src() -> Result<()> {
+fn nightly_components() -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
@@ -70,11 +70,20 @@ fn nightly_rust_src() -> Result<()> {
         "--installed",
     ]))
     .context("the nightly toolchain is needed to build the XDP program")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            continue;
+        }
+        eprintln!("xtask setup: adding {component} to nightly");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
-    eprintln!("xtask setup: adding rust-src to nightly");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 fn llvm_major(version_output: &str) -> Option<u32> {
@@ -117,7 +126,7 @@ fn bpf_linker() -> Result<()> {
 
 pub fn setup() -> Result<()> {
     install_packages()?;
-    nightly_rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     Ok(())
 }
