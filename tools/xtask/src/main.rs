@@ -148,7 +148,7 @@ fn test(no_lint: bool) -> Result<()> {
             .args(["--", "-D", "warnings"]))?;
     }
     eprintln!("xtask: cargo test --workspace");
-    run(cargo().args([
+    let totals = run_tests(cargo().args([
         "test",
         "--workspace",
         "--exclude",
@@ -157,7 +157,57 @@ fn test(no_lint: bool) -> Result<()> {
         "--test-threads",
         "1",
     ]))?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 || totals.passed == 0 {
+        bail!("test run failed");
+    }
     Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs a libtest-style test command, echoing its output, and sums the
+/// "test result:" lines of every test binary.
+fn run_tests(cmd: &mut Command) -> Result<Totals> {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut t = Totals::default();
+    let stdout = child.stdout.take().context("test stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut w = part.split_whitespace().rev();
+                let (Some(word), Some(n)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match word {
+                    "passed" => t.passed += n,
+                    "failed" => t.failed += n,
+                    "ignored" => t.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        t.failed = t.failed.max(1);
+    }
+    Ok(t)
 }
 
 fn bench(args: &[String]) -> Result<()> {
