@@ -201,3 +201,8 @@ fn v4key(a: Ipv4Addr) -> LocalV4Key {
 fn v6key(a: Ipv6Addr) -> LocalV6Key {
     LocalV6Key { addr: a.octets() }
 }
+
+/// The packet generator and sink programs of the benchmark harness, built
+/// alongside the steering program (see ebpf/xdp/src/bin/bench.rs).
+pub static BENCH_PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tandem-bench-xdp"));

@@ -63,6 +63,9 @@ pub struct Worker {
     pub slot_ifindex: Vec<u32>,
 }
 
+/// Frames the kernel transmits per sendto() in copy mode.
+const COPY_TX_BATCH: usize = 32;
+
 /// How long an idle worker sleeps in poll() before re-checking `stop`.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -217,7 +220,8 @@ impl Worker {
 
     fn refill(&mut self, tally: &mut Tally) {
         for p in &mut self.ports {
-            let want = p.fq.nb_free(self.batch as u32) as usize;
+            // nb_free may report the whole ring; top up one batch at a time.
+            let want = (p.fq.nb_free(self.batch as u32) as usize).min(self.batch);
             if want == 0 {
                 continue;
             }
@@ -259,9 +263,14 @@ impl Worker {
         }
         frames.clear();
         if sent > 0 && p.tx.needs_wakeup() {
-            tally.add(WorkerCounter::TxWakeups, 1);
-            if let Err(e) = p.tx.wakeup() {
-                tracing::debug!(worker = self.id, error = %e, "tx wakeup failed");
+            // Copy mode sends at most 32 frames per wakeup (the kernel's
+            // TX_BATCH_SIZE): kick once per 32 so nothing waits a lap.
+            for _ in 0..sent.div_ceil(COPY_TX_BATCH) {
+                tally.add(WorkerCounter::TxWakeups, 1);
+                if let Err(e) = p.tx.wakeup() {
+                    tracing::debug!(worker = self.id, error = %e, "tx wakeup failed");
+                    break;
+                }
             }
         }
     }

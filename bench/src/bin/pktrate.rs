@@ -1,0 +1,536 @@
+//! Packet-rate harness: tandemd forwarding vs the Linux kernel forwarding the
+//! same 64-byte UDP traffic in the same namespaces, in the same run.
+//!
+//! ```text
+//! tb-gen (gen0) --veth-- (in0) tb-dut (out0) --veth-- (sink0) tb-sink
+//! ```
+//! The generator is an AF_XDP socket per thread on gen0 (copy mode, one
+//! queue per thread, so thread t lands on the DUT's rx queue t); the sink is
+//! an XDP program on sink0 that counts and drops. Rates are counted at the
+//! sink. See bench/README.md and shared/reference/machine-ceilings.md.
+
+use std::{
+    fs,
+    io::Write as _,
+    num::NonZeroU32,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{Xdp, XdpMode},
+};
+use clap::Parser;
+use xsk_rs::{
+    FrameDesc, Socket, Umem,
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "tandemd vs kernel forwarding, 64-byte UDP, counted at the sink")]
+struct Args {
+    /// Seconds measured per case (after a 1 s warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Flow counts to run (UDP source ports).
+    #[arg(long, value_delimiter = ',', default_value = "1,10000")]
+    flows: Vec<u32>,
+    /// Worker counts to run tandemd with; the generator uses as many threads.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<u32>,
+    /// The tandemd binary (default: next to this one).
+    #[arg(long)]
+    tandemd: Option<PathBuf>,
+}
+
+const GEN: &str = "tb-gen";
+const DUT: &str = "tb-dut";
+const SINK: &str = "tb-sink";
+
+fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+fn teardown() {
+    for n in [GEN, DUT, SINK] {
+        if let Ok(p) = sh(&["ip", "netns", "pids", n]) {
+            for pid in p.split_whitespace().filter_map(|x| x.parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a process inside our own bench namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = sh(&["ip", "netns", "del", n]);
+    }
+}
+
+fn mac(n: &str, dev: &str) -> Result<[u8; 6]> {
+    let s = ns(n, &["cat", &format!("/sys/class/net/{dev}/address")])?;
+    let mut m = [0u8; 6];
+    for (i, p) in s.trim().split(':').enumerate() {
+        m[i] = u8::from_str_radix(p, 16)?;
+    }
+    Ok(m)
+}
+
+fn topology() -> Result<()> {
+    teardown();
+    for n in [GEN, DUT, SINK] {
+        sh(&["ip", "netns", "add", n])?;
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+    }
+    for (a, an, b, bn) in [(GEN, "gen0", DUT, "in0"), (DUT, "out0", SINK, "sink0")] {
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            an,
+            "netns",
+            a,
+            "numrxqueues",
+            "2",
+            "numtxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            bn,
+            "netns",
+            b,
+            "numrxqueues",
+            "2",
+            "numtxqueues",
+            "2",
+        ])?;
+    }
+    sh(&[
+        "ip",
+        "-n",
+        GEN,
+        "addr",
+        "add",
+        "198.18.1.10/24",
+        "dev",
+        "gen0",
+    ])?;
+    sh(&[
+        "ip",
+        "-n",
+        DUT,
+        "addr",
+        "add",
+        "198.18.1.1/24",
+        "dev",
+        "in0",
+    ])?;
+    sh(&[
+        "ip",
+        "-n",
+        DUT,
+        "addr",
+        "add",
+        "198.18.2.1/24",
+        "dev",
+        "out0",
+    ])?;
+    sh(&[
+        "ip",
+        "-n",
+        SINK,
+        "addr",
+        "add",
+        "198.18.2.10/24",
+        "dev",
+        "sink0",
+    ])?;
+    for (n, d) in [(GEN, "gen0"), (DUT, "in0"), (DUT, "out0"), (SINK, "sink0")] {
+        sh(&["ip", "-n", n, "link", "set", d, "up"])?;
+    }
+    // Static neighbours: no ARP in the measured window.
+    let sink_mac = mac(SINK, "sink0")?;
+    let gen_mac = mac(GEN, "gen0")?;
+    let fmt = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    sh(&[
+        "ip",
+        "-n",
+        DUT,
+        "neigh",
+        "replace",
+        "198.18.2.10",
+        "lladdr",
+        &fmt(sink_mac),
+        "dev",
+        "out0",
+        "nud",
+        "permanent",
+    ])?;
+    sh(&[
+        "ip",
+        "-n",
+        DUT,
+        "neigh",
+        "replace",
+        "198.18.1.10",
+        "lladdr",
+        &fmt(gen_mac),
+        "dev",
+        "in0",
+        "nud",
+        "permanent",
+    ])?;
+    ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+    Ok(())
+}
+
+/// The 60-byte (64 on the wire) UDP frame the generator replays.
+fn template(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [
+        0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 10, 198, 18, 2, 10,
+    ];
+    let c = tandem_dataplane::wire::checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    // UDP 10000 -> 9, length 26, checksum 0 (none, so ports can vary).
+    f.extend_from_slice(&[0x27, 0x10, 0, 9, 0, 26, 0, 0]);
+    f.resize(60, 0);
+    f
+}
+
+struct Bpf {
+    ebpf: Ebpf,
+}
+
+fn enter_ns(name: &str) -> Result<()> {
+    let f = fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on a valid namespace fd; affects the calling thread only.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Bpf {
+    /// Loads the sink and attaches it to sink0 inside tb-sink.
+    fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(tandem_dataplane::loader::BENCH_PROGRAMS)?;
+        let sink: &mut Xdp = ebpf.program_mut("tandem_sink").context("sink")?.try_into()?;
+        sink.load()?;
+        // The link belongs to the program, whatever thread attached it.
+        thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                enter_ns(SINK)?;
+                sink.attach("sink0", XdpMode::Driver)?;
+                Ok(())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("attach thread panicked"))?
+        })?;
+        Ok(Self { ebpf })
+    }
+
+    fn sink_count(&self) -> Result<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("TND_SINK_COUNT").context("sink map")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// UMEM frames per generator thread: more than any flow count we run, so
+/// every flow appears in each lap of the ring.
+const GEN_FRAMES: u32 = 16384;
+/// Copy-mode AF_XDP transmits at most 32 frames per sendto().
+const GEN_BATCH: usize = 32;
+
+/// One generator thread: an AF_XDP socket on gen0 queue `queue`, its UMEM
+/// pre-written with the template over `flows` source ports, sent round-robin
+/// until `stop`. Returns frames sent.
+fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result<u64> {
+    enter_ns(GEN)?;
+    let umem_cfg = UmemConfig::builder()
+        .frame_size(FrameSize::new(2048).map_err(|e| anyhow::anyhow!("{e}"))?)
+        .comp_queue_size(QueueSize::new(4096).map_err(|e| anyhow::anyhow!("{e}"))?)
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (umem, mut descs) = Umem::new(
+        umem_cfg,
+        NonZeroU32::new(GEN_FRAMES).context("frames")?,
+        false,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sock_cfg = SocketConfig::builder()
+        .tx_queue_size(QueueSize::new(4096).map_err(|e| anyhow::anyhow!("{e}"))?)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+        .build();
+    let iface: Interface = "gen0".parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // SAFETY: one socket per (gen0, queue), UMEM not shared.
+    let (mut tx, _rx, rings) = unsafe { Socket::new(sock_cfg, &umem, &iface, queue) }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_fq, mut cq) = rings.context("no completion ring")?;
+    for (i, d) in descs.iter_mut().enumerate() {
+        let port = 10000 + (i as u32 % flows.max(1)) as u16;
+        // SAFETY: the frame is on no ring yet.
+        let mut data = unsafe { umem.data_mut(d) };
+        let mut c = data.cursor();
+        c.write_all(frame)?;
+        drop(c);
+        data.contents_mut()[34..36].copy_from_slice(&port.to_be_bytes());
+    }
+    let n = descs.len();
+    let mut comp = vec![FrameDesc::default(); 1024];
+    let (mut pos, mut outstanding, mut sent) = (0usize, 0usize, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        // Copy mode completes in order: only the count matters.
+        // SAFETY: completions return frames of this UMEM.
+        outstanding -= unsafe { cq.consume(&mut comp) };
+        let k = GEN_BATCH.min(n - outstanding).min(n - pos);
+        let k = k.min(tx.nb_free(k as u32) as usize);
+        if k > 0 {
+            // SAFETY: these frames are not on any ring (outstanding < n).
+            let done = unsafe { tx.produce(&descs[pos..pos + k]) };
+            pos = (pos + done) % n;
+            outstanding += done;
+            sent += done as u64;
+        }
+        tx.wakeup()?;
+    }
+    Ok(sent)
+}
+
+/// Runs `threads` generator threads, pinned from the last core down (the
+/// DUT's workers are pinned from core 0 up), until `stop`; returns frames sent.
+fn generate(frame: &[u8], flows: u32, threads: u32, stop: &AtomicBool) -> Result<u64> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let core = cores
+                    .len()
+                    .checked_sub(1 + t as usize % cores.len().max(1))
+                    .and_then(|i| cores.get(i).copied());
+                s.spawn(move || -> Result<u64> {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    gen_thread(t, frame, flows, stop)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        }
+        Ok(total)
+    })
+}
+
+#[expect(clippy::cast_precision_loss, reason = "packet counts far below 2^52")]
+fn per_sec(n: u64, secs: f64) -> f64 {
+    n as f64 / secs
+}
+
+struct Sample {
+    pps: f64,
+    offered: f64,
+}
+
+fn measure(bpf: &Bpf, frame: &[u8], flows: u32, threads: u32, secs: u64) -> Result<Sample> {
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let g = s.spawn(|| generate(frame, flows, threads, &stop));
+        thread::sleep(Duration::from_secs(1));
+        let c0 = bpf.sink_count()?;
+        let t0 = Instant::now();
+        thread::sleep(Duration::from_secs(secs));
+        let c1 = bpf.sink_count()?;
+        let dt = t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let sent = g
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        Ok(Sample {
+            pps: per_sec(c1 - c0, dt),
+            offered: per_sec(sent, dt + 1.0),
+        })
+    })
+}
+
+struct Tandemd {
+    child: Child,
+    log: PathBuf,
+}
+
+fn start_tandemd(bin: &PathBuf, workers: u32) -> Result<Tandemd> {
+    let dir = std::env::temp_dir();
+    let cfg = dir.join("tandem-pktrate.toml");
+    let log = dir.join("tandem-pktrate.log");
+    fs::write(
+        &cfg,
+        format!(
+            "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n[dataplane]\nworkers = {workers}\nbind = \"copy\"\n"
+        ),
+    )?;
+    let f = fs::File::create(&log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", DUT])
+        .arg(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(" running") {
+            return Ok(Tandemd { child, log });
+        }
+        if Instant::now() > deadline {
+            bail!("tandemd did not start:\n{text}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Tandemd {
+    /// Stops it and returns the exit report (final counters, XSK statistics).
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
+        self.child.wait()?;
+        let text = fs::read_to_string(&self.log)?;
+        Ok(text
+            .lines()
+            .filter(|l| l.contains("final counters") || l.contains("xsk."))
+            .map(|l| l.split_once("daemon: ").map_or(l, |(_, r)| r).to_owned())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
+
+fn interesting(report: &str) -> String {
+    const KEYS: [&str; 8] = [
+        "worker.rx_packets=",
+        "worker.tx_packets=",
+        "worker.idle_polls=",
+        "worker.fill_short=",
+        "drop.tx_ring_full=",
+        "xdp.drop_no_socket=",
+        "rx_ring_full=",
+        "rx_fill_ring_empty_descs=",
+    ];
+    let mut sums: Vec<(String, u64)> = KEYS.iter().map(|k| ((*k).to_owned(), 0)).collect();
+    for kv in report.split_whitespace() {
+        for (k, v) in &mut sums {
+            if let Some(n) = kv
+                .strip_prefix(k.as_str())
+                .and_then(|x| x.parse::<u64>().ok())
+            {
+                *v += n;
+            }
+        }
+    }
+    sums.iter()
+        .map(|(k, v)| format!("{k}{v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("pktrate needs root (namespaces, XDP, BPF_PROG_RUN)");
+    }
+    let tandemd = match args.tandemd.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("tandemd"),
+    };
+    if !tandemd.exists() {
+        bail!(
+            "{} not found (cargo build --release -p tandem-dataplane)",
+            tandemd.display()
+        );
+    }
+    topology()?;
+    let r = run(&args, &tandemd);
+    teardown();
+    r
+}
+
+fn run(args: &Args, tandemd: &PathBuf) -> Result<()> {
+    let bpf = Bpf::load()?;
+    let frame = template(mac(DUT, "in0")?, mac(GEN, "gen0")?);
+    println!(
+        "pktrate: 64-byte UDP, {} s per case, counted at the sink; Mpps (offered Mpps)",
+        args.seconds
+    );
+    println!(
+        "{:<8} {:<8} {:>18} {:>18} {:>7}",
+        "flows", "workers", "kernel", "tandemd", "ratio"
+    );
+    let mut notes = Vec::new();
+    for &w in &args.workers {
+        for &flows in &args.flows {
+            // (a) the kernel, forwarding on, GRO on as the ceilings assume.
+            ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            ns(DUT, &["ethtool", "-K", "in0", "gro", "on"])?;
+            let k = measure(&bpf, &frame, flows, w, args.seconds)?;
+            ns(DUT, &["ethtool", "-K", "in0", "gro", "off"])?;
+            ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+            // (b) tandemd with `w` workers, the kernel's forwarding off.
+            let d = start_tandemd(tandemd, w)?;
+            let t = measure(&bpf, &frame, flows, w, args.seconds)?;
+            let report = d.stop()?;
+            println!(
+                "{:<8} {:<8} {:>8.3} ({:>6.2}) {:>8.3} ({:>6.2}) {:>7.2}",
+                flows,
+                w,
+                k.pps / 1e6,
+                k.offered / 1e6,
+                t.pps / 1e6,
+                t.offered / 1e6,
+                t.pps / k.pps.max(1.0)
+            );
+            notes.push(format!(
+                "flows={flows} workers={w}: {}",
+                interesting(&report)
+            ));
+        }
+    }
+    println!("tandemd counters per case (summed over workers/sockets):");
+    for n in notes {
+        println!("  {n}");
+    }
+    Ok(())
+}
