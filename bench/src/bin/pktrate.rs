@@ -239,7 +239,10 @@ impl Bpf {
     /// Loads the sink and attaches it to sink0 inside tb-sink.
     fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(tandem_dataplane::loader::BENCH_PROGRAMS)?;
-        let sink: &mut Xdp = ebpf.program_mut("tandem_sink").context("sink")?.try_into()?;
+        let sink: &mut Xdp = ebpf
+            .program_mut("tandem_sink")
+            .context("sink")?
+            .try_into()?;
         sink.load()?;
         // The link belongs to the program, whatever thread attached it.
         thread::scope(|s| {
@@ -344,7 +347,9 @@ fn generate(frame: &[u8], flows: u32, threads: u32, stop: &AtomicBool) -> Result
             .collect();
         let mut total = 0;
         for h in handles {
-            total += h.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+            total += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("generator panicked"))??;
         }
         Ok(total)
     })
