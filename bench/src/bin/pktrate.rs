@@ -300,9 +300,7 @@ fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result
         let port = 10000 + (i as u32 % flows.max(1)) as u16;
         // SAFETY: the frame is on no ring yet.
         let mut data = unsafe { umem.data_mut(d) };
-        let mut c = data.cursor();
-        c.write_all(frame)?;
-        drop(c);
+        data.cursor().write_all(frame)?;
         data.contents_mut()[34..36].copy_from_slice(&port.to_be_bytes());
     }
     let n = descs.len();
