@@ -15,7 +15,7 @@ use std::{
 };
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use netns::{BASE_CONFIG, CLIENT, Daemon, NODE_IN, SERVER, Topo};
+use netns::{BASE_CONFIG, CLIENT, Daemon, NODE_IN, NODE_IN6, SERVER, SERVER6, Topo};
 
 type Test = fn() -> Result<(), Failed>;
 
@@ -34,7 +34,11 @@ fn ping(topo: &Topo, dst: &str, extra: &[&str]) -> (bool, String) {
         .expect("ping");
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -157,6 +161,53 @@ fn forwards_tcp_udp_icmp_with_ip_forward_off() -> Result<(), Failed> {
     check(
         c.get("in0.tx_packets") > 0 && c.get("out0.tx_packets") > 0,
         "per-interface tx",
+    )?;
+    Ok(())
+}
+
+fn forwards_ipv6_and_expires_hop_limit() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, BASE_CONFIG);
+    // A fresh namespace's IPv6 needs a moment (link-local DAD) before
+    // neighbour discovery answers; wait until the node itself answers.
+    let ready = (0..20).any(|_| {
+        let ok = topo
+            .client
+            .cmd("ping")
+            .args(["-6", "-c", "1", "-W", "1", NODE_IN6])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            thread::sleep(Duration::from_millis(250));
+        }
+        ok
+    });
+    check(ready, "the node's IPv6 address never answered")?;
+    let (ok, out) = ping(&topo, SERVER6, &["-6"]);
+    check(ok, format!("ping6 through the node failed:\n{out}"))?;
+    check(
+        out.contains("ttl=63"),
+        format!("hop limit not decremented once:\n{out}"),
+    )?;
+    let (ok, out) = ping(&topo, SERVER6, &["-6", "-t", "1"]);
+    check(!ok, "hop limit 1 must not reach the server")?;
+    check(
+        out.contains(&format!("From {NODE_IN6}")) && out.contains("Time exceeded"),
+        format!("no ICMPv6 time exceeded from the node:\n{out}"),
+    )?;
+    let (ok, out) = ping(&topo, NODE_IN6, &["-6"]);
+    check(ok, format!("ping6 to the node itself:\n{out}"))?;
+    let c = d.stop();
+    check(
+        c.get("worker.icmp_errors_sent") == 3,
+        "three ICMPv6 errors counted",
+    )?;
+    let (fwd, punted) = (c.get("worker.forwarded"), c.get("worker.punted"));
+    check(
+        fwd + punted >= 6,
+        format!(
+            "3 echoes + 3 replies, the first echo may be punted for ND: forwarded {fwd} punted {punted}"
+        ),
     )?;
     Ok(())
 }
@@ -440,10 +491,14 @@ fn main() {
     let args = Arguments::from_args();
     let privileged = netns::privileged();
     let in_ci = std::env::var_os("CI").is_some();
-    let priv_tests: [(&str, Test); 7] = [
+    let priv_tests: [(&str, Test); 8] = [
         (
             "forwards_tcp_udp_icmp_with_ip_forward_off",
             forwards_tcp_udp_icmp_with_ip_forward_off,
+        ),
+        (
+            "forwards_ipv6_and_expires_hop_limit",
+            forwards_ipv6_and_expires_hop_limit,
         ),
         (
             "node_address_traffic_reaches_the_kernel",

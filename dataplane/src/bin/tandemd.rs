@@ -18,7 +18,8 @@ struct Args {
     /// Configuration file (TOML); see deploy/tandem.example.toml.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
-    /// Instance name; names the stats segment and control socket.
+    /// Instance name, shown in the logs (the stats segment and control
+    /// socket will be named after it).
     #[arg(long, default_value = "default", value_name = "NAME")]
     instance: String,
     /// Check the configuration and exit.

@@ -35,6 +35,11 @@ pub fn ip(args: &[&str]) -> String {
     sh(Command::new("ip").args(args))
 }
 
+/// `ip` with its arguments given as one whitespace-separated string.
+pub fn ipw(args: &str) -> String {
+    sh(Command::new("ip").args(args.split_whitespace()))
+}
+
 /// A network namespace that is deleted (with its processes) on drop.
 pub struct Ns {
     pub name: String,
@@ -118,101 +123,41 @@ pub struct Topo {
 pub const CLIENT: &str = "198.18.1.10";
 pub const NODE_IN: &str = "198.18.1.1";
 pub const SERVER: &str = "198.18.2.10";
+pub const NODE_IN6: &str = "2001:db8:1::1";
+pub const SERVER6: &str = "2001:db8:2::10";
 
 impl Topo {
     pub fn new() -> Self {
         let client = Ns::new("c");
         let node = Ns::new("n");
         let server = Ns::new("s");
-        for (a, an, b, bn) in [
-            (&client, "c0", &node, "in0"),
-            (&server, "s0", &node, "out0"),
-        ] {
-            ip(&[
-                "link",
-                "add",
-                an,
-                "netns",
-                &a.name,
-                "numrxqueues",
-                "2",
-                "numtxqueues",
-                "2",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                bn,
-                "netns",
-                &b.name,
-                "numrxqueues",
-                "2",
-                "numtxqueues",
-                "2",
-            ]);
+        let (c, n, s) = (&client.name, &node.name, &server.name);
+        for (a, an, b, bn) in [(c, "c0", n, "in0"), (s, "s0", n, "out0")] {
+            ipw(&format!(
+                "link add {an} netns {a} numrxqueues 2 numtxqueues 2 type veth \
+                 peer name {bn} netns {b} numrxqueues 2 numtxqueues 2"
+            ));
         }
-        ip(&[
-            "-n",
-            &client.name,
-            "addr",
-            "add",
-            "198.18.1.10/24",
-            "dev",
-            "c0",
-        ]);
-        ip(&[
-            "-n",
-            &server.name,
-            "addr",
-            "add",
-            "198.18.2.10/24",
-            "dev",
-            "s0",
-        ]);
-        ip(&[
-            "-n",
-            &node.name,
-            "addr",
-            "add",
-            "198.18.1.1/24",
-            "dev",
-            "in0",
-        ]);
-        ip(&[
-            "-n",
-            &node.name,
-            "addr",
-            "add",
-            "198.18.2.1/24",
-            "dev",
-            "out0",
-        ]);
-        for (ns, dev) in [
-            (&client, "c0"),
-            (&server, "s0"),
-            (&node, "in0"),
-            (&node, "out0"),
+        for cmd in [
+            format!("-n {c} addr add 198.18.1.10/24 dev c0"),
+            format!("-n {s} addr add 198.18.2.10/24 dev s0"),
+            format!("-n {n} addr add 198.18.1.1/24 dev in0"),
+            format!("-n {n} addr add 198.18.2.1/24 dev out0"),
+            format!("-n {c} -6 addr add 2001:db8:1::10/64 dev c0 nodad"),
+            format!("-n {s} -6 addr add 2001:db8:2::10/64 dev s0 nodad"),
+            format!("-n {n} -6 addr add 2001:db8:1::1/64 dev in0 nodad"),
+            format!("-n {n} -6 addr add 2001:db8:2::1/64 dev out0 nodad"),
+            format!("-n {c} link set c0 up"),
+            format!("-n {s} link set s0 up"),
+            format!("-n {n} link set in0 up"),
+            format!("-n {n} link set out0 up"),
+            format!("-n {c} route add default via {NODE_IN}"),
+            format!("-n {s} route add default via 198.18.2.1"),
+            format!("-n {c} -6 route add default via {NODE_IN6}"),
+            format!("-n {s} -6 route add default via 2001:db8:2::1"),
         ] {
-            ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+            ipw(&cmd);
         }
-        ip(&[
-            "-n",
-            &client.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            NODE_IN,
-        ]);
-        ip(&[
-            "-n",
-            &server.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.18.2.1",
-        ]);
         // See README: partial checksums do not survive AF_XDP on veth.
         sh(client.cmd("ethtool").args(["-K", "c0", "tx", "off"]));
         sh(server.cmd("ethtool").args(["-K", "s0", "tx", "off"]));
