@@ -169,14 +169,15 @@ fn forwards_ipv6_and_expires_hop_limit() -> Result<(), Failed> {
     let topo = Topo::new();
     let mut d = Daemon::start(&topo.node, BASE_CONFIG);
     // A fresh namespace's IPv6 needs a moment (link-local DAD) before
-    // neighbour discovery answers; wait until the node itself answers.
-    let ready = (0..20).any(|_| {
-        let ok = topo
-            .client
-            .cmd("ping")
-            .args(["-6", "-c", "1", "-W", "1", NODE_IN6])
+    // neighbour discovery answers; wait until the node answers both ends.
+    let answers = |ns: &netns::Ns, dst: &str| {
+        ns.cmd("ping")
+            .args(["-6", "-c", "1", "-W", "1", dst])
             .output()
-            .is_ok_and(|o| o.status.success());
+            .is_ok_and(|o| o.status.success())
+    };
+    let ready = (0..20).any(|_| {
+        let ok = answers(&topo.client, NODE_IN6) && answers(&topo.server, "2001:db8:2::1");
         if !ok {
             thread::sleep(Duration::from_millis(250));
         }
