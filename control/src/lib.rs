@@ -1,6 +1,7 @@
-//! tandem's control plane. It does no kernel I/O: configuration now; the
-//! redundancy state machine, the sync protocol and the stats segment join it
-//! as their issues land.
+//! tandem's control plane. It does no kernel I/O beyond its own files:
+//! configuration and the stats segment now; the redundancy state machine and
+//! the sync protocol join it as their issues land.
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod stats;

@@ -1,0 +1,63 @@
+//! The stats segment: every counter of an instance in one shared-memory file.
+//!
+//! Design (after VPP's stats segment): a header, a directory of named
+//! metrics (Prometheus-style family name plus `k=v` labels) pointing at u64
+//! value slots, one cache-line-aligned block of slots per worker written by
+//! that worker alone with relaxed stores, and a seqlock'd state area for
+//! multi-field state (interfaces, role). Readers map the file read-only and
+//! sum what they need; they never talk to the daemon and never block it.
+
+pub mod layout;
+pub mod segment;
+pub mod state;
+
+pub use layout::Kind;
+pub use segment::{
+    Entry, EntryDef, Schema, SegmentReader, SegmentWriter, StatsError, segment_path,
+};
+pub use state::{IfaceRole, IfaceState, LinkState, NodeState, XdpAttach};
+
+/// Heartbeat age after which readers call the daemon stale.
+pub const STALE_AFTER_NS: u64 = 3_000_000_000;
+
+/// What each metric family means, for `HELP` lines and `--help` texts.
+/// Every family a daemon registers must be listed (a test checks it).
+pub fn help(family: &str) -> Option<&'static str> {
+    Some(match family {
+        "tandem_worker_rx_packets_total" => "Frames a worker received from its AF_XDP sockets.",
+        "tandem_worker_rx_bytes_total" => "Bytes a worker received from its AF_XDP sockets.",
+        "tandem_worker_tx_packets_total" => "Frames a worker put on its AF_XDP tx rings.",
+        "tandem_worker_tx_bytes_total" => "Bytes a worker put on its AF_XDP tx rings.",
+        "tandem_worker_rx_batches_total" => "Worker iterations that received at least one frame.",
+        "tandem_worker_tx_wakeups_total" => "sendto() calls made to kick tx rings.",
+        "tandem_worker_idle_polls_total" => "poll() sleeps taken because every rx ring was empty.",
+        "tandem_worker_forwarded_total" => "Packets forwarded (routed, rewritten, transmitted).",
+        "tandem_worker_icmp_errors_sent_total" => {
+            "ICMP errors originated (time exceeded, too big)."
+        }
+        "tandem_worker_punted_total" => {
+            "Packets handed to the kernel to resolve their next hop's neighbour."
+        }
+        "tandem_worker_punt_errors_total" => "Punts the kernel refused.",
+        "tandem_worker_fill_short_total" => {
+            "Times the free-frame pool could not top up a fill ring by a full batch."
+        }
+        "tandem_drops_total" => "Packets a worker dropped, by ingress interface and reason.",
+        "tandem_iface_rx_packets_total" => "Frames received per interface and worker.",
+        "tandem_iface_rx_bytes_total" => "Bytes received per interface and worker.",
+        "tandem_iface_tx_packets_total" => "Frames transmitted per interface and worker.",
+        "tandem_iface_tx_bytes_total" => "Bytes transmitted per interface and worker.",
+        "tandem_xdp_verdicts_total" => "XDP program decisions per CPU.",
+        "tandem_xsk_rx_dropped_total" => "AF_XDP: frames dropped for other reasons (kernel).",
+        "tandem_xsk_rx_invalid_descs_total" => "AF_XDP: invalid rx descriptors (kernel).",
+        "tandem_xsk_tx_invalid_descs_total" => "AF_XDP: invalid tx descriptors (kernel).",
+        "tandem_xsk_rx_ring_full_total" => "AF_XDP: frames dropped because the rx ring was full.",
+        "tandem_xsk_rx_fill_ring_empty_descs_total" => {
+            "AF_XDP: frames dropped because the fill ring was empty."
+        }
+        "tandem_xsk_tx_ring_empty_descs_total" => {
+            "AF_XDP: tx wakeups that found the tx ring empty."
+        }
+        _ => return None,
+    })
+}
