@@ -30,6 +30,7 @@ fn fib() -> Fib {
             name: format!("if{idx}"),
             mac,
             mtu: 1500,
+            oper_up: Some(true),
             v4: vec![Ipv4Addr::new(net[0], net[1], net[2], 1)],
             v6: vec![],
         };

@@ -1,18 +1,24 @@
-//! Worker counters.
+//! Worker counters and their place in the stats segment.
 //!
-//! Design: each worker counts into plain local integers and publishes them
-//! once per busy iteration into its own cache-line-aligned block with relaxed
-//! atomic stores: one writer per block, no read-modify-write, no sharing of
-//! lines between workers. Readers sum the blocks.
+//! Design: each worker counts into a plain local [`Tally`] and publishes it
+//! once per iteration into its own cache-line-aligned block of segment slots
+//! with relaxed stores: one writer per block, no read-modify-write, no line
+//! shared between workers. [`register`] lays the block out in exactly the
+//! order of [`Tally::values`], so publishing is a zip.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tandem_control::stats::{Kind, Schema, SegmentWriter, StatsError};
 
 use crate::forward::DropReason;
 
 /// Interfaces a worker serves (inside, outside).
 pub const IFACES: usize = 2;
 
-/// Worker counters besides drops. The discriminant indexes the block.
+/// Worker counters besides drops. The discriminant indexes the tally.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerCounter {
@@ -32,7 +38,7 @@ pub enum WorkerCounter {
     Punted = 9,
     /// Punts the kernel refused (sendto failed).
     PuntErrors = 10,
-    /// Times the free-frame pool ran dry while refilling a fill ring.
+    /// Times the free-frame pool could not top up a fill ring by a batch.
     FillShort = 11,
 }
 
@@ -83,12 +89,8 @@ pub enum IfaceCounter {
 
 impl IfaceCounter {
     pub const COUNT: usize = 4;
-    pub const ALL: [Self; Self::COUNT] = [
-        Self::RxPackets,
-        Self::RxBytes,
-        Self::TxPackets,
-        Self::TxBytes,
-    ];
+    pub const ALL: [Self; Self::COUNT] =
+        [Self::RxPackets, Self::RxBytes, Self::TxPackets, Self::TxBytes];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -100,32 +102,28 @@ impl IfaceCounter {
     }
 }
 
-/// One worker's published counters.
-#[repr(C, align(64))]
-#[derive(Debug, Default)]
-pub struct WorkerBlock {
-    pub counters: [AtomicU64; WorkerCounter::COUNT],
-    pub drops: [AtomicU64; DropReason::COUNT],
-    pub iface: [[AtomicU64; IfaceCounter::COUNT]; IFACES],
-}
-
-/// A worker's private tally, published into its [`WorkerBlock`].
+/// A worker's private tally.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub counters: [u64; WorkerCounter::COUNT],
-    pub drops: [u64; DropReason::COUNT],
+    /// Drops by ingress interface slot and reason.
+    pub drops: [[u64; DropReason::COUNT]; IFACES],
     pub iface: [[u64; IfaceCounter::COUNT]; IFACES],
 }
 
 impl Tally {
+    /// Number of values in a worker's block.
+    pub const VALUES: usize =
+        WorkerCounter::COUNT + IFACES * DropReason::COUNT + IFACES * IfaceCounter::COUNT;
+
     #[inline]
     pub fn add(&mut self, c: WorkerCounter, n: u64) {
         self.counters[c as usize] += n;
     }
 
     #[inline]
-    pub fn drop(&mut self, r: DropReason) {
-        self.drops[r as usize] += 1;
+    pub fn drop(&mut self, slot: usize, r: DropReason) {
+        self.drops[slot][r as usize] += 1;
     }
 
     #[inline]
@@ -133,40 +131,68 @@ impl Tally {
         self.iface[slot][c as usize] += n;
     }
 
-    /// Relaxed stores of every value: the block has this worker as its only
-    /// writer, so no read-modify-write is needed.
-    pub fn publish(&self, block: &WorkerBlock) {
-        for (a, v) in block.counters.iter().zip(&self.counters) {
-            a.store(*v, Ordering::Relaxed);
-        }
-        for (a, v) in block.drops.iter().zip(&self.drops) {
-            a.store(*v, Ordering::Relaxed);
-        }
-        for (row, vals) in block.iface.iter().zip(&self.iface) {
-            for (a, v) in row.iter().zip(vals) {
-                a.store(*v, Ordering::Relaxed);
-            }
-        }
+    /// Every value, in block order (the order [`register`] names them).
+    pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counters
+            .iter()
+            .chain(self.drops.iter().flatten())
+            .chain(self.iface.iter().flatten())
+            .copied()
     }
 }
 
-impl WorkerBlock {
-    /// A consistent-enough copy for reporting (each value is exact; values
-    /// may be from neighbouring iterations).
-    pub fn snapshot(&self) -> Tally {
-        let mut t = Tally::default();
-        for (v, a) in t.counters.iter_mut().zip(&self.counters) {
-            *v = a.load(Ordering::Relaxed);
+/// Names one worker's block in `schema` (cache-line aligned) and returns
+/// its first slot.
+pub fn register(schema: &mut Schema, worker: usize, ifnames: &[String]) -> Result<u32, StatsError> {
+    schema.align_block();
+    let w = format!("worker={worker}");
+    let mut first = None;
+    for c in WorkerCounter::ALL {
+        let s = schema.push(&format!("tandem_worker_{}_total", c.name()), &w, Kind::Counter)?;
+        first.get_or_insert(s);
+    }
+    for name in ifnames.iter().take(IFACES) {
+        for r in DropReason::ALL {
+            schema.push(
+                "tandem_drops_total",
+                &format!("{w},iface={name},reason={}", r.name()),
+                Kind::Counter,
+            )?;
         }
-        for (v, a) in t.drops.iter_mut().zip(&self.drops) {
-            *v = a.load(Ordering::Relaxed);
+    }
+    for name in ifnames.iter().take(IFACES) {
+        for c in IfaceCounter::ALL {
+            schema.push(
+                &format!("tandem_iface_{}_total", c.name()),
+                &format!("{w},iface={name}"),
+                Kind::Counter,
+            )?;
         }
-        for (vals, row) in t.iface.iter_mut().zip(&self.iface) {
-            for (v, a) in vals.iter_mut().zip(row) {
-                *v = a.load(Ordering::Relaxed);
-            }
+    }
+    Ok(first.expect("at least one counter"))
+}
+
+/// A worker's block in the segment.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    seg: Arc<SegmentWriter>,
+    first: u32,
+}
+
+impl WorkerStats {
+    pub fn new(seg: Arc<SegmentWriter>, first: u32) -> Self {
+        Self { seg, first }
+    }
+
+    fn slots(&self) -> &[AtomicU64] {
+        self.seg.values(self.first, Tally::VALUES)
+    }
+
+    /// Relaxed stores of every value: this worker is the block's only writer.
+    pub fn publish(&self, t: &Tally) {
+        for (a, v) in self.slots().iter().zip(t.values()) {
+            a.store(v, Ordering::Relaxed);
         }
-        t
     }
 }
 
@@ -175,23 +201,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_is_cache_line_aligned() {
-        assert_eq!(std::mem::align_of::<WorkerBlock>(), 64);
-        assert_eq!(std::mem::size_of::<WorkerBlock>() % 64, 0);
+    fn block_order_matches_tally_order() {
+        let mut schema = Schema::new();
+        let names = vec!["in0".to_owned(), "out0".to_owned()];
+        let first = register(&mut schema, 3, &names).unwrap();
+        assert_eq!(first % 8, 0, "block starts on a cache line");
+        assert_eq!(schema.entries().len(), Tally::VALUES);
+        let mut t = Tally::default();
+        t.add(WorkerCounter::Punted, 5);
+        t.drop(1, DropReason::BadChecksum);
+        t.iface(0, IfaceCounter::TxBytes, 77);
+        let p = std::env::temp_dir().join(format!("tandem-ctr-{}", std::process::id()));
+        let seg = Arc::new(SegmentWriter::create(&p, &schema, 1, 4, 0).unwrap());
+        WorkerStats::new(Arc::clone(&seg), first).publish(&t);
+        let r = tandem_control::stats::SegmentReader::open(&p).unwrap();
+        let find = |name: &str, labels: &str| {
+            let e = r
+                .entries
+                .iter()
+                .find(|e| e.name == name && e.labels == labels)
+                .unwrap_or_else(|| panic!("{name}{{{labels}}}"));
+            r.value(e.slot)
+        };
+        assert_eq!(find("tandem_worker_punted_total", "worker=3"), 5);
+        assert_eq!(
+            find(
+                "tandem_drops_total",
+                "worker=3,iface=out0,reason=bad_checksum"
+            ),
+            1
+        );
+        assert_eq!(find("tandem_iface_tx_bytes_total", "worker=3,iface=in0"), 77);
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]
-    fn publish_then_snapshot_round_trips() {
-        let mut t = Tally::default();
-        t.add(WorkerCounter::RxPackets, 3);
-        t.drop(DropReason::BadChecksum);
-        t.iface(1, IfaceCounter::TxBytes, 99);
-        let b = WorkerBlock::default();
-        t.publish(&b);
-        let s = b.snapshot();
-        assert_eq!(s.counters[WorkerCounter::RxPackets as usize], 3);
-        assert_eq!(s.drops[DropReason::BadChecksum as usize], 1);
-        assert_eq!(s.iface[1][IfaceCounter::TxBytes as usize], 99);
+    fn every_family_has_help() {
+        let mut schema = Schema::new();
+        register(&mut schema, 0, &["a".into(), "b".into()]).unwrap();
+        for e in schema.entries() {
+            assert!(tandem_control::stats::help(&e.name).is_some(), "{}", e.name);
+        }
     }
 
     #[test]

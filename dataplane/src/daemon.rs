@@ -1,36 +1,45 @@
 //! tandemd's lifecycle: load, bind, attach, run workers, shut down clean.
 //!
 //! Design: everything that can fail is done before the XDP program is
-//! attached (sockets bound, fill rings primed, FIB dumped), so a half-started
-//! daemon never steers traffic into nothing. Teardown is drop order: workers
-//! stop and release their sockets, then the loader's link detaches XDP.
+//! attached (sockets bound, fill rings primed, FIB dumped, stats segment
+//! created), so a half-started daemon never steers traffic into nothing.
+//! The main thread then becomes the control loop: heartbeat, XDP and XSK
+//! counters into the segment. Teardown is drop order: workers stop and
+//! release their sockets, then the loader's link detaches XDP.
 
 use std::{
     collections::BTreeSet,
     net::IpAddr,
     num::NonZeroU32,
+    os::fd::{AsRawFd as _, RawFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tandem_common::XdpCounter;
-use tandem_control::config::{BindMode, Config};
+use tandem_control::{
+    config::{self, BindMode, Config},
+    stats::{
+        self, IfaceRole, IfaceState, Kind, LinkState, NodeState, Schema, SegmentReader,
+        SegmentWriter, StatsError, XdpAttach,
+    },
+};
 use xsk_rs::{
     Socket, Umem,
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
 };
 
 use crate::{
-    counters::{IfaceCounter, WorkerBlock, WorkerCounter},
+    counters::{self, WorkerStats},
     fib::{Fib, FibHandle},
-    forward::{DropReason, Limits, RateLimit},
+    forward::{Limits, RateLimit},
     loader::{Loader, LoaderError},
     netlink::{self, NetlinkError},
-    sys::{self, PuntSocket, SyscallError},
+    sys::{self, PuntSocket, SyscallError, XskStats},
     worker::{Port, Worker},
 };
 
@@ -60,6 +69,8 @@ pub enum DaemonError {
         queue: u32,
         message: String,
     },
+    #[error("stats segment: {0}")]
+    Stats(#[from] StatsError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -68,14 +79,65 @@ pub enum DaemonError {
     Syscall(#[from] SyscallError),
 }
 
+/// How often the control loop refreshes the heartbeat (readers call a
+/// daemon stale after 3 s) and the kernel-side counters.
+const TICK: Duration = Duration::from_millis(200);
+const KERNEL_COUNTERS_EVERY: Duration = Duration::from_millis(500);
+
+/// Slots of the counters the control loop copies from the kernel.
+struct KernelSlots {
+    /// First slot of `XdpCounter::COUNT` x cpus, counter-major.
+    xdp_first: u32,
+    cpus: usize,
+    /// (socket fd, first of 6 slots) per AF_XDP socket.
+    xsk: Vec<(RawFd, u32)>,
+}
+
+/// What the node-state publisher needs to describe the interfaces.
+#[derive(Clone)]
+struct StateInfo {
+    ifnames: Vec<String>,
+    ifindexes: Vec<u32>,
+    queues: Vec<u32>,
+    modes: Vec<XdpAttach>,
+    forward: bool,
+}
+
+impl StateInfo {
+    fn node_state(&self, fib: &Fib) -> NodeState {
+        let interfaces = (0..self.ifnames.len())
+            .map(|i| IfaceState {
+                name: self.ifnames[i].clone(),
+                ifindex: self.ifindexes[i],
+                role: if i == 0 {
+                    IfaceRole::Inside
+                } else {
+                    IfaceRole::Outside
+                },
+                link: match fib.link(self.ifindexes[i]).and_then(|l| l.oper_up) {
+                    Some(true) => LinkState::Up,
+                    Some(false) => LinkState::Down,
+                    None => LinkState::Unknown,
+                },
+                xdp: self.modes[i],
+                queues: self.queues[i],
+            })
+            .collect();
+        NodeState {
+            forward: self.forward,
+            interfaces,
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     loader: Arc<Mutex<Loader>>,
     workers: Vec<thread::JoinHandle<Worker>>,
-    blocks: Vec<Arc<WorkerBlock>>,
     monitor: Option<thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    ifnames: Vec<String>,
+    segment: Arc<SegmentWriter>,
+    kernel: KernelSlots,
 }
 
 fn queue_size(n: u32) -> QueueSize {
@@ -84,8 +146,8 @@ fn queue_size(n: u32) -> QueueSize {
 }
 
 impl Daemon {
-    /// Starts the data path described by `cfg`.
-    pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Self, DaemonError> {
+    /// Starts the data path described by `cfg` as instance `instance`.
+    pub fn start(cfg: &Config, instance: &str, stop: Arc<AtomicBool>) -> Result<Self, DaemonError> {
         sys::raise_memlock();
         let d = &cfg.dataplane;
         let ifnames = vec![
@@ -149,7 +211,8 @@ impl Daemon {
             .bind_flags(bind)
             .build();
 
-        let mut built = Vec::new();
+        // Sockets first: the stats schema names each of them.
+        let mut bound = Vec::new();
         for w in 0..workers as usize {
             let (umem, free) = Umem::new(
                 umem_cfg,
@@ -169,7 +232,53 @@ impl Daemon {
                     ports.push(port);
                 }
             }
-            let block = Arc::new(WorkerBlock::default());
+            bound.push((umem, free, ports));
+        }
+
+        let mut schema = Schema::new();
+        let mut firsts = Vec::new();
+        for w in 0..workers as usize {
+            firsts.push(counters::register(&mut schema, w, &ifnames)?);
+        }
+        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+        schema.align_block();
+        let mut xdp_first = None;
+        for c in XdpCounter::ALL {
+            for cpu in 0..cpus {
+                let s = schema.push(
+                    "tandem_xdp_verdicts_total",
+                    &format!("cpu={cpu},verdict={}", c.name()),
+                    Kind::Counter,
+                )?;
+                xdp_first.get_or_insert(s);
+            }
+        }
+        let mut xsk = Vec::new();
+        for (_, _, ports) in &bound {
+            for p in ports {
+                let mut first = None;
+                for stat in XskStats::NAMES {
+                    let s = schema.push(
+                        &format!("tandem_xsk_{stat}_total"),
+                        &format!("iface={},queue={}", ifnames[p.slot], p.queue),
+                        Kind::Counter,
+                    )?;
+                    first.get_or_insert(s);
+                }
+                xsk.push((p.rx.fd().as_raw_fd(), first.expect("six stats")));
+            }
+        }
+        let segment = Arc::new(SegmentWriter::create(
+            &stats::segment_path(instance),
+            &schema,
+            std::process::id(),
+            workers,
+            sys::unix_ns(),
+        )?);
+        tracing::info!(path = %segment.path().display(), "stats segment created");
+
+        let mut built = Vec::new();
+        for (w, (umem, free, ports)) in bound.into_iter().enumerate() {
             let mut worker = Worker {
                 id: w,
                 umem,
@@ -182,7 +291,7 @@ impl Daemon {
                     punt: RateLimit::new(d.punts_per_sec),
                 },
                 punt: PuntSocket::new()?,
-                block,
+                stats: WorkerStats::new(Arc::clone(&segment), firsts[w]),
                 stop: Arc::clone(&stop),
                 slot_ifindex: ifindexes.clone(),
             };
@@ -190,27 +299,42 @@ impl Daemon {
             built.push(worker);
         }
 
+        let mut modes = Vec::new();
         for name in &ifnames {
             let mode = loader.attach(name, d.xdp_mode)?;
             tracing::info!(iface = %name, %mode, "XDP attached");
+            modes.push(match mode {
+                config::XdpMode::Native => XdpAttach::Native,
+                config::XdpMode::Generic => XdpAttach::Generic,
+            });
         }
         loader.set_forward(cfg.node.forward)?;
         let loader = Arc::new(Mutex::new(loader));
+        let info = StateInfo {
+            ifnames: ifnames.clone(),
+            ifindexes: ifindexes.clone(),
+            queues: queues.clone(),
+            modes,
+            forward: cfg.node.forward,
+        };
 
         let monitor = {
             let loader = Arc::clone(&loader);
             let stop = Arc::clone(&stop);
             let cfg = cfg.clone();
+            let segment = Arc::clone(&segment);
             let mut mon = netlink::Monitor::subscribe()?;
             // Events between the first dump and the subscription would be
             // lost: dump again now that the subscription is live.
             let fib = netlink::dump()?;
             fib_handle.publish(fib.clone());
+            segment.write_state(&info.node_state(&fib).encode());
             thread::Builder::new()
                 .name("tandem-netlink".into())
                 .spawn(move || {
                     let publish = |fib: &Fib| {
                         fib_handle.publish(fib.clone());
+                        segment.write_state(&info.node_state(fib).encode());
                         let want = local_addresses(fib, &cfg);
                         if let Err(e) = loader
                             .lock()
@@ -227,7 +351,6 @@ impl Daemon {
                 .expect("spawn netlink thread")
         };
 
-        let blocks = built.iter().map(|w| Arc::clone(&w.block)).collect();
         let mut handles = Vec::new();
         for w in built {
             let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
@@ -252,100 +375,87 @@ impl Daemon {
         Ok(Self {
             loader,
             workers: handles,
-            blocks,
             monitor: Some(monitor),
             stop,
-            ifnames,
+            segment,
+            kernel: KernelSlots {
+                xdp_first: xdp_first.expect("xdp counters"),
+                cpus,
+                xsk,
+            },
         })
     }
 
-    /// Waits for `stop`, then shuts down and logs the final counters.
-    pub fn run_until_stopped(mut self) {
-        while !self.stop.load(Ordering::Relaxed) {
-            thread::sleep(Duration::from_millis(100));
-        }
-        tracing::info!("stopping");
-        let mut socket_lines = Vec::new();
-        for h in self.workers.drain(..) {
-            if let Ok(w) = h.join() {
-                {
-                    for (slot, queue, st) in w.socket_stats() {
-                        if let Some(st) = st {
-                            socket_lines.push(format!(
-                                "xsk.{}.{queue}: rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} \
-                                 rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={}",
-                                self.ifnames[slot],
-                                st.rx_dropped(),
-                                st.rx_invalid_descs(),
-                                st.tx_invalid_descs(),
-                                st.rx_ring_full(),
-                                st.rx_fill_ring_empty_descs(),
-                                st.tx_ring_empty_descs()
-                            ));
-                        }
+    /// Copies the XDP per-CPU verdicts and the sockets' kernel statistics
+    /// into the segment.
+    fn copy_kernel_counters(&self) {
+        let per_cpu = self
+            .loader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counters_per_cpu();
+        match per_cpu {
+            Ok(rows) => {
+                for (c, vals) in rows {
+                    let base = self.kernel.xdp_first + (c as u32) * self.kernel.cpus as u32;
+                    for (cpu, v) in vals.iter().take(self.kernel.cpus).enumerate() {
+                        self.segment
+                            .value(base + cpu as u32)
+                            .store(*v, Ordering::Relaxed);
                     }
                 }
-            } else {
+            }
+            Err(e) => tracing::warn!(error = %e, "reading XDP counters"),
+        }
+        for (fd, first) in &self.kernel.xsk {
+            if let Ok(st) = sys::xsk_stats(*fd) {
+                for (i, v) in st.values().iter().enumerate() {
+                    self.segment
+                        .value(first + i as u32)
+                        .store(*v, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The control loop: runs until `stop`, then shuts down and logs the
+    /// final counters.
+    pub fn run_until_stopped(mut self) {
+        let mut last_kernel = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.segment.heartbeat(sys::unix_ns());
+            if last_kernel.elapsed() >= KERNEL_COUNTERS_EVERY {
+                self.copy_kernel_counters();
+                last_kernel = Instant::now();
+            }
+            thread::sleep(TICK);
+        }
+        tracing::info!("stopping");
+        // Last copy while the sockets are still open.
+        self.copy_kernel_counters();
+        for h in self.workers.drain(..) {
+            if h.join().is_err() {
                 tracing::error!("a worker panicked");
             }
         }
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
-        for l in socket_lines {
-            tracing::info!("{l}");
-        }
+        self.segment.heartbeat(sys::unix_ns());
         tracing::info!("final counters: {}", self.counter_line());
         // Dropping the loader closes the BPF link: XDP detaches.
     }
 
-    /// `name=value` pairs of every counter, for logs and tests.
+    /// `name=value` pairs of every counter, for the exit report and tests.
     pub fn counter_line(&self) -> String {
-        let mut out = Vec::new();
-        match self
-            .loader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .counters()
-        {
-            Ok(xdp) => {
-                for c in XdpCounter::ALL {
-                    out.push(format!("xdp.{}={}", c.name(), xdp[c as usize]));
-                }
-            }
-            Err(e) => out.push(format!("xdp.error={e:?}")),
+        match SegmentReader::open(self.segment.path()) {
+            Ok(r) => stats::flat_totals(&r)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("error={e}"),
         }
-        let mut sum = crate::counters::Tally::default();
-        for b in &self.blocks {
-            let t = b.snapshot();
-            for (s, v) in sum.counters.iter_mut().zip(t.counters) {
-                *s += v;
-            }
-            for (s, v) in sum.drops.iter_mut().zip(t.drops) {
-                *s += v;
-            }
-            for (srow, row) in sum.iface.iter_mut().zip(t.iface) {
-                for (s, v) in srow.iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-        }
-        for c in WorkerCounter::ALL {
-            out.push(format!("worker.{}={}", c.name(), sum.counters[c as usize]));
-        }
-        for r in DropReason::ALL {
-            out.push(format!("drop.{}={}", r.name(), sum.drops[r as usize]));
-        }
-        for (slot, name) in self.ifnames.iter().enumerate() {
-            for c in IfaceCounter::ALL {
-                out.push(format!(
-                    "{name}.{}={}",
-                    c.name(),
-                    sum.iface[slot][c as usize]
-                ));
-            }
-        }
-        out.join(" ")
     }
 }
 
@@ -376,8 +486,8 @@ fn bind_port(
     let iface: Interface = name.parse().map_err(|e| sock_err(format!("{e:?}")))?;
     // SAFETY: each (interface, queue) pair is bound once, by this call, and
     // INHIBIT_PROG_LOAD is set, as sharing a UMEM requires.
-    let (tx, rx, rings) =
-        unsafe { Socket::new(cfg, umem, &iface, queue) }.map_err(|e| sock_err(e.to_string()))?;
+    let (tx, rx, rings) = unsafe { Socket::new(cfg, umem, &iface, queue) }
+        .map_err(|e| sock_err(e.to_string()))?;
     let (fq, cq) = rings.ok_or_else(|| sock_err("no fill/completion rings returned".into()))?;
     Ok(Port {
         slot,

@@ -48,6 +48,8 @@ pub struct Link {
     pub name: String,
     pub mac: Mac,
     pub mtu: u32,
+    /// Operational state: `None` until the kernel said.
+    pub oper_up: Option<bool>,
     pub v4: Vec<Ipv4Addr>,
     pub v6: Vec<Ipv6Addr>,
 }
@@ -306,6 +308,7 @@ mod tests {
             name: "in0".into(),
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
+            oper_up: Some(true),
             v4: vec![Ipv4Addr::new(198, 18, 1, 2)],
             v6: vec!["fe80::1".parse().unwrap(), "2001:db8:1::2".parse().unwrap()],
         };
@@ -313,6 +316,7 @@ mod tests {
             name: "out0".into(),
             mac: [2, 0, 0, 0, 0, 2],
             mtu: 1500,
+            oper_up: Some(true),
             v4: vec![Ipv4Addr::new(198, 18, 2, 2)],
             v6: vec![],
         };

@@ -393,6 +393,7 @@ mod tests {
             name: "in0".into(),
             mac: IN_MAC,
             mtu: 1500,
+            oper_up: Some(true),
             v4: vec![Ipv4Addr::new(198, 18, 1, 2)],
             v6: vec!["2001:db8:1::2".parse().unwrap()],
         };
@@ -400,6 +401,7 @@ mod tests {
             name: "out0".into(),
             mac: OUT_MAC,
             mtu: 1500,
+            oper_up: Some(true),
             v4: vec![Ipv4Addr::new(198, 18, 2, 2)],
             v6: vec![],
         };

@@ -178,17 +178,18 @@ impl Loader {
         Ok(())
     }
 
-    /// The XDP verdict counters, summed over CPUs.
-    pub fn counters(&self) -> Result<[u64; XdpCounter::COUNT as usize], LoaderError> {
-        let mut out = [0u64; XdpCounter::COUNT as usize];
-        for (i, v) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err(map::COUNTERS))?;
-            *v = per_cpu.iter().sum();
-        }
-        Ok(out)
+    /// The XDP verdict counters, per counter and CPU.
+    pub fn counters_per_cpu(&self) -> Result<Vec<(XdpCounter, Vec<u64>)>, LoaderError> {
+        XdpCounter::ALL
+            .iter()
+            .map(|c| {
+                let per_cpu = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map_err(map_err(map::COUNTERS))?;
+                Ok((*c, per_cpu.iter().copied().collect()))
+            })
+            .collect()
     }
 }
 

@@ -21,7 +21,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkMessage, State},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
@@ -81,6 +81,13 @@ fn apply_link(fib: &mut Fib, m: &LinkMessage) {
             LinkAttribute::IfName(n) => link.name.clone_from(n),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Address(b) if b.len() == 6 => link.mac.copy_from_slice(b),
+            LinkAttribute::OperState(st) => {
+                link.oper_up = match st {
+                    State::Up => Some(true),
+                    State::Unknown => None,
+                    _ => Some(false),
+                };
+            }
             _ => {}
         }
     }

@@ -173,3 +173,67 @@ pub fn raise_memlock() {
         );
     }
 }
+
+/// The kernel's statistics of one AF_XDP socket (struct xdp_statistics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XskStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl XskStats {
+    pub const NAMES: [&'static str; 6] = [
+        "rx_dropped",
+        "rx_invalid_descs",
+        "tx_invalid_descs",
+        "rx_ring_full",
+        "rx_fill_ring_empty_descs",
+        "tx_ring_empty_descs",
+    ];
+
+    pub fn values(&self) -> [u64; 6] {
+        [
+            self.rx_dropped,
+            self.rx_invalid_descs,
+            self.tx_invalid_descs,
+            self.rx_ring_full,
+            self.rx_fill_ring_empty_descs,
+            self.tx_ring_empty_descs,
+        ]
+    }
+}
+
+const SOL_XDP: libc::c_int = 283;
+const XDP_STATISTICS: libc::c_int = 7;
+
+/// getsockopt(XDP_STATISTICS) on an AF_XDP socket.
+pub fn xsk_stats(fd: RawFd) -> Result<XskStats, SyscallError> {
+    let mut st = XskStats::default();
+    let mut len = size_of::<XskStats>() as libc::socklen_t;
+    // SAFETY: st is a repr(C) struct of the kernel's layout and len its size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_STATISTICS,
+            (&raw mut st).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(SyscallError::last("getsockopt(XDP_STATISTICS)"));
+    }
+    Ok(st)
+}
+
+/// Wall-clock time in unix nanoseconds.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

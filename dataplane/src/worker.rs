@@ -21,7 +21,7 @@ use std::{
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::{
-    counters::{IfaceCounter, Tally, WorkerBlock, WorkerCounter},
+    counters::{IfaceCounter, Tally, WorkerCounter, WorkerStats},
     fib::FibReader,
     forward::{self, Action, DropReason, Limits},
     sys::PuntSocket,
@@ -57,7 +57,7 @@ pub struct Worker {
     pub fib: FibReader,
     pub limits: Limits,
     pub punt: PuntSocket,
-    pub block: Arc<WorkerBlock>,
+    pub stats: WorkerStats,
     pub stop: Arc<AtomicBool>,
     /// ifindex of each interface slot.
     pub slot_ifindex: Vec<u32>,
@@ -150,18 +150,18 @@ impl Worker {
                             Some((oif, len))
                         }
                         Action::IcmpError { oif, len, reason } => {
-                            tally.drop(reason);
+                            tally.drop(slot, reason);
                             tally.add(WorkerCounter::IcmpErrorsSent, 1);
                             Some((oif, len))
                         }
                         Action::PuntIcmpError { reason, .. } => {
-                            tally.drop(reason);
+                            tally.drop(slot, reason);
                             tally.add(WorkerCounter::IcmpErrorsSent, 1);
                             None
                         }
                         Action::Punt { .. } => None,
                         Action::Drop(r) => {
-                            tally.drop(r);
+                            tally.drop(slot, r);
                             None
                         }
                     };
@@ -177,7 +177,7 @@ impl Worker {
                         pending[s].push(*desc);
                     } else {
                         if out.is_some() {
-                            tally.drop(DropReason::ForeignEgress);
+                            tally.drop(slot, DropReason::ForeignEgress);
                         }
                         self.free.push(*desc);
                     }
@@ -192,16 +192,16 @@ impl Worker {
                         self.transmit(egress[s], frames, &mut tally);
                     }
                 }
-                tally.publish(&self.block);
+                self.stats.publish(&tally);
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);
-                tally.publish(&self.block);
+                self.stats.publish(&tally);
                 crate::sys::poll_readable(&fds, IDLE_POLL);
             }
         }
         // Return frames still in completion rings so accounting stays whole.
         self.reap_completions(&mut comp);
-        tally.publish(&self.block);
+        self.stats.publish(&tally);
         self
     }
 
@@ -258,7 +258,7 @@ impl Worker {
         tally.iface(p.slot, IfaceCounter::TxPackets, sent as u64);
         tally.iface(p.slot, IfaceCounter::TxBytes, bytes);
         for d in &frames[sent..] {
-            tally.drop(DropReason::TxRingFull);
+            tally.drop(p.slot, DropReason::TxRingFull);
             self.free.push(*d);
         }
         frames.clear();
@@ -273,14 +273,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// The kernel's AF_XDP statistics of each socket, for the exit report.
-    pub fn socket_stats(&self) -> Vec<(usize, u32, Option<xsk_rs::socket::XdpStatistics>)> {
-        self.ports
-            .iter()
-            .map(|p| (p.slot, p.queue, p.rx.fd().xdp_statistics().ok()))
-            .collect()
     }
 }
 

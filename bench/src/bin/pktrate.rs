@@ -405,6 +405,7 @@ fn start_tandemd(bin: &PathBuf, workers: u32) -> Result<Tandemd> {
         .arg(bin)
         .arg("--config")
         .arg(&cfg)
+        .args(["--instance", "pktrate"])
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)
@@ -431,7 +432,7 @@ impl Tandemd {
         let text = fs::read_to_string(&self.log)?;
         Ok(text
             .lines()
-            .filter(|l| l.contains("final counters") || l.contains("xsk."))
+            .filter(|l| l.contains("final counters"))
             .map(|l| l.split_once("daemon: ").map_or(l, |(_, r)| r).to_owned())
             .collect::<Vec<_>>()
             .join("\n"))

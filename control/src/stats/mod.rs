@@ -42,7 +42,9 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_worker_fill_short_total" => {
             "Times the free-frame pool could not top up a fill ring by a full batch."
         }
-        "tandem_drops_total" => "Packets a worker dropped, by ingress interface and reason.",
+        "tandem_drops_total" => {
+            "Packets a worker dropped, by interface (ingress; egress for tx_ring_full) and reason."
+        }
         "tandem_iface_rx_packets_total" => "Frames received per interface and worker.",
         "tandem_iface_rx_bytes_total" => "Bytes received per interface and worker.",
         "tandem_iface_tx_packets_total" => "Frames transmitted per interface and worker.",
@@ -60,4 +62,41 @@ pub fn help(family: &str) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+/// Flat `key=value` totals of a segment, summed over workers and CPUs:
+/// `worker.<counter>`, `drop.<reason>`, `<iface>.<counter>`, `xdp.<verdict>`,
+/// `xsk.<iface>.<queue>.<stat>`. Used for the daemon's exit report.
+pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut add = |k: String, v: u64| {
+        if let Some(e) = out.iter_mut().find(|(key, _)| *key == k) {
+            e.1 += v;
+        } else {
+            out.push((k, v));
+        }
+    };
+    for e in &reader.entries {
+        let v = reader.value(e.slot);
+        let Some(stem) = e
+            .name
+            .strip_prefix("tandem_")
+            .and_then(|n| n.strip_suffix("_total"))
+        else {
+            continue;
+        };
+        let l = |k| e.label(k).unwrap_or("?");
+        if let Some(c) = stem.strip_prefix("worker_") {
+            add(format!("worker.{c}"), v);
+        } else if stem == "drops" {
+            add(format!("drop.{}", l("reason")), v);
+        } else if let Some(c) = stem.strip_prefix("iface_") {
+            add(format!("{}.{c}", l("iface")), v);
+        } else if stem == "xdp_verdicts" {
+            add(format!("xdp.{}", l("verdict")), v);
+        } else if let Some(c) = stem.strip_prefix("xsk_") {
+            add(format!("xsk.{}.{}.{c}", l("iface"), l("queue")), v);
+        }
+    }
+    out
 }

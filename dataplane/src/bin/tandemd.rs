@@ -18,8 +18,7 @@ struct Args {
     /// Configuration file (TOML); see deploy/tandem.example.toml.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
-    /// Instance name, shown in the logs (the stats segment and control
-    /// socket will be named after it).
+    /// Instance name: the stats segment is /dev/shm/tandem/NAME.stats.
     #[arg(long, default_value = "default", value_name = "NAME")]
     instance: String,
     /// Check the configuration and exit.
@@ -56,7 +55,7 @@ fn main() -> ExitCode {
         }
     }
     tracing::info!(instance = %args.instance, config = %args.config.display(), "starting");
-    let daemon = match Daemon::start(&cfg, stop) {
+    let daemon = match Daemon::start(&cfg, &args.instance, stop) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("tandemd: {e}");

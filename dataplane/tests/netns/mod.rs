@@ -183,6 +183,8 @@ pub fn tandemd_path() -> PathBuf {
 /// A tandemd running in a namespace, its stderr in a file.
 pub struct Daemon {
     child: Option<Child>,
+    /// The instance name: names the stats segment.
+    pub instance: String,
     log: PathBuf,
     cfg: PathBuf,
 }
@@ -198,10 +200,12 @@ impl Daemon {
         let log = dir.join(format!("tandem-test-{}-{n}.log", std::process::id()));
         fs::write(&cfg, config).expect("write config");
         let f = fs::File::create(&log).expect("log file");
+        let instance = format!("tt{}-{n}", std::process::id());
         let child = ns
             .cmd(tandemd_path().to_str().expect("utf-8 path"))
             .arg("--config")
             .arg(&cfg)
+            .args(["--instance", &instance])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -213,6 +217,7 @@ impl Daemon {
             child: Some(child),
             log,
             cfg,
+            instance,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -289,6 +294,7 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         let _ = fs::remove_file(&self.log);
+        let _ = fs::remove_file(tandem_control::stats::segment_path(&self.instance));
         let _ = fs::remove_file(&self.cfg);
     }
 }
