@@ -89,8 +89,12 @@ pub enum IfaceCounter {
 
 impl IfaceCounter {
     pub const COUNT: usize = 4;
-    pub const ALL: [Self; Self::COUNT] =
-        [Self::RxPackets, Self::RxBytes, Self::TxPackets, Self::TxBytes];
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::RxPackets,
+        Self::RxBytes,
+        Self::TxPackets,
+        Self::TxBytes,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -148,7 +152,11 @@ pub fn register(schema: &mut Schema, worker: usize, ifnames: &[String]) -> Resul
     let w = format!("worker={worker}");
     let mut first = None;
     for c in WorkerCounter::ALL {
-        let s = schema.push(&format!("tandem_worker_{}_total", c.name()), &w, Kind::Counter)?;
+        let s = schema.push(
+            &format!("tandem_worker_{}_total", c.name()),
+            &w,
+            Kind::Counter,
+        )?;
         first.get_or_insert(s);
     }
     for name in ifnames.iter().take(IFACES) {
@@ -231,7 +239,10 @@ mod tests {
             ),
             1
         );
-        assert_eq!(find("tandem_iface_tx_bytes_total", "worker=3,iface=in0"), 77);
+        assert_eq!(
+            find("tandem_iface_tx_bytes_total", "worker=3,iface=in0"),
+            77
+        );
         std::fs::remove_file(&p).unwrap();
     }
 

@@ -486,8 +486,8 @@ fn bind_port(
     let iface: Interface = name.parse().map_err(|e| sock_err(format!("{e:?}")))?;
     // SAFETY: each (interface, queue) pair is bound once, by this call, and
     // INHIBIT_PROG_LOAD is set, as sharing a UMEM requires.
-    let (tx, rx, rings) = unsafe { Socket::new(cfg, umem, &iface, queue) }
-        .map_err(|e| sock_err(e.to_string()))?;
+    let (tx, rx, rings) =
+        unsafe { Socket::new(cfg, umem, &iface, queue) }.map_err(|e| sock_err(e.to_string()))?;
     let (fq, cq) = rings.ok_or_else(|| sock_err("no fill/completion rings returned".into()))?;
     Ok(Port {
         slot,

@@ -1,1 +1,7 @@
-//! Operator tools: `tandemstat` (counter readout) and `tandemctl` (commands).
+//! Operator tools: `tandemstat` (read-only counter readout from the stats
+//! segment; it never talks to the daemon) and, later, `tandemctl`.
+
+pub mod ipmp;
+pub mod model;
+pub mod prom;
+pub mod view;

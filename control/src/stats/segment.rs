@@ -55,9 +55,16 @@ pub enum StatsError {
     TooLong(String),
 }
 
+/// Directory of the segments; `TANDEM_STATS_DIR` overrides it (for
+/// containers with another shm mount, and for tests).
+pub fn segment_dir() -> PathBuf {
+    std::env::var_os("TANDEM_STATS_DIR")
+        .map_or_else(|| PathBuf::from("/dev/shm/tandem"), PathBuf::from)
+}
+
 /// The segment file of an instance.
 pub fn segment_path(instance: &str) -> PathBuf {
-    Path::new("/dev/shm/tandem").join(format!("{instance}.stats"))
+    segment_dir().join(format!("{instance}.stats"))
 }
 
 /// One directory entry as registered by the daemon.

@@ -1,0 +1,285 @@
+//! `tandemstat statistics`: the data-path counters, show-style or JSON.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+use tandem_control::stats::{IfaceRole, LinkState, XdpAttach};
+
+use crate::model::Snapshot;
+
+/// Worker counters in display order: (JSON key, column title).
+const WORKER_COLUMNS: [(&str, &str); 8] = [
+    ("rx_packets", "Rx packets"),
+    ("tx_packets", "Tx packets"),
+    ("forwarded", "Forwarded"),
+    ("icmp_errors_sent", "ICMP errors"),
+    ("punted", "Punted"),
+    ("rx_batches", "Rx batches"),
+    ("idle_polls", "Idle polls"),
+    ("fill_short", "Fill short"),
+];
+
+const XSK_STATS: [&str; 6] = [
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+];
+
+pub fn role_str(r: IfaceRole) -> &'static str {
+    match r {
+        IfaceRole::Inside => "inside",
+        IfaceRole::Outside => "outside",
+    }
+}
+
+pub fn link_str(l: LinkState) -> &'static str {
+    match l {
+        LinkState::Up => "up",
+        LinkState::Down => "down",
+        LinkState::Unknown => "unknown",
+    }
+}
+
+pub fn xdp_str(x: XdpAttach) -> &'static str {
+    match x {
+        XdpAttach::None => "none",
+        XdpAttach::Native => "native",
+        XdpAttach::Generic => "generic",
+    }
+}
+
+fn iface_drops(s: &Snapshot, name: &str) -> u64 {
+    s.sum("tandem_drops_total", &[("iface", name)])
+}
+
+/// The JSON document (keys are the snake_case forms of the human fields).
+pub fn json(s: &Snapshot) -> Value {
+    let interfaces: Vec<Value> = s
+        .interface_names()
+        .iter()
+        .map(|name| {
+            let st = s
+                .state
+                .as_ref()
+                .and_then(|st| st.interfaces.iter().find(|i| &i.name == name));
+            let f = [("iface", name.as_str())];
+            json!({
+                "name": name,
+                "role": st.map(|i| role_str(i.role)),
+                "link": st.map(|i| link_str(i.link)),
+                "xdp": st.map(|i| xdp_str(i.xdp)),
+                "queues": st.map(|i| i.queues),
+                "rx_packets": s.sum("tandem_iface_rx_packets_total", &f),
+                "tx_packets": s.sum("tandem_iface_tx_packets_total", &f),
+                "rx_bytes": s.sum("tandem_iface_rx_bytes_total", &f),
+                "tx_bytes": s.sum("tandem_iface_tx_bytes_total", &f),
+                "drops": iface_drops(s, name),
+            })
+        })
+        .collect();
+    let workers: Vec<Value> = (0..s.workers)
+        .map(|w| {
+            let ws = w.to_string();
+            let f = [("worker", ws.as_str())];
+            let mut o = serde_json::Map::new();
+            o.insert("worker".into(), json!(w));
+            for (key, _) in WORKER_COLUMNS {
+                o.insert(
+                    key.into(),
+                    json!(s.sum(&format!("tandem_worker_{key}_total"), &f)),
+                );
+            }
+            for key in ["rx_bytes", "tx_bytes", "tx_wakeups", "punt_errors"] {
+                o.insert(
+                    key.into(),
+                    json!(s.sum(&format!("tandem_worker_{key}_total"), &f)),
+                );
+            }
+            o.insert("drops".into(), json!(s.sum("tandem_drops_total", &f)));
+            Value::Object(o)
+        })
+        .collect();
+    let mut xdp = serde_json::Map::new();
+    for v in s.label_values("tandem_xdp_verdicts_total", "verdict") {
+        let n = s.sum("tandem_xdp_verdicts_total", &[("verdict", &v)]);
+        xdp.insert(v, json!(n));
+    }
+    let mut drops = serde_json::Map::new();
+    for r in s.label_values("tandem_drops_total", "reason") {
+        drops.insert(
+            r.clone(),
+            json!(s.sum("tandem_drops_total", &[("reason", &r)])),
+        );
+    }
+    json!({
+        "instance": s.instance,
+        "pid": s.pid,
+        "uptime_s": s.uptime_s(),
+        "heartbeat_age_s": s.heartbeat_age_s(),
+        "stale": s.stale(),
+        "forward": s.state.as_ref().map(|st| st.forward),
+        "interfaces": interfaces,
+        "workers": workers,
+        "xdp": xdp,
+        "drops": drops,
+        "sockets": sockets(s),
+    })
+}
+
+fn sockets(s: &Snapshot) -> Vec<Value> {
+    let mut out = Vec::new();
+    for e in s
+        .entries
+        .iter()
+        .filter(|e| e.name == "tandem_xsk_rx_dropped_total")
+    {
+        let (Some(iface), Some(queue)) = (e.label("iface"), e.label("queue")) else {
+            continue;
+        };
+        let mut o = serde_json::Map::new();
+        o.insert("interface".into(), json!(iface));
+        o.insert("queue".into(), json!(queue.parse::<u32>().unwrap_or(0)));
+        for st in XSK_STATS {
+            o.insert(
+                st.into(),
+                json!(s.sum(
+                    &format!("tandem_xsk_{st}_total"),
+                    &[("iface", iface), ("queue", queue)]
+                )),
+            );
+        }
+        out.push(Value::Object(o));
+    }
+    out
+}
+
+/// The show-style text.
+pub fn text(s: &Snapshot, rates: bool) -> String {
+    let mut o = String::new();
+    let unit = if rates { " (per second)" } else { "" };
+    let _ = writeln!(
+        o,
+        "Instance: {}, PID: {}, Uptime: {}, Workers: {}, Forwarding: {}{}",
+        s.instance,
+        s.pid,
+        hms(s.uptime_s()),
+        s.workers,
+        match s.state.as_ref().map(|st| st.forward) {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "--",
+        },
+        unit
+    );
+    let _ = writeln!(o, "\nInterfaces:");
+    let _ = writeln!(
+        o,
+        "  {:<10} {:<8} {:<8} {:<8} {:>14} {:>14} {:>16} {:>16} {:>12}",
+        "Interface",
+        "Role",
+        "Link",
+        "XDP",
+        "Rx packets",
+        "Tx packets",
+        "Rx bytes",
+        "Tx bytes",
+        "Drops"
+    );
+    for v in json(s)["interfaces"].as_array().into_iter().flatten() {
+        let t = |k: &str| v[k].as_str().unwrap_or("--").to_owned();
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<8} {:<8} {:<8} {:>14} {:>14} {:>16} {:>16} {:>12}",
+            t("name"),
+            t("role"),
+            t("link"),
+            t("xdp"),
+            n("rx_packets"),
+            n("tx_packets"),
+            n("rx_bytes"),
+            n("tx_bytes"),
+            n("drops")
+        );
+    }
+    let _ = writeln!(o, "\nWorkers:");
+    let _ = write!(o, "  {:<7}", "Worker");
+    for (_, title) in WORKER_COLUMNS {
+        let _ = write!(o, " {title:>12}");
+    }
+    let _ = writeln!(o, " {:>12}", "Drops");
+    for w in 0..s.workers {
+        let ws = w.to_string();
+        let f = [("worker", ws.as_str())];
+        let _ = write!(o, "  {w:<7}");
+        for (key, _) in WORKER_COLUMNS {
+            let _ = write!(
+                o,
+                " {:>12}",
+                s.sum(&format!("tandem_worker_{key}_total"), &f)
+            );
+        }
+        let _ = writeln!(o, " {:>12}", s.sum("tandem_drops_total", &f));
+    }
+    let _ = writeln!(o, "\nXDP verdicts:");
+    for v in s.label_values("tandem_xdp_verdicts_total", "verdict") {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>16}",
+            v,
+            s.sum("tandem_xdp_verdicts_total", &[("verdict", &v)])
+        );
+    }
+    let _ = writeln!(o, "\nDrops by reason:");
+    for r in s.label_values("tandem_drops_total", "reason") {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>16}",
+            r,
+            s.sum("tandem_drops_total", &[("reason", &r)])
+        );
+    }
+    let _ = writeln!(o, "\nAF_XDP sockets (kernel statistics):");
+    let _ = write!(o, "  {:<10} {:>5}", "Interface", "Queue");
+    for st in XSK_STATS {
+        let _ = write!(o, " {st:>24}");
+    }
+    let _ = writeln!(o);
+    for v in sockets(s) {
+        let _ = write!(
+            o,
+            "  {:<10} {:>5}",
+            v["interface"].as_str().unwrap_or("--"),
+            v["queue"].as_u64().unwrap_or(0)
+        );
+        for st in XSK_STATS {
+            let _ = write!(o, " {:>24}", v[st].as_u64().unwrap_or(0));
+        }
+        let _ = writeln!(o);
+    }
+    o
+}
+
+fn hms(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hms;
+
+    #[test]
+    fn uptime_format() {
+        assert_eq!(hms(0), "00:00:00");
+        assert_eq!(hms(3661), "01:01:01");
+        assert_eq!(hms(90061), "1d 01:01:01");
+    }
+}
