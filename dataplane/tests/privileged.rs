@@ -456,6 +456,193 @@ fn missing_interface_is_a_clear_error() -> Result<(), Failed> {
     Ok(())
 }
 
+fn stats_json(instance: &str) -> serde_json::Value {
+    let o = netns::tandemstat(instance)
+        .args(["statistics", "--json"])
+        .output()
+        .expect("tandemstat");
+    assert!(
+        o.status.success(),
+        "tandemstat: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("tandemstat JSON")
+}
+
+fn iface_counter(v: &serde_json::Value, name: &str, key: &str) -> u64 {
+    v["interfaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .and_then(|i| i[key].as_u64())
+        .unwrap_or_else(|| panic!("no {name}.{key} in {v}"))
+}
+
+fn stats_segment_counts_a_udp_exchange_exactly() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, BASE_CONFIG);
+    let srv = topo
+        .server
+        .enter(|| UdpSocket::bind((SERVER, 7002)).expect("bind"));
+    srv.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let echo = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while let Ok((len, from)) = srv.recv_from(&mut buf) {
+            let _ = srv.send_to(&buf[..len], from);
+            n += 1;
+        }
+        n
+    });
+    let cli = topo
+        .client
+        .enter(|| UdpSocket::bind((CLIENT, 0)).expect("bind"));
+    cli.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut b = [0u8; 16];
+    let mut exchange = |i: u32| -> Result<(), Failed> {
+        cli.send_to(&i.to_be_bytes(), (SERVER, 7002))?;
+        cli.recv_from(&mut b)
+            .map_err(|e| format!("echo {i}: {e}"))?;
+        Ok(())
+    };
+    // Warm-up: neighbours resolved on both sides before counting.
+    exchange(0)?;
+    thread::sleep(Duration::from_millis(700));
+    let before = stats_json(&d.instance);
+    for i in 1..=1000 {
+        exchange(i)?;
+    }
+    // Workers publish every iteration; XDP counters every 500 ms.
+    thread::sleep(Duration::from_millis(700));
+    let after = stats_json(&d.instance);
+    let delta = |name: &str, key: &str| {
+        iface_counter(&after, name, key) - iface_counter(&before, name, key)
+    };
+    check(
+        delta("in0", "rx_packets") == 1000,
+        format!("in0 rx {}", delta("in0", "rx_packets")),
+    )?;
+    check(
+        delta("out0", "rx_packets") == 1000,
+        format!("out0 rx {}", delta("out0", "rx_packets")),
+    )?;
+    check(
+        delta("in0", "tx_packets") == 1000,
+        format!("in0 tx {}", delta("in0", "tx_packets")),
+    )?;
+    check(
+        delta("out0", "tx_packets") == 1000,
+        format!("out0 tx {}", delta("out0", "tx_packets")),
+    )?;
+    // A 4-byte payload: 14 + 20 + 8 + 4 = 46-byte frames (veth does not pad).
+    check(
+        delta("in0", "rx_bytes") == 1000 * 46,
+        format!("in0 rx bytes {}", delta("in0", "rx_bytes")),
+    )?;
+    let summed = |v: &serde_json::Value| -> u64 {
+        v["interfaces"].as_array().map_or(0, |a| {
+            a.iter()
+                .map(|i| i["rx_packets"].as_u64().unwrap_or(0))
+                .sum()
+        })
+    };
+    check(
+        summed(&after) - summed(&before) >= 2000,
+        "summed rx_packets",
+    )?;
+    let xdp = |v: &serde_json::Value| v["xdp"]["redirected"].as_u64().unwrap_or(0);
+    check(
+        xdp(&after) - xdp(&before) == 2000,
+        format!("XDP redirected {}", xdp(&after) - xdp(&before)),
+    )?;
+    d.stop();
+    drop(echo);
+    Ok(())
+}
+
+fn sigstopped_daemon_is_reported_stale() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, BASE_CONFIG);
+    let fresh = netns::tandemstat(&d.instance).arg("--json").output()?;
+    check(
+        !String::from_utf8_lossy(&fresh.stderr).contains("stale"),
+        "a running daemon is not stale",
+    )?;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
+    let t0 = std::time::Instant::now();
+    let mut seen = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let o = netns::tandemstat(&d.instance).arg("-i").output()?;
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        if e.contains("stale") {
+            check(
+                o.status.success() && !o.stdout.is_empty(),
+                "output still printed",
+            )?;
+            seen = Some(t0.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(d.pid(), libc::SIGCONT) };
+    let took = seen.ok_or("never reported stale")?;
+    check(
+        took <= Duration::from_secs(4),
+        format!("stale after {took:?}"),
+    )?;
+    thread::sleep(Duration::from_millis(500));
+    let o = netns::tandemstat(&d.instance).arg("-i").output()?;
+    check(
+        !String::from_utf8_lossy(&o.stderr).contains("stale"),
+        "fresh again after SIGCONT",
+    )?;
+    d.stop();
+    Ok(())
+}
+
+fn metrics_are_served_over_http() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, BASE_CONFIG);
+    let mut server = topo
+        .node
+        .cmd(netns::tandemstat_path().to_str().unwrap())
+        .args([
+            "--instance",
+            &d.instance,
+            "serve",
+            "--listen",
+            "127.0.0.1:9417",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let body = topo.node.enter(|| {
+        for _ in 0..50 {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", 9417)) {
+                let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                return out;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        String::new()
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    check(
+        body.starts_with("HTTP/1.0 200 OK"),
+        format!("response: {body:.200}"),
+    )?;
+    check(
+        body.contains("# TYPE tandem_xdp_verdicts_total counter")
+            && body.contains("tandem_worker_rx_packets_total{"),
+        "metrics body",
+    )?;
+    d.stop();
+    Ok(())
+}
+
 /// Not privileged: runs everywhere.
 fn bad_config_is_refused_naming_file_and_key() -> Result<(), Failed> {
     let cfg = std::env::temp_dir().join(format!("tandem-bad-{}.toml", std::process::id()));
@@ -492,7 +679,16 @@ fn main() {
     let args = Arguments::from_args();
     let privileged = netns::privileged();
     let in_ci = std::env::var_os("CI").is_some();
-    let priv_tests: [(&str, Test); 8] = [
+    let priv_tests: [(&str, Test); 11] = [
+        (
+            "stats_segment_counts_a_udp_exchange_exactly",
+            stats_segment_counts_a_udp_exchange_exactly,
+        ),
+        (
+            "sigstopped_daemon_is_reported_stale",
+            sigstopped_daemon_is_reported_stale,
+        ),
+        ("metrics_are_served_over_http", metrics_are_served_over_http),
         (
             "forwards_tcp_udp_icmp_with_ip_forward_off",
             forwards_tcp_udp_icmp_with_ip_forward_off,

@@ -131,14 +131,19 @@ pub fn json(s: &Snapshot) -> Value {
 
 fn sockets(s: &Snapshot) -> Vec<Value> {
     let mut out = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
     for e in s
         .entries
         .iter()
-        .filter(|e| e.name == "tandem_xsk_rx_dropped_total")
+        .filter(|e| e.name.starts_with("tandem_xsk_"))
     {
         let (Some(iface), Some(queue)) = (e.label("iface"), e.label("queue")) else {
             continue;
         };
+        if seen.contains(&(iface, queue)) {
+            continue;
+        }
+        seen.push((iface, queue));
         let mut o = serde_json::Map::new();
         o.insert("interface".into(), json!(iface));
         o.insert("queue".into(), json!(queue.parse::<u32>().unwrap_or(0)));

@@ -180,6 +180,24 @@ pub fn tandemd_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandemd"))
 }
 
+/// tandemstat, built next to tandemd by `cargo test --workspace`.
+pub fn tandemstat_path() -> PathBuf {
+    let p = tandemd_path().with_file_name("tandemstat");
+    assert!(
+        p.exists(),
+        "{} missing: build it with `cargo build -p tandem-tools` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+/// `tandemstat --instance <instance> ARGS` as a command.
+pub fn tandemstat(instance: &str) -> Command {
+    let mut c = Command::new(tandemstat_path());
+    c.args(["--instance", instance]);
+    c
+}
+
 /// A tandemd running in a namespace, its stderr in a file.
 pub struct Daemon {
     child: Option<Child>,

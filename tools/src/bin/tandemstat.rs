@@ -24,7 +24,10 @@ use tandem_tools::{ipmp, model::Snapshot, prom, view};
 /// heartbeat is older than 3 s is reported stale on stderr; output is still
 /// printed.
 #[derive(Parser, Debug)]
-#[expect(clippy::struct_excessive_bools, reason = "ipmpstat's single-letter flags")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "ipmpstat's single-letter flags"
+)]
 #[command(version, group(ArgGroup::new("mode").args(["i", "g", "a", "p", "t"])))]
 struct Args {
     /// Instance name.

@@ -124,8 +124,29 @@ fn bpf_linker() -> Result<()> {
         .arg(format!("llvm-{want}")))
 }
 
+/// The Python Prometheus client: its parser checks `tandemstat prometheus`.
+fn prometheus_client() -> Result<()> {
+    let have = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing prometheus_client from PyPI");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+        "prometheus_client",
+    ]))
+}
+
 pub fn setup() -> Result<()> {
     install_packages()?;
+    prometheus_client()?;
     nightly_components()?;
     bpf_linker()?;
     Ok(())
