@@ -4,4 +4,5 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod ctl;
 pub mod stats;

@@ -72,6 +72,8 @@ pub enum DaemonError {
     #[error("stats segment: {0}")]
     Stats(#[from] StatsError),
     #[error(transparent)]
+    Ctl(#[from] CtlError),
+    #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -135,9 +137,11 @@ pub struct Daemon {
     loader: Arc<Mutex<Loader>>,
     workers: Vec<thread::JoinHandle<Worker>>,
     monitor: Option<thread::JoinHandle<()>>,
+    control: Option<thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
+    instance: String,
 }
 
 fn queue_size(n: u32) -> QueueSize {
@@ -149,6 +153,9 @@ impl Daemon {
     /// Starts the data path described by `cfg` as instance `instance`.
     pub fn start(cfg: &Config, instance: &str, stop: Arc<AtomicBool>) -> Result<Self, DaemonError> {
         sys::raise_memlock();
+        // First: a second daemon of the same instance must not clobber the
+        // running one's segment or socket.
+        let ctl = bind_control_socket(instance)?;
         let d = &cfg.dataplane;
         let ifnames = vec![
             cfg.interfaces.inside.clone(),
@@ -351,6 +358,15 @@ impl Daemon {
                 .expect("spawn netlink thread")
         };
 
+        let control = {
+            let segment = Arc::clone(&segment);
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name("tandem-ctl".into())
+                .spawn(move || serve_control(&ctl, &segment, &stop))
+                .expect("spawn control thread")
+        };
+
         let mut handles = Vec::new();
         for w in built {
             let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
@@ -376,6 +392,7 @@ impl Daemon {
             loader,
             workers: handles,
             monitor: Some(monitor),
+            control: Some(control),
             stop,
             segment,
             kernel: KernelSlots {
@@ -383,6 +400,7 @@ impl Daemon {
                 cpus,
                 xsk,
             },
+            instance: instance.to_owned(),
         })
     }
 
@@ -441,6 +459,10 @@ impl Daemon {
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+        let _ = std::fs::remove_file(tandem_control::ctl::socket_path(&self.instance));
         self.segment.heartbeat(sys::unix_ns());
         tracing::info!("final counters: {}", self.counter_line());
         // Dropping the loader closes the BPF link: XDP detaches.
@@ -498,4 +520,72 @@ fn bind_port(
         fq,
         cq,
     })
+}
+
+/// Errors binding the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("instance already running: its control socket {0} answers")]
+    InUse(std::path::PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the instance's control socket (0660), replacing a stale one left
+/// by a dead daemon but refusing to steal a live one.
+pub fn bind_control_socket(instance: &str) -> Result<std::os::unix::net::UnixListener, CtlError> {
+    use std::os::unix::{fs::PermissionsExt as _, net::UnixStream};
+    let path = tandem_control::ctl::socket_path(instance);
+    let io = |source| CtlError::Io {
+        path: path.clone(),
+        source,
+    };
+    if UnixStream::connect(&path).is_ok() {
+        return Err(CtlError::InUse(path));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    l.set_nonblocking(true).map_err(io)?;
+    Ok(l)
+}
+
+/// Serves control requests until `stop`. One line in, one line out; a slow
+/// or silent client is cut off after a second.
+fn serve_control(l: &std::os::unix::net::UnixListener, segment: &SegmentWriter, stop: &AtomicBool) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use tandem_control::ctl::{MAX_REQUEST, Request, parse_request};
+    while !stop.load(Ordering::Relaxed) {
+        if !sys::poll_readable(&[l.as_raw_fd()], Duration::from_millis(200)) {
+            continue;
+        }
+        let Ok((conn, _)) = l.accept() else { continue };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut line = String::new();
+        let read = BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_line(&mut line);
+        let reply = match read {
+            Err(e) => format!("error: reading request: {e}"),
+            Ok(_) if line.len() > MAX_REQUEST => {
+                format!("error: request longer than {MAX_REQUEST} bytes")
+            }
+            Ok(_) if !line.ends_with('\n') => "error: request must end with a newline".to_owned(),
+            Ok(_) => match parse_request(&line) {
+                Ok(Request::ClearStatistics) => {
+                    segment.clear(sys::unix_ns());
+                    tracing::info!("statistics cleared");
+                    "ok".to_owned()
+                }
+                Err(e) => format!("error: {e}"),
+            },
+        };
+        let _ = (&conn).write_all(format!("{reply}\n").as_bytes());
+    }
 }

@@ -643,6 +643,89 @@ fn metrics_are_served_over_http() -> Result<(), Failed> {
     Ok(())
 }
 
+fn tandemctl_clears_statistics_and_survives_garbage() -> Result<(), Failed> {
+    use std::os::unix::net::UnixStream;
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, BASE_CONFIG);
+    let (ok, _) = ping(&topo, SERVER, &[]);
+    check(ok, "ping")?;
+    thread::sleep(Duration::from_millis(300));
+    check(
+        iface_counter(&stats_json(&d.instance), "in0", "rx_packets") >= 3,
+        "traffic counted",
+    )?;
+    let ctl = netns::tandemd_path().with_file_name("tandemctl");
+    let out = Command::new(&ctl)
+        .args(["--instance", &d.instance, "clear", "statistics"])
+        .output()?;
+    check(
+        out.status.success() && out.stdout == b"ok\n",
+        format!("tandemctl: {}", String::from_utf8_lossy(&out.stderr)),
+    )?;
+    let view = stats_json(&d.instance);
+    check(
+        iface_counter(&view, "in0", "rx_packets") == 0,
+        "cleared view",
+    )?;
+    check(
+        view["cleared_at_unix_s"].as_u64().is_some(),
+        "clear time shown",
+    )?;
+    let prom = netns::tandemstat(&d.instance).arg("prometheus").output()?;
+    let prom = String::from_utf8_lossy(&prom.stdout);
+    check(
+        prom.lines().any(|l| {
+            l.starts_with("tandem_iface_rx_packets_total{")
+                && l.contains("iface=\"in0\"")
+                && !l.ends_with(" 0")
+        }),
+        "Prometheus keeps the raw monotonic counters",
+    )?;
+    // Malformed requests get an error reply; the daemon keeps serving.
+    let path = tandem_control::ctl::socket_path(&d.instance);
+    for bad in [
+        &b"reboot\n"[..],
+        b"\xff\xfe\x00\n",
+        &[b'x'; 5000][..],
+        b"no newline",
+    ] {
+        let mut s = UnixStream::connect(&path)?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let _ = s.write_all(bad);
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        check(
+            reply.starts_with("error: "),
+            format!("reply to garbage: {reply:?}"),
+        )?;
+    }
+    let (ok, _) = ping(&topo, SERVER, &[]);
+    check(ok, "still forwarding after garbage")?;
+    // A second daemon for the same instance is refused, the first untouched.
+    let cfg = std::env::temp_dir().join(format!("tandem-dup-{}.toml", std::process::id()));
+    std::fs::write(&cfg, BASE_CONFIG)?;
+    let dup = topo
+        .node
+        .cmd(netns::tandemd_path().to_str().unwrap())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--instance", &d.instance])
+        .output()?;
+    let _ = std::fs::remove_file(&cfg);
+    check(!dup.status.success(), "duplicate instance started")?;
+    check(
+        String::from_utf8_lossy(&dup.stderr).contains("already running"),
+        format!("{}", String::from_utf8_lossy(&dup.stderr)),
+    )?;
+    let c = d.stop();
+    check(
+        c.get("worker.forwarded") >= 6,
+        "first daemon kept forwarding",
+    )?;
+    check(!path.exists(), "socket removed on exit")?;
+    Ok(())
+}
+
 /// Not privileged: runs everywhere.
 fn bad_config_is_refused_naming_file_and_key() -> Result<(), Failed> {
     let cfg = std::env::temp_dir().join(format!("tandem-bad-{}.toml", std::process::id()));
@@ -679,7 +762,11 @@ fn main() {
     let args = Arguments::from_args();
     let privileged = netns::privileged();
     let in_ci = std::env::var_os("CI").is_some();
-    let priv_tests: [(&str, Test); 11] = [
+    let priv_tests: [(&str, Test); 12] = [
+        (
+            "tandemctl_clears_statistics_and_survives_garbage",
+            tandemctl_clears_statistics_and_survives_garbage,
+        ),
         (
             "stats_segment_counts_a_udp_exchange_exactly",
             stats_segment_counts_a_udp_exchange_exactly,

@@ -14,8 +14,12 @@ pub struct Snapshot {
     pub heartbeat_ns: u64,
     pub now_ns: u64,
     pub entries: Vec<Entry>,
-    /// Indexed by slot.
+    /// Indexed by slot: counters since the last `clear statistics`.
     pub values: Vec<u64>,
+    /// Indexed by slot: raw, monotonic values (for Prometheus and rates).
+    pub raw: Vec<u64>,
+    /// Unix ns of the last clear, 0 if never.
+    pub cleared_ns: u64,
     pub state: Option<NodeState>,
 }
 
@@ -32,6 +36,7 @@ impl Snapshot {
     }
 
     pub fn from_reader(instance: &str, r: &SegmentReader) -> Self {
+        let raw = r.values();
         Self {
             instance: instance.to_owned(),
             pid: r.pid,
@@ -40,7 +45,15 @@ impl Snapshot {
             heartbeat_ns: r.heartbeat_ns(),
             now_ns: unix_ns(),
             entries: r.entries.clone(),
-            values: r.values(),
+            values: {
+                let base = r.baselines();
+                raw.iter()
+                    .zip(&base)
+                    .map(|(v, b)| v.saturating_sub(*b))
+                    .collect()
+            },
+            raw,
+            cleared_ns: r.cleared_ns(),
             state: r.read_state().and_then(|w| NodeState::decode(&w)),
         }
     }
@@ -93,11 +106,11 @@ impl Snapshot {
     pub fn rates_since(&self, earlier: &Self) -> Self {
         let dt = self.now_ns.saturating_sub(earlier.now_ns).max(1);
         let mut out = self.clone();
-        if earlier.values.len() == self.values.len() {
+        if earlier.raw.len() == self.raw.len() {
             for e in &self.entries {
                 if e.kind == tandem_control::stats::Kind::Counter {
                     let i = e.slot as usize;
-                    let d = self.values[i].saturating_sub(earlier.values[i]);
+                    let d = self.raw[i].saturating_sub(earlier.raw[i]);
                     out.values[i] = u64::try_from(u128::from(d) * 1_000_000_000 / u128::from(dt))
                         .unwrap_or(u64::MAX);
                 }

@@ -112,7 +112,7 @@ pub fn exposition(s: &Snapshot) -> String {
                 o,
                 "{fam}{} {}",
                 labels(&s.instance, &e.labels),
-                s.values[e.slot as usize]
+                s.raw[e.slot as usize]
             );
         }
     }

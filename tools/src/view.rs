@@ -121,6 +121,7 @@ pub fn json(s: &Snapshot) -> Value {
         "heartbeat_age_s": s.heartbeat_age_s(),
         "stale": s.stale(),
         "forward": s.state.as_ref().map(|st| st.forward),
+        "cleared_at_unix_s": (s.cleared_ns != 0).then_some(s.cleared_ns / 1_000_000_000),
         "interfaces": interfaces,
         "workers": workers,
         "xdp": xdp,
@@ -179,6 +180,13 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
         },
         unit
     );
+    if s.cleared_ns != 0 {
+        let _ = writeln!(
+            o,
+            "Counters cleared {} ago",
+            hms(s.now_ns.saturating_sub(s.cleared_ns) / 1_000_000_000)
+        );
+    }
     let _ = writeln!(o, "\nInterfaces:");
     let _ = writeln!(
         o,

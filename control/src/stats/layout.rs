@@ -5,7 +5,11 @@
 //! dir_offset       Entry[dir_count]   (128 bytes each: name, labels, kind, slot)
 //! state_offset     seqlock'd state    (u64 words: sequence, then payload)
 //! values_offset    u64[values_count]  (counters and gauges, 64-byte aligned)
+//! baseline_offset  u64[values_count]  (counter values at the last clear)
 //! ```
+//! Counters only ever grow; `clear statistics` copies them into the
+//! baseline, and the human views show value - baseline. Prometheus gets the
+//! raw, monotonic values.
 //! Every multi-byte field is native-endian: the segment never leaves the
 //! host. `layout_hash` covers the directory bytes and the state size, so a
 //! reader that validates it cannot misread a segment of another layout.
@@ -40,6 +44,9 @@ pub mod header {
     pub const VALUES_OFFSET: usize = 80;
     pub const VALUES_COUNT: usize = 88;
     pub const TOTAL_SIZE: usize = 96;
+    pub const BASELINE_OFFSET: usize = 104;
+    /// Unix ns of the last clear (0: never): an atomic word.
+    pub const CLEARED_NS: usize = 112;
 }
 
 /// Field offsets inside a directory entry.
@@ -131,6 +138,8 @@ mod tests {
             (header::VALUES_OFFSET, 8),
             (header::VALUES_COUNT, 8),
             (header::TOTAL_SIZE, 8),
+            (header::BASELINE_OFFSET, 8),
+            (header::CLEARED_NS, 8),
         ];
         for w in offs.windows(2) {
             assert_eq!(w[0].0 + w[0].1, w[1].0, "gap or overlap at {}", w[1].0);
@@ -139,6 +148,7 @@ mod tests {
         assert!(last + len <= HEADER_SIZE);
         // Atomic words must be naturally aligned.
         assert_eq!(header::HEARTBEAT_NS % 8, 0);
+        assert_eq!(header::CLEARED_NS % 8, 0);
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub struct SegmentWriter {
     map: MmapMut,
     values_offset: usize,
     values_count: usize,
+    baseline_offset: usize,
     state_offset: usize,
     path: PathBuf,
 }
@@ -164,7 +165,8 @@ impl SegmentWriter {
         let state_offset = align64(dir_offset + dir.len());
         let values_offset = align64(state_offset + STATE_WORDS * 8);
         let values_count = schema.slots as usize;
-        let total = align64(values_offset + values_count * 8);
+        let baseline_offset = align64(values_offset + values_count * 8);
+        let total = align64(baseline_offset + values_count * 8);
 
         let mut head = vec![0u8; HEADER_SIZE];
         head[header::MAGIC..header::MAGIC + 8].copy_from_slice(&MAGIC);
@@ -183,6 +185,7 @@ impl SegmentWriter {
         put_u64(&mut head, header::VALUES_OFFSET, values_offset as u64);
         put_u64(&mut head, header::VALUES_COUNT, values_count as u64);
         put_u64(&mut head, header::TOTAL_SIZE, total as u64);
+        put_u64(&mut head, header::BASELINE_OFFSET, baseline_offset as u64);
 
         let parent = path.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).map_err(io(parent))?;
@@ -209,6 +212,7 @@ impl SegmentWriter {
             map,
             values_offset,
             values_count,
+            baseline_offset,
             state_offset,
             path: path.to_owned(),
         })
@@ -250,6 +254,20 @@ impl SegmentWriter {
 
     pub fn value(&self, slot: u32) -> &AtomicU64 {
         &self.values(slot, 1)[0]
+    }
+
+    /// `clear statistics`: the current value of every slot becomes its
+    /// baseline. Writers are not disturbed; readers subtract.
+    pub fn clear(&self, now_ns: u64) {
+        for i in 0..self.values_count {
+            let v = self
+                .word(self.values_offset + i * 8)
+                .load(Ordering::Relaxed);
+            self.word(self.baseline_offset + i * 8)
+                .store(v, Ordering::Relaxed);
+        }
+        self.word(header::CLEARED_NS)
+            .store(now_ns, Ordering::Release);
     }
 
     pub fn heartbeat(&self, now_ns: u64) {
@@ -303,6 +321,7 @@ pub struct SegmentReader {
     pub start_ns: u64,
     values_offset: usize,
     values_count: usize,
+    baseline_offset: usize,
     state_offset: usize,
 }
 
@@ -362,6 +381,7 @@ impl SegmentReader {
         let state_words = get_u64(&map, header::STATE_WORDS) as usize;
         let values_offset = get_u64(&map, header::VALUES_OFFSET) as usize;
         let values_count = get_u64(&map, header::VALUES_COUNT) as usize;
+        let baseline_offset = get_u64(&map, header::BASELINE_OFFSET) as usize;
         let dir_end = dir_count
             .checked_mul(entry_size)
             .and_then(|n| n.checked_add(dir_offset));
@@ -375,7 +395,12 @@ impl SegmentReader {
             && state_offset.is_multiple_of(8)
             && state_offset + STATE_WORDS * 8 <= values_offset
             && values_offset.is_multiple_of(8)
-            && values_end.is_some_and(|e| e <= total);
+            && values_end.is_some_and(|e| e <= baseline_offset)
+            && baseline_offset.is_multiple_of(8)
+            && values_count
+                .checked_mul(8)
+                .and_then(|n| n.checked_add(baseline_offset))
+                .is_some_and(|e| e <= total);
         if !ok {
             return Err(corrupt("inconsistent offsets in the header".into()));
         }
@@ -412,6 +437,7 @@ impl SegmentReader {
             entries,
             values_offset,
             values_count,
+            baseline_offset,
             state_offset,
         })
     }
@@ -444,6 +470,18 @@ impl SegmentReader {
         (0..self.values_count as u32)
             .map(|s| self.value(s))
             .collect()
+    }
+
+    /// Every slot's value at the last clear (zeros if never cleared).
+    pub fn baselines(&self) -> Vec<u64> {
+        (0..self.values_count)
+            .map(|i| self.load(self.baseline_offset + i * 8))
+            .collect()
+    }
+
+    /// Unix ns of the last `clear statistics`, 0 if never.
+    pub fn cleared_ns(&self) -> u64 {
+        self.load(header::CLEARED_NS)
     }
 
     /// The state payload, read consistently: retried while the writer is
@@ -506,6 +544,20 @@ mod tests {
         assert_eq!(r.heartbeat_ns(), 5_000);
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn clear_sets_baselines_without_touching_values() {
+        let p = tmp("clear");
+        let w = SegmentWriter::create(&p, &schema(), 1, 2, 0).unwrap();
+        w.value(0).store(100, Ordering::Relaxed);
+        w.clear(77);
+        w.value(0).store(130, Ordering::Relaxed);
+        let r = SegmentReader::open(&p).unwrap();
+        assert_eq!(r.value(0), 130);
+        assert_eq!(r.baselines()[0], 100);
+        assert_eq!(r.cleared_ns(), 77);
         fs::remove_file(&p).unwrap();
     }
 

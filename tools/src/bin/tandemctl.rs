@@ -1,0 +1,73 @@
+//! tandemctl: commands to a running tandemd over its control socket.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use tandem_control::ctl::{Request, socket_path};
+
+/// Send a command to tandemd --instance NAME over /run/tandem/NAME.sock
+/// ($TANDEM_RUN_DIR overrides the directory). Exit status: 0 done,
+/// 1 the daemon refused, 2 no daemon or bad arguments.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[arg(long, default_value = "default")]
+    instance: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Reset counters as shown by tandemstat's views (Prometheus keeps the
+    /// raw monotonic values).
+    Clear {
+        #[command(subcommand)]
+        what: ClearWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClearWhat {
+    Statistics,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let req = match args.cmd {
+        Cmd::Clear {
+            what: ClearWhat::Statistics,
+        } => Request::ClearStatistics,
+    };
+    let path = socket_path(&args.instance);
+    let mut s = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "tandemctl: instance {:?}: cannot reach {}: {e} (is tandemd running?)",
+                args.instance,
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reply = String::new();
+    let sent = writeln!(s, "{}", req.as_line());
+    if sent.is_err() || BufReader::new(&s).read_line(&mut reply).is_err() || reply.is_empty() {
+        eprintln!("tandemctl: no reply from {}", path.display());
+        return ExitCode::from(2);
+    }
+    let reply = reply.trim_end();
+    if reply == "ok" {
+        println!("ok");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("tandemctl: {reply}");
+        ExitCode::from(1)
+    }
+}
