@@ -48,6 +48,14 @@ struct Args {
     /// The tandemd binary (default: next to this one).
     #[arg(long)]
     tandemd: Option<PathBuf>,
+    /// Also measure tandemd (1 worker, 1 flow) with `tandemstat -w 0.1`
+    /// polling its segment in parallel, alternating with runs without, and
+    /// print the ratio (the cost of reading counters to the data path).
+    #[arg(long)]
+    stat_poll: bool,
+    /// Alternating runs per side for --stat-poll.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 const GEN: &str = "tb-gen";
@@ -292,9 +300,22 @@ fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result
         .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
         .build();
     let iface: Interface = "gen0".parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    // SAFETY: one socket per (gen0, queue), UMEM not shared.
-    let (mut tx, _rx, rings) = unsafe { Socket::new(sock_cfg, &umem, &iface, queue) }
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The previous run's socket on this queue may still be tearing down.
+    let mut tries = 0;
+    let (mut tx, _rx, rings) = loop {
+        // SAFETY: one socket per (gen0, queue), UMEM not shared.
+        match unsafe { Socket::new(sock_cfg, &umem, &iface, queue) } {
+            Ok(s) => break s,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                if tries == 20 {
+                    bail!("generator socket on gen0 queue {queue}: {e:?}");
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => bail!("generator socket on gen0 queue {queue}: {e:?}"),
+        }
+    };
     let (_fq, mut cq) = rings.context("no completion ring")?;
     for (i, d) in descs.iter_mut().enumerate() {
         let port = 10000 + (i as u32 % flows.max(1)) as u16;
@@ -536,5 +557,47 @@ fn run(args: &Args, tandemd: &PathBuf) -> Result<()> {
     for n in notes {
         println!("  {n}");
     }
+    if args.stat_poll {
+        stat_poll(args, &bpf, &frame, tandemd)?;
+    }
+    Ok(())
+}
+
+/// tandemd with and without a `tandemstat -w 0.1` reader, alternating.
+fn stat_poll(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
+    let stat = tandemd.with_file_name("tandemstat");
+    if !stat.exists() {
+        bail!(
+            "{} not found (cargo build --release -p tandem-tools)",
+            stat.display()
+        );
+    }
+    let d = start_tandemd(tandemd, 1)?;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        without.push(measure(bpf, frame, 1, 1, args.seconds)?.pps);
+        let mut poller = Command::new(&stat)
+            .args(["--instance", "pktrate", "--json", "-w", "0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let r = measure(bpf, frame, 1, 1, args.seconds);
+        let _ = poller.kill();
+        let _ = poller.wait();
+        with.push(r?.pps);
+    }
+    d.stop()?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut without), median(&mut with));
+    println!(
+        "stat-poll (1 worker, 1 flow, median of {}): without {:.3} Mpps, with tandemstat -w 0.1 {:.3} Mpps, ratio {:.3}",
+        args.rounds,
+        a / 1e6,
+        b / 1e6,
+        b / a.max(1.0)
+    );
     Ok(())
 }

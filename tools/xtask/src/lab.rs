@@ -125,6 +125,28 @@ fn build_topology() -> Result<()> {
             Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]),
         )?;
     }
+    // XPS on every sending veth: a frame leaves on the tx queue of the CPU
+    // that sends it, which is the rx queue (and so the worker) it reaches
+    // on the node; without it every flow lands on queue 0.
+    for (ns, dev) in [
+        ("tnd-client", "eth0"),
+        ("tnd-server", "eth0"),
+        ("tnd-sw", "a-in"),
+        ("tnd-sw", "a-out"),
+        ("tnd-sw", "b-in"),
+        ("tnd-sw", "b-out"),
+    ] {
+        for q in 0..2 {
+            output(
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "sh", "-c"])
+                    .arg(format!(
+                        "echo {} > /sys/class/net/{dev}/queues/tx-{q}/xps_cpus",
+                        1 << q
+                    )),
+            )?;
+        }
+    }
     addr("tnd-client", "198.18.1.10/24", "eth0")?;
     ip(&[
         "-n",

@@ -212,7 +212,24 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
 
 fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
-    run(cargo().args(["bench", "-p", "tandem-bench", "--bench", "wire"]))?;
+    run(cargo().args([
+        "bench",
+        "-p",
+        "tandem-bench",
+        "--bench",
+        "wire",
+        "--bench",
+        "stats",
+    ]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tandem-dataplane",
+        "-p",
+        "tandem-tools",
+        "--bins",
+    ]))?;
     run(cargo()
         .args([
             "run",
