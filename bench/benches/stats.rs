@@ -10,34 +10,36 @@ use tandem_dataplane::counters;
 fn benches(c: &mut Criterion) {
     // The layout tandemd builds for 2 workers, 2 CPUs and 4 sockets.
     let ifnames = vec!["in0".to_owned(), "out0".to_owned()];
-    let mut s = Schema::new();
+    let mut schema = Schema::new();
     for w in 0..2 {
-        counters::register(&mut s, w, &ifnames).unwrap();
+        counters::register(&mut schema, w, &ifnames).unwrap();
     }
     for cpu in 0..2 {
         for v in 0..9 {
-            s.push(
-                "tandem_xdp_verdicts_total",
-                &format!("cpu={cpu},verdict=v{v}"),
-                Kind::Counter,
-            )
-            .unwrap();
+            schema
+                .push(
+                    "tandem_xdp_verdicts_total",
+                    &format!("cpu={cpu},verdict=v{v}"),
+                    Kind::Counter,
+                )
+                .unwrap();
         }
     }
     for q in 0..4 {
         for st in 0..6 {
-            s.push(
-                &format!("tandem_xsk_s{st}_total"),
-                &format!("iface=in0,queue={q}"),
-                Kind::Counter,
-            )
-            .unwrap();
+            schema
+                .push(
+                    &format!("tandem_xsk_s{st}_total"),
+                    &format!("iface=in0,queue={q}"),
+                    Kind::Counter,
+                )
+                .unwrap();
         }
     }
     let path = std::env::temp_dir().join(format!("tandem-bench-{}.stats", std::process::id()));
-    let w = Arc::new(SegmentWriter::create(&path, &s, 1, 2, 0).unwrap());
-    w.write_state(&NodeState::default().encode());
-    let n = s.entries().len();
+    let writer = Arc::new(SegmentWriter::create(&path, &schema, 1, 2, 0).unwrap());
+    writer.write_state(&NodeState::default().encode());
+    let n = schema.entries().len();
     let r = SegmentReader::open(&path).unwrap();
     let plain = vec![7u64; r.values().len()];
     c.bench_function("stats/copy_values", |b| {
