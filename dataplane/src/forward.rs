@@ -205,17 +205,7 @@ pub fn forward(
     match ip {
         Ip::V4 { len, dst, ttl, .. } => {
             if ttl <= 1 {
-                return icmp_error(
-                    buf,
-                    ip,
-                    ingress,
-                    fib,
-                    limits,
-                    DropReason::TtlExpired,
-                    11,
-                    0,
-                    0,
-                );
+                return icmp_error(buf, ip, ingress, fib, limits, TIME_EXCEEDED_V4);
             }
             // Decrement first: a punted datagram leaves through the kernel's
             // output path, which does not decrement it again.
@@ -228,17 +218,7 @@ pub fn forward(
                 // DF set: tell the sender (RFC 1191); else fragmenting is the
                 // kernel's job, which this path does not do.
                 if buf[ETH_HLEN + 6] & 0x40 != 0 {
-                    return icmp_error(
-                        buf,
-                        ip,
-                        ingress,
-                        fib,
-                        limits,
-                        DropReason::TooBig,
-                        3,
-                        4,
-                        mtu,
-                    );
+                    return icmp_error(buf, ip, ingress, fib, limits, frag_needed(mtu));
                 }
                 return Action::Drop(DropReason::TooBig);
             }
@@ -255,17 +235,7 @@ pub fn forward(
             ..
         } => {
             if hop_limit <= 1 {
-                return icmp_error(
-                    buf,
-                    ip,
-                    ingress,
-                    fib,
-                    limits,
-                    DropReason::TtlExpired,
-                    3,
-                    0,
-                    0,
-                );
+                return icmp_error(buf, ip, ingress, fib, limits, TIME_EXCEEDED_V6);
             }
             wire::decrement_hop_limit_v6(buf, ETH_HLEN);
             let hop = match fib.lookup6(dst) {
@@ -273,7 +243,7 @@ pub fn forward(
                 Err(m) => return miss(m, ip, limits),
             };
             if let Some(mtu) = too_big(fib, &hop, len) {
-                return icmp_error(buf, ip, ingress, fib, limits, DropReason::TooBig, 2, 0, mtu);
+                return icmp_error(buf, ip, ingress, fib, limits, packet_too_big(mtu));
             }
             wire::write_eth(buf, ETH_HLEN, hop.dst_mac, hop.src_mac, ETHERTYPE_IPV6);
             Action::Forward {
@@ -306,18 +276,63 @@ fn miss(m: Miss, ip: Ip, limits: &mut Limits) -> Action {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the ICMP header's fields")]
+/// An ICMP error to originate: why the packet dropped, and the header.
+#[derive(Clone, Copy, Debug)]
+struct IcmpErr {
+    reason: DropReason,
+    ty: u8,
+    code: u8,
+    /// The header's second word (next-hop MTU for the "too big" kinds).
+    rest: u32,
+}
+
+const TIME_EXCEEDED_V4: IcmpErr = IcmpErr {
+    reason: DropReason::TtlExpired,
+    ty: 11,
+    code: 0,
+    rest: 0,
+};
+const TIME_EXCEEDED_V6: IcmpErr = IcmpErr {
+    reason: DropReason::TtlExpired,
+    ty: 3,
+    code: 0,
+    rest: 0,
+};
+
+/// ICMPv4 destination unreachable, fragmentation needed (RFC 1191).
+const fn frag_needed(mtu: u32) -> IcmpErr {
+    IcmpErr {
+        reason: DropReason::TooBig,
+        ty: 3,
+        code: 4,
+        rest: mtu,
+    }
+}
+
+/// ICMPv6 packet too big (RFC 8201).
+const fn packet_too_big(mtu: u32) -> IcmpErr {
+    IcmpErr {
+        reason: DropReason::TooBig,
+        ty: 2,
+        code: 0,
+        rest: mtu,
+    }
+}
+
 fn icmp_error(
     buf: &mut [u8],
     ip: Ip,
     ingress: u32,
     fib: &Fib,
     limits: &mut Limits,
-    reason: DropReason,
-    ty: u8,
-    code: u8,
-    rest: u32,
+    err: IcmpErr,
 ) -> Action {
+    let IcmpErr {
+        reason,
+        ty,
+        code,
+        rest,
+    } = err;
     let suppressed = Action::Drop(DropReason::IcmpSuppressed);
     let built = match ip {
         Ip::V4 { l3, ihl, len, .. } => {
@@ -570,6 +585,41 @@ mod tests {
         // The kernel's output path will not decrement it: we did.
         assert_eq!(buf[22], 63);
         assert_eq!(wire::checksum(&buf[14..34], 0), 0);
+    }
+
+    #[test]
+    fn punts_beyond_the_rate_limit_drop() {
+        let mut l = Limits {
+            icmp: RateLimit::new(1),
+            punt: RateLimit::new(1),
+        };
+        let f = fib();
+        let (mut buf, n) = frame(64, [198, 18, 2, 99], 10);
+        assert!(matches!(
+            forward(&mut buf, n, IN, &f, &mut l),
+            Action::Punt { .. }
+        ));
+        let (mut buf, n) = frame(64, [198, 18, 2, 99], 10);
+        assert_eq!(
+            forward(&mut buf, n, IN, &f, &mut l),
+            Action::Drop(DropReason::PuntLimited)
+        );
+    }
+
+    #[test]
+    fn non_ip_and_bad_header_drop_with_reason() {
+        let (mut buf, n) = frame(64, [198, 18, 2, 10], 10);
+        buf[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(
+            forward(&mut buf, n, IN, &fib(), &mut limits()),
+            Action::Drop(DropReason::NotIp)
+        );
+        let (mut buf, n) = frame(64, [198, 18, 2, 10], 10);
+        buf[14] = 0x43;
+        assert_eq!(
+            forward(&mut buf, n, IN, &fib(), &mut limits()),
+            Action::Drop(DropReason::BadHeader)
+        );
     }
 
     #[test]

@@ -187,14 +187,8 @@ pub struct XskStats {
 }
 
 impl XskStats {
-    pub const NAMES: [&'static str; 6] = [
-        "rx_dropped",
-        "rx_invalid_descs",
-        "tx_invalid_descs",
-        "rx_ring_full",
-        "rx_fill_ring_empty_descs",
-        "tx_ring_empty_descs",
-    ];
+    /// Names of [`Self::values`], in order.
+    pub const NAMES: [&'static str; 6] = tandem_control::stats::XSK_STATS;
 
     pub fn values(&self) -> [u64; 6] {
         [

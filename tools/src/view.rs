@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
-use tandem_control::stats::{IfaceRole, LinkState, XdpAttach};
+use tandem_control::stats::{IfaceRole, LinkState, XSK_STATS, XdpAttach};
 
 use crate::model::Snapshot;
 
@@ -17,15 +17,6 @@ const WORKER_COLUMNS: [(&str, &str); 8] = [
     ("rx_batches", "Rx batches"),
     ("idle_polls", "Idle polls"),
     ("fill_short", "Fill short"),
-];
-
-const XSK_STATS: [&str; 6] = [
-    "rx_dropped",
-    "rx_invalid_descs",
-    "tx_invalid_descs",
-    "rx_ring_full",
-    "rx_fill_ring_empty_descs",
-    "tx_ring_empty_descs",
 ];
 
 pub fn role_str(r: IfaceRole) -> &'static str {

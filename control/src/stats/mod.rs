@@ -17,6 +17,17 @@ pub use segment::{
 };
 pub use state::{IfaceRole, IfaceState, LinkState, NodeState, XdpAttach};
 
+/// The kernel's AF_XDP socket statistics (struct xdp_statistics), in its
+/// field order; families are `tandem_xsk_<name>_total`.
+pub const XSK_STATS: [&str; 6] = [
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+];
+
 /// Heartbeat age after which readers call the daemon stale.
 pub const STALE_AFTER_NS: u64 = 3_000_000_000;
 
