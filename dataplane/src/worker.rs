@@ -145,10 +145,7 @@ impl Worker {
                         action
                     };
                     let out = match action {
-                        Action::Forward { oif, len } => {
-                            tally.add(WorkerCounter::Forwarded, 1);
-                            Some((oif, len))
-                        }
+                        Action::Forward { oif, len } => Some((oif, len)),
                         Action::IcmpError { oif, len, reason } => {
                             tally.drop(slot, reason);
                             tally.add(WorkerCounter::IcmpErrorsSent, 1);
@@ -172,6 +169,9 @@ impl Worker {
                             .map(|s| (s, len))
                     });
                     if let Some((s, len)) = egress {
+                        if matches!(action, Action::Forward { .. }) {
+                            tally.add(WorkerCounter::Forwarded, 1);
+                        }
                         // SAFETY: as above; sets the length to transmit.
                         unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
                         pending[s].push(*desc);

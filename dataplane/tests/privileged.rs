@@ -726,6 +726,47 @@ fn tandemctl_clears_statistics_and_survives_garbage() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The drop and pressure counters that ordinary traffic never moves.
+fn rare_counters_move() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let n = &topo.node.name;
+    for cmd in [
+        format!("-n {n} link add ext0 type veth peer name ext1"),
+        format!("-n {n} addr add 203.0.113.1/24 dev ext0"),
+        format!("-n {n} link set ext0 up"),
+        format!("-n {n} link set ext1 up"),
+        format!("-n {n} neigh replace 203.0.113.5 lladdr 02:00:00:00:00:05 dev ext0 nud permanent"),
+    ] {
+        netns::ipw(&cmd);
+    }
+    let cfg = format!(
+        "{BASE_CONFIG}icmp_errors_per_sec = 1\npunts_per_sec = 1\nframes_per_worker = 128\nfill_ring = 64\n"
+    );
+    let mut d = Daemon::start(&topo.node, &cfg);
+    let run = |args: &[&str]| {
+        let (_, out) = ping(&topo, args[args.len() - 1], &args[..args.len() - 1]);
+        out
+    };
+    run(&["198.51.100.1"]);
+    run(&["203.0.113.5"]);
+    run(&["-t", "1", SERVER]);
+    run(&["198.18.2.77"]);
+    let c = d.stop();
+    // drop.too_big: forward's unit test oversize_with_df_gets_frag_needed.
+    for key in [
+        "drop.no_route",
+        "drop.foreign_egress",
+        "drop.icmp_suppressed",
+        "drop.punt_limited",
+        "worker.punted",
+        "worker.fill_short",
+        "worker.icmp_errors_sent",
+    ] {
+        check(c.get(key) >= 1, format!("{key} did not move"))?;
+    }
+    Ok(())
+}
+
 /// Not privileged: runs everywhere.
 fn bad_config_is_refused_naming_file_and_key() -> Result<(), Failed> {
     let cfg = std::env::temp_dir().join(format!("tandem-bad-{}.toml", std::process::id()));
@@ -762,7 +803,8 @@ fn main() {
     let args = Arguments::from_args();
     let privileged = netns::privileged();
     let in_ci = std::env::var_os("CI").is_some();
-    let priv_tests: [(&str, Test); 12] = [
+    let priv_tests: [(&str, Test); 13] = [
+        ("rare_counters_move", rare_counters_move),
         (
             "tandemctl_clears_statistics_and_survives_garbage",
             tandemctl_clears_statistics_and_survives_garbage,
