@@ -280,7 +280,7 @@ impl Daemon {
             &schema,
             std::process::id(),
             workers,
-            sys::unix_ns(),
+            stats::unix_ns(),
         )?);
         tracing::info!(path = %segment.path().display(), "stats segment created");
 
@@ -441,7 +441,7 @@ impl Daemon {
     pub fn run_until_stopped(mut self) {
         let mut last_kernel = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            self.segment.heartbeat(sys::unix_ns());
+            self.segment.heartbeat(stats::unix_ns());
             if last_kernel.elapsed() >= KERNEL_COUNTERS_EVERY {
                 self.copy_kernel_counters();
                 last_kernel = Instant::now();
@@ -463,7 +463,7 @@ impl Daemon {
             let _ = c.join();
         }
         let _ = std::fs::remove_file(tandem_control::ctl::socket_path(&self.instance));
-        self.segment.heartbeat(sys::unix_ns());
+        self.segment.heartbeat(stats::unix_ns());
         tracing::info!("final counters: {}", self.counter_line());
         // Dropping the loader closes the BPF link: XDP detaches.
     }
@@ -579,7 +579,7 @@ fn serve_control(l: &std::os::unix::net::UnixListener, segment: &SegmentWriter, 
             Ok(_) if !line.ends_with('\n') => "error: request must end with a newline".to_owned(),
             Ok(_) => match parse_request(&line) {
                 Ok(Request::ClearStatistics) => {
-                    segment.clear(sys::unix_ns());
+                    segment.clear(stats::unix_ns());
                     tracing::info!("statistics cleared");
                     "ok".to_owned()
                 }

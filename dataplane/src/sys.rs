@@ -224,10 +224,3 @@ pub fn xsk_stats(fd: RawFd) -> Result<XskStats, SyscallError> {
     }
     Ok(st)
 }
-
-/// Wall-clock time in unix nanoseconds.
-pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}

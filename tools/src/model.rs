@@ -1,8 +1,6 @@
 //! A snapshot of one instance's segment and the sums the views print.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use tandem_control::stats::{Entry, NodeState, STALE_AFTER_NS, SegmentReader, StatsError};
+use tandem_control::stats::{Entry, NodeState, STALE_AFTER_NS, SegmentReader, StatsError, unix_ns};
 
 /// Values of one moment (or per-second rates, for `-w`).
 #[derive(Debug, Clone)]
@@ -21,12 +19,6 @@ pub struct Snapshot {
     /// Unix ns of the last clear, 0 if never.
     pub cleared_ns: u64,
     pub state: Option<NodeState>,
-}
-
-pub fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl Snapshot {

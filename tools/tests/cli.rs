@@ -9,23 +9,14 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tandem_control::stats::{
     IfaceRole, IfaceState, Kind, LinkState, NodeState, Schema, SegmentWriter, XdpAttach,
     layout::{HEADER_SIZE, header},
+    unix_ns,
 };
-
-fn now_ns() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    )
-    .unwrap()
-}
 
 struct Fixture {
     dir: PathBuf,
@@ -158,7 +149,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn statistics_json_sums_workers_per_interface() {
-    let f = fixture("json", now_ns());
+    let f = fixture("json", unix_ns());
     let o = tandemstat(&f.dir, &["statistics", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -188,7 +179,7 @@ fn statistics_json_sums_workers_per_interface() {
 
 #[test]
 fn statistics_text_shows_every_section() {
-    let f = fixture("text", now_ns());
+    let f = fixture("text", unix_ns());
     let o = tandemstat(&f.dir, &[]);
     assert!(o.status.success());
     let t = stdout(&o);
@@ -206,7 +197,7 @@ fn statistics_text_shows_every_section() {
 
 #[test]
 fn interface_mode_parsable_and_human() {
-    let f = fixture("iface", now_ns());
+    let f = fixture("iface", unix_ns());
     let o = tandemstat(&f.dir, &["-i", "-P", "-o", "interface,STATE,flags"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "in0:ok:\nout0:failed:d\n");
@@ -220,7 +211,7 @@ fn interface_mode_parsable_and_human() {
 
 #[test]
 fn bad_arguments_exit_2_with_a_reason() {
-    let f = fixture("args", now_ns());
+    let f = fixture("args", unix_ns());
     let o = tandemstat(&f.dir, &["-i", "-P"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("-P requires -o"), "{}", stderr(&o));
@@ -246,7 +237,7 @@ fn missing_segment_names_instance_and_path() {
 
 #[test]
 fn foreign_truncated_and_other_version_segments_are_refused() {
-    let f = fixture("bad", now_ns());
+    let f = fixture("bad", unix_ns());
     let p = f.dir.join("t.stats");
     let good = std::fs::read(&p).unwrap();
     let cases: [(Vec<u8>, &str); 3] = [
@@ -272,7 +263,7 @@ fn foreign_truncated_and_other_version_segments_are_refused() {
 
 #[test]
 fn stale_heartbeat_warns_but_prints() {
-    let f = fixture("stale", now_ns() - 10_000_000_000);
+    let f = fixture("stale", unix_ns() - 10_000_000_000);
     let o = tandemstat(&f.dir, &["--json"]);
     assert!(o.status.success());
     assert!(stderr(&o).contains("stale"), "{}", stderr(&o));
@@ -283,7 +274,7 @@ fn stale_heartbeat_warns_but_prints() {
 
 #[test]
 fn prometheus_output_parses_with_prometheus_client() {
-    let f = fixture("prom", now_ns());
+    let f = fixture("prom", unix_ns());
     let o = tandemstat(&f.dir, &["prometheus"]);
     assert!(o.status.success());
     let mut py = Command::new("python3")
@@ -314,13 +305,13 @@ fn prometheus_output_parses_with_prometheus_client() {
 
 #[test]
 fn watch_prints_per_second_deltas() {
-    let f = fixture("watch", now_ns());
+    let f = fixture("watch", unix_ns());
     let stop = Arc::new(AtomicBool::new(false));
     let (seg, slot, st) = (Arc::clone(&f.seg), f.rx0, Arc::clone(&stop));
     let bump = thread::spawn(move || {
         while !st.load(Ordering::Relaxed) {
             seg.value(slot).fetch_add(1000, Ordering::Relaxed);
-            seg.heartbeat(now_ns());
+            seg.heartbeat(unix_ns());
             thread::sleep(Duration::from_millis(10));
         }
     });

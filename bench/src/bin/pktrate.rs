@@ -97,117 +97,50 @@ fn mac(n: &str, dev: &str) -> Result<[u8; 6]> {
     Ok(m)
 }
 
+/// Runs `ip` with its arguments as one whitespace-separated string.
+fn ip(args: &str) -> Result<String> {
+    let mut v = vec!["ip"];
+    v.extend(args.split_whitespace());
+    sh(&v)
+}
+
 fn topology() -> Result<()> {
     teardown();
     for n in [GEN, DUT, SINK] {
-        sh(&["ip", "netns", "add", n])?;
-        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+        ip(&format!("netns add {n}"))?;
+        ip(&format!("-n {n} link set lo up"))?;
     }
     for (a, an, b, bn) in [(GEN, "gen0", DUT, "in0"), (DUT, "out0", SINK, "sink0")] {
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            an,
-            "netns",
-            a,
-            "numrxqueues",
-            "2",
-            "numtxqueues",
-            "2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            bn,
-            "netns",
-            b,
-            "numrxqueues",
-            "2",
-            "numtxqueues",
-            "2",
-        ])?;
+        ip(&format!(
+            "link add {an} netns {a} numrxqueues 2 numtxqueues 2 type veth \
+             peer name {bn} netns {b} numrxqueues 2 numtxqueues 2"
+        ))?;
     }
-    sh(&[
-        "ip",
-        "-n",
-        GEN,
-        "addr",
-        "add",
-        "198.18.1.10/24",
-        "dev",
-        "gen0",
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        DUT,
-        "addr",
-        "add",
-        "198.18.1.1/24",
-        "dev",
-        "in0",
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        DUT,
-        "addr",
-        "add",
-        "198.18.2.1/24",
-        "dev",
-        "out0",
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        SINK,
-        "addr",
-        "add",
-        "198.18.2.10/24",
-        "dev",
-        "sink0",
-    ])?;
-    for (n, d) in [(GEN, "gen0"), (DUT, "in0"), (DUT, "out0"), (SINK, "sink0")] {
-        sh(&["ip", "-n", n, "link", "set", d, "up"])?;
+    for (n, cidr, dev) in [
+        (GEN, "198.18.1.10/24", "gen0"),
+        (DUT, "198.18.1.1/24", "in0"),
+        (DUT, "198.18.2.1/24", "out0"),
+        (SINK, "198.18.2.10/24", "sink0"),
+    ] {
+        ip(&format!("-n {n} addr add {cidr} dev {dev}"))?;
+        ip(&format!("-n {n} link set {dev} up"))?;
     }
     // Static neighbours: no ARP in the measured window.
-    let sink_mac = mac(SINK, "sink0")?;
-    let gen_mac = mac(GEN, "gen0")?;
     let fmt = |m: [u8; 6]| {
         m.iter()
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(":")
     };
-    sh(&[
-        "ip",
-        "-n",
-        DUT,
-        "neigh",
-        "replace",
-        "198.18.2.10",
-        "lladdr",
-        &fmt(sink_mac),
-        "dev",
-        "out0",
-        "nud",
-        "permanent",
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        DUT,
-        "neigh",
-        "replace",
-        "198.18.1.10",
-        "lladdr",
-        &fmt(gen_mac),
-        "dev",
-        "in0",
-        "nud",
-        "permanent",
-    ])?;
+    for (addr, (n, d), via) in [
+        ("198.18.2.10", (SINK, "sink0"), "out0"),
+        ("198.18.1.10", (GEN, "gen0"), "in0"),
+    ] {
+        let m = fmt(mac(n, d)?);
+        ip(&format!(
+            "-n {DUT} neigh replace {addr} lladdr {m} dev {via} nud permanent"
+        ))?;
+    }
     ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
     Ok(())
 }

@@ -28,6 +28,14 @@ pub const XSK_STATS: [&str; 6] = [
     "tx_ring_empty_descs",
 ];
 
+/// Wall-clock time in unix nanoseconds: the heartbeat's clock, shared by
+/// the daemon (writer) and the readers.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Heartbeat age after which readers call the daemon stale.
 pub const STALE_AFTER_NS: u64 = 3_000_000_000;
 
