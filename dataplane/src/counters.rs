@@ -40,10 +40,12 @@ pub enum WorkerCounter {
     PuntErrors = 10,
     /// Times the free-frame pool could not top up a fill ring by a batch.
     FillShort = 11,
+    /// ICMP errors due but not sent: rate limit, no source address or no route.
+    IcmpErrorsSuppressed = 12,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -57,6 +59,7 @@ impl WorkerCounter {
         Self::Punted,
         Self::PuntErrors,
         Self::FillShort,
+        Self::IcmpErrorsSuppressed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl WorkerCounter {
             Self::Punted => "punted",
             Self::PuntErrors => "punt_errors",
             Self::FillShort => "fill_short",
+            Self::IcmpErrorsSuppressed => "icmp_errors_suppressed",
         }
     }
 }

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tandem_common::XdpCounter;
+use tandem_common::{MAX_QUEUES, XdpCounter};
 use tandem_control::{
     config::{self, BindMode, Config},
     stats::{
@@ -169,7 +169,17 @@ impl Daemon {
                 source,
             })?;
             ifindexes.push(idx);
-            queues.push(sys::rx_queue_count(name));
+            let q = sys::rx_queue_count(name);
+            if q > MAX_QUEUES {
+                tracing::warn!(
+                    iface = %name,
+                    queues = q,
+                    served = MAX_QUEUES,
+                    "more rx queues than the XDP program steers for; frames on the others are \
+                     dropped and counted as xdp drop_no_socket (reduce with `ethtool -L`)"
+                );
+            }
+            queues.push(q.min(MAX_QUEUES));
         }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let min_queues = queues.iter().copied().min().unwrap_or(1);

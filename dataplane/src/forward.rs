@@ -20,36 +20,34 @@ use crate::{
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
+    /// Shorter than its IP length field says.
     Truncated = 0,
-    NotIp = 1,
-    BadHeader = 2,
-    BadChecksum = 3,
-    NoRoute = 4,
+    /// Inconsistent network header (length fields, or not IP at all: the XDP
+    /// program passes non-IP frames to the kernel, so that one should not occur).
+    BadHeader = 1,
+    BadChecksum = 2,
+    NoRoute = 3,
     /// TTL/hop limit expired (an ICMP error may have been sent).
-    TtlExpired = 5,
+    TtlExpired = 4,
     /// Larger than the egress MTU (an ICMP error may have been sent).
-    TooBig = 6,
-    /// An ICMP error was due but the rate limit or routing refused it.
-    IcmpSuppressed = 7,
+    TooBig = 5,
     /// Unresolved neighbour and the punt rate limit was exhausted.
-    PuntLimited = 8,
+    PuntLimited = 6,
     /// The egress tx ring had no room.
-    TxRingFull = 9,
+    TxRingFull = 7,
     /// Routed out of an interface tandem does not forward on.
-    ForeignEgress = 10,
+    ForeignEgress = 8,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 9;
     pub const ALL: [Self; Self::COUNT] = [
         Self::Truncated,
-        Self::NotIp,
         Self::BadHeader,
         Self::BadChecksum,
         Self::NoRoute,
         Self::TtlExpired,
         Self::TooBig,
-        Self::IcmpSuppressed,
         Self::PuntLimited,
         Self::TxRingFull,
         Self::ForeignEgress,
@@ -58,13 +56,11 @@ impl DropReason {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Truncated => "truncated",
-            Self::NotIp => "not_ip",
             Self::BadHeader => "bad_header",
             Self::BadChecksum => "bad_checksum",
             Self::NoRoute => "no_route",
             Self::TtlExpired => "ttl_expired",
             Self::TooBig => "too_big",
-            Self::IcmpSuppressed => "icmp_suppressed",
             Self::PuntLimited => "punt_limited",
             Self::TxRingFull => "tx_ring_full",
             Self::ForeignEgress => "foreign_egress",
@@ -76,8 +72,7 @@ impl From<ParseError> for DropReason {
     fn from(e: ParseError) -> Self {
         match e {
             ParseError::Truncated => Self::Truncated,
-            ParseError::NotIp => Self::NotIp,
-            ParseError::BadHeader => Self::BadHeader,
+            ParseError::NotIp | ParseError::BadHeader => Self::BadHeader,
             ParseError::BadChecksum => Self::BadChecksum,
         }
     }
@@ -110,6 +105,11 @@ pub enum Action {
     PuntIcmpError {
         len: usize,
         v6: bool,
+        reason: DropReason,
+    },
+    /// The packet is dropped for `reason`; the ICMP error it deserved was
+    /// refused by the rate limit, or has no source address or route.
+    IcmpSuppressed {
         reason: DropReason,
     },
     Drop(DropReason),
@@ -210,10 +210,7 @@ pub fn forward(
             // Decrement first: a punted datagram leaves through the kernel's
             // output path, which does not decrement it again.
             wire::decrement_ttl_v4(buf, ETH_HLEN);
-            let hop = match fib.lookup4(dst) {
-                Ok(h) => h,
-                Err(m) => return miss(m, ip, limits),
-            };
+            let hop = fib.lookup4(dst);
             if let Some(mtu) = too_big(fib, &hop, len) {
                 // DF set: tell the sender (RFC 1191); else fragmenting is the
                 // kernel's job, which this path does not do.
@@ -222,6 +219,10 @@ pub fn forward(
                 }
                 return Action::Drop(DropReason::TooBig);
             }
+            let hop = match hop {
+                Ok(h) => h,
+                Err(m) => return miss(m, ip, limits),
+            };
             wire::write_eth(buf, ETH_HLEN, hop.dst_mac, hop.src_mac, ETHERTYPE_IPV4);
             Action::Forward {
                 oif: hop.oif,
@@ -238,13 +239,14 @@ pub fn forward(
                 return icmp_error(buf, ip, ingress, fib, limits, TIME_EXCEEDED_V6);
             }
             wire::decrement_hop_limit_v6(buf, ETH_HLEN);
-            let hop = match fib.lookup6(dst) {
-                Ok(h) => h,
-                Err(m) => return miss(m, ip, limits),
-            };
+            let hop = fib.lookup6(dst);
             if let Some(mtu) = too_big(fib, &hop, len) {
                 return icmp_error(buf, ip, ingress, fib, limits, packet_too_big(mtu));
             }
+            let hop = match hop {
+                Ok(h) => h,
+                Err(m) => return miss(m, ip, limits),
+            };
             wire::write_eth(buf, ETH_HLEN, hop.dst_mac, hop.src_mac, ETHERTYPE_IPV6);
             Action::Forward {
                 oif: hop.oif,
@@ -254,8 +256,15 @@ pub fn forward(
     }
 }
 
-fn too_big(fib: &Fib, hop: &NextHop, len: usize) -> Option<u32> {
-    let mtu = fib.link(hop.oif).map_or(0, |l| l.mtu);
+/// The egress MTU when `len` exceeds it. Checked before the neighbour is
+/// known: a datagram the kernel would have to punt is just as oversized.
+fn too_big(fib: &Fib, hop: &Result<NextHop, Miss>, len: usize) -> Option<u32> {
+    let oif = match hop {
+        Ok(h) => h.oif,
+        Err(Miss::NoNeighbour { oif }) => *oif,
+        Err(Miss::NoRoute) => return None,
+    };
+    let mtu = fib.link(oif).map_or(0, |l| l.mtu);
     (mtu != 0 && len > mtu as usize).then_some(mtu)
 }
 
@@ -333,7 +342,7 @@ fn icmp_error(
         code,
         rest,
     } = err;
-    let suppressed = Action::Drop(DropReason::IcmpSuppressed);
+    let suppressed = Action::IcmpSuppressed { reason };
     let built = match ip {
         Ip::V4 { l3, ihl, len, .. } => {
             if !wire::may_send_icmp4_error(buf, l3, ihl) {
@@ -566,8 +575,11 @@ mod tests {
             got.push(forward(&mut buf, n, IN, &f, &mut l));
         }
         assert!(matches!(got[1], Action::IcmpError { .. }));
-        assert_eq!(got[2], Action::Drop(DropReason::IcmpSuppressed));
-        assert_eq!(got[3], Action::Drop(DropReason::IcmpSuppressed));
+        let suppressed = Action::IcmpSuppressed {
+            reason: DropReason::TtlExpired,
+        };
+        assert_eq!(got[2], suppressed);
+        assert_eq!(got[3], suppressed);
     }
 
     #[test]
@@ -612,7 +624,7 @@ mod tests {
         buf[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(
             forward(&mut buf, n, IN, &fib(), &mut limits()),
-            Action::Drop(DropReason::NotIp)
+            Action::Drop(DropReason::BadHeader)
         );
         let (mut buf, n) = frame(64, [198, 18, 2, 10], 10);
         buf[14] = 0x43;
@@ -646,6 +658,29 @@ mod tests {
         assert_eq!(&buf[34..36], &[3, 4]);
         assert_eq!(u32::from_be_bytes(buf[38..42].try_into().unwrap()), 100);
         assert!(len > 42);
+    }
+
+    #[test]
+    fn oversize_to_an_unresolved_neighbour_is_too_big_not_punted() {
+        let mut f = fib();
+        f.link_mut(OUT).mtu = 100;
+        f.set_neighbour(OUT, Ipv4Addr::new(198, 18, 2, 10).into(), None);
+        let (mut buf, n) = frame(64, [198, 18, 2, 10], 200);
+        buf[20] |= 0x40; // DF
+        buf[24..26].copy_from_slice(&[0, 0]);
+        let c = wire::checksum(&buf[14..34], 0);
+        buf[24..26].copy_from_slice(&c.to_be_bytes());
+        let a = forward(&mut buf, n, IN, &f, &mut limits());
+        assert!(
+            matches!(
+                a,
+                Action::IcmpError {
+                    reason: DropReason::TooBig,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use tandem_common::{
     IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter, map, xsk_index,
@@ -176,6 +176,31 @@ impl Loader {
         }
         self.locals.clone_from(want);
         Ok(())
+    }
+
+    /// Runs the loaded program once on `frame` with `BPF_PROG_RUN`, without
+    /// any device involved, and returns its XDP action. `ingress` is the
+    /// (ifindex, rx queue) the frame pretends to arrive on; the device must
+    /// exist in the caller's namespace and have that queue. `None` makes the
+    /// kernel use the loopback device. Counters move as for a real frame.
+    pub fn run_once(&self, frame: &[u8], ingress: Option<(u32, u32)>) -> Result<u32, LoaderError> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let mut md = [0u8; 24];
+        let mut opts = TestRunOptions::new();
+        if let Some((ifindex, queue)) = ingress {
+            md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            md[16..20].copy_from_slice(&queue.to_ne_bytes());
+            opts.ctx_in = Some(&md);
+        }
+        opts.data_in = Some(frame);
+        Ok(prog.test_run(opts)?.return_value)
     }
 
     /// The XDP verdict counters, per counter and CPU.

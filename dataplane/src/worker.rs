@@ -156,6 +156,11 @@ impl Worker {
                             tally.add(WorkerCounter::IcmpErrorsSent, 1);
                             None
                         }
+                        Action::IcmpSuppressed { reason } => {
+                            tally.drop(slot, reason);
+                            tally.add(WorkerCounter::IcmpErrorsSuppressed, 1);
+                            None
+                        }
                         Action::Punt { .. } => None,
                         Action::Drop(r) => {
                             tally.drop(slot, r);

@@ -54,6 +54,9 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_worker_icmp_errors_sent_total" => {
             "ICMP errors originated (time exceeded, too big)."
         }
+        "tandem_worker_icmp_errors_suppressed_total" => {
+            "ICMP errors due but not sent: rate limit, no source address or no route back."
+        }
         "tandem_worker_punted_total" => {
             "Packets handed to the kernel to resolve their next hop's neighbour."
         }

@@ -4,8 +4,10 @@
 //! the kernel must see (non-IP, link-local control, traffic to the node's own
 //! addresses) is passed; everything else is service traffic and goes to the
 //! AF_XDP socket bound to the receiving queue, or is dropped and counted when
-//! this node may not forward. Malformed frames close: they are dropped and
-//! counted, never passed on to a worker or the kernel.
+//! this node may not forward. Frames whose headers cannot be read (too short,
+//! wrong IP version, header length under the minimum) close: they are dropped
+//! and counted, never passed to a worker or the kernel. Consistency of the
+//! length fields and the IPv4 checksum is the worker's to check and count.
 #![no_std]
 #![no_main]
 #![expect(
@@ -142,7 +144,7 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 /// `Ok(Some(v))`: the frame is not service traffic and `v` says where it goes.
 /// `Ok(None)`: service traffic.
 ///
-/// Every pointer check comes before the scalar length checks: LLVM otherwise
+/// Keep every pointer check before any scalar length check: LLVM otherwise
 /// folds the pointer checks away using the scalar ones, which the verifier
 /// cannot follow.
 fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
@@ -164,10 +166,6 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
             }
             _ => {}
         }
-    }
-    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
-    if total_len < ihl || l3 + total_len > ctx.data_end() - ctx.data() {
-        return Err(PARSE_ERROR);
     }
     let dst = [h[16], h[17], h[18], h[19]];
     let key = LocalV4Key {
@@ -203,10 +201,6 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
             nd = (133..=137).contains(&ty);
         }
         _ => {}
-    }
-    let payload_len = u16::from_be_bytes([h[4], h[5]]) as usize;
-    if l3 + 40 + payload_len > ctx.data_end() - ctx.data() {
-        return Err(PARSE_ERROR);
     }
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&h[24..40]);

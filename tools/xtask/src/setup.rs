@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "iputils-ping",
+    "nftables",
     "python3",
 ];
 

@@ -83,6 +83,11 @@ impl Ns {
         sh(self.cmd("sysctl").args(["-qw", kv]));
     }
 
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let s = sh(self.cmd("cat").arg(format!("/sys/class/net/{dev}/ifindex")));
+        s.trim().parse().expect("ifindex")
+    }
+
     pub fn mac(&self, dev: &str) -> [u8; 6] {
         let s = sh(self.cmd("cat").arg(format!("/sys/class/net/{dev}/address")));
         let mut m = [0u8; 6];
@@ -318,6 +323,7 @@ impl Drop for Daemon {
 }
 
 /// The `name=value` pairs of tandemd's "final counters" log line.
+#[derive(Debug)]
 pub struct Counters(Vec<(String, u64)>);
 
 impl Counters {
@@ -334,6 +340,15 @@ impl Counters {
                 })
                 .collect(),
         )
+    }
+
+    /// Sum over every key ending in `suffix` (e.g. all sockets' `.rx_ring_full`).
+    pub fn sum_suffix(&self, suffix: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.ends_with(suffix))
+            .map(|(_, v)| v)
+            .sum()
     }
 
     pub fn get(&self, key: &str) -> u64 {
