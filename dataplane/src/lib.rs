@@ -11,6 +11,7 @@ pub mod fib;
 pub mod forward;
 pub mod loader;
 pub mod netlink;
+pub mod session;
 pub mod sys;
 pub mod wire;
 pub mod worker;

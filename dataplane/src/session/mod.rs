@@ -1,0 +1,223 @@
+//! Sessions: the per-worker state of every flow the node forwards.
+//!
+//! Design: a session is created once, by the worker that owns the flow
+//! ([`key::FlowKey::symmetric_hash`], or the NAT port range for translated
+//! return traffic), when policy allows its first packet. Both directions
+//! (the reply one after NAT) index the same record in [`table::Table`]. The
+//! record is small and plain (`Copy`, no heap) so a table is one allocation
+//! and a session can be copied into a sync message or an offload entry as is.
+
+pub mod key;
+pub mod table;
+pub mod tcp;
+
+pub use key::FlowKey;
+pub use table::{Table, TableFull};
+pub use tcp::{Side, TcpState};
+
+use crate::wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+
+/// Where a session's first packet came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Initiated from the inside interface (ingress "I").
+    Inside,
+    /// Initiated from the outside interface (egress "O").
+    Outside,
+}
+
+/// What the session's packets get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum SessionAction {
+    #[default]
+    Forward = 0,
+    Drop = 1,
+    Reject = 2,
+}
+
+mod flag {
+    pub const LIVE: u8 = 1;
+    pub const NAT: u8 = 2;
+    pub const OUTSIDE: u8 = 4;
+}
+
+/// One session: 104 bytes (checked by `size_is_stated` below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Session {
+    /// The initiator's direction as it arrived (before NAT).
+    pub key: FlowKey,
+    /// Node-unique id: worker in the top byte, a sequence below.
+    pub id: u64,
+    /// Packets and bytes, indexed by [`Side`] (initiator, responder).
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Seconds on the worker's clock.
+    pub created: u32,
+    pub last_seen: u32,
+    /// Translated source of the initiator (NAPT44), when `flags & NAT`.
+    pub nat_addr: [u8; 4],
+    pub nat_port: u16,
+    /// Wheel slot the session is linked in (the table's business).
+    pub tick: u16,
+    /// [`TcpState`] for TCP sessions.
+    pub state: u8,
+    pub action: u8,
+    pub service_set: u8,
+    flags: u8,
+}
+
+impl Session {
+    pub fn new(key: FlowKey, id: u64, origin: Origin, service_set: u8, now: u32) -> Self {
+        let mut flags = flag::LIVE;
+        if origin == Origin::Outside {
+            flags |= flag::OUTSIDE;
+        }
+        Self {
+            key,
+            id,
+            created: now,
+            last_seen: now,
+            service_set,
+            flags,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.flags & flag::LIVE != 0
+    }
+
+    pub fn origin(&self) -> Origin {
+        if self.flags & flag::OUTSIDE != 0 {
+            Origin::Outside
+        } else {
+            Origin::Inside
+        }
+    }
+
+    pub fn set_nat(&mut self, addr: [u8; 4], port: u16) {
+        self.nat_addr = addr;
+        self.nat_port = port;
+        self.flags |= flag::NAT;
+    }
+
+    /// The initiator's translated (address, port), if NAT applies.
+    pub fn nat(&self) -> Option<([u8; 4], u16)> {
+        (self.flags & flag::NAT != 0).then_some((self.nat_addr, self.nat_port))
+    }
+
+    pub fn tcp_state(&self) -> Option<TcpState> {
+        (self.key.proto == PROTO_TCP).then(|| TcpState::from_u8(self.state))
+    }
+
+    pub fn action(&self) -> SessionAction {
+        match self.action {
+            1 => SessionAction::Drop,
+            2 => SessionAction::Reject,
+            _ => SessionAction::Forward,
+        }
+    }
+
+    fn is_echo(&self) -> bool {
+        matches!(self.key.proto, PROTO_ICMP | PROTO_ICMPV6) && self.key.sport == self.key.dport
+    }
+
+    /// The key of the responder's packets: the reverse of the initiator's,
+    /// addressed to the translated endpoint when NAT applies.
+    pub fn reply_key(&self) -> FlowKey {
+        let mut k = self.key.reversed();
+        if let Some((addr, port)) = self.nat() {
+            k.dst = key::mapped(addr);
+            if self.is_echo() {
+                k.sport = port;
+            }
+            k.dport = port;
+        }
+        k
+    }
+
+    /// Counts one packet of `len` bytes from `side` at `now`.
+    #[inline]
+    pub fn count(&mut self, side: Side, len: usize, now: u32) {
+        let i = side as usize;
+        self.packets[i] += 1;
+        self.bytes[i] += len as u64;
+        self.last_seen = now;
+    }
+}
+
+/// Idle timeouts in seconds, per protocol and TCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// SYN-SENT and SYN-RECEIVED.
+    pub tcp_opening: u32,
+    pub tcp_established: u32,
+    /// FIN-WAIT-1/2, CLOSE-WAIT, CLOSING, LAST-ACK.
+    pub tcp_closing: u32,
+    pub tcp_time_wait: u32,
+    /// After a reset.
+    pub tcp_closed: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_opening: 20,
+            tcp_established: 7200,
+            tcp_closing: 60,
+            tcp_time_wait: 30,
+            tcp_closed: 1,
+            udp: 60,
+            icmp: 30,
+            other: 60,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn of(&self, s: &Session) -> u32 {
+        match s.key.proto {
+            PROTO_TCP => match TcpState::from_u8(s.state) {
+                TcpState::Closed => self.tcp_closed,
+                TcpState::SynSent | TcpState::SynReceived => self.tcp_opening,
+                TcpState::Established => self.tcp_established,
+                TcpState::TimeWait => self.tcp_time_wait,
+                _ => self.tcp_closing,
+            },
+            PROTO_UDP => self.udp,
+            PROTO_ICMP | PROTO_ICMPV6 => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_stated() {
+        // Documented in docs/architecture.md ("Sessions"); keep it honest.
+        assert_eq!(std::mem::size_of::<Session>(), 104);
+    }
+
+    #[test]
+    fn echo_reply_key_translates_the_identifier() {
+        let mut s = Session::new(
+            FlowKey::v4([10, 0, 0, 1], [8, 8, 8, 8], 77, 77, PROTO_ICMP),
+            1,
+            Origin::Inside,
+            0,
+            0,
+        );
+        s.set_nat([198, 18, 2, 100], 1500);
+        assert_eq!(
+            s.reply_key(),
+            FlowKey::v4([8, 8, 8, 8], [198, 18, 2, 100], 1500, 1500, PROTO_ICMP)
+        );
+    }
+}

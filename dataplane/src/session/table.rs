@@ -1,0 +1,380 @@
+//! One worker's session table: a preallocated slab, an index holding both
+//! directions of every session, and a timer wheel for aging.
+//!
+//! Design: the index is a `hashbrown::HashTable<u32>` whose entries are
+//! `slot << 1 | side`; the key is never stored twice but recomputed from the
+//! slab (the reply key follows from the session and its NAT binding). The
+//! index is sized at four entries per session, twice what two directions
+//! need, so hashbrown's insert always finds room or rehashes in place over
+//! tombstones: it never reallocates under traffic. Aging is a lazy wheel of
+//! one-second ticks: a packet only stamps `last_seen`; when a session's tick
+//! comes round, it expires or moves to the tick of its new deadline.
+
+use hashbrown::HashTable;
+
+use super::{FlowKey, Session, Side, Timeouts};
+
+const NIL: u32 = u32::MAX;
+/// Wheel size in one-second ticks (a power of two); longer timeouts wrap.
+const WHEEL: usize = 4096;
+
+/// The table is at capacity: a new session was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFull;
+
+pub struct Table {
+    slots: Vec<Session>,
+    /// Links of the wheel lists, parallel to `slots`: (prev, next).
+    links: Vec<(u32, u32)>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    wheel: Vec<u32>,
+    /// Last tick processed.
+    tick: u32,
+    len: usize,
+    timeouts: Timeouts,
+}
+
+fn side_bit(side: Side) -> u32 {
+    match side {
+        Side::Initiator => 0,
+        Side::Responder => 1,
+    }
+}
+
+fn key_of(slots: &[Session], e: u32) -> FlowKey {
+    let s = &slots[(e >> 1) as usize];
+    if e & 1 == 0 { s.key } else { s.reply_key() }
+}
+
+impl Table {
+    /// A table for `capacity` sessions, allocated once, now.
+    pub fn new(capacity: usize, timeouts: Timeouts, now: u32) -> Self {
+        Self {
+            slots: vec![Session::default(); capacity],
+            links: vec![(NIL, NIL); capacity],
+            free: (0..capacity as u32).rev().collect(),
+            index: HashTable::with_capacity(capacity * 4),
+            wheel: vec![NIL; WHEEL],
+            tick: now,
+            len: 0,
+            timeouts,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Capacity of the index (tests check it never grows).
+    pub fn index_capacity(&self) -> usize {
+        self.index.capacity()
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// The session a packet with key `k` belongs to, and which side sent it.
+    #[inline]
+    pub fn lookup(&self, k: &FlowKey) -> Option<(u32, Side)> {
+        let slots = &self.slots;
+        self.index
+            .find(k.table_hash(), |&e| key_of(slots, e) == *k)
+            .map(|&e| {
+                let side = if e & 1 == 0 {
+                    Side::Initiator
+                } else {
+                    Side::Responder
+                };
+                (e >> 1, side)
+            })
+    }
+
+    #[inline]
+    pub fn get(&self, slot: u32) -> &Session {
+        &self.slots[slot as usize]
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> &mut Session {
+        &mut self.slots[slot as usize]
+    }
+
+    /// Whether both keys of `s` are free (no other session uses them).
+    pub fn keys_free(&self, s: &Session) -> bool {
+        self.lookup(&s.key).is_none() && self.lookup(&s.reply_key()).is_none()
+    }
+
+    /// Adds `s` (whose keys must be free) and schedules its expiry.
+    pub fn insert(&mut self, s: Session) -> Result<u32, TableFull> {
+        let slot = self.free.pop().ok_or(TableFull)?;
+        let keys = [s.key.table_hash(), s.reply_key().table_hash()];
+        self.slots[slot as usize] = s;
+        for (bit, h) in keys.into_iter().enumerate() {
+            let slots = &self.slots;
+            self.index.insert_unique(h, slot << 1 | bit as u32, |&e| {
+                key_of(slots, e).table_hash()
+            });
+        }
+        self.len += 1;
+        self.schedule(slot);
+        Ok(slot)
+    }
+
+    /// Removes the session in `slot` and returns it.
+    pub fn remove(&mut self, slot: u32) -> Session {
+        let s = self.slots[slot as usize];
+        for side in [Side::Initiator, Side::Responder] {
+            let k = if side == Side::Initiator {
+                s.key
+            } else {
+                s.reply_key()
+            };
+            let want = slot << 1 | side_bit(side);
+            if let Ok(e) = self.index.find_entry(k.table_hash(), |&e| e == want) {
+                e.remove();
+            }
+        }
+        self.unlink(slot);
+        self.slots[slot as usize] = Session::default();
+        self.free.push(slot);
+        self.len -= 1;
+        s
+    }
+
+    fn deadline(&self, slot: u32) -> u32 {
+        let s = &self.slots[slot as usize];
+        s.last_seen.saturating_add(self.timeouts.of(s))
+    }
+
+    fn schedule(&mut self, slot: u32) {
+        let at = (self.deadline(slot) as usize) % WHEEL;
+        let head = self.wheel[at];
+        self.links[slot as usize] = (NIL, head);
+        if head != NIL {
+            self.links[head as usize].0 = slot;
+        }
+        self.wheel[at] = slot;
+        self.slots[slot as usize].tick = at as u16;
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = self.links[slot as usize];
+        if prev == NIL {
+            let at = self.slots[slot as usize].tick as usize;
+            if self.wheel[at] == slot {
+                self.wheel[at] = next;
+            }
+        } else {
+            self.links[prev as usize].1 = next;
+        }
+        if next != NIL {
+            self.links[next as usize].0 = prev;
+        }
+        self.links[slot as usize] = (NIL, NIL);
+    }
+
+    /// Advances the clock to `now` (seconds), removing every session whose
+    /// deadline passed and handing each to `expired`. Sessions whose
+    /// deadline moved since they were scheduled are rescheduled.
+    pub fn advance(&mut self, now: u32, mut expired: impl FnMut(&Session)) {
+        if now <= self.tick {
+            return;
+        }
+        let steps = (now - self.tick).min(WHEEL as u32);
+        for step in 1..=steps {
+            let at = ((self.tick + step) as usize) % WHEEL;
+            let mut cur = std::mem::replace(&mut self.wheel[at], NIL);
+            while cur != NIL {
+                let next = self.links[cur as usize].1;
+                self.links[cur as usize] = (NIL, NIL);
+                if self.deadline(cur) <= now {
+                    // Linked nowhere now, so remove() unlinks nothing.
+                    let s = self.remove(cur);
+                    expired(&s);
+                } else {
+                    self.schedule(cur);
+                }
+                cur = next;
+            }
+        }
+        self.tick = now;
+    }
+
+    /// Live sessions in slot order from `from`, at most `max` of them, and
+    /// the slot to continue from (`None` when done). Used for listings in
+    /// bounded chunks.
+    pub fn chunk(&self, from: u32, max: usize, mut f: impl FnMut(&Session)) -> Option<u32> {
+        let mut seen = 0;
+        for i in from as usize..self.slots.len() {
+            if seen == max {
+                return Some(i as u32);
+            }
+            let s = &self.slots[i];
+            if s.is_live() {
+                f(s);
+                seen += 1;
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::session::{Origin, tcp::TcpState};
+
+    fn sess(i: u16, nat: Option<([u8; 4], u16)>, now: u32) -> Session {
+        let mut s = Session::new(
+            FlowKey::v4([10, 0, 0, 1], [10, 0, 1, 1], 1000 + i, 53, 17),
+            u64::from(i),
+            Origin::Inside,
+            0,
+            now,
+        );
+        if let Some((a, p)) = nat {
+            s.set_nat(a, p);
+        }
+        s
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            udp: 30,
+            ..Timeouts::default()
+        }
+    }
+
+    #[test]
+    fn both_directions_find_one_slot() {
+        let mut t = Table::new(8, timeouts(), 0);
+        let s = sess(1, Some(([198, 18, 2, 100], 2000)), 0);
+        let slot = t.insert(s).unwrap();
+        assert_eq!(t.lookup(&s.key), Some((slot, Side::Initiator)));
+        let reply = FlowKey::v4([10, 0, 1, 1], [198, 18, 2, 100], 53, 2000, 17);
+        assert_eq!(s.reply_key(), reply);
+        assert_eq!(t.lookup(&reply), Some((slot, Side::Responder)));
+        // The pre-NAT reverse key is not a key of this session.
+        assert_eq!(t.lookup(&s.key.reversed()), None);
+        t.remove(slot);
+        assert_eq!(t.lookup(&s.key), None);
+        assert_eq!(t.lookup(&reply), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn full_table_refuses_and_never_grows() {
+        let mut t = Table::new(64, timeouts(), 0);
+        let cap = t.index_capacity();
+        for round in 0..50u16 {
+            let mut slots = Vec::new();
+            for i in 0..64u16 {
+                slots.push(t.insert(sess(round * 64 + i, None, 0)).unwrap());
+            }
+            assert_eq!(t.insert(sess(9999, None, 0)), Err(TableFull));
+            for s in slots {
+                t.remove(s);
+            }
+        }
+        assert_eq!(t.index_capacity(), cap);
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_busy_ones_stay() {
+        let mut t = Table::new(8, timeouts(), 100);
+        let a = t.insert(sess(1, None, 100)).unwrap();
+        let b = t.insert(sess(2, None, 100)).unwrap();
+        t.advance(120, |_| panic!("nothing is due yet"));
+        t.get_mut(b).last_seen = 120;
+        let mut gone = Vec::new();
+        t.advance(131, |s| gone.push(s.id));
+        assert_eq!(gone, [1]);
+        assert!(!t.get(a).is_live());
+        assert_eq!(t.len(), 1);
+        t.advance(151, |s| gone.push(s.id));
+        assert_eq!(gone, [1, 2]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn long_timeouts_survive_wheel_wraps() {
+        let mut t = Table::new(
+            4,
+            Timeouts {
+                tcp_established: 10_000,
+                ..Timeouts::default()
+            },
+            0,
+        );
+        let mut s = sess(1, None, 0);
+        s.key.proto = 6;
+        s.state = TcpState::Established as u8;
+        t.insert(s).unwrap();
+        let mut n = 0;
+        for now in (0..10_000).step_by(500) {
+            t.advance(now, |_| n += 1);
+        }
+        assert_eq!(n, 0);
+        t.advance(10_001, |_| n += 1);
+        assert_eq!(n, 1);
+    }
+
+    proptest! {
+        /// Random inserts, removals and clock steps: every live session is
+        /// found by both keys, removed ones by neither, len is exact and
+        /// nothing expires early.
+        #[test]
+        fn table_invariants(ops in proptest::collection::vec((0u8..3, 0u16..40, 0u32..20), 1..300)) {
+            let mut t = Table::new(16, timeouts(), 0);
+            let mut now = 0u32;
+            let mut live = std::collections::HashMap::<u16, u32>::new();
+            for (op, id, dt) in ops {
+                match op {
+                    0 => {
+                        let s = sess(id, Some(([198, 18, 2, 100], 3000 + id)), now);
+                        if live.contains_key(&id) {
+                            prop_assert!(!t.keys_free(&s));
+                        } else if live.len() == 16 {
+                            prop_assert_eq!(t.insert(s), Err(TableFull));
+                        } else {
+                            live.insert(id, t.insert(s).unwrap());
+                        }
+                    }
+                    1 => {
+                        if let Some(slot) = live.remove(&id) {
+                            t.remove(slot);
+                        }
+                    }
+                    _ => {
+                        now += dt;
+                        let mut gone = Vec::new();
+                        t.advance(now, |s| gone.push((s.id as u16, s.last_seen)));
+                        for (id, seen) in gone {
+                            prop_assert!(seen + 30 <= now);
+                            live.remove(&id);
+                        }
+                    }
+                }
+                prop_assert_eq!(t.len(), live.len());
+                for (&id, &slot) in &live {
+                    let s = *t.get(slot);
+                    prop_assert_eq!(s.id, u64::from(id));
+                    prop_assert_eq!(t.lookup(&s.key), Some((slot, Side::Initiator)));
+                    prop_assert_eq!(t.lookup(&s.reply_key()), Some((slot, Side::Responder)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Transport headers: what a session needs from a datagram.
+//!
+//! Design: one pass over the datagram that [`super::parse`] validated,
+//! yielding the ports (or ICMP echo identifier) that key a flow, the TCP
+//! flags that drive its state, and, for ICMP errors, where the quoted
+//! datagram starts so the error can be matched to the session it is about.
+
+use super::{Ip, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What kind of transport payload a datagram carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp {
+        flags: u8,
+    },
+    Udp,
+    /// ICMP/ICMPv6 echo; the identifier is in both port fields.
+    Echo {
+        request: bool,
+    },
+    /// ICMP/ICMPv6 error quoting a datagram that starts at `inner`.
+    Error {
+        inner: usize,
+    },
+    /// A non-first fragment: no transport header to key on.
+    Fragment,
+    /// Any other protocol or ICMP message: keyed by addresses only.
+    Other,
+}
+
+/// The transport view of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4 {
+    pub proto: u8,
+    /// Offset of the transport header in the frame (0 when there is none).
+    pub off: usize,
+    pub sport: u16,
+    pub dport: u16,
+    pub kind: Kind,
+}
+
+impl L4 {
+    fn new(proto: u8, off: usize, kind: Kind) -> Self {
+        Self {
+            proto,
+            off,
+            sport: 0,
+            dport: 0,
+            kind,
+        }
+    }
+}
+
+/// Parses the transport header of a datagram [`super::parse`] accepted.
+pub fn parse_l4(frame: &[u8], ip: &Ip) -> Result<L4, ParseError> {
+    match *ip {
+        Ip::V4 { l3, ihl, len, .. } => {
+            let h = &frame[l3..l3 + len];
+            let proto = h[9];
+            if be16(h, 6) & 0x1fff != 0 {
+                return Ok(L4::new(proto, 0, Kind::Fragment));
+            }
+            transport(frame, l3 + ihl, l3 + len, proto, false)
+        }
+        Ip::V6 { l3, len, .. } => {
+            let end = l3 + len;
+            let mut next = frame[l3 + 6];
+            let mut off = l3 + super::IPV6_HLEN;
+            // Hop-by-hop, routing, fragment, destination options and AH.
+            for _ in 0..6 {
+                match next {
+                    0 | 43 | 60 | 51 => {
+                        let h = frame.get(off..off + 8).filter(|_| off + 8 <= end);
+                        let h = h.ok_or(ParseError::Truncated)?;
+                        let hlen = if next == 51 {
+                            (usize::from(h[1]) + 2) * 4
+                        } else {
+                            (usize::from(h[1]) + 1) * 8
+                        };
+                        next = h[0];
+                        off += hlen;
+                    }
+                    44 => {
+                        let h = frame.get(off..off + 8).filter(|_| off + 8 <= end);
+                        let h = h.ok_or(ParseError::Truncated)?;
+                        if be16(h, 2) & 0xfff8 != 0 {
+                            return Ok(L4::new(h[0], 0, Kind::Fragment));
+                        }
+                        next = h[0];
+                        off += 8;
+                    }
+                    _ => break,
+                }
+            }
+            if off > end {
+                return Err(ParseError::Truncated);
+            }
+            transport(frame, off, end, next, true)
+        }
+    }
+}
+
+fn transport(frame: &[u8], off: usize, end: usize, proto: u8, v6: bool) -> Result<L4, ParseError> {
+    let seg = &frame[off..end];
+    let ports = |kind| -> Result<L4, ParseError> {
+        if seg.len() < 8 {
+            return Err(ParseError::Truncated);
+        }
+        Ok(L4 {
+            proto,
+            off,
+            sport: be16(seg, 0),
+            dport: be16(seg, 2),
+            kind,
+        })
+    };
+    match proto {
+        PROTO_TCP => {
+            if seg.len() < 20 {
+                return Err(ParseError::Truncated);
+            }
+            let doff = usize::from(seg[12] >> 4) * 4;
+            if doff < 20 || doff > seg.len() {
+                return Err(ParseError::BadHeader);
+            }
+            ports(Kind::Tcp { flags: seg[13] })
+        }
+        PROTO_UDP => ports(Kind::Udp),
+        PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => {
+            if seg.len() < 8 {
+                return Err(ParseError::Truncated);
+            }
+            let ty = seg[0];
+            let (request, reply, is_error) = if v6 {
+                (128, 129, ty < 128)
+            } else {
+                (8, 0, matches!(ty, 3 | 4 | 5 | 11 | 12))
+            };
+            let kind = if ty == request || ty == reply {
+                Kind::Echo {
+                    request: ty == request,
+                }
+            } else if is_error {
+                Kind::Error { inner: off + 8 }
+            } else {
+                return Ok(L4::new(proto, off, Kind::Other));
+            };
+            let id = be16(seg, 4);
+            Ok(L4 {
+                proto,
+                off,
+                sport: id,
+                dport: id,
+                kind,
+            })
+        }
+        _ => Ok(L4::new(proto, off, Kind::Other)),
+    }
+}
+
+/// The datagram an ICMP error quotes: its addresses, protocol and the ports
+/// (or echo id) of its first 8 transport bytes, with the offsets a NAT
+/// rewrite needs. Only IPv4 errors are decoded (NAPT44 is the only rewrite).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub l3: usize,
+    pub ihl: usize,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Decodes the IPv4 datagram quoted by an ICMPv4 error whose quote starts at
+/// `inner` and whose datagram ends at `end`.
+pub fn quoted_v4(frame: &[u8], inner: usize, end: usize) -> Result<Quoted, ParseError> {
+    let q = frame.get(inner..end).ok_or(ParseError::Truncated)?;
+    if q.len() < 20 {
+        return Err(ParseError::Truncated);
+    }
+    let ihl = usize::from(q[0] & 0x0f) * 4;
+    if q[0] >> 4 != 4 || ihl < 20 {
+        return Err(ParseError::BadHeader);
+    }
+    if q.len() < ihl + 8 {
+        return Err(ParseError::Truncated);
+    }
+    let proto = q[9];
+    let t = &q[ihl..];
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => (be16(t, 0), be16(t, 2)),
+        PROTO_ICMP if t[0] == 8 || t[0] == 0 => (be16(t, 4), be16(t, 4)),
+        _ => (0, 0),
+    };
+    Ok(Quoted {
+        l3: inner,
+        ihl,
+        src: [q[12], q[13], q[14], q[15]],
+        dst: [q[16], q[17], q[18], q[19]],
+        proto,
+        sport,
+        dport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::wire::parse;
+
+    fn l4_of(buf: &[u8]) -> L4 {
+        let ip = parse(buf).unwrap();
+        parse_l4(buf, &ip).unwrap()
+    }
+
+    #[test]
+    fn tcp_ports_and_flags() {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 80, 1, 1000)
+            .syn();
+        let mut buf = Vec::new();
+        b.write(&mut buf, &[]).unwrap();
+        let l4 = l4_of(&buf);
+        assert_eq!(
+            (l4.proto, l4.sport, l4.dport, l4.off),
+            (PROTO_TCP, 40000, 80, 34)
+        );
+        assert_eq!(l4.kind, Kind::Tcp { flags: TCP_SYN });
+    }
+
+    #[test]
+    fn echo_id_keys_both_ports() {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .icmpv4_echo_request(0x1234, 1);
+        let mut buf = Vec::new();
+        b.write(&mut buf, b"ping").unwrap();
+        let l4 = l4_of(&buf);
+        assert_eq!((l4.sport, l4.dport), (0x1234, 0x1234));
+        assert_eq!(l4.kind, Kind::Echo { request: true });
+    }
+
+    #[test]
+    fn ipv6_skips_extension_headers_and_spots_fragments() {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv6([1; 16], [2; 16], 64)
+            .udp(5000, 53);
+        let mut buf = Vec::new();
+        b.write(&mut buf, b"q").unwrap();
+        // Splice an 8-byte destination-options header in front of UDP.
+        let mut v = buf[..54].to_vec();
+        v[20] = 60;
+        v.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        v.extend_from_slice(&buf[54..]);
+        let plen = u16::from_be_bytes([v[18], v[19]]) + 8;
+        v[18..20].copy_from_slice(&plen.to_be_bytes());
+        let l4 = l4_of(&v);
+        assert_eq!(
+            (l4.proto, l4.sport, l4.dport, l4.off),
+            (PROTO_UDP, 5000, 53, 62)
+        );
+        // Now a non-first fragment header instead.
+        v[20] = 44;
+        v[54..62].copy_from_slice(&[17, 0, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(l4_of(&v).kind, Kind::Fragment);
+    }
+
+    #[test]
+    fn truncated_transport_is_an_error() {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2);
+        let mut buf = Vec::new();
+        b.write(&mut buf, &[]).unwrap();
+        // Claim a 4-byte UDP header by shrinking the IP total length.
+        buf[16..18].copy_from_slice(&24u16.to_be_bytes());
+        buf[24..26].copy_from_slice(&[0, 0]);
+        let c = crate::wire::checksum(&buf[14..34], 0);
+        buf[24..26].copy_from_slice(&c.to_be_bytes());
+        let ip = parse(&buf).unwrap();
+        assert_eq!(parse_l4(&buf, &ip), Err(ParseError::Truncated));
+    }
+}

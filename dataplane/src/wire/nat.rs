@@ -1,0 +1,280 @@
+//! NAPT44 rewrites with incremental checksum updates (RFC 1624, RFC 3022).
+//!
+//! Design: every rewrite replaces one endpoint (address and port, or the ICMP
+//! echo identifier) and patches each checksum that covers the changed words
+//! by the difference, so the cost does not depend on the payload length.
+//! ICMP errors rewrite the quoted datagram as well, mirrored: the quoted
+//! packet travelled the other way.
+
+use super::{Kind, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, be16, checksum, quoted_v4};
+
+/// Which endpoint of a datagram a rewrite replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    Source,
+    Destination,
+}
+
+/// RFC 1624 eqn. 3 over any number of 16-bit words: the checksum after the
+/// words `old` became `new` (both of even length).
+fn adjust(csum: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut sum = u32::from(!csum);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn patch(frame: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
+    let c = adjust(be16(frame, at), old, new);
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Offset of the transport checksum from the transport header, and whether a
+/// zero checksum means "none" (UDP over IPv4).
+fn transport_csum(proto: u8) -> Option<(usize, bool)> {
+    match proto {
+        PROTO_TCP => Some((16, false)),
+        PROTO_UDP => Some((6, true)),
+        PROTO_ICMP => Some((2, false)),
+        _ => None,
+    }
+}
+
+/// Replaces one endpoint of the IPv4 datagram at `l3`: the address, and the
+/// port (TCP/UDP) or echo identifier (ICMP echo) when `l4` has one.
+pub fn rewrite_v4(frame: &mut [u8], l3: usize, l4: &L4, which: Rewrite, addr: [u8; 4], port: u16) {
+    let a_at = l3 + if which == Rewrite::Source { 12 } else { 16 };
+    let old_addr: [u8; 4] = frame[a_at..a_at + 4].try_into().expect("4 bytes");
+    frame[a_at..a_at + 4].copy_from_slice(&addr);
+    patch(frame, l3 + 10, &old_addr, &addr);
+
+    let p_at = match l4.kind {
+        Kind::Tcp { .. } | Kind::Udp => l4.off + if which == Rewrite::Source { 0 } else { 2 },
+        Kind::Echo { .. } => l4.off + 4,
+        Kind::Error { .. } | Kind::Fragment | Kind::Other => return,
+    };
+    let old_port = [frame[p_at], frame[p_at + 1]];
+    let new_port = port.to_be_bytes();
+    frame[p_at..p_at + 2].copy_from_slice(&new_port);
+    let Some((c_off, zero_is_none)) = transport_csum(l4.proto) else {
+        return;
+    };
+    let c_at = l4.off + c_off;
+    let old_c = be16(frame, c_at);
+    if zero_is_none && old_c == 0 {
+        return;
+    }
+    let mut c = adjust(old_c, &old_port, &new_port);
+    // ICMP has no pseudo-header; TCP and UDP cover the addresses too.
+    if l4.proto != PROTO_ICMP {
+        c = adjust(c, &old_addr, &addr);
+    }
+    if zero_is_none && c == 0 {
+        c = 0xffff;
+    }
+    frame[c_at..c_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Rewrites an ICMPv4 error crossing a NAT: the outer endpoint `which`
+/// becomes `addr`, and the quoted datagram's opposite endpoint becomes
+/// `addr`/`port` (it travelled the other way). Returns false, touching
+/// nothing, when the quote cannot be decoded.
+pub fn rewrite_icmp_error_v4(
+    frame: &mut [u8],
+    l3: usize,
+    len: usize,
+    l4: &L4,
+    which: Rewrite,
+    addr: [u8; 4],
+    port: u16,
+) -> bool {
+    let Kind::Error { inner } = l4.kind else {
+        return false;
+    };
+    let end = l3 + len;
+    let Ok(q) = quoted_v4(frame, inner, end) else {
+        return false;
+    };
+    // Outer header: the address only (ICMP has no pseudo-header).
+    let a_at = l3 + if which == Rewrite::Source { 12 } else { 16 };
+    let old_addr: [u8; 4] = frame[a_at..a_at + 4].try_into().expect("4 bytes");
+    frame[a_at..a_at + 4].copy_from_slice(&addr);
+    patch(frame, l3 + 10, &old_addr, &addr);
+
+    // Quoted datagram: the mirrored endpoint.
+    let quoted = L4 {
+        proto: q.proto,
+        off: q.l3 + q.ihl,
+        sport: q.sport,
+        dport: q.dport,
+        kind: match q.proto {
+            PROTO_TCP => Kind::Tcp { flags: 0 },
+            PROTO_UDP => Kind::Udp,
+            PROTO_ICMP if q.sport == q.dport => Kind::Echo { request: true },
+            _ => Kind::Other,
+        },
+    };
+    let mirrored = if which == Rewrite::Source {
+        Rewrite::Destination
+    } else {
+        Rewrite::Source
+    };
+    // The quoted transport checksum may lie beyond the quote (TCP's at 16):
+    // only patch what is there.
+    let c_in_quote = transport_csum(q.proto).is_none_or(|(c_off, _)| quoted.off + c_off + 2 <= end);
+    if c_in_quote {
+        rewrite_v4(frame, q.l3, &quoted, mirrored, addr, port);
+    } else {
+        let no_csum = L4 {
+            kind: Kind::Other,
+            ..quoted
+        };
+        rewrite_v4(frame, q.l3, &no_csum, mirrored, addr, port);
+        let p_at = quoted.off + if mirrored == Rewrite::Source { 0 } else { 2 };
+        frame[p_at..p_at + 2].copy_from_slice(&port.to_be_bytes());
+    }
+    // The ICMP checksum covers the whole quote: recompute it (errors are rare).
+    frame[l4.off + 2..l4.off + 4].copy_from_slice(&[0, 0]);
+    let c = checksum(&frame[l4.off..end], 0);
+    frame[l4.off + 2..l4.off + 4].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+    use crate::wire::{parse, parse_l4};
+
+    fn verify(buf: &[u8]) {
+        let p = SlicedPacket::from_ethernet(buf).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!()
+        };
+        let h = ip.header();
+        assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
+        let (src, dst) = (h.source(), h.destination());
+        match p.transport.unwrap() {
+            TransportSlice::Tcp(t) => assert_eq!(
+                t.to_header()
+                    .calc_checksum_ipv4_raw(src, dst, t.payload())
+                    .unwrap(),
+                t.checksum()
+            ),
+            TransportSlice::Udp(u) => assert_eq!(
+                u.to_header()
+                    .calc_checksum_ipv4_raw(src, dst, u.payload())
+                    .unwrap(),
+                u.checksum()
+            ),
+            TransportSlice::Icmpv4(i) => {
+                assert_eq!(checksum(i.slice(), 0), 0);
+            }
+            other @ TransportSlice::Icmpv6(_) => panic!("{other:?}"),
+        }
+    }
+
+    fn both_ways(mut buf: Vec<u8>) {
+        verify(&buf);
+        let ip = parse(&buf).unwrap();
+        let l4 = parse_l4(&buf, &ip).unwrap();
+        rewrite_v4(&mut buf, 14, &l4, Rewrite::Source, [198, 18, 2, 100], 1030);
+        verify(&buf);
+        assert_eq!(&buf[26..30], &[198, 18, 2, 100]);
+        let l4 = parse_l4(&buf, &ip).unwrap();
+        rewrite_v4(&mut buf, 14, &l4, Rewrite::Destination, [10, 9, 8, 7], 4242);
+        verify(&buf);
+        assert_eq!(&buf[30..34], &[10, 9, 8, 7]);
+    }
+
+    #[test]
+    fn tcp_udp_icmp_rewrites_keep_checksums_valid() {
+        let mut buf = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([198, 18, 1, 10], [198, 18, 2, 10], 64)
+            .tcp(40000, 80, 7, 1000)
+            .syn()
+            .write(&mut buf, b"hello world")
+            .unwrap();
+        both_ways(buf);
+        let mut buf = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([198, 18, 1, 10], [198, 18, 2, 10], 64)
+            .udp(5353, 53)
+            .write(&mut buf, b"odd")
+            .unwrap();
+        both_ways(buf);
+        let mut buf = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([198, 18, 1, 10], [198, 18, 2, 10], 64)
+            .icmpv4_echo_request(77, 3)
+            .write(&mut buf, b"ping")
+            .unwrap();
+        both_ways(buf);
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without() {
+        let mut buf = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([198, 18, 1, 10], [198, 18, 2, 10], 64)
+            .udp(5353, 53)
+            .write(&mut buf, b"x")
+            .unwrap();
+        buf[40..42].copy_from_slice(&[0, 0]);
+        let ip = parse(&buf).unwrap();
+        let l4 = parse_l4(&buf, &ip).unwrap();
+        rewrite_v4(&mut buf, 14, &l4, Rewrite::Source, [198, 18, 2, 100], 1);
+        assert_eq!(&buf[40..42], &[0, 0]);
+    }
+
+    #[test]
+    fn icmp_error_rewrites_outer_and_quoted() {
+        // The server answers a translated UDP datagram (198.18.2.100:1030 ->
+        // 198.18.2.10:53) with port unreachable; un-NAT it for 198.18.1.10:5353.
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4([198, 18, 2, 100], [198, 18, 2, 10], 63)
+            .udp(1030, 53)
+            .write(&mut quoted, b"query")
+            .unwrap();
+        let mut buf = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([198, 18, 2, 10], [198, 18, 2, 100], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut buf, &quoted)
+            .unwrap();
+        verify(&buf);
+        let ip = parse(&buf).unwrap();
+        let l4 = parse_l4(&buf, &ip).unwrap();
+        assert!(rewrite_icmp_error_v4(
+            &mut buf,
+            14,
+            ip.datagram_len(),
+            &l4,
+            Rewrite::Destination,
+            [198, 18, 1, 10],
+            5353,
+        ));
+        verify(&buf);
+        assert_eq!(&buf[30..34], &[198, 18, 1, 10]);
+        let q = quoted_v4(&buf, 42, buf.len()).unwrap();
+        assert_eq!((q.src, q.sport, q.dport), ([198, 18, 1, 10], 5353, 53));
+        // The quoted datagram's own checksums are consistent again.
+        let qip = &buf[42..62];
+        assert_eq!(checksum(qip, 0), 0);
+        let mut expect = Vec::new();
+        PacketBuilder::ipv4([198, 18, 1, 10], [198, 18, 2, 10], 63)
+            .udp(5353, 53)
+            .write(&mut expect, b"query")
+            .unwrap();
+        assert_eq!(&buf[62..70], &expect[20..28]);
+    }
+}
