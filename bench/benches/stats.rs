@@ -12,7 +12,7 @@ fn benches(c: &mut Criterion) {
     let ifnames = vec!["in0".to_owned(), "out0".to_owned()];
     let mut schema = Schema::new();
     for w in 0..2 {
-        counters::register(&mut schema, w, &ifnames).unwrap();
+        counters::register(&mut schema, w, 2, &ifnames).unwrap();
     }
     for cpu in 0..2 {
         for v in 0..9 {

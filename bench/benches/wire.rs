@@ -79,6 +79,7 @@ fn benches(c: &mut Criterion) {
     let mut limits = Limits {
         icmp: RateLimit::new(1000),
         punt: RateLimit::new(1000),
+        reject: RateLimit::new(1000),
     };
     c.bench_function("forward/ipv4_udp_64b", |b| {
         b.iter(|| {

@@ -42,10 +42,22 @@ pub enum WorkerCounter {
     FillShort = 11,
     /// ICMP errors due but not sent: rate limit, no source address or no route.
     IcmpErrorsSuppressed = 12,
+    SessionsCreated = 13,
+    /// Sessions removed: idle timeout, or closed (RST/FIN) and aged.
+    SessionsDeleted = 14,
+    /// New sessions refused because the table was full.
+    SessionsRefused = 15,
+    /// New translated sessions refused because this worker's share of the
+    /// NAT pool had no free port.
+    NatAllocFailures = 16,
+    /// Frames other workers handed to this one (it owns their flows).
+    HandoffsReceived = 17,
+    /// Rejects sent: TCP resets and ICMP administratively-prohibited.
+    RejectsSent = 18,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 19;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -60,6 +72,12 @@ impl WorkerCounter {
         Self::PuntErrors,
         Self::FillShort,
         Self::IcmpErrorsSuppressed,
+        Self::SessionsCreated,
+        Self::SessionsDeleted,
+        Self::SessionsRefused,
+        Self::NatAllocFailures,
+        Self::HandoffsReceived,
+        Self::RejectsSent,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -77,6 +95,12 @@ impl WorkerCounter {
             Self::PuntErrors => "punt_errors",
             Self::FillShort => "fill_short",
             Self::IcmpErrorsSuppressed => "icmp_errors_suppressed",
+            Self::SessionsCreated => "sessions_created",
+            Self::SessionsDeleted => "sessions_deleted",
+            Self::SessionsRefused => "sessions_refused",
+            Self::NatAllocFailures => "nat_alloc_failures",
+            Self::HandoffsReceived => "handoffs_received",
+            Self::RejectsSent => "rejects_sent",
         }
     }
 }
@@ -110,23 +134,79 @@ impl IfaceCounter {
     }
 }
 
+/// Per-worker gauges (values, not totals).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerGauge {
+    SessionsActive = 0,
+    /// Sessions created in the last whole second.
+    CreatedPerSecond = 1,
+    DeletedPerSecond = 2,
+}
+
+impl WorkerGauge {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::SessionsActive,
+        Self::CreatedPerSecond,
+        Self::DeletedPerSecond,
+    ];
+
+    pub const fn family(self) -> &'static str {
+        match self {
+            Self::SessionsActive => "tandem_sessions_active",
+            Self::CreatedPerSecond => "tandem_sessions_created_per_second",
+            Self::DeletedPerSecond => "tandem_sessions_deleted_per_second",
+        }
+    }
+}
+
 /// A worker's private tally.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Tally {
     pub counters: [u64; WorkerCounter::COUNT],
     /// Drops by ingress interface slot and reason.
     pub drops: [[u64; DropReason::COUNT]; IFACES],
     pub iface: [[u64; IfaceCounter::COUNT]; IFACES],
+    pub gauges: [u64; WorkerGauge::COUNT],
+    /// Frames handed to each worker, by owning worker.
+    pub handoffs: Vec<u64>,
 }
 
 impl Tally {
+    /// A zero tally for a node of `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            counters: [0; WorkerCounter::COUNT],
+            drops: [[0; DropReason::COUNT]; IFACES],
+            iface: [[0; IfaceCounter::COUNT]; IFACES],
+            gauges: [0; WorkerGauge::COUNT],
+            handoffs: vec![0; workers],
+        }
+    }
+
     /// Number of values in a worker's block.
-    pub const VALUES: usize =
-        WorkerCounter::COUNT + IFACES * DropReason::COUNT + IFACES * IfaceCounter::COUNT;
+    pub const fn values_len(workers: usize) -> usize {
+        WorkerCounter::COUNT
+            + IFACES * DropReason::COUNT
+            + IFACES * IfaceCounter::COUNT
+            + WorkerGauge::COUNT
+            + workers
+    }
 
     #[inline]
     pub fn add(&mut self, c: WorkerCounter, n: u64) {
         self.counters[c as usize] += n;
+    }
+
+    #[inline]
+    pub fn get(&self, c: WorkerCounter) -> u64 {
+        self.counters[c as usize]
+    }
+
+    #[inline]
+    pub fn set(&mut self, g: WorkerGauge, v: u64) {
+        self.gauges[g as usize] = v;
     }
 
     #[inline]
@@ -139,19 +219,31 @@ impl Tally {
         self.iface[slot][c as usize] += n;
     }
 
+    #[inline]
+    pub fn handoff(&mut self, to: usize) {
+        self.handoffs[to] += 1;
+    }
+
     /// Every value, in block order (the order [`register`] names them).
     pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
         self.counters
             .iter()
             .chain(self.drops.iter().flatten())
             .chain(self.iface.iter().flatten())
+            .chain(self.gauges.iter())
+            .chain(self.handoffs.iter())
             .copied()
     }
 }
 
 /// Names one worker's block in `schema` (cache-line aligned) and returns
 /// its first slot.
-pub fn register(schema: &mut Schema, worker: usize, ifnames: &[String]) -> Result<u32, StatsError> {
+pub fn register(
+    schema: &mut Schema,
+    worker: usize,
+    workers: usize,
+    ifnames: &[String],
+) -> Result<u32, StatsError> {
     schema.align_block();
     let w = format!("worker={worker}");
     let mut first = None;
@@ -181,6 +273,16 @@ pub fn register(schema: &mut Schema, worker: usize, ifnames: &[String]) -> Resul
             )?;
         }
     }
+    for g in WorkerGauge::ALL {
+        schema.push(g.family(), &w, Kind::Gauge)?;
+    }
+    for to in 0..workers {
+        schema.push(
+            "tandem_handoffs_total",
+            &format!("{w},to={to}"),
+            Kind::Counter,
+        )?;
+    }
     Ok(first.expect("at least one counter"))
 }
 
@@ -189,15 +291,20 @@ pub fn register(schema: &mut Schema, worker: usize, ifnames: &[String]) -> Resul
 pub struct WorkerStats {
     seg: Arc<SegmentWriter>,
     first: u32,
+    len: usize,
 }
 
 impl WorkerStats {
-    pub fn new(seg: Arc<SegmentWriter>, first: u32) -> Self {
-        Self { seg, first }
+    pub fn new(seg: Arc<SegmentWriter>, first: u32, workers: usize) -> Self {
+        Self {
+            seg,
+            first,
+            len: Tally::values_len(workers),
+        }
     }
 
     fn slots(&self) -> &[AtomicU64] {
-        self.seg.values(self.first, Tally::VALUES)
+        self.seg.values(self.first, self.len)
     }
 
     /// Relaxed stores of every value: this worker is the block's only writer.
@@ -216,16 +323,18 @@ mod tests {
     fn block_order_matches_tally_order() {
         let mut schema = Schema::new();
         let names = vec!["in0".to_owned(), "out0".to_owned()];
-        let first = register(&mut schema, 3, &names).unwrap();
+        let first = register(&mut schema, 3, 4, &names).unwrap();
         assert_eq!(first % 8, 0, "block starts on a cache line");
-        assert_eq!(schema.entries().len(), Tally::VALUES);
-        let mut t = Tally::default();
+        assert_eq!(schema.entries().len(), Tally::values_len(4));
+        let mut t = Tally::new(4);
+        t.handoff(2);
+        t.set(WorkerGauge::SessionsActive, 9);
         t.add(WorkerCounter::Punted, 5);
         t.drop(1, DropReason::BadChecksum);
         t.iface(0, IfaceCounter::TxBytes, 77);
         let p = std::env::temp_dir().join(format!("tandem-ctr-{}", std::process::id()));
         let seg = Arc::new(SegmentWriter::create(&p, &schema, 1, 4, 0).unwrap());
-        WorkerStats::new(Arc::clone(&seg), first).publish(&t);
+        WorkerStats::new(Arc::clone(&seg), first, 4).publish(&t);
         let r = tandem_control::stats::SegmentReader::open(&p).unwrap();
         let find = |name: &str, labels: &str| {
             let e = r
@@ -247,13 +356,15 @@ mod tests {
             find("tandem_iface_tx_bytes_total", "worker=3,iface=in0"),
             77
         );
+        assert_eq!(find("tandem_handoffs_total", "worker=3,to=2"), 1);
+        assert_eq!(find("tandem_sessions_active", "worker=3"), 9);
         std::fs::remove_file(&p).unwrap();
     }
 
     #[test]
     fn every_family_has_help() {
         let mut schema = Schema::new();
-        register(&mut schema, 0, &["a".into(), "b".into()]).unwrap();
+        register(&mut schema, 0, 2, &["a".into(), "b".into()]).unwrap();
         for e in schema.entries() {
             assert!(tandem_control::stats::help(&e.name).is_some(), "{}", e.name);
         }

@@ -37,8 +37,10 @@ use crate::{
     counters::{self, WorkerStats},
     fib::{Fib, FibHandle},
     forward::{Limits, RateLimit},
+    handoff::Handoff,
     loader::{Loader, LoaderError},
     netlink::{self, NetlinkError},
+    service::{ServiceError, Services},
     sys::{self, PuntSocket, SyscallError, XskStats},
     worker::{Port, Worker},
 };
@@ -69,6 +71,8 @@ pub enum DaemonError {
         queue: u32,
         message: String,
     },
+    #[error(transparent)]
+    Services(#[from] ServiceError),
     #[error("stats segment: {0}")]
     Stats(#[from] StatsError),
     #[error(transparent)]
@@ -85,6 +89,8 @@ pub enum DaemonError {
 /// daemon stale after 3 s) and the kernel-side counters.
 const TICK: Duration = Duration::from_millis(200);
 const KERNEL_COUNTERS_EVERY: Duration = Duration::from_millis(500);
+/// Parcels each worker's handoff queue holds.
+const HANDOFF_DEPTH: usize = 1024;
 
 /// Slots of the counters the control loop copies from the kernel.
 struct KernelSlots {
@@ -142,6 +148,9 @@ pub struct Daemon {
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
     instance: String,
+    /// NAT pool addresses this node put on its outside interface.
+    pool: Vec<std::net::Ipv4Addr>,
+    outside_ifindex: u32,
 }
 
 fn queue_size(n: u32) -> QueueSize {
@@ -255,7 +264,12 @@ impl Daemon {
         let mut schema = Schema::new();
         let mut firsts = Vec::new();
         for w in 0..workers as usize {
-            firsts.push(counters::register(&mut schema, w, &ifnames)?);
+            firsts.push(counters::register(
+                &mut schema,
+                w,
+                workers as usize,
+                &ifnames,
+            )?);
         }
         let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
         schema.align_block();
@@ -294,8 +308,15 @@ impl Daemon {
         )?);
         tracing::info!(path = %segment.path().display(), "stats segment created");
 
+        let handoff = Arc::new(Handoff::new(
+            workers as usize,
+            HANDOFF_DEPTH,
+            d.frame_size as usize,
+        )?);
+        let epoch = Instant::now();
         let mut built = Vec::new();
         for (w, (umem, free, ports)) in bound.into_iter().enumerate() {
+            let services = Services::new(cfg, w, workers as usize, ifindexes[0], 0)?;
             let mut worker = Worker {
                 id: w,
                 umem,
@@ -306,11 +327,16 @@ impl Daemon {
                 limits: Limits {
                     icmp: RateLimit::new(d.icmp_errors_per_sec),
                     punt: RateLimit::new(d.punts_per_sec),
+                    reject: RateLimit::new(cfg.sessions.rejects_per_sec),
                 },
                 punt: PuntSocket::new()?,
-                stats: WorkerStats::new(Arc::clone(&segment), firsts[w]),
+                stats: WorkerStats::new(Arc::clone(&segment), firsts[w], workers as usize),
                 stop: Arc::clone(&stop),
                 slot_ifindex: ifindexes.clone(),
+                services,
+                handoff: Arc::clone(&handoff),
+                workers: workers as usize,
+                epoch,
             };
             worker.prime(d.fill_ring as usize);
             built.push(worker);
@@ -326,6 +352,17 @@ impl Daemon {
             });
         }
         loader.set_forward(cfg.node.forward)?;
+        // The kernel owns the pool addresses only to answer ARP for them;
+        // XDP steers everything else addressed to them to the workers.
+        let pool = if cfg.node.forward {
+            pool_addresses(cfg)
+        } else {
+            Vec::new()
+        };
+        for a in &pool {
+            netlink::set_address(ifindexes[1], *a, true)?;
+            tracing::info!(address = %a, iface = %ifnames[1], "NAT pool address added");
+        }
         let loader = Arc::new(Mutex::new(loader));
         let info = StateInfo {
             ifnames: ifnames.clone(),
@@ -411,6 +448,8 @@ impl Daemon {
                 xsk,
             },
             instance: instance.to_owned(),
+            pool,
+            outside_ifindex: ifindexes[1],
         })
     }
 
@@ -459,6 +498,11 @@ impl Daemon {
             thread::sleep(TICK);
         }
         tracing::info!("stopping");
+        for a in &self.pool {
+            if let Err(e) = netlink::set_address(self.outside_ifindex, *a, false) {
+                tracing::warn!(error = %e, "removing a NAT pool address");
+            }
+        }
         // Last copy while the sockets are still open.
         self.copy_kernel_counters();
         for h in self.workers.drain(..) {
@@ -499,7 +543,21 @@ fn local_addresses(fib: &Fib, cfg: &Config) -> BTreeSet<IpAddr> {
         s.extend(l.v4.iter().map(|a| IpAddr::V4(*a)));
         s.extend(l.v6.iter().map(|a| IpAddr::V6(*a)));
     }
+    // Pool addresses sit on the outside interface for ARP's sake, but their
+    // traffic is service traffic: never the kernel's.
+    for a in pool_addresses(cfg) {
+        s.remove(&IpAddr::V4(a));
+    }
     s
+}
+
+/// Every NAT pool address of every service set.
+fn pool_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+    cfg.service_sets
+        .iter()
+        .filter_map(|s| s.nat.as_ref())
+        .flat_map(|n| n.pool.iter().copied())
+        .collect()
 }
 
 fn bind_port(

@@ -37,10 +37,23 @@ pub enum DropReason {
     TxRingFull = 7,
     /// Routed out of an interface tandem does not forward on.
     ForeignEgress = 8,
+    /// A non-first fragment: no ports to find its session by.
+    Fragment = 9,
+    /// No session, and the packet may not open one (TCP without SYN, echo
+    /// reply, ICMP error, traffic to a NAT pool address).
+    NoSession = 10,
+    /// A firewall rule or default said drop (or reject).
+    Policy = 11,
+    /// The session table was full.
+    TableFull = 12,
+    /// The owner worker's handoff ring was full.
+    HandoffFull = 13,
+    /// NAT could not translate: no free port, or a protocol without ports.
+    NatFailed = 14,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 15;
     pub const ALL: [Self; Self::COUNT] = [
         Self::Truncated,
         Self::BadHeader,
@@ -51,6 +64,12 @@ impl DropReason {
         Self::PuntLimited,
         Self::TxRingFull,
         Self::ForeignEgress,
+        Self::Fragment,
+        Self::NoSession,
+        Self::Policy,
+        Self::TableFull,
+        Self::HandoffFull,
+        Self::NatFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -64,6 +83,12 @@ impl DropReason {
             Self::PuntLimited => "punt_limited",
             Self::TxRingFull => "tx_ring_full",
             Self::ForeignEgress => "foreign_egress",
+            Self::Fragment => "fragment",
+            Self::NoSession => "no_session",
+            Self::Policy => "policy",
+            Self::TableFull => "table_full",
+            Self::HandoffFull => "handoff_full",
+            Self::NatFailed => "nat_failed",
         }
     }
 }
@@ -112,6 +137,13 @@ pub enum Action {
     IcmpSuppressed {
         reason: DropReason,
     },
+    /// Transmit a reply built in the frame (a firewall reject: TCP reset or
+    /// ICMP unreachable) on `oif`; the original packet is dropped for `reason`.
+    Reply {
+        oif: u32,
+        len: usize,
+        reason: DropReason,
+    },
     Drop(DropReason),
 }
 
@@ -158,10 +190,13 @@ impl RateLimit {
 pub struct Limits {
     pub icmp: RateLimit,
     pub punt: RateLimit,
+    /// Firewall rejects (resets and unreachables) sent.
+    pub reject: RateLimit,
 }
 
 /// Decides and rewrites one frame. `buf` is the frame's whole buffer (its
 /// capacity); the first `rx_len` bytes were received on `ingress`.
+/// [`prepare`] then [`route`], for callers with nothing in between.
 pub fn forward(
     buf: &mut [u8],
     rx_len: usize,
@@ -169,12 +204,18 @@ pub fn forward(
     fib: &Fib,
     limits: &mut Limits,
 ) -> Action {
-    let ip = match wire::parse(&buf[..rx_len]) {
-        Ok(ip) => ip,
-        Err(e) => return Action::Drop(e.into()),
-    };
+    match prepare(buf, rx_len) {
+        Ok(ip) => route(buf, ip, ingress, fib, limits),
+        Err(r) => Action::Drop(r),
+    }
+}
+
+/// Parses the frame's headers and removes a VLAN tag, so the IP datagram
+/// starts at `ETH_HLEN` afterwards.
+pub fn prepare(buf: &mut [u8], rx_len: usize) -> Result<Ip, DropReason> {
+    let ip = wire::parse(&buf[..rx_len])?;
     // Untag: the IP datagram moves up so the new Ethernet header starts at 0.
-    let ip = if ip.l3() == ETH_HLEN {
+    Ok(if ip.l3() == ETH_HLEN {
         ip
     } else {
         let (l3, len) = (ip.l3(), ip.datagram_len());
@@ -201,7 +242,12 @@ pub fn forward(
                 hop_limit,
             },
         }
-    };
+    })
+}
+
+/// Routes a prepared datagram (at `ETH_HLEN`): TTL, FIB lookup, MTU, new
+/// Ethernet header.
+pub fn route(buf: &mut [u8], ip: Ip, ingress: u32, fib: &Fib, limits: &mut Limits) -> Action {
     match ip {
         Ip::V4 { len, dst, ttl, .. } => {
             if ttl <= 1 {
@@ -307,6 +353,31 @@ const TIME_EXCEEDED_V6: IcmpErr = IcmpErr {
     code: 0,
     rest: 0,
 };
+
+/// Destination unreachable, administratively prohibited: a firewall reject.
+const ADMIN_PROHIBITED_V4: IcmpErr = IcmpErr {
+    reason: DropReason::Policy,
+    ty: 3,
+    code: 13,
+    rest: 0,
+};
+const ADMIN_PROHIBITED_V6: IcmpErr = IcmpErr {
+    reason: DropReason::Policy,
+    ty: 1,
+    code: 1,
+    rest: 0,
+};
+
+/// Answers a prepared datagram that policy rejects with an ICMP
+/// administratively-prohibited unreachable (rate-limited like every ICMP
+/// error the node originates).
+pub fn reject_icmp(buf: &mut [u8], ip: Ip, ingress: u32, fib: &Fib, limits: &mut Limits) -> Action {
+    let err = match ip {
+        Ip::V4 { .. } => ADMIN_PROHIBITED_V4,
+        Ip::V6 { .. } => ADMIN_PROHIBITED_V6,
+    };
+    icmp_error(buf, ip, ingress, fib, limits, err)
+}
 
 /// ICMPv4 destination unreachable, fragmentation needed (RFC 1191).
 const fn frag_needed(mtu: u32) -> IcmpErr {
@@ -462,6 +533,7 @@ mod tests {
         Limits {
             icmp: RateLimit::new(100),
             punt: RateLimit::new(100),
+            reject: RateLimit::new(100),
         }
     }
 
@@ -567,6 +639,7 @@ mod tests {
         let mut l = Limits {
             icmp: RateLimit::new(2),
             punt: RateLimit::new(2),
+            reject: RateLimit::new(2),
         };
         let f = fib();
         let mut got = Vec::new();
@@ -604,6 +677,7 @@ mod tests {
         let mut l = Limits {
             icmp: RateLimit::new(1),
             punt: RateLimit::new(1),
+            reject: RateLimit::new(1),
         };
         let f = fib();
         let (mut buf, n) = frame(64, [198, 18, 2, 99], 10);

@@ -16,7 +16,8 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -47,6 +48,12 @@ pub enum NetlinkError {
     },
     #[error("netlink dump of {what} failed: {message}")]
     Dump { what: &'static str, message: String },
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_err(call: &'static str) -> impl FnOnce(io::Error) -> NetlinkError {
@@ -280,6 +287,64 @@ fn for_each_message(
         off += (len + 3) & !3;
     }
     Ok(())
+}
+
+/// Adds (`add`) or removes the host address `addr`/32 on `ifindex`. Adding
+/// an address that is there, or removing one that is not, succeeds.
+pub fn set_address(ifindex: u32, addr: Ipv4Addr, add: bool) -> Result<(), NetlinkError> {
+    let what = || {
+        format!(
+            "{} {addr}/32 on ifindex {ifindex}",
+            if add { "adding" } else { "removing" }
+        )
+    };
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(io_err("socket"))?;
+    sock.bind_auto().map_err(io_err("bind"))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(io_err("connect"))?;
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.prefix_len = 32;
+    m.header.index = ifindex;
+    m.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+    m.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(addr)));
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let msg = if add {
+        hdr.flags |= NLM_F_CREATE | NLM_F_REPLACE;
+        RouteNetlinkMessage::NewAddress(m)
+    } else {
+        RouteNetlinkMessage::DelAddress(m)
+    };
+    let mut req = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+    req.finalize();
+    let mut buf = vec![0; req.header.length as usize];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0).map_err(io_err("send"))?;
+    let mut buf = vec![0u8; 8192];
+    let n = sock.recv(&mut &mut buf[..], 0).map_err(io_err("recv"))?;
+    let mut result = Ok(());
+    for_each_message(&buf[..n], |msg| {
+        if let NetlinkPayload::Error(e) = msg.payload
+            && let Some(code) = e.code
+        {
+            let errno = -code.get();
+            let fine = if add {
+                errno == libc::EEXIST
+            } else {
+                errno == libc::EADDRNOTAVAIL
+            };
+            if !fine {
+                result = Err(NetlinkError::Request {
+                    what: what(),
+                    source: io::Error::from_raw_os_error(errno),
+                });
+            }
+        }
+        Ok(())
+    })?;
+    result
 }
 
 /// Dumps links, addresses, routes and neighbours into a fresh [`Fib`].

@@ -26,22 +26,77 @@ impl SyscallError {
     }
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes.
+/// Waits until one of `fds` is readable or `timeout` passes (control
+/// threads; workers keep a [`Poller`]).
 pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> bool {
-    let mut pfds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 8];
-    let n = fds.len().min(pfds.len());
-    for (p, fd) in pfds.iter_mut().zip(fds) {
-        p.fd = *fd;
-        p.events = libc::POLLIN;
+    Poller::new(fds).wait(timeout)
+}
+
+/// A fixed set of descriptors to wait on, built once.
+pub struct Poller {
+    pfds: Vec<libc::pollfd>,
+}
+
+impl Poller {
+    pub fn new(fds: &[RawFd]) -> Self {
+        Self {
+            pfds: fds
+                .iter()
+                .map(|&fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect(),
+        }
     }
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: pfds is a valid array of n initialised pollfd structs.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
-    r > 0
+
+    /// Waits until one descriptor is readable or `timeout` passes.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: pfds is a valid, initialised array of its length.
+        let r = unsafe { libc::poll(self.pfds.as_mut_ptr(), self.pfds.len() as libc::nfds_t, ms) };
+        r > 0
+    }
+}
+
+/// An eventfd: one thread wakes another out of poll().
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> Result<Self, SyscallError> {
+        // SAFETY: plain eventfd(2); the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(SyscallError::last("eventfd"));
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable.
+    pub fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer; a full counter
+        // (EAGAIN) already means "readable", so the result is not needed.
+        let _ = unsafe { libc::write(self.fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Consumes pending signals.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a valid buffer; EAGAIN (nothing
+        // pending) is fine.
+        let _ = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), 8) };
+    }
 }
 
 /// The interface index of `name`.

@@ -4,9 +4,11 @@
 //! interface is transmitted on another without a copy. Frames circulate
 //! rx -> tx -> completion -> free pool -> fill ring; the pool is a plain
 //! stack owned by the thread. Per iteration: reap completions, refill fill
-//! rings, receive a batch per socket, decide each frame, transmit per egress
-//! socket with one wakeup, publish counters. When every rx ring is empty the
-//! worker sleeps in poll(); it never spins on a shared core.
+//! rings, receive a batch per socket, take frames other workers handed over,
+//! decide each frame (parse, services, route), transmit per egress socket
+//! with one wakeup, publish counters. When every rx ring and its handoff
+//! queue are empty the worker sleeps in poll(); it never spins on a shared
+//! core.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -15,17 +17,19 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::{
-    counters::{IfaceCounter, Tally, WorkerCounter, WorkerStats},
+    counters::{IfaceCounter, Tally, WorkerCounter, WorkerGauge, WorkerStats},
     fib::FibReader,
     forward::{self, Action, DropReason, Limits},
-    sys::PuntSocket,
-    wire::ETH_HLEN,
+    handoff::Handoff,
+    service::{Services, Verdict},
+    sys::{Poller, PuntSocket},
+    wire::{self, ETH_HLEN, PROTO_TCP},
 };
 
 /// One AF_XDP socket of a worker: an (interface, queue) pair.
@@ -61,6 +65,19 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// ifindex of each interface slot.
     pub slot_ifindex: Vec<u32>,
+    /// Sessions and services; `None` when no service set is configured.
+    pub services: Option<Services>,
+    pub handoff: Arc<Handoff>,
+    pub workers: usize,
+    /// Time zero of the session clock (seconds), shared by all workers.
+    pub epoch: Instant,
+}
+
+/// Where a decided frame goes: transmit on an interface slot, or back to
+/// the free pool.
+enum Out {
+    Tx(usize),
+    Free,
 }
 
 /// Frames the kernel transmits per sendto() in copy mode.
@@ -86,21 +103,38 @@ impl Worker {
     /// Runs until `stop` is set; returns the worker for its exit report.
     #[must_use]
     pub fn run(mut self) -> Self {
-        let mut tally = Tally::default();
+        let mut tally = Tally::new(self.workers);
         let mut rx = vec![FrameDesc::default(); self.batch];
         let mut comp = vec![FrameDesc::default(); self.batch * 2];
         let slots = self.slot_ifindex.len();
         // Frames waiting for tx, per egress interface slot.
         let mut pending: Vec<Vec<FrameDesc>> = (0..slots)
-            .map(|_| Vec::with_capacity(self.batch * self.ports.len()))
+            .map(|_| Vec::with_capacity(self.batch * (self.ports.len() + 1)))
             .collect();
         // The port each slot transmits on: the first this worker has there.
         let egress: Vec<usize> = (0..slots)
             .map(|s| self.ports.iter().position(|p| p.slot == s).unwrap_or(0))
             .collect();
-        let fds: Vec<RawFd> = self.ports.iter().map(Port::fd).collect();
+        let mut fds: Vec<RawFd> = self.ports.iter().map(Port::fd).collect();
+        fds.push(self.handoff.wake_fd(self.id));
+        let mut poller = Poller::new(&fds);
+        let mut second = self.now();
+        let (mut created_before, mut deleted_before) = (0, 0);
 
         while !self.stop.load(Ordering::Relaxed) {
+            let now = self.now();
+            if now != second {
+                second = now;
+                if let Some(svc) = self.services.as_mut() {
+                    svc.expire(now, &mut tally);
+                    let created = tally.get(WorkerCounter::SessionsCreated);
+                    let deleted = tally.get(WorkerCounter::SessionsDeleted);
+                    tally.set(WorkerGauge::SessionsActive, svc.table.len() as u64);
+                    tally.set(WorkerGauge::CreatedPerSecond, created - created_before);
+                    tally.set(WorkerGauge::DeletedPerSecond, deleted - deleted_before);
+                    (created_before, deleted_before) = (created, deleted);
+                }
+            }
             self.fib.refresh();
             self.reap_completions(&mut comp);
             self.refill(&mut tally);
@@ -120,78 +154,45 @@ impl Worker {
                     tally.iface(slot, IfaceCounter::RxPackets, 1);
                     tally.iface(slot, IfaceCounter::RxBytes, rx_len as u64);
                     tally.add(WorkerCounter::RxBytes, rx_len as u64);
-                    let action = {
-                        // SAFETY: the frame was just consumed from rx, so no
-                        // ring and no other reference holds it.
-                        let mut data = unsafe { self.umem.data_mut(desc) };
-                        data.cursor().set_pos(usize::MAX);
-                        let buf = data.contents_mut();
-                        let action = forward::forward(
-                            buf,
-                            rx_len,
-                            ingress,
-                            self.fib.fib(),
-                            &mut self.limits,
-                        );
-                        match action {
-                            Action::Punt { l3, len, v6 } => {
-                                punt(&self.punt, &buf[l3..l3 + len], v6, &mut tally);
-                            }
-                            Action::PuntIcmpError { len, v6, .. } => {
-                                punt(&self.punt, &buf[ETH_HLEN..len], v6, &mut tally);
-                            }
-                            _ => {}
-                        }
-                        action
-                    };
-                    let out = match action {
-                        Action::Forward { oif, len } => Some((oif, len)),
-                        Action::IcmpError { oif, len, reason } => {
-                            tally.drop(slot, reason);
-                            tally.add(WorkerCounter::IcmpErrorsSent, 1);
-                            Some((oif, len))
-                        }
-                        Action::PuntIcmpError { reason, .. } => {
-                            tally.drop(slot, reason);
-                            tally.add(WorkerCounter::IcmpErrorsSent, 1);
-                            None
-                        }
-                        Action::IcmpSuppressed { reason } => {
-                            tally.drop(slot, reason);
-                            tally.add(WorkerCounter::IcmpErrorsSuppressed, 1);
-                            None
-                        }
-                        Action::Punt { .. } => None,
-                        Action::Drop(r) => {
-                            tally.drop(slot, r);
-                            None
-                        }
-                    };
-                    let egress = out.and_then(|(oif, len)| {
-                        self.slot_ifindex
-                            .iter()
-                            .position(|i| *i == oif)
-                            .map(|s| (s, len))
-                    });
-                    if let Some((s, len)) = egress {
-                        if matches!(action, Action::Forward { .. }) {
-                            tally.add(WorkerCounter::Forwarded, 1);
-                        }
-                        // SAFETY: as above; sets the length to transmit.
-                        unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
-                        pending[s].push(*desc);
-                    } else {
-                        if out.is_some() {
-                            tally.drop(slot, DropReason::ForeignEgress);
-                        }
-                        self.free.push(*desc);
+                    match self.decide(desc, rx_len, slot, ingress, now, &mut tally) {
+                        Out::Tx(s) => pending[s].push(*desc),
+                        Out::Free => self.free.push(*desc),
                     }
                 }
             }
-
             if received > 0 {
                 tally.add(WorkerCounter::RxPackets, received as u64);
                 tally.add(WorkerCounter::RxBatches, 1);
+            }
+
+            let mut handed = 0;
+            while handed < self.batch {
+                let Some(parcel) = self.handoff.recv(self.id) else {
+                    break;
+                };
+                handed += 1;
+                tally.add(WorkerCounter::HandoffsReceived, 1);
+                let Some(mut desc) = self.free.pop() else {
+                    tally.drop(parcel.slot, DropReason::HandoffFull);
+                    self.handoff.recycle(parcel);
+                    continue;
+                };
+                {
+                    // SAFETY: the frame came from the free pool: no ring and
+                    // no other reference holds it.
+                    let mut data = unsafe { self.umem.data_mut(&mut desc) };
+                    data.cursor().set_pos(usize::MAX);
+                    data.contents_mut()[..parcel.len].copy_from_slice(&parcel.data[..parcel.len]);
+                }
+                let (len, slot, ingress) = (parcel.len, parcel.slot, parcel.ingress);
+                self.handoff.recycle(parcel);
+                match self.decide(&mut desc, len, slot, ingress, now, &mut tally) {
+                    Out::Tx(s) => pending[s].push(desc),
+                    Out::Free => self.free.push(desc),
+                }
+            }
+
+            if received > 0 || handed > 0 {
                 for (s, frames) in pending.iter_mut().enumerate() {
                     if !frames.is_empty() {
                         self.transmit(egress[s], frames, &mut tally);
@@ -201,13 +202,147 @@ impl Worker {
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);
                 self.stats.publish(&tally);
-                crate::sys::poll_readable(&fds, IDLE_POLL);
+                if self.handoff.prepare_sleep(self.id) {
+                    poller.wait(IDLE_POLL);
+                    self.handoff.awake(self.id);
+                }
             }
         }
         // Return frames still in completion rings so accounting stays whole.
         self.reap_completions(&mut comp);
         self.stats.publish(&tally);
         self
+    }
+
+    fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Decides one frame of `rx_len` bytes that arrived on interface
+    /// `slot` (`ingress`): parse, services, route, rewrite. The frame is
+    /// ready to transmit when this returns `Out::Tx`.
+    fn decide(
+        &mut self,
+        desc: &mut FrameDesc,
+        rx_len: usize,
+        slot: usize,
+        ingress: u32,
+        now: u32,
+        tally: &mut Tally,
+    ) -> Out {
+        let action = {
+            // SAFETY: the frame is this worker's alone: just consumed from
+            // rx, or taken from the free pool.
+            let mut data = unsafe { self.umem.data_mut(desc) };
+            data.cursor().set_pos(usize::MAX);
+            let buf = data.contents_mut();
+            let fib = self.fib.fib();
+            let action = match forward::prepare(buf, rx_len) {
+                Err(r) => Action::Drop(r),
+                Ok(ip) => {
+                    let verdict = match self.services.as_mut() {
+                        Some(svc) => svc.process(buf, &ip, ingress, now, tally),
+                        None => Verdict::Pass { snat: None },
+                    };
+                    match verdict {
+                        Verdict::Pass { snat } => {
+                            let a = forward::route(buf, ip, ingress, fib, &mut self.limits);
+                            if let (Some(snat), Action::Forward { .. } | Action::Punt { .. }) =
+                                (snat, a)
+                            {
+                                snat.apply(buf, ETH_HLEN);
+                            }
+                            a
+                        }
+                        Verdict::Handoff(to) => {
+                            let n = ETH_HLEN + ip.datagram_len();
+                            if self.handoff.send(to, slot, ingress, &buf[..n]) {
+                                tally.handoff(to);
+                            } else {
+                                tally.drop(slot, DropReason::HandoffFull);
+                            }
+                            return Out::Free;
+                        }
+                        Verdict::Reject(l4) => {
+                            if !self.limits.reject.allow() {
+                                Action::Drop(DropReason::Policy)
+                            } else if l4.proto == PROTO_TCP {
+                                match wire::tcp_reset(buf, &ip, &l4) {
+                                    Some(rst) => as_reply(forward::route(
+                                        buf,
+                                        rst,
+                                        ingress,
+                                        fib,
+                                        &mut self.limits,
+                                    )),
+                                    None => Action::Drop(DropReason::Policy),
+                                }
+                            } else {
+                                as_reply(forward::reject_icmp(
+                                    buf,
+                                    ip,
+                                    ingress,
+                                    fib,
+                                    &mut self.limits,
+                                ))
+                            }
+                        }
+                        Verdict::Drop(r) => Action::Drop(r),
+                    }
+                }
+            };
+            match action {
+                Action::Punt { l3, len, v6 } => {
+                    punt(&self.punt, &buf[l3..l3 + len], v6, tally);
+                }
+                Action::PuntIcmpError { len, v6, .. } => {
+                    punt(&self.punt, &buf[ETH_HLEN..len], v6, tally);
+                }
+                _ => {}
+            }
+            action
+        };
+        let out = match action {
+            Action::Forward { oif, len } => Some((oif, len)),
+            Action::IcmpError { oif, len, reason } => {
+                tally.drop(slot, reason);
+                tally.add(WorkerCounter::IcmpErrorsSent, 1);
+                Some((oif, len))
+            }
+            Action::Reply { oif, len, reason } => {
+                tally.drop(slot, reason);
+                tally.add(WorkerCounter::RejectsSent, 1);
+                Some((oif, len))
+            }
+            Action::PuntIcmpError { reason, .. } => {
+                tally.drop(slot, reason);
+                tally.add(WorkerCounter::IcmpErrorsSent, 1);
+                None
+            }
+            Action::IcmpSuppressed { reason } => {
+                tally.drop(slot, reason);
+                tally.add(WorkerCounter::IcmpErrorsSuppressed, 1);
+                None
+            }
+            Action::Punt { .. } => None,
+            Action::Drop(r) => {
+                tally.drop(slot, r);
+                None
+            }
+        };
+        let Some((oif, len)) = out else {
+            return Out::Free;
+        };
+        let Some(s) = self.slot_ifindex.iter().position(|i| *i == oif) else {
+            tally.drop(slot, DropReason::ForeignEgress);
+            return Out::Free;
+        };
+        if matches!(action, Action::Forward { .. }) {
+            tally.add(WorkerCounter::Forwarded, 1);
+        }
+        // SAFETY: as above; sets the length to transmit.
+        unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
+        Out::Tx(s)
     }
 
     fn reap_completions(&mut self, comp: &mut [FrameDesc]) {
@@ -278,6 +413,20 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A routed reject (reset or unreachable) becomes a reply; one that could
+/// not be routed leaves the original dropped for policy.
+fn as_reply(a: Action) -> Action {
+    match a {
+        Action::Forward { oif, len } | Action::IcmpError { oif, len, .. } => Action::Reply {
+            oif,
+            len,
+            reason: DropReason::Policy,
+        },
+        Action::Punt { .. } | Action::PuntIcmpError { .. } => a,
+        _ => Action::Drop(DropReason::Policy),
     }
 }
 

@@ -57,6 +57,28 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_worker_icmp_errors_suppressed_total" => {
             "ICMP errors due but not sent: rate limit, no source address or no route back."
         }
+        "tandem_worker_sessions_created_total" => "Sessions a worker created.",
+        "tandem_worker_sessions_deleted_total" => {
+            "Sessions a worker removed (idle timeout, or closed and aged)."
+        }
+        "tandem_worker_sessions_refused_total" => {
+            "New sessions refused because the worker's table was full."
+        }
+        "tandem_worker_nat_alloc_failures_total" => {
+            "New translated sessions refused: no free port in the worker's share of the pool."
+        }
+        "tandem_worker_handoffs_received_total" => {
+            "Frames handed to this worker by others because it owns their flows."
+        }
+        "tandem_worker_rejects_sent_total" => {
+            "Rejects sent: TCP resets and ICMP administratively-prohibited."
+        }
+        "tandem_handoffs_total" => {
+            "Frames a worker handed to the owner of their flow, by sending and owning worker."
+        }
+        "tandem_sessions_active" => "Sessions in a worker's table.",
+        "tandem_sessions_created_per_second" => "Sessions a worker created in the last second.",
+        "tandem_sessions_deleted_per_second" => "Sessions a worker removed in the last second.",
         "tandem_worker_punted_total" => {
             "Packets handed to the kernel to resolve their next hop's neighbour."
         }
@@ -88,7 +110,8 @@ pub fn help(family: &str) -> Option<&'static str> {
 
 /// Flat `key=value` totals of a segment, summed over workers and CPUs:
 /// `worker.<counter>`, `drop.<reason>`, `<iface>.<counter>`, `xdp.<verdict>`,
-/// `xsk.<iface>.<queue>.<stat>`. Used for the daemon's exit report.
+/// `xsk.<iface>.<queue>.<stat>`, `handoff.<from>.<to>`. Used for the
+/// daemon's exit report.
 pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     let mut add = |k: String, v: u64| {
@@ -118,6 +141,8 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
             add(format!("xdp.{}", l("verdict")), v);
         } else if let Some(c) = stem.strip_prefix("xsk_") {
             add(format!("xsk.{}.{}.{c}", l("iface"), l("queue")), v);
+        } else if stem == "handoffs" {
+            add(format!("handoff.{}.{}", l("worker"), l("to")), v);
         }
     }
     out

@@ -13,6 +13,7 @@ pub mod tcp;
 
 pub use key::FlowKey;
 pub use table::{Table, TableFull};
+pub use tandem_control::config::Timeouts;
 pub use tcp::{Side, TcpState};
 
 use crate::wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -147,51 +148,19 @@ impl Session {
     }
 }
 
-/// Idle timeouts in seconds, per protocol and TCP state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// SYN-SENT and SYN-RECEIVED.
-    pub tcp_opening: u32,
-    pub tcp_established: u32,
-    /// FIN-WAIT-1/2, CLOSE-WAIT, CLOSING, LAST-ACK.
-    pub tcp_closing: u32,
-    pub tcp_time_wait: u32,
-    /// After a reset.
-    pub tcp_closed: u32,
-    pub udp: u32,
-    pub icmp: u32,
-    pub other: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            tcp_opening: 20,
-            tcp_established: 7200,
-            tcp_closing: 60,
-            tcp_time_wait: 30,
-            tcp_closed: 1,
-            udp: 60,
-            icmp: 30,
-            other: 60,
-        }
-    }
-}
-
-impl Timeouts {
-    pub fn of(&self, s: &Session) -> u32 {
-        match s.key.proto {
-            PROTO_TCP => match TcpState::from_u8(s.state) {
-                TcpState::Closed => self.tcp_closed,
-                TcpState::SynSent | TcpState::SynReceived => self.tcp_opening,
-                TcpState::Established => self.tcp_established,
-                TcpState::TimeWait => self.tcp_time_wait,
-                _ => self.tcp_closing,
-            },
-            PROTO_UDP => self.udp,
-            PROTO_ICMP | PROTO_ICMPV6 => self.icmp,
-            _ => self.other,
-        }
+/// The idle timeout of `s` under `t`, in seconds.
+pub fn timeout(t: &Timeouts, s: &Session) -> u32 {
+    match s.key.proto {
+        PROTO_TCP => match TcpState::from_u8(s.state) {
+            TcpState::Closed => t.tcp_closed,
+            TcpState::SynSent | TcpState::SynReceived => t.tcp_opening,
+            TcpState::Established => t.tcp_established,
+            TcpState::TimeWait => t.tcp_time_wait,
+            _ => t.tcp_closing,
+        },
+        PROTO_UDP => t.udp,
+        PROTO_ICMP | PROTO_ICMPV6 => t.icmp,
+        _ => t.other,
     }
 }
 

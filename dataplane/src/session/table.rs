@@ -12,7 +12,7 @@
 
 use hashbrown::HashTable;
 
-use super::{FlowKey, Session, Side, Timeouts};
+use super::{FlowKey, Session, Side, Timeouts, timeout};
 
 const NIL: u32 = u32::MAX;
 /// Wheel size in one-second ticks (a power of two); longer timeouts wrap.
@@ -151,9 +151,17 @@ impl Table {
         s
     }
 
+    /// Moves a session to the tick of its current deadline. Needed when
+    /// the deadline came earlier (a state with a shorter timeout); a later
+    /// one is found lazily when the old tick comes round.
+    pub fn reschedule(&mut self, slot: u32) {
+        self.unlink(slot);
+        self.schedule(slot);
+    }
+
     fn deadline(&self, slot: u32) -> u32 {
         let s = &self.slots[slot as usize];
-        s.last_seen.saturating_add(self.timeouts.of(s))
+        s.last_seen.saturating_add(timeout(&self.timeouts, s))
     }
 
     fn schedule(&mut self, slot: u32) {

@@ -8,11 +8,13 @@
 
 mod l4;
 mod nat;
+mod reject;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use l4::{Kind, L4, Quoted, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse_l4, quoted_v4};
 pub use nat::{Rewrite, rewrite_icmp_error_v4, rewrite_v4};
+pub use reject::tcp_reset;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;

@@ -9,6 +9,7 @@ mod forwarding;
 mod frame;
 mod lifecycle;
 mod netns;
+mod sessions;
 mod traffic;
 mod xdp;
 
@@ -62,6 +63,7 @@ fn main() {
         counters::TESTS,
         forwarding::TESTS,
         lifecycle::TESTS,
+        sessions::TESTS,
         xdp::TESTS,
     ];
     let mut trials: Vec<Trial> = all

@@ -303,6 +303,17 @@ impl Daemon {
     }
 
     /// SIGTERM, then the final counters from the exit log.
+    /// A counter of the running daemon, read from its stats segment
+    /// (`flat_totals` naming: `worker.x`, `drop.y`, ...).
+    pub fn counter(&self, key: &str) -> u64 {
+        let path = tandem_control::stats::segment_path(&self.instance);
+        let r = tandem_control::stats::SegmentReader::open(&path).expect("stats segment");
+        tandem_control::stats::flat_totals(&r)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map_or_else(|| panic!("no counter {key}"), |(_, v)| v)
+    }
+
     pub fn stop(&mut self) -> Counters {
         let (st, log) = self.signal_and_wait(libc::SIGTERM);
         assert!(st.success(), "tandemd exited {st}:\n{log}");
@@ -340,6 +351,15 @@ impl Counters {
                 })
                 .collect(),
         )
+    }
+
+    /// Sum over every key starting with `prefix`.
+    pub fn sum_prefix(&self, prefix: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
     }
 
     /// Sum over every key ending in `suffix` (e.g. all sockets' `.rx_ring_full`).

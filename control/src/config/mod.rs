@@ -12,6 +12,13 @@ use std::{
 
 use serde::Deserialize;
 
+mod services;
+
+pub use services::{
+    Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
+    Timeouts,
+};
+
 /// Errors loading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,7 +33,7 @@ pub enum ConfigError {
     #[error("{path}: key `{key}`: expected {expected}, found {found}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         expected: &'static str,
         found: String,
     },
@@ -41,6 +48,12 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub node: Node,
+    #[serde(default)]
+    pub sessions: Sessions,
+    /// Service sets, `[[service_set]]` in the file. None: the node routes
+    /// without sessions.
+    #[serde(default, rename = "service_set")]
+    pub service_sets: Vec<ServiceSet>,
 }
 
 /// The two interfaces the node forwards between.
@@ -177,9 +190,9 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, expected, found: String| ConfigError::Invalid {
+        let invalid = |key: &str, expected, found: String| ConfigError::Invalid {
             path: path.to_owned(),
-            key,
+            key: key.to_owned(),
             expected,
             found,
         };
@@ -239,6 +252,99 @@ impl Config {
         }
         if !(1..=256).contains(&d.batch) {
             return Err(invalid("dataplane.batch", "1..=256", d.batch.to_string()));
+        }
+        self.validate_services(path)
+    }
+
+    fn validate_services(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, expected, found: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            expected,
+            found,
+        };
+        let s = &self.sessions;
+        if !(1..=1 << 24).contains(&s.per_worker) {
+            return Err(invalid(
+                "sessions.per_worker".into(),
+                "1..=16777216",
+                s.per_worker.to_string(),
+            ));
+        }
+        for (name, v) in s.timeouts.all() {
+            if !(1..=86400 * 7).contains(&v) {
+                return Err(invalid(
+                    format!("sessions.timeouts.{name}"),
+                    "1..=604800 seconds",
+                    v.to_string(),
+                ));
+            }
+        }
+        if self.service_sets.len() > 255 {
+            return Err(invalid(
+                "service_set".into(),
+                "at most 255 service sets",
+                self.service_sets.len().to_string(),
+            ));
+        }
+        let mut pool_owner: Vec<(std::net::Ipv4Addr, &str)> = Vec::new();
+        for (i, set) in self.service_sets.iter().enumerate() {
+            let at = |k: &str| format!("service_set[{i}].{k}");
+            let name_ok = |n: &str| {
+                !n.is_empty()
+                    && n.len() <= 32
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !name_ok(&set.name) {
+                return Err(invalid(
+                    at("name"),
+                    "1-32 characters of letters, digits, '-', '_', '.'",
+                    format!("{:?}", set.name),
+                ));
+            }
+            if self.service_sets[..i].iter().any(|o| o.name == set.name) {
+                return Err(invalid(
+                    at("name"),
+                    "a name no other service set uses",
+                    format!("{:?}", set.name),
+                ));
+            }
+            for (r, rule) in set.firewall.rules.iter().enumerate() {
+                if rule.name.is_empty() {
+                    return Err(invalid(
+                        at(&format!("firewall.rules[{r}].name")),
+                        "a rule name",
+                        "\"\"".into(),
+                    ));
+                }
+            }
+            if let Some(nat) = &set.nat {
+                if nat.pool.is_empty() || nat.pool.len() > 64 {
+                    return Err(invalid(
+                        at("nat.pool"),
+                        "1 to 64 IPv4 addresses",
+                        nat.pool.len().to_string(),
+                    ));
+                }
+                if nat.ports.lo == 0 {
+                    return Err(invalid(
+                        at("nat.ports"),
+                        "a range within 1-65535",
+                        format!("{}-{}", nat.ports.lo, nat.ports.hi),
+                    ));
+                }
+                for a in &nat.pool {
+                    if let Some((_, other)) = pool_owner.iter().find(|(p, _)| p == a) {
+                        return Err(invalid(
+                            at("nat.pool"),
+                            "addresses no other service set's pool has",
+                            format!("{a} (also in {other})"),
+                        ));
+                    }
+                    pool_owner.push((*a, &set.name));
+                }
+            }
         }
         Ok(())
     }
@@ -364,6 +470,79 @@ mod tests {
             Dataplane::default(),
             "example documents the defaults"
         );
+        assert_eq!(example.sessions, Sessions::default());
+        let lab = Config::load(&dir.join("lab/a.toml")).unwrap();
+        assert_eq!(lab.service_sets[0].nat.as_ref().unwrap().pool.len(), 1);
+    }
+
+    #[test]
+    fn service_sets_parse_and_bad_ones_name_their_key() {
+        let cfg = parse(&format!(
+            r#"{GOOD}
+            [sessions]
+            per_worker = 1000
+            [sessions.timeouts]
+            udp = 5
+            [[service_set]]
+            name = "edge"
+            inside_prefixes = ["10.0.0.0/8", "2001:db8::/32"]
+            [service_set.firewall]
+            outside_initiated = "reject"
+            [[service_set.firewall.rules]]
+            name = "web-in"
+            direction = "outside"
+            destination = "10.1.1.1"
+            protocol = "tcp"
+            destination_ports = "80-81"
+            action = "forward"
+            [service_set.nat]
+            pool = ["192.0.2.1", "192.0.2.2"]
+            "#
+        ))
+        .unwrap();
+        assert_eq!(cfg.sessions.per_worker, 1000);
+        assert_eq!(cfg.sessions.timeouts.udp, 5);
+        assert_eq!(cfg.sessions.timeouts.tcp_established, 7200);
+        let s = &cfg.service_sets[0];
+        assert_eq!(s.firewall.outside_initiated, RuleAction::Reject);
+        assert_eq!(s.firewall.inside_initiated, RuleAction::Forward);
+        let r = &s.firewall.rules[0];
+        assert_eq!(r.destination_ports, Some(PortRange { lo: 80, hi: 81 }));
+        assert_eq!(r.protocol, Some(Protocol(6)));
+        assert!(r.destination.unwrap().contains("10.1.1.1".parse().unwrap()));
+        assert!(!r.destination.unwrap().contains("10.1.1.2".parse().unwrap()));
+        assert_eq!(
+            s.nat.as_ref().unwrap().ports,
+            PortRange {
+                lo: 1024,
+                hi: 65535
+            }
+        );
+
+        for (bad, key) in [
+            ("[[service_set]]\nname = \"a b\"\n", "service_set[0].name"),
+            (
+                "[[service_set]]\nname = \"a\"\n[[service_set]]\nname = \"a\"\n",
+                "service_set[1].name",
+            ),
+            (
+                "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = []\n",
+                "service_set[0].nat.pool",
+            ),
+            ("[sessions]\nper_worker = 0\n", "sessions.per_worker"),
+            ("[sessions.timeouts]\nudp = 0\n", "sessions.timeouts.udp"),
+        ] {
+            let e = parse(&format!("{GOOD}\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        for bad in [
+            "[[service_set]]\nname = \"a\"\ninside_prefixes = [\"10.0.0.0/33\"]\n",
+            "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"1.2.3.4\"]\nports = \"9-1\"\n",
+            "[[service_set]]\nname = \"a\"\n[[service_set.firewall.rules]]\nname = \"r\"\nprotocol = \"tcpp\"\naction = \"drop\"\n",
+        ] {
+            let e = parse(&format!("{GOOD}\n{bad}")).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/tandem/a.toml: "), "{e}");
+        }
     }
 
     #[test]

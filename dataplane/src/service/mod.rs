@@ -1,0 +1,443 @@
+//! The services stage: ownership, session lookup and creation, the stateful
+//! firewall and NAPT44, between parsing and routing.
+//!
+//! Design: [`Services::process`] runs on a prepared datagram (untagged, at
+//! `ETH_HLEN`). It decides whether this worker owns the flow (else the
+//! caller hands the frame to the owner), finds or creates its session
+//! (policy is decided once, on the first packet), rewrites for NAT what
+//! must precede routing (the responder's packets go back to the inside
+//! host) and returns what must follow it (the initiator's source
+//! translation, applied once the route is known, so ICMP errors the router
+//! itself raises quote the untranslated packet). No allocation: the table
+//! and the port pools are sized at start.
+
+pub mod nat;
+pub mod policy;
+
+use tandem_control::config::{self, Prefix, RuleAction};
+
+use crate::{
+    counters::{Tally, WorkerCounter},
+    forward::DropReason,
+    session::{FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped},
+    wire::{self, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
+};
+
+use self::{nat::PortPool, policy::Policy};
+
+/// What the worker does next with a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Route it; then, if `snat` is set, translate its source.
+    Pass {
+        snat: Option<Snat>,
+    },
+    /// Another worker owns the flow: hand the frame over.
+    Handoff(usize),
+    /// Answer with a reset (TCP) or an administratively-prohibited
+    /// unreachable (anything else); the datagram itself is dropped.
+    Reject(L4),
+    Drop(DropReason),
+}
+
+/// A source translation to apply after routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snat {
+    pub l4: L4,
+    pub addr: [u8; 4],
+    pub port: u16,
+}
+
+impl Snat {
+    pub fn apply(&self, frame: &mut [u8], l3: usize) {
+        wire::rewrite_v4(frame, l3, &self.l4, Rewrite::Source, self.addr, self.port);
+    }
+}
+
+struct Set {
+    prefixes: Vec<Prefix>,
+    policy: Policy,
+    nat: Option<PortPool>,
+}
+
+/// One worker's services: its session shard and its share of every pool.
+pub struct Services {
+    worker: usize,
+    workers: usize,
+    inside_ifindex: u32,
+    sets: Vec<Set>,
+    names: Vec<String>,
+    pub table: Table,
+    next_id: u64,
+}
+
+/// Why a worker's services could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("service set {set}: {message}")]
+pub struct ServiceError {
+    set: String,
+    message: String,
+}
+
+impl Services {
+    /// Worker `worker`'s services, or `None` when no service set is
+    /// configured (the node then routes without sessions).
+    pub fn new(
+        cfg: &config::Config,
+        worker: usize,
+        workers: usize,
+        inside_ifindex: u32,
+        now: u32,
+    ) -> Result<Option<Self>, ServiceError> {
+        if cfg.service_sets.is_empty() {
+            return Ok(None);
+        }
+        let mut sets = Vec::new();
+        for s in &cfg.service_sets {
+            let nat = match &s.nat {
+                Some(n) => {
+                    Some(
+                        PortPool::new(n, worker, workers).map_err(|message| ServiceError {
+                            set: s.name.clone(),
+                            message,
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            sets.push(Set {
+                prefixes: s.inside_prefixes.clone(),
+                policy: Policy::new(&s.firewall),
+                nat,
+            });
+        }
+        Ok(Some(Self {
+            worker,
+            workers,
+            inside_ifindex,
+            sets,
+            names: cfg.service_sets.iter().map(|s| s.name.clone()).collect(),
+            table: Table::new(cfg.sessions.per_worker as usize, cfg.sessions.timeouts, now),
+            next_id: 0,
+        }))
+    }
+
+    /// Service set names, by index.
+    pub fn set_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether `a` is a NAT pool address of any service set.
+    fn pool_of(&self, a: [u8; 4]) -> Option<&PortPool> {
+        self.sets
+            .iter()
+            .filter_map(|s| s.nat.as_ref())
+            .find(|p| p.is_pool_address(a))
+    }
+
+    /// The worker that owns the flow of a packet with key `k` arriving on
+    /// `origin`'s side: by the translated port for traffic to a pool
+    /// address, else by the symmetric hash.
+    fn owner(&self, k: &FlowKey) -> usize {
+        if let Some(dst) = k.dst_v4()
+            && let Some(pool) = self.pool_of(dst)
+        {
+            return pool
+                .owner_of_port(k.dport, self.workers)
+                .unwrap_or(self.worker);
+        }
+        (k.symmetric_hash() % self.workers as u64) as usize
+    }
+
+    /// Runs the services stage on the prepared datagram `ip` in `frame`,
+    /// received on `ingress` at `now` (seconds).
+    pub fn process(
+        &mut self,
+        frame: &mut [u8],
+        ip: &Ip,
+        ingress: u32,
+        now: u32,
+        tally: &mut Tally,
+    ) -> Verdict {
+        let l4 = match wire::parse_l4(frame, ip) {
+            Ok(l4) => l4,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        if l4.kind == Kind::Fragment {
+            return Verdict::Drop(DropReason::Fragment);
+        }
+        let origin = if ingress == self.inside_ifindex {
+            Origin::Inside
+        } else {
+            Origin::Outside
+        };
+        if let Kind::Error { inner } = l4.kind {
+            return self.icmp_error(frame, ip, &l4, inner);
+        }
+        let key = flow_key(frame, ip, &l4);
+        let owner = self.owner(&key);
+        if owner != self.worker {
+            return Verdict::Handoff(owner);
+        }
+        let len = ip.datagram_len();
+        if let Some((slot, side)) = self.table.lookup(&key) {
+            return self.existing(frame, ip, &l4, slot, side, len, now);
+        }
+        self.first_packet(frame, ip, &l4, key, origin, len, now, tally)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the per-packet state, passed flat"
+    )]
+    fn existing(
+        &mut self,
+        frame: &mut [u8],
+        ip: &Ip,
+        l4: &L4,
+        slot: u32,
+        side: Side,
+        len: usize,
+        now: u32,
+    ) -> Verdict {
+        let s = self.table.get_mut(slot);
+        match s.action() {
+            SessionAction::Forward => {}
+            SessionAction::Drop => return Verdict::Drop(DropReason::Policy),
+            SessionAction::Reject => return Verdict::Reject(*l4),
+        }
+        s.count(side, len, now);
+        if let Kind::Tcp { flags } = l4.kind {
+            let next = TcpState::from_u8(s.state).next(side, flags) as u8;
+            if next != s.state {
+                s.state = next;
+                self.table.reschedule(slot);
+            }
+        }
+        let s = self.table.get(slot);
+        let Some((addr, port)) = s.nat() else {
+            return Verdict::Pass { snat: None };
+        };
+        match side {
+            Side::Initiator => Verdict::Pass {
+                snat: Some(Snat {
+                    l4: *l4,
+                    addr,
+                    port,
+                }),
+            },
+            Side::Responder => {
+                let to = s.key.src_v4().expect("NAT sessions are IPv4");
+                wire::rewrite_v4(frame, ip.l3(), l4, Rewrite::Destination, to, s.key.sport);
+                Verdict::Pass { snat: None }
+            }
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the per-packet state, passed flat"
+    )]
+    fn first_packet(
+        &mut self,
+        frame: &mut [u8],
+        ip: &Ip,
+        l4: &L4,
+        key: FlowKey,
+        origin: Origin,
+        len: usize,
+        now: u32,
+        tally: &mut Tally,
+    ) -> Verdict {
+        let _ = (frame, ip);
+        // Only a flow's opening packet may create its session.
+        let opens = match l4.kind {
+            Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            Kind::Echo { request } => request,
+            _ => true,
+        };
+        let to_pool = key.dst_v4().is_some_and(|d| self.pool_of(d).is_some());
+        if !opens || to_pool {
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        let inside_end = if origin == Origin::Inside {
+            key.src_ip()
+        } else {
+            key.dst_ip()
+        };
+        let Some(set_idx) = self.sets.iter().position(|s| {
+            s.prefixes.is_empty() || s.prefixes.iter().any(|p| p.contains(inside_end))
+        }) else {
+            // No service set covers this flow: routed without services.
+            return Verdict::Pass { snat: None };
+        };
+        match self.sets[set_idx].policy.decide(&key, origin).0 {
+            RuleAction::Forward => {}
+            RuleAction::Drop => return Verdict::Drop(DropReason::Policy),
+            RuleAction::Reject => return Verdict::Reject(*l4),
+        }
+        let id = (self.worker as u64) << 56 | self.next_id;
+        let mut s = Session::new(key, id, origin, set_idx as u8, now);
+        if let Kind::Tcp { flags } = l4.kind {
+            s.state = TcpState::Closed.next(Side::Initiator, flags) as u8;
+        }
+        let translate = origin == Origin::Inside
+            && key.is_v4()
+            && matches!(l4.kind, Kind::Tcp { .. } | Kind::Udp | Kind::Echo { .. });
+        let mut snat = None;
+        if let Some(pool) = self.sets[set_idx].nat.as_mut() {
+            if translate {
+                let Some((addr, port)) = pool.alloc() else {
+                    tally.add(WorkerCounter::NatAllocFailures, 1);
+                    return Verdict::Drop(DropReason::NatFailed);
+                };
+                s.set_nat(addr, port);
+                snat = Some(Snat {
+                    l4: *l4,
+                    addr,
+                    port,
+                });
+            } else if origin == Origin::Inside {
+                // Leaving untranslated would leak the inside address.
+                return Verdict::Drop(DropReason::NatFailed);
+            }
+        }
+        if !self.table.keys_free(&s) {
+            // The reply key collides with a live session (e.g. an outside
+            // host reusing a translated port as its source): refuse.
+            self.release(&s);
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        s.count(Side::Initiator, len, now);
+        if self.table.insert(s).is_err() {
+            self.release(&s);
+            tally.add(WorkerCounter::SessionsRefused, 1);
+            return Verdict::Drop(DropReason::TableFull);
+        }
+        self.next_id += 1;
+        tally.add(WorkerCounter::SessionsCreated, 1);
+        Verdict::Pass { snat }
+    }
+
+    fn release(&mut self, s: &Session) {
+        if let Some((addr, port)) = s.nat()
+            && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
+        {
+            pool.release(addr, port);
+        }
+    }
+
+    /// An ICMP error belongs to the session of the datagram it quotes; the
+    /// quote travelled the other way, so its reverse is a key of that
+    /// session. NAT rewrites both the outer header and the quote.
+    fn icmp_error(&mut self, frame: &mut [u8], ip: &Ip, l4: &L4, inner: usize) -> Verdict {
+        let end = ip.l3() + ip.datagram_len();
+        let quoted = match ip {
+            Ip::V4 { .. } => match wire::quoted_v4(frame, inner, end) {
+                Ok(q) => FlowKey::v4(q.src, q.dst, q.sport, q.dport, q.proto),
+                Err(e) => return Verdict::Drop(e.into()),
+            },
+            Ip::V6 { .. } => match quoted_v6(frame, inner, end) {
+                Some(k) => k,
+                None => return Verdict::Drop(DropReason::Truncated),
+            },
+        };
+        let key = quoted.reversed();
+        let owner = self.owner(&key);
+        if owner != self.worker {
+            return Verdict::Handoff(owner);
+        }
+        let Some((slot, side)) = self.table.lookup(&key) else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        let s = *self.table.get(slot);
+        if s.action() != SessionAction::Forward {
+            return Verdict::Drop(DropReason::Policy);
+        }
+        let Some((addr, port)) = s.nat() else {
+            return Verdict::Pass { snat: None };
+        };
+        let to = s.key.src_v4().expect("NAT sessions are IPv4");
+        let (which, a, p) = match side {
+            // From the outside, about a translated packet: back to the host.
+            Side::Responder => (Rewrite::Destination, to, s.key.sport),
+            // From the inside host, about a reply it got: as if from the pool.
+            Side::Initiator => (Rewrite::Source, addr, port),
+        };
+        if wire::rewrite_icmp_error_v4(frame, ip.l3(), ip.datagram_len(), l4, which, a, p) {
+            Verdict::Pass { snat: None }
+        } else {
+            Verdict::Drop(DropReason::BadHeader)
+        }
+    }
+
+    /// Ages the table to `now`; returns how many sessions expired.
+    pub fn expire(&mut self, now: u32, tally: &mut Tally) -> usize {
+        let mut n = 0;
+        let sets = &mut self.sets;
+        self.table.advance(now, |s| {
+            n += 1;
+            if let Some((addr, port)) = s.nat()
+                && let Some(pool) = sets[usize::from(s.service_set)].nat.as_mut()
+            {
+                pool.release(addr, port);
+            }
+        });
+        tally.add(WorkerCounter::SessionsDeleted, n as u64);
+        n
+    }
+}
+
+/// The key of a datagram as it arrived.
+pub fn flow_key(frame: &[u8], ip: &Ip, l4: &L4) -> FlowKey {
+    let l3 = ip.l3();
+    let (src, dst) = match ip {
+        Ip::V4 { .. } => (
+            mapped(frame[l3 + 12..l3 + 16].try_into().expect("4 bytes")),
+            mapped(frame[l3 + 16..l3 + 20].try_into().expect("4 bytes")),
+        ),
+        Ip::V6 { .. } => (
+            frame[l3 + 8..l3 + 24].try_into().expect("16 bytes"),
+            frame[l3 + 24..l3 + 40].try_into().expect("16 bytes"),
+        ),
+    };
+    FlowKey {
+        src,
+        dst,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: l4.proto,
+    }
+}
+
+/// The key of the IPv6 datagram an ICMPv6 error quotes (no extension
+/// headers in the quote).
+fn quoted_v6(frame: &[u8], inner: usize, end: usize) -> Option<FlowKey> {
+    let q = frame.get(inner..end)?;
+    if q.len() < 48 || q[0] >> 4 != 6 {
+        return None;
+    }
+    let proto = q[6];
+    let t = &q[40..];
+    let (sport, dport) = match proto {
+        wire::PROTO_TCP | wire::PROTO_UDP => (
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+        ),
+        wire::PROTO_ICMPV6 if t[0] == 128 || t[0] == 129 => {
+            let id = u16::from_be_bytes([t[4], t[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Some(FlowKey {
+        src: q[8..24].try_into().ok()?,
+        dst: q[24..40].try_into().ok()?,
+        sport,
+        dport,
+        proto,
+    })
+}
+
+#[cfg(test)]
+mod tests;
