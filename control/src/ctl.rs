@@ -1,47 +1,70 @@
-//! The control socket protocol: one request line, one reply line.
+//! The control socket protocol: one request line, then reply lines.
 //!
 //! Design: plain text so an operator can drive it with `socat` too. A
 //! request is at most [`MAX_REQUEST`] bytes; anything unparsable gets an
 //! `error:` reply naming what was wrong, never a dropped connection or a
-//! crash. `tandemctl` is the client; tandemd's control thread the server.
+//! crash. Commands answer `ok`; `show sessions` answers one JSON line per
+//! session and `end N` (see [`crate::sessions`]). `tandemctl` and
+//! `tandemstat sessions` are the clients; tandemd's control thread the server.
 
 use std::path::PathBuf;
+
+use crate::sessions::{QUERY_WORDS, Query};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 1024;
 
 /// What a client may ask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Set every counter's baseline to its current value.
     ClearStatistics,
+    /// List (or count) sessions.
+    ShowSessions(Query),
 }
 
 impl Request {
     /// The request as sent on the wire (without the newline).
-    pub fn as_line(self) -> &'static str {
+    pub fn as_line(&self) -> String {
         match self {
-            Self::ClearStatistics => "clear statistics",
+            Self::ClearStatistics => "clear statistics".into(),
+            Self::ShowSessions(q) => {
+                let mut w = vec!["show".to_owned(), "sessions".to_owned()];
+                w.extend(q.to_words());
+                w.join(" ")
+            }
         }
     }
 }
 
+const EXPECTED: &str = "clear statistics | show sessions [...]";
+
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
-    let words: Vec<String> = line
-        .split_whitespace()
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    // Service set and interface names keep their case; keywords do not.
+    let raw: Vec<&str> = line.split_whitespace().collect();
+    let lower: Vec<String> = raw.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let words: Vec<&str> = lower.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["clear", "statistics"] => Ok(Request::ClearStatistics),
+        ["show", "sessions", ..] => {
+            let mut args: Vec<&str> = Vec::new();
+            let mut keep_case = false;
+            for (w, r) in words[2..].iter().zip(&raw[2..]) {
+                args.push(if keep_case { r } else { w });
+                keep_case = matches!(*w, "service-set" | "interface");
+            }
+            Query::parse(&args)
+                .map(Request::ShowSessions)
+                .map_err(|e| format!("show sessions: {e} (words: {QUERY_WORDS})"))
+        }
         [] => Err("empty request".into()),
         ["clear", rest @ ..] => Err(format!(
-            "unknown clear target {:?} (expected: clear statistics)",
+            "unknown clear target {:?} (expected: {EXPECTED})",
             rest.join(" ")
         )),
         _ => Err(format!(
-            "unknown request {:?} (expected: clear statistics)",
+            "unknown request {:?} (expected: {EXPECTED})",
             line.trim()
         )),
     }
@@ -69,8 +92,24 @@ mod tests {
             Ok(Request::ClearStatistics)
         );
         assert_eq!(
-            parse_request(Request::ClearStatistics.as_line()),
+            parse_request(&Request::ClearStatistics.as_line()),
             Ok(Request::ClearStatistics)
+        );
+    }
+
+    #[test]
+    fn parses_show_sessions_keeping_name_case() {
+        let r = parse_request("SHOW sessions count service-set Lab-A interface In0\n").unwrap();
+        let Request::ShowSessions(q) = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(q.service_set.as_deref(), Some("Lab-A"));
+        assert_eq!(q.interface.as_deref(), Some("In0"));
+        assert_eq!(parse_request(&r.as_line()).unwrap(), r);
+        assert!(
+            parse_request("show sessions protocol")
+                .unwrap_err()
+                .contains("needs a value")
         );
     }
 

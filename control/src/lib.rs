@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod ctl;
+pub mod sessions;
 pub mod stats;

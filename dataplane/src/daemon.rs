@@ -35,6 +35,7 @@ use xsk_rs::{
 
 use crate::{
     counters::{self, WorkerStats},
+    ctl::{self, CtlError},
     fib::{Fib, FibHandle},
     forward::{Limits, RateLimit},
     handoff::Handoff,
@@ -164,7 +165,7 @@ impl Daemon {
         sys::raise_memlock();
         // First: a second daemon of the same instance must not clobber the
         // running one's segment or socket.
-        let ctl = bind_control_socket(instance)?;
+        let ctl = ctl::bind_control_socket(instance)?;
         let d = &cfg.dataplane;
         let ifnames = vec![
             cfg.interfaces.inside.clone(),
@@ -337,6 +338,7 @@ impl Daemon {
                 handoff: Arc::clone(&handoff),
                 workers: workers as usize,
                 epoch,
+                walk: None,
             };
             worker.prime(d.fill_ring as usize);
             built.push(worker);
@@ -406,11 +408,17 @@ impl Daemon {
         };
 
         let control = {
-            let segment = Arc::clone(&segment);
-            let stop = Arc::clone(&stop);
+            let ctx = ctl::Ctx {
+                segment: Arc::clone(&segment),
+                stop: Arc::clone(&stop),
+                handoff: Arc::clone(&handoff),
+                workers: workers as usize,
+                cfg: cfg.clone(),
+                epoch,
+            };
             thread::Builder::new()
                 .name("tandem-ctl".into())
-                .spawn(move || serve_control(&ctl, &segment, &stop))
+                .spawn(move || ctl::serve_control(&ctl, &ctx))
                 .expect("spawn control thread")
         };
 
@@ -588,72 +596,4 @@ fn bind_port(
         fq,
         cq,
     })
-}
-
-/// Errors binding the control socket.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    #[error("instance already running: its control socket {0} answers")]
-    InUse(std::path::PathBuf),
-    #[error("control socket {path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Binds the instance's control socket (0660), replacing a stale one left
-/// by a dead daemon but refusing to steal a live one.
-pub fn bind_control_socket(instance: &str) -> Result<std::os::unix::net::UnixListener, CtlError> {
-    use std::os::unix::{fs::PermissionsExt as _, net::UnixStream};
-    let path = tandem_control::ctl::socket_path(instance);
-    let io = |source| CtlError::Io {
-        path: path.clone(),
-        source,
-    };
-    if UnixStream::connect(&path).is_ok() {
-        return Err(CtlError::InUse(path));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let l = std::os::unix::net::UnixListener::bind(&path).map_err(io)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
-    l.set_nonblocking(true).map_err(io)?;
-    Ok(l)
-}
-
-/// Serves control requests until `stop`. One line in, one line out; a slow
-/// or silent client is cut off after a second.
-fn serve_control(l: &std::os::unix::net::UnixListener, segment: &SegmentWriter, stop: &AtomicBool) {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-    use tandem_control::ctl::{MAX_REQUEST, Request, parse_request};
-    while !stop.load(Ordering::Relaxed) {
-        if !sys::poll_readable(&[l.as_raw_fd()], Duration::from_millis(200)) {
-            continue;
-        }
-        let Ok((conn, _)) = l.accept() else { continue };
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut line = String::new();
-        let read = BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_line(&mut line);
-        let reply = match read {
-            Err(e) => format!("error: reading request: {e}"),
-            Ok(_) if line.len() > MAX_REQUEST => {
-                format!("error: request longer than {MAX_REQUEST} bytes")
-            }
-            Ok(_) if !line.ends_with('\n') => "error: request must end with a newline".to_owned(),
-            Ok(_) => match parse_request(&line) {
-                Ok(Request::ClearStatistics) => {
-                    segment.clear(stats::unix_ns());
-                    tracing::info!("statistics cleared");
-                    "ok".to_owned()
-                }
-                Err(e) => format!("error: {e}"),
-            },
-        };
-        let _ = (&conn).write_all(format!("{reply}\n").as_bytes());
-    }
 }

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::sys::{EventFd, SyscallError};
+use crate::{
+    listing::Job,
+    sys::{EventFd, SyscallError},
+};
 
 /// A frame on its way to its owner.
 pub struct Parcel {
@@ -24,9 +27,10 @@ pub struct Parcel {
     pub data: Box<[u8]>,
 }
 
-/// One worker's inbox.
+/// One worker's inbox: frames it owns, and listing jobs.
 struct Inbox {
     queue: ArrayQueue<Box<Parcel>>,
+    jobs: ArrayQueue<Job>,
     sleeping: AtomicBool,
     wake: EventFd,
 }
@@ -44,6 +48,7 @@ impl Handoff {
         for _ in 0..workers {
             inboxes.push(Inbox {
                 queue: ArrayQueue::new(depth),
+                jobs: ArrayQueue::new(4),
                 sleeping: AtomicBool::new(false),
                 wake: EventFd::new()?,
             });
@@ -104,12 +109,24 @@ impl Handoff {
         let _ = self.pool.push(p);
     }
 
+    /// Posts a listing job to worker `w` and wakes it. Errs (returning the
+    /// job) when `w` already has four waiting.
+    pub fn post_job(&self, w: usize, job: Job) -> Result<(), Job> {
+        self.inboxes[w].jobs.push(job)?;
+        self.inboxes[w].wake.signal();
+        Ok(())
+    }
+
+    pub fn take_job(&self, w: usize) -> Option<Job> {
+        self.inboxes[w].jobs.pop()
+    }
+
     /// Worker `w` is about to sleep: true if it may (nothing queued). A
     /// sender that queues after this sees the flag and wakes it.
     pub fn prepare_sleep(&self, w: usize) -> bool {
         let inbox = &self.inboxes[w];
         inbox.sleeping.store(true, Ordering::SeqCst);
-        if inbox.queue.is_empty() {
+        if inbox.queue.is_empty() && inbox.jobs.is_empty() {
             true
         } else {
             inbox.sleeping.store(false, Ordering::SeqCst);

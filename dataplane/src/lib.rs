@@ -6,10 +6,12 @@
 //! [`wire`]) and transmit. [`daemon`] wires it together for `tandemd`.
 
 pub mod counters;
+pub mod ctl;
 pub mod daemon;
 pub mod fib;
 pub mod forward;
 pub mod handoff;
+pub mod listing;
 pub mod loader;
 pub mod netlink;
 pub mod service;

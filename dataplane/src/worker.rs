@@ -27,6 +27,7 @@ use crate::{
     fib::FibReader,
     forward::{self, Action, DropReason, Limits},
     handoff::Handoff,
+    listing::Walk,
     service::{Services, Verdict},
     sys::{Poller, PuntSocket},
     wire::{self, ETH_HLEN, PROTO_TCP},
@@ -71,6 +72,8 @@ pub struct Worker {
     pub workers: usize,
     /// Time zero of the session clock (seconds), shared by all workers.
     pub epoch: Instant,
+    /// A session listing in progress.
+    pub walk: Option<Walk>,
 }
 
 /// Where a decided frame goes: transmit on an interface slot, or back to
@@ -85,6 +88,8 @@ const COPY_TX_BATCH: usize = 32;
 
 /// How long an idle worker sleeps in poll() before re-checking `stop`.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long an otherwise idle worker waits between listing steps.
+const WALK_POLL: Duration = Duration::from_millis(1);
 
 impl Worker {
     /// Puts `per_port` frames on every fill ring. Call before the XDP program
@@ -192,6 +197,18 @@ impl Worker {
                 }
             }
 
+            if self.walk.is_none() {
+                self.walk = self
+                    .handoff
+                    .take_job(self.id)
+                    .map(|j| Walk::new(j, self.id));
+            }
+            if let Some(w) = self.walk.as_mut()
+                && w.step(self.services.as_ref().map(|s| &s.table))
+            {
+                self.walk = None;
+            }
+
             if received > 0 || handed > 0 {
                 for (s, frames) in pending.iter_mut().enumerate() {
                     if !frames.is_empty() {
@@ -202,7 +219,10 @@ impl Worker {
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);
                 self.stats.publish(&tally);
-                if self.handoff.prepare_sleep(self.id) {
+                if self.walk.is_some() {
+                    // A listing waits on its reader: nap, don't spin.
+                    poller.wait(WALK_POLL);
+                } else if self.handoff.prepare_sleep(self.id) {
                     poller.wait(IDLE_POLL);
                     self.handoff.awake(self.id);
                 }

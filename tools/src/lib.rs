@@ -1,7 +1,9 @@
-//! Operator tools: `tandemstat` (read-only counter readout from the stats
-//! segment; it never talks to the daemon) and, later, `tandemctl`.
+//! Operator tools: `tandemstat` (read-only readout: counters from the stats
+//! segment without talking to the daemon; session listings, which are not
+//! counters, from its control socket) and `tandemctl` (commands).
 
 pub mod ipmp;
 pub mod model;
 pub mod prom;
+pub mod sessions;
 pub mod view;

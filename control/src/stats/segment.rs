@@ -629,6 +629,11 @@ mod tests {
                     // Every word of one version carries the same value.
                     w.write_state(&[i; STATE_WORDS - 1]);
                     i += 1;
+                    // Leave the reader windows between writes, as the
+                    // daemon does (it writes a few times a second).
+                    if i.is_multiple_of(64) {
+                        thread::sleep(std::time::Duration::from_micros(20));
+                    }
                 }
                 i
             })
@@ -636,7 +641,8 @@ mod tests {
         let mut reads = 0;
         let mut versions = std::collections::BTreeSet::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while reads < 500 && std::time::Instant::now() < deadline {
+        // Until the writer has visibly moved on (it may start late).
+        while (reads < 500 || versions.len() < 3) && std::time::Instant::now() < deadline {
             if let Some(words) = r.read_state() {
                 assert!(words.iter().all(|v| *v == words[0]), "torn read");
                 versions.insert(words[0]);

@@ -276,7 +276,8 @@ impl Services {
             RuleAction::Drop => return Verdict::Drop(DropReason::Policy),
             RuleAction::Reject => return Verdict::Reject(*l4),
         }
-        let id = (self.worker as u64) << 56 | self.next_id;
+        // Unique per node and small: the sequence interleaved across workers.
+        let id = self.next_id * self.workers as u64 + self.worker as u64 + 1;
         let mut s = Session::new(key, id, origin, set_idx as u8, now);
         if let Kind::Tcp { flags } = l4.kind {
             s.state = TcpState::Closed.next(Side::Initiator, flags) as u8;

@@ -48,7 +48,7 @@ mod flag {
 pub struct Session {
     /// The initiator's direction as it arrived (before NAT).
     pub key: FlowKey,
-    /// Node-unique id: worker in the top byte, a sequence below.
+    /// Node-unique id: the worker's sequence interleaved with the others'.
     pub id: u64,
     /// Packets and bytes, indexed by [`Side`] (initiator, responder).
     pub packets: [u64; 2],

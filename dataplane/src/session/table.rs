@@ -218,22 +218,18 @@ impl Table {
         self.tick = now;
     }
 
-    /// Live sessions in slot order from `from`, at most `max` of them, and
-    /// the slot to continue from (`None` when done). Used for listings in
-    /// bounded chunks.
-    pub fn chunk(&self, from: u32, max: usize, mut f: impl FnMut(&Session)) -> Option<u32> {
-        let mut seen = 0;
-        for i in from as usize..self.slots.len() {
-            if seen == max {
-                return Some(i as u32);
-            }
-            let s = &self.slots[i];
+    /// Visits the live sessions among at most `max_slots` slots from
+    /// `from`; returns the slot to continue from (`None`: the walk is done).
+    /// Listings walk the table this way, a bounded chunk per iteration.
+    pub fn scan(&self, from: u32, max_slots: usize, mut f: impl FnMut(&Session)) -> Option<u32> {
+        let start = from as usize;
+        let end = start.saturating_add(max_slots).min(self.slots.len());
+        for s in self.slots.get(start..end).unwrap_or(&[]) {
             if s.is_live() {
                 f(s);
-                seen += 1;
             }
         }
-        None
+        (end < self.slots.len()).then_some(end as u32)
     }
 }
 

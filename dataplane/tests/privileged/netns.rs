@@ -329,6 +329,7 @@ impl Drop for Daemon {
         }
         let _ = fs::remove_file(&self.log);
         let _ = fs::remove_file(tandem_control::stats::segment_path(&self.instance));
+        let _ = fs::remove_file(tandem_control::ctl::socket_path(&self.instance));
         let _ = fs::remove_file(&self.cfg);
     }
 }

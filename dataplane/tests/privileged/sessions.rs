@@ -12,8 +12,8 @@ use libtest_mimic::Failed;
 
 use crate::{
     Test, check,
-    netns::{BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
-    traffic::ping,
+    netns::{self, BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
+    traffic::{ping, send_frames},
 };
 
 pub const POOL: &str = "198.18.2.100";
@@ -189,7 +189,156 @@ fn idle_sessions_age_out() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `tandemstat --instance I sessions WORDS --json`, parsed.
+fn sessions_json(d: &Daemon, words: &[&str]) -> Result<serde_json::Value, String> {
+    let o = netns::tandemstat(&d.instance)
+        .arg("sessions")
+        .args(words)
+        .arg("--json")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    serde_json::from_slice(&o.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Opens `n` connections from the client to the server's echo port and
+/// checks each echoes once; they stay open while the returned streams live.
+fn open_connections(topo: &Topo, port: u16, n: usize) -> Result<Vec<TcpStream>, Failed> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut s = topo
+            .client
+            .enter(move || {
+                TcpStream::connect_timeout(
+                    &format!("{SERVER}:{port}").parse().unwrap(),
+                    Duration::from_secs(3),
+                )
+            })
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(&[i as u8; 100])?;
+        let mut back = [0u8; 100];
+        s.read_exact(&mut back)?;
+        conns.push(s);
+    }
+    Ok(conns)
+}
+
+fn sixty_connections_are_sixty_sessions() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let daemon = Daemon::start(&topo.node, &nat_config(""));
+    let (_peers, _server) = recording_echo_server(&topo, 7300, 60);
+    let conns = open_connections(&topo, 7300, 60)?;
+    let web = ["protocol", "tcp", "destination-port", "7300"];
+
+    let v = sessions_json(&daemon, &[&["count"][..], &web[..]].concat())?;
+    check(v["count"] == 60, format!("count: {v}"))?;
+    check(v["service_sets"]["lab"] == 60, format!("per set: {v}"))?;
+
+    let v = sessions_json(&daemon, &[&web[..], &["terse", "limit", "5"][..]].concat())?;
+    check(
+        v["sessions"].as_array().map(Vec::len) == Some(5) && v["matched"] == 60,
+        format!("limit 5: {v}"),
+    )?;
+
+    let port = conns[7].local_addr()?.port().to_string();
+    let v = sessions_json(&daemon, &["extensive", "source-port", &port])?;
+    let rows = v["sessions"].as_array().ok_or("no sessions array")?;
+    check(rows.len() == 1, format!("source-port {port}: {v}"))?;
+    let r = &rows[0];
+    check(r["nat_source"] == POOL, format!("NAT source: {r}"))?;
+    check(r["tcp_state"] == "ESTABLISHED", format!("state: {r}"))?;
+    check(
+        r["direction"] == "I" && r["interface"] == "in0",
+        format!("{r}"),
+    )?;
+    check(
+        r["frames_initiator"].as_u64() >= Some(3) && r["frames_responder"].as_u64() >= Some(2),
+        format!("frame counts: {r}"),
+    )?;
+
+    for (words, want) in [
+        (vec!["count", "interface", "out0"], 0),
+        (vec!["count", "source-prefix", "198.18.1.0/24"], 60),
+        (vec!["count", "destination-prefix", "198.18.3.0/24"], 0),
+        (vec!["count", "protocol", "udp"], 0),
+        (vec!["count", "service-set", "lab"], 60),
+    ] {
+        let v = sessions_json(&daemon, &words)?;
+        check(v["count"] == want, format!("{words:?}: {v}"))?;
+    }
+    let e = sessions_json(&daemon, &["count", "service-set", "nope"]).unwrap_err();
+    check(e.contains("unknown service set `nope`"), e.clone())?;
+
+    let o = netns::tandemstat(&daemon.instance)
+        .args(["sessions", "brief", "limit", "1"])
+        .output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    check(
+        text.contains("Service Set: lab, Session: ")
+            && text.contains("NAT source")
+            && text.contains(&format!("{POOL}:"))
+            && text.contains("(1 of 60 sessions shown)"),
+        format!("brief text:\n{text}"),
+    )?;
+    drop(conns);
+    Ok(())
+}
+
+/// A SYN from `sport` to the server, as the client would send it.
+fn syn_frame(topo: &Topo, sport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(topo.client.mac("c0"), topo.node.mac("in0"))
+        .ipv4([198, 18, 1, 10], [198, 18, 2, 10], 64)
+        .tcp(sport, 7400, 1, 1000)
+        .syn()
+        .write(&mut f, &[])
+        .expect("build SYN");
+    f
+}
+
+fn syn_flood_beyond_capacity_is_refused() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, &nat_config("[sessions]\nper_worker = 64\n"));
+    let (_peers, _server) = recording_echo_server(&topo, 7400, 10);
+    let mut conns = open_connections(&topo, 7400, 10)?;
+    // 2000 SYNs from ports the client's kernel does not use.
+    let flood: Vec<Vec<u8>> = (0..2000u16).map(|i| syn_frame(&topo, 50000 + i)).collect();
+    send_frames(&topo.client, "c0", flood);
+    thread::sleep(Duration::from_millis(300));
+    let v = sessions_json(&d, &["count"])?;
+    check(
+        v["count"].as_u64() <= Some(128),
+        format!("over capacity: {v}"),
+    )?;
+    // The established connections are undisturbed.
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(&[i as u8; 100])?;
+        let mut back = [0u8; 100];
+        s.read_exact(&mut back)
+            .map_err(|e| format!("connection {i} after the flood: {e}"))?;
+    }
+    let c = d.stop();
+    check(
+        c.get("worker.sessions_refused") >= 1
+            && c.get("drop.table_full") == c.get("worker.sessions_refused"),
+        format!("refusals: {c:?}"),
+    )?;
+    Ok(())
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "sixty_connections_are_sixty_sessions",
+        sixty_connections_are_sixty_sessions,
+    ),
+    (
+        "syn_flood_beyond_capacity_is_refused",
+        syn_flood_beyond_capacity_is_refused,
+    ),
     (
         "napt44_translates_and_the_firewall_holds",
         napt44_translates_and_the_firewall_holds,

@@ -7,11 +7,13 @@ use std::{
 };
 
 use clap::{ArgGroup, Parser, Subcommand};
-use tandem_tools::{ipmp, model::Snapshot, prom, view};
+use tandem_control::sessions::Query;
+use tandem_tools::{ipmp, model::Snapshot, prom, sessions, view};
 
 /// Read-only readout of a tandem instance's counters (from
 /// /dev/shm/tandem/NAME.stats, or $TANDEM_STATS_DIR/NAME.stats; never talks
-/// to the daemon).
+/// to the daemon) and of its sessions (from its control socket,
+/// /run/tandem/NAME.sock or $TANDEM_RUN_DIR/NAME.sock).
 ///
 /// Without a command or mode flag it prints `statistics`. The ipmpstat-style
 /// modes print one row per object: -i interfaces (INTERFACE ACTIVE GROUP
@@ -82,6 +84,16 @@ enum Cmd {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9417")]
         listen: String,
     },
+    /// Sessions, asked of the daemon: [terse|brief|extensive|count]
+    /// [protocol P] [source-prefix X] [destination-prefix X] [source-port N]
+    /// [destination-port N] [service-set S] [interface I] [limit N].
+    /// Addresses and ports are the initiator's, before NAT. Default level:
+    /// both flows of each session; brief adds the NAT translation;
+    /// extensive adds TCP state, timers, bytes and the owning worker.
+    Sessions {
+        #[arg(value_name = "WORD", num_args = 0..)]
+        words: Vec<String>,
+    },
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -146,6 +158,26 @@ fn main() -> ExitCode {
         return fail("-o applies to the ipmpstat-style modes (-i)");
     }
     let _ = args.numeric;
+    if let Some(Cmd::Sessions { words }) = &args.cmd {
+        if args.watch.is_some() {
+            return fail("-w applies to counters, not to session listings");
+        }
+        let q = match Query::parse(words) {
+            Ok(q) => q,
+            Err(e) => return fail(&format!("sessions: {e}")),
+        };
+        return match sessions::fetch(&args.instance, &q) {
+            Ok(a) => {
+                if args.json {
+                    println!("{}", sessions::json(&a));
+                } else {
+                    print!("{}", sessions::text(&a, q.level));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
+    }
     if let Some(Cmd::Serve { listen }) = &args.cmd {
         return match prom::serve(listen, &args.instance) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,242 @@
+//! tandemd's control socket: commands, and session listings gathered from
+//! the workers.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write},
+    os::{fd::AsRawFd as _, unix::net::UnixListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use tandem_control::{
+    config::Config,
+    ctl::{MAX_REQUEST, Request, parse_request},
+    sessions::{End, Level, Query, Row},
+    stats::{self, SegmentWriter},
+};
+
+use crate::{
+    handoff::Handoff,
+    listing::{Chunk, Job, Match},
+    session::{Origin, Session, TcpState, timeout},
+    sys,
+};
+
+/// What the control thread needs from the daemon.
+pub struct Ctx {
+    pub segment: Arc<SegmentWriter>,
+    pub stop: Arc<AtomicBool>,
+    pub handoff: Arc<Handoff>,
+    pub workers: usize,
+    pub cfg: Config,
+    /// Time zero of the workers' session clock.
+    pub epoch: Instant,
+}
+
+/// How long a listing waits for a worker's next chunk.
+const WORKER_ANSWER: Duration = Duration::from_secs(2);
+
+/// Streams the sessions matching `q` to `out` as JSON lines (or, for
+/// `count`, one JSON object) and returns the closing line.
+fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, String> {
+    let names: Vec<String> = ctx
+        .cfg
+        .service_sets
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let (inside, outside) = (&ctx.cfg.interfaces.inside, &ctx.cfg.interfaces.outside);
+    let filter = Match::compile(q, &names, inside, outside)?;
+    let count_only = q.level == Level::Count;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::sync_channel(4 * ctx.workers.max(1));
+    for w in 0..ctx.workers {
+        let job = Job {
+            filter: filter.clone(),
+            count_only,
+            sets: names.len(),
+            tx: tx.clone(),
+            cancel: Arc::clone(&cancel),
+        };
+        if ctx.handoff.post_job(w, job).is_err() {
+            cancel.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "worker {w} has too many listings queued; try again"
+            ));
+        }
+    }
+    drop(tx);
+    let now = u32::try_from(ctx.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+    let limit = q.limit.unwrap_or(u64::MAX);
+    let (mut written, mut matched, mut done) = (0u64, 0u64, 0usize);
+    let mut by_set = vec![0u64; names.len()];
+    let result = loop {
+        if done == ctx.workers {
+            break Ok(());
+        }
+        match rx.recv_timeout(WORKER_ANSWER) {
+            Ok(Chunk::Rows { worker, sessions }) => {
+                let mut failed = None;
+                for s in sessions
+                    .iter()
+                    .take((limit - written).try_into().unwrap_or(usize::MAX))
+                {
+                    let row = row(s, worker, now, &names, ctx);
+                    let line = serde_json::to_string(&row).map_err(|e| e.to_string())?;
+                    if let Err(e) = writeln!(out, "{line}") {
+                        failed = Some(format!("writing to the client: {e}"));
+                        break;
+                    }
+                    written += 1;
+                }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+            }
+            Ok(Chunk::Done {
+                matched: m,
+                by_set: b,
+                ..
+            }) => {
+                done += 1;
+                matched += m;
+                for (t, n) in by_set.iter_mut().zip(b) {
+                    *t += n;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break Err(format!(
+                    "{} of {} workers did not answer within {WORKER_ANSWER:?}",
+                    ctx.workers - done,
+                    ctx.workers
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+        }
+    };
+    cancel.store(true, Ordering::Relaxed);
+    result?;
+    if count_only {
+        let sets: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(&by_set)
+            .map(|(n, c)| (n.clone(), serde_json::json!(c)))
+            .collect();
+        let line = serde_json::json!({ "count": matched, "service_sets": sets });
+        writeln!(out, "{line}").map_err(|e| format!("writing to the client: {e}"))?;
+    }
+    Ok(End { matched })
+}
+
+fn row(s: &Session, worker: usize, now: u32, names: &[String], ctx: &Ctx) -> Row {
+    let nat = s.nat();
+    let (interface, direction) = match s.origin() {
+        Origin::Inside => (&ctx.cfg.interfaces.inside, "I"),
+        Origin::Outside => (&ctx.cfg.interfaces.outside, "O"),
+    };
+    let idle = now.saturating_sub(s.last_seen);
+    Row {
+        session_id: s.id,
+        service_set: names
+            .get(usize::from(s.service_set))
+            .cloned()
+            .unwrap_or_default(),
+        protocol: s.key.proto,
+        source: s.key.src_ip(),
+        source_port: s.key.sport,
+        destination: s.key.dst_ip(),
+        destination_port: s.key.dport,
+        nat_source: nat.map(|(a, _)| std::net::IpAddr::from(a)),
+        nat_source_port: nat.map(|(_, p)| p),
+        state: format!("{:?}", s.action()),
+        tcp_state: s.tcp_state().map(|t: TcpState| t.to_string()),
+        direction: direction.into(),
+        interface: interface.clone(),
+        frames_initiator: s.packets[0],
+        frames_responder: s.packets[1],
+        bytes_initiator: s.bytes[0],
+        bytes_responder: s.bytes[1],
+        age_s: now.saturating_sub(s.created),
+        idle_s: idle,
+        timeout_s: timeout(&ctx.cfg.sessions.timeouts, s).saturating_sub(idle),
+        worker,
+        offload: false,
+    }
+}
+
+/// Errors binding the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("instance already running: its control socket {0} answers")]
+    InUse(std::path::PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the instance's control socket (0660), replacing a stale one left
+/// by a dead daemon but refusing to steal a live one.
+pub fn bind_control_socket(instance: &str) -> Result<UnixListener, CtlError> {
+    use std::os::unix::{fs::PermissionsExt as _, net::UnixStream};
+    let path = tandem_control::ctl::socket_path(instance);
+    let io = |source| CtlError::Io {
+        path: path.clone(),
+        source,
+    };
+    if UnixStream::connect(&path).is_ok() {
+        return Err(CtlError::InUse(path));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    l.set_nonblocking(true).map_err(io)?;
+    Ok(l)
+}
+
+/// Serves control requests until `stop`. One line in, one line out; a slow
+/// or silent client is cut off after a second.
+pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
+    while !ctx.stop.load(Ordering::Relaxed) {
+        if !sys::poll_readable(&[l.as_raw_fd()], Duration::from_millis(200)) {
+            continue;
+        }
+        let Ok((conn, _)) = l.accept() else { continue };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut line = String::new();
+        let read = BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_line(&mut line);
+        let reply = match read {
+            Err(e) => format!("error: reading request: {e}"),
+            Ok(_) if line.len() > MAX_REQUEST => {
+                format!("error: request longer than {MAX_REQUEST} bytes")
+            }
+            Ok(_) if !line.ends_with('\n') => "error: request must end with a newline".to_owned(),
+            Ok(_) => match parse_request(&line) {
+                Ok(Request::ClearStatistics) => {
+                    ctx.segment.clear(stats::unix_ns());
+                    tracing::info!("statistics cleared");
+                    "ok".to_owned()
+                }
+                Ok(Request::ShowSessions(q)) => {
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                    match list_sessions(&q, ctx, &mut &conn) {
+                        Ok(end) => end.to_string(),
+                        Err(e) => format!("error: {e}"),
+                    }
+                }
+                Err(e) => format!("error: {e}"),
+            },
+        };
+        let _ = (&conn).write_all(format!("{reply}\n").as_bytes());
+    }
+}
