@@ -10,6 +10,7 @@ use tandem_control::config::Timeouts;
 use tandem_dataplane::session::{FlowKey, Origin, Session, Table};
 
 const N: usize = 1 << 20;
+const HALF: usize = N / 2;
 
 fn key(i: usize) -> FlowKey {
     let i = i as u32;
@@ -71,7 +72,6 @@ fn benches(c: &mut Criterion) {
     drop(t);
 
     // Churn at half occupancy: insert one session, remove the oldest.
-    const HALF: usize = N / 2;
     let mut raw: hashbrown::HashMap<FlowKey, u32> = hashbrown::HashMap::with_capacity(N);
     for i in 0..HALF {
         raw.insert(key(i), i as u32);
