@@ -56,6 +56,17 @@ struct Args {
     /// Alternating runs per side for --stat-poll.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Instead of plain forwarding, measure stateful forwarding with NAPT44
+    /// on established flows: the kernel with an nftables stateful ruleset
+    /// and SNAT to the pool, tandemd with the lab's service set, and
+    /// tandemd without services (the AF_XDP path's own ceiling).
+    #[arg(long)]
+    services: bool,
+    /// Measure new sessions per second: every packet opens a new UDP flow
+    /// (tuples never repeat within the 1 s session timeout), kernel
+    /// conntrack + SNAT vs tandemd, both translating to a 32-address pool.
+    #[arg(long)]
+    new_sessions: bool,
 }
 
 const GEN: &str = "tb-gen";
@@ -214,7 +225,13 @@ const GEN_BATCH: usize = 32;
 /// One generator thread: an AF_XDP socket on gen0 queue `queue`, its UMEM
 /// pre-written with the template over `flows` source ports, sent round-robin
 /// until `stop`. Returns frames sent.
-fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result<u64> {
+fn gen_thread(
+    queue: u32,
+    frame: &[u8],
+    flows: u32,
+    churn: bool,
+    stop: &AtomicBool,
+) -> Result<u64> {
     enter_ns(GEN)?;
     let umem_cfg = UmemConfig::builder()
         .frame_size(FrameSize::new(2048).map_err(|e| anyhow::anyhow!("{e}"))?)
@@ -251,7 +268,8 @@ fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result
     };
     let (_fq, mut cq) = rings.context("no completion ring")?;
     for (i, d) in descs.iter_mut().enumerate() {
-        let port = 10000 + (i as u32 % flows.max(1)) as u16;
+        // Each thread its own flows, as RSS would put a flow on one queue.
+        let port = (10000 + queue * flows.max(1) + i as u32 % flows.max(1)) as u16;
         // SAFETY: the frame is on no ring yet.
         let mut data = unsafe { umem.data_mut(d) };
         data.cursor().write_all(frame)?;
@@ -266,6 +284,24 @@ fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result
         outstanding -= unsafe { cq.consume(&mut comp) };
         let k = GEN_BATCH.min(n - outstanding).min(n - pos);
         let k = k.min(tx.nb_free(k as u32) as usize);
+        if churn {
+            // A fresh flow per packet: the source port and the source
+            // host (198.18.1.10-249) from a counter, 15 million tuples
+            // before one repeats; the sink still sees port 9.
+            for (j, d) in descs[pos..pos + k].iter_mut().enumerate() {
+                let c = sent + j as u64 + u64::from(queue) * 7_680_000;
+                let sport = 1024 + (c % 64_000) as u16;
+                let host = 10 + ((c / 64_000) % 240) as u8;
+                // SAFETY: the frame is complete (not on any ring).
+                let mut data = unsafe { umem.data_mut(d) };
+                let b = data.contents_mut();
+                b[29] = host;
+                b[24..26].copy_from_slice(&[0, 0]);
+                let csum = tandem_dataplane::wire::checksum(&b[14..34], 0);
+                b[24..26].copy_from_slice(&csum.to_be_bytes());
+                b[34..36].copy_from_slice(&sport.to_be_bytes());
+            }
+        }
         if k > 0 {
             // SAFETY: these frames are not on any ring (outstanding < n).
             let done = unsafe { tx.produce(&descs[pos..pos + k]) };
@@ -280,7 +316,13 @@ fn gen_thread(queue: u32, frame: &[u8], flows: u32, stop: &AtomicBool) -> Result
 
 /// Runs `threads` generator threads, pinned from the last core down (the
 /// DUT's workers are pinned from core 0 up), until `stop`; returns frames sent.
-fn generate(frame: &[u8], flows: u32, threads: u32, stop: &AtomicBool) -> Result<u64> {
+fn generate(
+    frame: &[u8],
+    flows: u32,
+    threads: u32,
+    churn: bool,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -293,7 +335,7 @@ fn generate(frame: &[u8], flows: u32, threads: u32, stop: &AtomicBool) -> Result
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    gen_thread(t, frame, flows, stop)
+                    gen_thread(t, frame, flows, churn, stop)
                 })
             })
             .collect();
@@ -318,9 +360,20 @@ struct Sample {
 }
 
 fn measure(bpf: &Bpf, frame: &[u8], flows: u32, threads: u32, secs: u64) -> Result<Sample> {
+    measure_with(bpf, frame, flows, threads, secs, false)
+}
+
+fn measure_with(
+    bpf: &Bpf,
+    frame: &[u8],
+    flows: u32,
+    threads: u32,
+    secs: u64,
+    churn: bool,
+) -> Result<Sample> {
     let stop = AtomicBool::new(false);
     thread::scope(|s| {
-        let g = s.spawn(|| generate(frame, flows, threads, &stop));
+        let g = s.spawn(|| generate(frame, flows, threads, churn, &stop));
         thread::sleep(Duration::from_secs(1));
         let c0 = bpf.sink_count()?;
         let t0 = Instant::now();
@@ -344,13 +397,18 @@ struct Tandemd {
 }
 
 fn start_tandemd(bin: &PathBuf, workers: u32) -> Result<Tandemd> {
+    start_tandemd_with(bin, workers, "")
+}
+
+/// tandemd with `extra` appended to the base configuration.
+fn start_tandemd_with(bin: &PathBuf, workers: u32, extra: &str) -> Result<Tandemd> {
     let dir = std::env::temp_dir();
     let cfg = dir.join("tandem-pktrate.toml");
     let log = dir.join("tandem-pktrate.log");
     fs::write(
         &cfg,
         format!(
-            "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n[dataplane]\nworkers = {workers}\nbind = \"copy\"\n"
+            "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n[dataplane]\nworkers = {workers}\nbind = \"copy\"\n{extra}"
         ),
     )?;
     let f = fs::File::create(&log)?;
@@ -394,7 +452,11 @@ impl Tandemd {
 }
 
 fn interesting(report: &str) -> String {
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 12] = [
+        "worker.sessions_created=",
+        "worker.sessions_refused=",
+        "worker.handoffs_received=",
+        "drop.handoff_full=",
         "worker.rx_packets=",
         "worker.tx_packets=",
         "worker.idle_polls=",
@@ -449,6 +511,12 @@ fn main() -> Result<()> {
 fn run(args: &Args, tandemd: &PathBuf) -> Result<()> {
     let bpf = Bpf::load()?;
     let frame = template(mac(DUT, "in0")?, mac(GEN, "gen0")?);
+    if args.services {
+        return services(args, &bpf, &frame, tandemd);
+    }
+    if args.new_sessions {
+        return new_sessions(args, &bpf, &frame, tandemd);
+    }
     println!(
         "pktrate: 64-byte UDP, {} s per case, counted at the sink; Mpps (offered Mpps)",
         args.seconds
@@ -532,5 +600,135 @@ fn stat_poll(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<
         b / 1e6,
         b / a.max(1.0)
     );
+    Ok(())
+}
+
+/// The lab's service set for the DUT: default firewall, NAPT44 to `pool`.
+fn service_set(pool: &[String], udp_timeout: u32, per_worker: u32) -> String {
+    let pool = pool
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[sessions]\nper_worker = {per_worker}\n[sessions.timeouts]\nudp = {udp_timeout}\n\
+         [[service_set]]\nname = \"bench\"\n[service_set.nat]\npool = [{pool}]\n"
+    )
+}
+
+/// The kernel's equivalent: forward only what the inside started (or its
+/// replies), SNAT to the pool.
+fn nft_ruleset(first: &str, last: &str) -> String {
+    format!(
+        "table ip tb {{\n\
+           chain forward_filter {{ type filter hook forward priority 0; policy drop;\n\
+             ct state established,related accept\n\
+             iifname \"in0\" ct state new accept\n\
+           }}\n\
+           chain postrouting_nat {{ type nat hook postrouting priority 100;\n\
+             oifname \"out0\" snat to {first}-{last}\n\
+           }}\n\
+         }}\n"
+    )
+}
+
+fn kernel_nft_on(first: &str, last: &str) -> Result<()> {
+    let path = std::env::temp_dir().join("tandem-pktrate.nft");
+    fs::write(&path, nft_ruleset(first, last))?;
+    ns(DUT, &["nft", "-f", path.to_str().context("path")?])?;
+    ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    ns(DUT, &["ethtool", "-K", "in0", "gro", "on"])?;
+    Ok(())
+}
+
+fn kernel_nft_off() -> Result<()> {
+    ns(DUT, &["ethtool", "-K", "in0", "gro", "off"])?;
+    ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+    ns(DUT, &["nft", "flush", "ruleset"])?;
+    Ok(())
+}
+
+/// Established flows: kernel conntrack + SNAT, tandemd with services,
+/// tandemd without (the ceiling of the AF_XDP path).
+fn services(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
+    println!(
+        "pktrate --services: 64-byte UDP on established flows, {} s per case, counted at the sink; Mpps",
+        args.seconds
+    );
+    println!(
+        "{:<7} {:<7} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "flows", "workers", "kernel+nft", "tandemd", "no-session", "vs kernel", "vs ceiling"
+    );
+    let pool = vec!["198.18.2.100".to_owned()];
+    let mut notes = Vec::new();
+    for &w in &args.workers {
+        for &flows in &args.flows {
+            kernel_nft_on("198.18.2.100", "198.18.2.100")?;
+            let k = measure(bpf, frame, flows, w, args.seconds)?;
+            kernel_nft_off()?;
+            let d = start_tandemd_with(tandemd, w, &service_set(&pool, 60, 65_536))?;
+            let t = measure(bpf, frame, flows, w, args.seconds)?;
+            let report = d.stop()?;
+            let d = start_tandemd(tandemd, w)?;
+            let c = measure(bpf, frame, flows, w, args.seconds)?;
+            d.stop()?;
+            println!(
+                "{:<7} {:<7} {:>12.3} {:>12.3} {:>12.3} {:>10.2} {:>10.2}",
+                flows,
+                w,
+                k.pps / 1e6,
+                t.pps / 1e6,
+                c.pps / 1e6,
+                t.pps / k.pps.max(1.0),
+                t.pps / c.pps.max(1.0)
+            );
+            notes.push(format!("flows={flows} workers={w}: {}", interesting(&report)));
+        }
+    }
+    println!("tandemd (services) counters per case:");
+    for n in notes {
+        println!("  {n}");
+    }
+    Ok(())
+}
+
+/// New sessions per second: every packet a new flow, both sides
+/// translating to 32 pool addresses, 1 s UDP timeouts.
+fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
+    println!(
+        "pktrate --new-sessions: every 64-byte UDP packet a new flow, {} s per case; new sessions/s (Mpps at the sink)",
+        args.seconds
+    );
+    println!(
+        "{:<7} {:>12} {:>12} {:>7}",
+        "workers", "kernel+nft", "tandemd", "ratio"
+    );
+    let pool: Vec<String> = (100..132).map(|i| format!("198.18.2.{i}")).collect();
+    ns(
+        DUT,
+        &["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=1"],
+    )
+    .ok();
+    let mut notes = Vec::new();
+    for &w in &args.workers {
+        kernel_nft_on("198.18.2.100", "198.18.2.131")?;
+        let k = measure_with(bpf, frame, 1, w, args.seconds, true)?;
+        kernel_nft_off()?;
+        let d = start_tandemd_with(tandemd, w, &service_set(&pool, 1, 4_000_000 / w))?;
+        let t = measure_with(bpf, frame, 1, w, args.seconds, true)?;
+        let report = d.stop()?;
+        println!(
+            "{:<7} {:>12.3} {:>12.3} {:>7.2}",
+            w,
+            k.pps / 1e6,
+            t.pps / 1e6,
+            t.pps / k.pps.max(1.0)
+        );
+        notes.push(format!("workers={w}: {}", interesting(&report)));
+    }
+    println!("tandemd counters per case:");
+    for n in notes {
+        println!("  {n}");
+    }
     Ok(())
 }
