@@ -225,13 +225,7 @@ const GEN_BATCH: usize = 32;
 /// One generator thread: an AF_XDP socket on gen0 queue `queue`, its UMEM
 /// pre-written with the template over `flows` source ports, sent round-robin
 /// until `stop`. Returns frames sent.
-fn gen_thread(
-    queue: u32,
-    frame: &[u8],
-    flows: u32,
-    churn: bool,
-    stop: &AtomicBool,
-) -> Result<u64> {
+fn gen_thread(queue: u32, frame: &[u8], flows: u32, churn: bool, stop: &AtomicBool) -> Result<u64> {
     enter_ns(GEN)?;
     let umem_cfg = UmemConfig::builder()
         .frame_size(FrameSize::new(2048).map_err(|e| anyhow::anyhow!("{e}"))?)
@@ -316,13 +310,7 @@ fn gen_thread(
 
 /// Runs `threads` generator threads, pinned from the last core down (the
 /// DUT's workers are pinned from core 0 up), until `stop`; returns frames sent.
-fn generate(
-    frame: &[u8],
-    flows: u32,
-    threads: u32,
-    churn: bool,
-    stop: &AtomicBool,
-) -> Result<u64> {
+fn generate(frame: &[u8], flows: u32, threads: u32, churn: bool, stop: &AtomicBool) -> Result<u64> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -682,7 +670,10 @@ fn services(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<(
                 t.pps / k.pps.max(1.0),
                 t.pps / c.pps.max(1.0)
             );
-            notes.push(format!("flows={flows} workers={w}: {}", interesting(&report)));
+            notes.push(format!(
+                "flows={flows} workers={w}: {}",
+                interesting(&report)
+            ));
         }
     }
     println!("tandemd (services) counters per case:");

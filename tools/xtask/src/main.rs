@@ -220,6 +220,8 @@ fn bench(args: &[String]) -> Result<()> {
         "wire",
         "--bench",
         "stats",
+        "--bench",
+        "session",
     ]))?;
     run(cargo().args([
         "build",
