@@ -38,11 +38,22 @@ impl Snapshot {
             now_ns: unix_ns(),
             entries: r.entries.clone(),
             values: {
+                // Clearing moves counters' baselines; a gauge is a value,
+                // shown as it is.
                 let base = r.baselines();
-                raw.iter()
+                let mut v: Vec<u64> = raw
+                    .iter()
                     .zip(&base)
                     .map(|(v, b)| v.saturating_sub(*b))
-                    .collect()
+                    .collect();
+                for e in &r.entries {
+                    if e.kind == tandem_control::stats::Kind::Gauge
+                        && let Some(x) = raw.get(e.slot as usize)
+                    {
+                        v[e.slot as usize] = *x;
+                    }
+                }
+                v
             },
             raw,
             cleared_ns: r.cleared_ns(),

@@ -7,6 +7,29 @@ use tandem_control::stats::{IfaceRole, LinkState, XSK_STATS, XdpAttach};
 
 use crate::model::Snapshot;
 
+/// Session counters per worker (JSON keys; `tandem_worker_<key>_total`).
+const SESSION_COUNTERS: [&str; 6] = [
+    "sessions_created",
+    "sessions_deleted",
+    "sessions_refused",
+    "nat_alloc_failures",
+    "handoffs_received",
+    "rejects_sent",
+];
+
+/// Session gauges per worker: (JSON key, family).
+const SESSION_GAUGES: [(&str, &str); 3] = [
+    ("sessions_active", "tandem_sessions_active"),
+    (
+        "sessions_created_per_second",
+        "tandem_sessions_created_per_second",
+    ),
+    (
+        "sessions_deleted_per_second",
+        "tandem_sessions_deleted_per_second",
+    ),
+];
+
 /// Worker counters in display order: (JSON key, column title).
 const WORKER_COLUMNS: [(&str, &str); 8] = [
     ("rx_packets", "Rx packets"),
@@ -90,6 +113,23 @@ pub fn json(s: &Snapshot) -> Value {
                 );
             }
             o.insert("drops".into(), json!(s.sum("tandem_drops_total", &f)));
+            for key in SESSION_COUNTERS {
+                o.insert(
+                    key.into(),
+                    json!(s.sum(&format!("tandem_worker_{key}_total"), &f)),
+                );
+            }
+            for (key, family) in SESSION_GAUGES {
+                o.insert(key.into(), json!(s.sum(family, &f)));
+            }
+            let mut to = serde_json::Map::new();
+            for t in s.label_values("tandem_handoffs_total", "to") {
+                to.insert(
+                    t.clone(),
+                    json!(s.sum("tandem_handoffs_total", &[("worker", &ws), ("to", &t)])),
+                );
+            }
+            o.insert("handoffs_to".into(), Value::Object(to));
             Value::Object(o)
         })
         .collect();
@@ -117,6 +157,14 @@ pub fn json(s: &Snapshot) -> Value {
         "workers": workers,
         "xdp": xdp,
         "drops": drops,
+        "sessions": {
+            "active": s.sum("tandem_sessions_active", &[]),
+            "created": s.sum("tandem_worker_sessions_created_total", &[]),
+            "deleted": s.sum("tandem_worker_sessions_deleted_total", &[]),
+            "refused": s.sum("tandem_worker_sessions_refused_total", &[]),
+            "nat_alloc_failures": s.sum("tandem_worker_nat_alloc_failures_total", &[]),
+            "handoffs": s.sum("tandem_handoffs_total", &[]),
+        },
         "sockets": sockets(s),
     })
 }
@@ -228,6 +276,7 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
         }
         let _ = writeln!(o, " {:>12}", s.sum("tandem_drops_total", &f));
     }
+    sessions_text(&mut o, s);
     let _ = writeln!(o, "\nXDP verdicts:");
     for v in s.label_values("tandem_xdp_verdicts_total", "verdict") {
         let _ = writeln!(
@@ -265,6 +314,53 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
         let _ = writeln!(o);
     }
     o
+}
+
+/// The sessions block of the text view (only when the daemon has sessions).
+fn sessions_text(out: &mut String, snap: &Snapshot) {
+    if !snap
+        .entries
+        .iter()
+        .any(|e| e.name == "tandem_sessions_active")
+    {
+        return;
+    }
+    {
+        let _ = writeln!(out, "\nSessions:");
+        let _ = writeln!(
+            out,
+            "  {:<7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10}",
+            "Worker",
+            "Active",
+            "Created",
+            "Deleted",
+            "Refused",
+            "Created/s",
+            "Deleted/s",
+            "NAT failures",
+            "Handoffs in",
+            "Rejects"
+        );
+        for w in 0..snap.workers {
+            let ws = w.to_string();
+            let f = [("worker", ws.as_str())];
+            let counter = |k: &str| snap.sum(&format!("tandem_worker_{k}_total"), &f);
+            let gauge = |fam: &str| snap.sum(fam, &f);
+            let _ = writeln!(
+                out,
+                "  {w:<7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10}",
+                gauge("tandem_sessions_active"),
+                counter("sessions_created"),
+                counter("sessions_deleted"),
+                counter("sessions_refused"),
+                gauge("tandem_sessions_created_per_second"),
+                gauge("tandem_sessions_deleted_per_second"),
+                counter("nat_alloc_failures"),
+                counter("handoffs_received"),
+                counter("rejects_sent")
+            );
+        }
+    }
 }
 
 fn hms(secs: u64) -> String {

@@ -64,6 +64,7 @@ fn main() {
         forwarding::TESTS,
         lifecycle::TESTS,
         sessions::TESTS,
+        sessions::MORE,
         xdp::TESTS,
     ];
     let mut trials: Vec<Trial> = all

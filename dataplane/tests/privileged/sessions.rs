@@ -345,3 +345,75 @@ pub const TESTS: &[(&str, Test)] = &[
     ),
     ("idle_sessions_age_out", idle_sessions_age_out),
 ];
+
+/// The service-stage counters ordinary traffic leaves alone.
+fn service_counters_move() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let cfg = format!(
+        "{BASE_CONFIG}[[service_set]]\nname = \"lab\"\n\
+         [[service_set.firewall.rules]]\nname = \"no-telnet\"\nprotocol = \"tcp\"\n\
+         destination_ports = 23\naction = \"reject\"\n\
+         [[service_set.firewall.rules]]\nname = \"no-tftp\"\nprotocol = \"udp\"\n\
+         destination_ports = 69\naction = \"reject\"\n\
+         [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-20003\"\n"
+    );
+    let mut d = Daemon::start(&topo.node, &cfg);
+    // Reject: a reset, so the connection is refused at once.
+    let r = topo.client.enter(|| {
+        TcpStream::connect_timeout(
+            &format!("{SERVER}:23").parse().unwrap(),
+            Duration::from_secs(2),
+        )
+    });
+    check(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+        format!("telnet: {r:?}"),
+    )?;
+    let cli = topo
+        .client
+        .enter(|| UdpSocket::bind((CLIENT, 0)).expect("bind"));
+    cli.send_to(b"rrq", (SERVER, 69))?;
+    // Fragments: the first opens the echo session, the rest are dropped.
+    let (ok, _) = ping(&topo, SERVER, &["-s", "3000"]);
+    check(
+        !ok,
+        "fragmented pings crossed a node that does not reassemble",
+    )?;
+    // Four ports for two workers: the fifth flow of a worker has none.
+    for p in 0..12u16 {
+        cli.send_to(b"x", (SERVER, 7500 + p))?;
+    }
+    // The gauges are refreshed each second.
+    thread::sleep(Duration::from_millis(1300));
+    let st = stats(&d)?;
+    check(
+        st["sessions"]["created"].as_u64() >= Some(4)
+            && st["sessions"]["active"] == st["sessions"]["created"],
+        format!("sessions block: {}", st["sessions"]),
+    )?;
+    let c = d.stop();
+    for key in [
+        "worker.rejects_sent",
+        "drop.policy",
+        "drop.fragment",
+        "drop.nat_failed",
+        "worker.nat_alloc_failures",
+    ] {
+        check(c.get(key) >= 1, format!("{key} did not move: {c:?}"))?;
+    }
+    check(
+        c.get("worker.rejects_sent") >= 2,
+        format!("TCP and UDP rejects: {c:?}"),
+    )?;
+    Ok(())
+}
+
+fn stats(d: &Daemon) -> Result<serde_json::Value, String> {
+    let o = netns::tandemstat(&d.instance)
+        .args(["statistics", "--json"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())
+}
+
+pub const MORE: &[(&str, Test)] = &[("service_counters_move", service_counters_move)];
