@@ -316,50 +316,41 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
     o
 }
 
-/// The sessions block of the text view (only when the daemon has sessions).
+/// The sessions block of the text view.
 fn sessions_text(out: &mut String, snap: &Snapshot) {
-    if !snap
-        .entries
-        .iter()
-        .any(|e| e.name == "tandem_sessions_active")
-    {
-        return;
-    }
-    {
-        let _ = writeln!(out, "\nSessions:");
+    let _ = writeln!(out, "\nSessions:");
+    let _ = writeln!(
+        out,
+        "  {:<7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "Worker",
+        "Active",
+        "Created",
+        "Deleted",
+        "Refused",
+        "Created/s",
+        "Deleted/s",
+        "NAT failures",
+        "Handoffs in",
+        "Rejects"
+    );
+    for w in 0..snap.workers {
+        let ws = w.to_string();
+        let f = [("worker", ws.as_str())];
+        let counter = |k: &str| snap.sum(&format!("tandem_worker_{k}_total"), &f);
+        let gauge = |fam: &str| snap.sum(fam, &f);
         let _ = writeln!(
             out,
-            "  {:<7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10}",
-            "Worker",
-            "Active",
-            "Created",
-            "Deleted",
-            "Refused",
-            "Created/s",
-            "Deleted/s",
-            "NAT failures",
-            "Handoffs in",
-            "Rejects"
+            "  {w:<7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10}",
+            gauge("tandem_sessions_active"),
+            counter("sessions_created"),
+            counter("sessions_deleted"),
+            counter("sessions_refused"),
+            gauge("tandem_sessions_created_per_second"),
+            gauge("tandem_sessions_deleted_per_second"),
+            counter("nat_alloc_failures"),
+            counter("handoffs_received"),
+            counter("rejects_sent")
         );
-        for w in 0..snap.workers {
-            let ws = w.to_string();
-            let f = [("worker", ws.as_str())];
-            let counter = |k: &str| snap.sum(&format!("tandem_worker_{k}_total"), &f);
-            let gauge = |fam: &str| snap.sum(fam, &f);
-            let _ = writeln!(
-                out,
-                "  {w:<7} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10}",
-                gauge("tandem_sessions_active"),
-                counter("sessions_created"),
-                counter("sessions_deleted"),
-                counter("sessions_refused"),
-                gauge("tandem_sessions_created_per_second"),
-                gauge("tandem_sessions_deleted_per_second"),
-                counter("nat_alloc_failures"),
-                counter("handoffs_received"),
-                counter("rejects_sent")
-            );
-        }
     }
 }
 

@@ -183,7 +183,7 @@ impl Services {
         if let Some((slot, side)) = self.table.lookup(&key) {
             return self.existing(frame, ip, &l4, slot, side, len, now);
         }
-        self.first_packet(frame, ip, &l4, key, origin, len, now, tally)
+        self.first_packet(&l4, key, origin, len, now, tally)
     }
 
     #[expect(
@@ -234,14 +234,8 @@ impl Services {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the per-packet state, passed flat"
-    )]
     fn first_packet(
         &mut self,
-        frame: &mut [u8],
-        ip: &Ip,
         l4: &L4,
         key: FlowKey,
         origin: Origin,
@@ -249,7 +243,6 @@ impl Services {
         now: u32,
         tally: &mut Tally,
     ) -> Verdict {
-        let _ = (frame, ip);
         // Only a flow's opening packet may create its session.
         let opens = match l4.kind {
             Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,

@@ -4,7 +4,7 @@
     reason = "s, t, f: services, tally, frame"
 )]
 
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::PacketBuilder;
 use tandem_control::config::Config;
 
 use super::*;
@@ -74,29 +74,9 @@ fn run(s: &mut Services, buf: &mut [u8], ingress: u32, now: u32, t: &mut Tally) 
     v
 }
 
-/// (src, sport, dst, dport) of a frame, and whether its checksums verify.
+/// (src, sport, dst, dport) of a frame, whose checksums must verify.
 fn endpoints(buf: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
-    let n = ETH_HLEN + parse(buf).unwrap().datagram_len();
-    let p = SlicedPacket::from_ethernet(&buf[..n]).unwrap();
-    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
-        panic!()
-    };
-    let h = ip.header();
-    assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
-    let (src, dst) = (h.source(), h.destination());
-    match p.transport.unwrap() {
-        TransportSlice::Tcp(t) => {
-            let c = t.to_header().calc_checksum_ipv4_raw(src, dst, t.payload());
-            assert_eq!(c.unwrap(), t.checksum());
-            (src, t.source_port(), dst, t.destination_port())
-        }
-        TransportSlice::Udp(u) => {
-            let c = u.to_header().calc_checksum_ipv4_raw(src, dst, u.payload());
-            assert_eq!(c.unwrap(), u.checksum());
-            (src, u.source_port(), dst, u.destination_port())
-        }
-        other => panic!("{other:?}"),
-    }
+    wire::testutil::verified_v4(buf)
 }
 
 #[test]

@@ -9,6 +9,8 @@
 mod l4;
 mod nat;
 mod reject;
+#[cfg(test)]
+pub mod testutil;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

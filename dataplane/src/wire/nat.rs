@@ -147,37 +147,13 @@ pub fn rewrite_icmp_error_v4(
 
 #[cfg(test)]
 mod tests {
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use etherparse::PacketBuilder;
 
     use super::*;
-    use crate::wire::{parse, parse_l4};
+    use crate::wire::{parse, parse_l4, testutil::verified_v4};
 
     fn verify(buf: &[u8]) {
-        let p = SlicedPacket::from_ethernet(buf).unwrap();
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
-            panic!()
-        };
-        let h = ip.header();
-        assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
-        let (src, dst) = (h.source(), h.destination());
-        match p.transport.unwrap() {
-            TransportSlice::Tcp(t) => assert_eq!(
-                t.to_header()
-                    .calc_checksum_ipv4_raw(src, dst, t.payload())
-                    .unwrap(),
-                t.checksum()
-            ),
-            TransportSlice::Udp(u) => assert_eq!(
-                u.to_header()
-                    .calc_checksum_ipv4_raw(src, dst, u.payload())
-                    .unwrap(),
-                u.checksum()
-            ),
-            TransportSlice::Icmpv4(i) => {
-                assert_eq!(checksum(i.slice(), 0), 0);
-            }
-            other @ TransportSlice::Icmpv6(_) => panic!("{other:?}"),
-        }
+        verified_v4(buf);
     }
 
     fn both_ways(mut buf: Vec<u8>) {
