@@ -74,6 +74,16 @@ impl Table {
         self.slots.len()
     }
 
+    /// Bytes the table holds, all allocated at start: the slab, the wheel
+    /// links, the free list, the index and the wheel.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Session>()
+            + self.links.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + self.index.allocation_size()
+            + self.wheel.capacity() * std::mem::size_of::<u32>()
+    }
+
     /// Capacity of the index (tests check it never grows).
     pub fn index_capacity(&self) -> usize {
         self.index.capacity()
@@ -293,6 +303,17 @@ mod tests {
             }
         }
         assert_eq!(t.index_capacity(), cap);
+    }
+
+    #[test]
+    fn memory_per_session_is_as_documented() {
+        // docs/architecture.md, bench/README.md and the example config
+        // state ~156 bytes per session of capacity; keep them honest.
+        for cap in [65_536, 1 << 20] {
+            let t = Table::new(cap, timeouts(), 0);
+            let per = t.memory_bytes() / cap;
+            assert!((150..=160).contains(&per), "{cap}: {per} bytes per session");
+        }
     }
 
     #[test]
