@@ -144,6 +144,13 @@ pub enum Action {
         len: usize,
         reason: DropReason,
     },
+    /// A reply built in the frame whose next hop is unresolved: punt
+    /// `frame[ETH_HLEN..len]`; the original packet is dropped for `reason`.
+    PuntReply {
+        len: usize,
+        v6: bool,
+        reason: DropReason,
+    },
     Drop(DropReason),
 }
 

@@ -315,7 +315,7 @@ impl Worker {
                 Action::Punt { l3, len, v6 } => {
                     punt(&self.punt, &buf[l3..l3 + len], v6, tally);
                 }
-                Action::PuntIcmpError { len, v6, .. } => {
+                Action::PuntIcmpError { len, v6, .. } | Action::PuntReply { len, v6, .. } => {
                     punt(&self.punt, &buf[ETH_HLEN..len], v6, tally);
                 }
                 _ => {}
@@ -337,6 +337,11 @@ impl Worker {
             Action::PuntIcmpError { reason, .. } => {
                 tally.drop(slot, reason);
                 tally.add(WorkerCounter::IcmpErrorsSent, 1);
+                None
+            }
+            Action::PuntReply { reason, .. } => {
+                tally.drop(slot, reason);
+                tally.add(WorkerCounter::RejectsSent, 1);
                 None
             }
             Action::IcmpSuppressed { reason } => {
@@ -436,17 +441,23 @@ impl Worker {
     }
 }
 
-/// A routed reject (reset or unreachable) becomes a reply; one that could
-/// not be routed leaves the original dropped for policy.
+/// A routed reject (reset or unreachable) becomes a reply, transmitted or
+/// punted to the kernel to resolve its next hop; one that could not be
+/// routed leaves the original dropped for policy.
 fn as_reply(a: Action) -> Action {
+    let reason = DropReason::Policy;
     match a {
-        Action::Forward { oif, len } | Action::IcmpError { oif, len, .. } => Action::Reply {
-            oif,
-            len,
-            reason: DropReason::Policy,
+        Action::Forward { oif, len } | Action::IcmpError { oif, len, .. } => {
+            Action::Reply { oif, len, reason }
+        }
+        // The reply was built at ETH_HLEN, so l3 + len is where it ends.
+        Action::Punt { l3, len, v6 } => Action::PuntReply {
+            len: l3 + len,
+            v6,
+            reason,
         },
-        Action::Punt { .. } | Action::PuntIcmpError { .. } => a,
-        _ => Action::Drop(DropReason::Policy),
+        Action::PuntIcmpError { len, v6, .. } => Action::PuntReply { len, v6, reason },
+        _ => Action::Drop(reason),
     }
 }
 
