@@ -90,8 +90,10 @@ pub enum DaemonError {
 /// daemon stale after 3 s) and the kernel-side counters.
 const TICK: Duration = Duration::from_millis(200);
 const KERNEL_COUNTERS_EVERY: Duration = Duration::from_millis(500);
-/// Parcels each worker's handoff queue holds.
-const HANDOFF_DEPTH: usize = 1024;
+/// Handoff batches per worker: with batches of `dataplane.batch` frames
+/// (64 by default) a worker holds 4096 handed frames, a few milliseconds
+/// of traffic, enough to ride out a scheduler slice on a shared core.
+const HANDOFF_BATCHES: usize = 64;
 
 /// Slots of the counters the control loop copies from the kernel.
 struct KernelSlots {
@@ -311,7 +313,8 @@ impl Daemon {
 
         let handoff = Arc::new(Handoff::new(
             workers as usize,
-            HANDOFF_DEPTH,
+            HANDOFF_BATCHES,
+            d.batch as usize,
             d.frame_size as usize,
         )?);
         let epoch = Instant::now();
@@ -335,6 +338,7 @@ impl Daemon {
                 stop: Arc::clone(&stop),
                 slot_ifindex: ifindexes.clone(),
                 services,
+                outbox: handoff.outbox(),
                 handoff: Arc::clone(&handoff),
                 workers: workers as usize,
                 epoch,

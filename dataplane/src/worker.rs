@@ -26,7 +26,7 @@ use crate::{
     counters::{IfaceCounter, Tally, WorkerCounter, WorkerGauge, WorkerStats},
     fib::FibReader,
     forward::{self, Action, DropReason, Limits},
-    handoff::Handoff,
+    handoff::{Handoff, Outbox},
     listing::Walk,
     service::{Services, Verdict},
     sys::{Poller, PuntSocket},
@@ -69,6 +69,8 @@ pub struct Worker {
     /// Sessions and services; `None` when no service set is configured.
     pub services: Option<Services>,
     pub handoff: Arc<Handoff>,
+    /// The batches this worker is filling for other workers.
+    pub outbox: Outbox,
     pub workers: usize,
     /// Time zero of the session clock (seconds), shared by all workers.
     pub epoch: Instant,
@@ -114,7 +116,7 @@ impl Worker {
         let slots = self.slot_ifindex.len();
         // Frames waiting for tx, per egress interface slot.
         let mut pending: Vec<Vec<FrameDesc>> = (0..slots)
-            .map(|_| Vec::with_capacity(self.batch * (self.ports.len() + 1)))
+            .map(|_| Vec::with_capacity(self.batch * (self.ports.len() + 2)))
             .collect();
         // The port each slot transmits on: the first this worker has there.
         let egress: Vec<usize> = (0..slots)
@@ -172,30 +174,38 @@ impl Worker {
 
             let mut handed = 0;
             while handed < self.batch {
-                let Some(parcel) = self.handoff.recv(self.id) else {
+                let Some(batch) = self.handoff.recv(self.id) else {
                     break;
                 };
-                handed += 1;
-                tally.add(WorkerCounter::HandoffsReceived, 1);
-                let Some(mut desc) = self.free.pop() else {
-                    tally.drop(parcel.slot, DropReason::HandoffFull);
-                    self.handoff.recycle(parcel);
-                    continue;
-                };
-                {
-                    // SAFETY: the frame came from the free pool: no ring and
-                    // no other reference holds it.
-                    let mut data = unsafe { self.umem.data_mut(&mut desc) };
-                    data.cursor().set_pos(usize::MAX);
-                    data.contents_mut()[..parcel.len].copy_from_slice(&parcel.data[..parcel.len]);
+                handed += batch.len();
+                tally.add(WorkerCounter::HandoffsReceived, batch.len() as u64);
+                for (parcel, frame) in batch.frames() {
+                    let Some(mut desc) = self.free.pop() else {
+                        tally.drop(parcel.slot, DropReason::HandoffFull);
+                        continue;
+                    };
+                    {
+                        // SAFETY: the frame came from the free pool: no ring
+                        // and no other reference holds it.
+                        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+                        data.cursor().set_pos(usize::MAX);
+                        data.contents_mut()[..frame.len()].copy_from_slice(frame);
+                    }
+                    match self.decide(
+                        &mut desc,
+                        frame.len(),
+                        parcel.slot,
+                        parcel.ingress,
+                        now,
+                        &mut tally,
+                    ) {
+                        Out::Tx(s) => pending[s].push(desc),
+                        Out::Free => self.free.push(desc),
+                    }
                 }
-                let (len, slot, ingress) = (parcel.len, parcel.slot, parcel.ingress);
-                self.handoff.recycle(parcel);
-                match self.decide(&mut desc, len, slot, ingress, now, &mut tally) {
-                    Out::Tx(s) => pending[s].push(desc),
-                    Out::Free => self.free.push(desc),
-                }
+                self.handoff.recycle(self.id, batch);
             }
+            self.handoff.flush(&mut self.outbox);
 
             if self.walk.is_none() {
                 self.walk = self
@@ -276,7 +286,10 @@ impl Worker {
                         }
                         Verdict::Handoff(to) => {
                             let n = ETH_HLEN + ip.datagram_len();
-                            if self.handoff.send(to, slot, ingress, &buf[..n]) {
+                            if self
+                                .handoff
+                                .send(&mut self.outbox, to, slot, ingress, &buf[..n])
+                            {
                                 tally.handoff(to);
                             } else {
                                 tally.drop(slot, DropReason::HandoffFull);
