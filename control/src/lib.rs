@@ -7,3 +7,4 @@ pub mod config;
 pub mod ctl;
 pub mod sessions;
 pub mod stats;
+pub mod sync;

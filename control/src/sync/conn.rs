@@ -1,0 +1,680 @@
+//! One sync connection, as a pure state machine.
+//!
+//! The driver hands in what the socket read (`recv`), the session events
+//! of the data path (`add`, `delete`, `refresh`, `cold_sync_complete`) and
+//! the time (`on_timeout` when `timeout` passes); it takes out the bytes
+//! to write (`output`, `consumed`) and the events to act on (`poll_event`).
+//! Any protocol violation ends the connection with a `Fatal`, counted;
+//! the driver closes the socket and dials again, and the cold sync of the
+//! next connection repairs whatever was lost.
+//!
+//! Both sides send a hello first. The backup then asks for a cold sync
+//! (sync-start); the active streams every session and marks the end
+//! (cold-sync-complete). Live adds, deletes and refreshes flow from the
+//! active from the moment the hellos are exchanged, in the order the data
+//! path produced them, batched up to `flush_bytes` or `flush_delay`. The
+//! backup acknowledges cumulatively and nacks single records it refuses.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use super::{
+    Stats,
+    auth::Keys,
+    wire::{
+        self, CAP_AUTH, DecodeError, DeleteRecord, HEADER_LEN, Header, Hello, Kind, Message,
+        NackReason, Op, ROLE_ACTIVE, ROLE_BACKUP, RefreshRecord, SessionRecord, WireKey,
+    },
+};
+
+/// Which way sessions flow on this connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends its sessions.
+    Active,
+    /// Receives and installs them.
+    Backup,
+}
+
+impl Role {
+    fn wire(self) -> u8 {
+        match self {
+            Self::Active => ROLE_ACTIVE,
+            Self::Backup => ROLE_BACKUP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+/// Synchronization state, as `show services ha statistics` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    /// Not connected, or hellos not yet exchanged.
+    Off,
+    /// Connected; the cold sync has not finished.
+    Cold,
+    /// The cold sync finished: the backup holds every session.
+    Hot,
+}
+
+impl SyncState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "Off",
+            Self::Cold => "Cold",
+            Self::Hot => "Hot",
+        }
+    }
+}
+
+/// What a connection needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_id: u32,
+    pub group_id: u32,
+    pub workers: u16,
+    pub role: Role,
+    /// Service sets configured: records naming others are refused.
+    pub services: usize,
+    /// Hash of the service set configuration; the peer's must match.
+    pub services_hash: u64,
+    /// Shared key: every frame is tagged and checked.
+    pub key: Option<Vec<u8>>,
+    /// A batch is sent when its body reaches this size...
+    pub flush_bytes: usize,
+    /// ...or this long after its first record.
+    pub flush_delay: Duration,
+    /// A keepalive goes out when nothing else did for this long; the peer
+    /// is dead when nothing came for `dead_after` of them.
+    pub keepalive: Duration,
+    pub dead_after: u32,
+    /// Unsent bytes beyond which new batches are refused.
+    pub max_backlog: usize,
+}
+
+impl Settings {
+    /// Defaults for everything but identity and role.
+    pub fn new(node_id: u32, group_id: u32, workers: u16, role: Role) -> Self {
+        Self {
+            node_id,
+            group_id,
+            workers,
+            role,
+            services: 0,
+            services_hash: 0,
+            key: None,
+            flush_bytes: 64 * 1024,
+            flush_delay: Duration::from_millis(1),
+            keepalive: Duration::from_secs(1),
+            dead_after: 3,
+            max_backlog: 16 << 20,
+        }
+    }
+}
+
+/// What the driver acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The peer's hello was accepted.
+    Up(Hello),
+    /// (Active) the backup asked for a cold sync: walk every session.
+    ColdSyncRequested,
+    /// (Backup) records of message `seq` to install, remove or refresh.
+    /// Invalid ones were already refused.
+    Add {
+        seq: u64,
+        records: Vec<SessionRecord>,
+    },
+    Delete {
+        seq: u64,
+        records: Vec<DeleteRecord>,
+    },
+    Refresh {
+        seq: u64,
+        records: Vec<RefreshRecord>,
+    },
+    /// (Backup) the cold sync is complete.
+    ColdSyncComplete { sessions: u64 },
+    /// (Active) the backup refused a record.
+    Nacked {
+        op: Op,
+        reason: NackReason,
+        key: WireKey,
+    },
+}
+
+/// Why a connection ends.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    #[error("undecodable frame: {0}")]
+    Decode(DecodeError),
+    #[error("frame failed authentication")]
+    Auth,
+    #[error("frame out of sequence: expected {expected}, got {got}")]
+    Sequence { expected: u64, got: u64 },
+    #[error("unexpected {0:?} message")]
+    Unexpected(Kind),
+    #[error("peer refused: {0}")]
+    Refused(&'static str),
+    #[error("acknowledgement of a message never sent ({0})")]
+    BogusAck(u64),
+    #[error("peer silent for {0:?}")]
+    PeerDead(Duration),
+}
+
+struct Open {
+    kind: Kind,
+    body: Vec<u8>,
+    count: u32,
+    deadline: Instant,
+}
+
+/// A batch waiting for its acknowledgement.
+struct Pending {
+    seq: u64,
+    kind: Kind,
+    count: u32,
+}
+
+pub struct Conn {
+    s: Settings,
+    dialed: bool,
+    nonce: [u8; 16],
+    keys: Option<Keys>,
+    peer: Option<Hello>,
+    sync: SyncState,
+    tx_seq: u64,
+    rx_seq: u64,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    open: Option<Open>,
+    pending: VecDeque<Pending>,
+    ack_due: u64,
+    ack_sent: u64,
+    events: VecDeque<Event>,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+impl Conn {
+    /// A connection just established: `dialed` when this node connected
+    /// to the peer; `nonce` fresh randomness. Queues the hello.
+    pub fn new(
+        settings: Settings,
+        dialed: bool,
+        nonce: [u8; 16],
+        now: Instant,
+        stats: &mut Stats,
+    ) -> Self {
+        stats.connection_establish += 1;
+        let keys = settings.key.as_deref().map(Keys::new);
+        let mut c = Self {
+            s: settings,
+            dialed,
+            nonce,
+            keys,
+            peer: None,
+            sync: SyncState::Off,
+            tx_seq: 0,
+            rx_seq: 0,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            open: None,
+            pending: VecDeque::new(),
+            ack_due: 0,
+            ack_sent: 0,
+            events: VecDeque::new(),
+            last_rx: now,
+            last_tx: now,
+        };
+        let hello = Hello {
+            node_id: c.s.node_id,
+            group_id: c.s.group_id,
+            workers: c.s.workers,
+            role: c.s.role.wire(),
+            capabilities: if c.keys.is_some() { CAP_AUTH } else { 0 },
+            services_hash: c.s.services_hash,
+            nonce,
+        };
+        c.send(&Message::Hello(hello), now, stats);
+        c
+    }
+
+    pub fn role(&self) -> Role {
+        self.s.role
+    }
+
+    pub fn sync_state(&self) -> SyncState {
+        self.sync
+    }
+
+    /// The peer's hello, once accepted.
+    pub fn peer(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    /// Whether hellos were exchanged: sessions can flow.
+    pub fn is_up(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// Session adds sent but not yet acknowledged, or not yet sent.
+    pub fn add_pending(&self) -> u64 {
+        let queued = self
+            .pending
+            .iter()
+            .filter(|p| p.kind == Kind::Add)
+            .map(|p| u64::from(p.count))
+            .sum::<u64>();
+        queued
+            + self
+                .open
+                .as_ref()
+                .filter(|o| o.kind == Kind::Add)
+                .map_or(0, |o| u64::from(o.count))
+    }
+
+    /// Bytes received that do not yet make a whole frame.
+    pub fn partial_input(&self) -> usize {
+        self.inbuf.len()
+    }
+
+    /// Bytes for the socket.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The socket took `n` bytes of `output`.
+    pub fn consumed(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The connection ends (socket closed or `Fatal`): counts the teardown
+    /// and the batches that never got their acknowledgement.
+    pub fn close(self, stats: &mut Stats) {
+        stats.connection_teardown += 1;
+        stats.batch_commit_failures += self.pending.len() as u64;
+    }
+
+    /// When `on_timeout` is next due.
+    pub fn timeout(&self) -> Instant {
+        let mut t = (self.last_tx + self.s.keepalive).min(self.last_rx + self.dead_after());
+        if let Some(o) = &self.open {
+            t = t.min(o.deadline);
+        }
+        t
+    }
+
+    fn dead_after(&self) -> Duration {
+        self.s.keepalive * self.s.dead_after
+    }
+
+    /// Sends a due batch and keepalive; ends a silent connection.
+    pub fn on_timeout(&mut self, now: Instant, stats: &mut Stats) -> Result<(), Fatal> {
+        let silent = now.saturating_duration_since(self.last_rx);
+        if silent >= self.dead_after() {
+            return Err(Fatal::PeerDead(silent));
+        }
+        if self.open.as_ref().is_some_and(|o| now >= o.deadline) {
+            self.seal(now, stats);
+        }
+        if now.saturating_duration_since(self.last_tx) >= self.s.keepalive {
+            self.send(&Message::Keepalive, now, stats);
+        }
+        Ok(())
+    }
+
+    /// Takes bytes the socket read.
+    pub fn recv(&mut self, data: &[u8], now: Instant, stats: &mut Stats) -> Result<(), Fatal> {
+        stats.bytes_received += data.len() as u64;
+        self.inbuf.extend_from_slice(data);
+        // Frames are read in place; the buffer is lent out meanwhile.
+        let mut buf = std::mem::take(&mut self.inbuf);
+        let mut at = 0;
+        let result = loop {
+            let f = match wire::frame(&buf[at..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    count_decode(e, stats);
+                    break Err(Fatal::Decode(e));
+                }
+            };
+            let r = self.frame(&buf[at..at + f.total], &f, now, stats);
+            at += f.total;
+            if let Err(e) = r {
+                break Err(e);
+            }
+        };
+        buf.drain(..at);
+        self.inbuf = buf;
+        if result.is_ok() && self.ack_due > self.ack_sent {
+            self.ack_sent = self.ack_due;
+            self.send(&Message::Ack { seq: self.ack_due }, now, stats);
+        }
+        result
+    }
+
+    fn frame(
+        &mut self,
+        bytes: &[u8],
+        f: &wire::Frame,
+        now: Instant,
+        stats: &mut Stats,
+    ) -> Result<(), Fatal> {
+        let h = f.header;
+        if h.seq != self.rx_seq + 1 {
+            stats.replays += 1;
+            return Err(Fatal::Sequence {
+                expected: self.rx_seq + 1,
+                got: h.seq,
+            });
+        }
+        match (&self.keys, &f.tag) {
+            (Some(k), Some(tag)) if k.verify(&bytes[f.signed.clone()], &bytes[tag.clone()]) => {}
+            (None, None) => {}
+            _ => {
+                stats.auth_failures += 1;
+                return Err(Fatal::Auth);
+            }
+        }
+        if self.peer.is_none() != (h.kind == Kind::Hello) {
+            stats.invalid_kind += 1;
+            return Err(Fatal::Unexpected(h.kind));
+        }
+        let msg = Message::decode(h.kind, &bytes[f.body.clone()]).map_err(|e| {
+            count_decode(e, stats);
+            Fatal::Decode(e)
+        })?;
+        self.rx_seq = h.seq;
+        self.last_rx = now;
+        stats.messages_received += 1;
+        let backup = self.s.role == Role::Backup;
+        match msg {
+            Message::Hello(hello) => self.hello(hello, now, stats)?,
+            Message::SyncStart if !backup => {
+                stats.sync_start_received += 1;
+                self.sync = SyncState::Cold;
+                self.events.push_back(Event::ColdSyncRequested);
+            }
+            Message::Add(recs) if backup => {
+                stats.add_received += recs.len() as u64;
+                let mut ok = Vec::with_capacity(recs.len());
+                for r in recs {
+                    match r.validate(self.s.services) {
+                        Ok(()) => ok.push(r),
+                        Err(reason) => {
+                            match reason {
+                                NackReason::IllegalServiceSet => stats.illegal_service_set += 1,
+                                _ => stats.illegal_flow_type += 1,
+                            }
+                            self.nack(h.seq, Op::Add, reason, r.key, now, stats);
+                        }
+                    }
+                }
+                self.ack_due = h.seq;
+                self.events.push_back(Event::Add {
+                    seq: h.seq,
+                    records: ok,
+                });
+            }
+            Message::Delete(records) if backup => {
+                stats.delete_received += records.len() as u64;
+                self.ack_due = h.seq;
+                self.events.push_back(Event::Delete {
+                    seq: h.seq,
+                    records,
+                });
+            }
+            Message::Refresh(records) if backup => {
+                stats.refresh_received += records.len() as u64;
+                self.ack_due = h.seq;
+                self.events.push_back(Event::Refresh {
+                    seq: h.seq,
+                    records,
+                });
+            }
+            Message::ColdSyncComplete { sessions } if backup => {
+                stats.cold_sync_completed_count += 1;
+                self.sync = SyncState::Hot;
+                self.ack_due = h.seq;
+                self.events.push_back(Event::ColdSyncComplete { sessions });
+            }
+            Message::Ack { seq } if !backup => {
+                if seq > self.tx_seq {
+                    return Err(Fatal::BogusAck(seq));
+                }
+                while let Some(p) = self.pending.front().filter(|p| p.seq <= seq) {
+                    match p.kind {
+                        Kind::Add => stats.add_completed += u64::from(p.count),
+                        Kind::Delete => stats.delete_completed += u64::from(p.count),
+                        _ => {}
+                    }
+                    self.pending.pop_front();
+                }
+            }
+            Message::Nack {
+                op, reason, key, ..
+            } if !backup => {
+                match op {
+                    Op::Add => stats.add_nack_received += 1,
+                    Op::Delete | Op::Refresh => stats.delete_nack_received += 1,
+                }
+                self.events.push_back(Event::Nacked { op, reason, key });
+            }
+            Message::Keepalive => {}
+            other => {
+                stats.invalid_kind += 1;
+                return Err(Fatal::Unexpected(other.kind()));
+            }
+        }
+        Ok(())
+    }
+
+    fn hello(&mut self, h: Hello, now: Instant, stats: &mut Stats) -> Result<(), Fatal> {
+        let refuse = |why: &'static str, stats: &mut Stats| {
+            stats.refused_connections += 1;
+            Err(Fatal::Refused(why))
+        };
+        if h.group_id != self.s.group_id {
+            return refuse("another redundancy group", stats);
+        }
+        if h.node_id == self.s.node_id {
+            return refuse("the same node id as this node", stats);
+        }
+        if h.role == self.s.role.wire() {
+            return refuse("the same role as this node", stats);
+        }
+        if h.services_hash != self.s.services_hash {
+            return refuse("different service sets", stats);
+        }
+        if (h.capabilities & CAP_AUTH != 0) != self.keys.is_some() {
+            stats.auth_failures += 1;
+            return Err(Fatal::Auth);
+        }
+        if let Some(k) = &mut self.keys {
+            let (dialer, acceptor) = if self.dialed {
+                (&self.nonce, &h.nonce)
+            } else {
+                (&h.nonce, &self.nonce)
+            };
+            k.derive(dialer, acceptor, self.dialed);
+        }
+        self.peer = Some(h);
+        self.sync = SyncState::Cold;
+        self.events.push_back(Event::Up(h));
+        if self.s.role == Role::Backup {
+            stats.sync_start_sent += 1;
+            self.send(&Message::SyncStart, now, stats);
+        }
+        Ok(())
+    }
+
+    /// (Backup) refuses one record of message `seq`.
+    pub fn nack(
+        &mut self,
+        seq: u64,
+        op: Op,
+        reason: NackReason,
+        key: WireKey,
+        now: Instant,
+        stats: &mut Stats,
+    ) {
+        match op {
+            Op::Add => stats.add_nack_sent += 1,
+            Op::Delete | Op::Refresh => stats.delete_nack_sent += 1,
+        }
+        self.send(
+            &Message::Nack {
+                seq,
+                op,
+                reason,
+                key,
+            },
+            now,
+            stats,
+        );
+    }
+
+    /// (Active) queues a session add.
+    pub fn add(&mut self, r: &SessionRecord, now: Instant, stats: &mut Stats) {
+        if r.validate(self.s.services).is_err() {
+            stats.encode_failures += 1;
+            return;
+        }
+        if self.begin(Kind::Add, now, stats) {
+            stats.add_sent += 1;
+            self.append(|b| r.put(b), now, stats);
+        }
+    }
+
+    /// (Active) queues a session delete.
+    pub fn delete(&mut self, r: &DeleteRecord, now: Instant, stats: &mut Stats) {
+        if self.begin(Kind::Delete, now, stats) {
+            stats.delete_sent += 1;
+            self.append(|b| r.put(b), now, stats);
+        }
+    }
+
+    /// (Active) queues a refresh of a long-lived session.
+    pub fn refresh(&mut self, r: &RefreshRecord, now: Instant, stats: &mut Stats) {
+        if self.begin(Kind::Refresh, now, stats) {
+            stats.refresh_sent += 1;
+            self.append(|b| r.put(b), now, stats);
+        }
+    }
+
+    /// (Active) the walk of every session ended: `sessions` were sent.
+    pub fn cold_sync_complete(&mut self, sessions: u64, now: Instant, stats: &mut Stats) {
+        if !self.is_up() {
+            return;
+        }
+        self.seal(now, stats);
+        self.send(&Message::ColdSyncComplete { sessions }, now, stats);
+        self.sync = SyncState::Hot;
+        stats.cold_sync_completed_count += 1;
+    }
+
+    /// Makes sure a batch of `kind` is open; false (counted) when records
+    /// cannot be sent now.
+    fn begin(&mut self, kind: Kind, now: Instant, stats: &mut Stats) -> bool {
+        if !self.is_up() || self.s.role != Role::Active {
+            stats.send_discard += 1;
+            return false;
+        }
+        if self.open.as_ref().is_some_and(|o| o.kind != kind) {
+            self.seal(now, stats);
+        }
+        if self.open.is_none() {
+            if self.out.len() >= self.s.max_backlog {
+                stats.batch_begin_failures += 1;
+                return false;
+            }
+            let mut body = Vec::with_capacity(self.s.flush_bytes + wire::ADD_LEN);
+            body.extend_from_slice(&[0; 4]);
+            self.open = Some(Open {
+                kind,
+                body,
+                count: 0,
+                deadline: now + self.s.flush_delay,
+            });
+        }
+        true
+    }
+
+    fn append(&mut self, put: impl FnOnce(&mut Vec<u8>), now: Instant, stats: &mut Stats) {
+        let o = self.open.as_mut().expect("begin opened it");
+        put(&mut o.body);
+        o.count += 1;
+        if o.body.len() >= self.s.flush_bytes {
+            self.seal(now, stats);
+        }
+    }
+
+    /// Sends the open batch.
+    fn seal(&mut self, now: Instant, stats: &mut Stats) {
+        let Some(mut o) = self.open.take() else {
+            return;
+        };
+        if o.count == 0 {
+            return;
+        }
+        o.body[..4].copy_from_slice(&o.count.to_be_bytes());
+        let seq = self.frame_out(o.kind, &o.body, now, stats);
+        self.pending.push_back(Pending {
+            seq,
+            kind: o.kind,
+            count: o.count,
+        });
+    }
+
+    fn send(&mut self, m: &Message, now: Instant, stats: &mut Stats) {
+        let mut body = Vec::new();
+        m.put_body(&mut body);
+        self.frame_out(m.kind(), &body, now, stats);
+    }
+
+    /// Appends a frame to the output; returns its sequence number.
+    fn frame_out(&mut self, kind: Kind, body: &[u8], now: Instant, stats: &mut Stats) -> u64 {
+        self.tx_seq += 1;
+        let start = self.out.len();
+        let header = Header {
+            kind,
+            tagged: self.keys.is_some(),
+            len: u32::try_from(body.len()).expect("bodies are bounded"),
+            seq: self.tx_seq,
+        };
+        self.out.extend_from_slice(&header.encode());
+        self.out.extend_from_slice(body);
+        if let Some(k) = &self.keys {
+            let tag = k.sign(&self.out[start..]);
+            self.out.extend_from_slice(&tag);
+        }
+        debug_assert!(self.out.len() - start >= HEADER_LEN);
+        stats.messages_sent += 1;
+        stats.bytes_sent += (self.out.len() - start) as u64;
+        self.last_tx = now;
+        self.tx_seq
+    }
+}
+
+fn count_decode(e: DecodeError, stats: &mut Stats) {
+    match e {
+        DecodeError::BadHeader => stats.invalid_header += 1,
+        DecodeError::BadKind(_) => stats.invalid_kind += 1,
+        DecodeError::BadLength => stats.invalid_length += 1,
+        DecodeError::BadRecord => stats.decode_failures += 1,
+    }
+}

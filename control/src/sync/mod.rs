@@ -1,0 +1,122 @@
+//! Session replication between the two nodes of a pair.
+//!
+//! Design: `wire` is the format, `auth` the frame tags, `conn` the protocol
+//! of one TCP connection as a pure state machine (bytes in, bytes and
+//! events out, timers as `Instant`s handed in), in the manner of quiche: no
+//! socket, no clock, no thread. The driver in tandemd owns the socket and
+//! the data path's session events, and feeds them through a `Conn`. Tests
+//! drive two `Conn`s through an in-memory pipe that loses, duplicates and
+//! reorders bytes and cuts the link.
+
+pub mod auth;
+pub mod conn;
+pub mod wire;
+
+pub use conn::{Conn, Event, Fatal, Role, Settings, SyncState};
+pub use wire::{DeleteRecord, NackReason, Op, RefreshRecord, SessionRecord, WireKey};
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Replication counters, named as in `show services ha statistics`
+        /// where the meaning carries over (the docs of each field say what
+        /// it counts here). One set per node, kept across connections.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Stats {
+            /// Field names, in order: JSON keys and segment names.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name),)*];
+
+            /// Field values, in the order of `NAMES`.
+            pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
+                [$(self.$name,)*].into_iter()
+            }
+        }
+    };
+}
+
+stats! {
+    /// TCP connections to the peer that were established.
+    connection_establish,
+    /// Connections that ended, for any reason.
+    connection_teardown,
+    /// Cold-sync requests this node sent as backup.
+    sync_start_sent,
+    /// Cold-sync requests this node received as active.
+    sync_start_received,
+    /// Cold syncs finished: sent in full (active) or received in full (backup).
+    cold_sync_completed_count,
+    /// Session adds sent (active), live and cold-sync ones.
+    add_sent,
+    /// Session adds received (backup).
+    add_received,
+    /// Adds acknowledged by the peer (active) or installed here (backup).
+    add_completed,
+    /// Adds this backup refused (each answered with a nack).
+    add_nack_sent,
+    /// Nacks for adds received from the backup.
+    add_nack_received,
+    /// Session deletes sent (active).
+    delete_sent,
+    /// Session deletes received (backup).
+    delete_received,
+    /// Deletes acknowledged by the peer (active) or carried out here (backup).
+    delete_completed,
+    /// Deletes this backup refused (malformed record).
+    delete_nack_sent,
+    /// Nacks for deletes received from the backup.
+    delete_nack_received,
+    /// Deletes for sessions this backup does not hold (not an error: the
+    /// session may have aged out here first).
+    delete_not_found,
+    /// Refreshes of long-lived sessions sent (active) / received (backup).
+    refresh_sent,
+    refresh_received,
+    /// Received adds that could not be installed (table full).
+    install_failures,
+    /// Received records with an unknown protocol, state, action or flags.
+    illegal_flow_type,
+    /// Received records naming a service set not configured here.
+    illegal_service_set,
+    /// Session events lost because a worker's sync ring was full (repaired
+    /// by the next refresh or cold sync).
+    send_overflow,
+    /// Session events not sent because no peer was connected (the next cold
+    /// sync carries the sessions that still exist).
+    send_discard,
+    /// Batches not begun because the connection's unsent backlog was over
+    /// its limit (the records are lost until a cold sync).
+    batch_begin_failures,
+    /// Batches sent but never acknowledged before the connection ended.
+    batch_commit_failures,
+    /// Writes to the peer's socket that failed.
+    batch_flush_failures,
+    /// Records refused at encoding (a field out of range).
+    encode_failures,
+    /// Frames whose body did not decode (length, count or record fields).
+    decode_failures,
+    /// Frames with a bad magic or version.
+    invalid_header,
+    /// Frames of an unknown kind, or of a kind not expected now.
+    invalid_kind,
+    /// Frames longer than the protocol allows or shorter than their kind.
+    invalid_length,
+    /// Frames without a valid tag while a key is configured, or with one
+    /// while none is.
+    auth_failures,
+    /// Frames out of sequence (replayed, dropped or reordered in transit).
+    replays,
+    /// Connections refused: not from the configured peer, or a hello that
+    /// does not match (group, node, roles, service sets).
+    refused_connections,
+    /// Frames and bytes exchanged.
+    messages_sent,
+    messages_received,
+    bytes_sent,
+    bytes_received,
+}
+
+#[cfg(test)]
+mod tests;

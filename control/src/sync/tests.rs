@@ -1,0 +1,716 @@
+//! Two connections driven through an in-memory link: the active node's
+//! session table on one side, the backup's on the other, and whatever the
+//! link does to the bytes in between.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use proptest::prelude::*;
+
+use super::{wire::REC_NAT, *};
+
+const SERVICES: usize = 2;
+
+fn settings(node: u32, role: Role, key: Option<&[u8]>) -> Settings {
+    let mut s = Settings::new(node, 7, 2, role);
+    s.services = SERVICES;
+    s.services_hash = 0xfeed;
+    s.key = key.map(<[u8]>::to_vec);
+    s
+}
+
+fn key(n: u32) -> WireKey {
+    let mut src = [0u8; 16];
+    src[10..12].copy_from_slice(&[0xff, 0xff]);
+    src[12..].copy_from_slice(&[198, 18, 1, 10]);
+    let mut dst = src;
+    dst[12..].copy_from_slice(&[198, 18, 2, 10]);
+    WireKey {
+        src,
+        dst,
+        sport: (n % 60000) as u16 + 1024,
+        dport: (n / 60000) as u16 + 1,
+        proto: 6,
+    }
+}
+
+fn record(n: u32) -> SessionRecord {
+    SessionRecord {
+        id: u64::from(n),
+        key: key(n),
+        state: 3,
+        service_set: (n % 2) as u8,
+        flags: REC_NAT,
+        nat_addr: [198, 18, 2, 100],
+        nat_port: (n % 60000) as u16 + 1024,
+        age: n,
+        ..SessionRecord::default()
+    }
+}
+
+/// One end of the pair: its connection, counters and table.
+struct End {
+    conn: Option<Conn>,
+    stats: Stats,
+    settings: Settings,
+    /// Sessions, with the cold-sync generation that last wrote them.
+    table: BTreeMap<WireKey, (SessionRecord, u64)>,
+    /// The backup's table capacity.
+    capacity: usize,
+    /// Backup: the generation of the current cold sync.
+    generation: u64,
+    /// Active: the cold-sync walk's position, and how many it sent.
+    walk: Option<(Option<WireKey>, u64)>,
+    events: Vec<Event>,
+}
+
+impl End {
+    fn new(s: Settings) -> Self {
+        Self {
+            conn: None,
+            stats: Stats::default(),
+            settings: s,
+            table: BTreeMap::new(),
+            capacity: usize::MAX,
+            generation: 0,
+            walk: None,
+            events: Vec::new(),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.close(&mut self.stats);
+        }
+        self.walk = None;
+    }
+
+    fn sessions(&self) -> BTreeMap<WireKey, SessionRecord> {
+        self.table.iter().map(|(k, (r, _))| (*k, *r)).collect()
+    }
+}
+
+/// What the link does to the bytes of one delivery.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    None,
+    /// Lose `n` bytes from the middle.
+    Lose(usize),
+    /// Deliver part of it twice.
+    Duplicate(usize),
+    /// Swap the two halves.
+    Reorder,
+    /// Flip one bit.
+    Flip(usize),
+    /// Cut the connection.
+    Cut,
+}
+
+struct Pair {
+    now: Instant,
+    a: End,
+    b: End,
+    nonces: u8,
+}
+
+impl Pair {
+    fn new(key_a: Option<&[u8]>, key_b: Option<&[u8]>) -> Self {
+        Self {
+            now: Instant::now(),
+            a: End::new(settings(1, Role::Active, key_a)),
+            b: End::new(settings(2, Role::Backup, key_b)),
+            nonces: 0,
+        }
+    }
+
+    /// The backup dials the active.
+    fn connect(&mut self) {
+        self.nonces = self.nonces.wrapping_add(2);
+        let (na, nb) = ([self.nonces; 16], [self.nonces + 1; 16]);
+        self.a.conn = Some(Conn::new(
+            self.a.settings.clone(),
+            false,
+            na,
+            self.now,
+            &mut self.a.stats,
+        ));
+        self.b.conn = Some(Conn::new(
+            self.b.settings.clone(),
+            true,
+            nb,
+            self.now,
+            &mut self.b.stats,
+        ));
+    }
+
+    fn up(&self) -> bool {
+        self.a.conn.is_some() && self.b.conn.is_some()
+    }
+
+    fn close(&mut self) {
+        self.a.close();
+        self.b.close();
+    }
+
+    /// The active's data path: a session appears, changes or goes.
+    fn add(&mut self, r: SessionRecord) {
+        self.a.table.insert(r.key, (r, 0));
+        if let Some(c) = &mut self.a.conn {
+            c.add(&r, self.now, &mut self.a.stats);
+        }
+    }
+
+    fn delete(&mut self, k: WireKey) {
+        if let Some((r, _)) = self.a.table.remove(&k)
+            && let Some(c) = &mut self.a.conn
+        {
+            c.delete(
+                &DeleteRecord { id: r.id, key: k },
+                self.now,
+                &mut self.a.stats,
+            );
+        }
+    }
+
+    fn refresh(&mut self, k: WireKey, state: u8) {
+        if let Some((r, _)) = self.a.table.get_mut(&k) {
+            r.state = state;
+            let rr = RefreshRecord {
+                id: r.id,
+                key: k,
+                state,
+                idle: 0,
+            };
+            if let Some(c) = &mut self.a.conn {
+                c.refresh(&rr, self.now, &mut self.a.stats);
+            }
+        }
+    }
+
+    /// One millisecond: timers, the walk, both directions of the link (the
+    /// a->b direction through `fault`), events. A fatal error closes both.
+    fn step(&mut self, fault: Fault) {
+        self.now += Duration::from_millis(1);
+        if !self.up() {
+            return;
+        }
+        let mut fatal = false;
+        for end in [&mut self.a, &mut self.b] {
+            let c = end.conn.as_mut().expect("up");
+            if self.now >= c.timeout() && c.on_timeout(self.now, &mut end.stats).is_err() {
+                fatal = true;
+            }
+        }
+        self.walk_some(64);
+        if let Fault::Cut = fault {
+            fatal = true;
+        }
+        if !fatal {
+            let bytes = take(&mut self.a);
+            let bytes = damage(bytes, fault);
+            fatal |= deliver(&mut self.b, &bytes, self.now);
+            let bytes = take(&mut self.b);
+            fatal |= deliver(&mut self.a, &bytes, self.now);
+        }
+        if fatal {
+            self.close();
+            return;
+        }
+        self.events();
+    }
+
+    /// The active walks up to `n` sessions of its table (the data path
+    /// does this in bounded chunks, in key order here).
+    fn walk_some(&mut self, n: usize) {
+        let Some((from, sent)) = self.a.walk else {
+            return;
+        };
+        let c = self.a.conn.as_mut().expect("walk only while up");
+        let range = match from {
+            Some(k) => self
+                .a
+                .table
+                .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            None => self.a.table.range(..),
+        };
+        let chunk: Vec<SessionRecord> = range.take(n).map(|(_, (r, _))| *r).collect();
+        for r in &chunk {
+            c.add(r, self.now, &mut self.a.stats);
+        }
+        let sent = sent + chunk.len() as u64;
+        if chunk.len() < n {
+            c.cold_sync_complete(sent, self.now, &mut self.a.stats);
+            self.a.walk = None;
+        } else {
+            self.a.walk = Some((chunk.last().map(|r| r.key), sent));
+        }
+    }
+
+    fn events(&mut self) {
+        while let Some(e) = self.a.conn.as_mut().and_then(Conn::poll_event) {
+            if e == Event::ColdSyncRequested {
+                self.a.walk = Some((None, 0));
+            }
+            self.a.events.push(e);
+        }
+        while let Some(e) = self.b.conn.as_mut().and_then(Conn::poll_event) {
+            let b = &mut self.b;
+            let c = b.conn.as_mut().expect("event from a connection");
+            match &e {
+                Event::Up(_) => b.generation += 1,
+                Event::Add { seq, records } => {
+                    for r in records {
+                        if b.table.len() >= b.capacity && !b.table.contains_key(&r.key) {
+                            b.stats.install_failures += 1;
+                            c.nack(
+                                *seq,
+                                Op::Add,
+                                NackReason::TableFull,
+                                r.key,
+                                self.now,
+                                &mut b.stats,
+                            );
+                        } else {
+                            b.table.insert(r.key, (*r, b.generation));
+                            b.stats.add_completed += 1;
+                        }
+                    }
+                }
+                Event::Delete { records, .. } => {
+                    for r in records {
+                        if b.table.remove(&r.key).is_some() {
+                            b.stats.delete_completed += 1;
+                        } else {
+                            b.stats.delete_not_found += 1;
+                        }
+                    }
+                }
+                Event::Refresh { records, .. } => {
+                    for r in records {
+                        if let Some((s, _)) = b.table.get_mut(&r.key) {
+                            s.state = r.state;
+                        }
+                    }
+                }
+                Event::ColdSyncComplete { .. } => {
+                    // Sessions the active no longer has were not re-sent.
+                    let g = b.generation;
+                    b.table.retain(|_, (_, stamp)| *stamp == g);
+                }
+                Event::ColdSyncRequested | Event::Nacked { .. } => {}
+            }
+            b.events.push(e);
+        }
+    }
+
+    /// Steps without faults until both are Hot and nothing is in flight.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            if !self.up() {
+                self.connect();
+            }
+            self.step(Fault::None);
+            let quiet = |e: &End| {
+                e.conn.as_ref().is_some_and(|c| {
+                    c.sync_state() == SyncState::Hot
+                        && c.output().is_empty()
+                        && c.partial_input() == 0
+                })
+            };
+            if quiet(&self.a) && quiet(&self.b) && self.a.walk.is_none() {
+                // One more step flushes acks and time-bound batches.
+                self.now += Duration::from_millis(2);
+                self.step(Fault::None);
+                if self.a.conn.as_ref().is_some_and(|c| c.add_pending() == 0) {
+                    return;
+                }
+            }
+        }
+        panic!("the pair never settled");
+    }
+}
+
+fn take(e: &mut End) -> Vec<u8> {
+    let c = e.conn.as_mut().expect("up");
+    let bytes = c.output().to_vec();
+    c.consumed(bytes.len());
+    bytes
+}
+
+fn deliver(e: &mut End, bytes: &[u8], now: Instant) -> bool {
+    let c = e.conn.as_mut().expect("up");
+    c.recv(bytes, now, &mut e.stats).is_err()
+}
+
+fn damage(mut b: Vec<u8>, f: Fault) -> Vec<u8> {
+    if b.len() < 4 {
+        return b;
+    }
+    let mid = b.len() / 2;
+    match f {
+        Fault::None | Fault::Cut => {}
+        Fault::Lose(n) => {
+            let n = n.clamp(1, b.len() - mid);
+            b.drain(mid..mid + n);
+        }
+        Fault::Duplicate(n) => {
+            let n = n.clamp(1, mid);
+            let part = b[mid - n..mid].to_vec();
+            b.splice(mid..mid, part);
+        }
+        Fault::Reorder => b.rotate_left(mid),
+        Fault::Flip(i) => {
+            let i = i % b.len();
+            b[i] ^= 0x10;
+        }
+    }
+    b
+}
+
+#[test]
+fn cold_sync_then_live_changes_converge() {
+    let mut p = Pair::new(None, None);
+    for n in 0..3000 {
+        p.add(record(n));
+    }
+    p.connect();
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+    assert_eq!(p.b.stats.sync_start_sent, 1);
+    assert_eq!(p.a.stats.sync_start_received, 1);
+    assert_eq!(p.a.stats.cold_sync_completed_count, 1);
+    assert_eq!(p.b.stats.cold_sync_completed_count, 1);
+    assert!(
+        p.b.events
+            .contains(&Event::ColdSyncComplete { sessions: 3000 })
+    );
+    assert_eq!(p.a.stats.add_sent, 3000);
+    assert_eq!(p.b.stats.add_received, 3000);
+    assert_eq!(p.a.stats.add_completed, 3000, "every add acknowledged");
+    // 64 KiB batches: 3000 records of 64 bytes fit in 3 full batches and
+    // the time-bound rest of each walk chunk; far fewer frames than records.
+    assert!(p.a.stats.messages_sent < 200, "{}", p.a.stats.messages_sent);
+
+    // Live changes while Hot.
+    for n in 0..100 {
+        p.delete(key(n));
+    }
+    for n in 3000..3100 {
+        p.add(record(n));
+    }
+    p.refresh(key(200), 4);
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+    assert_eq!(p.b.table[&key(200)].0.state, 4);
+    assert_eq!(
+        (p.a.stats.delete_sent, p.b.stats.delete_received),
+        (100, 100)
+    );
+    assert_eq!(
+        (p.a.stats.delete_completed, p.b.stats.delete_completed),
+        (100, 100)
+    );
+    assert_eq!((p.a.stats.refresh_sent, p.b.stats.refresh_received), (1, 1));
+    assert_eq!(p.a.stats.connection_establish, 1);
+    assert_eq!(p.a.stats.connection_teardown, 0);
+}
+
+#[test]
+fn changes_racing_the_walk_are_not_lost() {
+    let mut p = Pair::new(None, None);
+    for n in 0..2000 {
+        p.add(record(n));
+    }
+    p.connect();
+    // Change the table while the walk is under way, ahead of and behind it.
+    for round in 0..20u32 {
+        p.step(Fault::None);
+        p.delete(key(round * 97));
+        p.delete(key(1999 - round * 13));
+        p.add(record(5000 + round));
+        p.refresh(key(1000 + round), 5);
+    }
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+}
+
+#[test]
+fn a_reconnect_drops_sessions_deleted_while_apart() {
+    let mut p = Pair::new(None, None);
+    for n in 0..500 {
+        p.add(record(n));
+    }
+    p.connect();
+    p.settle();
+    p.close();
+    for n in 0..250 {
+        p.delete(key(n));
+    }
+    p.add(record(9999));
+    assert_eq!(p.b.table.len(), 500, "the backup still holds the old set");
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+    assert_eq!(p.a.stats.cold_sync_completed_count, 2);
+    assert_eq!(p.b.stats.connection_teardown, 1);
+}
+
+#[test]
+fn authenticated_pair_converges() {
+    let mut p = Pair::new(Some(b"pair secret"), Some(b"pair secret"));
+    for n in 0..300 {
+        p.add(record(n));
+    }
+    p.connect();
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+    assert_eq!(p.a.stats.auth_failures + p.b.stats.auth_failures, 0);
+}
+
+#[test]
+fn a_wrong_or_missing_key_is_refused_and_nothing_installs() {
+    for (ka, kb) in [
+        (Some(&b"secret"[..]), Some(&b"Secret"[..])),
+        (Some(&b"secret"[..]), None),
+        (None, Some(&b"secret"[..])),
+    ] {
+        let mut p = Pair::new(ka, kb);
+        p.add(record(1));
+        p.connect();
+        for _ in 0..5 {
+            p.step(Fault::None);
+        }
+        assert!(!p.up(), "{ka:?} {kb:?}");
+        assert!(
+            p.a.stats.auth_failures + p.b.stats.auth_failures >= 1,
+            "{ka:?} {kb:?}"
+        );
+        assert!(p.b.table.is_empty());
+        assert_eq!(p.a.stats.connection_teardown, 1);
+    }
+}
+
+#[test]
+fn every_flipped_bit_of_an_authenticated_stream_is_caught() {
+    let now = Instant::now();
+    let sa = settings(1, Role::Active, Some(b"k"));
+    let sb = settings(2, Role::Backup, Some(b"k"));
+    let mut st = Stats::default();
+    let mut a = Conn::new(sa, false, [1; 16], now, &mut st);
+    let mut b = Conn::new(sb.clone(), true, [2; 16], now, &mut st);
+    a.recv(b.output(), now, &mut st).unwrap();
+    b.consumed(b.output().len());
+    for n in 0..3 {
+        a.add(&record(n), now, &mut st);
+    }
+    a.delete(&DeleteRecord { id: 0, key: key(0) }, now, &mut st);
+    a.cold_sync_complete(3, now, &mut st);
+    let stream = a.output().to_vec();
+    // The same backup (same nonce, so the same keys) on a clean stream.
+    let run = |s: &[u8]| {
+        let mut st = Stats::default();
+        let mut c = Conn::new(sb.clone(), true, [2; 16], now, &mut st);
+        let r = c.recv(s, now, &mut st);
+        (r, std::iter::from_fn(|| c.poll_event()).collect::<Vec<_>>())
+    };
+    let (r, clean) = run(&stream);
+    assert_eq!(r, Ok(()));
+    assert_eq!(clean.len(), 4, "up, add, delete, complete: {clean:?}");
+    for i in 0..stream.len() {
+        let mut s = stream.clone();
+        s[i] ^= 1 << (i % 8);
+        let (r, events) = run(&s);
+        // Whatever was taken before the damaged frame is the real thing;
+        // the damaged frame itself is refused, or waits for bytes that never
+        // come (a flipped length), and yields nothing.
+        assert!(events.len() < clean.len(), "byte {i} went unnoticed: {r:?}");
+        assert_eq!(events[..], clean[..events.len()], "byte {i}");
+    }
+}
+
+#[test]
+fn replayed_dropped_and_reordered_frames_end_the_connection() {
+    for fault in [Fault::Duplicate(200), Fault::Lose(200), Fault::Reorder] {
+        let mut p = Pair::new(None, None);
+        p.connect();
+        p.settle();
+        for n in 0..1500 {
+            p.add(record(n));
+        }
+        // 1500 adds make two full batches and a rest: the link damages them.
+        p.now += Duration::from_millis(2);
+        p.step(fault);
+        assert!(!p.up(), "{fault:?} went unnoticed");
+        let s = &p.b.stats;
+        assert!(
+            s.replays + s.invalid_header + s.invalid_kind + s.invalid_length + s.decode_failures
+                >= 1,
+            "{fault:?}: {s:?}"
+        );
+        p.settle();
+        assert_eq!(p.b.sessions(), p.a.sessions(), "{fault:?}");
+        assert!(p.a.stats.batch_commit_failures >= 1, "{fault:?}");
+    }
+}
+
+#[test]
+fn silence_ends_the_connection_and_keepalives_prevent_it() {
+    let mut p = Pair::new(None, None);
+    p.connect();
+    p.settle();
+    // Idle but connected for 10 s: keepalives flow, nothing ends.
+    for _ in 0..100 {
+        p.now += Duration::from_millis(99);
+        p.step(Fault::None);
+    }
+    assert!(p.up());
+    assert!(p.a.stats.messages_sent >= 9, "keepalives every second");
+    // Now nothing is delivered: both give up after 3 keepalive intervals.
+    let a = p.a.conn.as_mut().unwrap();
+    let t0 = p.now;
+    let mut t = t0;
+    let end = loop {
+        t += Duration::from_millis(100);
+        if let Err(e) = a.on_timeout(t, &mut p.a.stats) {
+            break (t - t0, e);
+        }
+    };
+    assert!(matches!(end.1, Fatal::PeerDead(_)));
+    assert!(end.0 <= Duration::from_secs(3), "{:?}", end.0);
+}
+
+#[test]
+fn refused_records_are_nacked_and_counted() {
+    let mut p = Pair::new(None, None);
+    p.b.capacity = 10;
+    p.connect();
+    p.settle();
+    for n in 0..12 {
+        p.add(record(n));
+    }
+    // A service set the backup does not have: the active's own check
+    // passes it (it has 3), the backup refuses it.
+    p.a.settings.services = 3;
+    p.close();
+    p.connect();
+    p.settle();
+    p.a.conn.as_mut().unwrap().add(
+        &SessionRecord {
+            service_set: 2,
+            ..record(50)
+        },
+        p.now,
+        &mut p.a.stats,
+    );
+    p.settle();
+    assert_eq!(p.b.table.len(), 10);
+    assert!(p.b.stats.install_failures >= 2);
+    assert_eq!(p.b.stats.illegal_service_set, 1);
+    assert_eq!(p.a.stats.add_nack_received, p.b.stats.add_nack_sent);
+    assert!(p.a.events.iter().any(|e| matches!(
+        e,
+        Event::Nacked {
+            reason: NackReason::IllegalServiceSet,
+            ..
+        }
+    )));
+    assert!(p.a.events.iter().any(|e| matches!(
+        e,
+        Event::Nacked {
+            reason: NackReason::TableFull,
+            op: Op::Add,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn hellos_that_do_not_match_are_refused() {
+    type Change = fn(&mut Settings);
+    let variants: [(&str, Change); 4] = [
+        ("group", |s| s.group_id = 8),
+        ("node id", |s| s.node_id = 1),
+        ("role", |s| s.role = Role::Active),
+        ("service sets", |s| s.services_hash = 1),
+    ];
+    for (what, change) in variants {
+        let mut p = Pair::new(None, None);
+        change(&mut p.b.settings);
+        p.connect();
+        p.step(Fault::None);
+        assert!(!p.up(), "{what}");
+        assert_eq!(p.a.stats.refused_connections, 1, "{what}");
+    }
+}
+
+#[test]
+fn records_that_cannot_go_are_counted() {
+    let mut p = Pair::new(None, None);
+    p.a.settings.max_backlog = 100;
+    p.connect();
+    // Not up yet: discarded.
+    p.add(record(1));
+    assert_eq!(p.a.stats.send_discard, 1);
+    // Invalid: refused at encoding.
+    let c = p.a.conn.as_mut().unwrap();
+    c.add(
+        &SessionRecord {
+            action: 9,
+            ..record(2)
+        },
+        p.now,
+        &mut p.a.stats,
+    );
+    assert_eq!(p.a.stats.encode_failures, 1);
+    p.step(Fault::None);
+    assert!(p.a.conn.as_ref().unwrap().is_up());
+    // The backlog is over 100 bytes once the first batch is out: the next
+    // batch cannot begin until the socket takes the bytes.
+    for n in 0..2000 {
+        let c = p.a.conn.as_mut().unwrap();
+        c.add(&record(n), p.now, &mut p.a.stats);
+    }
+    assert!(p.a.stats.batch_begin_failures >= 1);
+    // A backup never sends sessions.
+    let c = p.b.conn.as_mut().unwrap();
+    c.add(&record(1), p.now, &mut p.b.stats);
+    assert_eq!(p.b.stats.send_discard, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random session churn over a link that loses, duplicates, reorders
+    /// and corrupts bytes and cuts the connection: once the link heals the
+    /// backup holds exactly the active's sessions.
+    #[test]
+    fn chaos_heals_to_equal_tables(
+        ops in prop::collection::vec((0u8..10, 0u32..400, 0u8..40, any::<usize>()), 1..300),
+        keyed in any::<bool>(),
+    ) {
+        let psk = keyed.then_some(&b"chaos"[..]);
+        let mut p = Pair::new(psk, psk);
+        for (op, n, f, x) in ops {
+            match op {
+                0..=4 => p.add(record(n)),
+                5..=7 => p.delete(key(n)),
+                _ => p.refresh(key(n), (x % 10) as u8),
+            }
+            if !p.up() && f % 4 == 0 {
+                p.connect();
+            }
+            let fault = match f {
+                0 => Fault::Lose(x % 100),
+                1 => Fault::Duplicate(x % 100),
+                2 => Fault::Reorder,
+                3 if keyed => Fault::Flip(x),
+                4 => Fault::Cut,
+                _ => Fault::None,
+            };
+            p.step(fault);
+        }
+        p.settle();
+        prop_assert_eq!(p.b.sessions(), p.a.sessions());
+    }
+}
