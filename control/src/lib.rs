@@ -1,6 +1,7 @@
-//! tandem's control plane. It does no kernel I/O beyond its own files:
-//! configuration and the stats segment now; the redundancy state machine and
-//! the sync protocol join it as their issues land.
+//! tandem's control plane: configuration, the stats segment, the control
+//! socket's requests, and session replication (`sync`: the protocol as a
+//! pure core, and the driver that owns its TCP socket). The redundancy
+//! state machine joins it with its issue.
 #![deny(unsafe_code)]
 
 pub mod config;

@@ -13,11 +13,13 @@ use std::{
 use serde::Deserialize;
 
 mod services;
+mod sync;
 
 pub use services::{
     Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
     Timeouts,
 };
+pub use sync::{Sync, SyncRole};
 
 /// Errors loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,9 @@ pub struct Config {
     /// without sessions.
     #[serde(default, rename = "service_set")]
     pub service_sets: Vec<ServiceSet>,
+    /// Session replication to the peer; none: the node runs alone.
+    #[serde(default)]
+    pub sync: Option<Sync>,
 }
 
 /// The two interfaces the node forwards between.
@@ -253,6 +258,9 @@ impl Config {
         if !(1..=256).contains(&d.batch) {
             return Err(invalid("dataplane.batch", "1..=256", d.batch.to_string()));
         }
+        if let Some(s) = &self.sync {
+            s.validate(path)?;
+        }
         self.validate_services(path)
     }
 
@@ -395,6 +403,47 @@ mod tests {
         assert_eq!(cfg.dataplane.bind, BindMode::Copy);
         assert_eq!(cfg.node.local_addresses.len(), 2);
         assert!(!cfg.node.forward);
+    }
+
+    #[test]
+    fn sync_section_parses_with_defaults_and_checks_ranges() {
+        let base = format!(
+            "{GOOD}\n[sync]\nlocal = \"198.18.9.1\"\npeer = \"198.18.9.2\"\nrole = \"active\"\nnode_id = 1\n"
+        );
+        let s = parse(&base).unwrap().sync.unwrap();
+        assert_eq!(
+            (s.port, s.group, s.flush_bytes, s.flush_ms),
+            (7468, 1, 65536, 1)
+        );
+        assert_eq!((s.keepalive_ms, s.dead_after, s.grace), (1000, 3, 60));
+        assert_eq!(s.role, SyncRole::Active);
+        assert!(s.key.is_none());
+        assert!(parse(GOOD).unwrap().sync.is_none());
+        for (extra, key) in [
+            ("key = \"short\"", "sync.key"),
+            ("flush_bytes = 10", "sync.flush_bytes"),
+            ("flush_ms = 0", "sync.flush_ms"),
+            ("keepalive_ms = 5", "sync.keepalive_ms"),
+            ("dead_after = 1", "sync.dead_after"),
+            ("grace = 100000", "sync.grace"),
+            ("port = 0", "sync.port"),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
+        }
+        let same = base.replace("198.18.9.2", "198.18.9.1");
+        assert!(parse(&same).unwrap_err().to_string().contains("sync.peer"));
+        let v6 = base.replace("198.18.9.2", "2001:db8::2");
+        assert!(parse(&v6).unwrap_err().to_string().contains("same family"));
+        let zero = base.replace("node_id = 1", "node_id = 0");
+        assert!(
+            parse(&zero)
+                .unwrap_err()
+                .to_string()
+                .contains("sync.node_id")
+        );
+        let role = base.replace("active", "primary");
+        assert!(parse(&role).is_err());
     }
 
     #[test]

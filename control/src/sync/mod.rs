@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod driver;
 pub mod wire;
 
 pub use conn::{Conn, Event, Fatal, Role, Settings, SyncState};

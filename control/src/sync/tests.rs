@@ -714,3 +714,187 @@ proptest! {
         prop_assert_eq!(p.b.sessions(), p.a.sessions());
     }
 }
+
+/// The driver over real TCP on loopback: 127.0.0.1 is the active, .2 the
+/// backup, .3 a stranger.
+mod over_tcp {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+
+    use super::*;
+    use crate::sync::driver::{Driver, Notice};
+
+    fn at(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), port)
+    }
+
+    /// A driver and the table it keeps (the backup's install side).
+    struct Node {
+        d: Driver,
+        table: BTreeMap<WireKey, (SessionRecord, u64)>,
+        generation: u64,
+    }
+
+    impl Node {
+        fn new(
+            role: Role,
+            node: u32,
+            key: Option<&[u8]>,
+            local: SocketAddr,
+            peer: SocketAddr,
+        ) -> Self {
+            Self {
+                d: Driver::new(settings(node, role, key), local, peer).unwrap(),
+                table: BTreeMap::new(),
+                generation: 0,
+            }
+        }
+
+        fn turn(&mut self) {
+            self.d.turn(Duration::from_millis(1));
+            while let Some(n) = self.d.poll_notice() {
+                match n {
+                    Notice::Conn(Event::Up(_)) => self.generation += 1,
+                    Notice::Conn(Event::ColdSyncRequested) => {
+                        let all: Vec<SessionRecord> =
+                            self.table.values().map(|(r, _)| *r).collect();
+                        for r in &all {
+                            self.d.add(r);
+                        }
+                        self.d.cold_sync_complete(all.len() as u64);
+                    }
+                    Notice::Conn(Event::Add { records, .. }) => {
+                        for r in records {
+                            self.table.insert(r.key, (r, self.generation));
+                        }
+                    }
+                    Notice::Conn(Event::Delete { records, .. }) => {
+                        for r in records {
+                            self.table.remove(&r.key);
+                        }
+                    }
+                    Notice::Conn(Event::ColdSyncComplete { .. }) => {
+                        let g = self.generation;
+                        self.table.retain(|_, (_, stamp)| *stamp == g);
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn sessions(&self) -> BTreeMap<WireKey, SessionRecord> {
+            self.table.iter().map(|(k, (r, _))| (*k, *r)).collect()
+        }
+    }
+
+    fn until(a: &mut Node, b: &mut Node, what: &str, done: impl Fn(&Node, &Node) -> bool) {
+        let t0 = Instant::now();
+        while !done(a, b) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            a.turn();
+            b.turn();
+        }
+    }
+
+    fn hot(n: &Node) -> bool {
+        n.d.sync_state() == SyncState::Hot && n.d.add_pending() == 0
+    }
+
+    fn pair(key: Option<&[u8]>) -> (Node, Node) {
+        let a = Node::new(Role::Active, 1, key, at(1, 0), at(2, 0));
+        let port = a.d.local_addr().port();
+        let b = Node::new(Role::Backup, 2, key, at(2, 0), at(1, port));
+        (a, b)
+    }
+
+    #[test]
+    fn sessions_replicate_over_tcp_and_a_restarted_backup_cold_syncs() {
+        let (mut a, mut b) = pair(Some(b"a pair secret of 24 bytes"));
+        for n in 0..5000 {
+            a.table.insert(key(n), (record(n), 0));
+        }
+        until(&mut a, &mut b, "the first cold sync", |a, b| {
+            hot(a) && hot(b)
+        });
+        until(&mut a, &mut b, "equal tables", |a, b| {
+            a.sessions() == b.sessions()
+        });
+        assert_eq!(b.d.stats.cold_sync_completed_count, 1);
+        assert_eq!(
+            a.d.peer_addr().unwrap().ip(),
+            at(2, 0).ip(),
+            "dialed from its sync address"
+        );
+
+        // Live changes.
+        for n in 0..1000 {
+            a.table.remove(&key(n));
+            a.d.delete(&DeleteRecord {
+                id: u64::from(n),
+                key: key(n),
+            });
+        }
+        for n in 9000..9500 {
+            a.table.insert(key(n), (record(n), 0));
+            a.d.add(&record(n));
+        }
+        until(&mut a, &mut b, "live changes", |a, b| {
+            a.sessions() == b.sessions()
+        });
+        assert_eq!(a.d.stats.delete_sent, 1000);
+
+        // The backup restarts: a new process, an empty table, the same port.
+        let port = a.d.local_addr().port();
+        drop(b);
+        let mut b = Node::new(
+            Role::Backup,
+            2,
+            Some(b"a pair secret of 24 bytes"),
+            at(2, 0),
+            at(1, port),
+        );
+        until(&mut a, &mut b, "the second cold sync", |a, b| {
+            hot(a) && hot(b) && a.sessions() == b.sessions()
+        });
+        assert_eq!(b.table.len(), 4500);
+        assert_eq!(a.d.stats.sync_start_received, 2);
+        assert!(a.d.stats.connection_teardown >= 1);
+        assert_eq!(a.d.stats.auth_failures, 0);
+    }
+
+    #[test]
+    fn strangers_and_wrong_keys_are_refused() {
+        let (mut a, _) = pair(Some(b"the right key, 16+"));
+        let port = a.d.local_addr().port();
+        // From an address that is not the peer.
+        let stranger = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        stranger.bind(&SockAddr::from(at(3, 0))).unwrap();
+        stranger.connect(&SockAddr::from(at(1, port))).unwrap();
+        let t0 = Instant::now();
+        while a.d.stats.refused_connections == 0 && t0.elapsed() < Duration::from_secs(5) {
+            a.turn();
+        }
+        assert_eq!(a.d.stats.refused_connections, 1);
+        assert!(a.d.peer_addr().is_none());
+        drop(stranger);
+
+        // The peer's address with the wrong key.
+        let mut b = Node::new(
+            Role::Backup,
+            2,
+            Some(b"the wrong key, 16+"),
+            at(2, 0),
+            at(1, port),
+        );
+        until(&mut a, &mut b, "an authentication failure", |a, _| {
+            a.d.stats.auth_failures >= 1
+        });
+        assert!(!a.d.is_up());
+        assert!(a.table.is_empty() && b.table.is_empty());
+        let _ = TcpStream::connect(at(1, port)); // the listener still serves
+    }
+
+    use socket2::{Domain, SockAddr, Socket, Type};
+}

@@ -1,0 +1,143 @@
+//! `[sync]`: session replication to the peer node.
+
+use std::{net::IpAddr, path::Path};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// Which side of the replication this node takes. The redundancy state
+/// machine will decide this; until it does, the configuration says it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncRole {
+    /// Sends its sessions to the peer.
+    Active,
+    /// Installs the peer's sessions; dials the peer and asks for a cold sync.
+    Backup,
+}
+
+/// The replication link.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    /// This node's sync address (the listening and dialing address).
+    pub local: IpAddr,
+    /// The peer's sync address: the only one allowed to connect.
+    pub peer: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub role: SyncRole,
+    /// This node's id, unique within the pair (1..).
+    pub node_id: u32,
+    /// The redundancy group both nodes belong to.
+    #[serde(default = "default_group")]
+    pub group: u32,
+    /// Shared secret: when set, every message is authenticated with
+    /// HMAC-SHA256 and unauthenticated ones are refused. At least 16
+    /// bytes; keep the file readable by root only.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A batch of session records is sent when it reaches this many bytes...
+    #[serde(default = "default_flush_bytes")]
+    pub flush_bytes: u32,
+    /// ...or this many milliseconds after its first record.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u32,
+    /// A keepalive goes out after this long without traffic...
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_ms: u32,
+    /// ...and the peer is declared dead after this many silent intervals.
+    #[serde(default = "default_dead_after")]
+    pub dead_after: u32,
+    /// Seconds a synced session outlives its timeout on the backup (the
+    /// active refreshes live sessions well within it).
+    #[serde(default = "default_grace")]
+    pub grace: u32,
+}
+
+fn default_port() -> u16 {
+    7468
+}
+fn default_group() -> u32 {
+    1
+}
+fn default_flush_bytes() -> u32 {
+    64 * 1024
+}
+fn default_flush_ms() -> u32 {
+    1
+}
+fn default_keepalive_ms() -> u32 {
+    1000
+}
+fn default_dead_after() -> u32 {
+    3
+}
+fn default_grace() -> u32 {
+    60
+}
+
+impl Sync {
+    pub(super) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, expected, found: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: format!("sync.{key}"),
+            expected,
+            found,
+        };
+        if self.local == self.peer {
+            return Err(invalid(
+                "peer",
+                "an address other than sync.local",
+                self.peer.to_string(),
+            ));
+        }
+        if self.local.is_ipv4() != self.peer.is_ipv4() {
+            return Err(invalid(
+                "peer",
+                "the same family as sync.local",
+                self.peer.to_string(),
+            ));
+        }
+        if self.port == 0 {
+            return Err(invalid("port", "1..=65535", "0".into()));
+        }
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "1..=4294967295", "0".into()));
+        }
+        if let Some(k) = &self.key
+            && k.len() < 16
+        {
+            return Err(invalid(
+                "key",
+                "at least 16 bytes",
+                format!("{} bytes", k.len()),
+            ));
+        }
+        if !(1024..=512 * 1024).contains(&self.flush_bytes) {
+            return Err(invalid(
+                "flush_bytes",
+                "1024..=524288",
+                self.flush_bytes.to_string(),
+            ));
+        }
+        if !(1..=1000).contains(&self.flush_ms) {
+            return Err(invalid("flush_ms", "1..=1000", self.flush_ms.to_string()));
+        }
+        if !(10..=60_000).contains(&self.keepalive_ms) {
+            return Err(invalid(
+                "keepalive_ms",
+                "10..=60000",
+                self.keepalive_ms.to_string(),
+            ));
+        }
+        if !(2..=20).contains(&self.dead_after) {
+            return Err(invalid("dead_after", "2..=20", self.dead_after.to_string()));
+        }
+        if self.grace > 3600 {
+            return Err(invalid("grace", "0..=3600", self.grace.to_string()));
+        }
+        Ok(())
+    }
+}

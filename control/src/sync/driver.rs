@@ -1,0 +1,325 @@
+//! The sync link's driver: owns the sockets and feeds a [`Conn`].
+//!
+//! Both roles listen on the sync address; the backup dials the active
+//! (from its own sync address, so the active's peer check holds whatever
+//! the routes say) and the active accepts only the configured peer. A new
+//! connection from the peer replaces the old one: a restarted backup is
+//! served at once, not after the dead-peer timeout. A connection that
+//! fails (socket error, `Fatal`, silence) is closed and counted; the
+//! backup dials again after `REDIAL`.
+//!
+//! The caller runs `turn` in a loop (it waits in poll(2) for at most the
+//! time given), hands in the data path's session events through `add`,
+//! `delete`, `refresh` and `cold_sync_complete`, and acts on what
+//! `poll_notice` returns.
+#![allow(unsafe_code)] // poll(2) and getrandom(2), each with its SAFETY note.
+
+use std::{
+    collections::VecDeque,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::{
+    Conn, DeleteRecord, Event, NackReason, Op, RefreshRecord, Role, SessionRecord, Settings, Stats,
+    SyncState, WireKey,
+};
+
+/// How long the backup waits between dial attempts, and for one.
+const REDIAL: Duration = Duration::from_millis(200);
+const DIAL_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What the caller acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Conn(Event),
+    /// The connection ended; why.
+    Down(String),
+}
+
+struct Link {
+    stream: TcpStream,
+    conn: Conn,
+    peer: SocketAddr,
+}
+
+pub struct Driver {
+    settings: Settings,
+    local: SocketAddr,
+    peer: SocketAddr,
+    listener: TcpListener,
+    link: Option<Link>,
+    next_dial: Instant,
+    notices: VecDeque<Notice>,
+    buf: Vec<u8>,
+    pub stats: Stats,
+    /// Why the last connection ended.
+    pub last_error: Option<String>,
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    // SAFETY: getrandom(2) writes at most `n.len()` bytes into `n`.
+    let r = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
+    assert_eq!(r, 16, "getrandom(2) failed");
+    n
+}
+
+impl Driver {
+    /// Listens on `local` (port included); `peer` is the only address let
+    /// in, and the one the backup dials.
+    pub fn new(settings: Settings, local: SocketAddr, peer: SocketAddr) -> io::Result<Self> {
+        let sock = Socket::new(
+            Domain::for_address(local),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SockAddr::from(local))?;
+        sock.listen(4)?;
+        sock.set_nonblocking(true)?;
+        let listener: TcpListener = sock.into();
+        let local = listener.local_addr()?;
+        Ok(Self {
+            settings,
+            local,
+            peer,
+            listener,
+            link: None,
+            next_dial: Instant::now(),
+            notices: VecDeque::new(),
+            buf: vec![0; 256 * 1024],
+            stats: Stats::default(),
+            last_error: None,
+        })
+    }
+
+    /// The listening address (with the port chosen when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn role(&self) -> Role {
+        self.settings.role
+    }
+
+    /// The connected peer's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.link.as_ref().map(|l| l.peer)
+    }
+
+    /// The local end of the connection (address and port).
+    pub fn link_local_addr(&self) -> Option<SocketAddr> {
+        self.link.as_ref().and_then(|l| l.stream.local_addr().ok())
+    }
+
+    /// Connected with hellos exchanged.
+    pub fn is_up(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.conn.is_up())
+    }
+
+    pub fn sync_state(&self) -> SyncState {
+        self.link
+            .as_ref()
+            .map_or(SyncState::Off, |l| l.conn.sync_state())
+    }
+
+    pub fn add_pending(&self) -> u64 {
+        self.link.as_ref().map_or(0, |l| l.conn.add_pending())
+    }
+
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    pub fn add(&mut self, r: &SessionRecord) {
+        match &mut self.link {
+            Some(l) => l.conn.add(r, Instant::now(), &mut self.stats),
+            None => self.stats.send_discard += 1,
+        }
+    }
+
+    pub fn delete(&mut self, r: &DeleteRecord) {
+        match &mut self.link {
+            Some(l) => l.conn.delete(r, Instant::now(), &mut self.stats),
+            None => self.stats.send_discard += 1,
+        }
+    }
+
+    pub fn refresh(&mut self, r: &RefreshRecord) {
+        match &mut self.link {
+            Some(l) => l.conn.refresh(r, Instant::now(), &mut self.stats),
+            None => self.stats.send_discard += 1,
+        }
+    }
+
+    pub fn cold_sync_complete(&mut self, sessions: u64) {
+        if let Some(l) = &mut self.link {
+            l.conn
+                .cold_sync_complete(sessions, Instant::now(), &mut self.stats);
+        }
+    }
+
+    pub fn nack(&mut self, seq: u64, op: Op, reason: NackReason, key: WireKey) {
+        if let Some(l) = &mut self.link {
+            l.conn
+                .nack(seq, op, reason, key, Instant::now(), &mut self.stats);
+        }
+    }
+
+    /// Accepts, dials, reads, writes and runs timers, waiting up to `wait`
+    /// for the sockets.
+    pub fn turn(&mut self, wait: Duration) {
+        let now = Instant::now();
+        if self.link.is_none() && self.settings.role == Role::Backup && now >= self.next_dial {
+            self.dial(now);
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let mut wait = wait;
+        if let Some(l) = &self.link {
+            let mut events = libc::POLLIN;
+            if !l.conn.output().is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: l.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+            wait = wait.min(l.conn.timeout().saturating_duration_since(now));
+        }
+        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            return; // EINTR: the caller turns again.
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            self.accept();
+        }
+        let now = Instant::now();
+        if let Err(why) = self.service(now) {
+            self.close(why);
+        }
+    }
+
+    fn dial(&mut self, now: Instant) {
+        self.next_dial = now + REDIAL;
+        let attempt = || -> io::Result<TcpStream> {
+            let sock = Socket::new(
+                Domain::for_address(self.peer),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )?;
+            sock.bind(&SockAddr::from(SocketAddr::new(self.local.ip(), 0)))?;
+            sock.connect_timeout(&SockAddr::from(self.peer), DIAL_TIMEOUT)?;
+            Ok(sock.into())
+        };
+        match attempt() {
+            Ok(stream) => self.open(stream, self.peer, true),
+            Err(e) => self.last_error = Some(format!("dial {}: {e}", self.peer)),
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, from)) => {
+                    if from.ip() != self.peer.ip() || self.settings.role != Role::Active {
+                        // Only the configured peer, and only into the active.
+                        self.stats.refused_connections += 1;
+                        drop(stream);
+                        continue;
+                    }
+                    if self.link.is_some() {
+                        self.close("replaced by a new connection from the peer".into());
+                    }
+                    self.open(stream, from, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.last_error = Some(format!("accept: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, stream: TcpStream, peer: SocketAddr, dialed: bool) {
+        if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
+            return;
+        }
+        let conn = Conn::new(
+            self.settings.clone(),
+            dialed,
+            nonce(),
+            Instant::now(),
+            &mut self.stats,
+        );
+        self.link = Some(Link { stream, conn, peer });
+    }
+
+    fn close(&mut self, why: String) {
+        if let Some(l) = self.link.take() {
+            l.conn.close(&mut self.stats);
+            self.notices.push_back(Notice::Down(why.clone()));
+            self.last_error = Some(why);
+        }
+    }
+
+    /// Reads, runs timers, writes.
+    fn service(&mut self, now: Instant) -> Result<(), String> {
+        let Some(l) = &mut self.link else {
+            return Ok(());
+        };
+        loop {
+            match l.stream.read(&mut self.buf) {
+                Ok(0) => return Err("closed by the peer".into()),
+                Ok(n) => l
+                    .conn
+                    .recv(&self.buf[..n], now, &mut self.stats)
+                    .map_err(|e| e.to_string())?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        if now >= l.conn.timeout() {
+            l.conn
+                .on_timeout(now, &mut self.stats)
+                .map_err(|e| e.to_string())?;
+        }
+        while !l.conn.output().is_empty() {
+            match l.stream.write(l.conn.output()) {
+                Ok(n) => l.conn.consumed(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.batch_flush_failures += 1;
+                    return Err(format!("write: {e}"));
+                }
+            }
+        }
+        while let Some(e) = l.conn.poll_event() {
+            self.notices.push_back(Notice::Conn(e));
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued now rather than at the next turn (after the
+    /// caller fed a burst of records).
+    pub fn flush(&mut self) {
+        let now = Instant::now();
+        if let Err(why) = self.service(now) {
+            self.close(why);
+        }
+    }
+}
