@@ -330,7 +330,9 @@ impl Conn {
         if self.open.as_ref().is_some_and(|o| now >= o.deadline) {
             self.seal(now, stats);
         }
-        if now.saturating_duration_since(self.last_tx) >= self.s.keepalive {
+        // Not before the hellos: a frame sent then would carry the hello
+        // key, which the peer stops accepting once it has both nonces.
+        if self.is_up() && now.saturating_duration_since(self.last_tx) >= self.s.keepalive {
             self.send(&Message::Keepalive, now, stats);
         }
         Ok(())

@@ -581,6 +581,36 @@ fn silence_ends_the_connection_and_keepalives_prevent_it() {
 }
 
 #[test]
+fn a_slow_hello_does_not_break_authentication() {
+    let t0 = Instant::now();
+    let mut st = Stats::default();
+    let mut a = Conn::new(
+        settings(1, Role::Active, Some(b"k")),
+        false,
+        [1; 16],
+        t0,
+        &mut st,
+    );
+    let mut b = Conn::new(
+        settings(2, Role::Backup, Some(b"k")),
+        true,
+        [2; 16],
+        t0,
+        &mut st,
+    );
+    // The backup's hello takes 1.5 s to arrive; the active's timers run.
+    let t = t0 + Duration::from_millis(1500);
+    a.on_timeout(t, &mut st).unwrap();
+    b.recv(a.output(), t, &mut st).unwrap();
+    a.consumed(a.output().len());
+    a.recv(b.output(), t, &mut st).unwrap();
+    b.consumed(b.output().len());
+    b.recv(a.output(), t, &mut st).unwrap();
+    assert!(a.is_up() && b.is_up());
+    assert_eq!(st.auth_failures, 0);
+}
+
+#[test]
 fn refused_records_are_nacked_and_counted() {
     let mut p = Pair::new(None, None);
     p.b.capacity = 10;
