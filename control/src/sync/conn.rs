@@ -125,7 +125,9 @@ impl Settings {
 pub enum Event {
     /// The peer's hello was accepted.
     Up(Hello),
-    /// (Active) the backup asked for a cold sync: walk every session.
+    /// (Active) the backup asked for a cold sync: walk every session, then
+    /// call `cold_sync_complete`. A walk under way when the connection
+    /// goes down must stop: its completion belongs to no later connection.
     ColdSyncRequested,
     /// (Backup) records of message `seq` to install, remove or refresh.
     /// Invalid ones were already refused.
@@ -182,6 +184,8 @@ struct Pending {
     seq: u64,
     kind: Kind,
     count: u32,
+    /// Records of it the peer nacked.
+    refused: u32,
 }
 
 pub struct Conn {
@@ -191,6 +195,8 @@ pub struct Conn {
     keys: Option<Keys>,
     peer: Option<Hello>,
     sync: SyncState,
+    /// (Active) the backup asked for its cold sync on this connection.
+    cold_requested: bool,
     tx_seq: u64,
     rx_seq: u64,
     inbuf: Vec<u8>,
@@ -223,6 +229,7 @@ impl Conn {
             keys,
             peer: None,
             sync: SyncState::Off,
+            cold_requested: false,
             tx_seq: 0,
             rx_seq: 0,
             inbuf: Vec::new(),
@@ -305,12 +312,17 @@ impl Conn {
     /// and the batches that never got their acknowledgement.
     pub fn close(self, stats: &mut Stats) {
         stats.connection_teardown += 1;
-        stats.batch_commit_failures += self.pending.len() as u64;
+        let unsent = self.open.as_ref().is_some_and(|o| o.count > 0);
+        stats.batch_commit_failures += self.pending.len() as u64 + u64::from(unsent);
     }
 
     /// When `on_timeout` is next due.
     pub fn timeout(&self) -> Instant {
-        let mut t = (self.last_tx + self.s.keepalive).min(self.last_rx + self.dead_after());
+        let mut t = self.last_rx + self.dead_after();
+        if self.is_up() {
+            // Keepalives only flow once the hellos are exchanged.
+            t = t.min(self.last_tx + self.s.keepalive);
+        }
         if let Some(o) = &self.open {
             t = t.min(o.deadline);
         }
@@ -377,13 +389,6 @@ impl Conn {
         stats: &mut Stats,
     ) -> Result<(), Fatal> {
         let h = f.header;
-        if h.seq != self.rx_seq + 1 {
-            stats.replays += 1;
-            return Err(Fatal::Sequence {
-                expected: self.rx_seq + 1,
-                got: h.seq,
-            });
-        }
         match (&self.keys, &f.tag) {
             (Some(k), Some(tag)) if k.verify(&bytes[f.signed.clone()], &bytes[tag.clone()]) => {}
             (None, None) => {}
@@ -391,6 +396,14 @@ impl Conn {
                 stats.auth_failures += 1;
                 return Err(Fatal::Auth);
             }
+        }
+        // After the tag: a forged frame counts as an authentication failure.
+        if h.seq != self.rx_seq + 1 {
+            stats.replays += 1;
+            return Err(Fatal::Sequence {
+                expected: self.rx_seq + 1,
+                got: h.seq,
+            });
         }
         if self.peer.is_none() != (h.kind == Kind::Hello) {
             stats.invalid_kind += 1;
@@ -406,7 +419,10 @@ impl Conn {
         let backup = self.s.role == Role::Backup;
         match msg {
             Message::Hello(hello) => self.hello(hello, now, stats)?,
-            Message::SyncStart if !backup => {
+            Message::SyncStart
+                if !backup && self.sync == SyncState::Cold && !self.cold_requested =>
+            {
+                self.cold_requested = true;
                 stats.sync_start_received += 1;
                 self.sync = SyncState::Cold;
                 self.events.push_back(Event::ColdSyncRequested);
@@ -440,12 +456,28 @@ impl Conn {
                     records,
                 });
             }
-            Message::Refresh(records) if backup => {
-                stats.refresh_received += records.len() as u64;
+            Message::Refresh(recs) if backup => {
+                stats.refresh_received += recs.len() as u64;
+                let mut ok = Vec::with_capacity(recs.len());
+                for r in recs {
+                    if r.validate() {
+                        ok.push(r);
+                    } else {
+                        stats.illegal_flow_type += 1;
+                        self.nack(
+                            h.seq,
+                            Op::Refresh,
+                            NackReason::IllegalFlow,
+                            r.key,
+                            now,
+                            stats,
+                        );
+                    }
+                }
                 self.ack_due = h.seq;
                 self.events.push_back(Event::Refresh {
                     seq: h.seq,
-                    records,
+                    records: ok,
                 });
             }
             Message::ColdSyncComplete { sessions } if backup => {
@@ -456,23 +488,38 @@ impl Conn {
             }
             Message::Ack { seq } if !backup => {
                 if seq > self.tx_seq {
+                    stats.decode_failures += 1;
                     return Err(Fatal::BogusAck(seq));
                 }
                 while let Some(p) = self.pending.front().filter(|p| p.seq <= seq) {
+                    let taken = u64::from(p.count.saturating_sub(p.refused));
                     match p.kind {
-                        Kind::Add => stats.add_completed += u64::from(p.count),
-                        Kind::Delete => stats.delete_completed += u64::from(p.count),
+                        Kind::Add => stats.add_completed += taken,
+                        Kind::Delete => stats.delete_completed += taken,
                         _ => {}
                     }
                     self.pending.pop_front();
                 }
             }
             Message::Nack {
-                op, reason, key, ..
+                seq,
+                op,
+                reason,
+                key,
             } if !backup => {
                 match op {
                     Op::Add => stats.add_nack_received += 1,
-                    Op::Delete | Op::Refresh => stats.delete_nack_received += 1,
+                    Op::Delete => stats.delete_nack_received += 1,
+                    Op::Refresh => stats.refresh_nack_received += 1,
+                }
+                // The backup acknowledges a batch on receipt and installs it
+                // after, so a nack may come before or after its ack.
+                if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+                    p.refused += 1;
+                } else if op == Op::Add {
+                    stats.add_completed = stats.add_completed.saturating_sub(1);
+                } else if op == Op::Delete {
+                    stats.delete_completed = stats.delete_completed.saturating_sub(1);
                 }
                 self.events.push_back(Event::Nacked { op, reason, key });
             }
@@ -536,7 +583,8 @@ impl Conn {
     ) {
         match op {
             Op::Add => stats.add_nack_sent += 1,
-            Op::Delete | Op::Refresh => stats.delete_nack_sent += 1,
+            Op::Delete => stats.delete_nack_sent += 1,
+            Op::Refresh => stats.refresh_nack_sent += 1,
         }
         self.send(
             &Message::Nack {
@@ -580,7 +628,8 @@ impl Conn {
 
     /// (Active) the walk of every session ended: `sessions` were sent.
     pub fn cold_sync_complete(&mut self, sessions: u64, now: Instant, stats: &mut Stats) {
-        if !self.is_up() {
+        if !self.cold_requested || self.sync == SyncState::Hot {
+            // Not asked for on this connection (a walk for an older one).
             return;
         }
         self.seal(now, stats);
@@ -639,6 +688,7 @@ impl Conn {
             seq,
             kind: o.kind,
             count: o.count,
+            refused: 0,
         });
     }
 

@@ -54,6 +54,8 @@ pub struct Driver {
     listener: TcpListener,
     link: Option<Link>,
     next_dial: Instant,
+    /// Until when the listener is left alone after accept(2) failed.
+    accept_after: Instant,
     notices: VecDeque<Notice>,
     buf: Vec<u8>,
     pub stats: Stats,
@@ -91,6 +93,7 @@ impl Driver {
             listener,
             link: None,
             next_dial: Instant::now(),
+            accept_after: Instant::now(),
             notices: VecDeque::new(),
             buf: vec![0; 256 * 1024],
             stats: Stats::default(),
@@ -196,7 +199,12 @@ impl Driver {
             });
             wait = wait.min(l.conn.timeout().saturating_duration_since(now));
         }
-        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // Rounded up: waking early would spin until the deadline.
+        let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        if now < self.accept_after {
+            // accept(2) failed (out of descriptors?): don't spin on it.
+            fds[0].events = 0;
+        }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n < 0 {
@@ -247,6 +255,7 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     self.last_error = Some(format!("accept: {e}"));
+                    self.accept_after = Instant::now() + REDIAL;
                     return;
                 }
             }

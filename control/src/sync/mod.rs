@@ -53,7 +53,8 @@ stats! {
     add_sent,
     /// Session adds received (backup).
     add_received,
-    /// Adds acknowledged by the peer (active) or installed here (backup).
+    /// Adds acknowledged by the peer and not refused (active), or installed
+    /// here (backup).
     add_completed,
     /// Adds this backup refused (each answered with a nack).
     add_nack_sent,
@@ -75,6 +76,10 @@ stats! {
     /// Refreshes of long-lived sessions sent (active) / received (backup).
     refresh_sent,
     refresh_received,
+    /// Refreshes this backup refused (state out of range) / nacks for them
+    /// received.
+    refresh_nack_sent,
+    refresh_nack_received,
     /// Received adds that could not be installed (table full).
     install_failures,
     /// Received records with an unknown protocol, state, action or flags.
@@ -90,19 +95,22 @@ stats! {
     /// Batches not begun because the connection's unsent backlog was over
     /// its limit (the records are lost until a cold sync).
     batch_begin_failures,
-    /// Batches sent but never acknowledged before the connection ended.
+    /// Batches begun or sent but never acknowledged before the connection
+    /// ended.
     batch_commit_failures,
     /// Writes to the peer's socket that failed.
     batch_flush_failures,
     /// Records refused at encoding (a field out of range).
     encode_failures,
-    /// Frames whose body did not decode (length, count or record fields).
+    /// Frames whose body did not decode (non-zero padding, an unknown role,
+    /// reason or op) or made no sense (an ack of a message never sent).
     decode_failures,
     /// Frames with a bad magic or version.
     invalid_header,
     /// Frames of an unknown kind, or of a kind not expected now.
     invalid_kind,
-    /// Frames longer than the protocol allows or shorter than their kind.
+    /// Frames longer than the protocol allows, of the wrong size for their
+    /// kind, or batches whose count disagrees with their length.
     invalid_length,
     /// Frames without a valid tag while a key is configured, or with one
     /// while none is.

@@ -499,6 +499,9 @@ fn every_flipped_bit_of_an_authenticated_stream_is_caught() {
     let mut st = Stats::default();
     let mut a = Conn::new(sa, false, [1; 16], now, &mut st);
     let mut b = Conn::new(sb.clone(), true, [2; 16], now, &mut st);
+    // The backup takes the active's hello (left in the active's output)
+    // and asks for a cold sync.
+    b.recv(a.output(), now, &mut st).unwrap();
     a.recv(b.output(), now, &mut st).unwrap();
     b.consumed(b.output().len());
     for n in 0..3 {
@@ -638,6 +641,36 @@ fn refused_records_are_nacked_and_counted() {
     assert!(p.b.stats.install_failures >= 2);
     assert_eq!(p.b.stats.illegal_service_set, 1);
     assert_eq!(p.a.stats.add_nack_received, p.b.stats.add_nack_sent);
+    // The 12 live adds were still in an open batch when the link was cut;
+    // the cold sync sent 12, of which 2 were refused, and the service set
+    // add was refused: 10 completed.
+    assert_eq!(p.a.stats.add_completed, 10, "{:?}", p.a.stats);
+    assert_eq!(p.a.stats.batch_commit_failures, 1);
+    // A refresh with a state no TCP session has.
+    p.a.conn.as_mut().unwrap().refresh(
+        &RefreshRecord {
+            id: 1,
+            key: key(1),
+            state: 200,
+            idle: 0,
+        },
+        p.now,
+        &mut p.a.stats,
+    );
+    let illegal = p.b.stats.illegal_flow_type;
+    p.settle();
+    assert_eq!(p.b.stats.illegal_flow_type, illegal + 1);
+    assert_eq!(
+        (p.b.stats.refresh_nack_sent, p.a.stats.refresh_nack_received),
+        (1, 1)
+    );
+    // A completion nobody asked for on this connection is not sent.
+    let sent = p.a.stats.cold_sync_completed_count;
+    p.a.conn
+        .as_mut()
+        .unwrap()
+        .cold_sync_complete(0, p.now, &mut p.a.stats);
+    assert_eq!(p.a.stats.cold_sync_completed_count, sent);
     assert!(p.a.events.iter().any(|e| matches!(
         e,
         Event::Nacked {

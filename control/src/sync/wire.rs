@@ -13,9 +13,11 @@
 //!
 //! Batches (add, delete, refresh) are a u32 count and fixed-size records:
 //! 64 bytes per session added, 48 per delete, 56 per refresh. Decoding
-//! checks the framing (magic, version, kind, flags, lengths, counts) and
-//! leaves the meaning of record fields to [`SessionRecord::validate`], so
-//! one bad record is refused on its own while the stream stays in step.
+//! checks the framing (magic, version, kind, flags, lengths, counts, zero
+//! padding: any fault there refuses the whole frame, and the connection
+//! ends) and leaves the meaning of record fields to
+//! [`SessionRecord::validate`] and [`RefreshRecord::validate`], so a record
+//! with a field out of range is nacked on its own.
 
 use std::{fmt, ops::Range};
 
@@ -77,8 +79,8 @@ impl Kind {
     }
 }
 
-/// Why a frame could not be read. Every variant but `BadRecord` leaves the
-/// stream out of step: the connection must close.
+/// Why a frame could not be read. The connection closes on any of them:
+/// the peer is either not speaking this version or not well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("bad magic or version")]
@@ -197,8 +199,12 @@ impl WireKey {
     }
 
     fn is_v4(&self) -> bool {
-        let m = |a: &[u8; 16]| a[..10] == [0; 10] && a[10..12] == [0xff, 0xff];
-        m(&self.src) && m(&self.dst)
+        mapped(&self.src) && mapped(&self.dst)
+    }
+
+    /// Both addresses of one family.
+    fn one_family(&self) -> bool {
+        mapped(&self.src) == mapped(&self.dst)
     }
 }
 
@@ -219,6 +225,10 @@ impl fmt::Display for WireKey {
             self.dport
         )
     }
+}
+
+fn mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10..12] == [0xff, 0xff]
 }
 
 /// Why a record was refused (the nack reason on the wire).
@@ -333,7 +343,9 @@ impl SessionRecord {
         let k = &self.key;
         let tcp = k.proto == 6;
         if !PROTOS.contains(&k.proto)
+            || !k.one_family()
             || (k.proto == 1 && !k.is_v4())
+            || (k.proto == 58 && k.is_v4())
             || (tcp && self.state >= TCP_STATES)
             || (!tcp && self.state != 0)
             || self.action >= ACTIONS
@@ -388,6 +400,13 @@ pub struct RefreshRecord {
 }
 
 impl RefreshRecord {
+    /// Whether the state fits the protocol (the session itself is the
+    /// receiver's to find).
+    pub fn validate(&self) -> bool {
+        let tcp = self.key.proto == 6;
+        self.key.one_family() && ((tcp && self.state < TCP_STATES) || (!tcp && self.state == 0))
+    }
+
     /// Appends the record's wire form.
     pub fn put(&self, out: &mut Vec<u8>) {
         let start = out.len();

@@ -292,6 +292,18 @@ fn records_are_validated_field_by_field() {
         illegal,
         "a NAT binding without the flag"
     );
+    assert_eq!(bad(&|r| r.key.dst = [2; 16]), illegal, "mixed families");
+    assert_eq!(
+        bad(&|r| {
+            r.key.proto = 58;
+            r.state = 0;
+            r.flags = 0;
+            r.nat_addr = [0; 4];
+            r.nat_port = 0;
+        }),
+        illegal,
+        "ICMPv6 between IPv4 addresses"
+    );
     assert_eq!(
         bad(&|r| {
             r.key.proto = 17;
