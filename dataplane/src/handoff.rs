@@ -35,6 +35,9 @@ pub struct Parcel {
 pub struct Batch {
     parcels: Vec<Parcel>,
     bytes: Vec<u8>,
+    /// Frames it holds: `bytes` has room for this many of `frame_size`, so
+    /// filling it never reallocates.
+    capacity: usize,
     frame_size: usize,
 }
 
@@ -43,12 +46,13 @@ impl Batch {
         Self {
             parcels: Vec::with_capacity(capacity),
             bytes: Vec::with_capacity(capacity * frame_size),
+            capacity,
             frame_size,
         }
     }
 
     fn is_full(&self) -> bool {
-        self.parcels.len() == self.parcels.capacity()
+        self.parcels.len() == self.capacity
     }
 
     /// The frames in the order they were handed, with their bytes.

@@ -24,8 +24,8 @@ use super::{
     Stats,
     auth::Keys,
     wire::{
-        self, CAP_AUTH, DecodeError, DeleteRecord, HEADER_LEN, Header, Hello, Kind, Message,
-        NackReason, Op, ROLE_ACTIVE, ROLE_BACKUP, RefreshRecord, SessionRecord, WireKey,
+        self, CAP_AUTH, DecodeError, DeleteRecord, Header, Hello, Kind, Message, NackReason, Op,
+        ROLE_ACTIVE, ROLE_BACKUP, RefreshRecord, SessionRecord, WireKey,
     },
 };
 
@@ -45,13 +45,6 @@ impl Role {
             Self::Backup => ROLE_BACKUP,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Backup => "backup",
-        }
-    }
 }
 
 /// Synchronization state, as `show services ha statistics` names it.
@@ -63,16 +56,6 @@ pub enum SyncState {
     Cold,
     /// The cold sync finished: the backup holds every session.
     Hot,
-}
-
-impl SyncState {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Off => "Off",
-            Self::Cold => "Cold",
-            Self::Hot => "Hot",
-        }
-    }
 }
 
 /// What a connection needs to know about its node.
@@ -253,10 +236,6 @@ impl Conn {
         };
         c.send(&Message::Hello(hello), now, stats);
         c
-    }
-
-    pub fn role(&self) -> Role {
-        self.s.role
     }
 
     pub fn sync_state(&self) -> SyncState {
@@ -714,7 +693,6 @@ impl Conn {
             let tag = k.sign(&self.out[start..]);
             self.out.extend_from_slice(&tag);
         }
-        debug_assert!(self.out.len() - start >= HEADER_LEN);
         stats.messages_sent += 1;
         stats.bytes_sent += (self.out.len() - start) as u64;
         self.last_tx = now;

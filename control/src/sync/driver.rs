@@ -106,18 +106,9 @@ impl Driver {
         self.local
     }
 
-    pub fn role(&self) -> Role {
-        self.settings.role
-    }
-
     /// The connected peer's address.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.link.as_ref().map(|l| l.peer)
-    }
-
-    /// The local end of the connection (address and port).
-    pub fn link_local_addr(&self) -> Option<SocketAddr> {
-        self.link.as_ref().and_then(|l| l.stream.local_addr().ok())
     }
 
     /// Connected with hellos exchanged.

@@ -19,7 +19,7 @@
 //! [`SessionRecord::validate`] and [`RefreshRecord::validate`], so a record
 //! with a field out of range is nacked on its own.
 
-use std::{fmt, ops::Range};
+use std::ops::Range;
 
 pub const MAGIC: u16 = 0x5444;
 pub const VERSION: u8 = 1;
@@ -208,25 +208,6 @@ impl WireKey {
     }
 }
 
-impl fmt::Display for WireKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ip = |a: &[u8; 16]| {
-            let v6 = std::net::Ipv6Addr::from(*a);
-            v6.to_ipv4_mapped()
-                .map_or_else(|| v6.to_string(), |v4| v4.to_string())
-        };
-        write!(
-            f,
-            "{} {}:{} > {}:{}",
-            self.proto,
-            ip(&self.src),
-            self.sport,
-            ip(&self.dst),
-            self.dport
-        )
-    }
-}
-
 fn mapped(a: &[u8; 16]) -> bool {
     a[..10] == [0; 10] && a[10..12] == [0xff, 0xff]
 }
@@ -255,15 +236,6 @@ impl NackReason {
 
     fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.iter().copied().find(|r| *r as u8 == v)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::TableFull => "table full",
-            Self::IllegalFlow => "illegal flow",
-            Self::IllegalServiceSet => "illegal service set",
-            Self::NatConflict => "NAT conflict",
-        }
     }
 }
 
