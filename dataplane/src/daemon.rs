@@ -41,6 +41,10 @@ use crate::{
     handoff::Handoff,
     loader::{Loader, LoaderError},
     netlink::{self, NetlinkError},
+    replica::{
+        Hub,
+        thread::{self as sync_thread, SyncThread},
+    },
     service::{ServiceError, Services},
     sys::{self, PuntSocket, SyscallError, XskStats},
     worker::{Port, Worker},
@@ -84,6 +88,12 @@ pub enum DaemonError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Syscall(#[from] SyscallError),
+    #[error("sync link on {local}: {source}")]
+    Sync {
+        local: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How often the control loop refreshes the heartbeat (readers call a
@@ -147,6 +157,7 @@ pub struct Daemon {
     workers: Vec<thread::JoinHandle<Worker>>,
     monitor: Option<thread::JoinHandle<()>>,
     control: Option<thread::JoinHandle<()>>,
+    sync: Option<thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
@@ -302,6 +313,10 @@ impl Daemon {
                 xsk.push((p.rx.fd().as_raw_fd(), first.expect("six stats")));
             }
         }
+        let sync_slots = match sync_thread::addresses(cfg) {
+            Some((local, peer)) => Some(sync_thread::register(&mut schema, local, peer)?),
+            None => None,
+        };
         let segment = Arc::new(SegmentWriter::create(
             &stats::segment_path(instance),
             &schema,
@@ -317,10 +332,15 @@ impl Daemon {
             d.batch as usize,
             d.frame_size as usize,
         )?);
+        let hub = Arc::new(Hub::new(workers as usize));
         let epoch = Instant::now();
         let mut built = Vec::new();
         for (w, (umem, free, ports)) in bound.into_iter().enumerate() {
-            let services = Services::new(cfg, w, workers as usize, ifindexes[0], 0)?;
+            let mut services = Services::new(cfg, w, workers as usize, ifindexes[0], 0)?;
+            if let (Some(svc), Some(s)) = (services.as_mut(), cfg.sync.as_ref()) {
+                let active = s.role == config::SyncRole::Active;
+                svc.attach(Arc::clone(&hub), active, s.grace);
+            }
             let mut worker = Worker {
                 id: w,
                 umem,
@@ -426,6 +446,26 @@ impl Daemon {
                 .expect("spawn control thread")
         };
 
+        let sync = match sync_slots {
+            Some(slots) => SyncThread::new(
+                cfg,
+                workers as usize,
+                hub,
+                Arc::clone(&handoff),
+                Arc::clone(&segment),
+                slots,
+            )
+            .map_err(|source| DaemonError::Sync {
+                local: sync_thread::addresses(cfg).expect("configured").0,
+                source,
+            })?
+            .map(|t| {
+                tracing::info!("sync link listening");
+                t.spawn(Arc::clone(&stop))
+            }),
+            None => None,
+        };
+
         let mut handles = Vec::new();
         for w in built {
             let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
@@ -452,6 +492,7 @@ impl Daemon {
             workers: handles,
             monitor: Some(monitor),
             control: Some(control),
+            sync,
             stop,
             segment,
             kernel: KernelSlots {
@@ -527,6 +568,9 @@ impl Daemon {
         }
         if let Some(c) = self.control.take() {
             let _ = c.join();
+        }
+        if let Some(s) = self.sync.take() {
+            let _ = s.join();
         }
         let _ = std::fs::remove_file(tandem_control::ctl::socket_path(&self.instance));
         self.segment.heartbeat(stats::unix_ns());

@@ -211,6 +211,14 @@ impl Handoff {
         self.inboxes[w].jobs.pop()
     }
 
+    /// Wakes worker `w` if it sleeps (something else was queued for it).
+    pub fn nudge(&self, w: usize) {
+        let inbox = &self.inboxes[w];
+        if inbox.sleeping.swap(false, Ordering::SeqCst) {
+            inbox.wake.signal();
+        }
+    }
+
     /// Worker `w` is about to sleep: true if it may (nothing queued). A
     /// sender that queues after this sees the flag and wakes it.
     pub fn prepare_sleep(&self, w: usize) -> bool {

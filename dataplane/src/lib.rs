@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod listing;
 pub mod loader;
 pub mod netlink;
+pub mod replica;
 pub mod service;
 pub mod session;
 pub mod sys;

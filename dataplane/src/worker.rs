@@ -218,6 +218,13 @@ impl Worker {
             {
                 self.walk = None;
             }
+            let syncing = match self.services.as_mut() {
+                Some(svc) => {
+                    svc.sync_step(now);
+                    svc.sync_busy()
+                }
+                None => false,
+            };
 
             if received > 0 || handed > 0 {
                 for (s, frames) in pending.iter_mut().enumerate() {
@@ -229,8 +236,9 @@ impl Worker {
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);
                 self.stats.publish(&tally);
-                if self.walk.is_some() {
-                    // A listing waits on its reader: nap, don't spin.
+                if self.walk.is_some() || syncing {
+                    // A listing waits on its reader, a cold-sync walk on
+                    // room in its ring: nap, don't spin.
                     poller.wait(WALK_POLL);
                 } else if self.handoff.prepare_sleep(self.id) {
                     poller.wait(IDLE_POLL);

@@ -42,6 +42,13 @@ pub const STALE_AFTER_NS: u64 = 3_000_000_000;
 /// What each metric family means, for `HELP` lines and `--help` texts.
 /// Every family a daemon registers must be listed (a test checks it).
 pub fn help(family: &str) -> Option<&'static str> {
+    if let Some(field) = family
+        .strip_prefix("tandem_sync_")
+        .and_then(|f| f.strip_suffix("_total"))
+        && let Some(i) = crate::sync::Stats::NAMES.iter().position(|n| *n == field)
+    {
+        return Some(crate::sync::Stats::DOCS[i].trim());
+    }
     Some(match family {
         "tandem_worker_rx_packets_total" => "Frames a worker received from its AF_XDP sockets.",
         "tandem_worker_rx_bytes_total" => "Bytes a worker received from its AF_XDP sockets.",
@@ -104,6 +111,20 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_xsk_tx_ring_empty_descs_total" => {
             "AF_XDP: tx wakeups that found the tx ring empty."
         }
+        "tandem_sync_role" => "Replication role: 0 active (sends), 1 backup (installs).",
+        "tandem_sync_connection_up" => "1 while the sync link to the peer is up.",
+        "tandem_sync_state" => "Synchronization: 0 off, 1 cold (cold sync under way), 2 hot.",
+        "tandem_sync_add_pending" => "Session adds sent and not yet acknowledged by the peer.",
+        "tandem_sync_add_per_second" => {
+            "Session adds sent (active) or installed (backup) in the last second."
+        }
+        "tandem_sync_delete_per_second" => {
+            "Session deletes sent (active) or carried out (backup) in the last second."
+        }
+        "tandem_sync_swept_total" => {
+            "Synced sessions a backup removed after a cold sync that no longer carried them."
+        }
+        "tandem_sync_info" => "The sync link's addresses, as labels; the value is 1.",
         _ => return None,
     })
 }

@@ -84,6 +84,30 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The settings `[sync]` of `cfg` describes, for a node of `workers`
+    /// workers; `None` without `[sync]`.
+    pub fn from_config(cfg: &crate::config::Config, workers: u16) -> Option<Self> {
+        let s = cfg.sync.as_ref()?;
+        let role = match s.role {
+            crate::config::SyncRole::Active => Role::Active,
+            crate::config::SyncRole::Backup => Role::Backup,
+        };
+        let mut out = Self::new(s.node_id, s.group, workers, role);
+        out.services = cfg.service_sets.len();
+        // Both nodes must describe the same service sets; their parsed form
+        // hashes the same on the same build.
+        out.services_hash = crate::stats::layout::fnv1a(
+            format!("{:?}", cfg.service_sets).as_bytes(),
+            crate::stats::layout::FNV_OFFSET,
+        );
+        out.key = s.key.as_ref().map(|k| k.as_bytes().to_vec());
+        out.flush_bytes = s.flush_bytes as usize;
+        out.flush_delay = Duration::from_millis(u64::from(s.flush_ms));
+        out.keepalive = Duration::from_millis(u64::from(s.keepalive_ms));
+        out.dead_after = s.dead_after;
+        Some(out)
+    }
+
     /// Defaults for everything but identity and role.
     pub fn new(node_id: u32, group_id: u32, workers: u16, role: Role) -> Self {
         Self {

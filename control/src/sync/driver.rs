@@ -126,6 +126,11 @@ impl Driver {
         self.link.as_ref().map_or(0, |l| l.conn.add_pending())
     }
 
+    /// Bytes queued for the peer and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.link.as_ref().map_or(0, |l| l.conn.output().len())
+    }
+
     pub fn poll_notice(&mut self) -> Option<Notice> {
         self.notices.pop_front()
     }

@@ -17,18 +17,22 @@ pub use conn::{Conn, Event, Fatal, Role, Settings, SyncState};
 pub use wire::{DeleteRecord, NackReason, Op, RefreshRecord, SessionRecord, WireKey};
 
 macro_rules! stats {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
         /// Replication counters, named as in `show services ha statistics`
         /// where the meaning carries over (the docs of each field say what
         /// it counts here). One set per node, kept across connections.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct Stats {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl Stats {
             /// Field names, in order: JSON keys and segment names.
             pub const NAMES: &'static [&'static str] = &[$(stringify!($name),)*];
+
+            /// What each field counts, in the order of `NAMES` (its doc
+            /// comment): `HELP` lines and `tandemstat ha --help`.
+            pub const DOCS: &'static [&'static str] = &[$(concat!($($doc),*),)*];
 
             /// Field values, in the order of `NAMES`.
             pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
@@ -73,12 +77,15 @@ stats! {
     /// Deletes for sessions this backup does not hold (not an error: the
     /// session may have aged out here first).
     delete_not_found,
-    /// Refreshes of long-lived sessions sent (active) / received (backup).
+    /// Refreshes of long-lived sessions sent (active): a TCP state change,
+    /// or a busy session whose timer was pushed back.
     refresh_sent,
+    /// Refreshes received (backup).
     refresh_received,
-    /// Refreshes this backup refused (state out of range) / nacks for them
-    /// received.
+    /// Refreshes this backup refused: state out of range, or a session it
+    /// does not hold (the active then sends the whole session again).
     refresh_nack_sent,
+    /// Nacks for refreshes received from the backup.
     refresh_nack_received,
     /// Received adds that could not be installed (table full).
     install_failures,
@@ -120,10 +127,13 @@ stats! {
     /// Connections refused: not from the configured peer, or a hello that
     /// does not match (group, node, roles, service sets).
     refused_connections,
-    /// Frames and bytes exchanged.
+    /// Frames sent to the peer.
     messages_sent,
+    /// Frames received from the peer.
     messages_received,
+    /// Bytes sent to the peer (headers and tags included).
     bytes_sent,
+    /// Bytes received from the peer.
     bytes_received,
 }
 

@@ -224,14 +224,18 @@ pub enum NackReason {
     IllegalServiceSet = 3,
     /// A NAT binding the receiver cannot hold (not in its pool).
     NatConflict = 4,
+    /// (Refresh) the receiver does not hold the session; the sender
+    /// answers with a full add, which repairs a lost one.
+    NotFound = 5,
 }
 
 impl NackReason {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::TableFull,
         Self::IllegalFlow,
         Self::IllegalServiceSet,
         Self::NatConflict,
+        Self::NotFound,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {

@@ -13,13 +13,17 @@
 
 pub mod nat;
 pub mod policy;
+pub mod replica;
 
 use tandem_control::config::{self, Prefix, RuleAction};
 
 use crate::{
     counters::{Tally, WorkerCounter},
     forward::DropReason,
-    session::{FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped},
+    replica::{self as sync, ToSync},
+    session::{
+        FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped, table::Aged,
+    },
     wire::{self, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
 };
 
@@ -69,6 +73,8 @@ pub struct Services {
     names: Vec<String>,
     pub table: Table,
     next_id: u64,
+    /// Replication, when `[sync]` is configured.
+    replica: Option<replica::Replica>,
 }
 
 /// Why a worker's services could not be built.
@@ -119,6 +125,7 @@ impl Services {
             names: cfg.service_sets.iter().map(|s| s.name.clone()).collect(),
             table: Table::new(cfg.sessions.per_worker as usize, cfg.sessions.timeouts, now),
             next_id: 0,
+            replica: None,
         }))
     }
 
@@ -212,6 +219,10 @@ impl Services {
             if next != s.state {
                 s.state = next;
                 self.table.reschedule(slot);
+                let s = self.table.get(slot);
+                replica::emit(self.replica.as_ref(), self.worker, || {
+                    ToSync::Refresh(sync::refresh_record(s, now))
+                });
             }
         }
         let s = self.table.get(slot);
@@ -308,6 +319,9 @@ impl Services {
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         }
+        replica::emit(self.replica.as_ref(), self.worker, || {
+            ToSync::Add(sync::record(&s, now))
+        });
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
         Verdict::Pass { snat }
@@ -365,16 +379,27 @@ impl Services {
         }
     }
 
-    /// Ages the table to `now`; returns how many sessions expired.
+    /// Ages the table to `now`; returns how many sessions expired. The
+    /// peer hears of each expiry, and of each busy session whose deadline
+    /// moved on (a refresh keeps its copy alive).
     pub fn expire(&mut self, now: u32, tally: &mut Tally) -> usize {
         let mut n = 0;
         let sets = &mut self.sets;
-        self.table.advance(now, |s| {
-            n += 1;
-            if let Some((addr, port)) = s.nat()
-                && let Some(pool) = sets[usize::from(s.service_set)].nat.as_mut()
-            {
-                pool.release(addr, port);
+        let (rep, worker) = (self.replica.as_ref(), self.worker);
+        self.table.advance(now, |aged, s| match aged {
+            Aged::Expired => {
+                n += 1;
+                if let Some((addr, port)) = s.nat()
+                    && let Some(pool) = sets[usize::from(s.service_set)].nat.as_mut()
+                {
+                    pool.release(addr, port);
+                }
+                replica::emit(rep, worker, || ToSync::Delete(sync::delete_record(s)));
+            }
+            Aged::Extended => {
+                replica::emit(rep, worker, || {
+                    ToSync::Refresh(sync::refresh_record(s, now))
+                });
             }
         });
         tally.add(WorkerCounter::SessionsDeleted, n as u64);

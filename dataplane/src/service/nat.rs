@@ -3,8 +3,11 @@
 //! Design: a pool's port range is cut into one contiguous slice per worker,
 //! the same slice on every pool address, so the owner of a translated flow
 //! follows from its port alone: return traffic is handed to that worker.
-//! Each worker keeps a free stack of its (address, port) pairs, allocated
-//! once at start.
+//! Each worker keeps a bitmap of its (address, port) pairs, allocated once
+//! at start. Allocation searches from where the last one ended, so a
+//! released port is reused as late as possible; a standby marks the
+//! bindings its peer replicates with [`PortPool::reserve`], so it never
+//! hands them out again after a failover.
 
 use std::net::Ipv4Addr;
 
@@ -19,8 +22,12 @@ pub struct PortPool {
     span: u32,
     /// This worker's first port.
     first: u16,
-    /// Free (address index, port) pairs.
-    free: Vec<(u8, u16)>,
+    /// Bit `a * span + (port - first)` is set while that pair is bound;
+    /// the bits past the last pair are set for good.
+    used: Vec<u64>,
+    /// Bit where the next search starts.
+    cursor: usize,
+    free: usize,
 }
 
 impl PortPool {
@@ -36,19 +43,19 @@ impl PortPool {
         }
         let first = u32::from(nat.ports.lo) + span * worker as u32;
         let addrs: Vec<[u8; 4]> = nat.pool.iter().map(Ipv4Addr::octets).collect();
-        let mut free = Vec::with_capacity(addrs.len() * span as usize);
-        // Popped from the end: hand out low ports of the first address first.
-        for a in (0..addrs.len()).rev() {
-            for p in (first..first + span).rev() {
-                free.push((a as u8, p as u16));
-            }
+        let pairs = addrs.len() * span as usize;
+        let mut used = vec![0u64; pairs.div_ceil(64)];
+        if !pairs.is_multiple_of(64) {
+            *used.last_mut().expect("at least one word") = !0u64 << (pairs % 64);
         }
         Ok(Self {
             addrs,
             lo: nat.ports.lo,
             span,
             first: first as u16,
-            free,
+            used,
+            cursor: 0,
+            free: pairs,
         })
     }
 
@@ -63,23 +70,72 @@ impl PortPool {
         (w < workers).then_some(w)
     }
 
-    pub fn alloc(&mut self) -> Option<([u8; 4], u16)> {
-        let (a, p) = self.free.pop()?;
-        Some((self.addrs[usize::from(a)], p))
+    /// The bit of (`addr`, `port`), if the pair is in this share.
+    fn bit(&self, addr: [u8; 4], port: u16) -> Option<usize> {
+        let off = u32::from(port.checked_sub(self.first)?);
+        if off >= self.span {
+            return None;
+        }
+        let a = self.addrs.iter().position(|x| *x == addr)?;
+        Some(a * self.span as usize + off as usize)
     }
 
-    /// Returns a pair [`Self::alloc`] handed out.
+    pub fn alloc(&mut self) -> Option<([u8; 4], u16)> {
+        if self.free == 0 {
+            return None;
+        }
+        let words = self.used.len();
+        let (start, skip) = (self.cursor / 64, self.cursor % 64);
+        // The start word twice: first its bits from the cursor on, last
+        // the ones before it.
+        for i in 0..=words {
+            let w = (start + i) % words;
+            let mut word = self.used[w];
+            if i == 0 {
+                word |= (1u64 << skip) - 1;
+            }
+            if word != !0 {
+                let b = word.trailing_ones() as usize;
+                self.used[w] |= 1 << b;
+                let pair = w * 64 + b;
+                self.cursor = pair + 1;
+                self.free -= 1;
+                let span = self.span as usize;
+                let port = u32::from(self.first) + (pair % span) as u32;
+                return Some((self.addrs[pair / span], port as u16));
+            }
+        }
+        None
+    }
+
+    /// Marks a binding made elsewhere (by the peer) as taken; false when
+    /// the pair is not in this share or is already bound here.
+    pub fn reserve(&mut self, addr: [u8; 4], port: u16) -> bool {
+        let Some(bit) = self.bit(addr, port) else {
+            return false;
+        };
+        let (w, m) = (bit / 64, 1u64 << (bit % 64));
+        if self.used[w] & m != 0 {
+            return false;
+        }
+        self.used[w] |= m;
+        self.free -= 1;
+        true
+    }
+
+    /// Returns a pair [`Self::alloc`] handed out or [`Self::reserve`] took.
     pub fn release(&mut self, addr: [u8; 4], port: u16) {
-        let mine = port >= self.first && u32::from(port) < u32::from(self.first) + self.span;
-        if let Some(a) = self.addrs.iter().position(|x| *x == addr)
-            && mine
-        {
-            self.free.push((a as u8, port));
+        if let Some(bit) = self.bit(addr, port) {
+            let (w, m) = (bit / 64, 1u64 << (bit % 64));
+            if self.used[w] & m != 0 {
+                self.used[w] &= !m;
+                self.free += 1;
+            }
         }
     }
 
     pub fn available(&self) -> usize {
-        self.free.len()
+        self.free
     }
 }
 
@@ -130,5 +186,36 @@ mod tests {
     #[test]
     fn too_few_ports_for_the_workers_is_an_error() {
         assert!(PortPool::new(&nat(5000, 5000, 1), 0, 2).is_err());
+    }
+
+    #[test]
+    fn reserved_pairs_are_never_handed_out() {
+        // 130 pairs: three bitmap words, the last one partial.
+        let mut p = PortPool::new(&nat(3000, 3064, 2), 0, 1).unwrap();
+        assert_eq!(p.available(), 130);
+        assert!(p.reserve([198, 18, 2, 100], 3001));
+        assert!(!p.reserve([198, 18, 2, 100], 3001), "twice");
+        assert!(!p.reserve([198, 18, 2, 100], 2999), "outside the range");
+        assert!(!p.reserve([1, 2, 3, 4], 3002), "not a pool address");
+        assert!(p.reserve([198, 18, 2, 101], 3064));
+        let mut seen = std::collections::HashSet::new();
+        while let Some(pair) = p.alloc() {
+            assert!(seen.insert(pair));
+        }
+        assert_eq!(seen.len(), 128);
+        assert!(!seen.contains(&([198, 18, 2, 100], 3001)));
+        assert!(!seen.contains(&([198, 18, 2, 101], 3064)));
+        p.release([198, 18, 2, 100], 3001);
+        assert_eq!(p.alloc(), Some(([198, 18, 2, 100], 3001)));
+        assert_eq!(p.available(), 0);
+    }
+
+    #[test]
+    fn a_released_port_is_reused_last() {
+        let mut p = PortPool::new(&nat(4000, 4199, 1), 0, 1).unwrap();
+        let (a, first) = p.alloc().unwrap();
+        p.release(a, first);
+        let next: Vec<u16> = (0..100).map(|_| p.alloc().unwrap().1).collect();
+        assert!(!next.contains(&first), "{first} came back early");
     }
 }

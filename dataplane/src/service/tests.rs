@@ -314,3 +314,348 @@ fn no_service_set_means_no_services() {
     .unwrap();
     assert!(Services::new(&cfg, 0, 1, IN, 0).unwrap().is_none());
 }
+
+mod replication {
+    use std::sync::Arc;
+
+    use tandem_control::sync::{NackReason, Op};
+
+    use super::*;
+    use crate::replica::{self, Hub, ToSync, ToWorker};
+
+    fn events(hub: &Hub) -> Vec<ToSync> {
+        std::iter::from_fn(|| hub.ports[0].events.pop()).collect()
+    }
+
+    fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+        c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An active worker and a standby one, each with its own hub.
+    fn pair() -> (Services, Arc<Hub>, Services, Arc<Hub>) {
+        let (ah, sh) = (Arc::new(Hub::new(1)), Arc::new(Hub::new(1)));
+        let mut a = services(0, 1, "");
+        a.attach(Arc::clone(&ah), true, 60);
+        let mut s = services(0, 1, "");
+        s.attach(Arc::clone(&sh), false, 60);
+        (a, ah, s, sh)
+    }
+
+    /// Hands the active's add events to the standby as the sync thread would.
+    fn carry(from: &Hub, to: &Hub, generation: u8) -> usize {
+        let mut n = 0;
+        for ev in events(from) {
+            if let ToSync::Add(rec) = ev {
+                to.ports[0]
+                    .commands
+                    .push(ToWorker::Install {
+                        seq: 1,
+                        generation,
+                        rec,
+                    })
+                    .unwrap();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn events_flow_only_while_the_peer_is_connected() {
+        let (mut a, ah, _, _) = pair();
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        assert!(events(&ah).is_empty(), "no peer, no events");
+        ah.set_live(true);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5001, 53), IN, 1, &mut t);
+        let evs = events(&ah);
+        let [ToSync::Add(rec)] = evs.as_slice() else {
+            panic!("{evs:?}");
+        };
+        assert_eq!(rec.key.sport, 5001);
+        assert_eq!(rec.nat_addr, POOL);
+        assert_eq!(rec.flags & tandem_control::sync::wire::REC_NAT, 1);
+    }
+
+    #[test]
+    fn tcp_state_changes_refresh_and_expiry_deletes() {
+        let (mut a, ah, _, _) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        run(
+            &mut a,
+            &mut tcp(CLIENT, SERVER, 6000, 80, "S"),
+            IN,
+            1,
+            &mut t,
+        );
+        let port = match events(&ah).as_slice() {
+            [ToSync::Add(r)] => r.nat_port,
+            other => panic!("{other:?}"),
+        };
+        run(
+            &mut a,
+            &mut tcp(SERVER, POOL, 80, port, "SA"),
+            OUT,
+            1,
+            &mut t,
+        );
+        let evs = events(&ah);
+        assert!(
+            matches!(evs.as_slice(), [ToSync::Refresh(r)] if r.state == TcpState::SynReceived as u8),
+            "{evs:?}"
+        );
+        // Idle long past every timeout: the session expires, the peer hears.
+        a.expire(100_000, &mut t);
+        let evs = events(&ah);
+        assert!(
+            matches!(evs.as_slice(), [ToSync::Delete(d)] if d.key.sport == 6000),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
+    fn a_busy_session_whose_deadline_moves_is_refreshed() {
+        let (mut a, ah, _, _) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 0, &mut t);
+        events(&ah);
+        let udp_timeout = a.table.timeouts().udp;
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 5, &mut t);
+        a.expire(udp_timeout + 1, &mut t);
+        let evs = events(&ah);
+        assert!(
+            matches!(evs.as_slice(), [ToSync::Refresh(r)] if r.idle == udp_timeout + 1 - 5),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
+    fn the_standby_installs_holds_the_binding_and_forwards_replies() {
+        let (mut a, ah, mut s, sh) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        assert_eq!(carry(&ah, &sh, 1), 1);
+        let free = s.sets[0].nat.as_ref().unwrap().available();
+        s.sync_step(10);
+        assert_eq!(count(&sh.ports[0].counts.installed), 1);
+        assert_eq!(s.table.len(), 1);
+        assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), free - 1);
+        // After a failover the standby's copy carries the flow both ways.
+        let port = a.table.get(0).nat().map_or(0, |(_, p)| p);
+        let installed = *s.table.get(s.table.lookup(&a.table.get(0).key).unwrap().0);
+        assert!(installed.is_synced());
+        assert_eq!(installed.nat(), Some((POOL, port)));
+        let mut reply = udp(SERVER, POOL, 53, port);
+        assert_eq!(
+            run(&mut s, &mut reply, OUT, 11, &mut t),
+            Verdict::Pass { snat: None }
+        );
+        assert_eq!(endpoints(&reply), (SERVER, 53, CLIENT, 5000));
+        // The same add again (a cold sync racing a live add) updates in place.
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 2, &mut t);
+        let rec = replica::record(a.table.get(0), 3);
+        sh.ports[0]
+            .commands
+            .push(ToWorker::Install {
+                seq: 2,
+                generation: 1,
+                rec,
+            })
+            .unwrap();
+        s.sync_step(12);
+        assert_eq!(s.table.len(), 1);
+        assert_eq!(count(&sh.ports[0].counts.installed), 2);
+        assert!(events(&sh).is_empty(), "nothing refused");
+        // A delete removes it and frees the port.
+        sh.ports[0]
+            .commands
+            .push(ToWorker::Remove {
+                rec: replica::delete_record(&installed),
+            })
+            .unwrap();
+        s.sync_step(13);
+        assert!(s.table.is_empty());
+        assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), free);
+        assert_eq!(count(&sh.ports[0].counts.removed), 1);
+        sh.ports[0]
+            .commands
+            .push(ToWorker::Remove {
+                rec: replica::delete_record(&installed),
+            })
+            .unwrap();
+        s.sync_step(13);
+        assert_eq!(count(&sh.ports[0].counts.not_found), 1);
+    }
+
+    #[test]
+    fn records_the_standby_cannot_hold_are_refused() {
+        let (mut a, ah, mut s, sh) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        // per_worker = 4: the fifth session does not fit.
+        for p in 0..4 {
+            run(
+                &mut a,
+                &mut udp(CLIENT, SERVER, 5000 + p, 53),
+                IN,
+                1,
+                &mut t,
+            );
+        }
+        carry(&ah, &sh, 1);
+        s.sync_step(1);
+        assert_eq!(s.table.len(), 4);
+        let mut extra = replica::record(a.table.get(0), 1);
+        extra.key.sport = 9999;
+        extra.nat_port = 1030;
+        let refresh = tandem_control::sync::RefreshRecord {
+            id: 99,
+            key: extra.key,
+            state: 0,
+            idle: 0,
+        };
+        let mut foreign = extra;
+        foreign.key.sport = 9998;
+        foreign.nat_addr = [192, 0, 2, 1];
+        for cmd in [
+            ToWorker::Install {
+                seq: 7,
+                generation: 1,
+                rec: extra,
+            },
+            ToWorker::Install {
+                seq: 8,
+                generation: 1,
+                rec: foreign,
+            },
+            ToWorker::Refresh {
+                seq: 9,
+                generation: 1,
+                rec: refresh,
+            },
+        ] {
+            sh.ports[0].commands.push(cmd).unwrap();
+        }
+        s.sync_step(2);
+        let refused: Vec<_> = events(&sh)
+            .into_iter()
+            .map(|e| match e {
+                ToSync::Refused {
+                    seq, op, reason, ..
+                } => (seq, op, reason),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (7, Op::Add, NackReason::TableFull),
+                (8, Op::Add, NackReason::NatConflict),
+                (9, Op::Refresh, NackReason::NotFound),
+            ]
+        );
+        // The refused add gave its reserved port back.
+        assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 4);
+    }
+
+    #[test]
+    fn a_cold_sync_walks_every_session_and_the_standby_sweeps_the_rest() {
+        let (mut a, ah, mut s, sh) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        for p in 0..3 {
+            run(
+                &mut a,
+                &mut udp(CLIENT, SERVER, 5000 + p, 53),
+                IN,
+                1,
+                &mut t,
+            );
+        }
+        // Generation 1: the standby holds all three.
+        carry(&ah, &sh, 1);
+        s.sync_step(1);
+        assert_eq!(s.table.len(), 3);
+        // The link drops; the active loses one session meanwhile.
+        ah.set_live(false);
+        let gone = a
+            .table
+            .lookup(&replica::flow_key(&replica::wire_key(&FlowKey::v4(
+                CLIENT, SERVER, 5001, 53, 17,
+            ))));
+        let (slot, _) = gone.unwrap();
+        a.table.remove(slot);
+        // Reconnected: the active walks its table for generation 2.
+        ah.set_live(true);
+        ah.ports[0]
+            .commands
+            .push(ToWorker::Walk { walk: 4 })
+            .unwrap();
+        a.sync_step(2);
+        assert!(!a.sync_busy(), "a small table is walked in one step");
+        let evs = events(&ah);
+        let adds = evs.iter().filter(|e| matches!(e, ToSync::Add(_))).count();
+        assert_eq!(adds, 2);
+        assert_eq!(
+            evs.last(),
+            Some(&ToSync::WalkDone {
+                walk: 4,
+                sessions: 2
+            })
+        );
+        for ev in evs {
+            if let ToSync::Add(rec) = ev {
+                sh.ports[0]
+                    .commands
+                    .push(ToWorker::Install {
+                        seq: 3,
+                        generation: 2,
+                        rec,
+                    })
+                    .unwrap();
+            }
+        }
+        sh.ports[0]
+            .commands
+            .push(ToWorker::Sweep { generation: 2 })
+            .unwrap();
+        s.sync_step(3);
+        assert_eq!(s.table.len(), 2, "the session deleted meanwhile is swept");
+        assert_eq!(count(&sh.ports[0].counts.swept), 1);
+        assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 6);
+    }
+
+    #[test]
+    fn a_refresh_the_standby_lacks_is_answered_with_the_session() {
+        let (mut a, ah, _, _) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        let key = match events(&ah).as_slice() {
+            [ToSync::Add(r)] => r.key,
+            other => panic!("{other:?}"),
+        };
+        ah.ports[0].commands.push(ToWorker::Resend { key }).unwrap();
+        a.sync_step(2);
+        assert!(matches!(events(&ah).as_slice(), [ToSync::Add(r)] if r.key == key));
+    }
+
+    #[test]
+    fn synced_sessions_outlive_their_timeout_by_the_grace() {
+        let (mut a, ah, mut s, sh) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 0, &mut t);
+        carry(&ah, &sh, 1);
+        s.sync_step(0);
+        let udp_timeout = s.table.timeouts().udp;
+        s.expire(udp_timeout + 1, &mut t);
+        assert_eq!(s.table.len(), 1, "still within the grace");
+        s.expire(udp_timeout + 61, &mut t);
+        assert!(s.table.is_empty());
+        assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 8);
+    }
+}

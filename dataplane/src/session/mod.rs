@@ -41,6 +41,8 @@ mod flag {
     pub const LIVE: u8 = 1;
     pub const NAT: u8 = 2;
     pub const OUTSIDE: u8 = 4;
+    /// Installed from the peer's replication, not created here.
+    pub const SYNCED: u8 = 8;
 }
 
 /// One session: 104 bytes (checked by `size_is_stated` below).
@@ -66,6 +68,9 @@ pub struct Session {
     pub action: u8,
     pub service_set: u8,
     flags: u8,
+    /// For a synced session: the replication generation that last
+    /// installed or refreshed it (a cold sync sweeps older ones).
+    pub generation: u8,
 }
 
 impl Session {
@@ -87,6 +92,17 @@ impl Session {
 
     pub fn is_live(&self) -> bool {
         self.flags & flag::LIVE != 0
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.flags & flag::SYNCED != 0
+    }
+
+    /// Marks the session as the peer's, installed by replication
+    /// `generation`.
+    pub fn set_synced(&mut self, generation: u8) {
+        self.flags |= flag::SYNCED;
+        self.generation = generation;
     }
 
     pub fn origin(&self) -> Origin {

@@ -33,6 +33,18 @@ pub struct Table {
     tick: u32,
     len: usize,
     timeouts: Timeouts,
+    /// Seconds a synced session outlives its timeout: the peer that owns
+    /// it refreshes long-lived flows, and its deletes arrive in time.
+    grace: u32,
+}
+
+/// What [`Table::advance`] did with a session whose tick came round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aged {
+    /// Its deadline passed: it was removed.
+    Expired,
+    /// It saw traffic since it was scheduled: it moved to its new deadline.
+    Extended,
 }
 
 fn side_bit(side: Side) -> u32 {
@@ -59,6 +71,7 @@ impl Table {
             tick: now,
             len: 0,
             timeouts,
+            grace: 0,
         }
     }
 
@@ -91,6 +104,11 @@ impl Table {
 
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
+    }
+
+    /// Sets how long synced sessions outlive their timeouts.
+    pub fn set_grace(&mut self, seconds: u32) {
+        self.grace = seconds;
     }
 
     /// The session a packet with key `k` belongs to, and which side sent it.
@@ -171,7 +189,10 @@ impl Table {
 
     fn deadline(&self, slot: u32) -> u32 {
         let s = &self.slots[slot as usize];
-        s.last_seen.saturating_add(timeout(&self.timeouts, s))
+        let grace = if s.is_synced() { self.grace } else { 0 };
+        s.last_seen
+            .saturating_add(timeout(&self.timeouts, s))
+            .saturating_add(grace)
     }
 
     fn schedule(&mut self, slot: u32) {
@@ -202,9 +223,10 @@ impl Table {
     }
 
     /// Advances the clock to `now` (seconds), removing every session whose
-    /// deadline passed and handing each to `expired`. Sessions whose
-    /// deadline moved since they were scheduled are rescheduled.
-    pub fn advance(&mut self, now: u32, mut expired: impl FnMut(&Session)) {
+    /// deadline passed and handing each to `aged` as [`Aged::Expired`].
+    /// Sessions whose deadline moved since they were scheduled are
+    /// rescheduled and handed over as [`Aged::Extended`].
+    pub fn advance(&mut self, now: u32, mut aged: impl FnMut(Aged, &Session)) {
         if now <= self.tick {
             return;
         }
@@ -218,14 +240,37 @@ impl Table {
                 if self.deadline(cur) <= now {
                     // Linked nowhere now, so remove() unlinks nothing.
                     let s = self.remove(cur);
-                    expired(&s);
+                    aged(Aged::Expired, &s);
                 } else {
                     self.schedule(cur);
+                    aged(Aged::Extended, &self.slots[cur as usize]);
                 }
                 cur = next;
             }
         }
         self.tick = now;
+    }
+
+    /// Removes the live sessions `pick` chooses among at most `max_slots`
+    /// slots from `from`, handing each to `removed`; returns the slot to
+    /// continue from (`None`: done).
+    pub fn sweep(
+        &mut self,
+        from: u32,
+        max_slots: usize,
+        pick: impl Fn(&Session) -> bool,
+        mut removed: impl FnMut(&Session),
+    ) -> Option<u32> {
+        let start = (from as usize).min(self.slots.len());
+        let end = start.saturating_add(max_slots).min(self.slots.len());
+        for slot in start..end {
+            let s = &self.slots[slot];
+            if s.is_live() && pick(s) {
+                let s = self.remove(slot as u32);
+                removed(&s);
+            }
+        }
+        (end < self.slots.len()).then_some(end as u32)
     }
 
     /// Visits the live sessions among at most `max_slots` slots from
@@ -321,14 +366,24 @@ mod tests {
         let mut t = Table::new(8, timeouts(), 100);
         let a = t.insert(sess(1, None, 100)).unwrap();
         let b = t.insert(sess(2, None, 100)).unwrap();
-        t.advance(120, |_| panic!("nothing is due yet"));
+        t.advance(120, |a, _| {
+            assert_eq!(a, Aged::Extended, "nothing is due yet");
+        });
         t.get_mut(b).last_seen = 120;
         let mut gone = Vec::new();
-        t.advance(131, |s| gone.push(s.id));
+        t.advance(131, |a, s| {
+            if a == Aged::Expired {
+                gone.push(s.id);
+            }
+        });
         assert_eq!(gone, [1]);
         assert!(!t.get(a).is_live());
         assert_eq!(t.len(), 1);
-        t.advance(151, |s| gone.push(s.id));
+        t.advance(151, |a, s| {
+            if a == Aged::Expired {
+                gone.push(s.id);
+            }
+        });
         assert_eq!(gone, [1, 2]);
         assert!(t.is_empty());
     }
@@ -349,10 +404,10 @@ mod tests {
         t.insert(s).unwrap();
         let mut n = 0;
         for now in (0..10_000).step_by(500) {
-            t.advance(now, |_| n += 1);
+            t.advance(now, |a, _| n += usize::from(a == Aged::Expired));
         }
         assert_eq!(n, 0);
-        t.advance(10_001, |_| n += 1);
+        t.advance(10_001, |a, _| n += usize::from(a == Aged::Expired));
         assert_eq!(n, 1);
     }
 
@@ -385,7 +440,11 @@ mod tests {
                     _ => {
                         now += dt;
                         let mut gone = Vec::new();
-                        t.advance(now, |s| gone.push((s.id as u16, s.last_seen)));
+                        t.advance(now, |a, s| {
+                            if a == Aged::Expired {
+                                gone.push((s.id as u16, s.last_seen));
+                            }
+                        });
                         for (id, seen) in gone {
                             prop_assert!(seen + 30 <= now);
                             live.remove(&id);

@@ -1,0 +1,395 @@
+//! The sync thread: runs the sync link's [`Driver`], carries the workers'
+//! session events to the peer and the peer's records to the workers that
+//! own them here, and publishes the replication counters.
+//!
+//! Active side: when the peer is up the workers' events flow; a cold-sync
+//! request starts a walk on every worker and the completion goes out once
+//! each has reported its walk done, behind every record the walk sent.
+//! While the connection's unsent backlog is over half its limit the rings
+//! are left to fill (a walk waits for room; live events overflow and are
+//! counted) rather than the backlog growing without bound. Standby side:
+//! every connection starts a new generation; installs and refreshes stamp
+//! it, and the cold sync's completion sweeps the peer's sessions of older
+//! generations (those the active deleted while the link was down).
+
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tandem_control::{
+    config::Config,
+    stats::{Kind, Schema, SegmentWriter, StatsError},
+    sync::{
+        Event, Op, Role, Settings, Stats, SyncState,
+        driver::{Driver, Notice},
+    },
+};
+
+use super::{Hub, Ownership, ToSync, ToWorker};
+use crate::handoff::Handoff;
+
+/// How long one turn waits for the sockets: the batching delay's grain.
+const TURN: Duration = Duration::from_millis(1);
+/// Events taken from one worker's ring per turn.
+const DRAIN: usize = 4096;
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Gauges published beside the [`Stats`] counters, in this order.
+const GAUGES: [(&str, &str, Kind); 7] = [
+    ("tandem_sync_role", "", Kind::Gauge),
+    ("tandem_sync_connection_up", "", Kind::Gauge),
+    ("tandem_sync_state", "", Kind::Gauge),
+    ("tandem_sync_add_pending", "", Kind::Gauge),
+    ("tandem_sync_add_per_second", "", Kind::Gauge),
+    ("tandem_sync_delete_per_second", "", Kind::Gauge),
+    ("tandem_sync_swept_total", "", Kind::Counter),
+];
+
+/// Where the replication counters sit in the segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    first: u32,
+}
+
+/// Registers the replication entries: one per [`Stats`] field
+/// (`tandem_sync_<field>_total`), the gauges, and an info entry whose
+/// labels name the addresses.
+pub fn register(
+    schema: &mut Schema,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<Slots, StatsError> {
+    schema.align_block();
+    let mut first = None;
+    for name in Stats::NAMES {
+        let s = schema.push(&format!("tandem_sync_{name}_total"), "", Kind::Counter)?;
+        first.get_or_insert(s);
+    }
+    for (name, labels, kind) in GAUGES {
+        schema.push(name, labels, kind)?;
+    }
+    schema.push(
+        "tandem_sync_info",
+        &format!(
+            "local={},local_port={},remote={},remote_port={}",
+            local.ip(),
+            local.port(),
+            peer.ip(),
+            peer.port()
+        ),
+        Kind::Gauge,
+    )?;
+    Ok(Slots {
+        first: first.expect("Stats has fields"),
+    })
+}
+
+pub struct SyncThread {
+    driver: Driver,
+    hub: Arc<Hub>,
+    handoff: Arc<Handoff>,
+    own: Ownership,
+    role: Role,
+    /// Unsent bytes the connection refuses new batches beyond.
+    max_backlog: usize,
+    /// Commands that did not fit a worker's ring yet, in order.
+    waiting: Vec<VecDeque<ToWorker>>,
+    /// (Standby) the current connection's generation.
+    generation: u8,
+    /// (Active) the walk under way: its id, workers yet to finish, and the
+    /// sessions sent so far.
+    walk: u32,
+    walk_left: usize,
+    walk_sessions: u64,
+    segment: Arc<SegmentWriter>,
+    slots: Slots,
+    /// (adds, deletes) completed at the last rate sample.
+    rate_base: (u64, u64),
+}
+
+impl SyncThread {
+    /// Binds the sync address; the link comes up in the thread.
+    pub fn new(
+        cfg: &Config,
+        workers: usize,
+        hub: Arc<Hub>,
+        handoff: Arc<Handoff>,
+        segment: Arc<SegmentWriter>,
+        slots: Slots,
+    ) -> io::Result<Option<Self>> {
+        let Some(settings) = Settings::from_config(cfg, workers as u16) else {
+            return Ok(None);
+        };
+        let (local, peer) = addresses(cfg).expect("[sync] is configured");
+        let (role, max_backlog) = (settings.role, settings.max_backlog);
+        let driver = Driver::new(settings, local, peer)?;
+        Ok(Some(Self {
+            driver,
+            hub,
+            handoff,
+            own: Ownership::new(cfg, workers),
+            role,
+            max_backlog,
+            waiting: (0..workers).map(|_| VecDeque::new()).collect(),
+            generation: 0,
+            walk: 0,
+            walk_left: 0,
+            walk_sessions: 0,
+            segment,
+            slots,
+            rate_base: (0, 0),
+        }))
+    }
+
+    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+        thread::Builder::new()
+            .name("tandem-sync".into())
+            .spawn(move || {
+                let mut published = Instant::now();
+                let mut sampled = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    self.turn();
+                    if published.elapsed() >= PUBLISH_EVERY {
+                        let rates = sampled.elapsed() >= Duration::from_secs(1);
+                        if rates {
+                            sampled = Instant::now();
+                        }
+                        self.publish(rates);
+                        published = Instant::now();
+                    }
+                }
+                self.hub.set_live(false);
+                self.publish(false);
+            })
+            .expect("spawn sync thread")
+    }
+
+    fn turn(&mut self) {
+        self.driver.turn(TURN);
+        while let Some(n) = self.driver.poll_notice() {
+            self.notice(n);
+        }
+        let room = self.driver.backlog() < self.max_backlog / 2;
+        for w in 0..self.hub.ports.len() {
+            for _ in 0..DRAIN {
+                if self.role == Role::Active && !room {
+                    break;
+                }
+                let Some(ev) = self.hub.ports[w].events.pop() else {
+                    break;
+                };
+                self.event(ev);
+            }
+        }
+        self.deliver();
+    }
+
+    fn notice(&mut self, n: Notice) {
+        match n {
+            Notice::Conn(Event::Up(h)) => {
+                tracing::info!(
+                    peer_node = h.node_id,
+                    peer_workers = h.workers,
+                    "sync link up"
+                );
+                match self.role {
+                    Role::Active => self.hub.set_live(true),
+                    Role::Backup => self.generation = self.generation.wrapping_add(1),
+                }
+            }
+            Notice::Conn(Event::ColdSyncRequested) => {
+                self.walk = self.walk.wrapping_add(1);
+                self.walk_left = self.hub.ports.len();
+                self.walk_sessions = 0;
+                tracing::info!(walk = self.walk, "cold sync requested: walking every shard");
+                for w in 0..self.hub.ports.len() {
+                    self.command(w, ToWorker::Walk { walk: self.walk });
+                }
+            }
+            Notice::Conn(Event::Add { seq, records }) => {
+                for rec in records {
+                    match self.own.owner(&rec) {
+                        Ok(w) => self.command(
+                            w,
+                            ToWorker::Install {
+                                seq,
+                                generation: self.generation,
+                                rec,
+                            },
+                        ),
+                        Err(reason) => {
+                            self.driver.stats.install_failures += 1;
+                            self.driver.nack(seq, Op::Add, reason, rec.key);
+                        }
+                    }
+                }
+            }
+            Notice::Conn(Event::Delete { records, .. }) => {
+                for rec in records {
+                    self.command(self.own.of_key(&rec.key), ToWorker::Remove { rec });
+                }
+            }
+            Notice::Conn(Event::Refresh { seq, records }) => {
+                for rec in records {
+                    let generation = self.generation;
+                    self.command(
+                        self.own.of_key(&rec.key),
+                        ToWorker::Refresh {
+                            seq,
+                            generation,
+                            rec,
+                        },
+                    );
+                }
+            }
+            Notice::Conn(Event::ColdSyncComplete { sessions }) => {
+                tracing::info!(sessions, "cold sync complete: sweeping older sessions");
+                for w in 0..self.hub.ports.len() {
+                    let generation = self.generation;
+                    self.command(w, ToWorker::Sweep { generation });
+                }
+            }
+            Notice::Conn(Event::Nacked { op, reason, key }) => {
+                tracing::debug!(?op, ?reason, ?key, "peer refused a record");
+                if op == Op::Refresh && reason == tandem_control::sync::NackReason::NotFound {
+                    self.command(self.own.of_key(&key), ToWorker::Resend { key });
+                }
+            }
+            Notice::Down(why) => {
+                tracing::warn!(reason = %why, "sync link down");
+                self.hub.set_live(false);
+                // A walk under way belongs to the connection that ended.
+                self.walk_left = 0;
+            }
+        }
+    }
+
+    fn event(&mut self, ev: ToSync) {
+        match ev {
+            ToSync::Add(r) => self.driver.add(&r),
+            ToSync::Delete(r) => self.driver.delete(&r),
+            ToSync::Refresh(r) => self.driver.refresh(&r),
+            ToSync::WalkDone { walk, sessions } => {
+                if walk == self.walk && self.walk_left > 0 {
+                    self.walk_sessions += sessions;
+                    self.walk_left -= 1;
+                    if self.walk_left == 0 {
+                        tracing::info!(sessions = self.walk_sessions, "cold sync sent");
+                        self.driver.cold_sync_complete(self.walk_sessions);
+                    }
+                }
+            }
+            ToSync::Refused {
+                seq,
+                op,
+                reason,
+                key,
+            } => {
+                if op == Op::Add {
+                    self.driver.stats.install_failures += 1;
+                }
+                self.driver.nack(seq, op, reason, key);
+            }
+        }
+    }
+
+    /// Queues a command for worker `w`, behind any that wait already.
+    fn command(&mut self, w: usize, cmd: ToWorker) {
+        let q = &mut self.waiting[w];
+        if q.is_empty() {
+            if let Err(cmd) = self.hub.ports[w].commands.push(cmd) {
+                q.push_back(cmd);
+            }
+        } else {
+            q.push_back(cmd);
+        }
+    }
+
+    /// Moves waiting commands into the rings and wakes the workers.
+    fn deliver(&mut self) {
+        for w in 0..self.waiting.len() {
+            while let Some(cmd) = self.waiting[w].pop_front() {
+                if let Err(cmd) = self.hub.ports[w].commands.push(cmd) {
+                    self.waiting[w].push_front(cmd);
+                    break;
+                }
+            }
+            if !self.hub.ports[w].commands.is_empty() {
+                self.handoff.nudge(w);
+            }
+        }
+    }
+
+    /// The node's replication counters: the link's, plus what the
+    /// workers did with the records.
+    fn stats(&self) -> (Stats, u64) {
+        let mut st = self.driver.stats.clone();
+        let mut swept = 0;
+        for p in &self.hub.ports {
+            let c = &p.counts;
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            st.send_overflow += get(&c.overflow);
+            swept += get(&c.swept);
+            if self.role == Role::Backup {
+                st.add_completed += get(&c.installed);
+                st.delete_completed += get(&c.removed);
+                st.delete_not_found += get(&c.not_found);
+            }
+        }
+        (st, swept)
+    }
+
+    fn publish(&mut self, rates: bool) {
+        let (st, swept) = self.stats();
+        let n = Stats::NAMES.len();
+        let values = self.segment.values(self.slots.first, n + GAUGES.len());
+        for (slot, v) in values.iter().zip(st.values()) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        let state = match self.driver.sync_state() {
+            SyncState::Off => 0,
+            SyncState::Cold => 1,
+            SyncState::Hot => 2,
+        };
+        let gauges = [
+            u64::from(self.role == Role::Backup),
+            u64::from(self.driver.is_up()),
+            state,
+            self.driver.add_pending(),
+        ];
+        for (i, v) in gauges.into_iter().enumerate() {
+            values[n + i].store(v, Ordering::Relaxed);
+        }
+        if rates {
+            let (adds, dels) = match self.role {
+                Role::Active => (st.add_sent, st.delete_sent),
+                Role::Backup => (st.add_completed, st.delete_completed),
+            };
+            values[n + 4].store(adds - self.rate_base.0.min(adds), Ordering::Relaxed);
+            values[n + 5].store(dels - self.rate_base.1.min(dels), Ordering::Relaxed);
+            self.rate_base = (adds, dels);
+        }
+        values[n + 6].store(swept, Ordering::Relaxed);
+        // The info entry's value: 1 while the daemon runs.
+        self.segment
+            .value(self.slots.first + (n + GAUGES.len()) as u32)
+            .store(1, Ordering::Relaxed);
+    }
+}
+
+/// (local, peer) sync socket addresses of `cfg`.
+pub fn addresses(cfg: &Config) -> Option<(SocketAddr, SocketAddr)> {
+    let s = cfg.sync.as_ref()?;
+    Some((
+        SocketAddr::new(s.local, s.port),
+        SocketAddr::new(s.peer, s.port),
+    ))
+}

@@ -1,0 +1,269 @@
+//! A worker's side of session replication (see `crate::replica`).
+//!
+//! Active side: session events go up the worker's ring while the peer is
+//! connected, and a cold-sync walk sends every session in chunks of
+//! [`WALK_CHUNK`], only when the ring has room for a whole chunk. Standby
+//! side: the peer's records are installed into this worker's shard as
+//! synced sessions, which age by their timeouts plus the grace delay, keep
+//! their NAT bindings reserved in this worker's share of the pool, and are
+//! swept after a cold sync if it did not carry them.
+
+use std::sync::Arc;
+
+use tandem_control::sync::{NackReason, Op, SessionRecord, WireKey};
+
+use super::{Services, Set};
+use crate::{
+    replica::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
+    session::{Session, Side},
+};
+
+/// Commands a worker applies per loop: bounded, so forwarding never waits
+/// long behind a burst of them.
+const COMMANDS_PER_LOOP: usize = 256;
+/// Slots a sweep visits per loop.
+const SWEEP_CHUNK: usize = 4096;
+
+struct Walk {
+    id: u32,
+    next: u32,
+    sent: u64,
+}
+
+/// A worker's replication state.
+pub struct Replica {
+    hub: Arc<Hub>,
+    /// Sends its sessions (active) or installs the peer's (standby).
+    active: bool,
+    walk: Option<Walk>,
+    /// (generation to keep, next slot) of a sweep under way.
+    sweep: Option<(u8, u32)>,
+}
+
+/// Sends an event up `worker`'s ring if this side sends and the peer is
+/// connected; `f` builds it only then.
+#[inline]
+pub(super) fn emit(replica: Option<&Replica>, worker: usize, f: impl FnOnce() -> ToSync) {
+    if let Some(r) = replica
+        && r.active
+        && r.hub.is_live()
+    {
+        push(&r.hub, worker, f());
+    }
+}
+
+fn push(hub: &Hub, worker: usize, ev: ToSync) {
+    let port = &hub.ports[worker];
+    if port.events.push(ev).is_err() {
+        bump(&port.counts.overflow, 1);
+    }
+}
+
+fn release(sets: &mut [Set], s: &Session) {
+    if let Some((addr, port)) = s.nat()
+        && let Some(pool) = sets
+            .get_mut(usize::from(s.service_set))
+            .and_then(|x| x.nat.as_mut())
+    {
+        pool.release(addr, port);
+    }
+}
+
+impl Services {
+    /// Joins replication: `active` sends this worker's sessions, else it
+    /// installs the peer's, which outlive their timeouts by `grace`.
+    pub fn attach(&mut self, hub: Arc<Hub>, active: bool, grace: u32) {
+        self.table.set_grace(grace);
+        self.replica = Some(Replica {
+            hub,
+            active,
+            walk: None,
+            sweep: None,
+        });
+    }
+
+    /// Whether replication work is waiting (the worker should not sleep).
+    pub fn sync_busy(&self) -> bool {
+        self.replica.as_ref().is_some_and(|r| {
+            r.walk.is_some() || r.sweep.is_some() || !r.hub.ports[self.worker].commands.is_empty()
+        })
+    }
+
+    /// One loop's replication work: a bounded number of commands, then a
+    /// chunk of a walk or a sweep.
+    pub fn sync_step(&mut self, now: u32) {
+        let Some(mut r) = self.replica.take() else {
+            return;
+        };
+        let w = self.worker;
+        for _ in 0..COMMANDS_PER_LOOP {
+            let Some(cmd) = r.hub.ports[w].commands.pop() else {
+                break;
+            };
+            self.apply(&mut r, cmd, now);
+        }
+        if let Some(walk) = r.walk.as_mut() {
+            let port = &r.hub.ports[w];
+            // Room for a whole chunk and its end marker: a walk never
+            // pushes live events out.
+            if port.events.capacity() - port.events.len() > WALK_CHUNK {
+                let next = self.table.scan(walk.next, WALK_CHUNK, |s| {
+                    let _ = port.events.push(ToSync::Add(replica::record(s, now)));
+                    walk.sent += 1;
+                });
+                if let Some(n) = next {
+                    walk.next = n;
+                } else {
+                    let done = ToSync::WalkDone {
+                        walk: walk.id,
+                        sessions: walk.sent,
+                    };
+                    push(&r.hub, w, done);
+                    r.walk = None;
+                }
+            }
+        }
+        if let Some((keep, from)) = r.sweep {
+            let sets = &mut self.sets;
+            let mut n = 0;
+            let next = self.table.sweep(
+                from,
+                SWEEP_CHUNK,
+                |s| s.is_synced() && s.generation != keep,
+                |s| {
+                    n += 1;
+                    release(sets, s);
+                },
+            );
+            bump(&r.hub.ports[w].counts.swept, n);
+            r.sweep = next.map(|n| (keep, n));
+        }
+        self.replica = Some(r);
+    }
+
+    fn apply(&mut self, r: &mut Replica, cmd: ToWorker, now: u32) {
+        let w = self.worker;
+        let counts = &r.hub.ports[w].counts;
+        match cmd {
+            ToWorker::Install {
+                seq,
+                generation,
+                rec,
+            } => match self.install(&rec, generation, now) {
+                Ok(_) => bump(&counts.installed, 1),
+                Err(reason) => push(
+                    &r.hub,
+                    w,
+                    ToSync::Refused {
+                        seq,
+                        op: Op::Add,
+                        reason,
+                        key: rec.key,
+                    },
+                ),
+            },
+            ToWorker::Remove { rec } => match self.find_synced(&rec.key) {
+                Some(slot) => {
+                    let s = self.table.remove(slot);
+                    release(&mut self.sets, &s);
+                    bump(&counts.removed, 1);
+                }
+                None => bump(&counts.not_found, 1),
+            },
+            ToWorker::Refresh {
+                seq,
+                generation,
+                rec,
+            } => match self.find_synced(&rec.key) {
+                Some(slot) => {
+                    let s = self.table.get_mut(slot);
+                    s.state = rec.state;
+                    s.last_seen = now.saturating_sub(rec.idle).max(s.last_seen);
+                    s.generation = generation;
+                    self.table.reschedule(slot);
+                }
+                None => push(
+                    &r.hub,
+                    w,
+                    ToSync::Refused {
+                        seq,
+                        op: Op::Refresh,
+                        reason: NackReason::NotFound,
+                        key: rec.key,
+                    },
+                ),
+            },
+            ToWorker::Resend { key } => {
+                if let Some((slot, Side::Initiator)) = self.table.lookup(&replica::flow_key(&key)) {
+                    let rec = replica::record(self.table.get(slot), now);
+                    push(&r.hub, w, ToSync::Add(rec));
+                }
+            }
+            ToWorker::Walk { walk } => {
+                r.walk = Some(Walk {
+                    id: walk,
+                    next: 0,
+                    sent: 0,
+                });
+            }
+            ToWorker::Sweep { generation } => r.sweep = Some((generation, 0)),
+        }
+    }
+
+    /// The slot of the synced session whose initiator key is `k`.
+    fn find_synced(&self, k: &WireKey) -> Option<u32> {
+        match self.table.lookup(&replica::flow_key(k)) {
+            Some((slot, Side::Initiator)) if self.table.get(slot).is_synced() => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Installs the peer's session (validated by the protocol); true when
+    /// it is new here, false when it updated the copy already held. A
+    /// session of this node that holds one of its keys gives way: the
+    /// peer is the active side and its view wins.
+    pub fn install(
+        &mut self,
+        rec: &SessionRecord,
+        generation: u8,
+        now: u32,
+    ) -> Result<bool, NackReason> {
+        if usize::from(rec.service_set) >= self.sets.len() {
+            return Err(NackReason::IllegalServiceSet);
+        }
+        let mut s = replica::session(rec, now);
+        s.set_synced(generation);
+        if let Some((slot, side)) = self.table.lookup(&s.key) {
+            let cur = self.table.get_mut(slot);
+            if side == Side::Initiator && cur.is_synced() && cur.id == s.id && cur.nat() == s.nat()
+            {
+                cur.state = s.state;
+                cur.action = s.action;
+                cur.last_seen = s.last_seen.max(cur.last_seen);
+                cur.generation = generation;
+                self.table.reschedule(slot);
+                return Ok(false);
+            }
+            let old = self.table.remove(slot);
+            release(&mut self.sets, &old);
+        }
+        if let Some((slot, _)) = self.table.lookup(&s.reply_key()) {
+            let old = self.table.remove(slot);
+            release(&mut self.sets, &old);
+        }
+        if let Some((addr, port)) = s.nat() {
+            let reserved = self.sets[usize::from(s.service_set)]
+                .nat
+                .as_mut()
+                .is_some_and(|p| p.reserve(addr, port));
+            if !reserved {
+                return Err(NackReason::NatConflict);
+            }
+        }
+        if self.table.insert(s).is_err() {
+            release(&mut self.sets, &s);
+            return Err(NackReason::TableFull);
+        }
+        Ok(true)
+    }
+}
