@@ -314,7 +314,16 @@ impl Daemon {
             }
         }
         let sync_slots = match sync_thread::addresses(cfg) {
-            Some((local, peer)) => Some(sync_thread::register(&mut schema, local, peer)?),
+            Some((local, peer)) => {
+                let iface = fib
+                    .links()
+                    .find(|(_, l)| match local.ip() {
+                        IpAddr::V4(a) => l.v4.contains(&a),
+                        IpAddr::V6(a) => l.v6.contains(&a),
+                    })
+                    .map_or("-", |(_, l)| l.name.as_str());
+                Some(sync_thread::register(&mut schema, local, peer, iface)?)
+            }
             None => None,
         };
         let segment = Arc::new(SegmentWriter::create(

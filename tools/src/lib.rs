@@ -2,6 +2,7 @@
 //! segment without talking to the daemon; session listings, which are not
 //! counters, from its control socket) and `tandemctl` (commands).
 
+pub mod ha;
 pub mod ipmp;
 pub mod model;
 pub mod prom;

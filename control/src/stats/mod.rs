@@ -124,14 +124,19 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_sync_swept_total" => {
             "Synced sessions a backup removed after a cold sync that no longer carried them."
         }
-        "tandem_sync_info" => "The sync link's addresses, as labels; the value is 1.",
+        "tandem_sync_local_info" => "This node's sync address and port, as labels; the value is 1.",
+        "tandem_sync_interface_info" => {
+            "The interface holding the sync address at start, as a label; the value is 1."
+        }
+        "tandem_sync_remote_info" => "The peer's sync address and port, as labels; the value is 1.",
         _ => return None,
     })
 }
 
 /// Flat `key=value` totals of a segment, summed over workers and CPUs:
 /// `worker.<counter>`, `drop.<reason>`, `<iface>.<counter>`, `xdp.<verdict>`,
-/// `xsk.<iface>.<queue>.<stat>`, `handoff.<from>.<to>`. Used for the
+/// `xsk.<iface>.<queue>.<stat>`, `handoff.<from>.<to>`, `sync.<counter>`.
+/// Used for the
 /// daemon's exit report.
 pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
@@ -164,6 +169,8 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
             add(format!("xsk.{}.{}.{c}", l("iface"), l("queue")), v);
         } else if stem == "handoffs" {
             add(format!("handoff.{}.{}", l("worker"), l("to")), v);
+        } else if let Some(c) = stem.strip_prefix("sync_") {
+            add(format!("sync.{c}"), v);
         }
     }
     out

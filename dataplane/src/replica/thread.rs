@@ -60,12 +60,14 @@ pub struct Slots {
 }
 
 /// Registers the replication entries: one per [`Stats`] field
-/// (`tandem_sync_<field>_total`), the gauges, and an info entry whose
-/// labels name the addresses.
+/// (`tandem_sync_<field>_total`), the gauges, and info entries whose
+/// labels name the local and the peer's sync address and the interface
+/// that holds the local one (`-` when none does yet).
 pub fn register(
     schema: &mut Schema,
     local: SocketAddr,
     peer: SocketAddr,
+    interface: &str,
 ) -> Result<Slots, StatsError> {
     schema.align_block();
     let mut first = None;
@@ -76,15 +78,19 @@ pub fn register(
     for (name, labels, kind) in GAUGES {
         schema.push(name, labels, kind)?;
     }
+    for (name, a) in [
+        ("tandem_sync_local_info", local),
+        ("tandem_sync_remote_info", peer),
+    ] {
+        schema.push(
+            name,
+            &format!("address={},port={}", a.ip(), a.port()),
+            Kind::Gauge,
+        )?;
+    }
     schema.push(
-        "tandem_sync_info",
-        &format!(
-            "local={},local_port={},remote={},remote_port={}",
-            local.ip(),
-            local.port(),
-            peer.ip(),
-            peer.port()
-        ),
+        "tandem_sync_interface_info",
+        &format!("interface={interface}"),
         Kind::Gauge,
     )?;
     Ok(Slots {
@@ -378,10 +384,12 @@ impl SyncThread {
             self.rate_base = (adds, dels);
         }
         values[n + 6].store(swept, Ordering::Relaxed);
-        // The info entry's value: 1 while the daemon runs.
-        self.segment
-            .value(self.slots.first + (n + GAUGES.len()) as u32)
-            .store(1, Ordering::Relaxed);
+        // The info entries' value: 1.
+        for i in 0..3 {
+            self.segment
+                .value(self.slots.first + (n + GAUGES.len() + i) as u32)
+                .store(1, Ordering::Relaxed);
+        }
     }
 }
 

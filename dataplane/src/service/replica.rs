@@ -21,6 +21,9 @@ use crate::{
 /// Commands a worker applies per loop: bounded, so forwarding never waits
 /// long behind a burst of them.
 const COMMANDS_PER_LOOP: usize = 256;
+/// Slots a cold-sync walk visits per loop (a few microseconds when they
+/// are empty; sessions found are bounded by the ring's room).
+const WALK_SLOTS: usize = 16 * WALK_CHUNK;
 /// Slots a sweep visits per loop.
 const SWEEP_CHUNK: usize = 4096;
 
@@ -104,13 +107,16 @@ impl Services {
         }
         if let Some(walk) = r.walk.as_mut() {
             let port = &r.hub.ports[w];
-            // Room for a whole chunk and its end marker: a walk never
-            // pushes live events out.
-            if port.events.capacity() - port.events.len() > WALK_CHUNK {
+            // Chunk by chunk while the ring has room for a whole one and
+            // its end marker (a walk never pushes live events out), and at
+            // most WALK_SLOTS slots per loop.
+            let mut slots = 0;
+            while slots < WALK_SLOTS && port.events.capacity() - port.events.len() > WALK_CHUNK {
                 let next = self.table.scan(walk.next, WALK_CHUNK, |s| {
                     let _ = port.events.push(ToSync::Add(replica::record(s, now)));
                     walk.sent += 1;
                 });
+                slots += WALK_CHUNK;
                 if let Some(n) = next {
                     walk.next = n;
                 } else {
@@ -120,6 +126,7 @@ impl Services {
                     };
                     push(&r.hub, w, done);
                     r.walk = None;
+                    break;
                 }
             }
         }

@@ -9,6 +9,7 @@ mod forwarding;
 mod frame;
 mod lifecycle;
 mod netns;
+mod replication;
 mod sessions;
 mod traffic;
 mod xdp;
@@ -63,6 +64,7 @@ fn main() {
         counters::TESTS,
         forwarding::TESTS,
         lifecycle::TESTS,
+        replication::TESTS,
         sessions::TESTS,
         sessions::MORE,
         xdp::TESTS,

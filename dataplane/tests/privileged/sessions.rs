@@ -27,7 +27,7 @@ pub fn nat_config(extra: &str) -> String {
 }
 
 /// A TCP echo server that records the address of every peer it accepts.
-fn recording_echo_server(
+pub fn recording_echo_server(
     topo: &Topo,
     port: u16,
     conns: usize,
@@ -190,7 +190,7 @@ fn idle_sessions_age_out() -> Result<(), Failed> {
 }
 
 /// `tandemstat --instance I sessions WORDS --json`, parsed.
-fn sessions_json(d: &Daemon, words: &[&str]) -> Result<serde_json::Value, String> {
+pub fn sessions_json(d: &Daemon, words: &[&str]) -> Result<serde_json::Value, String> {
     let o = netns::tandemstat(&d.instance)
         .arg("sessions")
         .args(words)
@@ -206,7 +206,7 @@ fn sessions_json(d: &Daemon, words: &[&str]) -> Result<serde_json::Value, String
 
 /// Opens `n` connections from the client to the server's echo port and
 /// checks each echoes once; they stay open while the returned streams live.
-fn open_connections(topo: &Topo, port: u16, n: usize) -> Result<Vec<TcpStream>, Failed> {
+pub fn open_connections(topo: &Topo, port: u16, n: usize) -> Result<Vec<TcpStream>, Failed> {
     let mut conns = Vec::new();
     for i in 0..n {
         let mut s = topo

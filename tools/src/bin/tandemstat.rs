@@ -8,7 +8,7 @@ use std::{
 
 use clap::{ArgGroup, Parser, Subcommand};
 use tandem_control::sessions::Query;
-use tandem_tools::{ipmp, model::Snapshot, prom, sessions, view};
+use tandem_tools::{ha, ipmp, model::Snapshot, prom, sessions, view};
 
 /// Read-only readout of a tandem instance's counters (from
 /// /dev/shm/tandem/NAME.stats, or $TANDEM_STATS_DIR/NAME.stats; never talks
@@ -94,6 +94,15 @@ enum Cmd {
         #[arg(value_name = "WORD", num_args = 0..)]
         words: Vec<String>,
     },
+    /// Session replication to the peer (`show services ha statistics`):
+    /// role, connection, synchronization state, addresses, and the add,
+    /// delete, refresh, error, batching and codec counters. `--help` defines
+    /// every field.
+    #[command(after_long_help = ha::glossary())]
+    Ha {
+        /// Only if the sync link is on this interface.
+        interface: Option<String>,
+    },
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -133,7 +142,28 @@ fn render(args: &Args, s: &Snapshot, rates: bool) -> Result<String, String> {
             args.parsable,
         ));
     }
-    match args.cmd {
+    match &args.cmd {
+        Some(Cmd::Ha { interface }) => {
+            let h = ha::Ha::read(s).ok_or_else(|| {
+                format!(
+                    "instance {} has no session replication ([sync])",
+                    s.instance
+                )
+            })?;
+            if let Some(i) = interface
+                && *i != h.interface
+            {
+                return Err(format!(
+                    "no sync link on interface {i} (instance {} syncs over {})",
+                    s.instance, h.interface
+                ));
+            }
+            if args.json {
+                Ok(format!("{}\n", ha::json(&h)))
+            } else {
+                Ok(ha::text(&h))
+            }
+        }
         Some(Cmd::Prometheus) => Ok(prom::exposition(s)),
         _ if args.json => Ok(format!("{}\n", view::json(s))),
         _ => Ok(view::text(s, rates)),

@@ -6,8 +6,10 @@
 //! tnd-a sync0 198.18.9.1/30 <---- veth ----> tnd-b sync0 198.18.9.2/30
 //! ```
 //! Bridges live in tnd-sw. Until the redundancy state machine lands, node A
-//! runs tandemd and holds the VIPs (198.18.1.1, 198.18.2.1); B is built but
-//! idle. Every veth has two queues so both workers see traffic.
+//! runs tandemd, forwards and holds the VIPs (198.18.1.1, 198.18.2.1); node
+//! B runs tandemd as the replication backup (no forwarding) and holds a copy
+//! of every session of A. Every veth has two queues so both workers see
+//! traffic.
 
 use std::{
     fs,
@@ -25,14 +27,34 @@ use crate::{cargo, output, root, run};
 
 #[derive(Subcommand, Clone, Copy)]
 pub enum LabCmd {
-    /// Build the namespaces and start tandemd on node A (returns; daemons keep running).
+    /// Build the namespaces and start tandemd on both nodes (returns; daemons keep running).
     Up,
+    /// Restart one node's tandemd (SIGTERM, wait, start again with the same config).
+    Restart {
+        #[arg(value_enum)]
+        node: Node,
+    },
     /// Stop every lab process and remove every lab namespace.
     Down,
     /// Show namespaces, daemons, XDP attachment and VIP ownership.
     Status,
     /// Run bounded TCP/UDP/ICMP flows client -> server and print what crossed.
     Traffic,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Node {
+    A,
+    B,
+}
+
+impl Node {
+    fn name(self) -> &'static str {
+        match self {
+            Self::A => "a",
+            Self::B => "b",
+        }
+    }
 }
 
 const NAMESPACES: [&str; 5] = ["tnd-sw", "tnd-client", "tnd-server", "tnd-a", "tnd-b"];
@@ -288,8 +310,25 @@ fn up() -> Result<()> {
     ]))?;
     down()?;
     build_topology()?;
-    let pid = start_daemon("a")?;
-    println!("lab up: tandemd --instance a running in tnd-a (pid {pid}); tnd-b idle");
+    let a = start_daemon("a")?;
+    let b = start_daemon("b")?;
+    println!(
+        "lab up: tandemd --instance a in tnd-a (pid {a}, forwarding, sync active), \
+         --instance b in tnd-b (pid {b}, sync backup)"
+    );
+    Ok(())
+}
+
+fn restart(node: Node) -> Result<()> {
+    let n = node.name();
+    if !ns_exists(&format!("tnd-{n}")) {
+        bail!("lab is not up (namespace tnd-{n} missing); run `cargo xtask lab up`");
+    }
+    if let Some(pid) = read_pid(n) {
+        kill_and_wait(pid);
+    }
+    let pid = start_daemon(n)?;
+    println!("tandemd --instance {n} restarted in tnd-{n} (pid {pid})");
     Ok(())
 }
 
@@ -446,6 +485,7 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
     match cmd {
         Some(LabCmd::Up) => up(),
         Some(LabCmd::Down) => down(),
+        Some(LabCmd::Restart { node }) => restart(node),
         Some(LabCmd::Status) => {
             status();
             Ok(())

@@ -1,0 +1,307 @@
+//! Session replication between two tandemd nodes over a real TCP sync
+//! link: node A forwards client <-> server with NAPT44 and replicates;
+//! node B (not forwarding) installs A's sessions.
+
+use std::{
+    collections::BTreeSet,
+    net::TcpStream,
+    thread,
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::Failed;
+
+use crate::{
+    Test, check,
+    netns::{self, BASE_CONFIG, Daemon, Ns, Topo, ipw},
+    sessions::{POOL, open_connections, recording_echo_server, sessions_json},
+};
+
+const KEY: &str = "replication-test-shared-key";
+
+/// The lab's services with replication, short TCP close timeouts (so
+/// deletes follow closes within seconds) and a fast keepalive.
+fn config(node: &str, role: &str, local: &str, peer: &str, id: u32) -> String {
+    let forward = if role == "active" { "true" } else { "false" };
+    format!(
+        "{BASE_CONFIG}[node]\nforward = {forward}\n\
+         [sessions]\n[sessions.timeouts]\ntcp_closing = 1\ntcp_time_wait = 1\n\
+         [sync]\nlocal = \"{local}\"\npeer = \"{peer}\"\nrole = \"{role}\"\nnode_id = {id}\n\
+         key = \"{KEY}\"\nkeepalive_ms = 100\n\
+         # node {node}\n\
+         [[service_set]]\nname = \"lab\"\n[service_set.nat]\npool = [\"{POOL}\"]\n\
+         ports = \"20000-29999\"\n"
+    )
+}
+
+/// Topo (client, A, server) plus node B, whose in0/out0 lead to a stub
+/// namespace, and the sync link A sync0 198.18.9.1 <-> B sync0 198.18.9.2.
+struct Pair {
+    topo: Topo,
+    b: Ns,
+    _stub: Ns,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let topo = Topo::new();
+        let b = Ns::new("b");
+        let stub = Ns::new("x");
+        let (a, bn, x) = (&topo.node.name, &b.name, &stub.name);
+        for (dev, peer) in [("in0", "xi"), ("out0", "xo")] {
+            ipw(&format!(
+                "link add {dev} netns {bn} numrxqueues 2 numtxqueues 2 type veth \
+                 peer name {peer} netns {x} numrxqueues 2 numtxqueues 2"
+            ));
+            ipw(&format!("-n {bn} link set {dev} up"));
+            ipw(&format!("-n {x} link set {peer} up"));
+        }
+        ipw(&format!(
+            "link add sync0 netns {a} type veth peer name sync0 netns {bn}"
+        ));
+        for cmd in [
+            format!("-n {bn} addr add 198.18.1.3/24 dev in0"),
+            format!("-n {bn} addr add 198.18.2.3/24 dev out0"),
+            format!("-n {a} addr add 198.18.9.1/30 dev sync0"),
+            format!("-n {bn} addr add 198.18.9.2/30 dev sync0"),
+            format!("-n {a} link set sync0 up"),
+            format!("-n {bn} link set sync0 up"),
+        ] {
+            ipw(&cmd);
+        }
+        b.sysctl("net.ipv4.ip_forward=0");
+        Self {
+            topo,
+            b,
+            _stub: stub,
+        }
+    }
+
+    fn start_a(&self) -> Daemon {
+        Daemon::start(
+            &self.topo.node,
+            &config("a", "active", "198.18.9.1", "198.18.9.2", 1),
+        )
+    }
+
+    fn start_b(&self) -> Daemon {
+        Daemon::start(
+            &self.b,
+            &config("b", "backup", "198.18.9.2", "198.18.9.1", 2),
+        )
+    }
+}
+
+/// The replicated content of every session: identity, flows, NAT binding,
+/// action, TCP state, direction (not frame counts: those are per node).
+fn content(d: &Daemon) -> Result<BTreeSet<String>, Failed> {
+    let v = sessions_json(d, &["extensive"])?;
+    let rows = v["sessions"].as_array().ok_or("no sessions array")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            [
+                "session_id",
+                "service_set",
+                "protocol",
+                "source",
+                "source_port",
+                "destination",
+                "destination_port",
+                "nat_source",
+                "nat_source_port",
+                "state",
+                "tcp_state",
+                "direction",
+            ]
+            .iter()
+            .map(|k| r[*k].to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+        })
+        .collect())
+}
+
+fn count(d: &Daemon) -> Result<u64, Failed> {
+    let v = sessions_json(d, &["count"])?;
+    Ok(v["count"].as_u64().ok_or(format!("count: {v}"))?)
+}
+
+/// Waits (bounded) until B holds exactly A's sessions, `want` of them.
+fn converge(a: &Daemon, b: &Daemon, want: u64, what: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ca, cb) = (content(a)?, content(b)?);
+        if ca.len() as u64 == want && ca == cb {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let only_a: Vec<_> = ca.difference(&cb).take(3).collect();
+            let only_b: Vec<_> = cb.difference(&ca).take(3).collect();
+            return Err(format!(
+                "{what}: A holds {} sessions (want {want}), B {}; only on A: {only_a:?}; \
+                 only on B: {only_b:?}\nB's log:\n{}",
+                ca.len(),
+                cb.len(),
+                b.log_text()
+            )
+            .into());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Closes connections and checks the rest still echo.
+fn echo_all(conns: &mut [TcpStream]) -> Result<(), Failed> {
+    use std::io::{Read as _, Write as _};
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(&[i as u8; 64])?;
+        let mut back = [0u8; 64];
+        s.read_exact(&mut back)?;
+    }
+    Ok(())
+}
+
+fn ha(d: &Daemon) -> Result<serde_json::Value, Failed> {
+    let o = netns::tandemstat(&d.instance)
+        .args(["ha", "--json"])
+        .output()?;
+    check(
+        o.status.success(),
+        format!("tandemstat ha: {}", String::from_utf8_lossy(&o.stderr)),
+    )?;
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+/// Waits (bounded) until `f` holds on B's `ha --json`.
+fn wait_ha(
+    d: &Daemon,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, Failed> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = ha(d)?;
+        if f(&v) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: {v}").into());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sessions_replicate_and_survive_restart_and_link_cut() -> Result<(), Failed> {
+    let pair = Pair::new();
+    let a = pair.start_a();
+    let mut b = pair.start_b();
+    wait_ha(&b, "B up and hot", |v| {
+        v["connection"] == "up" && v["synchronization"] == "hot"
+    })?;
+
+    let (_peers, _server) = recording_echo_server(&pair.topo, 7500, 300);
+    let mut conns = open_connections(&pair.topo, 7500, 200)?;
+    converge(&a, &b, 200, "200 live connections")?;
+    let v = ha(&a)?;
+    check(
+        v["role"] == "active" && v["interface"] == "sync0" && v["local_address"] == "198.18.9.1",
+        format!("A's ha view: {v}"),
+    )?;
+    check(
+        v["add_sent"].as_u64() >= Some(200) && v["auth_failures"] == 0,
+        format!("A's adds: {v}"),
+    )?;
+
+    // Closed connections are deleted on A once they age out (1 s), and B
+    // follows.
+    conns.truncate(150);
+    converge(&a, &b, 150, "50 connections closed")?;
+    let v = ha(&b)?;
+    check(
+        v["delete_completed"].as_u64() >= Some(50) && v["delete_received"].as_u64() >= Some(50),
+        format!("B's deletes: {v}"),
+    )?;
+
+    // B restarted while the connections carry traffic: it cold-syncs back
+    // to A's sessions.
+    b.stop();
+    echo_all(&mut conns)?;
+    let b = pair.start_b();
+    echo_all(&mut conns)?;
+    converge(&a, &b, 150, "B restarted")?;
+    let v = wait_ha(&b, "B hot after its restart", |v| {
+        v["synchronization"] == "hot"
+    })?;
+    check(
+        v["cold_sync_completed_count"].as_u64() >= Some(1)
+            && v["sync_start_sent"].as_u64() >= Some(1)
+            && v["role"] == "backup",
+        format!("B after restart: {v}"),
+    )?;
+    check(
+        a.counter("sync.sync_start_received") >= 2,
+        "A served a second cold sync",
+    )?;
+
+    // The sync link cut: B misses 50 closes and 30 new connections...
+    ipw(&format!("-n {} link set sync0 down", pair.topo.node.name));
+    wait_ha(&b, "B sees the link down", |v| v["connection"] == "down")?;
+    conns.truncate(100);
+    conns.extend(open_connections(&pair.topo, 7500, 30)?);
+    let cut = Instant::now() + Duration::from_secs(3);
+    while count(&a)? != 130 && Instant::now() < cut {
+        thread::sleep(Duration::from_millis(200));
+    }
+    check(
+        count(&b)? == 150,
+        "B keeps its sessions while the link is down",
+    )?;
+    // ...and catches up when it is restored, with nothing done by hand.
+    ipw(&format!("-n {} link set sync0 up", pair.topo.node.name));
+    converge(&a, &b, 130, "link restored")?;
+    let v = ha(&b)?;
+    check(
+        v["cold_sync_completed_count"].as_u64() >= Some(2)
+            && v["sessions_swept"].as_u64() >= Some(50),
+        format!("B after the link came back: {v}"),
+    )?;
+    echo_all(&mut conns)?;
+    Ok(())
+}
+
+fn a_wrong_key_is_refused_and_counted() -> Result<(), Failed> {
+    let pair = Pair::new();
+    let a = pair.start_a();
+    // B with another key: its hello fails authentication, nothing syncs.
+    let bad =
+        config("b", "backup", "198.18.9.2", "198.18.9.1", 2).replace(KEY, "some-other-shared-key");
+    let mut b = Daemon::start(&pair.b, &bad);
+    let v = wait_ha(&a, "A counts B's failed authentications", |v| {
+        v["auth_failures"].as_u64() >= Some(1)
+    })?;
+    // TCP connects, but no hello is accepted: never up, never synchronized.
+    check(
+        v["connection"] == "down" && v["synchronization"] == "off" && v["sync_start_received"] == 0,
+        format!("A: {v}"),
+    )?;
+    check(ha(&b)?["synchronization"] == "off", "B never synchronized")?;
+    // With the right key the same pair comes up.
+    b.stop();
+    let b = pair.start_b();
+    wait_ha(&b, "B hot with the right key", |v| {
+        v["synchronization"] == "hot"
+    })?;
+    Ok(())
+}
+
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "sessions_replicate_and_survive_restart_and_link_cut",
+        sessions_replicate_and_survive_restart_and_link_cut,
+    ),
+    (
+        "a_wrong_key_is_refused_and_counted",
+        a_wrong_key_is_refused_and_counted,
+    ),
+];
