@@ -272,6 +272,13 @@ impl Conn {
     }
 
     /// Whether hellos were exchanged: sessions can flow.
+    /// Up, and the peer has sent a frame after its hello: with a key, one
+    /// tagged with this connection's derived key, which a replayed hello
+    /// cannot produce.
+    pub fn is_proven(&self) -> bool {
+        self.is_up() && self.rx_seq >= 2
+    }
+
     pub fn is_up(&self) -> bool {
         self.peer.is_some()
     }

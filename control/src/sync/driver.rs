@@ -6,7 +6,10 @@
 //! connection from the peer replaces the old one: a restarted backup is
 //! served at once, not after the dead-peer timeout. A connection that
 //! fails (socket error, `Fatal`, silence) is closed and counted; the
-//! backup dials again after `REDIAL`.
+//! backup dials again after `REDIAL`. A new connection only replaces a
+//! live one once it is proven (a frame after the hello, tagged with its
+//! derived key): until then it is a candidate, so a replayed hello from
+//! the peer's address cannot tear the live link down.
 //!
 //! The caller runs `turn` in a loop (it waits in poll(2) for at most the
 //! time given), hands in the data path's session events through `add`,
@@ -53,6 +56,9 @@ pub struct Driver {
     peer: SocketAddr,
     listener: TcpListener,
     link: Option<Link>,
+    /// A new connection from the peer, waiting to prove itself before it
+    /// replaces `link`.
+    candidate: Option<Link>,
     next_dial: Instant,
     /// Until when the listener is left alone after accept(2) failed.
     accept_after: Instant,
@@ -92,6 +98,7 @@ impl Driver {
             peer,
             listener,
             link: None,
+            candidate: None,
             next_dial: Instant::now(),
             accept_after: Instant::now(),
             notices: VecDeque::new(),
@@ -195,6 +202,18 @@ impl Driver {
             });
             wait = wait.min(l.conn.timeout().saturating_duration_since(now));
         }
+        if let Some(c) = &self.candidate {
+            let mut events = libc::POLLIN;
+            if !c.conn.output().is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: c.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+            wait = wait.min(c.conn.timeout().saturating_duration_since(now));
+        }
         // Rounded up: waking early would spin until the deadline.
         let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         if now < self.accept_after {
@@ -210,8 +229,27 @@ impl Driver {
             self.accept();
         }
         let now = Instant::now();
+        self.service_candidate(now);
         if let Err(why) = self.service(now) {
             self.close(why);
+        }
+    }
+
+    /// Runs the candidate connection; promotes it once proven, drops it
+    /// (counted as a teardown) when it fails.
+    fn service_candidate(&mut self, now: Instant) {
+        let Some(c) = &mut self.candidate else {
+            return;
+        };
+        if let Err(why) = pump(c, &mut self.buf, now, &mut self.stats) {
+            let c = self.candidate.take().expect("checked above");
+            c.conn.close(&mut self.stats);
+            self.last_error = Some(format!("new connection from the peer: {why}"));
+            return;
+        }
+        if c.conn.is_proven() {
+            self.close("replaced by a new connection from the peer".into());
+            self.link = self.candidate.take();
         }
     }
 
@@ -243,9 +281,6 @@ impl Driver {
                         drop(stream);
                         continue;
                     }
-                    if self.link.is_some() {
-                        self.close("replaced by a new connection from the peer".into());
-                    }
                     self.open(stream, from, false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -269,7 +304,13 @@ impl Driver {
             Instant::now(),
             &mut self.stats,
         );
-        self.link = Some(Link { stream, conn, peer });
+        let new = Some(Link { stream, conn, peer });
+        if self.link.is_none() {
+            self.link = new;
+        } else if let Some(old) = std::mem::replace(&mut self.candidate, new) {
+            // A newer candidate supersedes one that never proved itself.
+            old.conn.close(&mut self.stats);
+        }
     }
 
     fn close(&mut self, why: String) {
@@ -280,39 +321,12 @@ impl Driver {
         }
     }
 
-    /// Reads, runs timers, writes.
+    /// Reads, runs timers, writes, and passes the link's events on.
     fn service(&mut self, now: Instant) -> Result<(), String> {
         let Some(l) = &mut self.link else {
             return Ok(());
         };
-        loop {
-            match l.stream.read(&mut self.buf) {
-                Ok(0) => return Err("closed by the peer".into()),
-                Ok(n) => l
-                    .conn
-                    .recv(&self.buf[..n], now, &mut self.stats)
-                    .map_err(|e| e.to_string())?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        if now >= l.conn.timeout() {
-            l.conn
-                .on_timeout(now, &mut self.stats)
-                .map_err(|e| e.to_string())?;
-        }
-        while !l.conn.output().is_empty() {
-            match l.stream.write(l.conn.output()) {
-                Ok(n) => l.conn.consumed(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.stats.batch_flush_failures += 1;
-                    return Err(format!("write: {e}"));
-                }
-            }
-        }
+        pump(l, &mut self.buf, now, &mut self.stats)?;
         while let Some(e) = l.conn.poll_event() {
             self.notices.push_back(Notice::Conn(e));
         }
@@ -327,4 +341,36 @@ impl Driver {
             self.close(why);
         }
     }
+}
+
+/// Reads what the socket has, runs the connection's timers and writes
+/// what it can. Events stay in the connection.
+fn pump(l: &mut Link, buf: &mut [u8], now: Instant, stats: &mut Stats) -> Result<(), String> {
+    loop {
+        match l.stream.read(buf) {
+            Ok(0) => return Err("closed by the peer".into()),
+            Ok(n) => l
+                .conn
+                .recv(&buf[..n], now, stats)
+                .map_err(|e| e.to_string())?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    if now >= l.conn.timeout() {
+        l.conn.on_timeout(now, stats).map_err(|e| e.to_string())?;
+    }
+    while !l.conn.output().is_empty() {
+        match l.stream.write(l.conn.output()) {
+            Ok(n) => l.conn.consumed(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                stats.batch_flush_failures += 1;
+                return Err(format!("write: {e}"));
+            }
+        }
+    }
+    Ok(())
 }

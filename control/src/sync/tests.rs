@@ -962,5 +962,48 @@ mod over_tcp {
         assert!(a.table.is_empty() && b.table.is_empty());
     }
 
+    #[test]
+    fn a_replayed_hello_does_not_replace_the_live_link() {
+        let secret: &[u8] = b"a pair secret of 24 bytes";
+        let (mut a, mut b) = pair(Some(secret));
+        until(&mut a, &mut b, "the first cold sync", |a, b| {
+            hot(a) && hot(b)
+        });
+        let live = a.d.peer_addr().expect("linked");
+        // A valid hello of the backup, as an eavesdropper would have
+        // captured it, replayed from the backup's address.
+        let mut scratch = Stats::default();
+        let c = Conn::new(
+            settings(2, Role::Backup, Some(secret)),
+            true,
+            [9; 16],
+            Instant::now(),
+            &mut scratch,
+        );
+        let port = a.d.local_addr().port();
+        let replay = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        replay.bind(&SockAddr::from(at(2, 0))).unwrap();
+        replay.connect(&SockAddr::from(at(1, port))).unwrap();
+        let mut replay = std::net::TcpStream::from(replay);
+        std::io::Write::write_all(&mut replay, c.output()).unwrap();
+        // Long enough for the active to accept and answer it.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(300) {
+            a.turn();
+            b.turn();
+        }
+        assert_eq!(a.d.peer_addr(), Some(live), "the live link stays");
+        assert!(a.d.is_up());
+        // Records still flow on it, with no new cold sync.
+        a.table.insert(key(7), (record(7), 0));
+        a.d.add(&record(7));
+        until(&mut a, &mut b, "a live add after the replay", |a, b| {
+            a.sessions() == b.sessions() && !b.table.is_empty()
+        });
+        assert_eq!(a.d.stats.sync_start_received, 1);
+        assert_eq!(b.d.stats.connection_teardown, 0);
+        drop(replay);
+    }
+
     use socket2::{Domain, SockAddr, Socket, Type};
 }
