@@ -98,6 +98,10 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Fuzz targets (fuzz/fuzz_targets) `test` runs, each for a bounded time.
+const FUZZ_TARGETS: [&str; 2] = ["sync_decode", "sync_conn"];
+const FUZZ_SECONDS: u32 = 20;
+
 fn test(no_lint: bool) -> Result<()> {
     setup::setup()?;
     let in_ci = std::env::var_os("CI").is_some();
@@ -157,6 +161,33 @@ fn test(no_lint: bool) -> Result<()> {
         "--test-threads",
         "1",
     ]))?;
+    let mut totals = totals;
+    for target in FUZZ_TARGETS {
+        eprintln!("xtask: fuzz {target} for {FUZZ_SECONDS} s");
+        let ok = Command::new("rustup")
+            .current_dir(root())
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CARGO")
+            .args(["run", "nightly", "cargo", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+            .status()
+            .with_context(|| format!("running fuzz target {target}"))?
+            .success();
+        println!(
+            "fuzz {target}: {}",
+            if ok {
+                "ok"
+            } else {
+                "FAILED (see fuzz/artifacts/)"
+            }
+        );
+        if ok {
+            totals.passed += 1;
+        } else {
+            totals.failed += 1;
+        }
+    }
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored

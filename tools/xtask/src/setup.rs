@@ -145,11 +145,31 @@ fn prometheus_client() -> Result<()> {
     ]))
 }
 
+/// cargo-fuzz release the fuzz targets (fuzz/) are built with.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+fn cargo_fuzz() -> Result<()> {
+    if let Ok(v) = output(Command::new("cargo").args(["fuzz", "--version"]))
+        && v.contains(CARGO_FUZZ_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+}
+
 pub fn setup() -> Result<()> {
     install_packages()?;
     prometheus_client()?;
     nightly_components()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
