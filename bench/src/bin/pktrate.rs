@@ -16,7 +16,10 @@ use std::{
     os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -35,6 +38,10 @@ use xsk_rs::{
 
 #[derive(Parser, Debug)]
 #[command(about = "tandemd vs kernel forwarding, 64-byte UDP, counted at the sink")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
 struct Args {
     /// Seconds measured per case (after a 1 s warm-up).
     #[arg(long, default_value_t = 5)]
@@ -67,11 +74,18 @@ struct Args {
     /// conntrack + SNAT vs tandemd, both translating to a 32-address pool.
     #[arg(long)]
     new_sessions: bool,
+    /// With --new-sessions: also run tandemd replicating every session to
+    /// a backup peer (a sync driver in namespace tb-peer over a veth, HMAC
+    /// on), and report its rate beside the unreplicated one.
+    #[arg(long)]
+    sync: bool,
 }
 
 const GEN: &str = "tb-gen";
 const DUT: &str = "tb-dut";
 const SINK: &str = "tb-sink";
+const PEER: &str = "tb-peer";
+const SYNC_KEY: &str = "pktrate-sync-shared-key";
 
 fn sh(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0]).args(&args[1..]).output()?;
@@ -88,7 +102,7 @@ fn ns(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 fn teardown() {
-    for n in [GEN, DUT, SINK] {
+    for n in [GEN, DUT, SINK, PEER] {
         if let Ok(p) = sh(&["ip", "netns", "pids", n]) {
             for pid in p.split_whitespace().filter_map(|x| x.parse::<i32>().ok()) {
                 // SAFETY: kill(2) on a process inside our own bench namespace.
@@ -153,7 +167,84 @@ fn topology() -> Result<()> {
         ))?;
     }
     ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+    // The sync link to a replication peer (used by --sync only).
+    ip(&format!("netns add {PEER}"))?;
+    ip(&format!(
+        "link add sync0 netns {DUT} type veth peer name sync0 netns {PEER}"
+    ))?;
+    for (n, cidr) in [(DUT, "198.18.9.1/30"), (PEER, "198.18.9.2/30")] {
+        ip(&format!("-n {n} addr add {cidr} dev sync0"))?;
+        ip(&format!("-n {n} link set sync0 up"))?;
+    }
     Ok(())
+}
+
+/// `[sync]` for tandemd (active) or the peer (backup).
+fn sync_section(role: &str) -> String {
+    let (local, peer, id) = if role == "active" {
+        ("198.18.9.1", "198.18.9.2", 1)
+    } else {
+        ("198.18.9.2", "198.18.9.1", 2)
+    };
+    format!(
+        "[sync]\nlocal = \"{local}\"\npeer = \"{peer}\"\nrole = \"{role}\"\nnode_id = {id}\n\
+         key = \"{SYNC_KEY}\"\n"
+    )
+}
+
+/// A replication backup in tb-peer: a real sync driver that dials tandemd,
+/// asks for a cold sync and counts the session adds it receives (it
+/// installs nothing: what is measured is the active side's cost).
+struct Peer {
+    stop: Arc<AtomicBool>,
+    adds: Arc<AtomicU64>,
+    handle: thread::JoinHandle<Result<()>>,
+}
+
+impl Peer {
+    fn start(dut_config: &str) -> Result<Self> {
+        use tandem_control::{
+            config::Config,
+            sync::{
+                Event, Settings,
+                driver::{Driver, Notice},
+            },
+        };
+        // The peer's configuration: tandemd's with the backup's [sync], so
+        // the service sets hash the same.
+        let text = format!("{}{}", dut_config, sync_section("backup"));
+        let cfg = Config::parse(std::path::Path::new("peer.toml"), &text)?;
+        let settings = Settings::from_config(&cfg, 2).context("[sync] configured")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let adds = Arc::new(AtomicU64::new(0));
+        let (s, a) = (Arc::clone(&stop), Arc::clone(&adds));
+        let handle = thread::spawn(move || -> Result<()> {
+            enter_ns(PEER)?;
+            let mut d = Driver::new(
+                settings,
+                "198.18.9.2:7468".parse()?,
+                "198.18.9.1:7468".parse()?,
+            )?;
+            while !s.load(Ordering::Relaxed) {
+                d.turn(Duration::from_millis(1));
+                while let Some(n) = d.poll_notice() {
+                    if let Notice::Conn(Event::Add { records, .. }) = n {
+                        a.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(())
+        });
+        Ok(Self { stop, adds, handle })
+    }
+
+    fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("peer thread panicked"))??;
+        Ok(self.adds.load(Ordering::Relaxed))
+    }
 }
 
 /// The 60-byte (64 on the wire) UDP frame the generator replays.
@@ -440,7 +531,7 @@ impl Tandemd {
 }
 
 fn interesting(report: &str) -> String {
-    const KEYS: [&str; 12] = [
+    const KEYS: [&str; 15] = [
         "worker.sessions_created=",
         "worker.sessions_refused=",
         "worker.handoffs_received=",
@@ -453,6 +544,9 @@ fn interesting(report: &str) -> String {
         "xdp.drop_no_socket=",
         "rx_ring_full=",
         "rx_fill_ring_empty_descs=",
+        "sync.add_sent=",
+        "sync.send_overflow=",
+        "sync.batch_begin_failures=",
     ];
     let mut sums: Vec<(String, u64)> = KEYS.iter().map(|k| ((*k).to_owned(), 0)).collect();
     for kv in report.split_whitespace() {
@@ -466,6 +560,7 @@ fn interesting(report: &str) -> String {
         }
     }
     sums.iter()
+        .filter(|(k, v)| *v > 0 || !k.starts_with("sync."))
         .map(|(k, v)| format!("{k}{v}"))
         .collect::<Vec<_>>()
         .join(" ")
@@ -690,10 +785,17 @@ fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Resu
         "pktrate --new-sessions: every 64-byte UDP packet a new flow, {} s per case; new sessions/s (Mpps at the sink)",
         args.seconds
     );
-    println!(
-        "{:<7} {:>12} {:>12} {:>7}",
-        "workers", "kernel+nft", "tandemd", "ratio"
-    );
+    if args.sync {
+        println!(
+            "{:<7} {:>12} {:>12} {:>7} {:>14} {:>10} {:>12}",
+            "workers", "kernel+nft", "tandemd", "ratio", "tandemd+sync", "vs plain", "peer adds/s"
+        );
+    } else {
+        println!(
+            "{:<7} {:>12} {:>12} {:>7}",
+            "workers", "kernel+nft", "tandemd", "ratio"
+        );
+    }
     let pool: Vec<String> = (100..132).map(|i| format!("198.18.2.{i}")).collect();
     ns(
         DUT,
@@ -705,10 +807,11 @@ fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Resu
         kernel_nft_on("198.18.2.100", "198.18.2.131")?;
         let k = measure_with(bpf, frame, 1, w, args.seconds, true)?;
         kernel_nft_off()?;
-        let d = start_tandemd_with(tandemd, w, &service_set(&pool, 1, 4_000_000 / w))?;
+        let services = service_set(&pool, 1, 4_000_000 / w);
+        let d = start_tandemd_with(tandemd, w, &services)?;
         let t = measure_with(bpf, frame, 1, w, args.seconds, true)?;
         let report = d.stop()?;
-        println!(
+        print!(
             "{:<7} {:>12.3} {:>12.3} {:>7.2}",
             w,
             k.pps / 1e6,
@@ -716,6 +819,29 @@ fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Resu
             t.pps / k.pps.max(1.0)
         );
         notes.push(format!("workers={w}: {}", interesting(&report)));
+        if args.sync {
+            let base = format!("[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n{services}");
+            let peer = Peer::start(&base)?;
+            let d =
+                start_tandemd_with(tandemd, w, &format!("{services}{}", sync_section("active")))?;
+            // The peer dials, and the (empty) cold sync completes.
+            thread::sleep(Duration::from_millis(500));
+            let before = peer.adds.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            let r = measure_with(bpf, frame, 1, w, args.seconds, true)?;
+            let adds = peer.adds.load(Ordering::Relaxed) - before;
+            let secs = t0.elapsed().as_secs_f64();
+            let report = d.stop()?;
+            peer.stop()?;
+            print!(
+                " {:>14.3} {:>10.2} {:>12.3}",
+                r.pps / 1e6,
+                r.pps / t.pps.max(1.0),
+                per_sec(adds, secs) / 1e6
+            );
+            notes.push(format!("workers={w} sync: {}", interesting(&report)));
+        }
+        println!();
     }
     println!("tandemd counters per case:");
     for n in notes {
