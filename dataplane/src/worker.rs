@@ -218,12 +218,12 @@ impl Worker {
             {
                 self.walk = None;
             }
-            let syncing = match self.services.as_mut() {
+            let (sync_ready, syncing) = match self.services.as_mut() {
                 Some(svc) => {
                     svc.sync_step(now);
-                    svc.sync_busy()
+                    (svc.sync_ready(), svc.sync_walking())
                 }
-                None => false,
+                None => (false, false),
             };
 
             if received > 0 || handed > 0 {
@@ -232,6 +232,9 @@ impl Worker {
                         self.transmit(egress[s], frames, &mut tally);
                     }
                 }
+                self.stats.publish(&tally);
+            } else if sync_ready {
+                // The peer's records wait: apply the next batch at once.
                 self.stats.publish(&tally);
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);

@@ -87,7 +87,9 @@ stats! {
     refresh_nack_sent,
     /// Nacks for refreshes received from the backup.
     refresh_nack_received,
-    /// Received adds that could not be installed (table full).
+    /// Received records that could not be applied here: adds refused (table
+    /// full, a NAT binding held by a session of this node), and records
+    /// dropped because the worker owning them fell too far behind.
     install_failures,
     /// Received records with an unknown protocol, state, action or flags.
     illegal_flow_type,

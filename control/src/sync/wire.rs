@@ -43,6 +43,9 @@ pub const TCP_STATES: u8 = 10;
 pub const ACTIONS: u8 = 3;
 /// Record flags: the session is translated (NAPT44); it was initiated
 /// from the outside.
+/// The protocols whose sessions replicate: ICMP, TCP, UDP, ICMPv6.
+pub const PROTOCOLS: [u8; 4] = [1, 6, 17, 58];
+
 pub const REC_NAT: u8 = 1;
 pub const REC_OUTSIDE: u8 = 2;
 
@@ -315,10 +318,9 @@ impl SessionRecord {
     /// known action and flags, NAT only on IPv4 with a port. Service sets
     /// are the receiver's to check (`services` configured there).
     pub fn validate(&self, services: usize) -> Result<(), NackReason> {
-        const PROTOS: [u8; 4] = [1, 6, 17, 58];
         let k = &self.key;
         let tcp = k.proto == 6;
-        if !PROTOS.contains(&k.proto)
+        if !PROTOCOLS.contains(&k.proto)
             || !k.one_family()
             || (k.proto == 1 && !k.is_v4())
             || (k.proto == 58 && k.is_v4())
@@ -380,7 +382,9 @@ impl RefreshRecord {
     /// receiver's to find).
     pub fn validate(&self) -> bool {
         let tcp = self.key.proto == 6;
-        self.key.one_family() && ((tcp && self.state < TCP_STATES) || (!tcp && self.state == 0))
+        PROTOCOLS.contains(&self.key.proto)
+            && self.key.one_family()
+            && ((tcp && self.state < TCP_STATES) || (!tcp && self.state == 0))
     }
 
     /// Appends the record's wire form.

@@ -41,6 +41,10 @@ const TURN: Duration = Duration::from_millis(1);
 /// Events taken from one worker's ring per turn.
 const DRAIN: usize = 4096;
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Commands the sync thread holds for one worker beyond its ring (about
+/// 20 MB): a worker that far behind loses the peer's records, counted as
+/// `install_failures`, rather than the node its memory.
+const MAX_WAITING: usize = 1 << 18;
 
 /// Gauges published beside the [`Stats`] counters, in this order.
 const GAUGES: [(&str, &str, Kind); 7] = [
@@ -310,6 +314,11 @@ impl SyncThread {
     /// Queues a command for worker `w`, behind any that wait already.
     fn command(&mut self, w: usize, cmd: ToWorker) {
         let q = &mut self.waiting[w];
+        let control = matches!(cmd, ToWorker::Walk { .. } | ToWorker::Sweep { .. });
+        if q.len() >= MAX_WAITING && !control {
+            self.driver.stats.install_failures += 1;
+            return;
+        }
         if q.is_empty() {
             if let Err(cmd) = self.hub.ports[w].commands.push(cmd) {
                 q.push_back(cmd);

@@ -220,7 +220,7 @@ impl Services {
                 s.state = next;
                 self.table.reschedule(slot);
                 let s = self.table.get(slot);
-                replica::emit(self.replica.as_ref(), self.worker, || {
+                replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
                     ToSync::Refresh(sync::refresh_record(s, now))
                 });
             }
@@ -319,7 +319,7 @@ impl Services {
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         }
-        replica::emit(self.replica.as_ref(), self.worker, || {
+        replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
             ToSync::Add(sync::record(&s, now))
         });
         self.next_id += 1;
@@ -394,10 +394,12 @@ impl Services {
                 {
                     pool.release(addr, port);
                 }
-                replica::emit(rep, worker, || ToSync::Delete(sync::delete_record(s)));
+                replica::emit(rep, worker, s.key.proto, || {
+                    ToSync::Delete(sync::delete_record(s))
+                });
             }
             Aged::Extended => {
-                replica::emit(rep, worker, || {
+                replica::emit(rep, worker, s.key.proto, || {
                     ToSync::Refresh(sync::refresh_record(s, now))
                 });
             }

@@ -25,6 +25,10 @@ pub struct PortPool {
     /// Bit `a * span + (port - first)` is set while that pair is bound;
     /// the bits past the last pair are set for good.
     used: Vec<u64>,
+    /// Per pair: the table slot of the synced session holding it, so a
+    /// newer binding from the peer can evict a stale one (`u32::MAX`: none
+    /// recorded).
+    holders: Vec<u32>,
     /// Bit where the next search starts.
     cursor: usize,
     free: usize,
@@ -54,6 +58,7 @@ impl PortPool {
             span,
             first: first as u16,
             used,
+            holders: vec![u32::MAX; pairs],
             cursor: 0,
             free: pairs,
         })
@@ -123,9 +128,24 @@ impl PortPool {
         true
     }
 
+    /// Records the table slot of the synced session that holds a pair.
+    pub fn set_holder(&mut self, addr: [u8; 4], port: u16, slot: u32) {
+        if let Some(bit) = self.bit(addr, port) {
+            self.holders[bit] = slot;
+        }
+    }
+
+    /// The slot recorded by [`Self::set_holder`] for a bound pair.
+    pub fn holder(&self, addr: [u8; 4], port: u16) -> Option<u32> {
+        let bit = self.bit(addr, port)?;
+        let h = self.holders[bit];
+        (h != u32::MAX && self.used[bit / 64] & 1 << (bit % 64) != 0).then_some(h)
+    }
+
     /// Returns a pair [`Self::alloc`] handed out or [`Self::reserve`] took.
     pub fn release(&mut self, addr: [u8; 4], port: u16) {
         if let Some(bit) = self.bit(addr, port) {
+            self.holders[bit] = u32::MAX;
             let (w, m) = (bit / 64, 1u64 << (bit % 64));
             if self.used[w] & m != 0 {
                 self.used[w] &= !m;

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use tandem_control::sync::{NackReason, Op, SessionRecord, WireKey};
+use tandem_control::sync::{NackReason, Op, SessionRecord, WireKey, wire::PROTOCOLS};
 
 use super::{Services, Set};
 use crate::{
@@ -43,13 +43,20 @@ pub struct Replica {
     sweep: Option<(u8, u32)>,
 }
 
-/// Sends an event up `worker`'s ring if this side sends and the peer is
-/// connected; `f` builds it only then.
+/// Sends an event about a session of protocol `proto` up `worker`'s ring
+/// if this side sends, the peer is connected and the protocol replicates;
+/// `f` builds it only then.
 #[inline]
-pub(super) fn emit(replica: Option<&Replica>, worker: usize, f: impl FnOnce() -> ToSync) {
+pub(super) fn emit(
+    replica: Option<&Replica>,
+    worker: usize,
+    proto: u8,
+    f: impl FnOnce() -> ToSync,
+) {
     if let Some(r) = replica
         && r.active
         && r.hub.is_live()
+        && PROTOCOLS.contains(&proto)
     {
         push(&r.hub, worker, f());
     }
@@ -85,11 +92,18 @@ impl Services {
         });
     }
 
-    /// Whether replication work is waiting (the worker should not sleep).
-    pub fn sync_busy(&self) -> bool {
-        self.replica.as_ref().is_some_and(|r| {
-            r.walk.is_some() || r.sweep.is_some() || !r.hub.ports[self.worker].commands.is_empty()
-        })
+    /// Replication work that can go on at once: commands waiting, or a
+    /// sweep under way (the worker loops again without sleeping).
+    pub fn sync_ready(&self) -> bool {
+        self.replica
+            .as_ref()
+            .is_some_and(|r| r.sweep.is_some() || !r.hub.ports[self.worker].commands.is_empty())
+    }
+
+    /// A cold-sync walk under way (it may be waiting for room in the ring:
+    /// the worker naps rather than spins).
+    pub fn sync_walking(&self) -> bool {
+        self.replica.as_ref().is_some_and(|r| r.walk.is_some())
     }
 
     /// One loop's replication work: a bounded number of commands, then a
@@ -104,6 +118,11 @@ impl Services {
                 break;
             };
             self.apply(&mut r, cmd, now);
+        }
+        if r.walk.is_some() && !r.hub.is_live() {
+            // The connection it was for ended: its records would only be
+            // discarded.
+            r.walk = None;
         }
         if let Some(walk) = r.walk.as_mut() {
             let port = &r.hub.ports[w];
@@ -150,6 +169,13 @@ impl Services {
 
     fn apply(&mut self, r: &mut Replica, cmd: ToWorker, now: u32) {
         let w = self.worker;
+        // Records of a newer connection: a sweep for an older one would
+        // take the sessions they stamp (the newer cold sync sweeps again).
+        if let ToWorker::Install { generation, .. } | ToWorker::Refresh { generation, .. } = cmd
+            && r.sweep.is_some_and(|(keep, _)| keep != generation)
+        {
+            r.sweep = None;
+        }
         let counts = &r.hub.ports[w].counts;
         match cmd {
             ToWorker::Install {
@@ -259,17 +285,37 @@ impl Services {
             release(&mut self.sets, &old);
         }
         if let Some((addr, port)) = s.nat() {
-            let reserved = self.sets[usize::from(s.service_set)]
-                .nat
-                .as_mut()
-                .is_some_and(|p| p.reserve(addr, port));
-            if !reserved {
+            let set = usize::from(s.service_set);
+            let Some(pool) = self.sets[set].nat.as_mut() else {
                 return Err(NackReason::NatConflict);
+            };
+            if !pool.reserve(addr, port) {
+                // A synced session still holding the binding is stale (its
+                // delete was lost, or it went while the link was down):
+                // the peer's newer binding wins.
+                let stale = pool.holder(addr, port).filter(|&h| {
+                    let x = self.table.get(h);
+                    x.is_live() && x.is_synced() && x.nat() == Some((addr, port))
+                });
+                let Some(h) = stale else {
+                    return Err(NackReason::NatConflict);
+                };
+                let old = self.table.remove(h);
+                release(&mut self.sets, &old);
+                let pool = self.sets[set].nat.as_mut().expect("checked above");
+                if !pool.reserve(addr, port) {
+                    return Err(NackReason::NatConflict);
+                }
             }
         }
-        if self.table.insert(s).is_err() {
+        let Ok(slot) = self.table.insert(s) else {
             release(&mut self.sets, &s);
             return Err(NackReason::TableFull);
+        };
+        if let Some((addr, port)) = s.nat()
+            && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
+        {
+            pool.set_holder(addr, port, slot);
         }
         Ok(true)
     }

@@ -595,7 +595,7 @@ mod replication {
             .push(ToWorker::Walk { walk: 4 })
             .unwrap();
         a.sync_step(2);
-        assert!(!a.sync_busy(), "a small table is walked in one step");
+        assert!(!a.sync_walking(), "a small table is walked in one step");
         let evs = events(&ah);
         let adds = evs.iter().filter(|e| matches!(e, ToSync::Add(_))).count();
         assert_eq!(adds, 2);
@@ -657,5 +657,115 @@ mod replication {
         s.expire(udp_timeout + 61, &mut t);
         assert!(s.table.is_empty());
         assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 8);
+    }
+}
+
+mod replication_repairs {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::replica::{self, Hub, ToSync, ToWorker};
+
+    fn standby() -> (Services, Arc<Hub>) {
+        let hub = Arc::new(Hub::new(1));
+        let mut s = services(0, 1, "");
+        s.attach(Arc::clone(&hub), false, 60);
+        (s, hub)
+    }
+
+    fn rec(sport: u16, nat_port: u16) -> tandem_control::sync::SessionRecord {
+        let mut x = Session::new(
+            FlowKey::v4(CLIENT, SERVER, sport, 53, 17),
+            u64::from(sport),
+            Origin::Inside,
+            0,
+            0,
+        );
+        x.set_nat(POOL, nat_port);
+        replica::record(&x, 0)
+    }
+
+    fn install(hub: &Hub, generation: u8, r: tandem_control::sync::SessionRecord) {
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Install {
+                seq: 1,
+                generation,
+                rec: r,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_newer_binding_from_the_peer_evicts_a_stale_synced_holder() {
+        let (mut s, hub) = standby();
+        install(&hub, 1, rec(5000, 1030));
+        s.sync_step(1);
+        // The peer reused port 1030 for another flow (the first one's
+        // delete was lost): the newer binding wins.
+        install(&hub, 1, rec(6000, 1030));
+        s.sync_step(2);
+        assert!(hub.ports[0].events.is_empty(), "nothing refused");
+        assert_eq!(s.table.len(), 1);
+        let k = FlowKey::v4(CLIENT, SERVER, 6000, 53, 17);
+        assert!(s.table.lookup(&k).is_some());
+        assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 7);
+    }
+
+    #[test]
+    fn a_newer_connection_stops_an_older_sweep() {
+        let (mut s, hub) = standby();
+        for p in 0..3 {
+            install(&hub, 1, rec(5000 + p, 1024 + p));
+        }
+        s.sync_step(1);
+        // Sweep for generation 2 queued, then generation 3's cold sync
+        // re-sends a session before the sweep ran: the stale sweep stops.
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Sweep { generation: 2 })
+            .unwrap();
+        install(&hub, 3, rec(5000, 1024));
+        s.sync_step(2);
+        assert_eq!(s.table.len(), 3, "nothing swept by the older sweep");
+        assert!(!s.sync_ready());
+    }
+
+    #[test]
+    fn a_walk_stops_when_the_peer_goes() {
+        let hub = Arc::new(Hub::new(1));
+        let mut a = services(0, 1, "");
+        a.attach(Arc::clone(&hub), true, 60);
+        hub.set_live(true);
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        while hub.ports[0].events.pop().is_some() {}
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Walk { walk: 1 })
+            .unwrap();
+        hub.set_live(false);
+        a.sync_step(2);
+        assert!(!a.sync_walking());
+        assert!(
+            !std::iter::from_fn(|| hub.ports[0].events.pop()).any(|e| matches!(e, ToSync::Add(_))),
+            "no records for a connection that is gone"
+        );
+    }
+
+    #[test]
+    fn a_copy_idle_past_its_deadline_expires_on_the_next_tick() {
+        let (mut s, hub) = standby();
+        let mut t = Tally::new(1);
+        s.expire(1999, &mut t);
+        let mut r = rec(5000, 1030);
+        // Idle 1000 s: past the 60 s UDP timeout and the 60 s grace, so its
+        // deadline's tick was processed long ago.
+        r.idle = 1000;
+        install(&hub, 1, r);
+        s.sync_step(2000);
+        assert_eq!(s.table.len(), 1);
+        assert_eq!(s.expire(2001, &mut t), 1);
+        assert!(s.table.is_empty());
     }
 }

@@ -196,7 +196,9 @@ impl Table {
     }
 
     fn schedule(&mut self, slot: u32) {
-        let at = (self.deadline(slot) as usize) % WHEEL;
+        // A deadline already past (a synced session idle longer than its
+        // timeout here) goes to the next tick, not to one already processed.
+        let at = (self.deadline(slot).max(self.tick + 1) as usize) % WHEEL;
         let head = self.wheel[at];
         self.links[slot as usize] = (NIL, head);
         if head != NIL {

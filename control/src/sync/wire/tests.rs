@@ -324,3 +324,22 @@ fn records_are_validated_field_by_field() {
         Err(NackReason::IllegalServiceSet)
     );
 }
+
+#[test]
+fn refreshes_of_protocols_that_do_not_replicate_are_invalid() {
+    let mut r = RefreshRecord {
+        id: 1,
+        key: WireKey {
+            src: v4([198, 18, 1, 10]),
+            dst: v4([198, 18, 2, 10]),
+            sport: 0,
+            dport: 0,
+            proto: 17,
+        },
+        state: 0,
+        idle: 5,
+    };
+    assert!(r.validate());
+    r.key.proto = 47;
+    assert!(!r.validate(), "GRE sessions are not replicated");
+}
