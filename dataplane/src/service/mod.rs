@@ -310,12 +310,12 @@ impl Services {
         if !self.table.keys_free(&s) {
             // The reply key collides with a live session (e.g. an outside
             // host reusing a translated port as its source): refuse.
-            self.release(&s);
+            release(&mut self.sets, &s);
             return Verdict::Drop(DropReason::NoSession);
         }
         s.count(Side::Initiator, len, now);
         if self.table.insert(s).is_err() {
-            self.release(&s);
+            release(&mut self.sets, &s);
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         }
@@ -325,14 +325,6 @@ impl Services {
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
         Verdict::Pass { snat }
-    }
-
-    fn release(&mut self, s: &Session) {
-        if let Some((addr, port)) = s.nat()
-            && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
-        {
-            pool.release(addr, port);
-        }
     }
 
     /// An ICMP error belongs to the session of the datagram it quotes; the
@@ -389,11 +381,7 @@ impl Services {
         self.table.advance(now, |aged, s| match aged {
             Aged::Expired => {
                 n += 1;
-                if let Some((addr, port)) = s.nat()
-                    && let Some(pool) = sets[usize::from(s.service_set)].nat.as_mut()
-                {
-                    pool.release(addr, port);
-                }
+                release(sets, s);
                 replica::emit(rep, worker, s.key.proto, || {
                     ToSync::Delete(sync::delete_record(s))
                 });
@@ -406,6 +394,17 @@ impl Services {
         });
         tally.add(WorkerCounter::SessionsDeleted, n as u64);
         n
+    }
+}
+
+/// Returns the NAT binding of `s`, if any, to its set's pool.
+fn release(sets: &mut [Set], s: &Session) {
+    if let Some((addr, port)) = s.nat()
+        && let Some(pool) = sets
+            .get_mut(usize::from(s.service_set))
+            .and_then(|x| x.nat.as_mut())
+    {
+        pool.release(addr, port);
     }
 }
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use tandem_control::sync::{NackReason, Op, SessionRecord, WireKey, wire::PROTOCOLS};
 
-use super::{Services, Set};
+use super::{Services, release};
 use crate::{
     replica::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
-    session::{Session, Side},
+    session::Side,
 };
 
 /// Commands a worker applies per loop: bounded, so forwarding never waits
@@ -66,16 +66,6 @@ fn push(hub: &Hub, worker: usize, ev: ToSync) {
     let port = &hub.ports[worker];
     if port.events.push(ev).is_err() {
         bump(&port.counts.overflow, 1);
-    }
-}
-
-fn release(sets: &mut [Set], s: &Session) {
-    if let Some((addr, port)) = s.nat()
-        && let Some(pool) = sets
-            .get_mut(usize::from(s.service_set))
-            .and_then(|x| x.nat.as_mut())
-    {
-        pool.release(addr, port);
     }
 }
 

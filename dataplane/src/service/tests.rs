@@ -333,12 +333,16 @@ mod replication {
 
     /// An active worker and a standby one, each with its own hub.
     fn pair() -> (Services, Arc<Hub>, Services, Arc<Hub>) {
-        let (ah, sh) = (Arc::new(Hub::new(1)), Arc::new(Hub::new(1)));
+        let ah = Arc::new(Hub::new(1));
         let mut a = services(0, 1, "");
         a.attach(Arc::clone(&ah), true, 60);
-        let mut s = services(0, 1, "");
-        s.attach(Arc::clone(&sh), false, 60);
+        let (s, sh) = standby();
         (a, ah, s, sh)
+    }
+
+    /// One UDP datagram from the client's port `sport` through `a`.
+    fn open(a: &mut Services, sport: u16, now: u32, t: &mut Tally) -> Verdict {
+        run(a, &mut udp(CLIENT, SERVER, sport, 53), IN, now, t)
     }
 
     /// Hands the active's add events to the standby as the sync thread would.
@@ -346,14 +350,7 @@ mod replication {
         let mut n = 0;
         for ev in events(from) {
             if let ToSync::Add(rec) = ev {
-                to.ports[0]
-                    .commands
-                    .push(ToWorker::Install {
-                        seq: 1,
-                        generation,
-                        rec,
-                    })
-                    .unwrap();
+                install(to, generation, rec);
                 n += 1;
             }
         }
@@ -364,10 +361,10 @@ mod replication {
     fn events_flow_only_while_the_peer_is_connected() {
         let (mut a, ah, _, _) = pair();
         let mut t = Tally::new(1);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        open(&mut a, 5000, 1, &mut t);
         assert!(events(&ah).is_empty(), "no peer, no events");
         ah.set_live(true);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5001, 53), IN, 1, &mut t);
+        open(&mut a, 5001, 1, &mut t);
         let evs = events(&ah);
         let [ToSync::Add(rec)] = evs.as_slice() else {
             panic!("{evs:?}");
@@ -419,10 +416,10 @@ mod replication {
         let (mut a, ah, _, _) = pair();
         ah.set_live(true);
         let mut t = Tally::new(1);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 0, &mut t);
+        open(&mut a, 5000, 0, &mut t);
         events(&ah);
         let udp_timeout = a.table.timeouts().udp;
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 5, &mut t);
+        open(&mut a, 5000, 5, &mut t);
         a.expire(udp_timeout + 1, &mut t);
         let evs = events(&ah);
         assert!(
@@ -436,7 +433,7 @@ mod replication {
         let (mut a, ah, mut s, sh) = pair();
         ah.set_live(true);
         let mut t = Tally::new(1);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        open(&mut a, 5000, 1, &mut t);
         assert_eq!(carry(&ah, &sh, 1), 1);
         let free = s.sets[0].nat.as_ref().unwrap().available();
         s.sync_step(10);
@@ -455,16 +452,9 @@ mod replication {
         );
         assert_eq!(endpoints(&reply), (SERVER, 53, CLIENT, 5000));
         // The same add again (a cold sync racing a live add) updates in place.
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 2, &mut t);
+        open(&mut a, 5000, 2, &mut t);
         let rec = replica::record(a.table.get(0), 3);
-        sh.ports[0]
-            .commands
-            .push(ToWorker::Install {
-                seq: 2,
-                generation: 1,
-                rec,
-            })
-            .unwrap();
+        install(&sh, 1, rec);
         s.sync_step(12);
         assert_eq!(s.table.len(), 1);
         assert_eq!(count(&sh.ports[0].counts.installed), 2);
@@ -497,13 +487,7 @@ mod replication {
         let mut t = Tally::new(1);
         // per_worker = 4: the fifth session does not fit.
         for p in 0..4 {
-            run(
-                &mut a,
-                &mut udp(CLIENT, SERVER, 5000 + p, 53),
-                IN,
-                1,
-                &mut t,
-            );
+            open(&mut a, 5000 + p, 1, &mut t);
         }
         carry(&ah, &sh, 1);
         s.sync_step(1);
@@ -567,13 +551,7 @@ mod replication {
         ah.set_live(true);
         let mut t = Tally::new(1);
         for p in 0..3 {
-            run(
-                &mut a,
-                &mut udp(CLIENT, SERVER, 5000 + p, 53),
-                IN,
-                1,
-                &mut t,
-            );
+            open(&mut a, 5000 + p, 1, &mut t);
         }
         // Generation 1: the standby holds all three.
         carry(&ah, &sh, 1);
@@ -581,11 +559,7 @@ mod replication {
         assert_eq!(s.table.len(), 3);
         // The link drops; the active loses one session meanwhile.
         ah.set_live(false);
-        let gone = a
-            .table
-            .lookup(&replica::flow_key(&replica::wire_key(&FlowKey::v4(
-                CLIENT, SERVER, 5001, 53, 17,
-            ))));
+        let gone = a.table.lookup(&FlowKey::v4(CLIENT, SERVER, 5001, 53, 17));
         let (slot, _) = gone.unwrap();
         a.table.remove(slot);
         // Reconnected: the active walks its table for generation 2.
@@ -608,14 +582,7 @@ mod replication {
         );
         for ev in evs {
             if let ToSync::Add(rec) = ev {
-                sh.ports[0]
-                    .commands
-                    .push(ToWorker::Install {
-                        seq: 3,
-                        generation: 2,
-                        rec,
-                    })
-                    .unwrap();
+                install(&sh, 2, rec);
             }
         }
         sh.ports[0]
@@ -633,7 +600,7 @@ mod replication {
         let (mut a, ah, _, _) = pair();
         ah.set_live(true);
         let mut t = Tally::new(1);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        open(&mut a, 5000, 1, &mut t);
         let key = match events(&ah).as_slice() {
             [ToSync::Add(r)] => r.key,
             other => panic!("{other:?}"),
@@ -648,7 +615,7 @@ mod replication {
         let (mut a, ah, mut s, sh) = pair();
         ah.set_live(true);
         let mut t = Tally::new(1);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 0, &mut t);
+        open(&mut a, 5000, 0, &mut t);
         carry(&ah, &sh, 1);
         s.sync_step(0);
         let udp_timeout = s.table.timeouts().udp;
@@ -658,13 +625,6 @@ mod replication {
         assert!(s.table.is_empty());
         assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 8);
     }
-}
-
-mod replication_repairs {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::replica::{self, Hub, ToSync, ToWorker};
 
     fn standby() -> (Services, Arc<Hub>) {
         let hub = Arc::new(Hub::new(1));
@@ -685,13 +645,13 @@ mod replication_repairs {
         replica::record(&x, 0)
     }
 
-    fn install(hub: &Hub, generation: u8, r: tandem_control::sync::SessionRecord) {
+    fn install(hub: &Hub, generation: u8, rec: tandem_control::sync::SessionRecord) {
         hub.ports[0]
             .commands
             .push(ToWorker::Install {
                 seq: 1,
                 generation,
-                rec: r,
+                rec,
             })
             .unwrap();
     }
@@ -738,7 +698,7 @@ mod replication_repairs {
         a.attach(Arc::clone(&hub), true, 60);
         hub.set_live(true);
         let mut t = Tally::new(1);
-        run(&mut a, &mut udp(CLIENT, SERVER, 5000, 53), IN, 1, &mut t);
+        open(&mut a, 5000, 1, &mut t);
         while hub.ports[0].events.pop().is_some() {}
         hub.ports[0]
             .commands
