@@ -1,11 +1,12 @@
 //! tandem's control plane: configuration, the stats segment, the control
-//! socket's requests, and session replication (`sync`: the protocol as a
-//! pure core, and the driver that owns its TCP socket). The redundancy
-//! state machine joins it with its issue.
+//! socket's requests, session replication (`sync`: the protocol as a pure
+//! core, and the driver that owns its TCP socket) and redundancy (`ha`:
+//! the state machine, pure, and the heartbeats).
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod ctl;
+pub mod ha;
 pub mod sessions;
 pub mod stats;
 pub mod sync;

@@ -1,0 +1,715 @@
+//! The redundancy state machine: pure, no I/O. The driver feeds it events
+//! (local health, the peer's heartbeats, the peer's death, operator
+//! requests, its timer) and carries out the actions it returns.
+//!
+//! Rules, evaluated after every event until nothing changes:
+//! - WAITING at startup: the peer is MASTER -> STANDBY; the peer is not
+//!   eligible (STANDBY-WARNED, INIT, failed health) -> MASTER; both
+//!   eligible and neither master -> the standby tie-break picks one; no
+//!   peer heard by the hold-down's end -> MASTER (STANDBY-WARNED when this
+//!   node's health failed).
+//! - WAITING on a request (manual acquire, preemption): the peer leaves
+//!   MASTER or dies -> MASTER; the hold-down ends first -> STANDBY.
+//! - MASTER: another MASTER -> the loser of the dual-master tie-break
+//!   releases; the peer requests mastership -> release (if the peer is
+//!   eligible or the request is forced); a critical failure -> release,
+//!   but only to an eligible peer (nobody forwarding is worse).
+//! - STANDBY: peer dead, or not eligible and not master -> MASTER; both
+//!   STANDBY -> the tie-break picks one; a critical failure ->
+//!   STANDBY-WARNED, which never takes over by itself.
+//!
+//! Tie-breaks are total and both nodes compute them from the same
+//! heartbeat fields, so exactly one side wins: standby (a node that just
+//! released yields, then higher priority, then lower node id) and dual
+//! master (healthy first, then priority, then node id).
+//! Preemption (off by default): a healthy STANDBY that wins on priority
+//! requests mastership after the hold-down.
+
+use std::{cmp::Reverse, collections::BTreeSet, time::Duration};
+
+/// Redundancy set state, spelled as the views print it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Init = 0,
+    Waiting = 1,
+    Master = 2,
+    Standby = 3,
+    StandbyWarned = 4,
+}
+
+impl State {
+    pub const ALL: [Self; 5] = [
+        Self::Init,
+        Self::Waiting,
+        Self::Master,
+        Self::Standby,
+        Self::StandbyWarned,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Init => "INIT",
+            Self::Waiting => "WAITING",
+            Self::Master => "MASTER",
+            Self::Standby => "STANDBY",
+            Self::StandbyWarned => "STANDBY-WARNED",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Local health checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Check {
+    /// A monitored interface's link (netlink).
+    Link = 0,
+    /// Probes to a target through an interface.
+    Probe = 1,
+    /// A worker that stopped making progress.
+    Stall = 2,
+}
+
+impl Check {
+    pub const ALL: [Self; 3] = [Self::Link, Self::Probe, Self::Stall];
+
+    /// Configuration spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Link => "link-down",
+            Self::Probe => "probe-failure",
+            Self::Stall => "worker-stall",
+        }
+    }
+}
+
+/// Which failures are critical (release mastership, not eligible to take
+/// over); the others only warn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub critical: [bool; 3],
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            critical: [true; 3],
+        }
+    }
+}
+
+/// What a heartbeat says of its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "the heartbeat's flag bits, one field each"
+)]
+pub struct PeerView {
+    pub state: State,
+    pub priority: u8,
+    pub node_id: u32,
+    /// No critical failure.
+    pub healthy: bool,
+    /// Gave mastership away and has not seen a master since.
+    pub released: bool,
+    /// Asks the master to release (switchover or preemption).
+    pub acquire: bool,
+    /// The request or release under way was forced.
+    pub force: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The driver is ready: leave INIT.
+    Start,
+    /// Check `check` number `id` failed (link down, probe failure, stall).
+    Failure {
+        check: Check,
+        id: u16,
+    },
+    Recovery {
+        check: Check,
+        id: u16,
+    },
+    /// A heartbeat from the peer.
+    Peer(PeerView),
+    /// No heartbeat on any path for the dead interval.
+    PeerDead,
+    /// `tandemctl request acquire|release [--force]`.
+    Manual {
+        acquire: bool,
+        force: bool,
+    },
+    /// The time given by the last `Action::Arm` came.
+    Timer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Entered MASTER: forward, add the addresses, announce them.
+    TakeOver,
+    /// Left MASTER: stop forwarding and remove the addresses, before
+    /// anything else.
+    Release,
+    /// The heartbeat's content changed: send one on every path now.
+    Announce,
+    /// Deliver `Event::Timer` at this time (since the driver's epoch);
+    /// `None` disarms.
+    Arm(Option<Duration>),
+}
+
+/// Mastership transitions, as the extensive view lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    AcquireAuto = 0,
+    AcquireManual = 1,
+    ReleaseAuto = 2,
+    ReleaseManual = 3,
+}
+
+impl Transition {
+    pub const ALL: [Self; 4] = [
+        Self::AcquireAuto,
+        Self::AcquireManual,
+        Self::ReleaseAuto,
+        Self::ReleaseManual,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::AcquireAuto => "Acquire mastership auto",
+            Self::AcquireManual => "Acquire mastership manual",
+            Self::ReleaseAuto => "Release mastership auto",
+            Self::ReleaseManual => "Release mastership manual",
+        }
+    }
+
+    pub const fn key(self) -> &'static str {
+        match self {
+            Self::AcquireAuto => "acquire_auto",
+            Self::AcquireManual => "acquire_manual",
+            Self::ReleaseAuto => "release_auto",
+            Self::ReleaseManual => "release_manual",
+        }
+    }
+}
+
+/// Monitored events, as the extensive view lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitored {
+    LinkDown = 0,
+    ProbeFailure = 1,
+    WorkerStall = 2,
+    PeerDead = 3,
+    PeerAcquire = 4,
+    PeerRelease = 5,
+}
+
+impl Monitored {
+    pub const ALL: [Self; 6] = [
+        Self::LinkDown,
+        Self::ProbeFailure,
+        Self::WorkerStall,
+        Self::PeerDead,
+        Self::PeerAcquire,
+        Self::PeerRelease,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::LinkDown => "Link-down",
+            Self::ProbeFailure => "Probe failure",
+            Self::WorkerStall => "Worker stall",
+            Self::PeerDead => "Peer dead",
+            Self::PeerAcquire => "Peer mastership-acquire",
+            Self::PeerRelease => "Peer mastership-release",
+        }
+    }
+
+    pub const fn key(self) -> &'static str {
+        match self {
+            Self::LinkDown => "link_down",
+            Self::ProbeFailure => "probe_failure",
+            Self::WorkerStall => "worker_stall",
+            Self::PeerDead => "peer_dead",
+            Self::PeerAcquire => "peer_acquire",
+            Self::PeerRelease => "peer_release",
+        }
+    }
+
+    const fn of(c: Check) -> Self {
+        match c {
+            Check::Link => Self::LinkDown,
+            Check::Probe => Self::ProbeFailure,
+            Check::Stall => Self::WorkerStall,
+        }
+    }
+}
+
+/// Received and ignored counts. An event is ignored when it changed no
+/// state: already where it points, warn-only by policy, or nobody to
+/// hand mastership to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// [received, ignored] by [`Transition`].
+    pub transitions: [[u64; 2]; 4],
+    /// [received, ignored] by [`Monitored`].
+    pub monitored: [[u64; 2]; 6],
+}
+
+impl Counts {
+    fn transition(&mut self, t: Transition, ignored: bool) {
+        self.transitions[t as usize][0] += 1;
+        self.transitions[t as usize][1] += u64::from(ignored);
+    }
+
+    fn monitored(&mut self, m: Monitored, ignored: bool) {
+        self.monitored[m as usize][0] += 1;
+        self.monitored[m as usize][1] += u64::from(ignored);
+    }
+}
+
+/// Identity and policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub node_id: u32,
+    pub priority: u8,
+    pub preempt: bool,
+    /// Startup wait for the peer, preemption delay, and how long a
+    /// request waits for the master's release.
+    pub hold_down: Duration,
+    pub policy: Policy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    Startup,
+    Request,
+    Preempt,
+}
+
+pub struct Fsm {
+    s: Settings,
+    state: State,
+    failed: BTreeSet<(Check, u16)>,
+    /// The peer's last heartbeat while it lives.
+    peer: Option<PeerView>,
+    released: bool,
+    /// A request for mastership under way (WAITING): whether forced, and
+    /// how it counts (manual, or automatic for preemption).
+    acquiring: Option<(bool, Transition)>,
+    /// The release (or acquire) under way was forced.
+    force: bool,
+    /// Mastership taken by force: kept through this node's failed health
+    /// until the next health change or request.
+    pinned: bool,
+    timer: Option<(Duration, Timer)>,
+    pub counts: Counts,
+}
+
+/// What the heartbeat carries; a change is announced at once.
+type Shown = (State, bool, bool, Option<(bool, Transition)>, bool);
+
+impl Fsm {
+    pub fn new(s: Settings) -> Self {
+        Self {
+            s,
+            state: State::Init,
+            failed: BTreeSet::new(),
+            peer: None,
+            released: false,
+            acquiring: None,
+            force: false,
+            pinned: false,
+            timer: None,
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// No critical check failed.
+    pub fn healthy(&self) -> bool {
+        !self
+            .failed
+            .iter()
+            .any(|(c, _)| self.s.policy.critical[*c as usize])
+    }
+
+    /// Failed checks, critical or not.
+    pub fn failed(&self) -> impl Iterator<Item = (Check, u16)> + '_ {
+        self.failed.iter().copied()
+    }
+
+    /// The peer's last heartbeat, while it lives.
+    pub fn peer(&self) -> Option<PeerView> {
+        self.peer
+    }
+
+    /// What this node's heartbeats say.
+    pub fn view(&self) -> PeerView {
+        PeerView {
+            state: self.state,
+            priority: self.s.priority,
+            node_id: self.s.node_id,
+            healthy: self.healthy(),
+            released: self.released,
+            acquire: self.acquiring.is_some(),
+            force: self.force || self.acquiring.is_some_and(|(f, _)| f),
+        }
+    }
+
+    fn shown(&self) -> Shown {
+        (
+            self.state,
+            self.healthy(),
+            self.released,
+            self.acquiring,
+            self.force,
+        )
+    }
+
+    /// Handles one event at `now` (since the driver's epoch).
+    pub fn handle(&mut self, now: Duration, ev: Event) -> Vec<Action> {
+        let shown = self.shown();
+        let timer = self.timer;
+        let mut out = Vec::new();
+        match ev {
+            Event::Start => {
+                if self.state == State::Init {
+                    self.state = State::Waiting;
+                    self.timer = Some((now + self.s.hold_down, Timer::Startup));
+                    self.settle(now, &mut out);
+                }
+            }
+            Event::Failure { check, id } => {
+                let before = self.state;
+                let new = self.failed.insert((check, id));
+                self.pinned = false;
+                let was_master = before == State::Master;
+                self.settle(now, &mut out);
+                let ignored = !new || self.state == before;
+                self.counts.monitored(Monitored::of(check), ignored);
+                if new && was_master && self.state == State::Master && !self.healthy() {
+                    // Wanted to release, but nobody can take over.
+                    self.counts.transition(Transition::ReleaseAuto, true);
+                }
+            }
+            Event::Recovery { check, id } => {
+                if self.failed.remove(&(check, id)) {
+                    self.pinned = false;
+                }
+                self.settle(now, &mut out);
+            }
+            Event::Peer(v) => self.peer_heard(now, v, &mut out),
+            Event::PeerDead => {
+                let before = self.state;
+                let known = self.peer.take().is_some();
+                self.settle(now, &mut out);
+                self.counts
+                    .monitored(Monitored::PeerDead, !known || self.state == before);
+                if known && before == State::StandbyWarned && self.state == before {
+                    // Not eligible to take over.
+                    self.counts.transition(Transition::AcquireAuto, true);
+                }
+            }
+            Event::Manual {
+                acquire: true,
+                force,
+            } => self.manual_acquire(now, force, &mut out),
+            Event::Manual {
+                acquire: false,
+                force,
+            } => self.manual_release(now, force, &mut out),
+            Event::Timer => self.timer_fired(now, &mut out),
+        }
+        if self.shown() != shown {
+            out.push(Action::Announce);
+        }
+        if self.timer != timer {
+            out.push(Action::Arm(self.timer.map(|(t, _)| t)));
+        }
+        out
+    }
+
+    fn peer_heard(&mut self, now: Duration, v: PeerView, out: &mut Vec<Action>) {
+        let prev = self.peer.replace(v);
+        let before = self.state;
+        if v.state == State::Master {
+            // A master exists: nothing of ours is pending against it any
+            // more but a request.
+            self.released = false;
+            self.force = false;
+        }
+        self.settle(now, out);
+        let Some(p) = prev else {
+            return;
+        };
+        let ignored = self.state == before;
+        let acquired =
+            (v.state == State::Master && p.state != State::Master) || (v.acquire && !p.acquire);
+        let released =
+            (p.state == State::Master && v.state != State::Master) || (v.released && !p.released);
+        if acquired {
+            self.counts.monitored(Monitored::PeerAcquire, ignored);
+        }
+        if released {
+            self.counts.monitored(Monitored::PeerRelease, ignored);
+        }
+    }
+
+    fn manual_acquire(&mut self, now: Duration, force: bool, out: &mut Vec<Action>) {
+        let allowed = match self.state {
+            State::Init | State::Master => false,
+            State::StandbyWarned => force,
+            State::Waiting | State::Standby => true,
+        };
+        if !allowed {
+            self.counts.transition(Transition::AcquireManual, true);
+            return;
+        }
+        self.released = false;
+        self.force = false;
+        if self.peer.is_some_and(|p| p.state == State::Master) {
+            // Ask the master to release; take over when it has.
+            self.state = State::Waiting;
+            self.acquiring = Some((force, Transition::AcquireManual));
+            self.timer = Some((now + self.s.hold_down, Timer::Request));
+            self.settle(now, out);
+        } else {
+            self.pinned = force;
+            self.counts.transition(Transition::AcquireManual, false);
+            self.enter(State::Master, out);
+            self.settle(now, out);
+        }
+    }
+
+    fn manual_release(&mut self, now: Duration, force: bool, out: &mut Vec<Action>) {
+        let to = self.peer.filter(|p| {
+            p.state != State::Init && (eligible(p) || (force && p.state != State::Master))
+        });
+        if self.state != State::Master || to.is_none() {
+            self.counts.transition(Transition::ReleaseManual, true);
+            return;
+        }
+        self.counts.transition(Transition::ReleaseManual, false);
+        self.released = true;
+        self.force = force;
+        self.pinned = false;
+        let to = if self.healthy() {
+            State::Standby
+        } else {
+            State::StandbyWarned
+        };
+        self.enter(to, out);
+        self.settle(now, out);
+    }
+
+    fn timer_fired(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let Some((at, what)) = self.timer else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        self.timer = None;
+        match what {
+            Timer::Startup
+                if self.state == State::Waiting
+                    && self.acquiring.is_none()
+                    && self.peer.is_none() =>
+            {
+                if self.healthy() {
+                    self.counts.transition(Transition::AcquireAuto, false);
+                    self.enter(State::Master, out);
+                } else {
+                    self.enter(State::StandbyWarned, out);
+                }
+            }
+            Timer::Request if self.state == State::Waiting && self.acquiring.is_some() => {
+                // The master did not release in time.
+                if let Some((_, t)) = self.acquiring.take() {
+                    self.counts.transition(t, true);
+                }
+                let to = if self.healthy() {
+                    State::Standby
+                } else {
+                    State::StandbyWarned
+                };
+                self.enter(to, out);
+            }
+            Timer::Preempt if self.state == State::Standby && self.preempts() => {
+                self.state = State::Waiting;
+                self.acquiring = Some((false, Transition::AcquireAuto));
+                self.timer = Some((now + self.s.hold_down, Timer::Request));
+            }
+            _ => {}
+        }
+        self.settle(now, out);
+    }
+
+    /// Whether this healthy STANDBY outranks the live master and should
+    /// take mastership back.
+    fn preempts(&self) -> bool {
+        self.s.preempt
+            && self.healthy()
+            && !self.released
+            && self.peer.is_some_and(|p| {
+                p.state == State::Master
+                    && (self.s.priority, Reverse(self.s.node_id)) > (p.priority, Reverse(p.node_id))
+            })
+    }
+
+    fn enter(&mut self, to: State, out: &mut Vec<Action>) {
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        if from == State::Master {
+            out.push(Action::Release);
+        }
+        self.state = to;
+        if to == State::Master {
+            self.acquiring = None;
+            self.released = false;
+            if matches!(self.timer, Some((_, Timer::Request | Timer::Preempt))) {
+                self.timer = None;
+            }
+            out.push(Action::TakeOver);
+        }
+        if matches!(self.timer, Some((_, Timer::Startup))) && to != State::Waiting {
+            self.timer = None;
+        }
+    }
+
+    /// Applies the rules until nothing changes.
+    fn settle(&mut self, now: Duration, out: &mut Vec<Action>) {
+        for _ in 0..8 {
+            let Some((to, counted)) = self.next() else {
+                break;
+            };
+            if let Some(t) = counted {
+                self.counts.transition(t, false);
+            }
+            if self.state == State::Master && to != State::Master {
+                self.released = true;
+                self.pinned = false;
+            }
+            if to == State::Master
+                && (self.acquiring.is_some_and(|(force, _)| force)
+                    || self
+                        .peer
+                        .is_some_and(|p| p.force && p.released && p.state != State::Master))
+            {
+                // Taken by a forced request, or handed by a forced release.
+                self.pinned = true;
+            }
+            self.enter(to, out);
+        }
+        if self.state == State::Standby && self.preempts() {
+            if !matches!(self.timer, Some((_, Timer::Preempt))) {
+                self.timer = Some((now + self.s.hold_down, Timer::Preempt));
+            }
+        } else if matches!(self.timer, Some((_, Timer::Preempt))) {
+            self.timer = None;
+        }
+    }
+
+    /// The next transition the rules call for, and how it counts.
+    fn next(&self) -> Option<(State, Option<Transition>)> {
+        use Transition::{AcquireAuto, ReleaseAuto};
+        let healthy = self.healthy();
+        let resting = if healthy {
+            State::Standby
+        } else {
+            State::StandbyWarned
+        };
+        match self.state {
+            State::Init => None,
+            State::Waiting => match (self.acquiring, self.peer) {
+                (Some((force, t)), None) => (healthy || force).then_some((State::Master, Some(t))),
+                (Some((_, t)), Some(p)) if p.state != State::Master => {
+                    Some((State::Master, Some(t)))
+                }
+                (Some(_), _) | (None, None) => None,
+                (None, Some(p)) if p.state == State::Master => Some((resting, None)),
+                (None, Some(p)) => {
+                    if !healthy {
+                        Some((State::StandbyWarned, None))
+                    } else if !eligible(&p) || (!p.acquire && self.wins_standby(&p)) {
+                        Some((State::Master, Some(AcquireAuto)))
+                    } else {
+                        Some((State::Standby, None))
+                    }
+                }
+            },
+            State::Master => {
+                let p = self.peer?;
+                if p.state == State::Master && !self.wins_dual(&p) {
+                    return Some((resting, Some(ReleaseAuto)));
+                }
+                if p.acquire && (eligible(&p) || p.force) {
+                    return Some((resting, Some(ReleaseAuto)));
+                }
+                if !healthy && !self.pinned && eligible(&p) && p.state != State::Master {
+                    return Some((State::StandbyWarned, Some(ReleaseAuto)));
+                }
+                None
+            }
+            State::Standby => {
+                if !healthy {
+                    return Some((State::StandbyWarned, None));
+                }
+                let Some(p) = self.peer else {
+                    return Some((State::Master, Some(AcquireAuto)));
+                };
+                let take = match p.state {
+                    State::Master | State::Waiting => false,
+                    _ if p.acquire => false,
+                    _ if p.released && p.force => true,
+                    // Our own forced release stands until the peer takes it.
+                    _ if !eligible(&p) => !(self.released && self.force),
+                    _ => self.wins_standby(&p),
+                };
+                take.then_some((State::Master, Some(AcquireAuto)))
+            }
+            State::StandbyWarned => {
+                if healthy {
+                    return Some((State::Standby, None));
+                }
+                // Only a forced release hands mastership to a warned node.
+                self.peer
+                    .filter(|p| p.released && p.force && p.state != State::Master)
+                    .map(|_| (State::Master, Some(AcquireAuto)))
+            }
+        }
+    }
+
+    fn wins_standby(&self, p: &PeerView) -> bool {
+        (!self.released, self.s.priority, Reverse(self.s.node_id))
+            > (!p.released, p.priority, Reverse(p.node_id))
+    }
+
+    fn wins_dual(&self, p: &PeerView) -> bool {
+        (self.healthy(), self.s.priority, Reverse(self.s.node_id))
+            > (p.healthy, p.priority, Reverse(p.node_id))
+    }
+}
+
+/// Can take over: healthy and past startup.
+fn eligible(p: &PeerView) -> bool {
+    p.healthy && matches!(p.state, State::Standby | State::Waiting | State::Master)
+}
+
+#[cfg(test)]
+mod tests;
