@@ -12,6 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
+mod redundancy;
 mod services;
 mod sync;
 
@@ -19,6 +20,7 @@ pub use services::{
     Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
     Timeouts,
 };
+pub use redundancy::{HeartbeatPath, Redundancy, Side, Vip};
 pub use sync::{Sync, SyncRole};
 
 /// Errors loading a configuration file.
@@ -59,6 +61,10 @@ pub struct Config {
     /// Session replication to the peer; none: the node runs alone.
     #[serde(default)]
     pub sync: Option<Sync>,
+    /// The pair's state machine (needs `[sync]`); none: `node.forward`
+    /// and `sync.role` fix the roles.
+    #[serde(default)]
+    pub redundancy: Option<Redundancy>,
 }
 
 /// The two interfaces the node forwards between.
@@ -72,7 +78,7 @@ pub struct Interfaces {
 }
 
 /// Node identity and addresses.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// Extra addresses that belong to this node besides those configured on
@@ -80,10 +86,10 @@ pub struct Node {
     /// kernel.
     #[serde(default)]
     pub local_addresses: Vec<IpAddr>,
-    /// Whether the node forwards service traffic at start. The redundancy
-    /// state machine will own this; until then it is set here.
-    #[serde(default = "default_true")]
-    pub forward: bool,
+    /// Whether the node forwards service traffic (default true). With
+    /// `[redundancy]` the state machine decides and this must be unset.
+    #[serde(default)]
+    pub forward: Option<bool>,
 }
 
 /// How XDP is attached.
@@ -159,19 +165,6 @@ impl Default for Dataplane {
             punts_per_sec: 1000,
         }
     }
-}
-
-impl Default for Node {
-    fn default() -> Self {
-        Self {
-            local_addresses: Vec::new(),
-            forward: true,
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 impl Config {
@@ -261,7 +254,45 @@ impl Config {
         if let Some(s) = &self.sync {
             s.validate(path)?;
         }
+        if let Some(r) = &self.redundancy {
+            r.validate(path)?;
+            let Some(s) = &self.sync else {
+                return Err(invalid(
+                    "redundancy",
+                    "a [sync] section too (the pair's link and identity)",
+                    "no [sync]".into(),
+                ));
+            };
+            if let Some(role) = s.role {
+                return Err(invalid(
+                    "sync.role",
+                    "no role: [redundancy] decides it",
+                    format!("{role:?}").to_lowercase(),
+                ));
+            }
+            if let Some(f) = self.node.forward {
+                return Err(invalid(
+                    "node.forward",
+                    "no value: [redundancy] decides it",
+                    f.to_string(),
+                ));
+            }
+        } else if let Some(s) = &self.sync
+            && s.role.is_none()
+        {
+            return Err(invalid(
+                "sync.role",
+                "\"active\" or \"backup\" (or a [redundancy] section to decide it)",
+                "nothing".into(),
+            ));
+        }
         self.validate_services(path)
+    }
+
+    /// Whether the node forwards from the start: with `[redundancy]` only
+    /// once the state machine makes it MASTER.
+    pub fn forward_at_start(&self) -> bool {
+        self.redundancy.is_none() && self.node.forward.unwrap_or(true)
     }
 
     fn validate_services(&self, path: &Path) -> Result<(), ConfigError> {
@@ -377,7 +408,7 @@ mod tests {
         let cfg = parse(GOOD).unwrap();
         assert_eq!(cfg.interfaces.inside, "in0");
         assert_eq!(cfg.dataplane, Dataplane::default());
-        assert!(cfg.node.forward);
+        assert!(cfg.forward_at_start());
     }
 
     #[test]
@@ -402,7 +433,60 @@ mod tests {
         assert_eq!(cfg.dataplane.xdp_mode, XdpMode::Generic);
         assert_eq!(cfg.dataplane.bind, BindMode::Copy);
         assert_eq!(cfg.node.local_addresses.len(), 2);
-        assert!(!cfg.node.forward);
+        assert!(!cfg.forward_at_start());
+    }
+
+    #[test]
+    fn redundancy_section_parses_and_owns_the_roles() {
+        let sync = "[sync]\nlocal = \"198.18.9.1\"\npeer = \"198.18.9.2\"\nnode_id = 1\n";
+        let base = format!(
+            "{GOOD}\n{sync}[redundancy]\nheartbeat = [{{ local = \"198.18.1.2\", peer = \"198.18.1.3\" }}]\n\
+             vip = [{{ interface = \"inside\", address = \"198.18.1.1\" }}]\n"
+        );
+        let cfg = parse(&base).unwrap();
+        let r = cfg.redundancy.as_ref().unwrap();
+        assert_eq!((r.priority, r.preempt, r.hold_down_ms), (100, false, 1000));
+        assert_eq!((r.keepalive_ms, r.multiplier, r.port), (50, 3, 7469));
+        assert_eq!(r.vip[0].interface, Side::Inside);
+        assert_eq!(r.policy().critical, [true; 3]);
+        assert!(!cfg.forward_at_start(), "the state machine decides");
+        let warn = format!("{base}critical = [\"link-down\"]\n");
+        assert_eq!(
+            parse(&warn).unwrap().redundancy.unwrap().policy().critical,
+            [true, false, false]
+        );
+        for (extra, key) in [
+            ("priority = 0", "redundancy.priority"),
+            ("keepalive_ms = 5", "redundancy.keepalive_ms"),
+            ("multiplier = 1", "redundancy.multiplier"),
+            ("hold_down_ms = 10", "redundancy.hold_down_ms"),
+            ("stall_ms = 10", "redundancy.stall_ms"),
+            ("garp_count = 0", "redundancy.garp_count"),
+            ("garp_interval_ms = 0", "redundancy.garp_interval_ms"),
+            ("critical = [\"reboot\"]", "redundancy.critical"),
+            ("port = 0", "redundancy.port"),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
+        }
+        let twice = base.replace(
+            "vip = [",
+            "vip = [{ interface = \"outside\", address = \"198.18.1.1\" }, ",
+        );
+        assert!(parse(&twice).unwrap_err().to_string().contains("vip[1]"));
+        let roled = base.replace("node_id = 1", "node_id = 1\nrole = \"active\"");
+        assert!(parse(&roled).unwrap_err().to_string().contains("`sync.role`"));
+        let forwarding = base.replace("[sync]", "[node]\nforward = true\n[sync]");
+        assert!(
+            parse(&forwarding)
+                .unwrap_err()
+                .to_string()
+                .contains("`node.forward`")
+        );
+        let alone = format!("{GOOD}\n[redundancy]\n");
+        assert!(parse(&alone).unwrap_err().to_string().contains("[sync]"));
+        let roleless = format!("{GOOD}\n{sync}");
+        assert!(parse(&roleless).unwrap_err().to_string().contains("`sync.role`"));
     }
 
     #[test]
@@ -416,7 +500,7 @@ mod tests {
             (7468, 1, 65536, 1)
         );
         assert_eq!((s.keepalive_ms, s.dead_after, s.grace), (1000, 3, 60));
-        assert_eq!(s.role, SyncRole::Active);
+        assert_eq!(s.role, Some(SyncRole::Active));
         assert!(s.key.is_none());
         assert!(parse(GOOD).unwrap().sync.is_none());
         for (extra, key) in [

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
-/// Which side of the replication this node takes. The redundancy state
-/// machine will decide this; until it does, the configuration says it.
+/// Which side of the replication this node takes, when no redundancy
+/// state machine decides it.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncRole {
@@ -27,7 +27,10 @@ pub struct Sync {
     pub peer: IpAddr,
     #[serde(default = "default_port")]
     pub port: u16,
-    pub role: SyncRole,
+    /// Fixed role without `[redundancy]`; with it, the state machine
+    /// decides (MASTER sends) and this must be unset.
+    #[serde(default)]
+    pub role: Option<SyncRole>,
     /// This node's id, unique within the pair (1..).
     pub node_id: u32,
     /// The redundancy group both nodes belong to.

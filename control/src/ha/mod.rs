@@ -3,3 +3,4 @@
 //! the other (`heartbeat`: wire format and per-path liveness statistics).
 
 pub mod fsm;
+pub mod heartbeat;

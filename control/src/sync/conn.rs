@@ -88,9 +88,11 @@ impl Settings {
     /// workers; `None` without `[sync]`.
     pub fn from_config(cfg: &crate::config::Config, workers: u16) -> Option<Self> {
         let s = cfg.sync.as_ref()?;
+        // Under [redundancy] the node starts as backup; the state machine
+        // makes it active when it becomes MASTER.
         let role = match s.role {
-            crate::config::SyncRole::Active => Role::Active,
-            crate::config::SyncRole::Backup => Role::Backup,
+            Some(crate::config::SyncRole::Active) => Role::Active,
+            Some(crate::config::SyncRole::Backup) | None => Role::Backup,
         };
         let mut out = Self::new(s.node_id, s.group, workers, role);
         out.services = cfg.service_sets.len();
