@@ -129,6 +129,7 @@ impl Worker {
         let (mut created_before, mut deleted_before) = (0, 0);
 
         while !self.stop.load(Ordering::Relaxed) {
+            tally.add(WorkerCounter::Loops, 1);
             let now = self.now();
             if now != second {
                 second = now;
@@ -287,6 +288,7 @@ impl Worker {
                     };
                     match verdict {
                         Verdict::Pass { snat } => {
+                            let ip = ip.redirected(buf);
                             let a = forward::route(buf, ip, ingress, fib, &mut self.limits);
                             if let (Some(snat), Action::Forward { .. } | Action::Punt { .. }) =
                                 (snat, a)

@@ -66,6 +66,33 @@ pub enum Ip {
 }
 
 impl Ip {
+    /// The same header after a rewrite of its destination in `frame`
+    /// (NAT of a reply back to the inside host): routing must see the
+    /// address the datagram now goes to.
+    #[inline]
+    #[must_use]
+    pub fn redirected(self, frame: &[u8]) -> Self {
+        match self {
+            Self::V4 {
+                l3,
+                ihl,
+                len,
+                ttl,
+                ..
+            } => {
+                let d = &frame[l3 + 16..l3 + 20];
+                Self::V4 {
+                    l3,
+                    ihl,
+                    len,
+                    dst: Ipv4Addr::new(d[0], d[1], d[2], d[3]),
+                    ttl,
+                }
+            }
+            v6 @ Self::V6 { .. } => v6,
+        }
+    }
+
     #[inline]
     pub fn l3(&self) -> usize {
         match *self {
@@ -391,6 +418,21 @@ mod tests {
                 ttl: 64
             }
         );
+    }
+
+    #[test]
+    fn a_rewritten_destination_is_what_routing_sees() {
+        let mut f = udp4(64, b"abc");
+        let ip = parse(&f).unwrap();
+        // A reply to the NAT pool, translated back to the inside host.
+        f[14 + 16..14 + 20].copy_from_slice(&[198, 18, 1, 10]);
+        let Ip::V4 { dst, len, ttl, .. } = ip.redirected(&f) else {
+            panic!("v4")
+        };
+        assert_eq!(dst, Ipv4Addr::new(198, 18, 1, 10));
+        assert_eq!((len, ttl), (31, 64));
+        let v6 = parse(&udp6(9)).unwrap();
+        assert_eq!(v6.redirected(&udp6(9)), v6);
     }
 
     #[test]
