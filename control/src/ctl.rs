@@ -21,6 +21,8 @@ pub enum Request {
     ClearStatistics,
     /// List (or count) sessions.
     ShowSessions(Query),
+    /// Manual switchover: `request acquire|release [force]`.
+    Mastership { acquire: bool, force: bool },
 }
 
 impl Request {
@@ -33,11 +35,16 @@ impl Request {
                 w.extend(q.to_words());
                 w.join(" ")
             }
+            Self::Mastership { acquire, force } => format!(
+                "request {}{}",
+                if *acquire { "acquire" } else { "release" },
+                if *force { " force" } else { "" }
+            ),
         }
     }
 }
 
-const EXPECTED: &str = "clear statistics | show sessions [...]";
+const EXPECTED: &str = "clear statistics | show sessions [...] | request acquire|release [force]";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -47,6 +54,22 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     let words: Vec<&str> = lower.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["clear", "statistics"] => Ok(Request::ClearStatistics),
+        ["request", what @ ("acquire" | "release"), rest @ ..] => {
+            let force = match rest {
+                [] => false,
+                ["force"] => true,
+                _ => {
+                    return Err(format!(
+                        "request {what}: unexpected {:?} (expected: request {what} [force])",
+                        rest.join(" ")
+                    ));
+                }
+            };
+            Ok(Request::Mastership {
+                acquire: *what == "acquire",
+                force,
+            })
+        }
         ["show", "sessions", ..] => {
             let mut args: Vec<&str> = Vec::new();
             let mut keep_case = false;
@@ -127,5 +150,28 @@ mod tests {
                 .contains("unknown request")
         );
         assert!(parse_request("\u{0}\u{ff}garbage").is_err());
+        assert!(
+            parse_request("request acquire now")
+                .unwrap_err()
+                .contains("\"now\"")
+        );
+        assert!(parse_request("request reboot").is_err());
+    }
+
+    #[test]
+    fn parses_mastership_requests() {
+        for acquire in [true, false] {
+            for force in [true, false] {
+                let r = Request::Mastership { acquire, force };
+                assert_eq!(parse_request(&r.as_line()), Ok(r.clone()));
+            }
+        }
+        assert_eq!(
+            parse_request("REQUEST Release FORCE"),
+            Ok(Request::Mastership {
+                acquire: false,
+                force: true
+            })
+        );
     }
 }

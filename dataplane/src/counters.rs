@@ -54,10 +54,12 @@ pub enum WorkerCounter {
     HandoffsReceived = 17,
     /// Rejects sent: TCP resets and ICMP administratively-prohibited.
     RejectsSent = 18,
+    /// Iterations of the worker's loop (the stall detector watches it).
+    Loops = 19,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -78,6 +80,7 @@ impl WorkerCounter {
         Self::NatAllocFailures,
         Self::HandoffsReceived,
         Self::RejectsSent,
+        Self::Loops,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -101,6 +104,7 @@ impl WorkerCounter {
             Self::NatAllocFailures => "nat_alloc_failures",
             Self::HandoffsReceived => "handoffs_received",
             Self::RejectsSent => "rejects_sent",
+            Self::Loops => "loops",
         }
     }
 }

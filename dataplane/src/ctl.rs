@@ -35,6 +35,8 @@ pub struct Ctx {
     pub cfg: Config,
     /// Time zero of the workers' session clock.
     pub epoch: Instant,
+    /// The redundancy thread's request queue (with `[redundancy]`).
+    pub ha: Option<mpsc::Sender<crate::ha::Request>>,
 }
 
 /// How long a listing waits for a worker's next chunk.
@@ -227,6 +229,21 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                     tracing::info!("statistics cleared");
                     "ok".to_owned()
                 }
+                Ok(Request::Mastership { acquire, force }) => match &ctx.ha {
+                    None => "error: no [redundancy] configured: roles are fixed".to_owned(),
+                    Some(tx) => {
+                        let (reply, answer) = mpsc::channel();
+                        if tx.send((acquire, force, reply)).is_err() {
+                            "error: the redundancy thread has stopped".to_owned()
+                        } else {
+                            answer
+                                .recv_timeout(Duration::from_secs(2))
+                                .unwrap_or_else(|_| {
+                                    "error: no answer from the redundancy thread".to_owned()
+                                })
+                        }
+                    }
+                },
                 Ok(Request::ShowSessions(q)) => {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     match list_sessions(&q, ctx, &mut &conn) {

@@ -38,6 +38,7 @@ use crate::{
     ctl::{self, CtlError},
     fib::{Fib, FibHandle},
     forward::{Limits, RateLimit},
+    ha::{self, HaThread},
     handoff::Handoff,
     loader::{Loader, LoaderError},
     netlink::{self, NetlinkError},
@@ -88,6 +89,12 @@ pub enum DaemonError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Syscall(#[from] SyscallError),
+    #[error("heartbeat path on {local}: {source}")]
+    Heartbeat {
+        local: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("sync link on {local}: {source}")]
     Sync {
         local: std::net::SocketAddr,
@@ -121,7 +128,7 @@ struct StateInfo {
     ifindexes: Vec<u32>,
     queues: Vec<u32>,
     modes: Vec<XdpAttach>,
-    forward: bool,
+    shared: Arc<ha::Shared>,
 }
 
 impl StateInfo {
@@ -145,7 +152,7 @@ impl StateInfo {
             })
             .collect();
         NodeState {
-            forward: self.forward,
+            forward: self.shared.forward.load(Ordering::Relaxed),
             interfaces,
         }
     }
@@ -158,6 +165,7 @@ pub struct Daemon {
     monitor: Option<thread::JoinHandle<()>>,
     control: Option<thread::JoinHandle<()>>,
     sync: Option<thread::JoinHandle<()>>,
+    ha: Option<thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
@@ -326,6 +334,7 @@ impl Daemon {
             }
             None => None,
         };
+        let ha_slots = ha::register(&mut schema, cfg, &fib, &ifnames, workers as usize)?;
         let segment = Arc::new(SegmentWriter::create(
             &stats::segment_path(instance),
             &schema,
@@ -342,13 +351,16 @@ impl Daemon {
             d.frame_size as usize,
         )?);
         let hub = Arc::new(Hub::new(workers as usize));
+        let shared = Arc::new(ha::Shared::default());
+        shared
+            .forward
+            .store(cfg.forward_at_start(), Ordering::Relaxed);
         let epoch = Instant::now();
         let mut built = Vec::new();
         for (w, (umem, free, ports)) in bound.into_iter().enumerate() {
             let mut services = Services::new(cfg, w, workers as usize, ifindexes[0], 0)?;
             if let (Some(svc), Some(s)) = (services.as_mut(), cfg.sync.as_ref()) {
-                let active = s.role == config::SyncRole::Active;
-                svc.attach(Arc::clone(&hub), active, s.grace);
+                svc.attach(Arc::clone(&hub), s.grace);
             }
             let mut worker = Worker {
                 id: w,
@@ -386,10 +398,11 @@ impl Daemon {
                 config::XdpMode::Generic => XdpAttach::Generic,
             });
         }
-        loader.set_forward(cfg.node.forward)?;
+        loader.set_forward(cfg.forward_at_start())?;
         // The kernel owns the pool addresses only to answer ARP for them;
         // XDP steers everything else addressed to them to the workers.
-        let pool = if cfg.node.forward {
+        // Under [redundancy] they follow mastership (the ha thread).
+        let pool = if cfg.forward_at_start() {
             pool_addresses(cfg)
         } else {
             Vec::new()
@@ -404,9 +417,10 @@ impl Daemon {
             ifindexes: ifindexes.clone(),
             queues: queues.clone(),
             modes,
-            forward: cfg.node.forward,
+            shared: Arc::clone(&shared),
         };
 
+        let ha_fib = fib_handle.reader();
         let monitor = {
             let loader = Arc::clone(&loader);
             let stop = Arc::clone(&stop);
@@ -440,8 +454,35 @@ impl Daemon {
                 .expect("spawn netlink thread")
         };
 
+        let (requests_tx, requests) = std::sync::mpsc::channel();
+        let ha = match ha_slots {
+            Some(slots) => {
+                let worker_loops = firsts
+                    .iter()
+                    .map(|f| f + counters::WorkerCounter::Loops as u32)
+                    .collect();
+                let t = HaThread::new(
+                    cfg,
+                    ha::Parts {
+                        fib: ha_fib,
+                        loader: Arc::clone(&loader),
+                        shared: Arc::clone(&shared),
+                        segment: Arc::clone(&segment),
+                        slots,
+                        requests,
+                        ifnames: ifnames.clone(),
+                        ifindexes: ifindexes.clone(),
+                        worker_loops,
+                    },
+                )?;
+                Some(t)
+            }
+            None => None,
+        };
+
         let control = {
             let ctx = ctl::Ctx {
+                ha: ha.is_some().then_some(requests_tx),
                 segment: Arc::clone(&segment),
                 stop: Arc::clone(&stop),
                 handoff: Arc::clone(&handoff),
@@ -459,6 +500,7 @@ impl Daemon {
             Some(slots) => SyncThread::new(
                 cfg,
                 workers as usize,
+                cfg.redundancy.is_some().then(|| Arc::clone(&shared)),
                 hub,
                 Arc::clone(&handoff),
                 Arc::clone(&segment),
@@ -475,6 +517,9 @@ impl Daemon {
             None => None,
         };
 
+        // Workers first would forward before the FSM decides: it starts
+        // not forwarding, so the order does not matter; the thread starts
+        // last so its first heartbeat goes out with everything running.
         let mut handles = Vec::new();
         for w in built {
             let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
@@ -496,12 +541,17 @@ impl Daemon {
                     .expect("spawn worker"),
             );
         }
+        let ha = ha.map(|t| {
+            tracing::info!("redundancy state machine starting");
+            t.spawn(Arc::clone(&stop))
+        });
         Ok(Self {
             loader,
             workers: handles,
             monitor: Some(monitor),
             control: Some(control),
             sync,
+            ha,
             stop,
             segment,
             kernel: KernelSlots {
@@ -560,6 +610,10 @@ impl Daemon {
             thread::sleep(TICK);
         }
         tracing::info!("stopping");
+        // First: a master hands over before its workers stop.
+        if let Some(h) = self.ha.take() {
+            let _ = h.join();
+        }
         for a in &self.pool {
             if let Err(e) = netlink::set_address(self.outside_ifindex, *a, false) {
                 tracing::warn!(error = %e, "removing a NAT pool address");
@@ -617,7 +671,7 @@ fn local_addresses(fib: &Fib, cfg: &Config) -> BTreeSet<IpAddr> {
 }
 
 /// Every NAT pool address of every service set.
-fn pool_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+pub(crate) fn pool_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
     cfg.service_sets
         .iter()
         .filter_map(|s| s.nat.as_ref())

@@ -3,13 +3,16 @@
 //! Packet path: the XDP program (`tandem-ebpf`) steers service traffic into
 //! per-queue AF_XDP sockets; [`worker`] threads parse, route through the
 //! kernel's FIB mirrored by [`netlink`] into [`fib`], rewrite ([`forward`],
-//! [`wire`]) and transmit. [`daemon`] wires it together for `tandemd`.
+//! [`wire`]) and transmit. [`replica`] carries sessions to the peer, [`ha`]
+//! runs the redundancy state machine; [`daemon`] wires it together for
+//! `tandemd`.
 
 pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod fib;
 pub mod forward;
+pub mod ha;
 pub mod handoff;
 pub mod listing;
 pub mod loader;

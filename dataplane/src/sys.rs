@@ -213,6 +213,89 @@ impl PuntSocket {
     }
 }
 
+/// A packet socket that sends whole Ethernet frames out of a chosen
+/// interface: gratuitous ARP on takeover.
+#[derive(Debug)]
+pub struct FrameSocket {
+    fd: OwnedFd,
+}
+
+impl FrameSocket {
+    pub fn new() -> Result<Self, SyscallError> {
+        // Protocol 0: this socket only sends, it receives nothing.
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(SyscallError::last("socket(AF_PACKET)"));
+        }
+        // SAFETY: fd is a freshly created descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// Sends `frame` (Ethernet header included) out of `ifindex`.
+    pub fn send(&self, ifindex: u32, frame: &[u8]) -> Result<(), SyscallError> {
+        let mut sa = zeroed_ll();
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_ifindex = ifindex.cast_signed();
+        sa.sll_halen = 6;
+        sa.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and sa are valid for the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(SyscallError::last("sendto(AF_PACKET)"));
+        }
+        Ok(())
+    }
+}
+
+fn zeroed_ll() -> libc::sockaddr_ll {
+    libc::sockaddr_ll {
+        sll_family: 0,
+        sll_protocol: 0,
+        sll_ifindex: 0,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
+    }
+}
+
+/// A gratuitous ARP request for `addr` from `mac`: broadcast, sender and
+/// target protocol address both `addr` (RFC 5227's ARP announcement),
+/// which neighbours take to update an existing entry at once.
+pub fn garp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[..6].fill(0xff);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&addr.octets());
+    // Target hardware address zero, as an announcement has it.
+    f[38..42].copy_from_slice(&addr.octets());
+    f
+}
+
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it.
 pub fn raise_memlock() {
     let lim = libc::rlimit {

@@ -16,11 +16,11 @@ mod redundancy;
 mod services;
 mod sync;
 
+pub use redundancy::{HeartbeatPath, Redundancy, Side, Vip};
 pub use services::{
     Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
     Timeouts,
 };
-pub use redundancy::{HeartbeatPath, Redundancy, Side, Vip};
 pub use sync::{Sync, SyncRole};
 
 /// Errors loading a configuration file.
@@ -475,7 +475,12 @@ mod tests {
         );
         assert!(parse(&twice).unwrap_err().to_string().contains("vip[1]"));
         let roled = base.replace("node_id = 1", "node_id = 1\nrole = \"active\"");
-        assert!(parse(&roled).unwrap_err().to_string().contains("`sync.role`"));
+        assert!(
+            parse(&roled)
+                .unwrap_err()
+                .to_string()
+                .contains("`sync.role`")
+        );
         let forwarding = base.replace("[sync]", "[node]\nforward = true\n[sync]");
         assert!(
             parse(&forwarding)
@@ -486,7 +491,12 @@ mod tests {
         let alone = format!("{GOOD}\n[redundancy]\n");
         assert!(parse(&alone).unwrap_err().to_string().contains("[sync]"));
         let roleless = format!("{GOOD}\n{sync}");
-        assert!(parse(&roleless).unwrap_err().to_string().contains("`sync.role`"));
+        assert!(
+            parse(&roleless)
+                .unwrap_err()
+                .to_string()
+                .contains("`sync.role`")
+        );
     }
 
     #[test]

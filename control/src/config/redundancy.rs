@@ -187,7 +187,11 @@ impl Redundancy {
             }
         }
         if !(200..=60_000).contains(&self.stall_ms) {
-            return Err(invalid("stall_ms", "200..=60000", self.stall_ms.to_string()));
+            return Err(invalid(
+                "stall_ms",
+                "200..=60000",
+                self.stall_ms.to_string(),
+            ));
         }
         if !(1..=10).contains(&self.garp_count) {
             return Err(invalid("garp_count", "1..=10", self.garp_count.to_string()));

@@ -39,6 +39,13 @@ pub enum Role {
 }
 
 impl Role {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Backup => "backup",
+        }
+    }
+
     fn wire(self) -> u8 {
         match self {
             Self::Active => ROLE_ACTIVE,

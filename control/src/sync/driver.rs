@@ -108,6 +108,25 @@ impl Driver {
         })
     }
 
+    /// Takes the other side of the replication (the redundancy state
+    /// machine decided): the connection ends, as its hellos named the old
+    /// roles, and the new backup dials at once.
+    pub fn set_role(&mut self, role: Role) {
+        if self.settings.role == role {
+            return;
+        }
+        self.settings.role = role;
+        if let Some(c) = self.candidate.take() {
+            c.conn.close(&mut self.stats);
+        }
+        self.close(format!("role changed to {}", role.name()));
+        self.next_dial = Instant::now();
+    }
+
+    pub fn role(&self) -> Role {
+        self.settings.role
+    }
+
     /// The listening address (with the port chosen when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local

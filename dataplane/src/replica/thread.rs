@@ -34,7 +34,7 @@ use tandem_control::{
 };
 
 use super::{Hub, Ownership, ToSync, ToWorker};
-use crate::handoff::Handoff;
+use crate::{ha::Shared, handoff::Handoff};
 
 /// How long one turn waits for the sockets: the batching delay's grain.
 const TURN: Duration = Duration::from_millis(1);
@@ -123,6 +123,9 @@ pub struct SyncThread {
     slots: Slots,
     /// (adds, deletes) completed at the last rate sample.
     rate_base: (u64, u64),
+    /// With `[redundancy]`: the role follows the state machine's
+    /// decision, and the link's state goes back into the heartbeats.
+    shared: Option<Arc<Shared>>,
 }
 
 impl SyncThread {
@@ -130,6 +133,7 @@ impl SyncThread {
     pub fn new(
         cfg: &Config,
         workers: usize,
+        shared: Option<Arc<Shared>>,
         hub: Arc<Hub>,
         handoff: Arc<Handoff>,
         segment: Arc<SegmentWriter>,
@@ -156,6 +160,7 @@ impl SyncThread {
             segment,
             slots,
             rate_base: (0, 0),
+            shared,
         }))
     }
 
@@ -183,6 +188,23 @@ impl SyncThread {
     }
 
     fn turn(&mut self) {
+        if let Some(sh) = &self.shared {
+            let role = if sh.active.load(Ordering::Relaxed) {
+                Role::Active
+            } else {
+                Role::Backup
+            };
+            if role != self.role {
+                tracing::info!(role = role.name(), "sync role changes");
+                self.role = role;
+                self.hub.set_live(false);
+                self.walk_left = 0;
+                self.driver.set_role(role);
+                while let Some(n) = self.driver.poll_notice() {
+                    self.notice(n);
+                }
+            }
+        }
         self.driver.turn(TURN);
         while let Some(n) = self.driver.poll_notice() {
             self.notice(n);
@@ -374,6 +396,9 @@ impl SyncThread {
             SyncState::Cold => 1,
             SyncState::Hot => 2,
         };
+        if let Some(sh) = &self.shared {
+            sh.sync_state.store(state as u8, Ordering::Relaxed);
+        }
         let gauges = [
             u64::from(self.role == Role::Backup),
             u64::from(self.driver.is_up()),

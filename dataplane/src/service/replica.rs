@@ -36,16 +36,14 @@ struct Walk {
 /// A worker's replication state.
 pub struct Replica {
     hub: Arc<Hub>,
-    /// Sends its sessions (active) or installs the peer's (standby).
-    active: bool,
     walk: Option<Walk>,
     /// (generation to keep, next slot) of a sweep under way.
     sweep: Option<(u8, u32)>,
 }
 
 /// Sends an event about a session of protocol `proto` up `worker`'s ring
-/// if this side sends, the peer is connected and the protocol replicates;
-/// `f` builds it only then.
+/// if this side sends and the peer is connected (the hub is live only
+/// then) and the protocol replicates; `f` builds it only then.
 #[inline]
 pub(super) fn emit(
     replica: Option<&Replica>,
@@ -54,7 +52,6 @@ pub(super) fn emit(
     f: impl FnOnce() -> ToSync,
 ) {
     if let Some(r) = replica
-        && r.active
         && r.hub.is_live()
         && PROTOCOLS.contains(&proto)
     {
@@ -70,13 +67,13 @@ fn push(hub: &Hub, worker: usize, ev: ToSync) {
 }
 
 impl Services {
-    /// Joins replication: `active` sends this worker's sessions, else it
-    /// installs the peer's, which outlive their timeouts by `grace`.
-    pub fn attach(&mut self, hub: Arc<Hub>, active: bool, grace: u32) {
+    /// Joins replication: the worker sends its sessions while the hub is
+    /// live (this node active, the peer connected) and installs the
+    /// peer's, which outlive their timeouts by `grace`, when told to.
+    pub fn attach(&mut self, hub: Arc<Hub>, grace: u32) {
         self.table.set_grace(grace);
         self.replica = Some(Replica {
             hub,
-            active,
             walk: None,
             sweep: None,
         });

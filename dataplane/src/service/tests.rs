@@ -335,7 +335,7 @@ mod replication {
     fn pair() -> (Services, Arc<Hub>, Services, Arc<Hub>) {
         let ah = Arc::new(Hub::new(1));
         let mut a = services(0, 1, "");
-        a.attach(Arc::clone(&ah), true, 60);
+        a.attach(Arc::clone(&ah), 60);
         let (s, sh) = standby();
         (a, ah, s, sh)
     }
@@ -629,7 +629,7 @@ mod replication {
     fn standby() -> (Services, Arc<Hub>) {
         let hub = Arc::new(Hub::new(1));
         let mut s = services(0, 1, "");
-        s.attach(Arc::clone(&hub), false, 60);
+        s.attach(Arc::clone(&hub), 60);
         (s, hub)
     }
 
@@ -695,7 +695,7 @@ mod replication {
     fn a_walk_stops_when_the_peer_goes() {
         let hub = Arc::new(Hub::new(1));
         let mut a = services(0, 1, "");
-        a.attach(Arc::clone(&hub), true, 60);
+        a.attach(Arc::clone(&hub), 60);
         hub.set_live(true);
         let mut t = Tally::new(1);
         open(&mut a, 5000, 1, &mut t);

@@ -74,11 +74,7 @@ impl Ip {
     pub fn redirected(self, frame: &[u8]) -> Self {
         match self {
             Self::V4 {
-                l3,
-                ihl,
-                len,
-                ttl,
-                ..
+                l3, ihl, len, ttl, ..
             } => {
                 let d = &frame[l3 + 16..l3 + 20];
                 Self::V4 {

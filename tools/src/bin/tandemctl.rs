@@ -29,6 +29,29 @@ enum Cmd {
         #[command(subcommand)]
         what: ClearWhat,
     },
+    /// Manual switchover (needs [redundancy]). `acquire` on the STANDBY
+    /// asks the MASTER to release and takes over once it has; `release`
+    /// on the MASTER hands over to an eligible STANDBY. A request the
+    /// state machine ignores (nobody to hand over to, this node's health
+    /// failed) exits 1 and says why.
+    Request {
+        #[command(subcommand)]
+        what: RequestWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RequestWhat {
+    Acquire {
+        /// Even when this node's health failed (STANDBY-WARNED).
+        #[arg(long)]
+        force: bool,
+    },
+    Release {
+        /// Even when the peer's health failed (STANDBY-WARNED).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,6 +65,18 @@ fn main() -> ExitCode {
         Cmd::Clear {
             what: ClearWhat::Statistics,
         } => Request::ClearStatistics,
+        Cmd::Request {
+            what: RequestWhat::Acquire { force },
+        } => Request::Mastership {
+            acquire: true,
+            force,
+        },
+        Cmd::Request {
+            what: RequestWhat::Release { force },
+        } => Request::Mastership {
+            acquire: false,
+            force,
+        },
     };
     let path = socket_path(&args.instance);
     let mut s = match UnixStream::connect(&path) {
@@ -63,8 +98,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let reply = reply.trim_end();
-    if reply == "ok" {
-        println!("ok");
+    if reply == "ok" || reply.starts_with("ok:") {
+        println!("{reply}");
         ExitCode::SUCCESS
     } else {
         eprintln!("tandemctl: {reply}");

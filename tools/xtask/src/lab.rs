@@ -5,10 +5,12 @@
 //! tnd-server 198.18.2.10/24 (gw 198.18.2.1) --+-- br-out --+-- tnd-a out0 198.18.2.2 | tnd-b out0 198.18.2.3
 //! tnd-a sync0 198.18.9.1/30 <---- veth ----> tnd-b sync0 198.18.9.2/30
 //! ```
-//! Bridges live in tnd-sw. Until the redundancy state machine lands, node A
-//! runs tandemd, forwards and holds the VIPs (198.18.1.1, 198.18.2.1); node
-//! B runs tandemd as the replication backup (no forwarding) and holds a copy
-//! of every session of A. Every veth has two queues so both workers see
+//! Bridges live in tnd-sw. Both nodes run tandemd under the redundancy
+//! state machine: A starts first and becomes MASTER (it forwards, holds
+//! the VIPs 198.18.1.1 and 198.18.2.1 and the NAT pool address), then B
+//! joins as STANDBY with a copy of every session. `failover` kills the
+//! master or asks the standby to take over while connections echo, and
+//! prints what survived. Every veth has two queues so both workers see
 //! traffic.
 
 use std::{
@@ -40,6 +42,20 @@ pub enum LabCmd {
     Status,
     /// Run bounded TCP/UDP/ICMP flows client -> server and print what crossed.
     Traffic,
+    /// Fail the master while 100 TCP connections echo every 10 ms; print
+    /// how many survived and the longest gap any saw. `kill`: SIGKILL the
+    /// master's tandemd, then restart it and wait until it is STANDBY and
+    /// its sync Hot. `switch`: `tandemctl request acquire` on the standby.
+    Failover {
+        #[arg(value_enum, default_value = "kill")]
+        how: How,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    Kill,
+    Switch,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -200,9 +216,7 @@ fn build_topology() -> Result<()> {
         ns_run(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
         ns_run(ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
     }
-    // Node A holds the VIPs until the redundancy state machine decides.
-    addr("tnd-a", "198.18.1.1/24", "in0")?;
-    addr("tnd-a", "198.18.2.1/24", "out0")?;
+    // The VIPs are tandemd's to add: they follow mastership.
     Ok(())
 }
 
@@ -311,11 +325,158 @@ fn up() -> Result<()> {
     down()?;
     build_topology()?;
     let a = start_daemon("a")?;
+    wait_for("node a MASTER", Duration::from_secs(5), || {
+        master() == Some("a")
+    })?;
     let b = start_daemon("b")?;
+    wait_for("node b STANDBY", Duration::from_secs(5), || {
+        log_has("b", "to=STANDBY")
+    })?;
     println!(
-        "lab up: tandemd --instance a in tnd-a (pid {a}, forwarding, sync active), \
-         --instance b in tnd-b (pid {b}, sync backup)"
+        "lab up: tandemd --instance a in tnd-a (pid {a}, MASTER: forwarding, VIPs, sync active), \
+         --instance b in tnd-b (pid {b}, STANDBY: sync backup)"
     );
+    Ok(())
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<Duration> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
+fn log_has(node: &str, needle: &str) -> bool {
+    fs::read_to_string(state_dir().join(format!("{node}.log"))).is_ok_and(|t| t.contains(needle))
+}
+
+/// The node whose tandemd runs and holds the inside VIP, as the kernel
+/// sees it (a killed daemon leaves its addresses behind until restarted).
+fn master() -> Option<&'static str> {
+    ["a", "b"].into_iter().find(|n| {
+        read_pid(n).is_some_and(pid_alive)
+            && output(Command::new("ip").args([
+                "-n",
+                &format!("tnd-{n}"),
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "in0",
+            ]))
+            .is_ok_and(|t| t.contains("inet 198.18.1.1/"))
+    })
+}
+
+/// The `tandemstat ha --json` of a node, when it answers.
+fn ha_json(node: &str) -> Option<serde_json::Value> {
+    let out = Command::new(root().join("target/release/tandemstat"))
+        .args(["--instance", node, "ha", "--json"])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn failover(how: How) -> Result<()> {
+    for ns in NAMESPACES {
+        if !ns_exists(ns) {
+            bail!("lab is not up (namespace {ns} missing); run `cargo xtask lab up`");
+        }
+    }
+    run(cargo().args(["build", "--release", "-p", "tandem-tools"]))?;
+    let Some(old) = master() else {
+        bail!("no node holds the VIPs: no MASTER to fail over from");
+    };
+    let new = if old == "a" { "b" } else { "a" };
+    if read_pid(new).is_none_or(|p| !pid_alive(p)) {
+        bail!("node {new} is not running: nobody to take over");
+    }
+    let xtask = std::env::current_exe()?;
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", "tnd-server"])
+        .arg(&xtask)
+        .args(["traffic", "serve", "--port", "7", "--seconds", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting echo server")?;
+    thread::sleep(Duration::from_millis(300));
+    let client = Command::new("ip")
+        .args(["netns", "exec", "tnd-client"])
+        .arg(&xtask)
+        .args([
+            "traffic",
+            "hold",
+            "--server",
+            SERVER,
+            "--conns",
+            "100",
+            "--seconds",
+            "8",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the held connections")?;
+    // Let every connection open and settle (and replicate) first.
+    thread::sleep(Duration::from_secs(3));
+    let t0 = Instant::now();
+    match how {
+        How::Kill => {
+            let pid = read_pid(old).context("master's pid")?;
+            // SAFETY: kill(2) with a pid this lab started.
+            unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
+            println!("failover: SIGKILL to node {old}'s tandemd (pid {pid})");
+        }
+        How::Switch => {
+            let out = Command::new(root().join("target/release/tandemctl"))
+                .args(["--instance", new, "request", "acquire"])
+                .output()?;
+            print!(
+                "failover: tandemctl --instance {new} request acquire: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let moved = wait_for("the VIPs to move", Duration::from_secs(5), || {
+        master() == Some(new)
+    })
+    .map(|_| t0.elapsed());
+    let out = client.wait_with_output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    match &moved {
+        Ok(d) => println!(
+            "failover: node {new} holds the VIPs {} ms after the trigger",
+            d.as_millis()
+        ),
+        Err(e) => println!("failover: {e}"),
+    }
+    if how == How::Kill {
+        let pid = start_daemon(old)?;
+        let joined = wait_for(
+            &format!("node {old} STANDBY and Hot"),
+            Duration::from_secs(10),
+            || ha_json(old).is_some_and(|v| v["role"] == "backup" && v["synchronization"] == "hot"),
+        );
+        match joined {
+            Ok(d) => println!(
+                "failover: node {old} restarted (pid {pid}), rejoined as STANDBY and Hot in {} ms",
+                d.as_millis()
+            ),
+            Err(e) => println!("failover: node {old} restarted (pid {pid}): {e}"),
+        }
+    }
+    let summary = text.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+    if v["kept"] != v["conns"] || moved.is_err() {
+        bail!("lab failover: connections lost or mastership did not move");
+    }
     Ok(())
 }
 
@@ -413,16 +574,20 @@ fn traffic() -> Result<()> {
             bail!("lab is not up (namespace {ns} missing); run `cargo xtask lab up`");
         }
     }
+    let Some(node) = master() else {
+        bail!("no node holds the VIPs (no MASTER); see `cargo xtask lab status`");
+    };
+    let ns = format!("tnd-{node}");
     let fwd = output(Command::new("ip").args([
         "netns",
         "exec",
-        "tnd-a",
+        &ns,
         "sysctl",
         "-n",
         "net.ipv4.ip_forward",
     ]))?;
     println!(
-        "tnd-a net.ipv4.ip_forward={}: only tandemd can forward",
+        "{ns} (MASTER) net.ipv4.ip_forward={}: only tandemd can forward",
         fwd.trim()
     );
     let xtask = std::env::current_exe()?;
@@ -434,7 +599,7 @@ fn traffic() -> Result<()> {
         .spawn()
         .context("starting echo server")?;
     thread::sleep(Duration::from_millis(300));
-    let before = sys_counter("tnd-a", "in0", "rx_packets");
+    let before = sys_counter(&ns, "in0", "rx_packets");
     let ping = Command::new("ip")
         .args([
             "netns",
@@ -467,13 +632,13 @@ fn traffic() -> Result<()> {
     eprint!("{}", String::from_utf8_lossy(&client.stderr));
     let _ = server.kill();
     let _ = server.wait();
-    let after = sys_counter("tnd-a", "in0", "rx_packets");
+    let after = sys_counter(&ns, "in0", "rx_packets");
     println!(
-        "tnd-a in0 received {} packets during the run",
+        "{ns} in0 received {} packets during the run",
         after.saturating_sub(before)
     );
     if !ping.status.success() || !client.status.success() {
-        bail!("lab traffic: not everything crossed node A");
+        bail!("lab traffic: not everything crossed the MASTER ({ns})");
     }
     Ok(())
 }
@@ -491,6 +656,7 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
             Ok(())
         }
         Some(LabCmd::Traffic) => traffic(),
+        Some(LabCmd::Failover { how }) => failover(how),
         None => {
             up()?;
             traffic()?;

@@ -41,6 +41,21 @@ pub enum TrafficCmd {
         #[arg(long, default_value_t = 200)]
         udp: usize,
     },
+    /// Hold TCP connections open for SECONDS, each echoing 64 bytes every
+    /// INTERVAL_MS, and report which survived and the longest gap between
+    /// two answered echoes (the failover measure). The last line is JSON.
+    Hold {
+        #[arg(long)]
+        server: IpAddr,
+        #[arg(long, default_value_t = 7)]
+        port: u16,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
 }
 
 pub fn run(cmd: &TrafficCmd) -> Result<()> {
@@ -60,6 +75,112 @@ pub fn run(cmd: &TrafficCmd) -> Result<()> {
             }
             Ok(())
         }
+        TrafficCmd::Hold {
+            server,
+            port,
+            conns,
+            seconds,
+            interval_ms,
+        } => {
+            let h = hold(
+                SocketAddr::new(server, port),
+                conns,
+                Duration::from_secs(seconds),
+                Duration::from_millis(interval_ms),
+            );
+            println!("{}", h.line());
+            println!("{}", h.json());
+            Ok(())
+        }
+    }
+}
+
+/// What held connections saw.
+pub struct Held {
+    pub conns: usize,
+    /// Connections that never failed and answered until the end.
+    pub kept: usize,
+    /// Per connection: its longest gap between answered echoes (ms), or
+    /// the error that ended it.
+    pub gaps: Vec<Result<u64, String>>,
+}
+
+impl Held {
+    pub fn max_gap_ms(&self) -> u64 {
+        self.gaps.iter().flatten().copied().max().unwrap_or(0)
+    }
+
+    pub fn line(&self) -> String {
+        let failed: Vec<&String> = self.gaps.iter().filter_map(|g| g.as_ref().err()).collect();
+        let first = failed
+            .first()
+            .map(|e| format!("; {} failed, first: {e}", failed.len()))
+            .unwrap_or_default();
+        format!(
+            "hold: kept {}/{} connections; longest gap {} ms{first}",
+            self.kept,
+            self.conns,
+            self.max_gap_ms()
+        )
+    }
+
+    pub fn json(&self) -> String {
+        let mut ok: Vec<u64> = self.gaps.iter().flatten().copied().collect();
+        ok.sort_unstable();
+        format!(
+            "{{\"conns\":{},\"kept\":{},\"max_gap_ms\":{},\"median_gap_ms\":{}}}",
+            self.conns,
+            self.kept,
+            self.max_gap_ms(),
+            ok.get(ok.len() / 2).copied().unwrap_or(0)
+        )
+    }
+}
+
+fn hold_one(server: SocketAddr, id: usize, end: Instant, every: Duration) -> Result<u64, String> {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    // Longer than any failover: TCP's retransmissions carry the gap.
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut msg, mut back) = ([0u8; 64], [0u8; 64]);
+    let mut last = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut round = 0u64;
+    while Instant::now() < end {
+        msg[..8].copy_from_slice(&(id as u64).to_be_bytes());
+        msg[8..16].copy_from_slice(&round.to_be_bytes());
+        s.write_all(&msg)
+            .map_err(|e| format!("round {round}: write: {e}"))?;
+        s.read_exact(&mut back)
+            .map_err(|e| format!("round {round}: read: {e}"))?;
+        if back != msg {
+            return Err(format!("round {round}: echo mismatch"));
+        }
+        let now = Instant::now();
+        worst = worst.max(now - last);
+        last = now;
+        round += 1;
+        thread::sleep(every);
+    }
+    Ok(u64::try_from(worst.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Holds `conns` echoing connections for `life`.
+pub fn hold(server: SocketAddr, conns: usize, life: Duration, every: Duration) -> Held {
+    let end = Instant::now() + life;
+    let handles: Vec<_> = (0..conns)
+        .map(|id| thread::spawn(move || hold_one(server, id, end, every)))
+        .collect();
+    let gaps: Vec<Result<u64, String>> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
+        .collect();
+    Held {
+        conns,
+        kept: gaps.iter().filter(|g| g.is_ok()).count(),
+        gaps,
     }
 }
 

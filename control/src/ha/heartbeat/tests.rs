@@ -107,7 +107,11 @@ fn key_mismatches_and_bad_fields_are_refused() {
         if at == 15 {
             b[12..16].fill(0);
         }
-        assert_eq!(Heartbeat::decode(&b, None), Err(Reject::Invalid), "byte {at}");
+        assert_eq!(
+            Heartbeat::decode(&b, None),
+            Err(Reject::Invalid),
+            "byte {at}"
+        );
     }
     assert_eq!(
         Heartbeat::decode(&h.encode(None)[..LEN - 1], None),
@@ -150,7 +154,11 @@ fn a_path_measures_round_trips_and_counts_misses_and_replays() {
     assert_eq!(got[0].echo_seq, 1);
     assert!(got[0].echo_hold_us >= 3000, "{}", got[0].echo_hold_us);
     assert_eq!(a.stats.acked, 1);
-    assert!(a.stats.rtt_us < 3000, "hold time excluded: {}", a.stats.rtt_us);
+    assert!(
+        a.stats.rtt_us < 3000,
+        "hold time excluded: {}",
+        a.stats.rtt_us
+    );
     assert_eq!(a.stats.worst_us, a.stats.rtt_us);
 
     // Seqs 2..4 lost: B counts 3 missed when 5 arrives.
