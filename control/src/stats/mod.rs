@@ -129,6 +129,46 @@ pub fn help(family: &str) -> Option<&'static str> {
             "The interface holding the sync address at start, as a label; the value is 1."
         }
         "tandem_sync_remote_info" => "The peer's sync address and port, as labels; the value is 1.",
+        "tandem_ha_state" => {
+            "Redundancy state: 0 INIT, 1 WAITING, 2 MASTER, 3 STANDBY, 4 STANDBY-WARNED."
+        }
+        "tandem_ha_healthy" => "1 while no critical check of this node has failed.",
+        "tandem_ha_peer_alive" => {
+            "1 while a heartbeat from the peer arrived within the dead interval."
+        }
+        "tandem_ha_peer_state" => {
+            "The peer's last announced state (as tandem_ha_state); 255 unknown."
+        }
+        "tandem_ha_peer_healthy" => "1 when the peer's last heartbeat said its health passed.",
+        "tandem_ha_peer_priority" => "The peer's priority, from its heartbeats.",
+        "tandem_ha_peer_node_id" => "The peer's node id, from its heartbeats; 0 never heard.",
+        "tandem_ha_peer_sync_state" => "The peer's synchronization: 0 off, 1 cold, 2 hot.",
+        "tandem_ha_mastership_changes_total" => "Times this node became or stopped being MASTER.",
+        "tandem_ha_local_info" => "This node's group, node id, priority and preemption, as labels.",
+        "tandem_ha_transition_events_total" => {
+            "Mastership transitions the state machine received, and those it ignored."
+        }
+        "tandem_ha_monitored_events_total" => {
+            "Monitored events the state machine received, and those that changed no state."
+        }
+        "tandem_ha_check_failed" => "1 while a health check (link, worker stall) is failed.",
+        "tandem_ha_heartbeats_sent_total" => "Heartbeats sent on a path.",
+        "tandem_ha_heartbeat_send_errors_total" => "Heartbeats whose send failed on a path.",
+        "tandem_ha_heartbeats_received_total" => "Heartbeats accepted from the peer on a path.",
+        "tandem_ha_heartbeats_missed_total" => {
+            "Heartbeats the peer sent on a path that never arrived (sequence gaps)."
+        }
+        "tandem_ha_heartbeats_rejected_total" => {
+            "Datagrams refused on a path: malformed, wrong key or group, replayed, stranger."
+        }
+        "tandem_ha_heartbeats_acked_total" => "Heartbeats whose echo measured a round trip.",
+        "tandem_ha_path_down_total" => "Times a path went silent for the dead interval.",
+        "tandem_ha_rtt_us" => "Last heartbeat round trip on a path, microseconds.",
+        "tandem_ha_srtt_us" => "Smoothed heartbeat round trip on a path, microseconds.",
+        "tandem_ha_rttvar_us" => "Mean deviation of the round trip on a path, microseconds.",
+        "tandem_ha_worst_delay_us" => "Longest heartbeat round trip seen on a path, microseconds.",
+        "tandem_ha_path_alive" => "1 while the peer is heard on a path.",
+        "tandem_ha_address_held" => "1 while this node holds a VIP or NAT pool address.",
         _ => return None,
     })
 }
@@ -171,6 +211,15 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
             add(format!("handoff.{}.{}", l("worker"), l("to")), v);
         } else if let Some(c) = stem.strip_prefix("sync_") {
             add(format!("sync.{c}"), v);
+        } else if let Some(t) = stem
+            .strip_prefix("ha_")
+            .and_then(|x| x.strip_suffix("_events"))
+        {
+            add(format!("ha.{t}.{}.{}", l("event"), l("count")), v);
+        } else if stem == "ha_mastership_changes" {
+            add("ha.mastership_changes".into(), v);
+        } else if let Some(c) = stem.strip_prefix("ha_") {
+            add(format!("ha.{}.{c}", l("path")), v);
         }
     }
     out

@@ -5,6 +5,7 @@
 //! instead, so CI can never pass by skipping them.
 
 mod counters;
+mod failover;
 mod forwarding;
 mod frame;
 mod lifecycle;
@@ -62,6 +63,7 @@ fn main() {
     let in_ci = std::env::var_os("CI").is_some();
     let all = [
         counters::TESTS,
+        failover::TESTS,
         forwarding::TESTS,
         lifecycle::TESTS,
         replication::TESTS,

@@ -122,7 +122,7 @@ fn content(d: &Daemon) -> Result<BTreeSet<String>, Failed> {
         .collect())
 }
 
-fn count(d: &Daemon) -> Result<u64, Failed> {
+pub fn count(d: &Daemon) -> Result<u64, Failed> {
     let v = sessions_json(d, &["count"])?;
     Ok(v["count"].as_u64().ok_or(format!("count: {v}"))?)
 }
@@ -174,7 +174,7 @@ fn ha(d: &Daemon) -> Result<serde_json::Value, Failed> {
 }
 
 /// Waits (bounded) until `f` holds on `d`'s `ha --json`.
-fn wait_ha(
+pub fn wait_ha(
     d: &Daemon,
     what: &str,
     f: impl Fn(&serde_json::Value) -> bool,

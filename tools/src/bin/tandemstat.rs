@@ -19,8 +19,10 @@ use tandem_tools::{ha, ipmp, model::Snapshot, prom, sessions, view};
 /// modes print one row per object: -i interfaces (INTERFACE ACTIVE GROUP
 /// FLAGS LINK PROBE STATE). FLAGS: s = node is standby (not forwarding),
 /// d = link down, i = no XDP program attached. GROUP is the instance.
-/// -g, -a, -p and -t (groups, addresses, probes, targets) come with the
-/// redundancy state machine and are refused until then.
+/// -g, -a, -p and -t (groups, addresses, probes, targets) and the
+/// redundancy-group and peer views are not built yet (the state machine
+/// runs; its counters are in the segment and the Prometheus output) and
+/// are refused.
 ///
 /// Exit status: 0 ok, 2 bad arguments or no usable segment. A daemon whose
 /// heartbeat is older than 3 s is reported stale on stderr; output is still
@@ -174,8 +176,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.g || args.a || args.p || args.t {
         return fail(
-            "-g, -a, -p and -t need the redundancy state machine and probes, which this \
-             version does not have yet; -i is available",
+            "-g, -a, -p and -t (the redundancy views) are not built yet; -i is \
+             available, and the redundancy counters are in `tandemstat prometheus`",
         );
     }
     if args.parsable && args.fields.is_none() {

@@ -1,0 +1,460 @@
+//! Failover of a pair under the redundancy state machine, on the lab's
+//! shape: client and both nodes' in0 on one bridge, server and both
+//! out0 on another, sync0 between the nodes. Held TCP connections echo
+//! through the MASTER while it fails; they must all survive.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::Failed;
+
+use crate::{
+    Test, check,
+    netns::{BASE_CONFIG, Daemon, Ns, ipw},
+    replication::{count, wait_ha},
+    sessions::POOL,
+};
+
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "failover_sigkill_of_the_master_keeps_connections_and_it_rejoins_standby",
+        sigkill_of_the_master_keeps_connections_and_it_rejoins_standby,
+    ),
+    (
+        "failover_manual_switchover_and_back",
+        manual_switchover_and_back,
+    ),
+    (
+        "failover_link_down_on_the_master_and_a_sync_partition_alone",
+        link_down_on_the_master_and_a_sync_partition_alone,
+    ),
+];
+
+const SERVER: &str = "198.18.2.10";
+const PORT: u16 = 7;
+
+struct Lab {
+    _sw: Ns,
+    client: Ns,
+    server: Ns,
+    a: Ns,
+    b: Ns,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let (sw, client, server, a, b) = (
+            Ns::new("sw"),
+            Ns::new("c"),
+            Ns::new("s"),
+            Ns::new("a"),
+            Ns::new("b"),
+        );
+        let s = &sw.name;
+        for br in ["bi", "bo"] {
+            ipw(&format!("-n {s} link add {br} type bridge"));
+            ipw(&format!("-n {s} link set {br} up"));
+        }
+        for (ns, dev, port, br) in [
+            (&client, "eth0", "c0", "bi"),
+            (&a, "in0", "ai", "bi"),
+            (&b, "in0", "bin", "bi"),
+            (&server, "eth0", "s0", "bo"),
+            (&a, "out0", "ao", "bo"),
+            (&b, "out0", "bout", "bo"),
+        ] {
+            ipw(&format!(
+                "link add {dev} netns {} numrxqueues 2 numtxqueues 2 type veth \
+                 peer name {port} netns {s} numrxqueues 2 numtxqueues 2",
+                ns.name
+            ));
+            ipw(&format!("-n {s} link set {port} master {br}"));
+            ipw(&format!("-n {s} link set {port} up"));
+            ipw(&format!("-n {} link set {dev} up", ns.name));
+        }
+        ipw(&format!(
+            "link add sync0 netns {} type veth peer name sync0 netns {}",
+            a.name, b.name
+        ));
+        for (ns, cidr) in [(&client, "198.18.1.10/24"), (&server, "198.18.2.10/24")] {
+            ipw(&format!("-n {} addr add {cidr} dev eth0", ns.name));
+            // Checksums in software: a frame through AF_XDP loses the
+            // veth's partial-checksum state.
+            ns.cmd("ethtool")
+                .args(["-K", "eth0", "tx", "off"])
+                .output()
+                .ok();
+        }
+        ipw(&format!(
+            "-n {} route add default via 198.18.1.1",
+            client.name
+        ));
+        ipw(&format!(
+            "-n {} route add default via 198.18.2.1",
+            server.name
+        ));
+        for (ns, i, o, y) in [
+            (&a, "198.18.1.2/24", "198.18.2.2/24", "198.18.9.1/30"),
+            (&b, "198.18.1.3/24", "198.18.2.3/24", "198.18.9.2/30"),
+        ] {
+            ipw(&format!("-n {} addr add {i} dev in0", ns.name));
+            ipw(&format!("-n {} addr add {o} dev out0", ns.name));
+            ipw(&format!("-n {} addr add {y} dev sync0", ns.name));
+            ipw(&format!("-n {} link set sync0 up", ns.name));
+            ns.sysctl("net.ipv4.ip_forward=0");
+        }
+        Self {
+            _sw: sw,
+            client,
+            server,
+            a,
+            b,
+        }
+    }
+
+    fn config(node: &str) -> String {
+        let (local, peer, id, prio, hl, hp) = if node == "a" {
+            (
+                "198.18.9.1",
+                "198.18.9.2",
+                1,
+                200,
+                "198.18.1.2",
+                "198.18.1.3",
+            )
+        } else {
+            (
+                "198.18.9.2",
+                "198.18.9.1",
+                2,
+                100,
+                "198.18.1.3",
+                "198.18.1.2",
+            )
+        };
+        format!(
+            "{BASE_CONFIG}[sync]\nlocal = \"{local}\"\npeer = \"{peer}\"\nnode_id = {id}\n\
+             key = \"failover-test-shared-key\"\n\
+             [redundancy]\npriority = {prio}\n\
+             heartbeat = [{{ local = \"{hl}\", peer = \"{hp}\" }}]\n\
+             vip = [{{ interface = \"inside\", address = \"198.18.1.1\" }}, \
+                    {{ interface = \"outside\", address = \"198.18.2.1\" }}]\n\
+             [[service_set]]\nname = \"lab\"\n[service_set.nat]\npool = [\"{POOL}\"]\n\
+             ports = \"20000-29999\"\n"
+        )
+    }
+
+    /// A MASTER, then B joined as STANDBY and Hot.
+    fn start(&self) -> Result<(Daemon, Daemon), Failed> {
+        let a = Daemon::start(&self.a, &Self::config("a"));
+        wait("A MASTER holding the VIP", || {
+            state(&a) == Some(2) && holds_vip(&self.a)
+        })?;
+        let b = Daemon::start(&self.b, &Self::config("b"));
+        wait("B STANDBY", || state(&b) == Some(3))?;
+        wait_ha(&b, "B hot", |v| {
+            v["role"] == "backup" && v["synchronization"] == "hot"
+        })?;
+        check(!holds_vip(&self.b), "the STANDBY holds no VIP")?;
+        Ok((a, b))
+    }
+}
+
+/// The daemon's `tandem_ha_state` gauge.
+fn state(d: &Daemon) -> Option<u64> {
+    gauge(d, "tandem_ha_state")
+}
+
+fn gauge(d: &Daemon, name: &str) -> Option<u64> {
+    let path = tandem_control::stats::segment_path(&d.instance);
+    let r = tandem_control::stats::SegmentReader::open(&path).ok()?;
+    r.entries
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| r.value(e.slot))
+}
+
+fn holds_vip(ns: &Ns) -> bool {
+    let out = ns
+        .cmd("ip")
+        .args(["-4", "-o", "addr", "show", "in0"])
+        .output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("inet 198.18.1.1/"))
+}
+
+fn wait(what: &str, ok: impl Fn() -> bool) -> Result<Duration, Failed> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(start.elapsed())
+}
+
+/// An echo server in the server namespace until `stop`.
+fn echo_server(lab: &Lab, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let l = lab
+        .server
+        .enter(|| TcpListener::bind((SERVER, PORT)).expect("bind echo server"));
+    l.set_nonblocking(true).expect("nonblocking");
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let stop = Arc::clone(&stop);
+                    thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut buf = [0u8; 256];
+                        while !stop.load(Ordering::Relaxed) {
+                            match s.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+/// Connections that echo 32 bytes every 10 ms until `stop`; each thread
+/// returns its longest gap between answers, or why it failed.
+fn hold(
+    lab: &Lab,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Result<Duration, String>>> {
+    (0..n)
+        .map(|i| {
+            let s = lab.client.enter(|| {
+                TcpStream::connect_timeout(
+                    &format!("{SERVER}:{PORT}").parse().expect("address"),
+                    Duration::from_secs(3),
+                )
+            });
+            let stop = Arc::clone(stop);
+            thread::spawn(move || {
+                let mut s = s.map_err(|e| format!("connection {i}: connect: {e}"))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string())?;
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                let (mut msg, mut back) = ([0u8; 32], [0u8; 32]);
+                let mut last = Instant::now();
+                let mut worst = Duration::ZERO;
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    msg[..8].copy_from_slice(&round.to_be_bytes());
+                    msg[8] = i as u8;
+                    s.write_all(&msg)
+                        .and_then(|()| s.read_exact(&mut back))
+                        .map_err(|e| format!("connection {i} round {round}: {e}"))?;
+                    if back != msg {
+                        return Err(format!("connection {i} round {round}: echo mismatch"));
+                    }
+                    worst = worst.max(last.elapsed());
+                    last = Instant::now();
+                    round += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Ok(worst)
+            })
+        })
+        .collect()
+}
+
+/// Joins the held connections: all must have survived; the longest gap.
+fn survivors(h: Vec<thread::JoinHandle<Result<Duration, String>>>) -> Result<Duration, Failed> {
+    let n = h.len();
+    let results: Vec<_> = h
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| Err("panicked".into())))
+        .collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    check(
+        failed.is_empty(),
+        format!(
+            "{} of {n} connections failed; first: {:?}",
+            failed.len(),
+            failed.first()
+        ),
+    )?;
+    Ok(results.into_iter().flatten().max().unwrap_or_default())
+}
+
+fn sigkill_of_the_master_keeps_connections_and_it_rejoins_standby() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (mut a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 30, &stop);
+    thread::sleep(Duration::from_secs(1));
+    wait("B to hold A's 30 sessions", || {
+        count(&b).is_ok_and(|c| c >= 30)
+    })?;
+
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(a.pid(), libc::SIGKILL) };
+    let took = wait("B MASTER holding the VIP", || {
+        state(&b) == Some(2) && holds_vip(&lab.b)
+    })?;
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("sigkill: B took over after {took:?}; longest gap {gap:?}");
+    let b_log = b.log_text();
+    check(b_log.contains("peer dead"), "B saw the peer die")?;
+    check(
+        b.counter("ha.monitored.peer_dead.received") == 1
+            && b.counter("ha.transition.acquire_auto.received") == 1,
+        "B counted the peer's death and its acquisition",
+    )?;
+    let (punted, forwarded) = (b.counter("worker.punted"), b.counter("worker.forwarded"));
+    check(
+        punted * 20 < forwarded,
+        format!(
+            "B forwards (only the first packets wait for ARP): {punted} punted, {forwarded} forwarded"
+        ),
+    )?;
+
+    // A comes back: it drops what the killed daemon left on its
+    // interfaces, joins as STANDBY and cold-syncs B's sessions.
+    let (st, _) = a.signal_and_wait(libc::SIGKILL);
+    check(!st.success(), "A was killed")?;
+    let a2 = Daemon::start(&lab.a, &Lab::config("a"));
+    wait("A STANDBY", || state(&a2) == Some(3))?;
+    check(
+        !holds_vip(&lab.a),
+        "the restarted A removed the VIPs it had left",
+    )?;
+    wait_ha(&a2, "A hot", |v| {
+        v["role"] == "backup" && v["synchronization"] == "hot"
+    })?;
+    check(state(&b) == Some(2), "B is still MASTER")?;
+    check(
+        count(&a2)? == count(&b)?,
+        format!("A holds B's sessions: {} vs {}", count(&a2)?, count(&b)?),
+    )?;
+    Ok(())
+}
+
+fn manual_switchover_and_back() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    thread::sleep(Duration::from_secs(1));
+    let ctl = |d: &Daemon, words: &[&str]| {
+        std::process::Command::new(crate::netns::tandemstat_path().with_file_name("tandemctl"))
+            .args(["--instance", &d.instance, "request"])
+            .args(words)
+            .output()
+            .expect("tandemctl")
+    };
+    // A release on the STANDBY, an acquire on the MASTER: refused, said why.
+    let o = ctl(&b, &["release"]);
+    check(
+        o.status.code() == Some(1) && String::from_utf8_lossy(&o.stderr).contains("not MASTER"),
+        format!("release on the standby: {o:?}"),
+    )?;
+    let o = ctl(&b, &["acquire"]);
+    check(o.status.success(), format!("acquire on B: {o:?}"))?;
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY", || state(&a) == Some(3) && !holds_vip(&lab.a))?;
+    thread::sleep(Duration::from_millis(500));
+    let o = ctl(&b, &["release"]);
+    check(o.status.success(), format!("release on B: {o:?}"))?;
+    wait("A MASTER again", || {
+        state(&a) == Some(2) && holds_vip(&lab.a)
+    })?;
+    wait("B STANDBY again", || state(&b) == Some(3))?;
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("switchover and back: longest gap {gap:?}");
+    check(
+        b.counter("ha.transition.acquire_manual.received") == 1
+            && b.counter("ha.transition.release_manual.received") == 2
+            && b.counter("ha.transition.release_manual.ignored") == 1,
+        "B counted its manual requests",
+    )?;
+    check(
+        a.counter("ha.monitored.peer_acquire.received") >= 1
+            && a.counter("ha.transition.release_auto.received") == 1,
+        "A released on B's request",
+    )?;
+    Ok(())
+}
+
+fn link_down_on_the_master_and_a_sync_partition_alone() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    // The sync link alone fails: the inside heartbeat still flows, so
+    // nothing changes hands.
+    ipw(&format!("-n {} link set sync0 down", lab.a.name));
+    thread::sleep(Duration::from_millis(600));
+    check(
+        state(&a) == Some(2) && state(&b) == Some(3),
+        format!(
+            "states after the sync cut: A {:?} B {:?}",
+            state(&a),
+            state(&b)
+        ),
+    )?;
+    check(
+        gauge(&b, "tandem_ha_peer_alive") == Some(1),
+        "B still hears A",
+    )?;
+    check(
+        b.counter("ha.sync0.path_down") == 1 && b.counter("ha.monitored.peer_dead.received") == 0,
+        "one path down, the peer alive",
+    )?;
+    ipw(&format!("-n {} link set sync0 up", lab.a.name));
+    wait_ha(&b, "B hot again", |v| v["synchronization"] == "hot")?;
+
+    // The master's monitored outside link goes down: it hands over.
+    ipw(&format!("-n {} link set out0 down", lab.a.name));
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY-WARNED", || state(&a) == Some(4))?;
+    check(
+        gauge(&a, "tandem_ha_healthy") == Some(0),
+        "A's health failed",
+    )?;
+    check(
+        a.counter("ha.monitored.link_down.received") == 1
+            && a.counter("ha.transition.release_auto.received") == 1,
+        "A counted the link-down and its release",
+    )?;
+    // Repaired, A becomes an eligible STANDBY; no preemption.
+    ipw(&format!("-n {} link set out0 up", lab.a.name));
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    thread::sleep(Duration::from_millis(300));
+    check(state(&b) == Some(2), "B stays MASTER")?;
+    Ok(())
+}
