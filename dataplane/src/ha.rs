@@ -747,3 +747,49 @@ impl HaThread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn every_entry_has_help_and_the_lab_config_registers_all_of_them() {
+        let text = include_str!("../../deploy/lab/a.toml");
+        let cfg = Config::parse(Path::new("a.toml"), text).unwrap();
+        let mut schema = Schema::new();
+        let names = ["in0".to_owned(), "out0".to_owned()];
+        let fib = crate::fib::Fib::default();
+        let slots = register(&mut schema, &cfg, &fib, &names, 2)
+            .unwrap()
+            .unwrap();
+        for e in schema.entries() {
+            assert!(stats::help(&e.name).is_some(), "{}", e.name);
+        }
+        let count = |n: &str| schema.entries().iter().filter(|e| e.name == n).count();
+        // Two paths (sync0 and in0), two links and two workers checked,
+        // two VIPs and one pool address.
+        assert_eq!(count("tandem_ha_heartbeats_sent_total"), 2);
+        assert_eq!(count("tandem_ha_check_failed"), 4);
+        assert_eq!(count("tandem_ha_address_held"), 3);
+        assert_eq!(count("tandem_ha_transition_events_total"), 8);
+        assert_eq!(count("tandem_ha_monitored_events_total"), 12);
+        assert!(slots.paths > slots.checks && slots.vips > slots.paths);
+        assert!(
+            register(
+                &mut Schema::new(),
+                &Config::parse(
+                    Path::new("x"),
+                    "[interfaces]\ninside = \"a\"\noutside = \"b\"\n"
+                )
+                .unwrap(),
+                &fib,
+                &names,
+                2
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
+}

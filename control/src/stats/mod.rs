@@ -90,6 +90,9 @@ pub fn help(family: &str) -> Option<&'static str> {
             "Packets handed to the kernel to resolve their next hop's neighbour."
         }
         "tandem_worker_punt_errors_total" => "Punts the kernel refused.",
+        "tandem_worker_loops_total" => {
+            "Iterations of a worker's loop; the stall detector watches it."
+        }
         "tandem_worker_fill_short_total" => {
             "Times the free-frame pool could not top up a fill ring by a full batch."
         }
