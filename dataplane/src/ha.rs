@@ -281,6 +281,8 @@ fn moving_addresses(
 pub struct HaThread {
     fsm: Fsm,
     paths: Vec<Path>,
+    /// The paths' sockets, for poll(2).
+    fds: Vec<std::os::fd::RawFd>,
     key: Option<[u8; 32]>,
     group: u32,
     node_id: u32,
@@ -357,6 +359,10 @@ impl HaThread {
                 hold_down: Duration::from_millis(r.hold_down_ms.into()),
                 policy: r.policy(),
             }),
+            fds: bound
+                .iter()
+                .map(|p| std::os::fd::AsRawFd::as_raw_fd(p.socket()))
+                .collect(),
             paths: bound,
             key: s.key.as_ref().map(|k| derive_key(k.as_bytes())),
             group: s.group,
@@ -460,12 +466,7 @@ impl HaThread {
         if let Some(t) = self.timer {
             until = until.min(self.epoch + t);
         }
-        let fds: Vec<_> = self
-            .paths
-            .iter()
-            .map(|p| std::os::fd::AsRawFd::as_raw_fd(p.socket()))
-            .collect();
-        sys::poll_readable(&fds, until.saturating_duration_since(now));
+        sys::poll_readable(&self.fds, until.saturating_duration_since(now));
 
         let now = Instant::now();
         let mut heard = Vec::new();
@@ -510,9 +511,10 @@ impl HaThread {
     }
 
     fn request(&mut self, acquire: bool, force: bool) -> String {
-        let t = match (acquire, force) {
-            (true, _) => Transition::AcquireManual,
-            (false, _) => Transition::ReleaseManual,
+        let t = if acquire {
+            Transition::AcquireManual
+        } else {
+            Transition::ReleaseManual
         };
         let before = (self.fsm.state(), self.fsm.counts.transitions[t as usize][1]);
         self.event(Event::Manual { acquire, force });
