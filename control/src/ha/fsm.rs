@@ -489,7 +489,7 @@ impl Fsm {
         } else {
             self.pinned = force;
             self.counts.transition(Transition::AcquireManual, false);
-            self.enter(State::Master, out);
+            self.enter(now, State::Master, out);
             self.settle(now, out);
         }
     }
@@ -511,7 +511,7 @@ impl Fsm {
         } else {
             State::StandbyWarned
         };
-        self.enter(to, out);
+        self.enter(now, to, out);
         self.settle(now, out);
     }
 
@@ -531,9 +531,9 @@ impl Fsm {
             {
                 if self.healthy() {
                     self.counts.transition(Transition::AcquireAuto, false);
-                    self.enter(State::Master, out);
+                    self.enter(now, State::Master, out);
                 } else {
-                    self.enter(State::StandbyWarned, out);
+                    self.enter(now, State::StandbyWarned, out);
                 }
             }
             Timer::Request if self.state == State::Waiting && self.acquiring.is_some() => {
@@ -546,7 +546,7 @@ impl Fsm {
                 } else {
                     State::StandbyWarned
                 };
-                self.enter(to, out);
+                self.enter(now, to, out);
             }
             Timer::Preempt if self.state == State::Standby && self.preempts() => {
                 self.state = State::Waiting;
@@ -570,7 +570,7 @@ impl Fsm {
             })
     }
 
-    fn enter(&mut self, to: State, out: &mut Vec<Action>) {
+    fn enter(&mut self, now: Duration, to: State, out: &mut Vec<Action>) {
         let from = self.state;
         if from == to {
             return;
@@ -589,6 +589,9 @@ impl Fsm {
         }
         if matches!(self.timer, Some((_, Timer::Startup))) && to != State::Waiting {
             self.timer = None;
+        }
+        if to == State::Waiting && self.acquiring.is_none() {
+            self.timer = Some((now + self.s.hold_down, Timer::Startup));
         }
     }
 
@@ -614,7 +617,7 @@ impl Fsm {
                 // Taken by a forced request, or handed by a forced release.
                 self.pinned = true;
             }
-            self.enter(to, out);
+            self.enter(now, to, out);
         }
         if self.state == State::Standby && self.preempts() {
             if !matches!(self.timer, Some((_, Timer::Preempt))) {
@@ -685,7 +688,15 @@ impl Fsm {
             }
             State::StandbyWarned => {
                 if healthy {
-                    return Some((State::Standby, None));
+                    // With the peer unheard (its death may only have been
+                    // our own links failing), wait to hear it before
+                    // taking anything, as at startup.
+                    let to = if self.peer.is_some() {
+                        State::Standby
+                    } else {
+                        State::Waiting
+                    };
+                    return Some((to, None));
                 }
                 // Only a forced release hands mastership to a warned node.
                 self.peer

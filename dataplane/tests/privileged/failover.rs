@@ -36,13 +36,17 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_link_down_on_the_master_and_a_sync_partition_alone",
         link_down_on_the_master_and_a_sync_partition_alone,
     ),
+    (
+        "failover_box_death_then_a_full_partition_heals_to_one_master",
+        box_death_then_a_full_partition_heals_to_one_master,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
 const PORT: u16 = 7;
 
 struct Lab {
-    _sw: Ns,
+    sw: Ns,
     client: Ns,
     server: Ns,
     a: Ns,
@@ -112,7 +116,7 @@ impl Lab {
             ns.sysctl("net.ipv4.ip_forward=0");
         }
         Self {
-            _sw: sw,
+            sw,
             client,
             server,
             a,
@@ -456,5 +460,111 @@ fn link_down_on_the_master_and_a_sync_partition_alone() -> Result<(), Failed> {
     wait("A STANDBY", || state(&a) == Some(3))?;
     thread::sleep(Duration::from_millis(300));
     check(state(&b) == Some(2), "B stays MASTER")?;
+    Ok(())
+}
+
+/// Sets A's three links down or up within microseconds (one `ip -batch`).
+fn box_links(lab: &Lab, how: &str) -> Result<(), Failed> {
+    let mut c = std::process::Command::new("ip")
+        .args(["-n", &lab.a.name, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    c.stdin.take().ok_or("stdin")?.write_all(
+        format!("link set sync0 {how}\nlink set in0 {how}\nlink set out0 {how}\n").as_bytes(),
+    )?;
+    check(c.wait()?.success(), format!("ip -batch: A's links {how}"))
+}
+
+fn box_death_then_a_full_partition_heals_to_one_master() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    thread::sleep(Duration::from_secs(1));
+    wait("B to hold A's 20 sessions", || {
+        count(&b).is_ok_and(|c| c >= 20)
+    })?;
+
+    // Box death: every link of A at once. B hears nothing more on either
+    // path and takes over after 3 keepalives.
+    let t0 = Instant::now();
+    box_links(&lab, "down")?;
+    wait("B MASTER holding the VIP", || {
+        state(&b) == Some(2) && holds_vip(&lab.b)
+    })?;
+    let took = t0.elapsed();
+    check(
+        b.counter("ha.monitored.peer_dead.received") == 1,
+        "B declared A dead",
+    )?;
+    // 3 keepalives of 50 ms, and scheduling slack on a loaded 2-core box;
+    // the figure itself is for the bench, this catches a detector that
+    // waits for something else (the sync link's 3 s silence, say).
+    check(
+        took < Duration::from_secs(1),
+        format!("B took over {took:?} after the box died"),
+    )?;
+    thread::sleep(Duration::from_millis(500));
+
+    // A's links return. It heard B's death only because its own links
+    // were gone: it must wait, hear B MASTER and join as STANDBY, not take
+    // mastership back.
+    let acquired = a.counter("ha.transition.acquire_auto.received");
+    box_links(&lab, "up")?;
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    wait_ha(&a, "A hot", |v| {
+        v["role"] == "backup" && v["synchronization"] == "hot"
+    })?;
+    check(
+        a.counter("ha.transition.acquire_auto.received") == acquired && state(&b) == Some(2),
+        "B stays MASTER; A never took mastership back",
+    )?;
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("box death: B took over after {took:?}; longest gap {gap:?}");
+
+    // Full partition, no link down: sync0 cut by A's side, the heartbeats
+    // on the inside segment dropped by the switch. Both are healthy and
+    // hear nobody: A becomes MASTER too.
+    let sw = &lab.sw.name;
+    ipw(&format!("-n {} link set sync0 down", lab.a.name));
+    let rules = "add table bridge part\n\
+                 add chain bridge part hb { type filter hook forward priority 0; }\n\
+                 add rule bridge part hb udp dport 7469 drop\n";
+    let mut c = std::process::Command::new("ip")
+        .args(["netns", "exec", sw, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    c.stdin.take().ok_or("stdin")?.write_all(rules.as_bytes())?;
+    check(c.wait()?.success(), "nft: drop heartbeats on the switch")?;
+    wait("dual MASTER under the partition", || {
+        state(&a) == Some(2) && state(&b) == Some(2)
+    })?;
+    let b_released = b.counter("ha.transition.release_auto.received");
+    // Healed: the tie-break (both healthy, A's priority 200) keeps A; B
+    // releases and cold-syncs from A.
+    ipw(&format!("netns exec {sw} nft delete table bridge part"));
+    ipw(&format!("-n {} link set sync0 up", lab.a.name));
+    wait("one MASTER after the heal", || {
+        state(&a) == Some(2) && state(&b) == Some(3)
+    })?;
+    wait("only A holds the VIP", || {
+        holds_vip(&lab.a) && !holds_vip(&lab.b)
+    })?;
+    check(
+        b.counter("ha.transition.release_auto.received") == b_released + 1,
+        "B released once",
+    )?;
+    wait_ha(&b, "B hot after the heal", |v| {
+        v["role"] == "backup" && v["synchronization"] == "hot"
+    })?;
+    thread::sleep(Duration::from_millis(500));
+    check(
+        state(&a) == Some(2) && state(&b) == Some(3),
+        "it stays that way",
+    )?;
     Ok(())
 }

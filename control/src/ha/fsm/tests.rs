@@ -135,8 +135,11 @@ fn alone_and_unhealthy_at_startup_is_standby_warned() {
     assert!(!f.view().healthy);
     f.handle(HOLD, Event::Timer);
     assert_eq!(f.state(), State::StandbyWarned);
-    // Recovery, with nobody else: it takes over.
-    let out = f.handle(ms(2000), link_up(0));
+    // Recovery, with nobody else: it waits once more to hear a peer,
+    // then takes over.
+    f.handle(ms(2000), link_up(0));
+    assert_eq!(f.state(), State::Waiting);
+    let out = f.handle(ms(2000) + HOLD, Event::Timer);
     assert_eq!(f.state(), State::Master);
     assert_eq!(out[0], Action::TakeOver);
 }
@@ -297,7 +300,8 @@ fn a_warned_standby_does_not_take_over_from_a_dead_peer() {
     assert_eq!(b.state(), State::StandbyWarned);
     assert_eq!(monitored(&b, Monitored::PeerDead), [1, 1]);
     assert_eq!(transitions(&b, Transition::AcquireAuto), [1, 1]);
-    // Recovered with the peer still dead: it takes over.
+    // Recovered with the peer still unheard: it waits as at startup,
+    // then takes over.
     b.handle(
         ms(200),
         Event::Recovery {
@@ -305,7 +309,36 @@ fn a_warned_standby_does_not_take_over_from_a_dead_peer() {
             id: 0,
         },
     );
+    assert_eq!(b.state(), State::Waiting);
+    b.handle(ms(200) + HOLD, Event::Timer);
     assert_eq!(b.state(), State::Master);
+}
+
+#[test]
+fn a_master_back_from_box_death_waits_and_joins_as_standby() {
+    // A loses every link: its heartbeats stop, B takes over, A hears
+    // nobody. When its links return it must not take mastership back on
+    // the strength of a peer death it caused itself.
+    let mut a = master(1, 200);
+    a.handle(ms(10), Event::Peer(view(State::Standby)));
+    a.handle(ms(20), link_down(0));
+    a.handle(ms(20), link_down(1));
+    assert_eq!(a.state(), State::StandbyWarned);
+    a.handle(ms(170), Event::PeerDead);
+    assert_eq!(a.state(), State::StandbyWarned);
+    a.handle(ms(5000), link_up(0));
+    let acts = a.handle(ms(5000), link_up(1));
+    assert_eq!(a.state(), State::Waiting);
+    assert!(!acts.contains(&Action::TakeOver), "{acts:?}");
+    assert!(
+        acts.contains(&Action::Arm(Some(ms(5000) + HOLD))),
+        "{acts:?}"
+    );
+    a.handle(ms(5050), Event::Peer(view(State::Master)));
+    assert_eq!(a.state(), State::Standby);
+    // The startup wait is gone with WAITING.
+    a.handle(ms(5000) + HOLD, Event::Timer);
+    assert_eq!(a.state(), State::Standby);
 }
 
 #[test]
