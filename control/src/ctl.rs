@@ -23,6 +23,10 @@ pub enum Request {
     ShowSessions(Query),
     /// Manual switchover: `request acquire|release [force]`.
     Mastership { acquire: bool, force: bool },
+    /// The finished probes numbered `from` on (all kept, if `None`):
+    /// `show probes [from N]`, answered by JSON lines and `end N` with
+    /// the number to ask from next.
+    ShowProbes { from: Option<u64> },
 }
 
 impl Request {
@@ -35,6 +39,8 @@ impl Request {
                 w.extend(q.to_words());
                 w.join(" ")
             }
+            Self::ShowProbes { from: None } => "show probes".into(),
+            Self::ShowProbes { from: Some(n) } => format!("show probes from {n}"),
             Self::Mastership { acquire, force } => format!(
                 "request {}{}",
                 if *acquire { "acquire" } else { "release" },
@@ -44,7 +50,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "clear statistics | show sessions [...] | request acquire|release [force]";
+const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force]";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -70,6 +76,12 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 force,
             })
         }
+        ["show", "probes"] => Ok(Request::ShowProbes { from: None }),
+        ["show", "probes", "from", n] => n
+            .parse()
+            .map(|n| Request::ShowProbes { from: Some(n) })
+            .map_err(|_| format!("show probes from: {n:?} is not a number")),
+        ["show", "probes", ..] => Err("show probes: expected `show probes [from N]`".into()),
         ["show", "sessions", ..] => {
             let mut args: Vec<&str> = Vec::new();
             let mut keep_case = false;
@@ -166,6 +178,18 @@ mod tests {
                 assert_eq!(parse_request(&r.as_line()), Ok(r.clone()));
             }
         }
+        for r in [
+            Request::ShowProbes { from: None },
+            Request::ShowProbes { from: Some(77) },
+        ] {
+            assert_eq!(parse_request(&r.as_line()), Ok(r.clone()));
+        }
+        assert!(
+            parse_request("show probes from x")
+                .unwrap_err()
+                .contains("\"x\"")
+        );
+        assert!(parse_request("show probes since 3").is_err());
         assert_eq!(
             parse_request("REQUEST Release FORCE"),
             Ok(Request::Mastership {

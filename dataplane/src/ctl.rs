@@ -15,6 +15,7 @@ use std::{
 use tandem_control::{
     config::Config,
     ctl::{MAX_REQUEST, Request, parse_request},
+    ha::probe::ProbeRow,
     sessions::{End, Level, Query, Row},
     stats::{self, SegmentWriter},
 };
@@ -37,6 +38,8 @@ pub struct Ctx {
     pub epoch: Instant,
     /// The redundancy thread's request queue (with `[redundancy]`).
     pub ha: Option<mpsc::Sender<crate::ha::Request>>,
+    /// What the redundancy thread shares (the probe log).
+    pub shared: Arc<crate::ha::Shared>,
 }
 
 /// How long a listing waits for a worker's next chunk.
@@ -170,6 +173,37 @@ fn row(s: &Session, worker: usize, now: u32, names: &[String], ctx: &Ctx) -> Row
     }
 }
 
+/// The finished probes numbered `from` on, one JSON line each, then
+/// `end N` (N: the number to ask from next).
+fn show_probes(from: Option<u64>, ctx: &Ctx, out: &mut impl Write) -> String {
+    if ctx.ha.is_none() {
+        return "error: no [redundancy] configured: nothing probes".to_owned();
+    }
+    let (rows, next) = {
+        let log = ctx
+            .shared
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rows: Vec<ProbeRow> = log
+            .records
+            .iter()
+            .filter(|(id, _, _)| from.is_none_or(|f| *id >= f))
+            .map(|(id, name, r)| ProbeRow::new(*id, name, r))
+            .collect();
+        (rows, log.next)
+    };
+    for r in &rows {
+        let Ok(line) = serde_json::to_string(r) else {
+            continue;
+        };
+        if writeln!(out, "{line}").is_err() {
+            return "error: writing to the client".to_owned();
+        }
+    }
+    format!("end {next}")
+}
+
 /// Errors binding the control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -244,6 +278,10 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                         }
                     }
                 },
+                Ok(Request::ShowProbes { from }) => {
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                    show_probes(from, ctx, &mut &conn)
+                }
                 Ok(Request::ShowSessions(q)) => {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     match list_sessions(&q, ctx, &mut &conn) {

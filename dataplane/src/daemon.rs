@@ -483,6 +483,7 @@ impl Daemon {
         let control = {
             let ctx = ctl::Ctx {
                 ha: ha.is_some().then_some(requests_tx),
+                shared: Arc::clone(&shared),
                 segment: Arc::clone(&segment),
                 stop: Arc::clone(&stop),
                 handoff: Arc::clone(&handoff),

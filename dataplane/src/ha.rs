@@ -14,6 +14,7 @@
 //! interfaces) and the node does not forward until the FSM says MASTER.
 
 use std::{
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -29,6 +30,7 @@ use tandem_control::{
     ha::{
         fsm::{Action, Check, Event, Fsm, Monitored, Settings, State, Transition},
         heartbeat::{Heartbeat, Path, PathStats, derive_key},
+        probe::{self, Change, ProbeState, Prober, Record},
     },
     stats::{self, Kind, Schema, SegmentWriter, StatsError},
 };
@@ -37,7 +39,7 @@ use crate::{
     fib::FibReader,
     loader::Loader,
     netlink,
-    sys::{self, FrameSocket},
+    sys::{self, FrameSocket, IcmpSocket},
 };
 
 /// How often counters reach the segment, and the longest wait between
@@ -54,6 +56,30 @@ pub struct Shared {
     pub forward: AtomicBool,
     /// The sync link's state (0 off, 1 cold, 2 hot), for the heartbeat.
     pub sync_state: AtomicU8,
+    /// The last finished probes, for `tandemstat -p`.
+    pub probes: Mutex<ProbeLog>,
+}
+
+/// Finished probes, newest last, each numbered in the order they finished.
+#[derive(Debug, Default)]
+pub struct ProbeLog {
+    /// Number of the next record.
+    pub next: u64,
+    pub records: VecDeque<(u64, String, Record)>,
+}
+
+impl ProbeLog {
+    /// Records kept; `tandemstat -p` asks twice a second, and probes go
+    /// out at most 50 a second per interface.
+    pub const KEEP: usize = 1024;
+
+    fn push(&mut self, iface: &str, r: Record) {
+        if self.records.len() == Self::KEEP {
+            self.records.pop_front();
+        }
+        self.records.push_back((self.next, iface.to_owned(), r));
+        self.next += 1;
+    }
 }
 
 /// An operator's request and where its answer goes.
@@ -75,6 +101,7 @@ pub struct Slots {
     checks: u32,
     paths: u32,
     vips: u32,
+    probes: u32,
 }
 
 /// The gauges, in slot order.
@@ -215,6 +242,13 @@ pub fn register(
             Kind::Gauge,
         )?;
     }
+    for (side, name, _, _) in probed(cfg, fib, ifnames) {
+        schema.push(
+            "tandem_ha_check_failed",
+            &format!("check={},id={side},name={name}", Check::Probe.name()),
+            Kind::Gauge,
+        )?;
+    }
     let mut first_path = None;
     for (name, local, peer) in paths(cfg, fib) {
         let labels = format!("path={name},local={},peer={}", local.ip(), peer.ip());
@@ -232,13 +266,74 @@ pub fn register(
         )?;
         vips.get_or_insert(at);
     }
+    let mut probes = None;
+    for (_, name, test, targets) in probed(cfg, fib, ifnames) {
+        let test = test.map_or_else(String::new, |a| a.to_string());
+        let labels = format!("interface={name},testaddr={test}");
+        let at = schema.push("tandem_ha_probe_state", &labels, Kind::Gauge)?;
+        probes.get_or_insert(at);
+        schema.push("tandem_ha_probe_fdt_ms", &labels, Kind::Gauge)?;
+        for t in targets {
+            let labels = format!("interface={name},target={t}");
+            for (stat, kind) in PROBE_STATS {
+                schema.push(stat, &labels, kind)?;
+            }
+        }
+    }
     Ok(Some(Slots {
         gauges,
         events: events.expect("transitions"),
         checks: checks.expect("two interfaces"),
         paths: first_path.expect("the sync path"),
         vips: vips.unwrap_or(0),
+        probes: probes.unwrap_or(0),
     }))
+}
+
+/// Per-target probe values, in slot order.
+const PROBE_STATS: [(&str, Kind); 5] = [
+    ("tandem_ha_probes_sent_total", Kind::Counter),
+    ("tandem_ha_probes_answered_total", Kind::Counter),
+    ("tandem_ha_probes_lost_total", Kind::Counter),
+    ("tandem_ha_probe_rtt_avg_us", Kind::Gauge),
+    ("tandem_ha_probe_rtt_dev_us", Kind::Gauge),
+];
+
+/// The probed interfaces: (side id, name, test address, targets). The
+/// test address is the interface's first IPv4 address that does not move
+/// with mastership; without one, probing is disabled there.
+fn probed(
+    cfg: &Config,
+    fib: &crate::fib::Fib,
+    ifnames: &[String],
+) -> Vec<(u16, String, Option<Ipv4Addr>, Vec<Ipv4Addr>)> {
+    let Some(r) = &cfg.redundancy else {
+        return Vec::new();
+    };
+    let moving: Vec<Ipv4Addr> = moving_addresses(cfg, ifnames, &[0; 2])
+        .into_iter()
+        .map(|(_, m)| m.address)
+        .collect();
+    r.probe
+        .iter()
+        .map(|p| {
+            let side = u16::from(p.interface == Side::Outside);
+            let name = ifnames[usize::from(side)].clone();
+            let test = fib
+                .links()
+                .find(|(_, l)| l.name == name)
+                .and_then(|(_, l)| l.v4.iter().copied().find(|a| !moving.contains(a)));
+            (side, name, test, p.targets.clone())
+        })
+        .collect()
+}
+
+/// Probing of one interface.
+struct Probed {
+    side: u16,
+    name: String,
+    socket: Option<IcmpSocket>,
+    prober: Prober,
 }
 
 /// The VIPs, then the NAT pool addresses (on the outside interface).
@@ -315,6 +410,8 @@ pub struct HaThread {
     segment: Arc<SegmentWriter>,
     slots: Slots,
     changes: u64,
+    probes: Vec<Probed>,
+    fdt_ms: u32,
 }
 
 /// What the daemon hands the thread.
@@ -350,6 +447,27 @@ impl HaThread {
             .into_iter()
             .map(|(_, m)| m)
             .collect();
+        let fdt = Duration::from_millis(r.failure_detection_ms.into());
+        let mut probes = Vec::new();
+        for (side, name, test, targets) in probed(cfg, p.fib.fib(), &p.ifnames) {
+            if test.is_none() {
+                tracing::warn!(iface = %name, "no test address: probing disabled");
+            }
+            let socket = test
+                .map(|a| IcmpSocket::new(&name, a))
+                .transpose()
+                .map_err(|source| crate::daemon::DaemonError::Interface {
+                    name: name.clone(),
+                    source,
+                })?;
+            let ident = (std::process::id() as u16).wrapping_add(side);
+            probes.push(Probed {
+                side,
+                name,
+                socket,
+                prober: Prober::new(ident, &targets, fdt),
+            });
+        }
         let now = Instant::now();
         let mut t = Self {
             fsm: Fsm::new(Settings {
@@ -362,6 +480,11 @@ impl HaThread {
             fds: bound
                 .iter()
                 .map(|p| std::os::fd::AsRawFd::as_raw_fd(p.socket()))
+                .chain(
+                    probes
+                        .iter()
+                        .filter_map(|p| p.socket.as_ref().map(IcmpSocket::fd)),
+                )
                 .collect(),
             paths: bound,
             key: s.key.as_ref().map(|k| derive_key(k.as_bytes())),
@@ -393,6 +516,8 @@ impl HaThread {
             segment: p.segment,
             slots: p.slots,
             changes: 0,
+            probes,
+            fdt_ms: r.failure_detection_ms,
         };
         t.release();
         Ok(t)
@@ -466,6 +591,9 @@ impl HaThread {
         if let Some(t) = self.timer {
             until = until.min(self.epoch + t);
         }
+        for p in self.probes.iter().filter(|p| p.socket.is_some()) {
+            until = until.min(self.epoch + p.prober.due_at());
+        }
         sys::poll_readable(&self.fds, until.saturating_duration_since(now));
 
         let now = Instant::now();
@@ -493,6 +621,7 @@ impl HaThread {
         }
         self.watch_links();
         self.watch_workers(now);
+        self.probe();
         if let Some(t) = self.timer
             && self.now() >= t
         {
@@ -592,6 +721,59 @@ impl HaThread {
                     "worker stalled"
                 );
                 self.event(Event::Failure { check, id: id16 });
+            }
+        }
+    }
+
+    /// Takes the probes' replies, then sends those due; a lost or
+    /// answered probe is logged, a failure or repair goes to the FSM.
+    fn probe(&mut self) {
+        let mut buf = [0u8; 256];
+        let mut changes = Vec::new();
+        let mut done = Vec::new();
+        for p in &mut self.probes {
+            let Some(sock) = &p.socket else { continue };
+            while let Some((n, rx_ns)) = sock.recv(&mut buf) {
+                let Some((from, ident, seq)) = probe::parse_reply(&buf[..n]) else {
+                    continue;
+                };
+                if ident != p.prober.ident {
+                    continue;
+                }
+                if let Some((rec, ch)) = p.prober.answered(self.epoch.elapsed(), from, seq, rx_ns) {
+                    done.push((p.name.clone(), rec));
+                    changes.extend(ch.map(|c| (p.side, p.name.clone(), c)));
+                }
+            }
+            let now = self.epoch.elapsed();
+            if p.prober.due(now) {
+                let unix = stats::unix_ns();
+                let (seq, target, lost, ch) = p.prober.next(now, unix);
+                done.extend(lost.map(|r| (p.name.clone(), r)));
+                changes.extend(ch.map(|c| (p.side, p.name.clone(), c)));
+                if let Err(e) = sock.send(target, &probe::echo_request(p.prober.ident, seq, unix)) {
+                    tracing::debug!(iface = %p.name, %target, error = %e, "probe not sent");
+                }
+            }
+        }
+        if !done.is_empty() {
+            let mut log = self
+                .shared
+                .probes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, r) in done {
+                log.push(&name, r);
+            }
+        }
+        for (side, name, c) in changes {
+            let check = Check::Probe;
+            if c == Change::Failed {
+                tracing::warn!(iface = %name, lost = probe::LOST_TO_FAIL, "probes failed");
+                self.event(Event::Failure { check, id: side });
+            } else {
+                tracing::warn!(iface = %name, answered = probe::ANSWERED_TO_REPAIR, "probes repaired");
+                self.event(Event::Recovery { check, id: side });
             }
         }
     }
@@ -722,17 +904,38 @@ impl HaThread {
             slot.store(v, Ordering::Relaxed);
         }
         let failed: Vec<(Check, u16)> = self.fsm.failed().collect();
-        let n = self.links.len() + self.workers.len();
-        for (i, slot) in seg.values(self.slots.checks, n).iter().enumerate() {
-            let (check, id) = if i < self.links.len() {
-                (Check::Link, i)
+        let checks = (0..self.links.len())
+            .map(|i| (Check::Link, i as u16))
+            .chain((0..self.workers.len()).map(|i| (Check::Stall, i as u16)))
+            .chain(self.probes.iter().map(|p| (Check::Probe, p.side)));
+        let n = self.links.len() + self.workers.len() + self.probes.len();
+        for (slot, c) in seg.values(self.slots.checks, n).iter().zip(checks) {
+            slot.store(u64::from(failed.contains(&c)), Ordering::Relaxed);
+        }
+        let mut at = self.slots.probes;
+        for p in &self.probes {
+            let state = if p.socket.is_some() {
+                p.prober.state()
             } else {
-                (Check::Stall, i - self.links.len())
+                ProbeState::Disabled
             };
-            slot.store(
-                u64::from(failed.contains(&(check, id as u16))),
-                Ordering::Relaxed,
-            );
+            let vals = seg.values(at, 2);
+            vals[0].store(state as u64, Ordering::Relaxed);
+            vals[1].store(self.fdt_ms.into(), Ordering::Relaxed);
+            at += 2;
+            for t in &p.prober.targets {
+                let v = [
+                    t.sent,
+                    t.answered,
+                    t.lost,
+                    t.srtt_us.unwrap_or(0),
+                    t.rttvar_us.unwrap_or(0),
+                ];
+                for (slot, v) in seg.values(at, PROBE_STATS.len()).iter().zip(v) {
+                    slot.store(v, Ordering::Relaxed);
+                }
+                at += PROBE_STATS.len() as u32;
+            }
         }
         for (i, p) in self.paths.iter().enumerate() {
             let first = self.slots.paths + (i * PATH_STATS.len()) as u32;
@@ -770,10 +973,12 @@ mod tests {
             assert!(stats::help(&e.name).is_some(), "{}", e.name);
         }
         let count = |n: &str| schema.entries().iter().filter(|e| e.name == n).count();
-        // Two paths (sync0 and in0), two links and two workers checked,
+        // Two paths (sync0 and in0), two links, two workers and two probed
+        // interfaces checked,
         // two VIPs and one pool address.
         assert_eq!(count("tandem_ha_heartbeats_sent_total"), 2);
-        assert_eq!(count("tandem_ha_check_failed"), 4);
+        assert_eq!(count("tandem_ha_check_failed"), 6);
+        assert_eq!(count("tandem_ha_probes_sent_total"), 2);
         assert_eq!(count("tandem_ha_address_held"), 3);
         assert_eq!(count("tandem_ha_transition_events_total"), 8);
         assert_eq!(count("tandem_ha_monitored_events_total"), 12);

@@ -362,3 +362,157 @@ pub fn xsk_stats(fd: RawFd) -> Result<XskStats, SyscallError> {
     }
     Ok(st)
 }
+
+/// `SO_TIMESTAMPNS` (the 64-bit-time_t "old" value, as on x86-64 and
+/// arm64) and its control message type.
+const SO_TIMESTAMPNS: libc::c_int = 35;
+/// `ICMP_FILTER` on a raw ICMP socket (linux/icmp.h): a bitmask of ICMP
+/// types to drop.
+const ICMP_FILTER: libc::c_int = 1;
+
+/// A raw ICMP socket bound to one interface and test address, for
+/// probes: it sends echo requests and receives only echo replies, each
+/// with the kernel's receive time.
+pub struct IcmpSocket {
+    fd: OwnedFd,
+}
+
+impl IcmpSocket {
+    pub fn new(ifname: &str, src: Ipv4Addr) -> Result<Self, SyscallError> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if fd < 0 {
+            return Err(SyscallError::last("socket(AF_INET, SOCK_RAW, ICMP)"));
+        }
+        // SAFETY: fd is a freshly created descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let raw = fd.as_raw_fd();
+        let dev = CString::new(ifname).map_err(|_| SyscallError {
+            call: "SO_BINDTODEVICE",
+            io_error: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        // Everything but echo replies (type 0) is dropped in the kernel.
+        let filter: u32 = !1;
+        let on: libc::c_int = 1;
+        for (level, name, ptr, len, call) in [
+            (
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                dev.as_ptr().cast::<libc::c_void>(),
+                dev.as_bytes_with_nul().len(),
+                "setsockopt(SO_BINDTODEVICE)",
+            ),
+            (
+                libc::SOL_RAW,
+                ICMP_FILTER,
+                (&raw const filter).cast(),
+                size_of::<u32>(),
+                "setsockopt(ICMP_FILTER)",
+            ),
+            (
+                libc::SOL_SOCKET,
+                SO_TIMESTAMPNS,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>(),
+                "setsockopt(SO_TIMESTAMPNS)",
+            ),
+        ] {
+            // SAFETY: ptr points at len readable bytes that outlive the call.
+            let r = unsafe { libc::setsockopt(raw, level, name, ptr, len as libc::socklen_t) };
+            if r < 0 {
+                return Err(SyscallError::last(call));
+            }
+        }
+        let sa = sockaddr_in(src);
+        // SAFETY: sa is a valid sockaddr_in for the length given.
+        let r = unsafe {
+            libc::bind(
+                raw,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(SyscallError::last("bind(ICMP test address)"));
+        }
+        Ok(Self { fd })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Sends one ICMP message (the kernel adds the IP header).
+    pub fn send(&self, dst: Ipv4Addr, msg: &[u8]) -> Result<(), SyscallError> {
+        let sa = sockaddr_in(dst);
+        // SAFETY: msg and sa are valid for the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                libc::MSG_DONTWAIT,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(SyscallError::last("sendto(ICMP)"));
+        }
+        Ok(())
+    }
+
+    /// One received packet (IP header first) and the kernel's receive
+    /// time (unix ns, 0 if absent); `None` when nothing is waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> Option<(usize, u64)> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut cmsg = [0u64; 16];
+        // SAFETY: an all-zero msghdr is valid; the pointers set below
+        // outlive the call.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = &raw mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cmsg.as_mut_ptr().cast();
+        mh.msg_controllen = size_of_val(&cmsg);
+        // SAFETY: mh describes valid buffers.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut mh, libc::MSG_DONTWAIT) };
+        let n = usize::try_from(n).ok()?;
+        let mut rx_ns = 0;
+        // SAFETY: walking the control messages the kernel wrote into mh.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const mh) };
+        while !c.is_null() {
+            // SAFETY: c points at a complete cmsghdr inside cmsg.
+            let h = unsafe { &*c };
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == SO_TIMESTAMPNS {
+                // SAFETY: SCM_TIMESTAMPNS carries a struct timespec.
+                let ts: libc::timespec =
+                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
+                rx_ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+                    + u64::try_from(ts.tv_nsec).unwrap_or(0);
+            }
+            // SAFETY: as above; NXTHDR returns null past the end.
+            c = unsafe { libc::CMSG_NXTHDR(&raw const mh, c) };
+        }
+        Some((n.min(buf.len()), rx_ns))
+    }
+}
+
+fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}

@@ -16,7 +16,7 @@ mod redundancy;
 mod services;
 mod sync;
 
-pub use redundancy::{HeartbeatPath, Redundancy, Side, Vip};
+pub use redundancy::{HeartbeatPath, Probe, Redundancy, Side, Vip};
 pub use services::{
     Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
     Timeouts,
@@ -449,7 +449,14 @@ mod tests {
         assert_eq!((r.keepalive_ms, r.multiplier, r.port), (50, 3, 7469));
         assert_eq!(r.vip[0].interface, Side::Inside);
         assert_eq!(r.policy().critical, [true; 3]);
+        assert_eq!((r.failure_detection_ms, r.probe.len()), (1000, 0));
         assert!(!cfg.forward_at_start(), "the state machine decides");
+        let probed = format!(
+            "{base}probe = [{{ interface = \"outside\", targets = [\"198.18.2.10\", \"198.18.2.11\"] }}]\n"
+        );
+        let r = parse(&probed).unwrap().redundancy.unwrap();
+        assert_eq!(r.probe[0].interface, Side::Outside);
+        assert_eq!(r.probe[0].targets.len(), 2);
         let warn = format!("{base}critical = [\"link-down\"]\n");
         assert_eq!(
             parse(&warn).unwrap().redundancy.unwrap().policy().critical,
@@ -465,6 +472,23 @@ mod tests {
             ("garp_interval_ms = 0", "redundancy.garp_interval_ms"),
             ("critical = [\"reboot\"]", "redundancy.critical"),
             ("port = 0", "redundancy.port"),
+            (
+                "failure_detection_ms = 10",
+                "redundancy.failure_detection_ms",
+            ),
+            (
+                "probe = [{ interface = \"inside\", targets = [] }]",
+                "redundancy.probe[0].targets",
+            ),
+            (
+                "probe = [{ interface = \"inside\", targets = [\"224.0.0.1\"] }]",
+                "redundancy.probe[0].targets",
+            ),
+            (
+                "probe = [{ interface = \"inside\", targets = [\"198.18.1.10\"] }, \
+                 { interface = \"inside\", targets = [\"198.18.1.11\"] }]",
+                "redundancy.probe[1].interface",
+            ),
         ] {
             let e = parse(&format!("{base}{extra}\n")).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");

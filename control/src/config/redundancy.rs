@@ -37,6 +37,15 @@ pub struct HeartbeatPath {
     pub peer: IpAddr,
 }
 
+/// Probe-based failure detection of one interface: ICMP echoes from its
+/// own (test) address to these targets, in turn.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub interface: Side,
+    pub targets: Vec<Ipv4Addr>,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Redundancy {
@@ -79,6 +88,12 @@ pub struct Redundancy {
     pub garp_count: u32,
     #[serde(default = "default_garp_interval_ms")]
     pub garp_interval_ms: u32,
+    /// Probe-based failure detection time: probes go out a fifth of it
+    /// apart and five lost in a row fail the interface.
+    #[serde(default = "default_failure_detection_ms")]
+    pub failure_detection_ms: u32,
+    #[serde(default)]
+    pub probe: Vec<Probe>,
 }
 
 fn default_priority() -> u8 {
@@ -107,6 +122,9 @@ fn default_garp_count() -> u32 {
 }
 fn default_garp_interval_ms() -> u32 {
     100
+}
+fn default_failure_detection_ms() -> u32 {
+    1000
 }
 
 impl Redundancy {
@@ -202,6 +220,38 @@ impl Redundancy {
                 "10..=1000",
                 self.garp_interval_ms.to_string(),
             ));
+        }
+        if !(100..=60_000).contains(&self.failure_detection_ms) {
+            return Err(invalid(
+                "failure_detection_ms",
+                "100..=60000",
+                self.failure_detection_ms.to_string(),
+            ));
+        }
+        for (i, p) in self.probe.iter().enumerate() {
+            if self.probe[..i].iter().any(|o| o.interface == p.interface) {
+                return Err(invalid(
+                    &format!("probe[{i}].interface"),
+                    "each interface once",
+                    format!("{:?}", p.interface).to_lowercase(),
+                ));
+            }
+            if p.targets.is_empty() || p.targets.len() > 8 {
+                return Err(invalid(
+                    &format!("probe[{i}].targets"),
+                    "1 to 8 addresses",
+                    p.targets.len().to_string(),
+                ));
+            }
+            for a in &p.targets {
+                if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                    return Err(invalid(
+                        &format!("probe[{i}].targets"),
+                        "unicast addresses",
+                        a.to_string(),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -154,7 +154,18 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_ha_monitored_events_total" => {
             "Monitored events the state machine received, and those that changed no state."
         }
-        "tandem_ha_check_failed" => "1 while a health check (link, worker stall) is failed.",
+        "tandem_ha_check_failed" => {
+            "1 while a health check (link, worker stall, probes) is failed."
+        }
+        "tandem_ha_probe_state" => {
+            "Probe-based detection of an interface: 0 unknown, 1 ok, 2 failed, 3 disabled."
+        }
+        "tandem_ha_probe_fdt_ms" => "Probe-based failure detection time, milliseconds.",
+        "tandem_ha_probes_sent_total" => "ICMP probes sent to a target from an interface.",
+        "tandem_ha_probes_answered_total" => "Probes answered before the next one was due.",
+        "tandem_ha_probes_lost_total" => "Probes unanswered when the next one was due.",
+        "tandem_ha_probe_rtt_avg_us" => "Smoothed probe round trip to a target, microseconds.",
+        "tandem_ha_probe_rtt_dev_us" => "Mean deviation of the probe round trip, microseconds.",
         "tandem_ha_heartbeats_sent_total" => "Heartbeats sent on a path.",
         "tandem_ha_heartbeat_send_errors_total" => "Heartbeats whose send failed on a path.",
         "tandem_ha_heartbeats_received_total" => "Heartbeats accepted from the peer on a path.",
