@@ -153,11 +153,13 @@ pub const IFACE_FIELDS: [&str; 7] = [
 
 /// Interface mode rows. GROUP is the instance (its redundancy group);
 /// FLAGS: `s` the node is standby (not forwarding), `d` link down, `i`
-/// no XDP attached; PROBE is `disabled` until probe-based detection exists.
+/// no XDP attached; PROBE is the probe state (`disabled` if not probed);
+/// STATE is `failed` on a link down or failed probes.
 pub fn iface_rows(s: &Snapshot) -> Vec<Vec<String>> {
     let Some(st) = &s.state else {
         return Vec::new();
     };
+    let rg = crate::redundancy::Rg::read(s);
     st.interfaces
         .iter()
         .map(|i| {
@@ -174,9 +176,12 @@ pub fn iface_rows(s: &Snapshot) -> Vec<Vec<String>> {
             if !attached {
                 flags.push('i');
             }
+            let probe = rg
+                .as_ref()
+                .map_or("disabled", |r| crate::redundancy::probe_state(r, &i.name));
             let state = if !attached {
                 "offline"
-            } else if i.link == LinkState::Down {
+            } else if i.link == LinkState::Down || probe == "failed" {
                 "failed"
             } else if up {
                 "ok"
@@ -189,11 +194,31 @@ pub fn iface_rows(s: &Snapshot) -> Vec<Vec<String>> {
                 s.instance.clone(),
                 flags,
                 link_str(i.link).to_owned(),
-                "disabled".to_owned(),
+                probe.to_owned(),
                 state.to_owned(),
             ]
         })
         .collect()
+}
+
+/// Rows as JSON objects keyed by the selected fields in lower case.
+pub fn rows_json(
+    fields: &[&'static str],
+    selected: &[usize],
+    rows: &[Vec<String>],
+) -> serde_json::Value {
+    serde_json::Value::Array(
+        rows.iter()
+            .map(|r| {
+                serde_json::Value::Object(
+                    selected
+                        .iter()
+                        .map(|i| (fields[*i].to_ascii_lowercase(), r[*i].clone().into()))
+                        .collect(),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The role of each interface, for JSON output of `-i`.

@@ -6,5 +6,6 @@ pub mod ha;
 pub mod ipmp;
 pub mod model;
 pub mod prom;
+pub mod redundancy;
 pub mod sessions;
 pub mod view;

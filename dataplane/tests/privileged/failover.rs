@@ -40,6 +40,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_box_death_then_a_full_partition_heals_to_one_master",
         box_death_then_a_full_partition_heals_to_one_master,
     ),
+    (
+        "failover_probe_failure_hands_over_and_the_views_show_it",
+        probe_failure_hands_over_and_the_views_show_it,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -151,6 +155,8 @@ impl Lab {
              heartbeat = [{{ local = \"{hl}\", peer = \"{hp}\" }}]\n\
              vip = [{{ interface = \"inside\", address = \"198.18.1.1\" }}, \
                     {{ interface = \"outside\", address = \"198.18.2.1\" }}]\n\
+             probe = [{{ interface = \"inside\", targets = [\"198.18.1.10\"] }}, \
+                      {{ interface = \"outside\", targets = [\"198.18.2.10\"] }}]\n\
              [[service_set]]\nname = \"lab\"\n[service_set.nat]\npool = [\"{POOL}\"]\n\
              ports = \"20000-29999\"\n"
         )
@@ -565,6 +571,153 @@ fn box_death_then_a_full_partition_heals_to_one_master() -> Result<(), Failed> {
     check(
         state(&a) == Some(2) && state(&b) == Some(3),
         "it stays that way",
+    )?;
+    Ok(())
+}
+
+/// `tandemstat --instance X ARGS` output; it must succeed.
+fn stat(d: &Daemon, args: &[&str]) -> Result<String, Failed> {
+    let o = crate::netns::tandemstat(&d.instance).args(args).output()?;
+    check(
+        o.status.success(),
+        format!(
+            "tandemstat {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )?;
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn stat_json(d: &Daemon, args: &[&str]) -> Result<serde_json::Value, Failed> {
+    Ok(serde_json::from_str(&stat(d, args)?)?)
+}
+
+fn probe_failure_hands_over_and_the_views_show_it() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    // Healthy pair, as the views tell it.
+    wait("A's probes ok", || {
+        gauge(&a, "tandem_ha_probe_state") == Some(1)
+    })?;
+    check(
+        stat(&a, &["-g", "-P", "-o", "state,fdt,interfaces"])? == "ok:1.00s:in0 out0\n",
+        "A: group ok, FDT 1 s, both interfaces active",
+    )?;
+    check(
+        stat(&b, &["-g", "-P", "-o", "interfaces"])? == "(in0) (out0)\n",
+        "B: interfaces functioning, not used",
+    )?;
+    let targets = stat(&a, &["-t", "-P", "-o", "interface,mode,testaddr,targets"])?;
+    check(
+        targets == "in0:static:198.18.1.2:198.18.1.10\nout0:static:198.18.2.2:198.18.2.10\n",
+        format!("A's targets: {targets:?}"),
+    )?;
+    let rg = stat_json(&a, &["redundancy-group", "--json"])?;
+    check(
+        rg["local_state"] == "MASTER" && rg["peer_state"] == "STANDBY" && rg["health"] == "passed",
+        format!("A's redundancy group: {rg}"),
+    )?;
+    let peer = stat_json(&b, &["peer", "--json"])?;
+    check(
+        peer["peer_state"] == "MASTER"
+            && peer["paths"].as_array().is_some_and(|p| {
+                p.len() == 2
+                    && p.iter()
+                        .all(|p| p["alive"] == true && p["received"].as_u64() > Some(0))
+            }),
+        format!("B's view of A: {peer}"),
+    )?;
+    let probes = stat(&a, &["-p", "-c", "4", "-P", "-o", "interface,target,rtt"])?;
+    check(
+        probes.lines().count() == 4
+            && probes.lines().all(|l| {
+                (l.starts_with("in0:198.18.1.10:") || l.starts_with("out0:198.18.2.10:"))
+                    && l.ends_with("ms")
+            }),
+        format!("A's probe stream: {probes:?}"),
+    )?;
+
+    // The server stops answering A's probes (nothing else changes: the
+    // link stays up, B still reaches it). Five lost probes fail out0 on A
+    // within its 1 s FDT, a critical check: A hands over.
+    let server_fw = "add table ip pf\n\
+                     add chain ip pf in { type filter hook input priority 0; }\n\
+                     add rule ip pf in ip saddr 198.18.2.2 icmp type echo-request drop\n";
+    let mut c = lab
+        .server
+        .cmd("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    c.stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(server_fw.as_bytes())?;
+    check(c.wait()?.success(), "nft: the server ignores A's probes")?;
+    let took = wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY-WARNED hearing B MASTER", || {
+        state(&a) == Some(4) && gauge(&a, "tandem_ha_peer_state") == Some(2)
+    })?;
+    eprintln!("probe failure: B MASTER {took:?} after the server went silent to A");
+    check(
+        a.counter("ha.monitored.probe_failure.received") == 1
+            && a.counter("ha.transition.release_auto.received") == 1,
+        "A counted the probe failure and its release",
+    )?;
+    check(
+        stat(&a, &["-g", "-P", "-o", "state,interfaces"])? == "degraded:(in0) [out0]\n",
+        "A: group degraded, out0 unusable",
+    )?;
+    let i = stat(&a, &["-i", "-P", "-o", "interface,link,probe,state"])?;
+    check(
+        i == "in0:up:ok:ok\nout0:up:failed:failed\n",
+        format!("A's interfaces: {i:?}"),
+    )?;
+    let rg = stat_json(&a, &["redundancy-group", "--json"])?;
+    check(
+        rg["health"] == "failed"
+            && rg["failed_interfaces"] == serde_json::json!(["out0"])
+            && rg["failed_checks"][0]["check"] == "probe-failure"
+            && rg["local_state"] == "STANDBY-WARNED"
+            && rg["peer_state"] == "MASTER",
+        format!("A's redundancy group: {rg}"),
+    )?;
+    let brief = stat(&a, &["redundancy-group", "brief"])?;
+    check(
+        brief.contains("Redundancy Set health status         : Failed")
+            && brief.contains("out0: probe-failure"),
+        format!("A's brief view: {brief}"),
+    )?;
+    let addrs = stat(&b, &["-a", "-P", "-o", "address,state,inbound"])?;
+    check(
+        addrs == "198.18.1.1:up:in0\n198.18.2.1:up:out0\n198.18.2.100:up:out0\n",
+        format!("B holds every address: {addrs:?}"),
+    )?;
+    let ext = stat(&a, &["redundancy-group", "extensive"])?;
+    check(
+        ext.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Probe", "failure", "1", "0"]),
+        format!("A's extensive view counts the probe failure: {ext}"),
+    )?;
+
+    // Answered again: ten in a row repair out0 and A is an eligible
+    // STANDBY; no preemption.
+    check(
+        lab.server
+            .cmd("nft")
+            .args(["delete", "table", "ip", "pf"])
+            .status()?
+            .success(),
+        "nft: the server answers again",
+    )?;
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    check(
+        gauge(&a, "tandem_ha_healthy") == Some(1) && state(&b) == Some(2),
+        "A healthy, B still MASTER",
+    )?;
+    check(
+        stat(&a, &["-g", "-P", "-o", "state"])? == "ok\n",
+        "A's group ok again",
     )?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::{
 
 use clap::{ArgGroup, Parser, Subcommand};
 use tandem_control::sessions::Query;
-use tandem_tools::{ha, ipmp, model::Snapshot, prom, sessions, view};
+use tandem_tools::{ha, ipmp, model::Snapshot, prom, redundancy, sessions, view};
 
 /// Read-only readout of a tandem instance's counters (from
 /// /dev/shm/tandem/NAME.stats, or $TANDEM_STATS_DIR/NAME.stats; never talks
@@ -16,13 +16,21 @@ use tandem_tools::{ha, ipmp, model::Snapshot, prom, sessions, view};
 /// /run/tandem/NAME.sock or $TANDEM_RUN_DIR/NAME.sock).
 ///
 /// Without a command or mode flag it prints `statistics`. The ipmpstat-style
-/// modes print one row per object: -i interfaces (INTERFACE ACTIVE GROUP
-/// FLAGS LINK PROBE STATE). FLAGS: s = node is standby (not forwarding),
-/// d = link down, i = no XDP program attached. GROUP is the instance.
-/// -g, -a, -p and -t (groups, addresses, probes, targets) and the
-/// redundancy-group and peer views are not built yet (the state machine
-/// runs; its counters are in the segment and the Prometheus output) and
-/// are refused.
+/// modes print one row per object:
+///   -i interfaces: INTERFACE ACTIVE GROUP FLAGS LINK PROBE STATE. FLAGS:
+///      s = node is standby (not forwarding), d = link down, i = no XDP
+///      program attached. GROUP is the instance.
+///   -g the redundancy group: GROUP (instance) GROUPNAME (group id) STATE
+///      (ok: every monitored interface usable, degraded: some, failed: none)
+///      FDT (probe failure detection time) INTERFACES (active ones bare,
+///      functioning ones of a node that is not MASTER in parentheses,
+///      unusable ones in brackets).
+///   -a addresses that follow mastership (VIPs, NAT pool): ADDRESS STATE
+///      (up while held) GROUP INBOUND OUTBOUND.
+///   -t probe targets: INTERFACE MODE (static or disabled) TESTADDR TARGETS.
+///   -p probes as they finish, until interrupted (or -c COUNT probes):
+///      TIME PROBE INTERFACE TARGET NETRTT RTT [RTTAVG RTTDEV]; asked of
+///      the daemon's control socket.
 ///
 /// Exit status: 0 ok, 2 bad arguments or no usable segment. A daemon whose
 /// heartbeat is older than 3 s is reported stale on stderr; output is still
@@ -40,16 +48,16 @@ struct Args {
     /// Interface mode.
     #[arg(short = 'i')]
     i: bool,
-    /// Group mode (not yet available).
+    /// Group mode.
     #[arg(short = 'g')]
     g: bool,
-    /// Address mode (not yet available).
+    /// Address mode.
     #[arg(short = 'a')]
     a: bool,
-    /// Probe mode (not yet available).
+    /// Probe mode (runs until interrupted, or -c COUNT probes).
     #[arg(short = 'p')]
     p: bool,
-    /// Target mode (not yet available).
+    /// Target mode.
     #[arg(short = 't')]
     t: bool,
     /// Fields to print, comma-separated, case-insensitive, or `all`.
@@ -65,7 +73,7 @@ struct Args {
     /// Refresh every SECONDS, showing per-second deltas of counters.
     #[arg(short = 'w', value_name = "SECONDS", global = true)]
     watch: Option<f64>,
-    /// With -w: stop after COUNT refreshes.
+    /// With -w: stop after COUNT refreshes; with -p: after COUNT probes.
     #[arg(short = 'c', value_name = "COUNT", global = true)]
     count: Option<u64>,
     /// JSON output (snake_case keys).
@@ -105,6 +113,19 @@ enum Cmd {
         /// Only if the sync link is on this interface.
         interface: Option<String>,
     },
+    /// The redundancy state machine (`show services redundancy-group`):
+    /// terse (default) is the one-line summary of local and peer state;
+    /// brief adds health, failed interfaces and checks and the sync link;
+    /// extensive adds heartbeat totals and the received/ignored tables of
+    /// transition and monitored events. `--json` carries everything.
+    RedundancyGroup {
+        /// terse | brief | extensive
+        level: Option<String>,
+    },
+    /// The peer as the heartbeats see it: its state, health and priority,
+    /// and per path sent, received, echoed, missed and rejected heartbeats,
+    /// path-down count and round trips (last, smoothed, deviation, worst).
+    Peer,
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -129,8 +150,36 @@ fn warn_stale(s: &Snapshot) {
     }
 }
 
+/// Rows of an ipmpstat-style mode.
+type Rows = fn(&redundancy::Rg) -> Vec<Vec<String>>;
+
 /// Renders one frame of the chosen view.
 fn render(args: &Args, s: &Snapshot, rates: bool) -> Result<String, String> {
+    let rg = || {
+        redundancy::Rg::read(s).ok_or_else(|| {
+            format!(
+                "instance {} runs no redundancy state machine ([redundancy])",
+                s.instance
+            )
+        })
+    };
+    let mode: Option<(&[&'static str], Rows)> = if args.g {
+        Some((&redundancy::GROUP_FIELDS, redundancy::group_rows))
+    } else if args.a {
+        Some((&redundancy::ADDRESS_FIELDS, redundancy::address_rows))
+    } else if args.t {
+        Some((&redundancy::TARGET_FIELDS, redundancy::target_rows))
+    } else {
+        None
+    };
+    if let Some((fields, rows)) = mode {
+        let sel = ipmp::select(args.fields.as_deref(), fields).map_err(|e| e.to_string())?;
+        let rows = rows(&rg()?);
+        if args.json {
+            return Ok(format!("{}\n", ipmp::rows_json(fields, &sel, &rows)));
+        }
+        return Ok(ipmp::render(fields, &sel, &rows, args.parsable));
+    }
     if args.i {
         let sel =
             ipmp::select(args.fields.as_deref(), &ipmp::IFACE_FIELDS).map_err(|e| e.to_string())?;
@@ -166,28 +215,138 @@ fn render(args: &Args, s: &Snapshot, rates: bool) -> Result<String, String> {
                 Ok(ha::text(&h))
             }
         }
+        Some(Cmd::RedundancyGroup { level }) => {
+            let level = redundancy::Level::parse(level.as_deref())?;
+            let r = rg()?;
+            if args.json {
+                Ok(format!("{}\n", redundancy::rg_json(&r)))
+            } else {
+                Ok(redundancy::rg_text(&r, level))
+            }
+        }
+        Some(Cmd::Peer) => {
+            let r = rg()?;
+            if args.json {
+                Ok(format!("{}\n", redundancy::peer_json(&r)))
+            } else {
+                Ok(redundancy::peer_text(&r))
+            }
+        }
         Some(Cmd::Prometheus) => Ok(prom::exposition(s)),
         _ if args.json => Ok(format!("{}\n", view::json(s))),
         _ => Ok(view::text(s, rates)),
     }
 }
 
+/// `-p`: asks the daemon for finished probes twice a second and prints
+/// them until interrupted or `-c COUNT` have been printed.
+fn probes(args: &Args) -> ExitCode {
+    if args.watch.is_some() {
+        return fail("-p streams by itself; -w does not apply");
+    }
+    let spec = args
+        .fields
+        .clone()
+        .unwrap_or_else(|| redundancy::PROBE_DEFAULT.to_owned());
+    let sel = match ipmp::select(Some(&spec), &redundancy::PROBE_FIELDS) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let start = tandem_control::stats::unix_ns();
+    // Probes sent in the last two seconds are shown too, with negative
+    // times, as ipmpstat shows those sent before it started.
+    let mut from = None;
+    let mut printed = 0u64;
+    let mut header = !args.parsable && !args.json;
+    let mut widths: Vec<usize> = sel
+        .iter()
+        .map(|i| redundancy::PROBE_FIELDS[*i].len().max(10))
+        .collect();
+    loop {
+        let (rows, next) = match redundancy::fetch_probes(&args.instance, from) {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        let fresh = rows
+            .iter()
+            .filter(|r| from.is_some() || r.sent_ns + 2_000_000_000 >= start);
+        let mut stdout = std::io::stdout().lock();
+        for r in fresh {
+            let row = redundancy::probe_row(r, start);
+            let out = if args.json {
+                let mut o = serde_json::Map::new();
+                for i in &sel {
+                    o.insert(
+                        redundancy::PROBE_FIELDS[*i].to_ascii_lowercase(),
+                        row[*i].clone().into(),
+                    );
+                }
+                format!("{}\n", serde_json::Value::Object(o))
+            } else if args.parsable {
+                let vals: Vec<String> = sel.iter().map(|i| row[*i].clone()).collect();
+                format!("{}\n", ipmp::parsable_line(&vals))
+            } else {
+                let mut o = String::new();
+                if header {
+                    header = false;
+                    let cells: Vec<String> = sel
+                        .iter()
+                        .zip(&widths)
+                        .map(|(i, w)| format!("{:<w$}", redundancy::PROBE_FIELDS[*i]))
+                        .collect();
+                    o.push_str(cells.join("  ").trim_end());
+                    o.push('\n');
+                }
+                for (w, i) in widths.iter_mut().zip(&sel) {
+                    *w = (*w).max(row[*i].len());
+                }
+                let cells: Vec<String> = sel
+                    .iter()
+                    .zip(&widths)
+                    .map(|(i, w)| {
+                        let v = if row[*i].is_empty() { "--" } else { &row[*i] };
+                        format!("{v:<w$}")
+                    })
+                    .collect();
+                o.push_str(cells.join("  ").trim_end());
+                o.push('\n');
+                o
+            };
+            if stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return ExitCode::SUCCESS;
+            }
+            printed += 1;
+            if args.count.is_some_and(|c| printed >= c) {
+                return ExitCode::SUCCESS;
+            }
+        }
+        drop(stdout);
+        from = Some(next);
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.g || args.a || args.p || args.t {
-        return fail(
-            "-g, -a, -p and -t (the redundancy views) are not built yet; -i is \
-             available, and the redundancy counters are in `tandemstat prometheus`",
-        );
-    }
+    let ipmp_mode = args.i || args.g || args.a || args.p || args.t;
     if args.parsable && args.fields.is_none() {
         return fail("-P requires -o FIELD,... (an explicit list of fields)");
     }
-    if args.parsable && !args.i {
-        return fail("-P applies to the ipmpstat-style modes (-i)");
+    if args.parsable && !ipmp_mode {
+        return fail("-P applies to the ipmpstat-style modes (-i -g -a -p -t)");
     }
-    if args.fields.is_some() && !args.i {
-        return fail("-o applies to the ipmpstat-style modes (-i)");
+    if args.fields.is_some() && !ipmp_mode {
+        return fail("-o applies to the ipmpstat-style modes (-i -g -a -p -t)");
+    }
+    if ipmp_mode && args.cmd.is_some() {
+        return fail("a mode flag (-i -g -a -p -t) and a command do not go together");
+    }
+    if args.p {
+        return probes(&args);
     }
     let _ = args.numeric;
     if let Some(Cmd::Sessions { words }) = &args.cmd {
