@@ -18,6 +18,13 @@ CONF="$DIR/conntrackd-$NODE.conf"
 CTD=/usr/sbin/conntrackd
 LOG="$RUN/notify.log"
 
+# With "DisableExternalCache On" the peer's entries are injected straight
+# into this node's kernel table, and -t would flush them all (the scheduled
+# flush deletes every entry not ignored by the Filter) after PurgeTimeout:
+# skip it then.
+INJECT=
+grep -Eqi '^[[:space:]]*DisableExternalCache[[:space:]]+(on|yes)' "$CONF" && INJECT=1
+
 log() { echo "$(date +%s.%N) $STATE: $*" >>"$LOG"; }
 
 ctd() {
@@ -48,13 +55,14 @@ master)
 	;;
 backup)
 	# The kernel entries left from a former mastership are zombies here:
-	# let them expire after PurgeTimeout. Then ask the master for a full
-	# dump so the external cache is complete.
-	ctd -t
+	# schedule their flush in PurgeTimeout seconds (-t; cancelled by -c/-f
+	# on becoming MASTER again). Then ask the master for a full dump so the
+	# external cache is complete.
+	[ "$INJECT" ] || ctd -t
 	ctd -n
 	;;
 fault | stop)
-	ctd -t
+	[ "$INJECT" ] || ctd -t
 	;;
 *)
 	log "unknown state"
