@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value, json};
 use tandem_control::ha::{
     fsm::{Monitored, State, Transition},
+    heartbeat::PathStats,
     probe::ProbeState,
 };
 
@@ -25,17 +26,7 @@ pub struct PathView {
     pub local: String,
     pub peer: String,
     pub alive: bool,
-    pub sent: u64,
-    pub send_errors: u64,
-    pub received: u64,
-    pub missed: u64,
-    pub rejected: u64,
-    pub acked: u64,
-    pub down: u64,
-    pub rtt_us: u64,
-    pub srtt_us: u64,
-    pub rttvar_us: u64,
-    pub worst_us: u64,
+    pub stats: PathStats,
 }
 
 /// One probe target's figures.
@@ -142,17 +133,19 @@ impl Rg {
                     local: l("local"),
                     peer: l("peer"),
                     alive: st("tandem_ha_path_alive") != 0,
-                    sent: st("tandem_ha_heartbeats_sent_total"),
-                    send_errors: st("tandem_ha_heartbeat_send_errors_total"),
-                    received: st("tandem_ha_heartbeats_received_total"),
-                    missed: st("tandem_ha_heartbeats_missed_total"),
-                    rejected: st("tandem_ha_heartbeats_rejected_total"),
-                    acked: st("tandem_ha_heartbeats_acked_total"),
-                    down: st("tandem_ha_path_down_total"),
-                    rtt_us: st("tandem_ha_rtt_us"),
-                    srtt_us: st("tandem_ha_srtt_us"),
-                    rttvar_us: st("tandem_ha_rttvar_us"),
-                    worst_us: st("tandem_ha_worst_delay_us"),
+                    stats: PathStats {
+                        sent: st("tandem_ha_heartbeats_sent_total"),
+                        send_errors: st("tandem_ha_heartbeat_send_errors_total"),
+                        received: st("tandem_ha_heartbeats_received_total"),
+                        missed: st("tandem_ha_heartbeats_missed_total"),
+                        rejected: st("tandem_ha_heartbeats_rejected_total"),
+                        acked: st("tandem_ha_heartbeats_acked_total"),
+                        down_count: st("tandem_ha_path_down_total"),
+                        rtt_us: st("tandem_ha_rtt_us"),
+                        srtt_us: st("tandem_ha_srtt_us"),
+                        rttvar_us: st("tandem_ha_rttvar_us"),
+                        worst_us: st("tandem_ha_worst_delay_us"),
+                    },
                     name: p,
                 }
             })
@@ -335,11 +328,26 @@ pub fn rg_text(r: &Rg, level: Level) -> String {
     kv(&mut o, 2, "Local RG IP", r.local_ip());
     if level == Level::Extensive {
         let sum = |f: fn(&PathView) -> u64| r.paths.iter().map(f).sum::<u64>();
-        kv(&mut o, 2, "Heartbeat sent count", sum(|p| p.sent));
-        kv(&mut o, 2, "Heartbeat receive count", sum(|p| p.received));
-        kv(&mut o, 2, "Heartbeat missed count", sum(|p| p.missed));
-        kv(&mut o, 2, "Heartbeat rejected count", sum(|p| p.rejected));
-        kv(&mut o, 2, "Heartbeat path down count", sum(|p| p.down));
+        kv(&mut o, 2, "Heartbeat sent count", sum(|p| p.stats.sent));
+        kv(
+            &mut o,
+            2,
+            "Heartbeat receive count",
+            sum(|p| p.stats.received),
+        );
+        kv(&mut o, 2, "Heartbeat missed count", sum(|p| p.stats.missed));
+        kv(
+            &mut o,
+            2,
+            "Heartbeat rejected count",
+            sum(|p| p.stats.rejected),
+        );
+        kv(
+            &mut o,
+            2,
+            "Heartbeat path down count",
+            sum(|p| p.stats.down_count),
+        );
         kv(&mut o, 2, "Mastership change count", r.mastership_changes);
     }
     if level == Level::Terse {
@@ -507,19 +515,25 @@ pub fn peer_text(r: &Rg) -> String {
         );
         let _ = writeln!(o, "   Heartbeat statistics:");
         for (label, v) in [
-            ("Heartbeats sent", p.sent.to_string()),
-            ("Heartbeats received", p.received.to_string()),
-            ("Heartbeat echoes received", p.acked.to_string()),
-            ("Heartbeats missed", p.missed.to_string()),
-            ("Heartbeats rejected", p.rejected.to_string()),
-            ("Send errors", p.send_errors.to_string()),
-            ("Path down count", p.down.to_string()),
-            ("Round trip, last", format!("{} msec", ms(p.rtt_us))),
-            ("Round trip, smoothed", format!("{} msec", ms(p.srtt_us))),
-            ("Round trip, deviation", format!("{} msec", ms(p.rttvar_us))),
+            ("Heartbeats sent", p.stats.sent.to_string()),
+            ("Heartbeats received", p.stats.received.to_string()),
+            ("Heartbeat echoes received", p.stats.acked.to_string()),
+            ("Heartbeats missed", p.stats.missed.to_string()),
+            ("Heartbeats rejected", p.stats.rejected.to_string()),
+            ("Send errors", p.stats.send_errors.to_string()),
+            ("Path down count", p.stats.down_count.to_string()),
+            ("Round trip, last", format!("{} msec", ms(p.stats.rtt_us))),
+            (
+                "Round trip, smoothed",
+                format!("{} msec", ms(p.stats.srtt_us)),
+            ),
+            (
+                "Round trip, deviation",
+                format!("{} msec", ms(p.stats.rttvar_us)),
+            ),
             (
                 "Worst case heartbeat delay",
-                format!("{} msec", ms(p.worst_us)),
+                format!("{} msec", ms(p.stats.worst_us)),
             ),
         ] {
             let _ = writeln!(o, "    {:<28}{v:>20}", format!("{label}:"));
@@ -542,17 +556,17 @@ pub fn peer_json(r: &Rg) -> Value {
             "local": p.local,
             "peer": p.peer,
             "alive": p.alive,
-            "sent": p.sent,
-            "received": p.received,
-            "acked": p.acked,
-            "missed": p.missed,
-            "rejected": p.rejected,
-            "send_errors": p.send_errors,
-            "path_down": p.down,
-            "rtt_us": p.rtt_us,
-            "srtt_us": p.srtt_us,
-            "rttvar_us": p.rttvar_us,
-            "worst_delay_us": p.worst_us,
+            "sent": p.stats.sent,
+            "received": p.stats.received,
+            "acked": p.stats.acked,
+            "missed": p.stats.missed,
+            "rejected": p.stats.rejected,
+            "send_errors": p.stats.send_errors,
+            "path_down": p.stats.down_count,
+            "rtt_us": p.stats.rtt_us,
+            "srtt_us": p.stats.srtt_us,
+            "rttvar_us": p.stats.rttvar_us,
+            "worst_delay_us": p.stats.worst_us,
         })).collect::<Vec<_>>(),
     })
 }
