@@ -408,7 +408,7 @@ impl Daemon {
             Vec::new()
         };
         for a in &pool {
-            netlink::set_address(ifindexes[1], *a, true)?;
+            netlink::set_address(ifindexes[1], IpAddr::V4(*a), true)?;
             tracing::info!(address = %a, iface = %ifnames[1], "NAT pool address added");
         }
         let loader = Arc::new(Mutex::new(loader));
@@ -616,7 +616,7 @@ impl Daemon {
             let _ = h.join();
         }
         for a in &self.pool {
-            if let Err(e) = netlink::set_address(self.outside_ifindex, *a, false) {
+            if let Err(e) = netlink::set_address(self.outside_ifindex, IpAddr::V4(*a), false) {
                 tracing::warn!(error = %e, "removing a NAT pool address");
             }
         }

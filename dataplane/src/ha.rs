@@ -6,7 +6,8 @@
 //! thread, and carries out takeover and release:
 //! - takeover: the XDP role map to forward, the VIPs and NAT pool
 //!   addresses added to their interfaces, the sync link's role to active,
-//!   then gratuitous ARP for each address, `garp_count` times;
+//!   then a gratuitous ARP for each IPv4 address and an unsolicited
+//!   neighbour advertisement for each IPv6 one, `garp_count` times;
 //! - release: the sync role back to backup, the XDP role map to drop and
 //!   the addresses removed, before the heartbeat that announces it.
 //!
@@ -88,7 +89,7 @@ pub type Request = (bool, bool, mpsc::Sender<String>);
 /// An address that follows mastership.
 #[derive(Clone, Debug)]
 struct Moving {
-    address: Ipv4Addr,
+    address: IpAddr,
     ifindex: u32,
     ifname: String,
 }
@@ -310,7 +311,7 @@ fn probed(
     let Some(r) = &cfg.redundancy else {
         return Vec::new();
     };
-    let moving: Vec<Ipv4Addr> = moving_addresses(cfg, ifnames, &[0; 2])
+    let moving: Vec<IpAddr> = moving_addresses(cfg, ifnames, &[0; 2])
         .into_iter()
         .map(|(_, m)| m.address)
         .collect();
@@ -322,7 +323,11 @@ fn probed(
             let test = fib
                 .links()
                 .find(|(_, l)| l.name == name)
-                .and_then(|(_, l)| l.v4.iter().copied().find(|a| !moving.contains(a)));
+                .and_then(|(_, l)| {
+                    l.v4.iter()
+                        .copied()
+                        .find(|a| !moving.contains(&IpAddr::V4(*a)))
+                });
             (side, name, test, p.targets.clone())
         })
         .collect()
@@ -364,7 +369,7 @@ fn moving_addresses(
         out.push((
             "pool",
             Moving {
-                address: a,
+                address: IpAddr::V4(a),
                 ifindex: ifindexes[1],
                 ifname: ifnames[1].clone(),
             },
@@ -400,7 +405,10 @@ pub struct HaThread {
     loader: Arc<Mutex<Loader>>,
     shared: Arc<Shared>,
     addresses: Vec<Moving>,
-    macs: Vec<(u32, [u8; 6])>,
+    /// Per interface of an address: its MAC, and whether its IPv6
+    /// advertisements carry the Router flag (the kernel's answers to
+    /// solicitations carry it when it forwards IPv6 there; ours agree).
+    macs: Vec<(u32, [u8; 6], bool)>,
     garp: FrameSocket,
     garp_count: u32,
     garp_interval: Duration,
@@ -825,7 +833,10 @@ impl HaThread {
         self.macs = self
             .addresses
             .iter()
-            .filter_map(|m| fib.link(m.ifindex).map(|l| (m.ifindex, l.mac)))
+            .filter_map(|m| {
+                fib.link(m.ifindex)
+                    .map(|l| (m.ifindex, l.mac, sys::ipv6_forwarding(&m.ifname)))
+            })
             .collect();
         self.garp_left = self.garp_count;
         self.garp_next = Instant::now();
@@ -856,13 +867,21 @@ impl HaThread {
         }
     }
 
+    /// One round of announcements: a gratuitous ARP for each IPv4 address,
+    /// an unsolicited neighbour advertisement for each IPv6 one.
     fn send_garps(&mut self) {
         for m in &self.addresses {
-            let Some((_, mac)) = self.macs.iter().find(|(i, _)| *i == m.ifindex) else {
+            let Some((_, mac, router)) = self.macs.iter().find(|(i, ..)| *i == m.ifindex) else {
                 continue;
             };
-            if let Err(e) = self.garp.send(m.ifindex, &sys::garp_frame(*mac, m.address)) {
-                tracing::warn!(error = %e, address = %m.address, "gratuitous ARP");
+            let r = match m.address {
+                IpAddr::V4(a) => self.garp.send(m.ifindex, &sys::garp_frame(*mac, a)),
+                IpAddr::V6(a) => self
+                    .garp
+                    .send(m.ifindex, &sys::unsolicited_na(*mac, a, *router)),
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, address = %m.address, "address announcement");
             }
         }
         self.garp_left -= 1;

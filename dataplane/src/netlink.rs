@@ -21,7 +21,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
     link::{LinkAttribute, LinkMessage, State},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
@@ -289,12 +289,16 @@ fn for_each_message(
     Ok(())
 }
 
-/// Adds (`add`) or removes the host address `addr`/32 on `ifindex`. Adding
-/// an address that is there, or removing one that is not, succeeds.
-pub fn set_address(ifindex: u32, addr: Ipv4Addr, add: bool) -> Result<(), NetlinkError> {
+/// Adds (`add`) or removes the host address `addr` (a /32 or a /128) on
+/// `ifindex`. Adding an address that is there, or removing one that is
+/// not, succeeds. An IPv6 address is added without duplicate address
+/// detection: the address moves between the pair's nodes, and DAD would
+/// hold it tentative (unusable) for a second on every takeover.
+pub fn set_address(ifindex: u32, addr: IpAddr, add: bool) -> Result<(), NetlinkError> {
+    let len = if addr.is_ipv4() { 32 } else { 128 };
     let what = || {
         format!(
-            "{} {addr}/32 on ifindex {ifindex}",
+            "{} {addr}/{len} on ifindex {ifindex}",
             if add { "adding" } else { "removing" }
         )
     };
@@ -303,12 +307,18 @@ pub fn set_address(ifindex: u32, addr: Ipv4Addr, add: bool) -> Result<(), Netlin
     sock.connect(&SocketAddr::new(0, 0))
         .map_err(io_err("connect"))?;
     let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet;
-    m.header.prefix_len = 32;
+    m.header.prefix_len = len;
     m.header.index = ifindex;
-    m.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-    m.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(addr)));
+    if addr.is_ipv4() {
+        m.header.family = AddressFamily::Inet;
+        m.attributes.push(AddressAttribute::Local(addr));
+    } else {
+        m.header.family = AddressFamily::Inet6;
+        m.header.flags = AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    m.attributes.push(AddressAttribute::Address(addr));
     let mut hdr = NetlinkHeader::default();
     hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
     let msg = if add {

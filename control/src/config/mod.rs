@@ -498,6 +498,28 @@ mod tests {
             "vip = [{ interface = \"outside\", address = \"198.18.1.1\" }, ",
         );
         assert!(parse(&twice).unwrap_err().to_string().contains("vip[1]"));
+        let v6 = base.replace(
+            "vip = [",
+            "vip = [{ interface = \"inside\", address = \"2001:db8:1::1\" }, ",
+        );
+        let r = parse(&v6).unwrap().redundancy.unwrap();
+        assert_eq!(
+            r.vip[0].address,
+            "2001:db8:1::1".parse::<std::net::IpAddr>().unwrap()
+        );
+        for bad in [
+            "ff02::1",
+            "::",
+            "::1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "127.0.0.1",
+        ] {
+            let e = parse(&base.replace("198.18.1.1\" }]", &format!("{bad}\" }}]")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("vip[0].address"), "{bad}: {e}");
+        }
         let roled = base.replace("node_id = 1", "node_id = 1\nrole = \"active\"");
         assert!(
             parse(&roled)

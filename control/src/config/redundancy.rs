@@ -19,13 +19,14 @@ pub enum Side {
     Outside,
 }
 
-/// An address the MASTER holds (added as a /32, announced by gratuitous
-/// ARP).
+/// An address the MASTER holds: IPv4 added as a /32 and announced by
+/// gratuitous ARP, IPv6 added as a /128 without duplicate address
+/// detection and announced by unsolicited neighbour advertisements.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Vip {
     pub interface: Side,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 /// A heartbeat path besides the sync link's: this node's address and the
@@ -83,7 +84,8 @@ pub struct Redundancy {
     /// A worker making no progress this long has stalled.
     #[serde(default = "default_stall_ms")]
     pub stall_ms: u32,
-    /// Gratuitous ARPs sent per address on takeover, this far apart.
+    /// Gratuitous ARPs (IPv4) and unsolicited neighbour advertisements
+    /// (IPv6) sent per address on takeover, this far apart.
     #[serde(default = "default_garp_count")]
     pub garp_count: u32,
     #[serde(default = "default_garp_interval_ms")]
@@ -180,7 +182,8 @@ impl Redundancy {
         }
         for (i, v) in self.vip.iter().enumerate() {
             let a = v.address;
-            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            let broadcast = matches!(a, IpAddr::V4(a) if a.is_broadcast());
+            if a.is_unspecified() || broadcast || a.is_multicast() || a.is_loopback() {
                 return Err(invalid(
                     &format!("vip[{i}].address"),
                     "a unicast address",

@@ -44,10 +44,18 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_probe_failure_hands_over_and_the_views_show_it",
         probe_failure_hands_over_and_the_views_show_it,
     ),
+    (
+        "failover_ipv6_vips_move_with_unsolicited_advertisements",
+        ipv6_vips_move_with_unsolicited_advertisements,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
 const PORT: u16 = 7;
+/// IPv6 beside the lab's IPv4 (documentation prefix), for the IPv6 VIP test.
+const SERVER6: &str = "2001:db8:2::10";
+const VIP6_IN: &str = "2001:db8:1::1";
+const VIP6_OUT: &str = "2001:db8:2::1";
 
 struct Lab {
     sw: Ns,
@@ -162,13 +170,56 @@ impl Lab {
         )
     }
 
+    /// IPv6 on every interface of the lab, the gateways being the IPv6
+    /// VIPs of [`Self::config6`]. No DAD: addresses are usable at once.
+    fn add_ipv6(&self) {
+        for (ns, gw, cidr) in [
+            (&self.client, VIP6_IN, "2001:db8:1::10/64"),
+            (&self.server, VIP6_OUT, "2001:db8:2::10/64"),
+        ] {
+            ipw(&format!("-n {} -6 addr add {cidr} dev eth0 nodad", ns.name));
+            ipw(&format!("-n {} -6 route add default via {gw}", ns.name));
+        }
+        for (ns, host) in [(&self.a, 2), (&self.b, 3)] {
+            for (dev, net) in [("in0", 1), ("out0", 2)] {
+                ipw(&format!(
+                    "-n {} -6 addr add 2001:db8:{net}::{host}/64 dev {dev} nodad",
+                    ns.name
+                ));
+            }
+        }
+    }
+
+    /// [`Self::config`] with an IPv6 VIP on each side too, and a service
+    /// set without NAT for the inside IPv6 prefix ahead of the NAPT44 one
+    /// (which drops what it cannot translate).
+    fn config6(node: &str) -> String {
+        Self::config(node)
+            .replace(
+                "vip = [",
+                &format!(
+                    "vip = [{{ interface = \"inside\", address = \"{VIP6_IN}\" }}, \
+                     {{ interface = \"outside\", address = \"{VIP6_OUT}\" }}, "
+                ),
+            )
+            .replace(
+                "[[service_set]]\nname = \"lab\"",
+                "[[service_set]]\nname = \"lab6\"\ninside_prefixes = [\"2001:db8:1::/64\"]\n\
+                 [[service_set]]\nname = \"lab\"",
+            )
+    }
+
     /// A MASTER, then B joined as STANDBY and Hot.
     fn start(&self) -> Result<(Daemon, Daemon), Failed> {
-        let a = Daemon::start(&self.a, &Self::config("a"));
+        self.start_with(Self::config)
+    }
+
+    fn start_with(&self, config: fn(&str) -> String) -> Result<(Daemon, Daemon), Failed> {
+        let a = Daemon::start(&self.a, &config("a"));
         wait("A MASTER holding the VIP", || {
             state(&a) == Some(2) && holds_vip(&self.a)
         })?;
-        let b = Daemon::start(&self.b, &Self::config("b"));
+        let b = Daemon::start(&self.b, &config("b"));
         wait("B STANDBY", || state(&b) == Some(3))?;
         wait_ha(&b, "B hot", |v| {
             v["role"] == "backup" && v["synchronization"] == "hot"
@@ -213,9 +264,14 @@ fn wait(what: &str, ok: impl Fn() -> bool) -> Result<Duration, Failed> {
 
 /// An echo server in the server namespace until `stop`.
 fn echo_server(lab: &Lab, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    echo_server_on(lab, SERVER, stop)
+}
+
+fn echo_server_on(lab: &Lab, addr: &str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let addr: std::net::IpAddr = addr.parse().expect("server address");
     let l = lab
         .server
-        .enter(|| TcpListener::bind((SERVER, PORT)).expect("bind echo server"));
+        .enter(move || TcpListener::bind((addr, PORT)).expect("bind echo server"));
     l.set_nonblocking(true).expect("nonblocking");
     thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -258,14 +314,21 @@ fn hold(
     n: usize,
     stop: &Arc<AtomicBool>,
 ) -> Vec<thread::JoinHandle<Result<Duration, String>>> {
+    hold_to(lab, SERVER, n, stop)
+}
+
+fn hold_to(
+    lab: &Lab,
+    server: &str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Result<Duration, String>>> {
+    let to = std::net::SocketAddr::new(server.parse().expect("server address"), PORT);
     (0..n)
         .map(|i| {
-            let s = lab.client.enter(|| {
-                TcpStream::connect_timeout(
-                    &format!("{SERVER}:{PORT}").parse().expect("address"),
-                    Duration::from_secs(3),
-                )
-            });
+            let s = lab
+                .client
+                .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)));
             let stop = Arc::clone(stop);
             thread::spawn(move || {
                 let mut s = s.map_err(|e| format!("connection {i}: connect: {e}"))?;
@@ -718,6 +781,121 @@ fn probe_failure_hands_over_and_the_views_show_it() -> Result<(), Failed> {
     check(
         stat(&a, &["-g", "-P", "-o", "state"])? == "ok\n",
         "A's group ok again",
+    )?;
+    Ok(())
+}
+
+/// The link-layer address `ns` has for neighbour `ip`, if any.
+fn neighbour(ns: &Ns, ip: &str) -> Option<String> {
+    let out = ns
+        .cmd("ip")
+        .args(["-6", "neigh", "show", ip, "dev", "eth0"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_owned)
+}
+
+fn mac(ns: &Ns, dev: &str) -> Result<String, Failed> {
+    let out = ns
+        .cmd("cat")
+        .arg(format!("/sys/class/net/{dev}/address"))
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn holds(ns: &Ns, dev: &str, cidr: &str) -> bool {
+    let out = ns.cmd("ip").args(["-o", "addr", "show", dev]).output();
+    out.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .any(|w| w == cidr)
+    })
+}
+
+/// IPv6 VIPs are the hosts' gateways. The MASTER holds them as /128s;
+/// when it dies, the new MASTER adds them and announces them with
+/// unsolicited neighbour advertisements, which move the client's and the
+/// server's neighbour entries to its MACs at once (NUD alone would take
+/// seconds): IPv6 connections through the pair survive like IPv4 ones.
+fn ipv6_vips_move_with_unsolicited_advertisements() -> Result<(), Failed> {
+    let lab = Lab::new();
+    lab.add_ipv6();
+    let (mut a, b) = lab.start_with(Lab::config6)?;
+    let vip_in = format!("{VIP6_IN}/128");
+    let vip_out = format!("{VIP6_OUT}/128");
+    check(
+        holds(&lab.a, "in0", &vip_in) && holds(&lab.a, "out0", &vip_out),
+        "A holds both IPv6 VIPs as /128s",
+    )?;
+    check(
+        !holds(&lab.b, "in0", &vip_in) && !holds(&lab.b, "out0", &vip_out),
+        "the STANDBY holds no IPv6 VIP",
+    )?;
+    let rows = stat(&b, &["-a", "-P", "-o", "address,state"])?;
+    check(
+        rows.contains("2001\\:db8\\:1\\:\\:1:down"),
+        format!("B's -a lists the IPv6 VIP as down, ':' escaped: {rows}"),
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server_on(&lab, SERVER6, Arc::clone(&stop));
+    let conns = hold_to(&lab, SERVER6, 20, &stop);
+    thread::sleep(Duration::from_secs(1));
+    wait("B to hold A's 20 IPv6 sessions", || {
+        count(&b).is_ok_and(|c| c >= 20)
+    })?;
+    let (a_in, a_out) = (mac(&lab.a, "in0")?, mac(&lab.a, "out0")?);
+    let (b_in, b_out) = (mac(&lab.b, "in0")?, mac(&lab.b, "out0")?);
+    check(
+        neighbour(&lab.client, VIP6_IN).as_deref() == Some(a_in.as_str())
+            && neighbour(&lab.server, VIP6_OUT).as_deref() == Some(a_out.as_str()),
+        "the hosts reach their IPv6 gateways at A's MACs",
+    )?;
+
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(a.pid(), libc::SIGKILL) };
+    let took = wait("B MASTER holding the IPv6 VIPs", || {
+        state(&b) == Some(2) && holds(&lab.b, "in0", &vip_in) && holds(&lab.b, "out0", &vip_out)
+    })?;
+    // The killed daemon left its addresses on A, whose kernel would still
+    // answer solicitations for them: only the advertisements move the
+    // hosts' entries, and within a second.
+    let moved = wait("the hosts' neighbour entries to move to B", || {
+        neighbour(&lab.client, VIP6_IN).as_deref() == Some(b_in.as_str())
+            && neighbour(&lab.server, VIP6_OUT).as_deref() == Some(b_out.as_str())
+    })?;
+    check(
+        moved < Duration::from_secs(1),
+        format!("the entries moved {moved:?} after B held the VIPs"),
+    )?;
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!(
+        "ipv6: B took over after {took:?}, entries moved {moved:?} later; longest gap {gap:?}"
+    );
+    check(
+        gap < Duration::from_secs(1),
+        format!("longest gap {gap:?} under a second"),
+    )?;
+    let rows = stat(&b, &["-a", "-P", "-o", "address,state"])?;
+    check(
+        rows.contains("2001\\:db8\\:2\\:\\:1:up"),
+        format!("B's -a lists the outside IPv6 VIP as up: {rows}"),
+    )?;
+
+    // A restarted removes the /128s the killed daemon left and joins as
+    // STANDBY.
+    let _ = a.signal_and_wait(libc::SIGKILL);
+    let a2 = Daemon::start(&lab.a, &Lab::config6("a"));
+    wait("A STANDBY", || state(&a2) == Some(3))?;
+    check(
+        !holds(&lab.a, "in0", &vip_in) && !holds(&lab.a, "out0", &vip_out),
+        "the restarted A removed the IPv6 VIPs it had left",
     )?;
     Ok(())
 }
