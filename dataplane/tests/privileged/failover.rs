@@ -45,6 +45,10 @@ pub const TESTS: &[(&str, Test)] = &[
         probe_failure_hands_over_and_the_views_show_it,
     ),
     (
+        "failover_worker_stall_hands_over_and_recovers",
+        worker_stall_hands_over_and_recovers,
+    ),
+    (
         "failover_ipv6_vips_move_with_unsolicited_advertisements",
         ipv6_vips_move_with_unsolicited_advertisements,
     ),
@@ -896,6 +900,110 @@ fn ipv6_vips_move_with_unsolicited_advertisements() -> Result<(), Failed> {
     check(
         !holds(&lab.a, "in0", &vip_in) && !holds(&lab.a, "out0", &vip_out),
         "the restarted A removed the IPv6 VIPs it had left",
+    )?;
+    Ok(())
+}
+
+/// A thread of another process held in ptrace-stop: only that thread
+/// stops (a signal would stop the whole process). Resumed on drop.
+struct Frozen(libc::pid_t);
+
+impl Frozen {
+    fn thread(pid: i32, comm: &str) -> Result<Self, Failed> {
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(Result::ok)
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .and_then(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            .ok_or_else(|| format!("no thread {comm} in {pid}"))?;
+        // SAFETY: ptrace(2) and waitpid(2) on a thread id read from /proc;
+        // the null pointers are the unused addr/data arguments.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) != 0 {
+                return Err(
+                    format!("PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error()).into(),
+                );
+            }
+            let frozen = Self(tid);
+            if libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) != 0 {
+                return Err(
+                    format!("PTRACE_INTERRUPT: {}", std::io::Error::last_os_error()).into(),
+                );
+            }
+            let mut status = 0;
+            if libc::waitpid(tid, &raw mut status, libc::__WALL) != tid {
+                return Err(format!("waitpid: {}", std::io::Error::last_os_error()).into());
+            }
+            Ok(frozen)
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: detaching the thread this value seized resumes it.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0usize, 0usize) };
+    }
+}
+
+/// A worker of the MASTER stops making progress (held in ptrace-stop, as
+/// a worker stuck in a loop or a page fault would be): after `stall_ms`
+/// the worker-stall check fails, a critical one, and A hands over; the
+/// connections it carried survive on B. Resumed, the worker counts again
+/// and A recovers to STANDBY without taking mastership back.
+fn worker_stall_hands_over_and_recovers() -> Result<(), Failed> {
+    fn config(node: &str) -> String {
+        Lab::config(node).replace("[redundancy]\n", "[redundancy]\nstall_ms = 300\n")
+    }
+    let lab = Lab::new();
+    let (a, b) = lab.start_with(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    thread::sleep(Duration::from_secs(1));
+    wait("B to hold A's 20 sessions", || {
+        count(&b).is_ok_and(|c| c >= 20)
+    })?;
+
+    let frozen = Frozen::thread(a.pid(), "tandem-w0")?;
+    let took = wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY-WARNED", || state(&a) == Some(4))?;
+    eprintln!("worker stall: B MASTER {took:?} after A's worker 0 stopped");
+    let rg = stat_json(&a, &["redundancy-group", "brief", "--json"])?;
+    check(
+        rg["health"] == "failed"
+            && rg["failed_checks"]
+                == serde_json::json!([{"check": "worker-stall", "id": 0, "name": "worker0"}]),
+        format!("A's redundancy group names the stalled worker: {rg}"),
+    )?;
+    check(
+        a.counter("ha.monitored.worker_stall.received") == 1
+            && a.counter("ha.transition.release_auto.received") == 1,
+        "A counted the stall and its release",
+    )?;
+    check(!holds_vip(&lab.a), "A released the VIPs")?;
+
+    drop(frozen);
+    wait("A STANDBY again", || state(&a) == Some(3))?;
+    let rg = stat_json(&a, &["redundancy-group", "brief", "--json"])?;
+    check(
+        rg["health"] == "passed" && rg["failed_checks"] == serde_json::json!([]),
+        format!("A healthy again: {rg}"),
+    )?;
+    check(
+        a.log_text().contains("worker progressing again"),
+        "A saw its worker recover",
+    )?;
+    thread::sleep(Duration::from_millis(500));
+    check(state(&b) == Some(2), "B stays MASTER (no preemption)")?;
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("worker stall: longest gap {gap:?}");
+    check(
+        gap < Duration::from_secs(1),
+        format!("longest gap {gap:?} under a second"),
     )?;
     Ok(())
 }
