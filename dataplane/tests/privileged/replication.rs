@@ -256,12 +256,12 @@ fn sessions_replicate_and_survive_restart_and_link_cut() -> Result<(), Failed> {
     // ...and catches up when it is restored, with nothing done by hand.
     ipw(&format!("-n {} link set sync0 up", pair.topo.node.name));
     converge(&a, &b, 130, "link restored")?;
-    let v = ha(&b)?;
-    check(
+    // The listing is live, the counters reach the segment every 100 ms:
+    // wait for them rather than read them once.
+    wait_ha(&b, "B after the link came back", |v| {
         v["cold_sync_completed_count"].as_u64() >= Some(2)
-            && v["sessions_swept"].as_u64() >= Some(50),
-        format!("B after the link came back: {v}"),
-    )?;
+            && v["sessions_swept"].as_u64() >= Some(50)
+    })?;
     echo_all(&mut conns)?;
     Ok(())
 }
