@@ -56,10 +56,18 @@ pub enum WorkerCounter {
     RejectsSent = 18,
     /// Iterations of the worker's loop (the stall detector watches it).
     Loops = 19,
+    /// Sessions handed to the XDP fast path (both directions installed).
+    OffloadsInstalled = 20,
+    /// Offloaded sessions taken back: closed, expired, or leaving MASTER.
+    OffloadsRemoved = 21,
+    /// Sessions left on the worker path because the flow map was full.
+    OffloadMapFull = 22,
+    /// ... because writing the flow map failed otherwise.
+    OffloadFailures = 23,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 24;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -81,6 +89,10 @@ impl WorkerCounter {
         Self::HandoffsReceived,
         Self::RejectsSent,
         Self::Loops,
+        Self::OffloadsInstalled,
+        Self::OffloadsRemoved,
+        Self::OffloadMapFull,
+        Self::OffloadFailures,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -105,6 +117,10 @@ impl WorkerCounter {
             Self::HandoffsReceived => "handoffs_received",
             Self::RejectsSent => "rejects_sent",
             Self::Loops => "loops",
+            Self::OffloadsInstalled => "offloads_installed",
+            Self::OffloadsRemoved => "offloads_removed",
+            Self::OffloadMapFull => "offload_map_full",
+            Self::OffloadFailures => "offload_failures",
         }
     }
 }

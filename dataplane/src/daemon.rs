@@ -54,6 +54,8 @@ use crate::{
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("the XDP flow map (session offload): {0}")]
+    FlowMap(#[source] std::io::Error),
     #[error("interface {name}: {source}")]
     Interface {
         name: String,
@@ -229,7 +231,7 @@ impl Daemon {
             }
         }
 
-        let mut loader = Loader::load()?;
+        let mut loader = Loader::load(crate::offload::capacity(cfg, workers))?;
         for (slot, (idx, q)) in ifindexes.iter().zip(&queues).enumerate() {
             loader.add_iface(*idx, slot as u32, *q)?;
         }
@@ -359,6 +361,12 @@ impl Daemon {
         let mut built = Vec::new();
         for (w, (umem, free, ports)) in bound.into_iter().enumerate() {
             let mut services = Services::new(cfg, w, workers as usize, ifindexes[0], 0)?;
+            if let Some(svc) = services.as_mut()
+                && Services::offloads(cfg)
+            {
+                let flows = loader.flows_fd().and_then(crate::offload::FlowMap::new);
+                svc.set_flow_map(flows.map_err(DaemonError::FlowMap)?);
+            }
             if let (Some(svc), Some(s)) = (services.as_mut(), cfg.sync.as_ref()) {
                 svc.attach(Arc::clone(&hub), s.grace);
             }

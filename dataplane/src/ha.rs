@@ -420,6 +420,8 @@ pub struct HaThread {
     changes: u64,
     probes: Vec<Probed>,
     fdt_ms: u32,
+    /// The XDP flow map, cleared when this node stops forwarding.
+    flows: Option<crate::offload::FlowMap>,
 }
 
 /// What the daemon hands the thread.
@@ -456,6 +458,15 @@ impl HaThread {
             .map(|(_, m)| m)
             .collect();
         let fdt = Duration::from_millis(r.failure_detection_ms.into());
+        let flows = {
+            let l = p
+                .loader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            l.flows_fd()
+                .and_then(crate::offload::FlowMap::new)
+                .map_err(crate::daemon::DaemonError::FlowMap)?
+        };
         let mut probes = Vec::new();
         for (side, name, test, targets) in probed(cfg, p.fib.fib(), &p.ifnames) {
             if test.is_none() {
@@ -526,6 +537,7 @@ impl HaThread {
             changes: 0,
             probes,
             fdt_ms: r.failure_detection_ms,
+            flows: Some(flows),
         };
         t.release();
         Ok(t)
@@ -860,6 +872,10 @@ impl HaThread {
             }
         }
         self.shared.forward.store(false, Ordering::Relaxed);
+        if let Some(f) = self.flows.as_mut() {
+            let n = f.clear();
+            tracing::info!(entries = n, "release: offloaded flows cleared");
+        }
         for m in &self.addresses {
             if let Err(e) = netlink::set_address(m.ifindex, m.address, false) {
                 tracing::error!(error = %e, "release: removing an address");

@@ -17,6 +17,7 @@ pub mod handoff;
 pub mod listing;
 pub mod loader;
 pub mod netlink;
+pub mod offload;
 pub mod replica;
 pub mod service;
 pub mod session;

@@ -6,13 +6,14 @@
 
 use std::{
     collections::BTreeSet,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
 };
 
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMap, HashMap, MapData, MapError, PerCpuArray, XskMap},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use tandem_common::{
@@ -38,6 +39,8 @@ pub enum LoaderError {
     },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
+    #[error("map TND_TX_PORTS: {0}")]
+    TxPort(String),
     #[error("attaching XDP to {iface}: {source}")]
     Attach {
         iface: String,
@@ -59,12 +62,20 @@ pub struct Loader {
     local4: HashMap<MapData, LocalV4Key, u32>,
     local6: HashMap<MapData, LocalV6Key, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// The fast path's flow map; workers write it through their own
+    /// descriptors ([`Self::flows_fd`]).
+    flows: MapData,
+    tx_ports: DevMap<MapData>,
     locals: BTreeSet<IpAddr>,
 }
 
 impl Loader {
-    pub fn load() -> Result<Self, LoaderError> {
-        let mut ebpf = Ebpf::load(PROGRAM)?;
+    /// Loads the program with room for `flows` offloaded session
+    /// directions in its flow map.
+    pub fn load(flows: u32) -> Result<Self, LoaderError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::FLOWS, flows.max(1))
+            .load(PROGRAM)?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::MissingMap(name));
         let role = Array::try_from(take(map::ROLE)?).map_err(map_err(map::ROLE))?;
@@ -74,6 +85,11 @@ impl Loader {
         let local6 = HashMap::try_from(take(map::LOCAL_V6)?).map_err(map_err(map::LOCAL_V6))?;
         let counters =
             PerCpuArray::try_from(take(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        let flows = take(map::FLOWS)?;
+        let aya::maps::Map::PerCpuHashMap(flows) = flows else {
+            return Err(LoaderError::MissingMap(map::FLOWS));
+        };
+        let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(ProgramError::NotLoaded)?
@@ -87,15 +103,34 @@ impl Loader {
             local4,
             local6,
             counters,
+            flows,
+            tx_ports,
             locals: BTreeSet::new(),
         })
     }
 
-    /// Registers interface `ifindex` as `slot` with `queues` XSK queues.
+    /// Registers interface `ifindex` as `slot` with `queues` XSK queues;
+    /// the fast path redirects to `slot` out of it.
     pub fn add_iface(&mut self, ifindex: u32, slot: u32, queues: u32) -> Result<(), LoaderError> {
         self.ifaces
             .insert(ifindex, IfaceSlot { slot, queues }, 0)
-            .map_err(map_err(map::IFACES))
+            .map_err(map_err(map::IFACES))?;
+        self.tx_ports
+            .set(slot, ifindex, None, 0)
+            .map_err(|e| match e {
+                aya::maps::xdp::XdpMapError::MapError(source) => LoaderError::Map {
+                    name: map::TX_PORTS,
+                    source,
+                },
+                other @ aya::maps::xdp::XdpMapError::ChainedProgramNotSupported => {
+                    LoaderError::TxPort(other.to_string())
+                }
+            })
+    }
+
+    /// A descriptor of the flow map of its own, for a worker.
+    pub fn flows_fd(&self) -> io::Result<OwnedFd> {
+        self.flows.fd().as_fd().try_clone_to_owned()
     }
 
     pub fn set_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), LoaderError> {
@@ -201,6 +236,31 @@ impl Loader {
         }
         opts.data_in = Some(frame);
         Ok(prog.test_run(opts)?.return_value)
+    }
+
+    /// [`Self::run_once`], also returning the frame as the program left it.
+    pub fn run_frame(
+        &self,
+        frame: &[u8],
+        ingress: (u32, u32),
+    ) -> Result<(u32, Vec<u8>), LoaderError> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        md[12..16].copy_from_slice(&ingress.0.to_ne_bytes());
+        md[16..20].copy_from_slice(&ingress.1.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.ctx_in = Some(&md);
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = prog.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// The XDP verdict counters, per counter and CPU.

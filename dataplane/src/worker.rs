@@ -24,11 +24,13 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::{
     counters::{IfaceCounter, Tally, WorkerCounter, WorkerGauge, WorkerStats},
-    fib::FibReader,
+    fib::{Fib, FibReader},
     forward::{self, Action, DropReason, Limits},
     handoff::{Handoff, Outbox},
     listing::Walk,
+    offload::Egress,
     service::{Services, Verdict},
+    session::Side,
     sys::{Poller, PuntSocket},
     wire::{self, ETH_HLEN, PROTO_TCP},
 };
@@ -295,6 +297,12 @@ impl Worker {
                             {
                                 snat.apply(buf, ETH_HLEN);
                             }
+                            if let Action::Forward { oif, .. } = a
+                                && let Some(svc) = self.services.as_mut()
+                                && let Some((s, side)) = svc.take_offer()
+                            {
+                                offer(svc, s, side, oif, buf, fib, &self.slot_ifindex, tally);
+                            }
                             a
                         }
                         Verdict::Handoff(to) => {
@@ -464,6 +472,46 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Offloads the session in `slot` that the packet from `side`, just routed
+/// out of `oif` in `frame`, found established: its direction leaves as
+/// this packet does, the other by the route back to this packet's sender.
+/// An unresolved route back waits for a later packet.
+#[expect(clippy::too_many_arguments, reason = "the worker's state, passed flat")]
+fn offer(
+    svc: &mut Services,
+    slot: u32,
+    side: Side,
+    oif: u32,
+    frame: &[u8],
+    fib: &Fib,
+    slots: &[u32],
+    tally: &mut Tally,
+) {
+    let egress = |oif: u32, dst_mac: [u8; 6], src_mac: [u8; 6]| {
+        Some(Egress {
+            slot: slots.iter().position(|i| *i == oif)? as u32,
+            dst_mac,
+            src_mac,
+            mtu: u16::try_from(fib.link(oif)?.mtu).unwrap_or(u16::MAX),
+        })
+    };
+    let mac = |at: usize| -> [u8; 6] { frame[at..at + 6].try_into().expect("6 bytes") };
+    let Some(this) = egress(oif, mac(0), mac(6)) else {
+        return;
+    };
+    let s = svc.session(slot);
+    let back = match side {
+        Side::Initiator => s.key.src_v4(),
+        Side::Responder => s.key.dst_v4(),
+    };
+    let Some(hop) = back.and_then(|a| fib.lookup4(Ipv4Addr::from(a)).ok()) else {
+        return;
+    };
+    if let Some(other) = egress(hop.oif, hop.dst_mac, hop.src_mac) {
+        svc.offload(slot, side, this, other, tally);
     }
 }
 

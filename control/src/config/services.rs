@@ -242,6 +242,13 @@ pub struct ServiceSet {
     #[serde(default)]
     pub firewall: Firewall,
     pub nat: Option<Nat>,
+    /// Established sessions (TCP after the handshake, UDP after the first
+    /// reply) are forwarded by the XDP program itself (IPv4 TCP/UDP). Off
+    /// by default for now: on veth, frames redirected into a device whose
+    /// peer has neither GRO nor an XDP program are dropped without a
+    /// counter, and the lab's and tests' topologies do not yet set GRO.
+    #[serde(default)]
+    pub offload: bool,
 }
 
 /// Idle timeouts in seconds.

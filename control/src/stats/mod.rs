@@ -90,6 +90,18 @@ pub fn help(family: &str) -> Option<&'static str> {
             "Packets handed to the kernel to resolve their next hop's neighbour."
         }
         "tandem_worker_punt_errors_total" => "Punts the kernel refused.",
+        "tandem_worker_offloads_installed_total" => {
+            "Sessions a worker handed to the XDP fast path (both directions)."
+        }
+        "tandem_worker_offloads_removed_total" => {
+            "Offloaded sessions a worker took back: closed, expired or no longer forwarded."
+        }
+        "tandem_worker_offload_map_full_total" => {
+            "Sessions kept on the worker path because the XDP flow map was full."
+        }
+        "tandem_worker_offload_failures_total" => {
+            "Sessions kept on the worker path because writing the XDP flow map failed."
+        }
         "tandem_worker_loops_total" => {
             "Iterations of a worker's loop; the stall detector watches it."
         }

@@ -20,6 +20,7 @@ use tandem_control::config::{self, Prefix, RuleAction};
 use crate::{
     counters::{Tally, WorkerCounter},
     forward::DropReason,
+    offload::{self, Egress, FlowMap, WriteError},
     replica::{self as sync, ToSync},
     session::{
         FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped, table::Aged,
@@ -62,6 +63,7 @@ struct Set {
     prefixes: Vec<Prefix>,
     policy: Policy,
     nat: Option<PortPool>,
+    offload: bool,
 }
 
 /// One worker's services: its session shard and its share of every pool.
@@ -75,6 +77,12 @@ pub struct Services {
     next_id: u64,
     /// Replication, when `[sync]` is configured.
     replica: Option<replica::Replica>,
+    /// The XDP flow map, when sessions may be offloaded.
+    flows: Option<FlowMap>,
+    /// A session the last packet found ready for offload: (slot, the
+    /// side that packet came from). The worker installs it once it has
+    /// routed the packet.
+    offer: Option<(u32, Side)>,
 }
 
 /// Why a worker's services could not be built.
@@ -115,6 +123,7 @@ impl Services {
                 prefixes: s.inside_prefixes.clone(),
                 policy: Policy::new(&s.firewall),
                 nat,
+                offload: s.offload,
             });
         }
         Ok(Some(Self {
@@ -126,7 +135,92 @@ impl Services {
             table: Table::new(cfg.sessions.per_worker as usize, cfg.sessions.timeouts, now),
             next_id: 0,
             replica: None,
+            flows: None,
+            offer: None,
         }))
+    }
+
+    /// Lets this worker offload established sessions of the service sets
+    /// that allow it into `flows`.
+    pub fn set_flow_map(&mut self, flows: FlowMap) {
+        self.flows = Some(flows);
+    }
+
+    /// Whether any service set offloads.
+    pub fn offloads(cfg: &config::Config) -> bool {
+        cfg.service_sets.iter().any(|s| s.offload)
+    }
+
+    /// The session the last packet made ready for offload, if any.
+    pub fn take_offer(&mut self) -> Option<(u32, Side)> {
+        self.offer.take()
+    }
+
+    /// The session in `slot`.
+    pub fn session(&self, slot: u32) -> &Session {
+        self.table.get(slot)
+    }
+
+    /// Installs both directions of the session in `slot`: the packet from
+    /// `side` leaves by `this`, the other direction's by `other`. A map
+    /// that is full or refuses leaves the session on the worker path for
+    /// good, counted.
+    pub fn offload(
+        &mut self,
+        slot: u32,
+        side: Side,
+        this: Egress,
+        other: Egress,
+        tally: &mut Tally,
+    ) {
+        let Some(flows) = self.flows.as_mut() else {
+            return;
+        };
+        let s = self.table.get_mut(slot);
+        let Some(dirs) = offload::directions(s) else {
+            s.refuse_offload();
+            return;
+        };
+        let (init_out, reply_out) = match side {
+            Side::Initiator => (this, other),
+            Side::Responder => (other, this),
+        };
+        let [(ik, inat), (rk, rnat)] = dirs;
+        let r = flows
+            .insert(&ik, &offload::entry(&ik, init_out, inat))
+            .and_then(|()| {
+                flows
+                    .insert(&rk, &offload::entry(&rk, reply_out, rnat))
+                    .inspect_err(|_| {
+                        flows.remove(&ik);
+                    })
+            });
+        match r {
+            Ok(()) => {
+                s.set_offloaded(true);
+                tally.add(WorkerCounter::OffloadsInstalled, 1);
+            }
+            Err(e) => {
+                s.refuse_offload();
+                tally.add(
+                    if e == WriteError::Full {
+                        WorkerCounter::OffloadMapFull
+                    } else {
+                        WorkerCounter::OffloadFailures
+                    },
+                    1,
+                );
+            }
+        }
+    }
+
+    /// Takes the session in `slot` back from the fast path, adding what
+    /// the program forwarded to its counters.
+    fn unoffload(&mut self, slot: u32, tally: &mut Tally) {
+        let s = self.table.get_mut(slot);
+        if take_back(self.flows.as_mut(), s) {
+            tally.add(WorkerCounter::OffloadsRemoved, 1);
+        }
     }
 
     /// Service set names, by index.
@@ -166,6 +260,7 @@ impl Services {
         now: u32,
         tally: &mut Tally,
     ) -> Verdict {
+        self.offer = None;
         let l4 = match wire::parse_l4(frame, ip) {
             Ok(l4) => l4,
             Err(e) => return Verdict::Drop(e.into()),
@@ -188,7 +283,7 @@ impl Services {
         }
         let len = ip.datagram_len();
         if let Some((slot, side)) = self.table.lookup(&key) {
-            return self.existing(frame, ip, &l4, slot, side, len, now);
+            return self.existing(frame, ip, &l4, slot, side, len, now, tally);
         }
         self.first_packet(&l4, key, origin, len, now, tally)
     }
@@ -206,6 +301,7 @@ impl Services {
         side: Side,
         len: usize,
         now: u32,
+        tally: &mut Tally,
     ) -> Verdict {
         let s = self.table.get_mut(slot);
         match s.action() {
@@ -223,6 +319,24 @@ impl Services {
                 replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
                     ToSync::Refresh(sync::refresh_record(s, now))
                 });
+            }
+        }
+        if self.flows.is_some() {
+            let s = self.table.get(slot);
+            let established = match s.tcp_state() {
+                Some(t) => t == TcpState::Established,
+                None => s.packets[Side::Responder as usize] > 0,
+            };
+            if s.is_offloaded() {
+                // A FIN or RST the program left to us: the fast path ends.
+                if !established {
+                    self.unoffload(slot, tally);
+                }
+            } else if established
+                && !s.offload_refused()
+                && self.sets[usize::from(s.service_set)].offload
+            {
+                self.offer = Some((slot, side));
             }
         }
         let s = self.table.get(slot);
@@ -378,9 +492,34 @@ impl Services {
         let mut n = 0;
         let sets = &mut self.sets;
         let (rep, worker) = (self.replica.as_ref(), self.worker);
-        self.table.advance(now, |aged, s| match aged {
+        // Read by both closures below, one at a time.
+        let flows = std::cell::RefCell::new(self.flows.as_mut());
+        let taken = std::cell::Cell::new(0u64);
+        let now_ns = offload::monotonic_ns();
+        let refresh = |s: &mut Session| {
+            if s.is_offloaded()
+                && let Some(f) = flows.borrow_mut().as_deref_mut()
+            {
+                let last = offload::directions(s).map_or(0, |d| {
+                    d.iter()
+                        .filter_map(|(k, _)| f.read(k))
+                        .map(|x| x.last_seen_ns)
+                        .max()
+                        .unwrap_or(0)
+                });
+                if last > 0 {
+                    let idle = u32::try_from(now_ns.saturating_sub(last) / 1_000_000_000)
+                        .unwrap_or(u32::MAX);
+                    s.last_seen = s.last_seen.max(now.saturating_sub(idle));
+                }
+            }
+        };
+        self.table.advance_with(now, refresh, |aged, s| match aged {
             Aged::Expired => {
                 n += 1;
+                if take_back(flows.borrow_mut().as_deref_mut(), &mut s.clone()) {
+                    taken.set(taken.get() + 1);
+                }
                 release(sets, s);
                 replica::emit(rep, worker, s.key.proto, || {
                     ToSync::Delete(sync::delete_record(s))
@@ -393,8 +532,27 @@ impl Services {
             }
         });
         tally.add(WorkerCounter::SessionsDeleted, n as u64);
+        tally.add(WorkerCounter::OffloadsRemoved, taken.get());
         n
     }
+}
+
+/// Removes both directions of `s` from `flows` if it is offloaded,
+/// folding what the program forwarded into its counters; whether it was.
+fn take_back(flows: Option<&mut FlowMap>, s: &mut Session) -> bool {
+    if !s.is_offloaded() {
+        return false;
+    }
+    s.set_offloaded(false);
+    if let (Some(flows), Some(dirs)) = (flows, offload::directions(s)) {
+        for (i, (k, _)) in dirs.iter().enumerate() {
+            if let Some(f) = flows.remove(k) {
+                s.packets[i] += f.packets;
+                s.bytes[i] += f.bytes;
+            }
+        }
+    }
+    true
 }
 
 /// Returns the NAT binding of `s`, if any, to its set's pool.

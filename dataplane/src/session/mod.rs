@@ -43,6 +43,10 @@ mod flag {
     pub const OUTSIDE: u8 = 4;
     /// Installed from the peer's replication, not created here.
     pub const SYNCED: u8 = 8;
+    /// Both directions are in the XDP flow map (the fast path).
+    pub const OFFLOADED: u8 = 16;
+    /// Offloading failed (map full or refused): not tried again.
+    pub const NO_OFFLOAD: u8 = 32;
 }
 
 /// One session: 104 bytes (checked by `size_is_stated` below).
@@ -103,6 +107,26 @@ impl Session {
     pub fn set_synced(&mut self, generation: u8) {
         self.flags |= flag::SYNCED;
         self.generation = generation;
+    }
+
+    pub fn is_offloaded(&self) -> bool {
+        self.flags & flag::OFFLOADED != 0
+    }
+
+    pub fn set_offloaded(&mut self, on: bool) {
+        if on {
+            self.flags |= flag::OFFLOADED;
+        } else {
+            self.flags &= !flag::OFFLOADED;
+        }
+    }
+
+    pub fn offload_refused(&self) -> bool {
+        self.flags & flag::NO_OFFLOAD != 0
+    }
+
+    pub fn refuse_offload(&mut self) {
+        self.flags |= flag::NO_OFFLOAD;
     }
 
     pub fn origin(&self) -> Origin {

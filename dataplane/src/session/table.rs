@@ -228,7 +228,19 @@ impl Table {
     /// deadline passed and handing each to `aged` as [`Aged::Expired`].
     /// Sessions whose deadline moved since they were scheduled are
     /// rescheduled and handed over as [`Aged::Extended`].
-    pub fn advance(&mut self, now: u32, mut aged: impl FnMut(Aged, &Session)) {
+    pub fn advance(&mut self, now: u32, aged: impl FnMut(Aged, &Session)) {
+        self.advance_with(now, |_| {}, aged);
+    }
+
+    /// [`Self::advance`], first handing each session whose deadline passed
+    /// to `refresh`, which may move its `last_seen` (an offloaded
+    /// session's packets do not pass the worker).
+    pub fn advance_with(
+        &mut self,
+        now: u32,
+        mut refresh: impl FnMut(&mut Session),
+        mut aged: impl FnMut(Aged, &Session),
+    ) {
         if now <= self.tick {
             return;
         }
@@ -239,6 +251,9 @@ impl Table {
             while cur != NIL {
                 let next = self.links[cur as usize].1;
                 self.links[cur as usize] = (NIL, NIL);
+                if self.deadline(cur) <= now {
+                    refresh(&mut self.slots[cur as usize]);
+                }
                 if self.deadline(cur) <= now {
                     // Linked nowhere now, so remove() unlinks nothing.
                     let s = self.remove(cur);

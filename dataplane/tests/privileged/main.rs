@@ -10,6 +10,7 @@ mod forwarding;
 mod frame;
 mod lifecycle;
 mod netns;
+mod offload;
 mod replication;
 mod sessions;
 mod traffic;
@@ -66,6 +67,7 @@ fn main() {
         failover::TESTS,
         forwarding::TESTS,
         lifecycle::TESTS,
+        offload::TESTS,
         replication::TESTS,
         sessions::TESTS,
         sessions::MORE,

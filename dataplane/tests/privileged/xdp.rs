@@ -2,9 +2,14 @@
 //! `BPF_PROG_RUN`: every verdict, including the defensive ones that a running
 //! daemon never produces, returns its action and moves exactly its counter.
 
+use etherparse::PacketBuilder;
 use libtest_mimic::Failed;
-use tandem_common::XdpCounter;
-use tandem_dataplane::loader::Loader;
+use tandem_common::{FlowV4Key, XdpCounter};
+use tandem_dataplane::{
+    loader::Loader,
+    offload::{self, Egress, FlowMap, Nat},
+    wire::{self, Rewrite},
+};
 
 use crate::{Test, check, frame, netns::Topo};
 
@@ -45,7 +50,7 @@ fn every_xdp_verdict_under_prog_run() -> Result<(), Failed> {
     let mac = topo.node.mac("in0");
     let peer = topo.client.mac("c0");
     topo.node.enter(move || -> Result<(), Failed> {
-        let mut l = Loader::load()?;
+        let mut l = Loader::load(64)?;
         l.add_iface(in0, 0, 1)?;
         l.sync_local_addresses(&["198.18.1.1".parse()?].into_iter().collect())?;
         let on_in0 = Some((in0, 0));
@@ -136,7 +141,182 @@ fn every_xdp_verdict_under_prog_run() -> Result<(), Failed> {
     })
 }
 
-pub const TESTS: &[(&str, Test)] = &[(
-    "every_xdp_verdict_under_prog_run",
-    every_xdp_verdict_under_prog_run,
-)];
+const XDP_REDIRECT: u32 = 4;
+
+/// The worker's rewrite of the same packet: TTL, MACs, then NAT.
+fn worker_path(frame: &mut [u8], out: Egress, nat: Nat) {
+    wire::decrement_ttl_v4(frame, 14);
+    frame[..6].copy_from_slice(&out.dst_mac);
+    frame[6..12].copy_from_slice(&out.src_mac);
+    let ip = wire::parse(frame).expect("parse");
+    let l4 = wire::parse_l4(frame, &ip).expect("l4");
+    match nat {
+        Nat::None => {}
+        Nat::Source(a, p) => wire::rewrite_v4(frame, 14, &l4, Rewrite::Source, a, p),
+        Nat::Destination(a, p) => wire::rewrite_v4(frame, 14, &l4, Rewrite::Destination, a, p),
+    }
+}
+
+fn build(tcp_flags: Option<u8>, ttl: u8, payload: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
+        [198, 18, 1, 10],
+        [198, 18, 2, 10],
+        ttl,
+    );
+    let body = vec![0x5a; payload];
+    let mut out = Vec::new();
+    match tcp_flags {
+        Some(flags) => {
+            let mut t = b.tcp(40000, 7, 1, 1000);
+            if flags & 0x10 != 0 {
+                t = t.ack(5);
+            }
+            if flags & 0x02 != 0 {
+                t = t.syn();
+            }
+            if flags & 0x01 != 0 {
+                t = t.fin();
+            }
+            t.write(&mut out, &body).expect("tcp");
+        }
+        None => b.udp(40000, 7).write(&mut out, &body).expect("udp"),
+    }
+    out
+}
+
+/// The fast path under BPF_PROG_RUN: a flow map hit is rewritten byte for
+/// byte as the worker rewrites the same packet (MACs, TTL, NAT and both
+/// checksums) and redirected, counted in the entry and in
+/// `fast_forwarded`; a TCP SYN or FIN, a TTL of 1 and a datagram over the
+/// egress MTU are left untouched for the worker, each under its counter.
+fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let (in0, out0) = (topo.node.ifindex("in0"), topo.node.ifindex("out0"));
+    topo.node.enter(move || -> Result<(), Failed> {
+        let mut l = Loader::load(64)?;
+        l.add_iface(in0, 0, 1)?;
+        l.add_iface(out0, 1, 1)?;
+        l.set_forward(true)?;
+        let mut flows = FlowMap::new(l.flows_fd()?)?;
+        let out = Egress {
+            slot: 1,
+            dst_mac: [2, 0, 0, 0, 0, 0xb],
+            src_mac: [2, 0, 0, 0, 0, 0xa],
+            mtu: 1500,
+        };
+        let key = |proto| FlowV4Key {
+            src: [198, 18, 1, 10],
+            dst: [198, 18, 2, 10],
+            sport: 40000u16.to_be_bytes(),
+            dport: 7u16.to_be_bytes(),
+            proto,
+            pad: [0; 3],
+        };
+        let cases = [
+            (None, Nat::Source([198, 18, 2, 100], 20001)),
+            (Some(0x10), Nat::Source([198, 18, 2, 100], 20001)),
+            (None, Nat::Destination([198, 18, 2, 99], 9)),
+            (Some(0x18), Nat::None),
+        ];
+        for (tcp, nat) in cases {
+            let k = key(if tcp.is_some() { 6 } else { 17 });
+            flows
+                .insert(&k, &offload::entry(&k, out, nat))
+                .map_err(|e| format!("insert: {e:?}"))?;
+            let frame = build(tcp, 64, 100);
+            let before = totals(&l);
+            let (action, got) = l.run_frame(&frame, (in0, 0))?;
+            let after = totals(&l);
+            let mut want = frame.clone();
+            worker_path(&mut want, out, nat);
+            let what = format!("{tcp:?} {nat:?}");
+            check(action == XDP_REDIRECT, format!("{what}: action {action}"))?;
+            check(
+                got == want,
+                format!("{what}: fast path differs from the worker"),
+            )?;
+            let fwd = XdpCounter::FastForwarded as usize;
+            check(
+                after[fwd] - before[fwd] == 1,
+                format!("{what}: fast_forwarded"),
+            )?;
+            let f = flows.read(&k).ok_or("entry gone")?;
+            check(
+                f.packets == 1 && f.bytes == (frame.len() - 14) as u64 && f.last_seen_ns > 0,
+                format!("{what}: entry counted {f:?}"),
+            )?;
+            flows.remove(&k);
+        }
+
+        // Left to the worker, untouched: no XSK is bound here, so they end
+        // as drop_no_socket after their punt counter.
+        let k = key(6);
+        flows
+            .insert(
+                &k,
+                &offload::entry(&k, Egress { mtu: 200, ..out }, Nat::None),
+            )
+            .map_err(|e| format!("insert: {e:?}"))?;
+        for (what, frame, counter) in [
+            ("SYN", build(Some(0x02), 64, 10), XdpCounter::FastPuntFlags),
+            ("FIN", build(Some(0x11), 64, 10), XdpCounter::FastPuntFlags),
+            ("TTL 1", build(Some(0x10), 1, 10), XdpCounter::FastPuntTtl),
+            (
+                "over the MTU",
+                build(Some(0x10), 64, 400),
+                XdpCounter::FastPuntTooBig,
+            ),
+        ] {
+            let before = totals(&l);
+            let (action, got) = l.run_frame(&frame, (in0, 0))?;
+            let after = totals(&l);
+            check(
+                action == XDP_DROP && got == frame,
+                format!("{what}: action {action}"),
+            )?;
+            for c in [counter, XdpCounter::DropNoSocket] {
+                check(
+                    after[c as usize] - before[c as usize] == 1,
+                    format!("{what}: {} did not move", c.name()),
+                )?;
+            }
+        }
+        check(
+            flows.read(&k).is_some_and(|f| f.packets == 0),
+            "punts are not counted as forwarded",
+        )?;
+        // A redirect to a slot with no device is not attempted.
+        let mut bad = k;
+        bad.sport = 40001u16.to_be_bytes();
+        flows
+            .insert(
+                &bad,
+                &offload::entry(&bad, Egress { slot: 5, ..out }, Nat::None),
+            )
+            .map_err(|e| format!("insert: {e:?}"))?;
+        let mut frame = build(Some(0x10), 64, 10);
+        // Source port 40001, TCP checksum left stale: the program never
+        // reads it.
+        frame[34..36].copy_from_slice(&40001u16.to_be_bytes());
+        let before = totals(&l);
+        let (_, got) = l.run_frame(&frame, (in0, 0))?;
+        let after = totals(&l);
+        let c = XdpCounter::FastRedirectFailed as usize;
+        check(
+            after[c] - before[c] == 1 && got == frame,
+            "no device at the slot",
+        )?;
+        Ok(())
+    })
+}
+
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "every_xdp_verdict_under_prog_run",
+        every_xdp_verdict_under_prog_run,
+    ),
+    (
+        "offloaded_flow_rewrites_like_the_worker_under_prog_run",
+        offloaded_flow_rewrites_like_the_worker_under_prog_run,
+    ),
+];

@@ -20,6 +20,12 @@ pub mod map {
     pub const LOCAL_V4: &str = "TND_LOCAL_V4";
     /// `HashMap<LocalV6Key, u32>`: IPv6 addresses that belong to the node.
     pub const LOCAL_V6: &str = "TND_LOCAL_V6";
+    /// `PerCpuHashMap<FlowV4Key, FlowEntry>`: offloaded session directions,
+    /// which the program forwards itself (the fast path). Per CPU, so the
+    /// counters need no atomics (the BPF target has no atomic add in Rust).
+    pub const FLOWS: &str = "TND_FLOWS";
+    /// `DevMap` indexed by interface slot: where the fast path redirects.
+    pub const TX_PORTS: &str = "TND_TX_PORTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -31,6 +37,9 @@ pub const MAX_IFACES: u32 = 8;
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of each local-address map.
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// Capacity of the flow map as compiled; the loader sizes it from the
+/// configuration (two entries per session of capacity).
+pub const DEFAULT_FLOWS: u32 = 65_536;
 
 /// Index into the XSK map for an interface slot and rx queue.
 #[inline]
@@ -61,11 +70,22 @@ pub enum XdpCounter {
     PassUnknownIface = 7,
     /// Total frames seen.
     RxFrames = 8,
+    /// Frames of offloaded sessions forwarded by the program itself.
+    FastForwarded = 9,
+    /// Frames of offloaded sessions left to the worker: TCP SYN, FIN or
+    /// RST (they change the session's state).
+    FastPuntFlags = 10,
+    /// ... TTL at or below 1 (the worker sends time exceeded).
+    FastPuntTtl = 11,
+    /// ... larger than the egress takes (the worker sends the ICMP error).
+    FastPuntTooBig = 12,
+    /// ... the devmap redirect failed (interface gone): the worker routes it.
+    FastRedirectFailed = 13,
 }
 
 impl XdpCounter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 14;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -78,6 +98,11 @@ impl XdpCounter {
         Self::DropParseError,
         Self::PassUnknownIface,
         Self::RxFrames,
+        Self::FastForwarded,
+        Self::FastPuntFlags,
+        Self::FastPuntTtl,
+        Self::FastPuntTooBig,
+        Self::FastRedirectFailed,
     ];
 
     /// Counter name as shown by the readout tools (snake_case).
@@ -93,6 +118,11 @@ impl XdpCounter {
             Self::DropParseError => "drop_parse_error",
             Self::PassUnknownIface => "pass_unknown_iface",
             Self::RxFrames => "rx_frames",
+            Self::FastForwarded => "fast_forwarded",
+            Self::FastPuntFlags => "fast_punt_flags",
+            Self::FastPuntTtl => "fast_punt_ttl",
+            Self::FastPuntTooBig => "fast_punt_too_big",
+            Self::FastRedirectFailed => "fast_redirect_failed",
         }
     }
 }
@@ -131,6 +161,60 @@ pub struct LocalV6Key {
     pub addr: [u8; 16],
 }
 
+/// Key of the flow map: one direction of an offloaded session, as its
+/// packets arrive (before any translation). Wire byte order throughout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowV4Key {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// `FlowEntry::nat`: no translation.
+pub const FLOW_NAT_NONE: u8 = 0;
+/// `FlowEntry::nat`: rewrite the source address and port.
+pub const FLOW_NAT_SOURCE: u8 = 1;
+/// `FlowEntry::nat`: rewrite the destination address and port.
+pub const FLOW_NAT_DESTINATION: u8 = 2;
+
+/// Value of the flow map: how the program forwards one direction, and
+/// what it has forwarded. The owner worker writes the same entry for every
+/// CPU once; the program adds to its CPU's counters and stamps its
+/// `last_seen_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Frames and bytes (IP datagram) this CPU forwarded since the entry
+    /// was installed.
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last one; 0: none yet.
+    pub last_seen_ns: u64,
+    /// The new Ethernet header.
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The egress interface's slot (its `TX_PORTS` index).
+    pub tx_slot: u32,
+    /// Longest IP datagram the egress takes.
+    pub mtu: u16,
+    /// `FLOW_NAT_*`.
+    pub nat: u8,
+    pub pad: u8,
+    /// The translated address and port (wire order), for `nat`.
+    pub nat_addr: [u8; 4],
+    pub nat_port: [u8; 2],
+    /// RFC 1624 deltas, folded one's-complement sums of `~old + new` over
+    /// the 16-bit words that change: the IPv4 header's (address, and TTL
+    /// minus one) and the transport checksum's (address and port).
+    pub ip_delta: u16,
+    pub l4_delta: u16,
+    pub pad2: [u8; 2],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: repr(C), only integer fields, no padding.
@@ -141,6 +225,11 @@ mod user {
     unsafe impl aya::Pod for super::LocalV4Key {}
     // SAFETY: repr(C), a byte array, no padding.
     unsafe impl aya::Pod for super::LocalV6Key {}
+    // SAFETY: repr(C), byte arrays and explicit padding fields.
+    unsafe impl aya::Pod for super::FlowV4Key {}
+    // SAFETY: repr(C), integers and byte arrays with explicit padding
+    // fields; its size is a multiple of its alignment (checked in tests).
+    unsafe impl aya::Pod for super::FlowEntry {}
 }
 
 #[cfg(test)]
@@ -152,6 +241,12 @@ mod tests {
         for (i, c) in XdpCounter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    #[test]
+    fn flow_types_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<FlowV4Key>(), 16);
+        assert_eq!(core::mem::size_of::<FlowEntry>(), 56);
     }
 
     #[test]

@@ -17,13 +17,15 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray, XskMap},
+    maps::{Array, DevMap, HashMap, PerCpuArray, PerCpuHashMap, XskMap},
     programs::XdpContext,
 };
 use tandem_common::{
-    IfaceSlot, LocalV4Key, LocalV6Key, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole,
-    XdpCounter, xsk_index,
+    DEFAULT_FLOWS, FLOW_NAT_DESTINATION, FLOW_NAT_SOURCE, FlowEntry, FlowV4Key, IfaceSlot,
+    LocalV4Key, LocalV6Key, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter,
+    xsk_index,
 };
 
 #[map(name = "TND_COUNTERS")]
@@ -38,6 +40,11 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
 static LOCAL_V4: HashMap<LocalV4Key, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 #[map(name = "TND_LOCAL_V6")]
 static LOCAL_V6: HashMap<LocalV6Key, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+#[map(name = "TND_FLOWS")]
+static FLOWS: PerCpuHashMap<FlowV4Key, FlowEntry> =
+    PerCpuHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map(name = "TND_TX_PORTS")]
+static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -48,6 +55,9 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 
 /// What to do with a frame, and which counter says so.
 struct Verdict {
@@ -131,6 +141,13 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if !forward {
         return Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNotMaster));
     }
+    if ethertype == ETH_P_IP && l3 == ETH_HLEN {
+        match fast_path(ctx) {
+            Fast::Miss => {}
+            Fast::Punt(c) => count(c),
+            Fast::Done(v) => return Ok(v),
+        }
+    }
     let queue = ctx.rx_queue_index();
     if queue >= iface.queues || queue >= MAX_QUEUES || iface.slot >= MAX_IFACES {
         return Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNoSocket));
@@ -212,6 +229,201 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
         return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassControl)));
     }
     Ok(None)
+}
+
+/// What the fast path did with a frame.
+enum Fast {
+    /// Not an offloaded session's: the worker's.
+    Miss,
+    /// An offloaded session's, but the worker must see it (counter says
+    /// why); the frame is untouched.
+    Punt(XdpCounter),
+    /// Rewritten and redirected (or dropped if the redirect failed).
+    Done(Verdict),
+}
+
+/// The fast path for offloaded sessions: untagged IPv4 without options or
+/// fragmentation, TCP or UDP. A flow map hit is rewritten as the worker
+/// would (MACs, TTL, NAT with incremental checksums) and redirected out of
+/// its egress; packets that change the session's state, and those the
+/// worker must answer with an ICMP error, are left to the worker.
+#[inline(always)]
+fn fast_path(ctx: &XdpContext) -> Fast {
+    const L3: usize = ETH_HLEN;
+    const L4: usize = ETH_HLEN + 20;
+    let Ok(hp) = ptr_at::<[u8; 20]>(ctx, L3) else {
+        return Fast::Miss;
+    };
+    // SAFETY: ptr_at checked that the 20 bytes lie in the frame.
+    let h = unsafe { core::ptr::read_unaligned(hp) };
+    // Options, or a fragment (MF or an offset): the worker's.
+    if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 {
+        return Fast::Miss;
+    }
+    let proto = h[9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Fast::Miss;
+    }
+    // The whole TCP header (or UDP's 8 bytes) is there: ipv4() checked.
+    let Ok(tp) = ptr_at::<[u8; 20]>(ctx, L4) else {
+        if proto == IPPROTO_TCP {
+            return Fast::Miss;
+        }
+        return udp_short(ctx, &h);
+    };
+    // SAFETY: as above, 20 bytes at L4 are in the frame.
+    let t = unsafe { core::ptr::read_unaligned(tp) };
+    let key = FlowV4Key {
+        src: [h[12], h[13], h[14], h[15]],
+        dst: [h[16], h[17], h[18], h[19]],
+        sport: [t[0], t[1]],
+        dport: [t[2], t[3]],
+        proto,
+        pad: [0; 3],
+    };
+    let Some(e) = FLOWS.get_ptr_mut(&key) else {
+        return Fast::Miss;
+    };
+    forward_flow(ctx, e, &h, proto, t[13])
+}
+
+/// A UDP datagram too short for the 20-byte read: its 8-byte header is
+/// still enough to find its flow.
+#[inline(always)]
+fn udp_short(ctx: &XdpContext, h: &[u8; 20]) -> Fast {
+    const L4: usize = ETH_HLEN + 20;
+    let Ok(up) = ptr_at::<[u8; 8]>(ctx, L4) else {
+        return Fast::Miss;
+    };
+    // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
+    let u = unsafe { core::ptr::read_unaligned(up) };
+    let key = FlowV4Key {
+        src: [h[12], h[13], h[14], h[15]],
+        dst: [h[16], h[17], h[18], h[19]],
+        sport: [u[0], u[1]],
+        dport: [u[2], u[3]],
+        proto: IPPROTO_UDP,
+        pad: [0; 3],
+    };
+    let Some(e) = FLOWS.get_ptr_mut(&key) else {
+        return Fast::Miss;
+    };
+    forward_flow(ctx, e, h, IPPROTO_UDP, 0)
+}
+
+#[inline(always)]
+fn forward_flow(
+    ctx: &XdpContext,
+    e: *mut FlowEntry,
+    h: &[u8; 20],
+    proto: u8,
+    tcp_flags: u8,
+) -> Fast {
+    const L3: usize = ETH_HLEN;
+    const L4: usize = ETH_HLEN + 20;
+    if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return Fast::Punt(XdpCounter::FastPuntFlags);
+    }
+    if h[8] <= 1 {
+        return Fast::Punt(XdpCounter::FastPuntTtl);
+    }
+    // SAFETY: this CPU's copy of a flow map value; the worker writes it
+    // whole, the program only adds to its counters.
+    let f = unsafe { core::ptr::read(e) };
+    let len = u16::from_be_bytes([h[2], h[3]]);
+    if len > f.mtu {
+        return Fast::Punt(XdpCounter::FastPuntTooBig);
+    }
+    if TX_PORTS.get(f.tx_slot).is_none() {
+        return Fast::Punt(XdpCounter::FastRedirectFailed);
+    }
+    // Translation first, at constant offsets (the verifier follows those,
+    // not a pointer LLVM selects between two).
+    let translated = match f.nat {
+        FLOW_NAT_SOURCE => translate::<{ L3 + 12 }, L4>(ctx, &f, proto),
+        FLOW_NAT_DESTINATION => translate::<{ L3 + 16 }, { L4 + 2 }>(ctx, &f, proto),
+        _ => true,
+    };
+    if !translated {
+        return Fast::Miss;
+    }
+    let (Ok(eth), Ok(ttl), Ok(ip_csum)) = (
+        ptr_at::<[u8; 12]>(ctx, 0),
+        ptr_at::<u8>(ctx, L3 + 8),
+        ptr_at::<[u8; 2]>(ctx, L3 + 10),
+    ) else {
+        return Fast::Miss;
+    };
+    // SAFETY: as above.
+    unsafe {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&f.dst_mac);
+        macs[6..].copy_from_slice(&f.src_mac);
+        core::ptr::write_unaligned(eth.cast_mut(), macs);
+        *ttl.cast_mut() = h[8] - 1;
+        let old = u16::from_be_bytes(core::ptr::read_unaligned(ip_csum));
+        core::ptr::write_unaligned(
+            ip_csum.cast_mut(),
+            csum_apply(old, f.ip_delta).to_be_bytes(),
+        );
+        // This CPU's copy of the entry: no other writer.
+        (*e).packets += 1;
+        (*e).bytes += u64::from(len);
+        (*e).last_seen_ns = bpf_ktime_get_ns();
+    }
+    match TX_PORTS.redirect(f.tx_slot, 0) {
+        Ok(action) => Fast::Done(verdict(action, XdpCounter::FastForwarded)),
+        Err(_) => Fast::Done(verdict(
+            xdp_action::XDP_DROP,
+            XdpCounter::FastRedirectFailed,
+        )),
+    }
+}
+
+/// Writes the translated address at `ADDR` and port at `PORT` and patches
+/// the transport checksum; false if the frame is too short.
+#[inline(always)]
+fn translate<const ADDR: usize, const PORT: usize>(
+    ctx: &XdpContext,
+    f: &FlowEntry,
+    proto: u8,
+) -> bool {
+    let (Ok(addr), Ok(port)) = (ptr_at::<[u8; 4]>(ctx, ADDR), ptr_at::<[u8; 2]>(ctx, PORT)) else {
+        return false;
+    };
+    let csum = if proto == IPPROTO_TCP {
+        ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 16)
+    } else {
+        ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 6)
+    };
+    let Ok(csum) = csum else {
+        return false;
+    };
+    // SAFETY: bounds-checked by ptr_at; XDP frames are writable; unaligned
+    // accesses.
+    unsafe {
+        core::ptr::write_unaligned(addr.cast_mut(), f.nat_addr);
+        core::ptr::write_unaligned(port.cast_mut(), f.nat_port);
+        let old = u16::from_be_bytes(core::ptr::read_unaligned(csum));
+        // A UDP checksum of zero means none: it stays none.
+        if !(proto == IPPROTO_UDP && old == 0) {
+            let mut new = csum_apply(old, f.l4_delta);
+            if proto == IPPROTO_UDP && new == 0 {
+                new = 0xffff;
+            }
+            core::ptr::write_unaligned(csum.cast_mut(), new.to_be_bytes());
+        }
+    }
+    true
+}
+
+/// RFC 1624 eqn. 3 with a precomputed folded `delta` of `~m + m'` words.
+#[inline(always)]
+fn csum_apply(csum: u16, delta: u16) -> u16 {
+    let mut s = u32::from(!csum) + u32::from(delta);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
 }
 
 #[inline(always)]

@@ -1,0 +1,182 @@
+//! Session offload on the real packet path: established sessions leave the
+//! worker for the XDP fast path, and come back to it when they close or
+//! age out.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use libtest_mimic::Failed;
+
+use crate::{
+    Test, check,
+    netns::{BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
+    sessions::{POOL, recording_echo_server},
+};
+
+/// The lab's services with offload on, and short UDP timeouts.
+fn config() -> String {
+    format!(
+        "{BASE_CONFIG}[sessions]\n[sessions.timeouts]\nudp = 2\n\
+         [[service_set]]\nname = \"lab\"\noffload = true\n\
+         [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-29999\"\n"
+    )
+}
+
+/// The client and server ends take redirected frames only with GRO on
+/// (a veth drops XDP-redirected frames otherwise, without a counter).
+fn gro(topo: &Topo) {
+    for (ns, dev) in [(&topo.client, "c0"), (&topo.server, "s0")] {
+        ns.cmd("ethtool")
+            .args(["-K", dev, "gro", "on"])
+            .output()
+            .ok();
+    }
+}
+
+/// A UDP flow through NAT: the worker sees the first packet and the first
+/// reply, installs the session, and the program forwards the rest (the
+/// worker's rx counter stands still while fast_forwarded moves). The
+/// server sees only the pool address. Traffic on the fast path keeps the
+/// session alive past its 2 s timeout; idle, it ages out and its entries
+/// go.
+fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
+    let topo = Topo::new();
+    gro(&topo);
+    let mut d = Daemon::start(&topo.node, &config());
+    let srv = topo
+        .server
+        .enter(|| UdpSocket::bind((SERVER, 7300)).expect("bind"));
+    srv.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let cli = topo
+        .client
+        .enter(|| UdpSocket::bind((CLIENT, 0)).expect("bind"));
+    cli.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 64];
+    let mut echo = |i: u32| -> Result<(), Failed> {
+        cli.send_to(&i.to_be_bytes(), (SERVER, 7300))?;
+        let (n, from) = srv.recv_from(&mut buf)?;
+        check(
+            from.ip().to_string() == POOL,
+            format!("the server sees {from}, not the pool"),
+        )?;
+        srv.send_to(&buf[..n], from)?;
+        let (n, _) = cli.recv_from(&mut buf)?;
+        check(buf[..n] == i.to_be_bytes(), "echo mismatch")?;
+        Ok(())
+    };
+    echo(0)?;
+    echo(1)?;
+    // XDP counters reach the segment every 500 ms.
+    thread::sleep(Duration::from_secs(1));
+    check(
+        d.counter("worker.offloads_installed") == 1,
+        format!(
+            "one session offloaded: {}",
+            d.counter("worker.offloads_installed")
+        ),
+    )?;
+    let (rx, fast) = (
+        d.counter("worker.rx_packets"),
+        d.counter("xdp.fast_forwarded"),
+    );
+    // Past the 2 s UDP timeout, on the fast path only.
+    for i in 2..32 {
+        echo(i)?;
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let (rx2, fast2) = (
+        d.counter("worker.rx_packets"),
+        d.counter("xdp.fast_forwarded"),
+    );
+    check(
+        rx2 == rx,
+        format!(
+            "the worker received {} frames of an offloaded flow",
+            rx2 - rx
+        ),
+    )?;
+    check(
+        fast2 - fast == 60,
+        format!("fast_forwarded moved by {}, want 60", fast2 - fast),
+    )?;
+    check(
+        d.counter("worker.sessions_deleted") == 0,
+        "the session lived on fast-path traffic",
+    )?;
+    // Idle: it ages out, and the entries with it.
+    thread::sleep(Duration::from_secs(4));
+    let c = d.stop();
+    check(
+        c.get("worker.sessions_deleted") == 1 && c.get("worker.offloads_removed") == 1,
+        format!(
+            "aged out: deleted {} removed {}",
+            c.get("worker.sessions_deleted"),
+            c.get("worker.offloads_removed")
+        ),
+    )?;
+    Ok(())
+}
+
+/// A TCP connection is offloaded after its handshake; its FIN reaches the
+/// worker (fast_punt_flags), which closes the session and takes it back.
+fn tcp_fin_takes_the_session_back() -> Result<(), Failed> {
+    let topo = Topo::new();
+    gro(&topo);
+    let mut d = Daemon::start(&topo.node, &config());
+    let (_, server) = recording_echo_server(&topo, 7301, 1);
+    let mut s = topo
+        .client
+        .enter(|| {
+            TcpStream::connect_timeout(
+                &format!("{SERVER}:7301").parse().expect("address"),
+                Duration::from_secs(3),
+            )
+        })
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut back = [0u8; 100];
+    for i in 0..20u8 {
+        s.write_all(&[i; 100])?;
+        s.read_exact(&mut back)?;
+        check(back == [i; 100], "echo mismatch")?;
+    }
+    // XDP counters reach the segment every 500 ms.
+    thread::sleep(Duration::from_secs(1));
+    check(
+        d.counter("worker.offloads_installed") == 1 && d.counter("xdp.fast_forwarded") > 20,
+        format!(
+            "offloaded: installed {}, fast_forwarded {}",
+            d.counter("worker.offloads_installed"),
+            d.counter("xdp.fast_forwarded")
+        ),
+    )?;
+    drop(s);
+    thread::sleep(Duration::from_millis(500));
+    let _ = server.join();
+    let c = d.stop();
+    check(
+        c.get("xdp.fast_punt_flags") >= 1 && c.get("worker.offloads_removed") == 1,
+        format!(
+            "FIN to the worker: punt_flags {}, removed {}",
+            c.get("xdp.fast_punt_flags"),
+            c.get("worker.offloads_removed")
+        ),
+    )?;
+    Ok(())
+}
+
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "offload_udp_flow_leaves_the_worker_and_ages_out",
+        udp_flow_leaves_the_worker_and_ages_out,
+    ),
+    (
+        "offload_tcp_fin_takes_the_session_back",
+        tcp_fin_takes_the_session_back,
+    ),
+];
