@@ -281,7 +281,7 @@ fn fast_path(ctx: &XdpContext) -> Fast {
         proto,
         pad: [0; 3],
     };
-    let Some(e) = FLOWS.get_ptr_mut(&key) else {
+    let Some(e) = FLOWS.get_ptr_mut(key) else {
         return Fast::Miss;
     };
     forward_flow(ctx, e, &h, proto, t[13])
@@ -305,7 +305,7 @@ fn udp_short(ctx: &XdpContext, h: &[u8; 20]) -> Fast {
         proto: IPPROTO_UDP,
         pad: [0; 3],
     };
-    let Some(e) = FLOWS.get_ptr_mut(&key) else {
+    let Some(e) = FLOWS.get_ptr_mut(key) else {
         return Fast::Miss;
     };
     forward_flow(ctx, e, h, IPPROTO_UDP, 0)
