@@ -235,33 +235,30 @@ impl FlowMap {
     /// the map so that nothing it offloaded outlives its sessions.
     pub fn clear(&mut self) -> usize {
         let mut n = 0;
-        let mut next = FlowV4Key::default();
-        let attr = |key: u64, next: &mut FlowV4Key| ElemAttr {
-            map_fd: self.fd.as_raw_fd().cast_unsigned(),
-            pad: 0,
-            key,
-            value: (&raw mut *next) as u64,
-            flags: 0,
-        };
-        // Always ask for the first key: each one found is deleted.
-        while {
-            let a = attr(0, &mut next);
-            // SAFETY: a null key asks for the first key, written to `next`.
-            unsafe {
+        let mut first = FlowV4Key::default();
+        loop {
+            // A null key asks for the first key; each one found is deleted.
+            let attr = ElemAttr {
+                map_fd: self.fd.as_raw_fd().cast_unsigned(),
+                pad: 0,
+                key: 0,
+                value: (&raw mut first) as u64,
+                flags: 0,
+            };
+            // SAFETY: attr names a key buffer `first` the kernel writes.
+            let r = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
                     BPF_MAP_GET_NEXT_KEY,
-                    &raw const a,
+                    &raw const attr,
                     size_of::<ElemAttr>() as libc::c_uint,
-                ) == 0
-            }
-        } {
-            if self.call(BPF_MAP_DELETE_ELEM, &next, 0, 0).is_err() {
-                break;
+                )
+            };
+            if r != 0 || self.call(BPF_MAP_DELETE_ELEM, &first, 0, 0).is_err() {
+                return n;
             }
             n += 1;
         }
-        n
     }
 
     /// Removes `key`'s entry, returning what it forwarded.

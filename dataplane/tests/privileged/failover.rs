@@ -248,11 +248,7 @@ fn gauge(d: &Daemon, name: &str) -> Option<u64> {
 }
 
 fn holds_vip(ns: &Ns) -> bool {
-    let out = ns
-        .cmd("ip")
-        .args(["-4", "-o", "addr", "show", "in0"])
-        .output();
-    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("inet 198.18.1.1/"))
+    holds(ns, "in0", "198.18.1.1/32")
 }
 
 fn wait(what: &str, ok: impl Fn() -> bool) -> Result<Duration, Failed> {

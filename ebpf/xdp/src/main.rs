@@ -264,51 +264,31 @@ fn fast_path(ctx: &XdpContext) -> Fast {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Fast::Miss;
     }
-    // The whole TCP header (or UDP's 8 bytes) is there: ipv4() checked.
-    let Ok(tp) = ptr_at::<[u8; 20]>(ctx, L4) else {
-        if proto == IPPROTO_TCP {
-            return Fast::Miss;
-        }
-        return udp_short(ctx, &h);
+    let Ok(pp) = ptr_at::<[u8; 4]>(ctx, L4) else {
+        return Fast::Miss;
     };
-    // SAFETY: as above, 20 bytes at L4 are in the frame.
-    let t = unsafe { core::ptr::read_unaligned(tp) };
+    // SAFETY: ptr_at checked that the ports lie in the frame.
+    let ports = unsafe { core::ptr::read_unaligned(pp) };
+    let flags = if proto == IPPROTO_TCP {
+        match load_u8(ctx, L4 + 13) {
+            Ok(f) => f,
+            Err(_) => return Fast::Miss,
+        }
+    } else {
+        0
+    };
     let key = FlowV4Key {
         src: [h[12], h[13], h[14], h[15]],
         dst: [h[16], h[17], h[18], h[19]],
-        sport: [t[0], t[1]],
-        dport: [t[2], t[3]],
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
         proto,
         pad: [0; 3],
     };
     let Some(e) = FLOWS.get_ptr_mut(key) else {
         return Fast::Miss;
     };
-    forward_flow(ctx, e, &h, proto, t[13])
-}
-
-/// A UDP datagram too short for the 20-byte read: its 8-byte header is
-/// still enough to find its flow.
-#[inline(always)]
-fn udp_short(ctx: &XdpContext, h: &[u8; 20]) -> Fast {
-    const L4: usize = ETH_HLEN + 20;
-    let Ok(up) = ptr_at::<[u8; 8]>(ctx, L4) else {
-        return Fast::Miss;
-    };
-    // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
-    let u = unsafe { core::ptr::read_unaligned(up) };
-    let key = FlowV4Key {
-        src: [h[12], h[13], h[14], h[15]],
-        dst: [h[16], h[17], h[18], h[19]],
-        sport: [u[0], u[1]],
-        dport: [u[2], u[3]],
-        proto: IPPROTO_UDP,
-        pad: [0; 3],
-    };
-    let Some(e) = FLOWS.get_ptr_mut(key) else {
-        return Fast::Miss;
-    };
-    forward_flow(ctx, e, h, IPPROTO_UDP, 0)
+    forward_flow(ctx, e, &h, proto, flags)
 }
 
 #[inline(always)]
