@@ -306,6 +306,11 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
             after[c] - before[c] == 1 && got == frame,
             "no device at the slot",
         )?;
+        // What a node leaving MASTER does: every entry goes.
+        check(
+            flows.clear() == 2 && flows.read(&k).is_none() && flows.read(&bad).is_none(),
+            "clear removes both entries left",
+        )?;
         Ok(())
     })
 }
