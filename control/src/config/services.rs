@@ -224,6 +224,10 @@ pub struct Nat {
     pub ports: PortRange,
 }
 
+const fn default_offload() -> bool {
+    true
+}
+
 fn default_nat_ports() -> PortRange {
     PortRange {
         lo: 1024,
@@ -243,11 +247,11 @@ pub struct ServiceSet {
     pub firewall: Firewall,
     pub nat: Option<Nat>,
     /// Established sessions (TCP after the handshake, UDP after the first
-    /// reply) are forwarded by the XDP program itself (IPv4 TCP/UDP). Off
-    /// by default for now: on veth, frames redirected into a device whose
-    /// peer has neither GRO nor an XDP program are dropped without a
-    /// counter, and the lab's and tests' topologies do not yet set GRO.
-    #[serde(default)]
+    /// reply) are forwarded by the XDP program itself (IPv4 TCP/UDP). On
+    /// by default. On veth the receiving ends need GRO on (or an XDP
+    /// program): a veth drops redirected frames otherwise, without a
+    /// counter.
+    #[serde(default = "default_offload")]
     pub offload: bool,
 }
 

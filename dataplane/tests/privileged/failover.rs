@@ -18,7 +18,7 @@ use libtest_mimic::Failed;
 
 use crate::{
     Test, check,
-    netns::{BASE_CONFIG, Daemon, Ns, ipw},
+    netns::{BASE_CONFIG, Daemon, Ns, ipw, sh},
     replication::{count, wait_ha},
     sessions::POOL,
 };
@@ -99,6 +99,11 @@ impl Lab {
             ipw(&format!("-n {s} link set {port} master {br}"));
             ipw(&format!("-n {s} link set {port} up"));
             ipw(&format!("-n {} link set {dev} up", ns.name));
+            // The nodes' fast path redirects into their switch ports; a
+            // veth end takes redirected frames only with GRO on.
+            if ns.name != client.name && ns.name != server.name {
+                sh(sw.cmd("ethtool").args(["-K", port, "gro", "on"]));
+            }
         }
         ipw(&format!(
             "link add sync0 netns {} type veth peer name sync0 netns {}",

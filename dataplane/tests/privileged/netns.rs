@@ -166,6 +166,11 @@ impl Topo {
         // See README: partial checksums do not survive AF_XDP on veth.
         sh(client.cmd("ethtool").args(["-K", "c0", "tx", "off"]));
         sh(server.cmd("ethtool").args(["-K", "s0", "tx", "off"]));
+        // The XDP fast path redirects into c0 and s0; a veth drops
+        // redirected frames unless its receiving end has GRO on (or an XDP
+        // program), without a counter.
+        sh(client.cmd("ethtool").args(["-K", "c0", "gro", "on"]));
+        sh(server.cmd("ethtool").args(["-K", "s0", "gro", "on"]));
         node.sysctl("net.ipv4.ip_forward=0");
         node.sysctl("net.ipv6.conf.all.forwarding=0");
         Self {

@@ -13,7 +13,7 @@ use libtest_mimic::Failed;
 
 use crate::{
     Test, check,
-    netns::{self, BASE_CONFIG, Daemon, Ns, Topo, ipw},
+    netns::{self, BASE_CONFIG, Daemon, Ns, Topo, ipw, sh},
     sessions::{POOL, open_connections, recording_echo_server, sessions_json},
 };
 
@@ -55,6 +55,8 @@ impl Pair {
             ));
             ipw(&format!("-n {bn} link set {dev} up"));
             ipw(&format!("-n {x} link set {peer} up"));
+            // B's fast path redirects into the stub once it is MASTER.
+            sh(stub.cmd("ethtool").args(["-K", peer, "gro", "on"]));
         }
         ipw(&format!(
             "link add sync0 netns {a} type veth peer name sync0 netns {bn}"

@@ -171,6 +171,15 @@ fn build_topology() -> Result<()> {
             Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]),
         )?;
     }
+    // The node's XDP program redirects offloaded flows straight into these
+    // veths; a veth drops redirected frames (without a counter) unless its
+    // receiving end has GRO on or an XDP program. Real NICs are not
+    // affected.
+    for port in ["a-in", "a-out", "b-in", "b-out"] {
+        output(Command::new("ip").args([
+            "netns", "exec", "tnd-sw", "ethtool", "-K", port, "gro", "on",
+        ]))?;
+    }
     // XPS on every sending veth: a frame leaves on the tx queue of the CPU
     // that sends it, which is the rx queue (and so the worker) it reaches
     // on the node; without it every flow lands on queue 0.
