@@ -169,7 +169,7 @@ fn row(s: &Session, worker: usize, now: u32, names: &[String], ctx: &Ctx) -> Row
         idle_s: idle,
         timeout_s: timeout(&ctx.cfg.sessions.timeouts, s).saturating_sub(idle),
         worker,
-        offload: false,
+        offload: s.is_offloaded(),
     }
 }
 

@@ -137,8 +137,9 @@ impl Walk {
         }
     }
 
-    /// One bounded step; true when the walk is finished.
-    pub fn step(&mut self, table: Option<&Table>) -> bool {
+    /// One bounded step; true when the walk is finished. `live` completes
+    /// each listed copy (an offloaded session's fast-path counts).
+    pub fn step(&mut self, table: Option<&Table>, mut live: impl FnMut(&mut Session)) -> bool {
         if self.job.cancel.load(Ordering::Relaxed) {
             return true;
         }
@@ -159,7 +160,9 @@ impl Walk {
                         *n += 1;
                     }
                     if !count_only {
-                        rows.push(*s);
+                        let mut copy = *s;
+                        live(&mut copy);
+                        rows.push(copy);
                     }
                 }
             });
@@ -250,7 +253,7 @@ mod tests {
         let (mut ids, mut matched, mut steps) = (Vec::new(), None, 0);
         loop {
             steps += 1;
-            let finished = w.step(Some(t));
+            let finished = w.step(Some(t), |_| {});
             // A slow reader: drain one chunk per step.
             if let Ok(c) = rx.try_recv() {
                 match c {

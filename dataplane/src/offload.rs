@@ -117,6 +117,42 @@ pub fn entry(key: &FlowV4Key, out: Egress, nat: Nat) -> FlowEntry {
     }
 }
 
+/// Adds what the program has forwarded so far for an offloaded `s` to its
+/// counters and moves its `last_seen` (second `now`, CLOCK_MONOTONIC
+/// `now_ns`) to the latest fast-path packet: a listing's copy, the
+/// entries stay.
+pub fn add_forwarded(flows: &mut FlowMap, s: &mut Session, now: u32, now_ns: u64) {
+    let Some(f) = forwarded(flows, s) else {
+        return;
+    };
+    for (i, d) in f.iter().enumerate() {
+        s.packets[i] += d.packets;
+        s.bytes[i] += d.bytes;
+    }
+    s.last_seen = s.last_seen.max(last_seen(&f, now, now_ns));
+}
+
+/// What the program has forwarded for an offloaded `s`, per direction
+/// (initiator's, responder's); `None` if `s` is not offloaded.
+pub fn forwarded(flows: &mut FlowMap, s: &Session) -> Option<[Forwarded; 2]> {
+    if !s.is_offloaded() {
+        return None;
+    }
+    let dirs = directions(s)?;
+    Some(dirs.map(|(k, _)| flows.read(&k).unwrap_or_default()))
+}
+
+/// The worker second (of `now`, at CLOCK_MONOTONIC `now_ns`) of the
+/// latest packet in `f`; 0 if there was none.
+pub fn last_seen(f: &[Forwarded; 2], now: u32, now_ns: u64) -> u32 {
+    let last = f[0].last_seen_ns.max(f[1].last_seen_ns);
+    if last == 0 {
+        return 0;
+    }
+    let idle = u32::try_from(now_ns.saturating_sub(last) / 1_000_000_000).unwrap_or(u32::MAX);
+    now.saturating_sub(idle)
+}
+
 /// The two directions of session `s`: (initiator's key and translation,
 /// responder's key and translation). `None` for what the fast path does
 /// not carry (IPv6, protocols without ports).
@@ -269,14 +305,15 @@ impl FlowMap {
     }
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds (`bpf_ktime_get_ns`'s clock).
+/// CLOCK_MONOTONIC_COARSE now, in nanoseconds (the clock of
+/// `bpf_ktime_get_coarse_ns`, which stamps the flow entries).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 

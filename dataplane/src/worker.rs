@@ -216,10 +216,22 @@ impl Worker {
                     .take_job(self.id)
                     .map(|j| Walk::new(j, self.id));
             }
-            if let Some(w) = self.walk.as_mut()
-                && w.step(self.services.as_ref().map(|s| &s.table))
-            {
-                self.walk = None;
+            if let Some(w) = self.walk.as_mut() {
+                let finished = match self.services.as_mut() {
+                    Some(svc) => {
+                        let (table, mut flows) = svc.listing_view();
+                        let now_ns = crate::offload::monotonic_ns();
+                        w.step(Some(table), |s| {
+                            if let Some(f) = flows.as_deref_mut() {
+                                crate::offload::add_forwarded(f, s, now, now_ns);
+                            }
+                        })
+                    }
+                    None => w.step(None, |_| {}),
+                };
+                if finished {
+                    self.walk = None;
+                }
             }
             let (sync_ready, syncing) = match self.services.as_mut() {
                 Some(svc) => {

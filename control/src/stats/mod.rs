@@ -115,7 +115,9 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_iface_rx_bytes_total" => "Bytes received per interface and worker.",
         "tandem_iface_tx_packets_total" => "Frames transmitted per interface and worker.",
         "tandem_iface_tx_bytes_total" => "Bytes transmitted per interface and worker.",
-        "tandem_xdp_verdicts_total" => "XDP program decisions per CPU.",
+        "tandem_xdp_verdicts_total" => {
+            "XDP program decisions per CPU (fast_forwarded_bytes: the IP bytes of the fast_forwarded frames)."
+        }
         "tandem_xsk_rx_dropped_total" => "AF_XDP: frames dropped for other reasons (kernel).",
         "tandem_xsk_rx_invalid_descs_total" => "AF_XDP: invalid rx descriptors (kernel).",
         "tandem_xsk_tx_invalid_descs_total" => "AF_XDP: invalid tx descriptors (kernel).",

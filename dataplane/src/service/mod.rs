@@ -156,6 +156,12 @@ impl Services {
         self.offer.take()
     }
 
+    /// The table and the flow map, for a listing that adds offloaded
+    /// sessions' fast-path counts to its copies.
+    pub fn listing_view(&mut self) -> (&Table, Option<&mut FlowMap>) {
+        (&self.table, self.flows.as_mut())
+    }
+
     /// The session in `slot`.
     pub fn session(&self, slot: u32) -> &Session {
         self.table.get(slot)
@@ -497,21 +503,10 @@ impl Services {
         let taken = std::cell::Cell::new(0u64);
         let now_ns = offload::monotonic_ns();
         let refresh = |s: &mut Session| {
-            if s.is_offloaded()
-                && let Some(f) = flows.borrow_mut().as_deref_mut()
+            if let Some(f) = flows.borrow_mut().as_deref_mut()
+                && let Some(fwd) = offload::forwarded(f, s)
             {
-                let last = offload::directions(s).map_or(0, |d| {
-                    d.iter()
-                        .filter_map(|(k, _)| f.read(k))
-                        .map(|x| x.last_seen_ns)
-                        .max()
-                        .unwrap_or(0)
-                });
-                if last > 0 {
-                    let idle = u32::try_from(now_ns.saturating_sub(last) / 1_000_000_000)
-                        .unwrap_or(u32::MAX);
-                    s.last_seen = s.last_seen.max(now.saturating_sub(idle));
-                }
+                s.last_seen = s.last_seen.max(offload::last_seen(&fwd, now, now_ns));
             }
         };
         self.table.advance_with(now, refresh, |aged, s| match aged {

@@ -13,8 +13,8 @@ use libtest_mimic::Failed;
 
 use crate::{
     Test, check,
-    netns::{BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
-    sessions::{POOL, recording_echo_server},
+    netns::{self, BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
+    sessions::{POOL, recording_echo_server, sessions_json},
 };
 
 /// The lab's services with offload on, and short UDP timeouts.
@@ -26,17 +26,6 @@ fn config() -> String {
     )
 }
 
-/// The client and server ends take redirected frames only with GRO on
-/// (a veth drops XDP-redirected frames otherwise, without a counter).
-fn gro(topo: &Topo) {
-    for (ns, dev) in [(&topo.client, "c0"), (&topo.server, "s0")] {
-        ns.cmd("ethtool")
-            .args(["-K", dev, "gro", "on"])
-            .output()
-            .ok();
-    }
-}
-
 /// A UDP flow through NAT: the worker sees the first packet and the first
 /// reply, installs the session, and the program forwards the rest (the
 /// worker's rx counter stands still while fast_forwarded moves). The
@@ -45,7 +34,6 @@ fn gro(topo: &Topo) {
 /// go.
 fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
     let topo = Topo::new();
-    gro(&topo);
     let mut d = Daemon::start(&topo.node, &config());
     let srv = topo
         .server
@@ -79,9 +67,10 @@ fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
             d.counter("worker.offloads_installed")
         ),
     )?;
-    let (rx, fast) = (
+    let (rx, fast, fast_bytes) = (
         d.counter("worker.rx_packets"),
         d.counter("xdp.fast_forwarded"),
+        d.counter("xdp.fast_forwarded_bytes"),
     );
     // Past the 2 s UDP timeout, on the fast path only.
     for i in 2..32 {
@@ -89,10 +78,44 @@ fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
         thread::sleep(Duration::from_millis(100));
     }
     thread::sleep(Duration::from_secs(1));
-    let (rx2, fast2) = (
+    let (rx2, fast2, fast_bytes2) = (
         d.counter("worker.rx_packets"),
         d.counter("xdp.fast_forwarded"),
+        d.counter("xdp.fast_forwarded_bytes"),
     );
+    // 4-byte payloads: 32-byte datagrams.
+    check(
+        fast_bytes2 - fast_bytes == 60 * 32,
+        format!(
+            "fast_forwarded_bytes moved by {}, want {}",
+            fast_bytes2 - fast_bytes,
+            60 * 32
+        ),
+    )?;
+    // The listing marks the session offloaded and counts every frame,
+    // the fast path's included (32 each way, 30 of them offloaded), while
+    // the session is still offloaded.
+    let listed = sessions_json(&d, &["extensive", "protocol", "udp"])?;
+    let rows = listed["sessions"].as_array().ok_or("no sessions array")?;
+    check(rows.len() == 1, format!("one UDP session: {listed}"))?;
+    let row = &rows[0];
+    check(
+        row["offload"] == true
+            && row["frames_initiator"] == 32
+            && row["frames_responder"] == 32
+            && row["bytes_initiator"] == 32 * 32
+            && row["bytes_responder"] == 32 * 32
+            && row["idle_s"].as_u64().is_some_and(|i| i <= 2),
+        format!("offloaded session as listed: {row}"),
+    )?;
+    let o = netns::tandemstat(&d.instance)
+        .args(["sessions", "protocol", "udp"])
+        .output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    check(
+        text.contains("Offload: yes"),
+        format!("the default view shows the flag:\n{text}"),
+    )?;
     check(
         rx2 == rx,
         format!(
@@ -126,7 +149,6 @@ fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
 /// worker (fast_punt_flags), which closes the session and takes it back.
 fn tcp_fin_takes_the_session_back() -> Result<(), Failed> {
     let topo = Topo::new();
-    gro(&topo);
     let mut d = Daemon::start(&topo.node, &config());
     let (_, server) = recording_echo_server(&topo, 7301, 1);
     let mut s = topo

@@ -235,10 +235,17 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
                 got == want,
                 format!("{what}: fast path differs from the worker"),
             )?;
-            let fwd = XdpCounter::FastForwarded as usize;
+            let (fwd, bytes) = (
+                XdpCounter::FastForwarded as usize,
+                XdpCounter::FastForwardedBytes as usize,
+            );
             check(
                 after[fwd] - before[fwd] == 1,
                 format!("{what}: fast_forwarded"),
+            )?;
+            check(
+                after[bytes] - before[bytes] == (frame.len() - 14) as u64,
+                format!("{what}: fast_forwarded_bytes"),
             )?;
             let f = flows.read(&k).ok_or("entry gone")?;
             check(

@@ -81,11 +81,14 @@ pub enum XdpCounter {
     FastPuntTooBig = 12,
     /// ... the devmap redirect failed (interface gone): the worker routes it.
     FastRedirectFailed = 13,
+    /// IP bytes of the frames counted by `FastForwarded` (a sum, not a
+    /// count of decisions).
+    FastForwardedBytes = 14,
 }
 
 impl XdpCounter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -103,6 +106,7 @@ impl XdpCounter {
         Self::FastPuntTtl,
         Self::FastPuntTooBig,
         Self::FastRedirectFailed,
+        Self::FastForwardedBytes,
     ];
 
     /// Counter name as shown by the readout tools (snake_case).
@@ -123,6 +127,7 @@ impl XdpCounter {
             Self::FastPuntTtl => "fast_punt_ttl",
             Self::FastPuntTooBig => "fast_punt_too_big",
             Self::FastRedirectFailed => "fast_redirect_failed",
+            Self::FastForwardedBytes => "fast_forwarded_bytes",
         }
     }
 }
@@ -192,7 +197,8 @@ pub struct FlowEntry {
     /// was installed.
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last one; 0: none yet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last
+    /// one; 0: none yet.
     pub last_seen_ns: u64,
     /// The new Ethernet header.
     pub dst_mac: [u8; 6],

@@ -17,7 +17,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, PerCpuHashMap, XskMap},
     programs::XdpContext,
@@ -84,10 +84,15 @@ pub fn tandem_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn count(c: XdpCounter) {
+    add(c, 1);
+}
+
+#[inline(always)]
+fn add(c: XdpCounter, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: the per-CPU slot belongs to this CPU for the duration of the
         // program; no other writer can run concurrently on it.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }
 
@@ -128,6 +133,17 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         ethertype = load_be16(ctx, 16)?;
         l3 += 4;
     }
+    let forward = ROLE.get(0).is_some_and(|r| r.forward != 0);
+    // Offloaded sessions first: they are service traffic by construction
+    // (never to a local, multicast or broadcast address), so a hit skips
+    // the local-address lookup. A punt goes the worker's way below.
+    if forward && ethertype == ETH_P_IP && l3 == ETH_HLEN {
+        match fast_path(ctx) {
+            Fast::Miss => {}
+            Fast::Punt(c) => count(c),
+            Fast::Done(v) => return Ok(v),
+        }
+    }
     let service = match ethertype {
         ETH_P_IP => ipv4(ctx, l3)?,
         ETH_P_IPV6 => ipv6(ctx, l3)?,
@@ -136,17 +152,8 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if let Some(v) = service {
         return Ok(v);
     }
-
-    let forward = ROLE.get(0).is_some_and(|r| r.forward != 0);
     if !forward {
         return Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNotMaster));
-    }
-    if ethertype == ETH_P_IP && l3 == ETH_HLEN {
-        match fast_path(ctx) {
-            Fast::Miss => {}
-            Fast::Punt(c) => count(c),
-            Fast::Done(v) => return Ok(v),
-        }
     }
     let queue = ctx.rx_queue_index();
     if queue >= iface.queues || queue >= MAX_QUEUES || iface.slot >= MAX_IFACES {
@@ -270,9 +277,11 @@ fn fast_path(ctx: &XdpContext) -> Fast {
     // SAFETY: ptr_at checked that the ports lie in the frame.
     let ports = unsafe { core::ptr::read_unaligned(pp) };
     let flags = if proto == IPPROTO_TCP {
-        match load_u8(ctx, L4 + 13) {
-            Ok(f) => f,
-            Err(_) => return Fast::Miss,
+        // Data offset and flags; a header shorter than 20 bytes is the
+        // worker's to count as malformed.
+        match load_be16(ctx, L4 + 12) {
+            Ok(w) if w >> 12 >= 5 => (w & 0xff) as u8,
+            _ => return Fast::Miss,
         }
     } else {
         0
@@ -349,10 +358,15 @@ fn forward_flow(
         // This CPU's copy of the entry: no other writer.
         (*e).packets += 1;
         (*e).bytes += u64::from(len);
-        (*e).last_seen_ns = bpf_ktime_get_ns();
+        // The coarse clock (the last tick's time): aging needs seconds,
+        // and reading the TSC cost a tenth of the fast path.
+        (*e).last_seen_ns = bpf_ktime_get_coarse_ns();
     }
     match TX_PORTS.redirect(f.tx_slot, 0) {
-        Ok(action) => Fast::Done(verdict(action, XdpCounter::FastForwarded)),
+        Ok(action) => {
+            add(XdpCounter::FastForwardedBytes, u64::from(len));
+            Fast::Done(verdict(action, XdpCounter::FastForwarded))
+        }
         Err(_) => Fast::Done(verdict(
             xdp_action::XDP_DROP,
             XdpCounter::FastRedirectFailed,
