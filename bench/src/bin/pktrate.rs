@@ -27,8 +27,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
-    programs::{Xdp, XdpMode},
+    maps::{Array, DevMap, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use clap::Parser;
 use xsk_rs::{
@@ -74,6 +74,12 @@ struct Args {
     /// conntrack + SNAT vs tandemd, both translating to a 32-address pool.
     #[arg(long)]
     new_sessions: bool,
+    /// Measure session offload on established flows with the XDP
+    /// generator: tandemd with offload vs without, the kernel with
+    /// nftables conntrack + SNAT, the kernel with an nftables flowtable,
+    /// and a bare XDP_REDIRECT program (the ceiling of the XDP path).
+    #[arg(long)]
+    offload: bool,
     /// With --new-sessions: also run tandemd replicating every session to
     /// a backup peer (a sync driver in namespace tb-peer over a veth, HMAC
     /// on), and report its rate beside the unreplicated one.
@@ -120,6 +126,12 @@ fn mac(n: &str, dev: &str) -> Result<[u8; 6]> {
         m[i] = u8::from_str_radix(p, 16)?;
     }
     Ok(m)
+}
+
+fn ifindex(n: &str, dev: &str) -> Result<u32> {
+    Ok(ns(n, &["cat", &format!("/sys/class/net/{dev}/ifindex")])?
+        .trim()
+        .parse()?)
 }
 
 /// Runs `ip` with its arguments as one whitespace-separated string.
@@ -278,26 +290,74 @@ fn enter_ns(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on a thread inside namespace `name`.
+fn in_ns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            enter_ns(name)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
+    })
+}
+
 impl Bpf {
-    /// Loads the sink and attaches it to sink0 inside tb-sink.
+    /// Loads the harness's programs; attaches the sink to sink0 inside
+    /// tb-sink, and to gen0 (where it drops the sink's answers).
     fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(tandem_dataplane::loader::BENCH_PROGRAMS)?;
+        for name in ["tandem_gen", "tandem_redirect"] {
+            let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load()?;
+        }
         let sink: &mut Xdp = ebpf
             .program_mut("tandem_sink")
             .context("sink")?
             .try_into()?;
         sink.load()?;
         // The link belongs to the program, whatever thread attached it.
-        thread::scope(|s| {
-            s.spawn(|| -> Result<()> {
-                enter_ns(SINK)?;
-                sink.attach("sink0", XdpMode::Driver)?;
-                Ok(())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("attach thread panicked"))?
-        })?;
+        in_ns(SINK, || Ok(sink.attach("sink0", XdpMode::Driver)?))?;
+        in_ns(GEN, || Ok(sink.attach("gen0", XdpMode::Driver)?))?;
         Ok(Self { ebpf })
+    }
+
+    /// Sets index 0 of the `u32` array `name`.
+    fn set(&mut self, name: &str, v: u32) -> Result<()> {
+        let mut m: Array<_, u32> = Array::try_from(self.ebpf.map_mut(name).context("map")?)?;
+        m.set(0, v, 0)?;
+        Ok(())
+    }
+
+    /// Attaches `tandem_redirect` to in0 in tb-dut, redirecting to out0
+    /// with the MACs out0 -> sink0.
+    fn redirect_on(&mut self) -> Result<XdpLinkId> {
+        let out0 = ifindex(DUT, "out0")?;
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&mac(SINK, "sink0")?);
+        macs[6..].copy_from_slice(&mac(DUT, "out0")?);
+        let mut m: Array<_, [u8; 12]> =
+            Array::try_from(self.ebpf.map_mut("TND_REDIRECT_MACS").context("map")?)?;
+        m.set(0, macs, 0)?;
+        let mut d = DevMap::try_from(self.ebpf.map_mut("TND_REDIRECT_PORT").context("map")?)?;
+        // The kernel resolves the ifindex in the caller's namespace.
+        in_ns(DUT, || Ok(d.set(0, out0, None, 0)?))?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("tandem_redirect")
+            .context("redirect")?
+            .try_into()?;
+        in_ns(DUT, || Ok(p.attach("in0", XdpMode::Driver)?))
+    }
+
+    fn redirect_off(&mut self, link: XdpLinkId) -> Result<()> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("tandem_redirect")
+            .context("redirect")?
+            .try_into()?;
+        p.detach(link)?;
+        Ok(())
     }
 
     fn sink_count(&self) -> Result<u64> {
@@ -600,6 +660,9 @@ fn run(args: &Args, tandemd: &PathBuf) -> Result<()> {
     if args.new_sessions {
         return new_sessions(args, &bpf, &frame, tandemd);
     }
+    if args.offload {
+        return offload(args, bpf, &frame, tandemd);
+    }
     println!(
         "pktrate: 64-byte UDP, {} s per case, counted at the sink; Mpps (offered Mpps)",
         args.seconds
@@ -848,4 +911,283 @@ fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Resu
         println!("  {n}");
     }
     Ok(())
+}
+
+/// Frames per `BPF_PROG_RUN` call of the XDP generator (~25-100 ms each).
+const XDP_GEN_REPEAT: u32 = 1 << 18;
+/// Frames the kernel sends per batch in live-frames mode.
+const XDP_GEN_BATCH: u32 = 64;
+
+/// One XDP generator thread: `BPF_PROG_RUN` of `tandem_gen` in live-frames
+/// mode, `XDP_TX` out of gen0, `repeat` frames per call, until `stop` (or,
+/// with `total`, until that many are sent, 256 every 2 ms: a gentle pass
+/// over every flow). Returns frames sent.
+fn xdp_gen_thread(
+    bpf: &Bpf,
+    frame: &[u8],
+    gen0: u32,
+    total: Option<u64>,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    enter_ns(GEN)?;
+    let prog: &Xdp = bpf.ebpf.program("tandem_gen").context("gen")?.try_into()?;
+    // struct xdp_md: data 0, data_end = len, ingress_ifindex = gen0, queue 0.
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
+    md[12..16].copy_from_slice(&gen0.to_ne_bytes());
+    let repeat = if total.is_some() { 256 } else { XDP_GEN_REPEAT };
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) && total.is_none_or(|t| sent < t) {
+        let mut opts = TestRunOptions::new();
+        opts.ctx_in = Some(&md);
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        opts.attrs = TestRunAttrs::new().xdp_live_frames(XDP_GEN_BATCH);
+        prog.test_run(opts)
+            .map_err(|e| anyhow::anyhow!("BPF_PROG_RUN (live frames): {e}"))?;
+        sent += u64::from(repeat);
+        if total.is_some() {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok(sent)
+}
+
+/// Runs `threads` XDP generator threads pinned from the last core down
+/// (each CPU sends its own `flows` flows).
+fn xdp_generate(
+    bpf: &Bpf,
+    frame: &[u8],
+    threads: u32,
+    total: Option<u64>,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let gen0 = ifindex(GEN, "gen0")?;
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let core = cores
+                    .len()
+                    .checked_sub(1 + t as usize % cores.len().max(1))
+                    .and_then(|i| cores.get(i).copied());
+                s.spawn(move || -> Result<u64> {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    xdp_gen_thread(bpf, frame, gen0, total, stop)
+                })
+            })
+            .collect();
+        let mut sent = 0;
+        for h in handles {
+            sent += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        }
+        Ok(sent)
+    })
+}
+
+/// Establishes the flows: the sink answers while every generator thread
+/// sends each of its flows three times, gently; then it counts again.
+fn establish(bpf: &mut Bpf, frame: &[u8], flows: u32, threads: u32) -> Result<()> {
+    bpf.set("TND_SINK_REFLECT", 1)?;
+    let stop = AtomicBool::new(false);
+    let r = xdp_generate(bpf, frame, threads, Some(3 * u64::from(flows)), &stop);
+    thread::sleep(Duration::from_millis(300));
+    bpf.set("TND_SINK_REFLECT", 0)?;
+    r.map(|_| ())
+}
+
+/// The rate at the sink over `secs` (after a 1 s warm-up) with the XDP
+/// generator at full speed.
+fn xdp_measure(bpf: &Bpf, frame: &[u8], threads: u32, secs: u64) -> Result<Sample> {
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let g = s.spawn(|| xdp_generate(bpf, frame, threads, None, &stop));
+        thread::sleep(Duration::from_secs(1));
+        let c0 = bpf.sink_count()?;
+        let t0 = Instant::now();
+        thread::sleep(Duration::from_secs(secs));
+        let c1 = bpf.sink_count()?;
+        let dt = t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let sent = g
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        Ok(Sample {
+            pps: per_sec(c1 - c0, dt),
+            offered: per_sec(sent, dt + 1.0),
+        })
+    })
+}
+
+/// The kernel's flowtable variant of `nft_ruleset`: established flows
+/// skip the forward path (software flowtable on in0 and out0).
+fn nft_flowtable_ruleset(pool: &str) -> String {
+    format!(
+        "table ip tb {{\n\
+           flowtable ft {{ hook ingress priority 0; devices = {{ in0, out0 }}; }}\n\
+           chain forward_filter {{ type filter hook forward priority 0; policy drop;\n\
+             meta l4proto {{ tcp, udp }} ct state established flow add @ft\n\
+             ct state established,related accept\n\
+             iifname \"in0\" ct state new accept\n\
+           }}\n\
+           chain postrouting_nat {{ type nat hook postrouting priority 100;\n\
+             oifname \"out0\" snat to {pool}\n\
+           }}\n\
+         }}\n"
+    )
+}
+
+/// Kernel forwarding with `ruleset` (none if empty); GRO on in0 and out0 (out0 takes the
+/// sink's answers, which it sends with XDP_TX).
+fn kernel_with(ruleset: &str) -> Result<()> {
+    if !ruleset.is_empty() {
+        let path = std::env::temp_dir().join("tandem-pktrate.nft");
+        fs::write(&path, ruleset)?;
+        ns(DUT, &["nft", "-f", path.to_str().context("path")?])?;
+    }
+    ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    for dev in ["in0", "out0"] {
+        ns(DUT, &["ethtool", "-K", dev, "gro", "on"])?;
+    }
+    Ok(())
+}
+
+fn kernel_off() -> Result<()> {
+    for dev in ["in0", "out0"] {
+        ns(DUT, &["ethtool", "-K", dev, "gro", "off"])?;
+    }
+    ns(DUT, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+    ns(DUT, &["nft", "flush", "ruleset"])?;
+    ns(DUT, &["conntrack", "-F"]).ok();
+    Ok(())
+}
+
+/// Session offload on established flows (XDP generator): the plain
+/// XDP_REDIRECT ceiling, the kernel with conntrack + SNAT, the kernel with
+/// a flowtable, tandemd without offload and with it.
+fn offload(args: &Args, mut bpf: Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
+    const POOL: &str = "198.18.2.100";
+    let headers: [u8; 42] = frame.get(..42).context("frame")?.try_into()?;
+    let mut m: Array<_, [u8; 42]> =
+        Array::try_from(bpf.ebpf.map_mut("TND_GEN_HEADERS").context("map")?)?;
+    m.set(0, headers, 0)?;
+    println!(
+        "pktrate --offload: 64-byte UDP on established flows, XDP generator, {} s per case, counted at the sink; Mpps",
+        args.seconds
+    );
+    println!(
+        "{:<6} {:<7} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "flows",
+        "threads",
+        "redirect",
+        "kernel+ct",
+        "flowtable",
+        "tandem",
+        "+offload",
+        "vs ct",
+        "vs ft",
+        "vs redir"
+    );
+    ns(
+        DUT,
+        &["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=60"],
+    )
+    .ok();
+    let flowtables = kernel_with(&nft_flowtable_ruleset(POOL)).is_ok();
+    kernel_off()?;
+    if !flowtables {
+        println!(
+            "(this kernel has no nftables flowtables (CONFIG_NF_FLOW_TABLE): \
+             the flowtable column is plain kernel forwarding, no conntrack, no NAT)"
+        );
+    }
+    let mut notes = Vec::new();
+    for &w in &args.workers {
+        for &flows in &args.flows {
+            bpf.set("TND_GEN_FLOWS", flows)?;
+            // (a) the ceiling: a bare XDP_REDIRECT in0 -> out0.
+            let link = bpf.redirect_on()?;
+            let r = xdp_measure(&bpf, frame, w, args.seconds);
+            bpf.redirect_off(link)?;
+            let redirect = r?;
+            // (b) kernel + conntrack + SNAT, (c) with a flowtable (or,
+            // on a kernel without flowtables, plain forwarding).
+            let mut kernel = Vec::new();
+            let fast = if flowtables {
+                nft_flowtable_ruleset(POOL)
+            } else {
+                String::new()
+            };
+            for ruleset in [nft_ruleset(POOL, POOL), fast] {
+                kernel_with(&ruleset)?;
+                let r = establish(&mut bpf, frame, flows, w)
+                    .and_then(|()| xdp_measure(&bpf, frame, w, args.seconds));
+                kernel_off()?;
+                kernel.push(r?);
+            }
+            // (d) tandemd without offload, (e) with.
+            let mut tandem = Vec::new();
+            for on in [false, true] {
+                let sets = service_set(&[POOL.to_owned()], 60, 65_536).replace(
+                    "name = \"bench\"\n",
+                    &format!("name = \"bench\"\noffload = {on}\n"),
+                );
+                let d = start_tandemd_with(tandemd, w, &sets)?;
+                let r = establish(&mut bpf, frame, flows, w)
+                    .and_then(|()| xdp_measure(&bpf, frame, w, args.seconds));
+                let report = d.stop()?;
+                tandem.push(r?);
+                notes.push(format!(
+                    "flows={flows} threads={w} offload={on}: {}",
+                    offload_notes(&report)
+                ));
+            }
+            let (ct, ft, off) = (kernel[0].pps, kernel[1].pps, tandem[1].pps);
+            println!(
+                "{:<6} {:<7} {:>9.3} {:>10.3} {:>10.3} {:>9.3} {:>9.3} {:>8.2} {:>8.2} {:>8.2}",
+                flows,
+                w,
+                redirect.pps / 1e6,
+                ct / 1e6,
+                ft / 1e6,
+                tandem[0].pps / 1e6,
+                off / 1e6,
+                off / ct.max(1.0),
+                off / ft.max(1.0),
+                off / redirect.pps.max(1.0)
+            );
+        }
+    }
+    println!("tandemd counters per case:");
+    for n in notes {
+        println!("  {n}");
+    }
+    Ok(())
+}
+
+/// The exit counters that show where an offload run's frames went.
+fn offload_notes(report: &str) -> String {
+    const KEYS: [&str; 7] = [
+        "worker.sessions_created=",
+        "worker.offloads_installed=",
+        "worker.rx_packets=",
+        "xdp.fast_forwarded=",
+        "xdp.fast_punt_flags=",
+        "xdp.fast_redirect_failed=",
+        "xdp.redirected=",
+    ];
+    KEYS.iter()
+        .map(|k| {
+            let n: u64 = report
+                .split_whitespace()
+                .filter_map(|kv| kv.strip_prefix(k).and_then(|x| x.parse::<u64>().ok()))
+                .sum();
+            format!("{k}{n}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
