@@ -96,18 +96,18 @@ pub fn tandem_sink(ctx: XdpContext) -> u32 {
     if SINK_REFLECT.get(0).copied().unwrap_or(0) != 0 {
         // Answer: swap MACs, addresses and ports. Neither checksum changes
         // (the IPv4 sum is order-free; the UDP checksum is 0).
-        let mut t = [0u8; 6];
-        t.copy_from_slice(&h[..6]);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&h[..6]);
         h.copy_within(6..12, 0);
-        h[6..12].copy_from_slice(&t);
-        let mut a = [0u8; 4];
-        a.copy_from_slice(&h[26..30]);
+        h[6..12].copy_from_slice(&mac);
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&h[26..30]);
         h.copy_within(30..34, 26);
-        h[30..34].copy_from_slice(&a);
-        let mut p = [0u8; 2];
-        p.copy_from_slice(&h[34..36]);
+        h[30..34].copy_from_slice(&addr);
+        let mut port = [0u8; 2];
+        port.copy_from_slice(&h[34..36]);
         h.copy_within(36..38, 34);
-        h[36..38].copy_from_slice(&p);
+        h[36..38].copy_from_slice(&port);
         return xdp_action::XDP_TX;
     }
     if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
@@ -138,18 +138,16 @@ pub fn tandem_gen(ctx: XdpContext) -> u32 {
     // on one queue.
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let port = GEN_PORT_BASE + cpu * flows + n;
-    // SAFETY: `frame` checked the header bytes; live frames are writable.
-    // The UDP checksum is 0 (none), so the port needs no checksum update.
     #[expect(
         clippy::cast_possible_truncation,
         reason = "ports stay below 65536 for the flow counts run"
     )]
-    unsafe {
-        let h = &mut *f;
-        h.copy_from_slice(headers);
-        h[34..36].copy_from_slice(&(port as u16).to_be_bytes());
-    }
+    let port = (GEN_PORT_BASE + cpu * flows + n) as u16;
+    // SAFETY: `frame` checked the header bytes; live frames are writable.
+    // The UDP checksum is 0 (none), so the port needs no checksum update.
+    let h = unsafe { &mut *f };
+    h.copy_from_slice(headers);
+    h[34..36].copy_from_slice(&port.to_be_bytes());
     xdp_action::XDP_TX
 }
 
