@@ -354,9 +354,7 @@ impl Daemon {
         )?);
         let hub = Arc::new(Hub::new(workers as usize));
         let shared = Arc::new(ha::Shared::default());
-        shared
-            .forward
-            .store(cfg.forward_at_start(), Ordering::Relaxed);
+        shared.set_forward(cfg.forward_at_start());
         let epoch = Instant::now();
         let mut built = Vec::new();
         for (w, (umem, free, ports)) in bound.into_iter().enumerate() {
@@ -392,6 +390,9 @@ impl Daemon {
                 workers: workers as usize,
                 epoch,
                 walk: None,
+                shared: Arc::clone(&shared),
+                role: shared.role.load(Ordering::Acquire),
+                rewalk: None,
             };
             worker.prime(d.fill_ring as usize);
             built.push(worker);

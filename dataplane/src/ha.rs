@@ -19,7 +19,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
         mpsc,
     },
     thread,
@@ -55,10 +55,24 @@ pub struct Shared {
     pub active: AtomicBool,
     /// The XDP program forwards service traffic.
     pub forward: AtomicBool,
+    /// Changes of `forward`, counted, times two, plus `forward`: a worker
+    /// that sees it move re-examines its offloads (takes them back; on
+    /// becoming MASTER, offloads every established session it holds).
+    pub role: AtomicU64,
     /// The sync link's state (0 off, 1 cold, 2 hot), for the heartbeat.
     pub sync_state: AtomicU8,
     /// The last finished probes, for `tandemstat -p`.
     pub probes: Mutex<ProbeLog>,
+}
+
+impl Shared {
+    /// Records whether the XDP program forwards service traffic.
+    pub fn set_forward(&self, on: bool) {
+        self.forward.store(on, Ordering::Relaxed);
+        let changes = (self.role.load(Ordering::Relaxed) >> 1) + 1;
+        self.role
+            .store(changes << 1 | u64::from(on), Ordering::Release);
+    }
 }
 
 /// Finished probes, newest last, each numbered in the order they finished.
@@ -834,7 +848,7 @@ impl HaThread {
                 tracing::error!(error = %e, "takeover: setting the XDP role");
             }
         }
-        self.shared.forward.store(true, Ordering::Relaxed);
+        self.shared.set_forward(true);
         self.shared.active.store(true, Ordering::Relaxed);
         for m in &self.addresses {
             if let Err(e) = netlink::set_address(m.ifindex, m.address, true) {
@@ -871,7 +885,7 @@ impl HaThread {
                 tracing::error!(error = %e, "release: setting the XDP role");
             }
         }
-        self.shared.forward.store(false, Ordering::Relaxed);
+        self.shared.set_forward(false);
         if let Some(f) = self.flows.as_mut() {
             let n = f.clear();
             tracing::info!(entries = n, "release: offloaded flows cleared");

@@ -78,6 +78,12 @@ pub struct Worker {
     pub epoch: Instant,
     /// A session listing in progress.
     pub walk: Option<Walk>,
+    /// The node's role, shared with the ha thread.
+    pub shared: Arc<crate::ha::Shared>,
+    /// The `shared.role` this worker last acted on.
+    pub role: u64,
+    /// The next slot of a pass over the table after a role change.
+    pub rewalk: Option<u32>,
 }
 
 /// Where a decided frame goes: transmit on an interface slot, or back to
@@ -233,6 +239,7 @@ impl Worker {
                     self.walk = None;
                 }
             }
+            self.follow_role(&mut tally);
             let (sync_ready, syncing) = match self.services.as_mut() {
                 Some(svc) => {
                     svc.sync_step(now);
@@ -254,7 +261,9 @@ impl Worker {
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);
                 self.stats.publish(&tally);
-                if self.walk.is_some() || syncing {
+                if self.rewalk.is_some() {
+                    // A pass after a role change: go on at once.
+                } else if self.walk.is_some() || syncing {
                     // A listing waits on its reader, a cold-sync walk on
                     // room in its ring: nap, don't spin.
                     poller.wait(WALK_POLL);
@@ -268,6 +277,33 @@ impl Worker {
         self.reap_completions(&mut comp);
         self.stats.publish(&tally);
         self
+    }
+
+    /// After the node's role changed, one bounded step of a pass over the
+    /// table: offloads are taken back, and on a node that now forwards
+    /// every established session is offloaded, so that the fast path
+    /// carries a new MASTER's synced sessions from their first packet.
+    fn follow_role(&mut self, tally: &mut Tally) {
+        let role = self.shared.role.load(Ordering::Acquire);
+        if role != self.role {
+            self.role = role;
+            self.rewalk = Some(0);
+        }
+        let (Some(from), Some(svc)) = (self.rewalk, self.services.as_mut()) else {
+            self.rewalk = None;
+            return;
+        };
+        let fib = self.fib.fib();
+        let slots = &self.slot_ifindex;
+        self.rewalk = svc.reoffload_step(
+            from,
+            role & 1 == 1,
+            |dst| {
+                let hop = fib.lookup4(Ipv4Addr::from(dst)).ok()?;
+                egress(fib, slots, hop.oif, hop.dst_mac, hop.src_mac)
+            },
+            tally,
+        );
     }
 
     fn now(&self) -> u32 {
@@ -502,16 +538,8 @@ fn offer(
     slots: &[u32],
     tally: &mut Tally,
 ) {
-    let egress = |oif: u32, dst_mac: [u8; 6], src_mac: [u8; 6]| {
-        Some(Egress {
-            slot: slots.iter().position(|i| *i == oif)? as u32,
-            dst_mac,
-            src_mac,
-            mtu: u16::try_from(fib.link(oif)?.mtu).unwrap_or(u16::MAX),
-        })
-    };
     let mac = |at: usize| -> [u8; 6] { frame[at..at + 6].try_into().expect("6 bytes") };
-    let Some(this) = egress(oif, mac(0), mac(6)) else {
+    let Some(this) = egress(fib, slots, oif, mac(0), mac(6)) else {
         return;
     };
     let s = svc.session(slot);
@@ -522,9 +550,25 @@ fn offer(
     let Some(hop) = back.and_then(|a| fib.lookup4(Ipv4Addr::from(a)).ok()) else {
         return;
     };
-    if let Some(other) = egress(hop.oif, hop.dst_mac, hop.src_mac) {
+    if let Some(other) = egress(fib, slots, hop.oif, hop.dst_mac, hop.src_mac) {
         svc.offload(slot, side, this, other, tally);
     }
+}
+
+/// How the fast path sends out of `oif` (an interface this node owns).
+fn egress(
+    fib: &Fib,
+    slots: &[u32],
+    oif: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) -> Option<Egress> {
+    Some(Egress {
+        slot: u32::try_from(slots.iter().position(|i| *i == oif)?).ok()?,
+        dst_mac,
+        src_mac,
+        mtu: u16::try_from(fib.link(oif)?.mtu).unwrap_or(u16::MAX),
+    })
 }
 
 /// A routed reject (reset or unreachable) becomes a reply, transmitted or

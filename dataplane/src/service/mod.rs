@@ -220,6 +220,56 @@ impl Services {
         }
     }
 
+    /// Whether `s`, not offloaded, should be: established, forwarded, in
+    /// a set that offloads, and not refused by the map before.
+    fn may_offload(&self, s: &Session) -> bool {
+        established(s)
+            && s.action() == SessionAction::Forward
+            && !s.offload_refused()
+            && self.sets[usize::from(s.service_set)].offload
+    }
+
+    /// One bounded step (`REWALK_SLOTS` slots from `from`) of the pass a
+    /// worker makes over its table when the node's role changes: every
+    /// offload is taken back (a node that stops forwarding has its map
+    /// cleared); on a node that now `forwards`, every session that may be
+    /// offloaded is, each direction by the route `route` gives to its
+    /// destination (the initiator's toward the responder, the reply
+    /// toward the initiator). A session whose routes are not resolved
+    /// waits for its next packet. The next slot, or `None` when done.
+    pub fn reoffload_step(
+        &mut self,
+        from: u32,
+        forwards: bool,
+        mut route: impl FnMut([u8; 4]) -> Option<Egress>,
+        tally: &mut Tally,
+    ) -> Option<u32> {
+        self.flows.as_ref()?;
+        let end = (from as usize)
+            .saturating_add(REWALK_SLOTS)
+            .min(self.table.capacity());
+        for slot in from as usize..end {
+            let slot = u32::try_from(slot).ok()?;
+            if !self.table.get(slot).is_live() {
+                continue;
+            }
+            self.unoffload(slot, tally);
+            let s = self.table.get(slot);
+            if !forwards || !self.may_offload(s) {
+                continue;
+            }
+            let (Some(src), Some(dst)) = (s.key.src_v4(), s.key.dst_v4()) else {
+                continue;
+            };
+            if let (Some(init_out), Some(reply_out)) = (route(dst), route(src)) {
+                self.offload(slot, Side::Initiator, init_out, reply_out, tally);
+            }
+        }
+        (end < self.table.capacity())
+            .then(|| u32::try_from(end).ok())
+            .flatten()
+    }
+
     /// Takes the session in `slot` back from the fast path, adding what
     /// the program forwarded to its counters.
     fn unoffload(&mut self, slot: u32, tally: &mut Tally) {
@@ -329,19 +379,12 @@ impl Services {
         }
         if self.flows.is_some() {
             let s = self.table.get(slot);
-            let established = match s.tcp_state() {
-                Some(t) => t == TcpState::Established,
-                None => s.packets[Side::Responder as usize] > 0,
-            };
             if s.is_offloaded() {
                 // A FIN or RST the program left to us: the fast path ends.
-                if !established {
+                if !established(s) {
                     self.unoffload(slot, tally);
                 }
-            } else if established
-                && !s.offload_refused()
-                && self.sets[usize::from(s.service_set)].offload
-            {
+            } else if self.may_offload(s) {
                 self.offer = Some((slot, side));
             }
         }
@@ -531,6 +574,17 @@ impl Services {
         n
     }
 }
+
+/// Whether `s` has seen its handshake (TCP) or a reply (other protocols).
+fn established(s: &Session) -> bool {
+    match s.tcp_state() {
+        Some(t) => t == TcpState::Established,
+        None => s.packets[Side::Responder as usize] > 0,
+    }
+}
+
+/// Slots one step of a role-change pass looks at.
+const REWALK_SLOTS: usize = 4096;
 
 /// Removes both directions of `s` from `flows` if it is offloaded,
 /// folding what the program forwarded into its counters; whether it was.

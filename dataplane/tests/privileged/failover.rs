@@ -52,6 +52,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_ipv6_vips_move_with_unsolicited_advertisements",
         ipv6_vips_move_with_unsolicited_advertisements,
     ),
+    (
+        "failover_offloaded_sessions_follow_the_master",
+        offloaded_sessions_follow_the_master,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -440,6 +444,15 @@ fn sigkill_of_the_master_keeps_connections_and_it_rejoins_standby() -> Result<()
     Ok(())
 }
 
+/// `tandemctl request WORDS` for `d`.
+fn ctl(d: &Daemon, words: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::netns::tandemstat_path().with_file_name("tandemctl"))
+        .args(["--instance", &d.instance, "request"])
+        .args(words)
+        .output()
+        .expect("tandemctl")
+}
+
 fn manual_switchover_and_back() -> Result<(), Failed> {
     let lab = Lab::new();
     let (a, b) = lab.start()?;
@@ -447,13 +460,6 @@ fn manual_switchover_and_back() -> Result<(), Failed> {
     let server = echo_server(&lab, Arc::clone(&stop));
     let conns = hold(&lab, 20, &stop);
     thread::sleep(Duration::from_secs(1));
-    let ctl = |d: &Daemon, words: &[&str]| {
-        std::process::Command::new(crate::netns::tandemstat_path().with_file_name("tandemctl"))
-            .args(["--instance", &d.instance, "request"])
-            .args(words)
-            .output()
-            .expect("tandemctl")
-    };
     // A release on the STANDBY, an acquire on the MASTER: refused, said why.
     let o = ctl(&b, &["release"]);
     check(
@@ -1006,5 +1012,105 @@ fn worker_stall_hands_over_and_recovers() -> Result<(), Failed> {
         gap < Duration::from_secs(1),
         format!("longest gap {gap:?} under a second"),
     )?;
+    Ok(())
+}
+
+/// Offloaded sessions follow mastership. Ten connections echo twice
+/// through A and are offloaded there; then, with them idle, B is asked to
+/// take over. A takes its offloads back as it releases; B offloads the
+/// synced sessions before any of their packets arrive, so the next echoes
+/// take B's fast path from the first packet: B's workers receive none of
+/// them, and its listing shows the sessions offloaded.
+fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
+    const N: u64 = 10;
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let to = std::net::SocketAddr::new(SERVER.parse()?, PORT);
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let s = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        conns.push(s);
+    }
+    let echo = |conns: &mut [TcpStream], round: u8| -> Result<(), Failed> {
+        for (i, s) in conns.iter_mut().enumerate() {
+            s.write_all(&[round; 16])?;
+            let mut got = [0u8; 16];
+            s.read_exact(&mut got)
+                .map_err(|e| format!("round {round}, connection {i}: {e}"))?;
+            check(got == [round; 16], format!("round {round}: echo mismatch"))?;
+        }
+        Ok(())
+    };
+    echo(&mut conns, 1)?;
+    echo(&mut conns, 2)?;
+    wait("A to offload the sessions", || {
+        a.counter("worker.offloads_installed") >= N
+    })?;
+    wait("B to hold the sessions", || count(&b).is_ok_and(|c| c >= N))?;
+    check(
+        b.counter("worker.offloads_installed") == 0,
+        "the STANDBY offloads nothing",
+    )?;
+
+    let o = ctl(&b, &["acquire"]);
+    check(o.status.success(), format!("acquire on B: {o:?}"))?;
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    // No packet of these sessions has reached B yet.
+    let took = wait("B to offload the synced sessions", || {
+        b.counter("worker.offloads_installed") >= N
+    })?;
+    wait("A to take its offloads back", || {
+        a.counter("worker.offloads_removed") >= N
+    })?;
+    // XDP counters reach the segment every 500 ms.
+    thread::sleep(Duration::from_secs(1));
+    let (rx, fast) = (
+        b.counter("worker.rx_packets"),
+        b.counter("xdp.fast_forwarded"),
+    );
+    echo(&mut conns, 3)?;
+    echo(&mut conns, 4)?;
+    thread::sleep(Duration::from_millis(1100));
+    let (rx2, fast2) = (
+        b.counter("worker.rx_packets"),
+        b.counter("xdp.fast_forwarded"),
+    );
+    eprintln!(
+        "offload follows the master: B had offloaded {N} synced sessions {took:?} after both \
+         roles had changed; then {} fast-path frames, {} to its workers",
+        fast2 - fast,
+        rx2 - rx
+    );
+    check(
+        rx2 == rx,
+        format!(
+            "B's workers received {} frames of offloaded sessions",
+            rx2 - rx
+        ),
+    )?;
+    // Two rounds, each a data segment and its ACK both ways at least.
+    check(
+        fast2 - fast >= 4 * N,
+        format!(
+            "B's fast path forwarded {} frames, want >= {}",
+            fast2 - fast,
+            4 * N
+        ),
+    )?;
+    let listed = crate::sessions::sessions_json(&b, &["protocol", "tcp"])?;
+    let rows = listed["sessions"].as_array().ok_or("no sessions array")?;
+    check(
+        rows.len() as u64 == N && rows.iter().all(|r| r["offload"] == true),
+        format!("B lists {N} offloaded sessions: {listed}"),
+    )?;
+    stop.store(true, Ordering::Relaxed);
+    drop(conns);
+    let _ = server.join();
     Ok(())
 }
