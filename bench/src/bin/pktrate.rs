@@ -7,7 +7,9 @@
 //! The generator is an AF_XDP socket per thread on gen0 (copy mode, one
 //! queue per thread, so thread t lands on the DUT's rx queue t); the sink is
 //! an XDP program on sink0 that counts and drops. Rates are counted at the
-//! sink. See bench/README.md and shared/reference/machine-ceilings.md.
+//! sink. `--offload` uses an XDP generator instead (`BPF_PROG_RUN` in
+//! live-frames mode, `XDP_TX` out of gen0), which offers several times
+//! more. See bench/README.md and shared/reference/machine-ceilings.md.
 
 use std::{
     fs,
