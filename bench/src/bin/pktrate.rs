@@ -464,7 +464,14 @@ fn gen_thread(queue: u32, frame: &[u8], flows: u32, churn: bool, stop: &AtomicBo
 /// Runs `threads` generator threads, pinned from the last core down (the
 /// DUT's workers are pinned from core 0 up), until `stop`; returns frames sent.
 fn generate(frame: &[u8], flows: u32, threads: u32, churn: bool, stop: &AtomicBool) -> Result<u64> {
+    pinned(threads, |t| gen_thread(t, frame, flows, churn, stop))
+}
+
+/// Runs `body(t)` for `t` in `0..threads`, thread t pinned to the t-th core
+/// from the last; returns the sum of what they return.
+fn pinned(threads: u32, body: impl Fn(u32) -> Result<u64> + Sync) -> Result<u64> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let body = &body;
     thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -476,7 +483,7 @@ fn generate(frame: &[u8], flows: u32, threads: u32, churn: bool, stop: &AtomicBo
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    gen_thread(t, frame, flows, churn, stop)
+                    body(t)
                 })
             })
             .collect();
@@ -965,30 +972,7 @@ fn xdp_generate(
     stop: &AtomicBool,
 ) -> Result<u64> {
     let gen0 = ifindex(GEN, "gen0")?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let core = cores
-                    .len()
-                    .checked_sub(1 + t as usize % cores.len().max(1))
-                    .and_then(|i| cores.get(i).copied());
-                s.spawn(move || -> Result<u64> {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(c);
-                    }
-                    xdp_gen_thread(bpf, frame, gen0, total, stop)
-                })
-            })
-            .collect();
-        let mut sent = 0;
-        for h in handles {
-            sent += h
-                .join()
-                .map_err(|_| anyhow::anyhow!("generator panicked"))??;
-        }
-        Ok(sent)
-    })
+    pinned(threads, |_| xdp_gen_thread(bpf, frame, gen0, total, stop))
 }
 
 /// Establishes the flows: the sink answers while every generator thread
