@@ -118,7 +118,7 @@ pub fn entry(key: &FlowV4Key, out: Egress, nat: Nat) -> FlowEntry {
 }
 
 /// Adds what the program has forwarded so far for an offloaded `s` to its
-/// counters and moves its `last_seen` (second `now`, CLOCK_MONOTONIC
+/// counters and moves its `last_seen` (second `now`, CLOCK_MONOTONIC_COARSE
 /// `now_ns`) to the latest fast-path packet: a listing's copy, the
 /// entries stay.
 pub fn add_forwarded(flows: &mut FlowMap, s: &mut Session, now: u32, now_ns: u64) {
@@ -142,7 +142,7 @@ pub fn forwarded(flows: &mut FlowMap, s: &Session) -> Option<[Forwarded; 2]> {
     Some(dirs.map(|(k, _)| flows.read(&k).unwrap_or_default()))
 }
 
-/// The worker second (of `now`, at CLOCK_MONOTONIC `now_ns`) of the
+/// The worker second (of `now`, at CLOCK_MONOTONIC_COARSE `now_ns`) of the
 /// latest packet in `f`; 0 if there was none.
 pub fn last_seen(f: &[Forwarded; 2], now: u32, now_ns: u64) -> u32 {
     let last = f[0].last_seen_ns.max(f[1].last_seen_ns);

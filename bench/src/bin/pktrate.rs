@@ -519,9 +519,21 @@ fn measure_with(
     secs: u64,
     churn: bool,
 ) -> Result<Sample> {
+    window(bpf, secs, |stop| {
+        generate(frame, flows, threads, churn, stop)
+    })
+}
+
+/// The rate at the sink over `secs`, after a 1 s warm-up, while `generator`
+/// runs until the `stop` it is given is set (it returns frames sent).
+fn window(
+    bpf: &Bpf,
+    secs: u64,
+    generator: impl FnOnce(&AtomicBool) -> Result<u64> + Send,
+) -> Result<Sample> {
     let stop = AtomicBool::new(false);
     thread::scope(|s| {
-        let g = s.spawn(|| generate(frame, flows, threads, churn, &stop));
+        let g = s.spawn(|| generator(&stop));
         thread::sleep(Duration::from_secs(1));
         let c0 = bpf.sink_count()?;
         let t0 = Instant::now();
@@ -989,23 +1001,8 @@ fn establish(bpf: &mut Bpf, frame: &[u8], flows: u32, threads: u32) -> Result<()
 /// The rate at the sink over `secs` (after a 1 s warm-up) with the XDP
 /// generator at full speed.
 fn xdp_measure(bpf: &Bpf, frame: &[u8], threads: u32, secs: u64) -> Result<Sample> {
-    let stop = AtomicBool::new(false);
-    thread::scope(|s| {
-        let g = s.spawn(|| xdp_generate(bpf, frame, threads, None, &stop));
-        thread::sleep(Duration::from_secs(1));
-        let c0 = bpf.sink_count()?;
-        let t0 = Instant::now();
-        thread::sleep(Duration::from_secs(secs));
-        let c1 = bpf.sink_count()?;
-        let dt = t0.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        let sent = g
-            .join()
-            .map_err(|_| anyhow::anyhow!("generator panicked"))??;
-        Ok(Sample {
-            pps: per_sec(c1 - c0, dt),
-            offered: per_sec(sent, dt + 1.0),
-        })
+    window(bpf, secs, |stop| {
+        xdp_generate(bpf, frame, threads, None, stop)
     })
 }
 
