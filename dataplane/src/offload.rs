@@ -173,7 +173,7 @@ pub fn directions(s: &Session) -> Option<[(FlowV4Key, Nat); 2]> {
 pub struct Forwarded {
     pub packets: u64,
     pub bytes: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the latest packet; 0: none.
+    /// CLOCK_MONOTONIC_COARSE nanoseconds of the latest packet; 0: none.
     pub last_seen_ns: u64,
 }
 
