@@ -7,7 +7,7 @@ use libtest_mimic::Failed;
 use tandem_common::{FlowV4Key, XdpCounter};
 use tandem_dataplane::{
     loader::Loader,
-    offload::{self, Egress, FlowMap, Nat},
+    offload::{self, Egress, Nat},
     wire::{self, Rewrite},
 };
 
@@ -197,7 +197,7 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
         l.add_iface(in0, 0, 1)?;
         l.add_iface(out0, 1, 1)?;
         l.set_forward(true)?;
-        let mut flows = FlowMap::new(l.flows_fd()?)?;
+        let mut flows = l.flow_map()?;
         let out = Egress {
             slot: 1,
             dst_mac: [2, 0, 0, 0, 0, 0xb],
