@@ -130,12 +130,6 @@ fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, Verdict> {
 }
 
 fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain-data value read from a map the program owns.
-    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
-        return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
-    };
-
     let mut l3 = ETH_HLEN;
     let mut ethertype = load_be16(ctx, 12)?;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -146,7 +140,10 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let forward = role.forward != 0;
     // Offloaded sessions first: they are service traffic by construction
     // (never to a local, multicast or broadcast address), so a hit skips
-    // the local-address lookup. A punt goes the worker's way below.
+    // the local-address lookup, and the interface lookup too (the
+    // program is attached to tandem's interfaces only, and the table holds
+    // nothing before they are registered). A punt goes the worker's way
+    // below.
     if forward && ethertype == ETH_P_IP && l3 == ETH_HLEN {
         match fast_path(ctx, &role) {
             Fast::Miss => {}
@@ -154,6 +151,11 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             Fast::Done(v) => return Ok(v),
         }
     }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: plain-data value read from a map the program owns.
+    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
+        return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
+    };
     let service = match ethertype {
         ETH_P_IP => ipv4(ctx, l3)?,
         ETH_P_IPV6 => ipv6(ctx, l3)?,
@@ -255,7 +257,7 @@ enum Fast {
     /// An offloaded session's, but the worker must see it (counter says
     /// why); the frame is untouched.
     Punt(XdpCounter),
-    /// Rewritten and redirected (or dropped if the redirect failed).
+    /// Rewritten and redirected.
     Done(Verdict),
 }
 
@@ -311,39 +313,56 @@ fn fast_path(ctx: &XdpContext, role: &NodeRole) -> Fast {
 fn lookup(w1: u64, w2: u64, role: &NodeRole) -> Option<(*mut FlowSlot, FlowEntry)> {
     let home = flow_hash(w1, w2, role.flow_seed) & role.flow_mask;
     let first = FLOWS.get_ptr_mut(home)?;
+    if let Some(hit) = probe(first, w1, w2) {
+        return hit;
+    }
     // SAFETY: a slot of the table; volatile, as workers write it
-    // concurrently (the sequence lock decides what a read is worth).
-    let probe = u32::from(unsafe { read8(first, FLOW_PROBE_OFF) });
-    for way in 0..FLOW_WAYS {
-        if way > probe {
+    // concurrently.
+    let ways = u32::from(unsafe { read8(first, FLOW_PROBE_OFF) });
+    for way in 1..FLOW_WAYS {
+        if way > ways {
             break;
         }
         let slot = FLOWS.get_ptr_mut((home + way) & role.flow_mask)?;
-        // SAFETY: as above; every read is volatile so that none moves
-        // outside the two reads of the sequence number.
-        unsafe {
-            let seq = read16(slot, FLOW_SEQ_OFF);
-            let words = slot.cast::<u64>();
-            if seq & 1 != 0
-                || core::ptr::read_volatile(words.add(1)) != w1
-                || core::ptr::read_volatile(words.add(2)) & FLOW_KEY2_MASK != w2
-            {
-                continue;
-            }
-            let w = [
-                w1,
-                core::ptr::read_volatile(words.add(2)),
-                core::ptr::read_volatile(words.add(3)),
-                core::ptr::read_volatile(words.add(4)),
-                core::ptr::read_volatile(words.add(5)),
-            ];
-            if read16(slot, FLOW_SEQ_OFF) != seq {
-                return None;
-            }
-            return Some((slot, flow_entry(&w)));
+        if let Some(hit) = probe(slot, w1, w2) {
+            return hit;
         }
     }
     None
+}
+
+/// `None`: `slot` does not hold the key; `Some(None)`: it does, but a
+/// worker rewrote it while it was read; `Some(Some(..))`: the slot and
+/// its entry.
+#[inline(always)]
+#[expect(
+    clippy::option_option,
+    reason = "a miss goes on to the next way, a torn read stops the lookup"
+)]
+fn probe(slot: *mut FlowSlot, w1: u64, w2: u64) -> Option<Option<(*mut FlowSlot, FlowEntry)>> {
+    // SAFETY: a slot of the table; every read is volatile so that none
+    // moves outside the two reads of the sequence number.
+    unsafe {
+        let seq = read16(slot, FLOW_SEQ_OFF);
+        let words = slot.cast::<u64>();
+        if seq & 1 != 0
+            || core::ptr::read_volatile(words.add(1)) != w1
+            || core::ptr::read_volatile(words.add(2)) & FLOW_KEY2_MASK != w2
+        {
+            return None;
+        }
+        let w = [
+            w1,
+            core::ptr::read_volatile(words.add(2)),
+            core::ptr::read_volatile(words.add(3)),
+            core::ptr::read_volatile(words.add(4)),
+            core::ptr::read_volatile(words.add(5)),
+        ];
+        if read16(slot, FLOW_SEQ_OFF) != seq {
+            return Some(None);
+        }
+        Some(Some((slot, flow_entry(&w))))
+    }
 }
 
 /// # Safety
@@ -383,10 +402,12 @@ fn forward_flow(
     if len > f.mtu {
         return Fast::Punt(XdpCounter::FastPuntTooBig);
     }
-    let tx_slot = u32::from(f.tx_slot);
-    if TX_PORTS.get(tx_slot).is_none() {
+    // The redirect only records its target, so it can come before the
+    // rewrite: a slot without a device leaves the frame untouched for the
+    // worker, and there is no separate devmap lookup.
+    let Ok(action) = TX_PORTS.redirect(u32::from(f.tx_slot), 0) else {
         return Fast::Punt(XdpCounter::FastRedirectFailed);
-    }
+    };
     // Translation first, at constant offsets (the verifier follows those,
     // not a pointer LLVM selects between two).
     let translated = match f.nat {
@@ -432,18 +453,13 @@ fn forward_flow(
         // The coarse clock (the last tick's time): aging needs seconds,
         // and reading the TSC cost a tenth of the fast path.
         let tick = (bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT) as u32;
-        core::ptr::write_volatile(slot.cast::<u32>().add(FLOW_LAST_SEEN_OFF / 4), tick);
-    }
-    match TX_PORTS.redirect(tx_slot, 0) {
-        Ok(action) => {
-            add(XdpCounter::FastForwardedBytes, u64::from(len));
-            Fast::Done(verdict(action, XdpCounter::FastForwarded))
+        let last = slot.cast::<u32>().add(FLOW_LAST_SEEN_OFF / 4);
+        if core::ptr::read_volatile(last) != tick {
+            core::ptr::write_volatile(last, tick);
         }
-        Err(_) => Fast::Done(verdict(
-            xdp_action::XDP_DROP,
-            XdpCounter::FastRedirectFailed,
-        )),
     }
+    add(XdpCounter::FastForwardedBytes, u64::from(len));
+    Fast::Done(verdict(action, XdpCounter::FastForwarded))
 }
 
 /// Writes the translated address at `ADDR` and port at `PORT` and patches
