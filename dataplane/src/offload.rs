@@ -591,6 +591,110 @@ mod tests {
         }
     }
 
+    /// A table of `slots` slots in a memfd: the same shared mapping as
+    /// the BPF array, without privileges.
+    fn table(slots: u32) -> FlowMap {
+        // SAFETY: a fresh memfd, sized before it is mapped.
+        let fd = unsafe {
+            let raw = libc::memfd_create(c"flows".as_ptr(), 0);
+            assert!(raw >= 0);
+            assert_eq!(libc::ftruncate(raw, i64::from(slots) * 64), 0);
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
+        };
+        FlowMap::new(&fd, slots, 0x5eed).unwrap()
+    }
+
+    fn flow(port: u16) -> FlowV4Key {
+        FlowV4Key {
+            src: [198, 18, 1, 10],
+            dst: [198, 18, 2, 10],
+            sport: port.to_be_bytes(),
+            dport: 7u16.to_be_bytes(),
+            proto: 17,
+            pad: [0; 3],
+        }
+    }
+
+    fn stored(m: &FlowMap, key: &FlowV4Key) -> Option<FlowEntry> {
+        let i = m.find(key)?;
+        let w: [u64; 5] = std::array::from_fn(|n| m.word(i, n + 1).load(Ordering::Relaxed));
+        Some(tandem_common::flow_entry(&w))
+    }
+
+    #[test]
+    fn table_installs_replaces_and_removes_in_place() {
+        let mut t = table(1024);
+        let (one, two) = (flow(1000), flow(1001));
+        let first = entry(&one, OUT, Nat::Source([198, 18, 2, 100], 20001));
+        t.insert(&one, &first).unwrap();
+        t.insert(&two, &entry(&two, OUT, Nat::None)).unwrap();
+        assert_eq!(stored(&t, &one), Some(first));
+        assert_eq!(t.read(&one), Some(Forwarded::default()));
+        // The program's side: counters and a tick.
+        let at = t.find(&one).unwrap();
+        t.word(at, FLOW_PACKETS_WORD)
+            .fetch_add(3, Ordering::Relaxed);
+        t.word(at, FLOW_BYTES_WORD)
+            .fetch_add(180, Ordering::Relaxed);
+        let now = monotonic_ns();
+        t.last_seen(at)
+            .store((now >> FLOW_TICK_SHIFT) as u32, Ordering::Relaxed);
+        let got = t.read(&one).unwrap();
+        assert_eq!((got.packets, got.bytes), (3, 180));
+        assert!(got.last_seen_ns > 0 && now.abs_diff(got.last_seen_ns) < 10_000_000);
+        // Replacing keeps the slot and zeroes the counters; each write
+        // moves the sequence number by two.
+        let seq = t.seq(at).load(Ordering::Relaxed);
+        let moved = Egress { mtu: 1400, ..OUT };
+        t.insert(&one, &entry(&one, moved, Nat::None)).unwrap();
+        assert_eq!(t.find(&one), Some(at));
+        assert_eq!(t.seq(at).load(Ordering::Relaxed), seq.wrapping_add(2));
+        assert_eq!(stored(&t, &one).map(|e| e.mtu), Some(1400));
+        assert_eq!(t.read(&one).map(|f| f.packets), Some(0));
+        assert_eq!(t.remove(&one).map(|f| f.packets), Some(0));
+        assert_eq!((t.read(&one), t.remove(&one)), (None, None));
+        assert!(t.read(&two).is_some());
+        assert_eq!(t.clear(), 1);
+        assert!(t.read(&two).is_none());
+        assert_eq!(t.clear(), 0);
+    }
+
+    #[test]
+    fn a_full_home_refuses_and_probes_say_how_far_to_look() {
+        // Eight slots: every key's ways cover the whole table.
+        let mut m = table(FLOW_WAYS);
+        let keys: Vec<FlowV4Key> = (0..=FLOW_WAYS as u16).map(|p| flow(2000 + p)).collect();
+        for k in &keys[..FLOW_WAYS as usize] {
+            m.insert(k, &entry(k, OUT, Nat::None)).unwrap();
+        }
+        let last = &keys[FLOW_WAYS as usize];
+        assert_eq!(
+            m.insert(last, &entry(last, OUT, Nat::None)),
+            Err(WriteError::Full)
+        );
+        // Every key is found within its home slot's probe distance, as
+        // the program looks.
+        for k in &keys[..FLOW_WAYS as usize] {
+            let (home, ..) = m.home(k);
+            let at = m.find(k).unwrap();
+            let way = (at + FLOW_WAYS - home) % FLOW_WAYS;
+            assert!(u32::from(m.probe(home).load(Ordering::Relaxed)) >= way);
+        }
+        // A removal frees a way for the refused key.
+        m.remove(&keys[3]).unwrap();
+        m.insert(last, &entry(last, OUT, Nat::None)).unwrap();
+        assert!(m.read(last).is_some() && m.read(&keys[3]).is_none());
+        // A slot another writer holds is busy, not full.
+        let i = m.find(last).unwrap();
+        let was = m.lock(i).unwrap();
+        assert_eq!(
+            m.insert(last, &entry(last, OUT, Nat::None)),
+            Err(WriteError::Busy)
+        );
+        m.unlock(i, was, false);
+        assert_eq!(m.seq(i).load(Ordering::Relaxed), was);
+    }
+
     #[test]
     fn directions_translate_both_ways() {
         use crate::session::{Origin, Session};
