@@ -36,7 +36,10 @@ use tandem_common::{
 };
 use tandem_control::config::Config;
 
-use crate::session::{FlowKey, Session};
+use crate::{
+    session::{FlowKey, Session},
+    wire::PROTO_ICMP,
+};
 
 /// Largest flow table the daemon creates, in slots (64 MiB).
 pub const MAX_FLOWS: u32 = 1 << 20;
@@ -116,6 +119,12 @@ pub fn entry(key: &FlowV4Key, out: Egress, nat: Nat) -> FlowEntry {
         Nat::Destination(a, p) => (FLOW_NAT_DESTINATION, key.dst, key.dport, a, p.to_be_bytes()),
     };
     let addr_delta = word_delta(&old_addr, &addr);
+    // ICMP's checksum has no pseudo-header: only the echo identifier.
+    let l4_addr_delta = if key.proto == PROTO_ICMP {
+        0
+    } else {
+        addr_delta
+    };
     FlowEntry {
         dst_mac: out.dst_mac,
         src_mac: out.src_mac,
@@ -125,7 +134,7 @@ pub fn entry(key: &FlowV4Key, out: Egress, nat: Nat) -> FlowEntry {
         nat_addr: addr,
         nat_port: port,
         ip_delta: fold(addr_delta + TTL_DELTA),
-        l4_delta: fold(addr_delta + word_delta(&old_port, &port)),
+        l4_delta: fold(l4_addr_delta + word_delta(&old_port, &port)),
     }
 }
 
@@ -486,11 +495,17 @@ mod tests {
         frame[..6].copy_from_slice(&e.dst_mac);
         frame[6..12].copy_from_slice(&e.src_mac);
         frame[22] -= 1;
-        let udp = frame[23] == 17;
-        let csum_at = if udp { 34 + 6 } else { 34 + 16 };
-        let (addr_at, port_at) = match e.nat {
-            FLOW_NAT_SOURCE => (26, 34),
-            FLOW_NAT_DESTINATION => (30, 36),
+        let (udp, icmp) = (frame[23] == 17, frame[23] == 1);
+        let csum_at = match frame[23] {
+            17 => 34 + 6,
+            1 => 34 + 2,
+            _ => 34 + 16,
+        };
+        let (addr_at, port_at) = match (e.nat, icmp) {
+            (FLOW_NAT_SOURCE, false) => (26, 34),
+            (FLOW_NAT_DESTINATION, false) => (30, 36),
+            (FLOW_NAT_SOURCE, true) => (26, 38),
+            (FLOW_NAT_DESTINATION, true) => (30, 38),
             _ => (0, 0),
         };
         if addr_at != 0 {
@@ -509,16 +524,22 @@ mod tests {
         frame[24..26].copy_from_slice(&apply(old, e.ip_delta).to_be_bytes());
     }
 
-    fn packet(tcp: bool, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    /// A frame of protocol `proto` (6, 17, or 1: an echo request with
+    /// identifier `sport`).
+    fn packet(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64);
         let mut out = Vec::new();
-        if tcp {
-            b.tcp(sport, dport, 7, 1000)
+        match proto {
+            6 => b
+                .tcp(sport, dport, 7, 1000)
                 .ack(9)
                 .write(&mut out, b"payload")
-                .unwrap();
-        } else {
-            b.udp(sport, dport).write(&mut out, b"payload").unwrap();
+                .unwrap(),
+            17 => b.udp(sport, dport).write(&mut out, b"payload").unwrap(),
+            _ => b
+                .icmpv4_echo_request(sport, 3)
+                .write(&mut out, b"payload")
+                .unwrap(),
         }
         out
     }
@@ -546,14 +567,14 @@ mod tests {
 
     #[test]
     fn precomputed_deltas_rewrite_like_the_worker() {
-        for tcp in [true, false] {
+        for proto in [6, 17, 1] {
             for nat in [
                 Nat::None,
                 Nat::Source([198, 18, 2, 100], 20001),
                 Nat::Destination([198, 18, 1, 10], 40000),
                 Nat::Source([255, 255, 0, 1], 65535),
             ] {
-                let frame = packet(tcp, [198, 18, 1, 10], [198, 18, 2, 10], 40000, 7);
+                let frame = packet(proto, [198, 18, 1, 10], [198, 18, 2, 10], 40000, 7);
                 let ip = wire::parse(&frame).unwrap();
                 let l4 = wire::parse_l4(&frame, &ip).unwrap();
                 let key = FlowV4Key {
@@ -568,7 +589,7 @@ mod tests {
                 let (mut by_xdp, mut by_worker) = (frame.clone(), frame.clone());
                 fast(&mut by_xdp, &flow);
                 worker(&mut by_worker, nat);
-                assert_eq!(by_xdp, by_worker, "tcp {tcp} {nat:?}");
+                assert_eq!(by_xdp, by_worker, "protocol {proto} {nat:?}");
                 // And both verify.
                 let p = SlicedPacket::from_ethernet(&by_xdp).unwrap();
                 let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
@@ -584,6 +605,11 @@ mod tests {
                     Some(TransportSlice::Udp(u)) => assert_eq!(
                         u.checksum(),
                         u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap()
+                    ),
+                    Some(TransportSlice::Icmpv4(i)) => assert_eq!(
+                        i.checksum(),
+                        etherparse::Icmpv4Header::with_checksum(i.icmp_type(), i.payload())
+                            .checksum
                     ),
                     other => panic!("{other:?}"),
                 }

@@ -64,6 +64,8 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -262,9 +264,9 @@ enum Fast {
 }
 
 /// The fast path for offloaded sessions: untagged IPv4 without options or
-/// fragmentation, TCP or UDP. A flow map hit is rewritten as the worker
-/// would (MACs, TTL, NAT with incremental checksums) and redirected out of
-/// its egress; packets that change the session's state, and those the
+/// fragmentation, TCP, UDP or ICMP echo. A flow table hit is rewritten as
+/// the worker would (MACs, TTL, NAT with incremental checksums) and
+/// redirected out of its egress; packets that change the session's state, and those the
 /// worker must answer with an ICMP error, are left to the worker.
 #[inline(always)]
 fn fast_path(ctx: &XdpContext, role: &NodeRole) -> Fast {
@@ -280,23 +282,31 @@ fn fast_path(ctx: &XdpContext, role: &NodeRole) -> Fast {
         return Fast::Miss;
     }
     let proto = h[9];
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Fast::Miss;
     }
-    let Ok(pp) = ptr_at::<[u8; 4]>(ctx, L4) else {
+    // Ports, or ICMP's type, code, checksum and echo identifier.
+    let Ok(lp) = ptr_at::<[u8; 8]>(ctx, L4) else {
         return Fast::Miss;
     };
-    // SAFETY: ptr_at checked that the ports lie in the frame.
-    let ports = unsafe { core::ptr::read_unaligned(pp) };
-    let flags = if proto == IPPROTO_TCP {
-        // Data offset and flags; a header shorter than 20 bytes is the
-        // worker's to count as malformed.
-        match load_be16(ctx, L4 + 12) {
-            Ok(w) if w >> 12 >= 5 => (w & 0xff) as u8,
-            _ => return Fast::Miss,
+    // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
+    let l4 = unsafe { core::ptr::read_unaligned(lp) };
+    let (ports, flags) = match proto {
+        IPPROTO_TCP => {
+            // Data offset and flags; a header shorter than 20 bytes is
+            // the worker's to count as malformed.
+            match load_be16(ctx, L4 + 12) {
+                Ok(w) if w >> 12 >= 5 => ([l4[0], l4[1], l4[2], l4[3]], (w & 0xff) as u8),
+                _ => return Fast::Miss,
+            }
         }
-    } else {
-        0
+        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0),
+        // Echo request or reply: the session key carries the identifier
+        // as both ports. Errors and the rest are the worker's.
+        _ if (l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY) && l4[1] == 0 => {
+            ([l4[4], l4[5], l4[4], l4[5]], 0)
+        }
+        _ => return Fast::Miss,
     };
     let w1 = u64::from_le_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
     let w2 = u64::from_le_bytes([ports[0], ports[1], ports[2], ports[3], proto, 0, 0, 0]);
@@ -410,9 +420,13 @@ fn forward_flow(
     };
     // Translation first, at constant offsets (the verifier follows those,
     // not a pointer LLVM selects between two).
-    let translated = match f.nat {
-        FLOW_NAT_SOURCE => translate::<{ L3 + 12 }, L4>(ctx, f, proto),
-        FLOW_NAT_DESTINATION => translate::<{ L3 + 16 }, { L4 + 2 }>(ctx, f, proto),
+    let icmp = proto == IPPROTO_ICMP;
+    let translated = match (f.nat, icmp) {
+        (FLOW_NAT_SOURCE, false) => translate::<{ L3 + 12 }, L4>(ctx, f, proto),
+        (FLOW_NAT_DESTINATION, false) => translate::<{ L3 + 16 }, { L4 + 2 }>(ctx, f, proto),
+        // The echo identifier, whichever end is translated.
+        (FLOW_NAT_SOURCE, true) => translate::<{ L3 + 12 }, { L4 + 4 }>(ctx, f, proto),
+        (FLOW_NAT_DESTINATION, true) => translate::<{ L3 + 16 }, { L4 + 4 }>(ctx, f, proto),
         _ => true,
     };
     if !translated {
@@ -473,10 +487,10 @@ fn translate<const ADDR: usize, const PORT: usize>(
     let (Ok(addr), Ok(port)) = (ptr_at::<[u8; 4]>(ctx, ADDR), ptr_at::<[u8; 2]>(ctx, PORT)) else {
         return false;
     };
-    let csum = if proto == IPPROTO_TCP {
-        ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 16)
-    } else {
-        ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 6)
+    let csum = match proto {
+        IPPROTO_TCP => ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 16),
+        IPPROTO_UDP => ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 6),
+        _ => ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 2),
     };
     let Ok(csum) = csum else {
         return false;
