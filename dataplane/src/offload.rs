@@ -208,13 +208,9 @@ pub enum WriteError {
     Busy,
 }
 
-/// How often a writer or reader retries a slot another writer holds
-/// before it yields the CPU (writers hold a slot for a few stores).
+/// How often a writer retries a slot another writer holds before giving
+/// up (writers hold a slot for a few stores).
 const SPINS: u32 = 10_000;
-/// How often a writer then yields before it gives up. A holder preempted
-/// on a shared core comes back within a scheduler slice; giving up early
-/// would leave a closed session's entry in the table.
-const YIELDS: u32 = 10_000;
 
 /// A handle on the flow table, mapped into this process. Each worker has
 /// its own; they coordinate through each slot's sequence lock.
@@ -317,10 +313,10 @@ impl FlowMap {
     }
 
     /// Locks slot `i` (its sequence number goes odd); the even value it
-    /// had. Spins, then yields, while another writer holds it.
+    /// had. Spins while another writer holds it.
     fn lock(&self, i: u32) -> Option<u16> {
         let seq = self.seq(i);
-        for attempt in 0..SPINS + YIELDS {
+        for _ in 0..SPINS {
             let cur = seq.load(Ordering::Relaxed);
             if cur & 1 == 0
                 && seq
@@ -334,11 +330,7 @@ impl FlowMap {
             {
                 return Some(cur);
             }
-            if attempt < SPINS {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            std::hint::spin_loop();
         }
         None
     }
