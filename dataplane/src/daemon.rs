@@ -362,7 +362,7 @@ impl Daemon {
             if let Some(svc) = services.as_mut()
                 && Services::offloads(cfg)
             {
-                let flows = loader.flows_fd().and_then(crate::offload::FlowMap::new);
+                let flows = loader.flow_map();
                 svc.set_flow_map(flows.map_err(DaemonError::FlowMap)?);
             }
             if let (Some(svc), Some(s)) = (services.as_mut(), cfg.sync.as_ref()) {

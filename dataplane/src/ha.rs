@@ -477,9 +477,7 @@ impl HaThread {
                 .loader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            l.flows_fd()
-                .and_then(crate::offload::FlowMap::new)
-                .map_err(crate::daemon::DaemonError::FlowMap)?
+            l.flow_map().map_err(crate::daemon::DaemonError::FlowMap)?
         };
         let mut probes = Vec::new();
         for (side, name, test, targets) in probed(cfg, p.fib.fib(), &p.ifnames) {

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd},
 };
 
 use aya::{
@@ -17,9 +17,12 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use tandem_common::{
-    IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter, map, xsk_index,
+    FLOW_WAYS, IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter, map,
+    xsk_index,
 };
 use tandem_control::config;
+
+use crate::offload::FlowMap;
 
 /// The object built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tandem-xdp"));
@@ -37,6 +40,8 @@ pub enum LoaderError {
         #[source]
         source: MapError,
     },
+    #[error("seeding the flow table: {0}")]
+    Seed(#[source] io::Error),
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("map TND_TX_PORTS: {0}")]
@@ -62,19 +67,21 @@ pub struct Loader {
     local4: HashMap<MapData, LocalV4Key, u32>,
     local6: HashMap<MapData, LocalV6Key, u32>,
     counters: PerCpuArray<MapData, u64>,
-    /// The fast path's flow map; workers write it through their own
-    /// descriptors ([`Self::flows_fd`]).
+    /// The fast path's flow table; workers map it ([`Self::flow_map`]).
     flows: MapData,
+    flow_slots: u32,
+    flow_seed: u32,
     tx_ports: DevMap<MapData>,
     locals: BTreeSet<IpAddr>,
 }
 
 impl Loader {
-    /// Loads the program with room for `flows` offloaded session
-    /// directions in its flow map.
-    pub fn load(flows: u32) -> Result<Self, LoaderError> {
+    /// Loads the program with a flow table of `flow_slots` slots (rounded
+    /// up to a power of two) and a fresh hash seed.
+    pub fn load(flow_slots: u32) -> Result<Self, LoaderError> {
+        let flow_slots = flow_slots.max(FLOW_WAYS).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map::FLOWS, flows.max(1))
+            .map_max_entries(map::FLOWS, flow_slots)
             .load(PROGRAM)?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::MissingMap(name));
@@ -86,7 +93,7 @@ impl Loader {
         let counters =
             PerCpuArray::try_from(take(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
         let flows = take(map::FLOWS)?;
-        let aya::maps::Map::PerCpuHashMap(flows) = flows else {
+        let aya::maps::Map::Array(flows) = flows else {
             return Err(LoaderError::MissingMap(map::FLOWS));
         };
         let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
@@ -95,7 +102,13 @@ impl Loader {
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
         prog.load()?;
-        Ok(Self {
+        let mut seed = [0u8; 4];
+        // SAFETY: getrandom(2) writes at most the 4 bytes it is given.
+        let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        if got != 4 {
+            return Err(LoaderError::Seed(io::Error::last_os_error()));
+        }
+        let mut l = Self {
             ebpf,
             role,
             ifaces,
@@ -104,9 +117,13 @@ impl Loader {
             local6,
             counters,
             flows,
+            flow_slots,
+            flow_seed: u32::from_ne_bytes(seed),
             tx_ports,
             locals: BTreeSet::new(),
-        })
+        };
+        l.set_forward(false)?;
+        Ok(l)
     }
 
     /// Registers interface `ifindex` as `slot` with `queues` XSK queues;
@@ -128,9 +145,10 @@ impl Loader {
             })
     }
 
-    /// A descriptor of the flow map of its own, for a worker.
-    pub fn flows_fd(&self) -> io::Result<OwnedFd> {
-        self.flows.fd().as_fd().try_clone_to_owned()
+    /// The flow table, mapped for a worker (or the ha thread).
+    pub fn flow_map(&self) -> io::Result<FlowMap> {
+        let fd = self.flows.fd().as_fd().try_clone_to_owned()?;
+        FlowMap::new(&fd, self.flow_slots, self.flow_seed)
     }
 
     pub fn set_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), LoaderError> {
@@ -145,6 +163,8 @@ impl Loader {
                 0,
                 NodeRole {
                     forward: u32::from(forward),
+                    flow_mask: self.flow_slots - 1,
+                    flow_seed: self.flow_seed,
                 },
                 0,
             )

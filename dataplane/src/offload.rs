@@ -9,35 +9,51 @@
 //! slot and MTU, the translation and its RFC 1624 checksum deltas), and
 //! takes them back when the session closes or ages out, reading what the
 //! program forwarded. Packets that change the session's state (TCP SYN,
-//! FIN, RST) or need an ICMP error still reach the worker. The map is per
-//! CPU, so the program's counters need no atomics; the worker writes the
-//! same entry for every CPU and sums them when it reads.
+//! FIN, RST) or need an ICMP error still reach the worker.
 //!
-//! The map is written with raw `bpf(2)` calls from a buffer allocated
-//! once: an install is one syscall per direction and no allocation.
+//! The flow table is an mmapable BPF array of 64-byte slots, one cache
+//! line per direction, indexed by a seeded hash with up to
+//! [`FLOW_WAYS`] linear-probe ways ([`FlowSlot`] has the layout and the
+//! sequence lock). A per-CPU kernel hash map cost the program three
+//! dependent cache misses per lookup (bucket, element, per-CPU value) and
+//! a jhash; a slot costs one line and a few multiplies. Workers map the
+//! table and write, read and remove slots in place: no syscall and no
+//! allocation per install. The sequence lock assumes x86's store and
+//! load ordering, which the program (JIT-compiled, volatile reads) and
+//! the atomics here both keep.
 
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence},
 };
 
-use tandem_common::{FLOW_NAT_DESTINATION, FLOW_NAT_NONE, FLOW_NAT_SOURCE, FlowEntry, FlowV4Key};
+use tandem_common::{
+    FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF, FLOW_NAT_DESTINATION, FLOW_NAT_NONE,
+    FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF, FLOW_TICK_SHIFT, FLOW_WAYS,
+    FlowEntry, FlowSlot, FlowV4Key, flow_hash, flow_key_words, flow_words,
+};
 use tandem_control::config::Config;
 
-use crate::session::{FlowKey, Session};
+use crate::{
+    session::{FlowKey, Session},
+    wire::PROTO_ICMP,
+};
 
-/// Largest flow map the daemon creates (entries, two per session): the
-/// map is preallocated per CPU.
-pub const MAX_FLOWS: u32 = 1 << 18;
+/// Largest flow table the daemon creates, in slots (64 MiB).
+pub const MAX_FLOWS: u32 = 1 << 20;
 
-/// The flow map's size for `cfg` with `workers` workers: room for every
-/// session's two directions, up to [`MAX_FLOWS`].
+/// The flow table's size for `cfg` with `workers` workers, in slots: a
+/// power of two at least twice the directions of every session the
+/// workers can hold (so that probes stay short), up to [`MAX_FLOWS`].
 pub fn capacity(cfg: &Config, workers: u32) -> u32 {
     cfg.sessions
         .per_worker
         .saturating_mul(workers)
-        .saturating_mul(2)
-        .clamp(2, MAX_FLOWS)
+        .saturating_mul(4)
+        .clamp(FLOW_WAYS, MAX_FLOWS)
+        .next_power_of_two()
 }
 
 /// The translation one direction gets.
@@ -103,17 +119,22 @@ pub fn entry(key: &FlowV4Key, out: Egress, nat: Nat) -> FlowEntry {
         Nat::Destination(a, p) => (FLOW_NAT_DESTINATION, key.dst, key.dport, a, p.to_be_bytes()),
     };
     let addr_delta = word_delta(&old_addr, &addr);
+    // ICMP's checksum has no pseudo-header: only the echo identifier.
+    let l4_addr_delta = if key.proto == PROTO_ICMP {
+        0
+    } else {
+        addr_delta
+    };
     FlowEntry {
         dst_mac: out.dst_mac,
         src_mac: out.src_mac,
-        tx_slot: out.slot,
+        tx_slot: u16::try_from(out.slot).unwrap_or(u16::MAX),
         mtu: out.mtu,
         nat: kind,
         nat_addr: addr,
         nat_port: port,
         ip_delta: fold(addr_delta + TTL_DELTA),
-        l4_delta: fold(addr_delta + word_delta(&old_port, &port)),
-        ..FlowEntry::default()
+        l4_delta: fold(l4_addr_delta + word_delta(&old_port, &port)),
     }
 }
 
@@ -168,139 +189,282 @@ pub fn directions(s: &Session) -> Option<[(FlowV4Key, Nat); 2]> {
     })
 }
 
-/// What the program forwarded for one direction, summed over CPUs.
+/// What the program forwarded for one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Forwarded {
     pub packets: u64,
     pub bytes: u64,
-    /// CLOCK_MONOTONIC_COARSE nanoseconds of the latest packet; 0: none.
+    /// CLOCK_MONOTONIC_COARSE nanoseconds of the latest packet, to about a
+    /// millisecond; 0: none.
     pub last_seen_ns: u64,
 }
 
-/// Why a write to the flow map failed.
+/// Why a write to the flow table failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteError {
+    /// Every way of the key's home slot is taken.
     Full,
-    Other(i32),
+    /// The slot stayed locked by another writer.
+    Busy,
 }
 
-/// `union bpf_attr` as the map element commands read it.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
+/// How often a writer retries a slot another writer holds before giving
+/// up (writers hold a slot for a few stores).
+const SPINS: u32 = 10_000;
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-
-/// A worker's handle on the flow map.
+/// A handle on the flow table, mapped into this process. Each worker has
+/// its own; they coordinate through each slot's sequence lock.
 #[derive(Debug)]
 pub struct FlowMap {
-    fd: OwnedFd,
-    /// One value per possible CPU, as the kernel reads and writes them.
-    values: Vec<FlowEntry>,
+    base: NonNull<FlowSlot>,
+    slots: u32,
+    seed: u32,
+}
+
+// SAFETY: the mapping is shared memory that every access reaches through
+// atomics; nothing in it is tied to the creating thread.
+unsafe impl Send for FlowMap {}
+
+impl Drop for FlowMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once.
+        unsafe {
+            libc::munmap(
+                self.base.as_ptr().cast(),
+                self.slots as usize * size_of::<FlowSlot>(),
+            );
+        }
+    }
 }
 
 impl FlowMap {
-    pub fn new(fd: OwnedFd) -> io::Result<Self> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        Ok(Self {
-            fd,
-            values: vec![FlowEntry::default(); cpus],
-        })
-    }
-
-    fn call(&self, cmd: libc::c_long, key: &FlowV4Key, value: u64, flags: u64) -> Result<(), i32> {
-        let attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd().cast_unsigned(),
-            pad: 0,
-            key: (&raw const *key) as u64,
-            value,
-            flags,
-        };
-        // SAFETY: attr points at a live key and, for lookup and update, at
-        // `values`, which holds one entry per possible CPU as the kernel
-        // expects of a per-CPU map.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                &raw const attr,
-                size_of::<ElemAttr>() as libc::c_uint,
+    /// Maps the table behind `fd` (an mmapable array of `slots` slots, a
+    /// power of two, hashed with `seed`).
+    pub fn new(fd: &OwnedFd, slots: u32, seed: u32) -> io::Result<Self> {
+        if !slots.is_power_of_two() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: a fresh shared mapping of the map's value area, checked
+        // below; the kernel refuses a length beyond the map.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                slots as usize * size_of::<FlowSlot>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
             )
         };
-        if r < 0 {
-            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
-        Ok(())
+        let base = NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Self { base, slots, seed })
     }
 
-    /// Installs (or replaces) `key`'s entry, the same on every CPU.
+    fn ptr(&self, i: u32) -> *mut FlowSlot {
+        // SAFETY: `i` is masked below `slots`, inside the mapping.
+        unsafe { self.base.as_ptr().add((i & (self.slots - 1)) as usize) }
+    }
+
+    fn seq(&self, i: u32) -> &AtomicU16 {
+        // SAFETY: an aligned u16 inside the mapping, only accessed
+        // atomically here (the program reads it volatile).
+        unsafe { AtomicU16::from_ptr(self.ptr(i).cast::<u16>().add(FLOW_SEQ_OFF / 2)) }
+    }
+
+    fn probe(&self, i: u32) -> &AtomicU8 {
+        // SAFETY: as for `seq`.
+        unsafe { AtomicU8::from_ptr(self.ptr(i).cast::<u8>().add(FLOW_PROBE_OFF)) }
+    }
+
+    fn last_seen(&self, i: u32) -> &AtomicU32 {
+        // SAFETY: as for `seq` (the program stores it whole).
+        unsafe { AtomicU32::from_ptr(self.ptr(i).cast::<u32>().add(FLOW_LAST_SEEN_OFF / 4)) }
+    }
+
+    fn word(&self, i: u32, w: usize) -> &AtomicU64 {
+        // SAFETY: as for `seq` (the program adds to words 6 and 7
+        // atomically).
+        unsafe { AtomicU64::from_ptr(self.ptr(i).cast::<u64>().add(w)) }
+    }
+
+    fn home(&self, key: &FlowV4Key) -> (u32, u64, u64) {
+        let (w1, w2) = flow_key_words(key);
+        (flow_hash(w1, w2, self.seed) & (self.slots - 1), w1, w2)
+    }
+
+    fn holds(&self, i: u32, w1: u64, w2: u64) -> bool {
+        self.word(i, 1).load(Ordering::Relaxed) == w1
+            && self.word(i, 2).load(Ordering::Relaxed) & FLOW_KEY2_MASK == w2
+    }
+
+    fn is_empty(&self, i: u32) -> bool {
+        self.word(i, 2).load(Ordering::Relaxed) & FLOW_KEY2_MASK == 0
+    }
+
+    /// The slot holding `key`, if any (unlocked: callers lock and check).
+    fn find(&self, key: &FlowV4Key) -> Option<u32> {
+        let (home, w1, w2) = self.home(key);
+        (0..FLOW_WAYS)
+            .map(|way| (home + way) & (self.slots - 1))
+            .find(|&i| self.holds(i, w1, w2))
+    }
+
+    /// Locks slot `i` (its sequence number goes odd); the even value it
+    /// had. Spins while another writer holds it.
+    fn lock(&self, i: u32) -> Option<u16> {
+        let seq = self.seq(i);
+        for _ in 0..SPINS {
+            let cur = seq.load(Ordering::Relaxed);
+            if cur & 1 == 0
+                && seq
+                    .compare_exchange(
+                        cur,
+                        cur.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                return Some(cur);
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// Unlocks slot `i` locked at `was`: readers see a new number if it
+    /// was written, the old one if not.
+    fn unlock(&self, i: u32, was: u16, written: bool) {
+        let next = if written { was.wrapping_add(2) } else { was };
+        self.seq(i).store(next, Ordering::Release);
+    }
+
+    /// Writes words 1-7 and `last_seen` of locked slot `i`.
+    fn fill(&self, i: u32, words: [u64; 5]) {
+        for (w, v) in words.iter().enumerate() {
+            self.word(i, w + 1).store(*v, Ordering::Relaxed);
+        }
+        self.word(i, FLOW_PACKETS_WORD).store(0, Ordering::Relaxed);
+        self.word(i, FLOW_BYTES_WORD).store(0, Ordering::Relaxed);
+        self.last_seen(i).store(0, Ordering::Relaxed);
+    }
+
+    /// The counters of slot `i`, at CLOCK_MONOTONIC_COARSE `now_ns`.
+    fn counts(&self, i: u32, now_ns: u64) -> Forwarded {
+        let tick = self.last_seen(i).load(Ordering::Relaxed);
+        let last_seen_ns = if tick == 0 {
+            0
+        } else {
+            // The program may have stamped a tick after `now_ns` was read.
+            let age = ((now_ns >> FLOW_TICK_SHIFT) as u32).wrapping_sub(tick);
+            let age = if age > u32::MAX / 2 { 0 } else { age };
+            now_ns
+                .saturating_sub(u64::from(age) << FLOW_TICK_SHIFT)
+                .max(1)
+        };
+        Forwarded {
+            packets: self.word(i, FLOW_PACKETS_WORD).load(Ordering::Relaxed),
+            bytes: self.word(i, FLOW_BYTES_WORD).load(Ordering::Relaxed),
+            last_seen_ns,
+        }
+    }
+
+    /// Installs (or replaces) `key`'s entry, with zeroed counters.
     pub fn insert(&mut self, key: &FlowV4Key, e: &FlowEntry) -> Result<(), WriteError> {
-        self.values.fill(*e);
-        let value = self.values.as_ptr() as u64;
-        self.call(BPF_MAP_UPDATE_ELEM, key, value, 0)
-            .map_err(|errno| match errno {
-                libc::E2BIG | libc::ENOMEM | libc::ENOSPC => WriteError::Full,
-                e => WriteError::Other(e),
-            })
+        let words = flow_words(key, e);
+        let (home, w1, w2) = self.home(key);
+        // In place if installed; else the first free way. Another worker
+        // may take a free way between the look and the lock: check again
+        // under the lock and go on.
+        let installed = self.find(key);
+        for way in 0..FLOW_WAYS {
+            let i = (home + way) & (self.slots - 1);
+            let wanted = match installed {
+                Some(at) => at == i,
+                None => self.is_empty(i),
+            };
+            if !wanted {
+                continue;
+            }
+            let was = self.lock(i).ok_or(WriteError::Busy)?;
+            if !(self.is_empty(i) || self.holds(i, w1, w2)) {
+                self.unlock(i, was, false);
+                continue;
+            }
+            self.fill(i, words);
+            #[expect(clippy::cast_possible_truncation, reason = "way < FLOW_WAYS = 8")]
+            self.probe(home).fetch_max(way as u8, Ordering::Relaxed);
+            self.unlock(i, was, true);
+            return Ok(());
+        }
+        Err(WriteError::Full)
     }
 
     /// What the program forwarded for `key`, if it is installed.
     pub fn read(&mut self, key: &FlowV4Key) -> Option<Forwarded> {
-        let value = self.values.as_mut_ptr() as u64;
-        self.call(BPF_MAP_LOOKUP_ELEM, key, value, 0).ok()?;
-        Some(
-            self.values
-                .iter()
-                .fold(Forwarded::default(), |a, e| Forwarded {
-                    packets: a.packets + e.packets,
-                    bytes: a.bytes + e.bytes,
-                    last_seen_ns: a.last_seen_ns.max(e.last_seen_ns),
-                }),
-        )
+        let (_, w1, w2) = self.home(key);
+        let now_ns = monotonic_ns();
+        for _ in 0..SPINS {
+            let i = self.find(key)?;
+            let seq = self.seq(i).load(Ordering::Acquire);
+            if seq & 1 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let (ok, got) = (self.holds(i, w1, w2), self.counts(i, now_ns));
+            fence(Ordering::Acquire);
+            if self.seq(i).load(Ordering::Relaxed) == seq {
+                return ok.then_some(got);
+            }
+        }
+        None
+    }
+
+    /// Empties locked slot `i`, returning its counters if it held
+    /// anything.
+    fn take(&self, i: u32, now_ns: u64) -> Option<Forwarded> {
+        if self.is_empty(i) {
+            return None;
+        }
+        let got = self.counts(i, now_ns);
+        self.fill(i, [0; 5]);
+        Some(got)
     }
 
     /// Removes every entry; how many. A node that stops forwarding clears
-    /// the map so that nothing it offloaded outlives its sessions.
+    /// the table so that nothing it offloaded outlives its sessions. The
+    /// probe bytes stay (they only bound lookups).
     pub fn clear(&mut self) -> usize {
+        let now_ns = monotonic_ns();
         let mut n = 0;
-        let mut first = FlowV4Key::default();
-        loop {
-            // A null key asks for the first key; each one found is deleted.
-            let attr = ElemAttr {
-                map_fd: self.fd.as_raw_fd().cast_unsigned(),
-                pad: 0,
-                key: 0,
-                value: (&raw mut first) as u64,
-                flags: 0,
-            };
-            // SAFETY: attr names a key buffer `first` the kernel writes.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_GET_NEXT_KEY,
-                    &raw const attr,
-                    size_of::<ElemAttr>() as libc::c_uint,
-                )
-            };
-            if r != 0 || self.call(BPF_MAP_DELETE_ELEM, &first, 0, 0).is_err() {
-                return n;
+        for i in 0..self.slots {
+            if self.is_empty(i) {
+                continue;
             }
-            n += 1;
+            let Some(was) = self.lock(i) else {
+                continue;
+            };
+            let took = self.take(i, now_ns).is_some();
+            self.unlock(i, was, took);
+            n += usize::from(took);
         }
+        n
     }
 
     /// Removes `key`'s entry, returning what it forwarded.
     pub fn remove(&mut self, key: &FlowV4Key) -> Option<Forwarded> {
-        let got = self.read(key);
-        let _ = self.call(BPF_MAP_DELETE_ELEM, key, 0, 0);
+        let (_, w1, w2) = self.home(key);
+        let i = self.find(key)?;
+        let was = self.lock(i)?;
+        let got = if self.holds(i, w1, w2) {
+            self.take(i, monotonic_ns())
+        } else {
+            None
+        };
+        self.unlock(i, was, got.is_some());
         got
     }
 }
@@ -331,11 +495,17 @@ mod tests {
         frame[..6].copy_from_slice(&e.dst_mac);
         frame[6..12].copy_from_slice(&e.src_mac);
         frame[22] -= 1;
-        let udp = frame[23] == 17;
-        let csum_at = if udp { 34 + 6 } else { 34 + 16 };
-        let (addr_at, port_at) = match e.nat {
-            FLOW_NAT_SOURCE => (26, 34),
-            FLOW_NAT_DESTINATION => (30, 36),
+        let (udp, icmp) = (frame[23] == 17, frame[23] == 1);
+        let csum_at = match frame[23] {
+            17 => 34 + 6,
+            1 => 34 + 2,
+            _ => 34 + 16,
+        };
+        let (addr_at, port_at) = match (e.nat, icmp) {
+            (FLOW_NAT_SOURCE, false) => (26, 34),
+            (FLOW_NAT_DESTINATION, false) => (30, 36),
+            (FLOW_NAT_SOURCE, true) => (26, 38),
+            (FLOW_NAT_DESTINATION, true) => (30, 38),
             _ => (0, 0),
         };
         if addr_at != 0 {
@@ -354,16 +524,22 @@ mod tests {
         frame[24..26].copy_from_slice(&apply(old, e.ip_delta).to_be_bytes());
     }
 
-    fn packet(tcp: bool, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    /// A frame of protocol `proto` (6, 17, or 1: an echo request with
+    /// identifier `sport`).
+    fn packet(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64);
         let mut out = Vec::new();
-        if tcp {
-            b.tcp(sport, dport, 7, 1000)
+        match proto {
+            6 => b
+                .tcp(sport, dport, 7, 1000)
                 .ack(9)
                 .write(&mut out, b"payload")
-                .unwrap();
-        } else {
-            b.udp(sport, dport).write(&mut out, b"payload").unwrap();
+                .unwrap(),
+            17 => b.udp(sport, dport).write(&mut out, b"payload").unwrap(),
+            _ => b
+                .icmpv4_echo_request(sport, 3)
+                .write(&mut out, b"payload")
+                .unwrap(),
         }
         out
     }
@@ -391,14 +567,14 @@ mod tests {
 
     #[test]
     fn precomputed_deltas_rewrite_like_the_worker() {
-        for tcp in [true, false] {
+        for proto in [6, 17, 1] {
             for nat in [
                 Nat::None,
                 Nat::Source([198, 18, 2, 100], 20001),
                 Nat::Destination([198, 18, 1, 10], 40000),
                 Nat::Source([255, 255, 0, 1], 65535),
             ] {
-                let frame = packet(tcp, [198, 18, 1, 10], [198, 18, 2, 10], 40000, 7);
+                let frame = packet(proto, [198, 18, 1, 10], [198, 18, 2, 10], 40000, 7);
                 let ip = wire::parse(&frame).unwrap();
                 let l4 = wire::parse_l4(&frame, &ip).unwrap();
                 let key = FlowV4Key {
@@ -413,7 +589,7 @@ mod tests {
                 let (mut by_xdp, mut by_worker) = (frame.clone(), frame.clone());
                 fast(&mut by_xdp, &flow);
                 worker(&mut by_worker, nat);
-                assert_eq!(by_xdp, by_worker, "tcp {tcp} {nat:?}");
+                assert_eq!(by_xdp, by_worker, "protocol {proto} {nat:?}");
                 // And both verify.
                 let p = SlicedPacket::from_ethernet(&by_xdp).unwrap();
                 let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
@@ -430,10 +606,119 @@ mod tests {
                         u.checksum(),
                         u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap()
                     ),
+                    Some(TransportSlice::Icmpv4(i)) => assert_eq!(
+                        i.checksum(),
+                        etherparse::Icmpv4Header::with_checksum(i.icmp_type(), i.payload())
+                            .checksum
+                    ),
                     other => panic!("{other:?}"),
                 }
             }
         }
+    }
+
+    /// A table of `slots` slots in a memfd: the same shared mapping as
+    /// the BPF array, without privileges.
+    fn table(slots: u32) -> FlowMap {
+        // SAFETY: a fresh memfd, sized before it is mapped.
+        let fd = unsafe {
+            let raw = libc::memfd_create(c"flows".as_ptr(), 0);
+            assert!(raw >= 0);
+            assert_eq!(libc::ftruncate(raw, i64::from(slots) * 64), 0);
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
+        };
+        FlowMap::new(&fd, slots, 0x5eed).unwrap()
+    }
+
+    fn flow(port: u16) -> FlowV4Key {
+        FlowV4Key {
+            src: [198, 18, 1, 10],
+            dst: [198, 18, 2, 10],
+            sport: port.to_be_bytes(),
+            dport: 7u16.to_be_bytes(),
+            proto: 17,
+            pad: [0; 3],
+        }
+    }
+
+    fn stored(m: &FlowMap, key: &FlowV4Key) -> Option<FlowEntry> {
+        let i = m.find(key)?;
+        let w: [u64; 5] = std::array::from_fn(|n| m.word(i, n + 1).load(Ordering::Relaxed));
+        Some(tandem_common::flow_entry(&w))
+    }
+
+    #[test]
+    fn table_installs_replaces_and_removes_in_place() {
+        let mut t = table(1024);
+        let (one, two) = (flow(1000), flow(1001));
+        let first = entry(&one, OUT, Nat::Source([198, 18, 2, 100], 20001));
+        t.insert(&one, &first).unwrap();
+        t.insert(&two, &entry(&two, OUT, Nat::None)).unwrap();
+        assert_eq!(stored(&t, &one), Some(first));
+        assert_eq!(t.read(&one), Some(Forwarded::default()));
+        // The program's side: counters and a tick.
+        let at = t.find(&one).unwrap();
+        t.word(at, FLOW_PACKETS_WORD)
+            .fetch_add(3, Ordering::Relaxed);
+        t.word(at, FLOW_BYTES_WORD)
+            .fetch_add(180, Ordering::Relaxed);
+        let now = monotonic_ns();
+        t.last_seen(at)
+            .store((now >> FLOW_TICK_SHIFT) as u32, Ordering::Relaxed);
+        let got = t.read(&one).unwrap();
+        assert_eq!((got.packets, got.bytes), (3, 180));
+        assert!(got.last_seen_ns > 0 && now.abs_diff(got.last_seen_ns) < 10_000_000);
+        // Replacing keeps the slot and zeroes the counters; each write
+        // moves the sequence number by two.
+        let seq = t.seq(at).load(Ordering::Relaxed);
+        let moved = Egress { mtu: 1400, ..OUT };
+        t.insert(&one, &entry(&one, moved, Nat::None)).unwrap();
+        assert_eq!(t.find(&one), Some(at));
+        assert_eq!(t.seq(at).load(Ordering::Relaxed), seq.wrapping_add(2));
+        assert_eq!(stored(&t, &one).map(|e| e.mtu), Some(1400));
+        assert_eq!(t.read(&one).map(|f| f.packets), Some(0));
+        assert_eq!(t.remove(&one).map(|f| f.packets), Some(0));
+        assert_eq!((t.read(&one), t.remove(&one)), (None, None));
+        assert!(t.read(&two).is_some());
+        assert_eq!(t.clear(), 1);
+        assert!(t.read(&two).is_none());
+        assert_eq!(t.clear(), 0);
+    }
+
+    #[test]
+    fn a_full_home_refuses_and_probes_say_how_far_to_look() {
+        // Eight slots: every key's ways cover the whole table.
+        let mut m = table(FLOW_WAYS);
+        let keys: Vec<FlowV4Key> = (0..=FLOW_WAYS as u16).map(|p| flow(2000 + p)).collect();
+        for k in &keys[..FLOW_WAYS as usize] {
+            m.insert(k, &entry(k, OUT, Nat::None)).unwrap();
+        }
+        let last = &keys[FLOW_WAYS as usize];
+        assert_eq!(
+            m.insert(last, &entry(last, OUT, Nat::None)),
+            Err(WriteError::Full)
+        );
+        // Every key is found within its home slot's probe distance, as
+        // the program looks.
+        for k in &keys[..FLOW_WAYS as usize] {
+            let (home, ..) = m.home(k);
+            let at = m.find(k).unwrap();
+            let way = (at + FLOW_WAYS - home) % FLOW_WAYS;
+            assert!(u32::from(m.probe(home).load(Ordering::Relaxed)) >= way);
+        }
+        // A removal frees a way for the refused key.
+        m.remove(&keys[3]).unwrap();
+        m.insert(last, &entry(last, OUT, Nat::None)).unwrap();
+        assert!(m.read(last).is_some() && m.read(&keys[3]).is_none());
+        // A slot another writer holds is busy, not full.
+        let i = m.find(last).unwrap();
+        let was = m.lock(i).unwrap();
+        assert_eq!(
+            m.insert(last, &entry(last, OUT, Nat::None)),
+            Err(WriteError::Busy)
+        );
+        m.unlock(i, was, false);
+        assert_eq!(m.seq(i).load(Ordering::Relaxed), was);
     }
 
     #[test]

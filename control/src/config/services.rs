@@ -246,9 +246,9 @@ pub struct ServiceSet {
     #[serde(default)]
     pub firewall: Firewall,
     pub nat: Option<Nat>,
-    /// Established sessions (TCP after the handshake, UDP after the first
-    /// reply) are forwarded by the XDP program itself (IPv4 TCP/UDP). On
-    /// by default. On veth the receiving ends need GRO on (or an XDP
+    /// Established sessions (TCP after the handshake, UDP and ICMP echo
+    /// after the first reply) are forwarded by the XDP program itself
+    /// (IPv4 only). On by default. On veth the receiving ends need GRO on (or an XDP
     /// program): a veth drops redirected frames otherwise, without a
     /// counter.
     #[serde(default = "default_offload")]

@@ -15,6 +15,7 @@ use crate::{
     Test, check,
     netns::{self, BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
     sessions::{POOL, recording_echo_server, sessions_json},
+    traffic,
 };
 
 /// The lab's services with offload on, and short UDP timeouts.
@@ -145,6 +146,40 @@ fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Ping through NAT: the first request and its reply reach the worker,
+/// which offloads the echo session; the program forwards every later
+/// request and reply (identifier translated both ways), and the listing
+/// counts them.
+fn icmp_echo_leaves_the_worker() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let d = Daemon::start(&topo.node, &config());
+    let (ok, out) = traffic::ping(&topo, SERVER, &["-c", "20", "-i", "0.05"]);
+    check(ok && out.contains("20 received"), format!("ping: {out}"))?;
+    // XDP counters reach the segment every 500 ms.
+    thread::sleep(Duration::from_secs(1));
+    let (installed, fast, rx) = (
+        d.counter("worker.offloads_installed"),
+        d.counter("xdp.fast_forwarded"),
+        d.counter("worker.rx_packets"),
+    );
+    check(
+        installed == 1 && fast == 38 && rx == 2,
+        format!(
+            "offloads_installed {installed}, fast_forwarded {fast} (want 38), worker rx {rx} (want 2)"
+        ),
+    )?;
+    let listed = sessions_json(&d, &["extensive", "protocol", "icmp"])?;
+    let rows = listed["sessions"].as_array().ok_or("no sessions array")?;
+    check(
+        rows.len() == 1
+            && rows[0]["offload"] == true
+            && rows[0]["frames_initiator"] == 20
+            && rows[0]["frames_responder"] == 20,
+        format!("the echo session as listed: {listed}"),
+    )?;
+    Ok(())
+}
+
 /// A TCP connection is offloaded after its handshake; its FIN reaches the
 /// worker (fast_punt_flags), which closes the session and takes it back.
 fn tcp_fin_takes_the_session_back() -> Result<(), Failed> {
@@ -193,6 +228,10 @@ fn tcp_fin_takes_the_session_back() -> Result<(), Failed> {
 }
 
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "offload_icmp_echo_leaves_the_worker",
+        icmp_echo_leaves_the_worker,
+    ),
     (
         "offload_udp_flow_leaves_the_worker_and_ages_out",
         udp_flow_leaves_the_worker_and_ages_out,

@@ -20,9 +20,9 @@ pub mod map {
     pub const LOCAL_V4: &str = "TND_LOCAL_V4";
     /// `HashMap<LocalV6Key, u32>`: IPv6 addresses that belong to the node.
     pub const LOCAL_V6: &str = "TND_LOCAL_V6";
-    /// `PerCpuHashMap<FlowV4Key, FlowEntry>`: offloaded session directions,
-    /// which the program forwards itself (the fast path). Per CPU, so the
-    /// counters need no atomics (the BPF target has no atomic add in Rust).
+    /// `Array<FlowSlot>` (mmapable, a power of two long): the flow table
+    /// of offloaded session directions, which the program forwards itself
+    /// (the fast path). See [`super::FlowSlot`].
     pub const FLOWS: &str = "TND_FLOWS";
     /// `DevMap` indexed by interface slot: where the fast path redirects.
     pub const TX_PORTS: &str = "TND_TX_PORTS";
@@ -37,8 +37,8 @@ pub const MAX_IFACES: u32 = 8;
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of each local-address map.
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
-/// Capacity of the flow map as compiled; the loader sizes it from the
-/// configuration (two entries per session of capacity).
+/// Slots of the flow table as compiled (a power of two); the loader sizes
+/// it from the configuration.
 pub const DEFAULT_FLOWS: u32 = 65_536;
 
 /// Index into the XSK map for an interface slot and rx queue.
@@ -138,6 +138,10 @@ impl XdpCounter {
 pub struct NodeRole {
     /// 1: forward service traffic; 0: count it as spurious and drop it.
     pub forward: u32,
+    /// The flow table's slot count minus one (a power of two minus one).
+    pub flow_mask: u32,
+    /// The flow table's hash seed ([`flow_hash`]).
+    pub flow_seed: u32,
 }
 
 /// Value of the interface map.
@@ -186,30 +190,21 @@ pub const FLOW_NAT_SOURCE: u8 = 1;
 /// `FlowEntry::nat`: rewrite the destination address and port.
 pub const FLOW_NAT_DESTINATION: u8 = 2;
 
-/// Value of the flow map: how the program forwards one direction, and
-/// what it has forwarded. The owner worker writes the same entry for every
-/// CPU once; the program adds to its CPU's counters and stamps its
-/// `last_seen_ns`.
+/// How the program forwards one direction of an offloaded session. The
+/// owner worker builds it once; [`flow_words`] packs it into a
+/// [`FlowSlot`] with its key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// Frames and bytes (IP datagram) this CPU forwarded since the entry
-    /// was installed.
-    pub packets: u64,
-    pub bytes: u64,
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last
-    /// one; 0: none yet.
-    pub last_seen_ns: u64,
     /// The new Ethernet header.
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// The egress interface's slot (its `TX_PORTS` index).
-    pub tx_slot: u32,
+    pub tx_slot: u16,
     /// Longest IP datagram the egress takes.
     pub mtu: u16,
     /// `FLOW_NAT_*`.
     pub nat: u8,
-    pub pad: u8,
     /// The translated address and port (wire order), for `nat`.
     pub nat_addr: [u8; 4],
     pub nat_port: [u8; 2],
@@ -218,7 +213,116 @@ pub struct FlowEntry {
     /// minus one) and the transport checksum's (address and port).
     pub ip_delta: u16,
     pub l4_delta: u16,
-    pub pad2: [u8; 2],
+}
+
+/// A direction lives in its home slot (`flow_hash & mask`) or one of the
+/// next `FLOW_WAYS - 1` (wrapping); the home slot's `probe` byte says how
+/// far lookups must look.
+pub const FLOW_WAYS: u32 = 8;
+
+/// One slot of the flow table (`Array<FlowSlot>`, `BPF_F_MMAPABLE`): one
+/// cache line of eight little-endian words, so that a lookup costs one
+/// line and user space writes and reads it in place, without syscalls.
+///
+/// - word 0: bytes 0-1 `seq`, byte 2 `probe`, bytes 4-7 `last_seen`;
+/// - words 1-5: the key and the [`FlowEntry`], as [`flow_words`] packs them
+///   (word 1 source and destination address, word 2 ports, protocol in
+///   byte 4 (0: the slot is empty), then `nat` and `mtu`);
+/// - word 6: packets, word 7: IP bytes forwarded since the install.
+///
+/// `seq` is a sequence lock: a writer makes it odd (compare-and-swap, so
+/// writers exclude each other), rewrites words 1-7 and `last_seen`, and
+/// makes it even again. The program reads `seq`, words 1-5, then `seq`
+/// again, and treats a change or an odd value as a miss (the worker's
+/// path is always correct). `probe`, in the home slot, is the highest way
+/// any direction hashing there took; writers only raise it. `last_seen`
+/// is `bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT` (wrapping; 0: none
+/// yet). The program adds to the counters atomically.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub words: [u64; 8],
+}
+
+/// Byte offsets in a [`FlowSlot`].
+pub const FLOW_SEQ_OFF: usize = 0;
+pub const FLOW_PROBE_OFF: usize = 2;
+pub const FLOW_LAST_SEEN_OFF: usize = 4;
+/// Word indexes in a [`FlowSlot`].
+pub const FLOW_PACKETS_WORD: usize = 6;
+pub const FLOW_BYTES_WORD: usize = 7;
+/// `last_seen` counts units of 2^20 ns (about 1.05 ms); it wraps after
+/// about 52 days, far beyond any session timeout.
+pub const FLOW_TICK_SHIFT: u32 = 20;
+/// Bits of word 2 that belong to the key (ports and protocol).
+pub const FLOW_KEY2_MASK: u64 = (1 << 40) - 1;
+
+/// The key as slot words 1 and 2 (the latter without `nat` and `mtu`).
+#[inline]
+#[must_use]
+pub const fn flow_key_words(k: &FlowV4Key) -> (u64, u64) {
+    let s = k.src;
+    let d = k.dst;
+    let w1 = u64::from_le_bytes([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
+    let p = [k.sport[0], k.sport[1], k.dport[0], k.dport[1]];
+    let w2 = u64::from_le_bytes([p[0], p[1], p[2], p[3], k.proto, 0, 0, 0]);
+    (w1, w2)
+}
+
+/// Words 1-5 of the slot holding `e` for key `k`.
+#[must_use]
+pub const fn flow_words(key: &FlowV4Key, e: &FlowEntry) -> [u64; 5] {
+    let (w1, key2) = flow_key_words(key);
+    let mtu = e.mtu.to_le_bytes();
+    let w2 = key2 | u64::from_le_bytes([0, 0, 0, 0, 0, e.nat, mtu[0], mtu[1]]);
+    let (dmac, smac) = (e.dst_mac, e.src_mac);
+    let w3 = u64::from_le_bytes([
+        dmac[0], dmac[1], dmac[2], dmac[3], dmac[4], dmac[5], smac[0], smac[1],
+    ]);
+    let slot = e.tx_slot.to_le_bytes();
+    let port = e.nat_port;
+    let w4 = u64::from_le_bytes([
+        smac[2], smac[3], smac[4], smac[5], slot[0], slot[1], port[0], port[1],
+    ]);
+    let addr = e.nat_addr;
+    let (ipd, l4d) = (e.ip_delta.to_le_bytes(), e.l4_delta.to_le_bytes());
+    let w5 = u64::from_le_bytes([
+        addr[0], addr[1], addr[2], addr[3], ipd[0], ipd[1], l4d[0], l4d[1],
+    ]);
+    [w1, w2, w3, w4, w5]
+}
+
+/// The entry packed into slot words 1-5 (the inverse of [`flow_words`]).
+#[inline]
+#[must_use]
+pub const fn flow_entry(w: &[u64; 5]) -> FlowEntry {
+    let b2 = w[1].to_le_bytes();
+    let b3 = w[2].to_le_bytes();
+    let b4 = w[3].to_le_bytes();
+    let b5 = w[4].to_le_bytes();
+    FlowEntry {
+        dst_mac: [b3[0], b3[1], b3[2], b3[3], b3[4], b3[5]],
+        src_mac: [b3[6], b3[7], b4[0], b4[1], b4[2], b4[3]],
+        tx_slot: u16::from_le_bytes([b4[4], b4[5]]),
+        mtu: u16::from_le_bytes([b2[6], b2[7]]),
+        nat: b2[5],
+        nat_addr: [b5[0], b5[1], b5[2], b5[3]],
+        nat_port: [b4[6], b4[7]],
+        ip_delta: u16::from_le_bytes([b5[4], b5[5]]),
+        l4_delta: u16::from_le_bytes([b5[6], b5[7]]),
+    }
+}
+
+/// The home slot hash of a key given as [`flow_key_words`], under the
+/// table's random `seed` (so that nobody outside can aim flows at one
+/// slot). Two multiply-xorshift rounds: cheap in BPF, and every input bit
+/// reaches the low bits the mask keeps.
+#[inline]
+#[must_use]
+pub const fn flow_hash(w1: u64, w2: u64, seed: u32) -> u32 {
+    let mut h = (w1 ^ seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w2;
+    h = (h ^ (h >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    (h ^ (h >> 32)) as u32
 }
 
 #[cfg(feature = "user")]
@@ -233,9 +337,8 @@ mod user {
     unsafe impl aya::Pod for super::LocalV6Key {}
     // SAFETY: repr(C), byte arrays and explicit padding fields.
     unsafe impl aya::Pod for super::FlowV4Key {}
-    // SAFETY: repr(C), integers and byte arrays with explicit padding
-    // fields; its size is a multiple of its alignment (checked in tests).
-    unsafe impl aya::Pod for super::FlowEntry {}
+    // SAFETY: repr(C), eight integers, no padding.
+    unsafe impl aya::Pod for super::FlowSlot {}
 }
 
 #[cfg(test)]
@@ -252,7 +355,72 @@ mod tests {
     #[test]
     fn flow_types_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowV4Key>(), 16);
-        assert_eq!(core::mem::size_of::<FlowEntry>(), 56);
+        assert_eq!(core::mem::size_of::<FlowSlot>(), 64);
+        assert_eq!(core::mem::size_of::<NodeRole>(), 12);
+    }
+
+    fn sample() -> (FlowV4Key, FlowEntry) {
+        let k = FlowV4Key {
+            src: [198, 18, 1, 10],
+            dst: [198, 18, 2, 10],
+            sport: [0x9c, 0x40],
+            dport: [0, 7],
+            proto: 17,
+            pad: [0; 3],
+        };
+        let e = FlowEntry {
+            dst_mac: [1, 2, 3, 4, 5, 6],
+            src_mac: [7, 8, 9, 10, 11, 12],
+            tx_slot: 0x0102,
+            mtu: 1500,
+            nat: FLOW_NAT_SOURCE,
+            nat_addr: [198, 18, 2, 100],
+            nat_port: [0x4e, 0x21],
+            ip_delta: 0xabcd,
+            l4_delta: 0x1234,
+        };
+        (k, e)
+    }
+
+    #[test]
+    fn slot_words_round_trip_and_hold_the_key() {
+        let (k, e) = sample();
+        let w = flow_words(&k, &e);
+        assert_eq!(flow_entry(&w), e);
+        let (w1, w2) = flow_key_words(&k);
+        assert_eq!((w[0], w[1] & FLOW_KEY2_MASK), (w1, w2));
+        // An empty slot (protocol 0) never matches a key.
+        assert_ne!(0, w2 & FLOW_KEY2_MASK);
+        // Every key byte matters.
+        let mut other = k;
+        other.dport[1] ^= 1;
+        assert_ne!(flow_key_words(&other), (w1, w2));
+    }
+
+    #[test]
+    fn hash_spreads_sequential_ports() {
+        // 5000 flows that differ only in the source port, as a generator
+        // sends them, over 16k slots: no slot may collect many.
+        const SLOTS: usize = 1 << 14;
+        let mut hits = [0u8; SLOTS];
+        let (mut k, _) = sample();
+        for seed in [0, 0x5eed_1234] {
+            hits.fill(0);
+            for port in 10_000u16..15_000 {
+                k.sport = port.to_be_bytes();
+                let (w1, w2) = flow_key_words(&k);
+                let h = flow_hash(w1, w2, seed) as usize & (SLOTS - 1);
+                hits[h] += 1;
+            }
+            let worst = hits.iter().max().copied().unwrap_or(0);
+            let used = hits.iter().filter(|&&n| n > 0).count();
+            // Random placement would use about 4.3k slots, with at most 4
+            // or 5 in one.
+            assert!(
+                worst <= 6 && used > 4_100,
+                "seed {seed}: worst {worst}, used {used}"
+            );
+        }
     }
 
     #[test]

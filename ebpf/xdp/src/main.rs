@@ -10,22 +10,30 @@
 //! length fields and the IPv4 checksum is the worker's to check and count.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
 #![expect(
     clippy::inline_always,
     reason = "bounds checks must be inlined into their callers for the verifier to see them"
 )]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is how Rust emits BPF's atomic add (core's atomics need CAS, which the target lacks)"
+)]
+
+use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, DevMap, HashMap, PerCpuArray, PerCpuHashMap, XskMap},
+    maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use tandem_common::{
-    DEFAULT_FLOWS, FLOW_NAT_DESTINATION, FLOW_NAT_SOURCE, FlowEntry, FlowV4Key, IfaceSlot,
-    LocalV4Key, LocalV6Key, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter,
-    xsk_index,
+    DEFAULT_FLOWS, FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF, FLOW_NAT_DESTINATION,
+    FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF, FLOW_TICK_SHIFT, FLOW_WAYS,
+    FlowEntry, FlowSlot, IfaceSlot, LocalV4Key, LocalV6Key, MAX_IFACES, MAX_LOCAL_ADDRS,
+    MAX_QUEUES, NodeRole, XdpCounter, flow_entry, flow_hash, xsk_index,
 };
 
 #[map(name = "TND_COUNTERS")]
@@ -40,9 +48,10 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
 static LOCAL_V4: HashMap<LocalV4Key, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 #[map(name = "TND_LOCAL_V6")]
 static LOCAL_V6: HashMap<LocalV6Key, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+/// `BPF_F_MMAPABLE`: the workers write and read the slots in place.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 #[map(name = "TND_FLOWS")]
-static FLOWS: PerCpuHashMap<FlowV4Key, FlowEntry> =
-    PerCpuHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+static FLOWS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_FLOWS, BPF_F_MMAPABLE);
 #[map(name = "TND_TX_PORTS")]
 static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
 
@@ -55,6 +64,8 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -121,29 +132,32 @@ fn load_be16(ctx: &XdpContext, off: usize) -> Result<u16, Verdict> {
 }
 
 fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain-data value read from a map the program owns.
-    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
-        return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
-    };
-
     let mut l3 = ETH_HLEN;
     let mut ethertype = load_be16(ctx, 12)?;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         ethertype = load_be16(ctx, 16)?;
         l3 += 4;
     }
-    let forward = ROLE.get(0).is_some_and(|r| r.forward != 0);
+    let role = ROLE.get(0).copied().unwrap_or_default();
+    let forward = role.forward != 0;
     // Offloaded sessions first: they are service traffic by construction
     // (never to a local, multicast or broadcast address), so a hit skips
-    // the local-address lookup. A punt goes the worker's way below.
+    // the local-address lookup, and the interface lookup too (the
+    // program is attached to tandem's interfaces only, and the table holds
+    // nothing before they are registered). A punt goes the worker's way
+    // below.
     if forward && ethertype == ETH_P_IP && l3 == ETH_HLEN {
-        match fast_path(ctx) {
+        match fast_path(ctx, &role) {
             Fast::Miss => {}
             Fast::Punt(c) => count(c),
             Fast::Done(v) => return Ok(v),
         }
     }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: plain-data value read from a map the program owns.
+    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
+        return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
+    };
     let service = match ethertype {
         ETH_P_IP => ipv4(ctx, l3)?,
         ETH_P_IPV6 => ipv6(ctx, l3)?,
@@ -245,17 +259,17 @@ enum Fast {
     /// An offloaded session's, but the worker must see it (counter says
     /// why); the frame is untouched.
     Punt(XdpCounter),
-    /// Rewritten and redirected (or dropped if the redirect failed).
+    /// Rewritten and redirected.
     Done(Verdict),
 }
 
 /// The fast path for offloaded sessions: untagged IPv4 without options or
-/// fragmentation, TCP or UDP. A flow map hit is rewritten as the worker
-/// would (MACs, TTL, NAT with incremental checksums) and redirected out of
-/// its egress; packets that change the session's state, and those the
+/// fragmentation, TCP, UDP or ICMP echo. A flow table hit is rewritten as
+/// the worker would (MACs, TTL, NAT with incremental checksums) and
+/// redirected out of its egress; packets that change the session's state, and those the
 /// worker must answer with an ICMP error, are left to the worker.
 #[inline(always)]
-fn fast_path(ctx: &XdpContext) -> Fast {
+fn fast_path(ctx: &XdpContext, role: &NodeRole) -> Fast {
     const L3: usize = ETH_HLEN;
     const L4: usize = ETH_HLEN + 20;
     let Ok(hp) = ptr_at::<[u8; 20]>(ctx, L3) else {
@@ -268,42 +282,120 @@ fn fast_path(ctx: &XdpContext) -> Fast {
         return Fast::Miss;
     }
     let proto = h[9];
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Fast::Miss;
     }
-    let Ok(pp) = ptr_at::<[u8; 4]>(ctx, L4) else {
+    // Ports, or ICMP's type, code, checksum and echo identifier.
+    let Ok(lp) = ptr_at::<[u8; 8]>(ctx, L4) else {
         return Fast::Miss;
     };
-    // SAFETY: ptr_at checked that the ports lie in the frame.
-    let ports = unsafe { core::ptr::read_unaligned(pp) };
-    let flags = if proto == IPPROTO_TCP {
-        // Data offset and flags; a header shorter than 20 bytes is the
-        // worker's to count as malformed.
-        match load_be16(ctx, L4 + 12) {
-            Ok(w) if w >> 12 >= 5 => (w & 0xff) as u8,
-            _ => return Fast::Miss,
+    // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
+    let l4 = unsafe { core::ptr::read_unaligned(lp) };
+    let (ports, flags) = match proto {
+        IPPROTO_TCP => {
+            // Data offset and flags; a header shorter than 20 bytes is
+            // the worker's to count as malformed.
+            match load_be16(ctx, L4 + 12) {
+                Ok(w) if w >> 12 >= 5 => ([l4[0], l4[1], l4[2], l4[3]], (w & 0xff) as u8),
+                _ => return Fast::Miss,
+            }
         }
-    } else {
-        0
+        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0),
+        // Echo request or reply: the session key carries the identifier
+        // as both ports. Errors and the rest are the worker's.
+        _ if (l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY) && l4[1] == 0 => {
+            ([l4[4], l4[5], l4[4], l4[5]], 0)
+        }
+        _ => return Fast::Miss,
     };
-    let key = FlowV4Key {
-        src: [h[12], h[13], h[14], h[15]],
-        dst: [h[16], h[17], h[18], h[19]],
-        sport: [ports[0], ports[1]],
-        dport: [ports[2], ports[3]],
-        proto,
-        pad: [0; 3],
-    };
-    let Some(e) = FLOWS.get_ptr_mut(key) else {
-        return Fast::Miss;
-    };
-    forward_flow(ctx, e, &h, proto, flags)
+    let w1 = u64::from_le_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
+    let w2 = u64::from_le_bytes([ports[0], ports[1], ports[2], ports[3], proto, 0, 0, 0]);
+    match lookup(w1, w2, role) {
+        Some((slot, entry)) => forward_flow(ctx, slot, &entry, &h, proto, flags),
+        None => Fast::Miss,
+    }
+}
+
+/// The slot holding key words `w1`/`w2` and its entry, read consistently
+/// (see [`FlowSlot`]): the home slot and as many ways after it as its
+/// probe byte says. A slot a worker is rewriting reads as a miss.
+#[inline(always)]
+fn lookup(w1: u64, w2: u64, role: &NodeRole) -> Option<(*mut FlowSlot, FlowEntry)> {
+    let home = flow_hash(w1, w2, role.flow_seed) & role.flow_mask;
+    let first = FLOWS.get_ptr_mut(home)?;
+    if let Some(hit) = probe(first, w1, w2) {
+        return hit;
+    }
+    // SAFETY: a slot of the table; volatile, as workers write it
+    // concurrently.
+    let ways = u32::from(unsafe { read8(first, FLOW_PROBE_OFF) });
+    for way in 1..FLOW_WAYS {
+        if way > ways {
+            break;
+        }
+        let slot = FLOWS.get_ptr_mut((home + way) & role.flow_mask)?;
+        if let Some(hit) = probe(slot, w1, w2) {
+            return hit;
+        }
+    }
+    None
+}
+
+/// `None`: `slot` does not hold the key; `Some(None)`: it does, but a
+/// worker rewrote it while it was read; `Some(Some(..))`: the slot and
+/// its entry.
+#[inline(always)]
+#[expect(
+    clippy::option_option,
+    reason = "a miss goes on to the next way, a torn read stops the lookup"
+)]
+fn probe(slot: *mut FlowSlot, w1: u64, w2: u64) -> Option<Option<(*mut FlowSlot, FlowEntry)>> {
+    // SAFETY: a slot of the table; every read is volatile so that none
+    // moves outside the two reads of the sequence number.
+    unsafe {
+        let seq = read16(slot, FLOW_SEQ_OFF);
+        let words = slot.cast::<u64>();
+        if seq & 1 != 0
+            || core::ptr::read_volatile(words.add(1)) != w1
+            || core::ptr::read_volatile(words.add(2)) & FLOW_KEY2_MASK != w2
+        {
+            return None;
+        }
+        let w = [
+            w1,
+            core::ptr::read_volatile(words.add(2)),
+            core::ptr::read_volatile(words.add(3)),
+            core::ptr::read_volatile(words.add(4)),
+            core::ptr::read_volatile(words.add(5)),
+        ];
+        if read16(slot, FLOW_SEQ_OFF) != seq {
+            return Some(None);
+        }
+        Some(Some((slot, flow_entry(&w))))
+    }
+}
+
+/// # Safety
+/// `slot` must point at a live slot.
+#[inline(always)]
+unsafe fn read8(slot: *mut FlowSlot, off: usize) -> u8 {
+    // SAFETY: the caller's; `off` is inside the 64-byte slot.
+    unsafe { core::ptr::read_volatile(slot.cast::<u8>().add(off)) }
+}
+
+/// # Safety
+/// `slot` must point at a live slot.
+#[inline(always)]
+unsafe fn read16(slot: *mut FlowSlot, off: usize) -> u16 {
+    // SAFETY: the caller's; `off` is even and inside the slot.
+    unsafe { core::ptr::read_volatile(slot.cast::<u16>().add(off / 2)) }
 }
 
 #[inline(always)]
 fn forward_flow(
     ctx: &XdpContext,
-    e: *mut FlowEntry,
+    slot: *mut FlowSlot,
+    f: &FlowEntry,
     h: &[u8; 20],
     proto: u8,
     tcp_flags: u8,
@@ -316,21 +408,25 @@ fn forward_flow(
     if h[8] <= 1 {
         return Fast::Punt(XdpCounter::FastPuntTtl);
     }
-    // SAFETY: this CPU's copy of a flow map value; the worker writes it
-    // whole, the program only adds to its counters.
-    let f = unsafe { core::ptr::read(e) };
     let len = u16::from_be_bytes([h[2], h[3]]);
     if len > f.mtu {
         return Fast::Punt(XdpCounter::FastPuntTooBig);
     }
-    if TX_PORTS.get(f.tx_slot).is_none() {
+    // The redirect only records its target, so it can come before the
+    // rewrite: a slot without a device leaves the frame untouched for the
+    // worker, and there is no separate devmap lookup.
+    let Ok(action) = TX_PORTS.redirect(u32::from(f.tx_slot), 0) else {
         return Fast::Punt(XdpCounter::FastRedirectFailed);
-    }
+    };
     // Translation first, at constant offsets (the verifier follows those,
     // not a pointer LLVM selects between two).
-    let translated = match f.nat {
-        FLOW_NAT_SOURCE => translate::<{ L3 + 12 }, L4>(ctx, &f, proto),
-        FLOW_NAT_DESTINATION => translate::<{ L3 + 16 }, { L4 + 2 }>(ctx, &f, proto),
+    let icmp = proto == IPPROTO_ICMP;
+    let translated = match (f.nat, icmp) {
+        (FLOW_NAT_SOURCE, false) => translate::<{ L3 + 12 }, L4>(ctx, f, proto),
+        (FLOW_NAT_DESTINATION, false) => translate::<{ L3 + 16 }, { L4 + 2 }>(ctx, f, proto),
+        // The echo identifier, whichever end is translated.
+        (FLOW_NAT_SOURCE, true) => translate::<{ L3 + 12 }, { L4 + 4 }>(ctx, f, proto),
+        (FLOW_NAT_DESTINATION, true) => translate::<{ L3 + 16 }, { L4 + 4 }>(ctx, f, proto),
         _ => true,
     };
     if !translated {
@@ -355,23 +451,29 @@ fn forward_flow(
             ip_csum.cast_mut(),
             csum_apply(old, f.ip_delta).to_be_bytes(),
         );
-        // This CPU's copy of the entry: no other writer.
-        (*e).packets += 1;
-        (*e).bytes += u64::from(len);
+        // Atomic adds: a flow RSS spreads over CPUs, or a worker reading
+        // the counters, shares the line. Should the slot change hands in
+        // the meantime, its next occupant gets this packet's count, as
+        // with the kernel's preallocated hash maps.
+        let words = slot.cast::<u64>();
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            words.add(FLOW_PACKETS_WORD),
+            1,
+        );
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            words.add(FLOW_BYTES_WORD),
+            u64::from(len),
+        );
         // The coarse clock (the last tick's time): aging needs seconds,
         // and reading the TSC cost a tenth of the fast path.
-        (*e).last_seen_ns = bpf_ktime_get_coarse_ns();
-    }
-    match TX_PORTS.redirect(f.tx_slot, 0) {
-        Ok(action) => {
-            add(XdpCounter::FastForwardedBytes, u64::from(len));
-            Fast::Done(verdict(action, XdpCounter::FastForwarded))
+        let tick = (bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT) as u32;
+        let last = slot.cast::<u32>().add(FLOW_LAST_SEEN_OFF / 4);
+        if core::ptr::read_volatile(last) != tick {
+            core::ptr::write_volatile(last, tick);
         }
-        Err(_) => Fast::Done(verdict(
-            xdp_action::XDP_DROP,
-            XdpCounter::FastRedirectFailed,
-        )),
     }
+    add(XdpCounter::FastForwardedBytes, u64::from(len));
+    Fast::Done(verdict(action, XdpCounter::FastForwarded))
 }
 
 /// Writes the translated address at `ADDR` and port at `PORT` and patches
@@ -385,10 +487,10 @@ fn translate<const ADDR: usize, const PORT: usize>(
     let (Ok(addr), Ok(port)) = (ptr_at::<[u8; 4]>(ctx, ADDR), ptr_at::<[u8; 2]>(ctx, PORT)) else {
         return false;
     };
-    let csum = if proto == IPPROTO_TCP {
-        ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 16)
-    } else {
-        ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 6)
+    let csum = match proto {
+        IPPROTO_TCP => ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 16),
+        IPPROTO_UDP => ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 6),
+        _ => ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 20 + 2),
     };
     let Ok(csum) = csum else {
         return false;
