@@ -172,9 +172,6 @@ pub struct Daemon {
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
     instance: String,
-    /// NAT pool addresses this node put on its outside interface.
-    pool: Vec<std::net::Ipv4Addr>,
-    outside_ifindex: u32,
 }
 
 fn queue_size(n: u32) -> QueueSize {
@@ -408,17 +405,23 @@ impl Daemon {
             });
         }
         loader.set_forward(cfg.forward_at_start())?;
-        // The kernel owns the pool addresses only to answer ARP for them;
-        // XDP steers everything else addressed to them to the workers.
-        // Under [redundancy] they follow mastership (the ha thread).
-        let pool = if cfg.forward_at_start() {
-            pool_addresses(cfg)
-        } else {
-            Vec::new()
-        };
-        for a in &pool {
-            netlink::set_address(ifindexes[1], IpAddr::V4(*a), true)?;
-            tracing::info!(address = %a, iface = %ifnames[1], "NAT pool address added");
+        // The XDP program answers ARP for the NAT pool addresses while the
+        // node forwards; the kernel must not hold them, or it would reset
+        // the flows' in-flight segments if tandemd died. Earlier versions
+        // put them on the interface: remove what they left.
+        let outside_mac = fib.link(ifindexes[1]).map(|l| l.mac);
+        for a in pool_addresses(cfg) {
+            if let Err(e) = netlink::set_address(ifindexes[1], IpAddr::V4(a), false) {
+                tracing::warn!(error = %e, "removing a NAT pool address from the kernel");
+            }
+            if let Some(mac) = outside_mac {
+                loader.answer_arp(a, ifindexes[1], mac)?;
+            } else {
+                tracing::warn!(
+                    address = %a,
+                    "outside MAC unknown: ARP for the pool address goes unanswered"
+                );
+            }
         }
         let loader = Arc::new(Mutex::new(loader));
         let info = StateInfo {
@@ -570,8 +573,6 @@ impl Daemon {
                 xsk,
             },
             instance: instance.to_owned(),
-            pool,
-            outside_ifindex: ifindexes[1],
         })
     }
 
@@ -623,11 +624,6 @@ impl Daemon {
         // First: a master hands over before its workers stop.
         if let Some(h) = self.ha.take() {
             let _ = h.join();
-        }
-        for a in &self.pool {
-            if let Err(e) = netlink::set_address(self.outside_ifindex, IpAddr::V4(*a), false) {
-                tracing::warn!(error = %e, "removing a NAT pool address");
-            }
         }
         // Last copy while the sockets are still open.
         self.copy_kernel_counters();

@@ -4,10 +4,11 @@
 //! watches the monitored links (the netlink thread's FIB) and the workers'
 //! loop counters (stalls), takes operator requests from the control
 //! thread, and carries out takeover and release:
-//! - takeover: the XDP role map to forward, the VIPs and NAT pool
-//!   addresses added to their interfaces, the sync link's role to active,
-//!   then a gratuitous ARP for each IPv4 address and an unsolicited
-//!   neighbour advertisement for each IPv6 one, `garp_count` times;
+//! - takeover: the XDP role map to forward (the program then also answers
+//!   ARP for the NAT pool addresses), the VIPs added to their interfaces,
+//!   the sync link's role to active, then a gratuitous ARP for each IPv4
+//!   VIP and pool address and an unsolicited neighbour advertisement for
+//!   each IPv6 VIP, `garp_count` times;
 //! - release: the sync role back to backup, the XDP role map to drop and
 //!   the addresses removed, before the heartbeat that announces it.
 //!
@@ -106,6 +107,9 @@ struct Moving {
     address: IpAddr,
     ifindex: u32,
     ifname: String,
+    /// Added to the interface at takeover (a VIP); a NAT pool address is
+    /// only announced: the XDP program answers ARP for it.
+    kernel: bool,
 }
 
 /// Where the redundancy entries sit in the segment.
@@ -375,6 +379,7 @@ fn moving_addresses(
                     address: v.address,
                     ifindex: ifindexes[i],
                     ifname: ifnames[i].clone(),
+                    kernel: true,
                 },
             ));
         }
@@ -386,6 +391,7 @@ fn moving_addresses(
                 address: IpAddr::V4(a),
                 ifindex: ifindexes[1],
                 ifname: ifnames[1].clone(),
+                kernel: false,
             },
         ));
     }
@@ -848,7 +854,7 @@ impl HaThread {
         }
         self.shared.set_forward(true);
         self.shared.active.store(true, Ordering::Relaxed);
-        for m in &self.addresses {
+        for m in self.addresses.iter().filter(|m| m.kernel) {
             if let Err(e) = netlink::set_address(m.ifindex, m.address, true) {
                 tracing::error!(error = %e, "takeover: adding an address");
             }

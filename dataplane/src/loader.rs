@@ -17,8 +17,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use tandem_common::{
-    FLOW_WAYS, IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter, map,
-    xsk_index,
+    ArpAnswer, FLOW_WAYS, IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter,
+    map, xsk_index,
 };
 use tandem_control::config;
 
@@ -72,6 +72,7 @@ pub struct Loader {
     flow_slots: u32,
     flow_seed: u32,
     tx_ports: DevMap<MapData>,
+    arp4: HashMap<MapData, LocalV4Key, ArpAnswer>,
     locals: BTreeSet<IpAddr>,
 }
 
@@ -97,6 +98,7 @@ impl Loader {
             return Err(LoaderError::MissingMap(map::FLOWS));
         };
         let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
+        let arp4 = HashMap::try_from(take(map::ARP_V4)?).map_err(map_err(map::ARP_V4))?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(ProgramError::NotLoaded)?
@@ -120,6 +122,7 @@ impl Loader {
             flow_slots,
             flow_seed: u32::from_ne_bytes(seed),
             tx_ports,
+            arp4,
             locals: BTreeSet::new(),
         };
         l.set_forward(false)?;
@@ -149,6 +152,24 @@ impl Loader {
     pub fn flow_map(&self) -> io::Result<FlowMap> {
         let fd = self.flows.fd().as_fd().try_clone_to_owned()?;
         FlowMap::new(&fd, self.flow_slots, self.flow_seed)
+    }
+
+    /// While the node forwards, the program answers ARP requests for
+    /// `address` that arrive on `ifindex`, with `mac`.
+    pub fn answer_arp(
+        &mut self,
+        address: Ipv4Addr,
+        ifindex: u32,
+        mac: [u8; 6],
+    ) -> Result<(), LoaderError> {
+        let answer = ArpAnswer {
+            ifindex,
+            mac,
+            pad: [0; 2],
+        };
+        self.arp4
+            .insert(v4key(address), answer, 0)
+            .map_err(map_err(map::ARP_V4))
     }
 
     pub fn set_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), LoaderError> {

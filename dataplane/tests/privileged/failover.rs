@@ -423,6 +423,26 @@ fn sigkill_of_the_master_keeps_connections_and_it_rejoins_standby() -> Result<()
         ),
     )?;
 
+    // The killed A's kernel does not hold the pool address: a segment
+    // that still reaches it (the server's entry not yet moved) is dropped,
+    // not answered with a reset that would kill the connection.
+    let mac = lab.a.mac("out0").map(|b| format!("{b:02x}")).join(":");
+    let srv = &lab.server.name;
+    ipw(&format!(
+        "-n {srv} neigh replace {POOL} lladdr {mac} dev eth0 nud permanent"
+    ));
+    let to = std::net::SocketAddr::new(POOL.parse()?, PORT);
+    let syn = lab
+        .server
+        .enter(move || TcpStream::connect_timeout(&to, Duration::from_millis(300)));
+    ipw(&format!("-n {srv} neigh del {POOL} dev eth0"));
+    match syn {
+        Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+        other => {
+            return Err(format!("a SYN to the pool address at the killed A: {other:?}").into());
+        }
+    }
+
     // A comes back: it drops what the killed daemon left on its
     // interfaces, joins as STANDBY and cold-syncs B's sessions.
     let (st, _) = a.signal_and_wait(libc::SIGKILL);

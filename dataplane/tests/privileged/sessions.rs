@@ -12,7 +12,7 @@ use libtest_mimic::Failed;
 
 use crate::{
     Test, check,
-    netns::{self, BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
+    netns::{self, BASE_CONFIG, CLIENT, Daemon, SERVER, Topo, ipw, sh},
     traffic::{ping, send_frames},
 };
 
@@ -56,7 +56,20 @@ pub fn recording_echo_server(
 
 fn napt44_translates_and_the_firewall_holds() -> Result<(), Failed> {
     let topo = Topo::new();
+    // As an earlier tandemd left it: the kernel holding the pool address.
+    ipw(&format!(
+        "-n {} addr add {POOL}/32 dev out0",
+        topo.node.name
+    ));
     let mut d = Daemon::start(&topo.node, &nat_config(""));
+    let held = sh(topo
+        .node
+        .cmd("ip")
+        .args(["-4", "addr", "show", "dev", "out0"]));
+    check(
+        !held.contains(&format!("{POOL}/32")),
+        format!("the kernel still holds the pool address:\n{held}"),
+    )?;
 
     let (peers, server) = recording_echo_server(&topo, 7100, 20);
     let conns: Vec<TcpStream> = (0..20)
@@ -154,6 +167,14 @@ fn napt44_translates_and_the_firewall_holds() -> Result<(), Failed> {
     check(
         c.get("xdp.pass_local") == 0,
         "traffic to the pool address reached the kernel",
+    )?;
+    // The server found the pool address's MAC through the program.
+    check(
+        c.get("xdp.arp_replied") >= 1,
+        format!(
+            "ARP for the pool answered {} times",
+            c.get("xdp.arp_replied")
+        ),
     )?;
     // Two workers: the translated replies of half the flows land on the
     // other worker's queue and are handed over.
@@ -389,7 +410,7 @@ fn service_counters_move() -> Result<(), Failed> {
     check(
         st["sessions"]["created"].as_u64() >= Some(4)
             && st["sessions"]["active"] == st["sessions"]["created"],
-        format!("sessions block: {}", st["sessions"]),
+        format!("sessions block: {}; all: {st}", st["sessions"]),
     )?;
     let c = d.stop();
     for key in [

@@ -387,10 +387,96 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
     })
 }
 
+/// An ARP frame: `op` from (`sha`, `spa`) about `tpa`, broadcast.
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = frame::eth([0xff; 6], sha, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa);
+    f
+}
+
+/// The program answers ARP requests for a pool address on the pool's
+/// interface while the node forwards, byte for byte as a reply should be;
+/// everything else ARP goes to the kernel untouched.
+fn pool_arp_answered_under_prog_run() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let (in0, out0) = (topo.node.ifindex("in0"), topo.node.ifindex("out0"));
+    let mac = topo.node.mac("out0");
+    let asker = topo.server.mac("s0");
+    topo.node.enter(move || -> Result<(), Failed> {
+        let mut l = Loader::load(64)?;
+        l.add_iface(in0, 0, 1)?;
+        l.add_iface(out0, 1, 1)?;
+        let pool = [198, 18, 2, 100];
+        l.answer_arp(pool.into(), out0, mac)?;
+        let server = [198, 18, 2, 10];
+        let request = arp(1, asker, server, pool);
+        let mut reply = frame::eth(asker, mac, 0x0806);
+        reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        reply.extend_from_slice(&mac);
+        reply.extend_from_slice(&pool);
+        reply.extend_from_slice(&asker);
+        reply.extend_from_slice(&server);
+
+        l.set_forward(true)?;
+        let before = totals(&l);
+        let (action, out) = l.run_frame(&request, (out0, 0))?;
+        let after = totals(&l);
+        check(
+            action == XDP_REDIRECT,
+            format!("request: action {action}, want XDP_REDIRECT"),
+        )?;
+        check(out == reply, format!("reply {out:02x?}, want {reply:02x?}"))?;
+        let moved =
+            after[XdpCounter::ArpReplied as usize] - before[XdpCounter::ArpReplied as usize];
+        check(moved == 1, format!("arp_replied moved by {moved}"))?;
+
+        let mut cases = vec![
+            ("not master", request.clone(), out0, false),
+            ("on the inside interface", request.clone(), in0, true),
+            (
+                "another address",
+                arp(1, asker, server, [198, 18, 2, 101]),
+                out0,
+                true,
+            ),
+            ("a reply", arp(2, asker, server, pool), out0, true),
+            ("gratuitous", arp(1, asker, pool, pool), out0, true),
+            ("an address probe", arp(1, asker, [0; 4], pool), out0, true),
+        ];
+        let mut short = request.clone();
+        short.truncate(40);
+        cases.push(("truncated", short, out0, true));
+        for (what, f, ifindex, forward) in cases {
+            l.set_forward(forward)?;
+            let before = totals(&l);
+            let (action, out) = l.run_frame(&f, (ifindex, 0))?;
+            let after = totals(&l);
+            check(
+                action == XDP_PASS,
+                format!("{what}: action {action}, want XDP_PASS"),
+            )?;
+            check(out == f, format!("{what}: the frame was changed"))?;
+            let moved =
+                after[XdpCounter::PassNonIp as usize] - before[XdpCounter::PassNonIp as usize];
+            check(moved == 1, format!("{what}: pass_non_ip moved by {moved}"))?;
+        }
+        Ok(())
+    })
+}
+
 pub const TESTS: &[(&str, Test)] = &[
     (
         "every_xdp_verdict_under_prog_run",
         every_xdp_verdict_under_prog_run,
+    ),
+    (
+        "pool_arp_answered_under_prog_run",
+        pool_arp_answered_under_prog_run,
     ),
     (
         "offloaded_flow_rewrites_like_the_worker_under_prog_run",

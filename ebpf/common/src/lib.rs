@@ -26,6 +26,9 @@ pub mod map {
     pub const FLOWS: &str = "TND_FLOWS";
     /// `DevMap` indexed by interface slot: where the fast path redirects.
     pub const TX_PORTS: &str = "TND_TX_PORTS";
+    /// `HashMap<LocalV4Key, ArpAnswer>`: the NAT pool addresses the
+    /// program answers ARP requests for while the node forwards.
+    pub const ARP_V4: &str = "TND_ARP_V4";
 }
 
 /// Name of the XDP program in the object file.
@@ -37,6 +40,8 @@ pub const MAX_IFACES: u32 = 8;
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of each local-address map.
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// Capacity of the ARP answer map (NAT pool addresses of all service sets).
+pub const MAX_ARP_ADDRS: u32 = 1024;
 /// Slots of the flow table as compiled (a power of two); the loader sizes
 /// it from the configuration.
 pub const DEFAULT_FLOWS: u32 = 65_536;
@@ -84,11 +89,14 @@ pub enum XdpCounter {
     /// IP bytes of the frames counted by `FastForwarded` (a sum, not a
     /// count of decisions).
     FastForwardedBytes = 14,
+    /// ARP requests for a NAT pool address answered by the program itself
+    /// (redirected back out of the interface they came in on).
+    ArpReplied = 15,
 }
 
 impl XdpCounter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -107,6 +115,7 @@ impl XdpCounter {
         Self::FastPuntTooBig,
         Self::FastRedirectFailed,
         Self::FastForwardedBytes,
+        Self::ArpReplied,
     ];
 
     /// Counter name as shown by the readout tools (snake_case).
@@ -128,6 +137,7 @@ impl XdpCounter {
             Self::FastPuntTooBig => "fast_punt_too_big",
             Self::FastRedirectFailed => "fast_redirect_failed",
             Self::FastForwardedBytes => "fast_forwarded_bytes",
+            Self::ArpReplied => "arp_replied",
         }
     }
 }
@@ -160,6 +170,16 @@ pub struct IfaceSlot {
 pub struct LocalV4Key {
     /// The address, in network byte order.
     pub addr_be: u32,
+}
+
+/// Value of the ARP answer map: the interface a pool address is answered
+/// on, and the hardware address the answer gives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpAnswer {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
 }
 
 /// Key of the IPv6 local-address map.
@@ -335,6 +355,8 @@ mod user {
     unsafe impl aya::Pod for super::LocalV4Key {}
     // SAFETY: repr(C), a byte array, no padding.
     unsafe impl aya::Pod for super::LocalV6Key {}
+    // SAFETY: repr(C), an integer and byte arrays, explicit padding.
+    unsafe impl aya::Pod for super::ArpAnswer {}
     // SAFETY: repr(C), byte arrays and explicit padding fields.
     unsafe impl aya::Pod for super::FlowV4Key {}
     // SAFETY: repr(C), eight integers, no padding.

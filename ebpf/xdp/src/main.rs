@@ -8,6 +8,10 @@
 //! wrong IP version, header length under the minimum) close: they are dropped
 //! and counted, never passed to a worker or the kernel. Consistency of the
 //! length fields and the IPv4 checksum is the worker's to check and count.
+//!
+//! While the node forwards, the program also answers ARP requests for the
+//! NAT pool addresses. The kernel must not own those addresses: when tandemd
+//! dies, the kernel would answer the flows' in-flight segments with resets.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -30,10 +34,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tandem_common::{
-    DEFAULT_FLOWS, FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF, FLOW_NAT_DESTINATION,
-    FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF, FLOW_TICK_SHIFT, FLOW_WAYS,
-    FlowEntry, FlowSlot, IfaceSlot, LocalV4Key, LocalV6Key, MAX_IFACES, MAX_LOCAL_ADDRS,
-    MAX_QUEUES, NodeRole, XdpCounter, flow_entry, flow_hash, xsk_index,
+    ArpAnswer, DEFAULT_FLOWS, FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF,
+    FLOW_NAT_DESTINATION, FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF,
+    FLOW_TICK_SHIFT, FLOW_WAYS, FlowEntry, FlowSlot, IfaceSlot, LocalV4Key, LocalV6Key,
+    MAX_ARP_ADDRS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter, flow_entry,
+    flow_hash, xsk_index,
 };
 
 #[map(name = "TND_COUNTERS")]
@@ -54,10 +59,13 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static FLOWS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_FLOWS, BPF_F_MMAPABLE);
 #[map(name = "TND_TX_PORTS")]
 static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
+#[map(name = "TND_ARP_V4")]
+static ARP_V4: HashMap<LocalV4Key, ArpAnswer> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_ICMP: u8 = 1;
@@ -161,6 +169,7 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let service = match ethertype {
         ETH_P_IP => ipv4(ctx, l3)?,
         ETH_P_IPV6 => ipv6(ctx, l3)?,
+        ETH_P_ARP if forward => return Ok(arp(ctx, l3, ifindex, iface.slot)),
         _ => return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp)),
     };
     if let Some(v) = service {
@@ -177,6 +186,63 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         Ok(action) => Ok(verdict(action, XdpCounter::Redirected)),
         Err(_) => Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropNoSocket)),
     }
+}
+
+/// Answers an ARP request for a NAT pool address that arrives on the pool's
+/// interface: the frame becomes the reply in place and goes back out of that
+/// interface. Everything else ARP is the kernel's, gratuitous requests and
+/// address probes (sender 0.0.0.0) included.
+///
+/// The reply leaves through the devmap, not XDP_TX: a veth sends XDP_TX
+/// frames to its peer's ring but wakes the peer only if the peer has an XDP
+/// program, so without one the reply would wait there for the next frame.
+fn arp(ctx: &XdpContext, l3: usize, ifindex: u32, slot: u32) -> Verdict {
+    const KERNEL: Verdict = verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp);
+    let (Ok(eth), Ok(body)) = (ptr_at::<[u8; 12]>(ctx, 0), ptr_at::<[u8; 28]>(ctx, l3)) else {
+        return KERNEL;
+    };
+    // SAFETY: ptr_at checked that the 28-byte ARP body lies in the frame.
+    let a = unsafe { core::ptr::read_unaligned(body) };
+    // Ethernet and IPv4 addresses, a request.
+    if a[..8] != [0, 1, 8, 0, 6, 4, 0, 1] {
+        return KERNEL;
+    }
+    let sender = [a[14], a[15], a[16], a[17]];
+    let target = [a[24], a[25], a[26], a[27]];
+    if sender == target || sender == [0; 4] {
+        return KERNEL;
+    }
+    let key = LocalV4Key {
+        addr_be: u32::from_ne_bytes(target),
+    };
+    // SAFETY: plain-data value read from a map the program owns.
+    let Some(answer) = (unsafe { ARP_V4.get(key) }).copied() else {
+        return KERNEL;
+    };
+    if answer.ifindex != ifindex {
+        return KERNEL;
+    }
+    let Ok(action) = TX_PORTS.redirect(slot, 0) else {
+        return KERNEL;
+    };
+    // SAFETY: ptr_at checked the 12 address bytes lie in the frame.
+    let e = unsafe { core::ptr::read_unaligned(eth) };
+    let mut hw = [0u8; 12];
+    hw[..6].copy_from_slice(&e[6..12]);
+    hw[6..].copy_from_slice(&answer.mac);
+    let mut r = a;
+    r[7] = 2;
+    r[8..14].copy_from_slice(&answer.mac);
+    r[14..18].copy_from_slice(&target);
+    r[18..24].copy_from_slice(&a[8..14]);
+    r[24..28].copy_from_slice(&sender);
+    // SAFETY: both ranges were bounds-checked by ptr_at, and an XDP frame is
+    // writable.
+    unsafe {
+        core::ptr::write_unaligned(eth.cast_mut(), hw);
+        core::ptr::write_unaligned(body.cast_mut(), r);
+    }
+    verdict(action, XdpCounter::ArpReplied)
 }
 
 /// `Ok(Some(v))`: the frame is not service traffic and `v` says where it goes.
