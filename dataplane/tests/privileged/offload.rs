@@ -162,10 +162,13 @@ fn icmp_echo_leaves_the_worker() -> Result<(), Failed> {
         d.counter("xdp.fast_forwarded"),
         d.counter("worker.rx_packets"),
     );
+    // The first request and reply make the session; a second request can
+    // race the install (seen once in CI), so allow the worker two more.
     check(
-        installed == 1 && fast == 38 && rx == 2,
+        installed == 1 && fast + rx == 40 && rx <= 4,
         format!(
-            "offloads_installed {installed}, fast_forwarded {fast} (want 38), worker rx {rx} (want 2)"
+            "offloads_installed {installed}, fast_forwarded {fast}, worker rx {rx} \
+             (want 40 in all, at most 4 at the worker)"
         ),
     )?;
     let listed = sessions_json(&d, &["extensive", "protocol", "icmp"])?;
