@@ -39,6 +39,10 @@ const FLAG_TAG: u8 = 1;
 /// TCP states a record may carry (`CLOSED` = 0 .. `TIME-WAIT` = 9, the
 /// data plane's numbering).
 pub const TCP_STATES: u8 = 10;
+/// The state of a session of another protocol once its responder has
+/// answered (0 before): from then on it may be offloaded, on the peer too
+/// after a takeover.
+pub const ANSWERED: u8 = 1;
 /// Session actions: forward, drop, reject.
 pub const ACTIONS: u8 = 3;
 /// Record flags: the session is translated (NAPT44); it was initiated
@@ -325,7 +329,7 @@ impl SessionRecord {
             || (k.proto == 1 && !k.is_v4())
             || (k.proto == 58 && k.is_v4())
             || (tcp && self.state >= TCP_STATES)
-            || (!tcp && self.state != 0)
+            || (!tcp && self.state > ANSWERED)
             || self.action >= ACTIONS
             || self.flags & !(REC_NAT | REC_OUTSIDE) != 0
             || (self.flags & REC_NAT != 0 && (!k.is_v4() || self.nat_port == 0))
@@ -384,7 +388,7 @@ impl RefreshRecord {
         let tcp = self.key.proto == 6;
         PROTOCOLS.contains(&self.key.proto)
             && self.key.one_family()
-            && ((tcp && self.state < TCP_STATES) || (!tcp && self.state == 0))
+            && ((tcp && self.state < TCP_STATES) || (!tcp && self.state <= ANSWERED))
     }
 
     /// Appends the record's wire form.

@@ -15,7 +15,10 @@ pub mod nat;
 pub mod policy;
 pub mod replica;
 
-use tandem_control::config::{self, Prefix, RuleAction};
+use tandem_control::{
+    config::{self, Prefix, RuleAction},
+    sync::wire::ANSWERED,
+};
 
 use crate::{
     counters::{Tally, WorkerCounter},
@@ -366,16 +369,20 @@ impl Services {
             SessionAction::Reject => return Verdict::Reject(*l4),
         }
         s.count(side, len, now);
-        if let Kind::Tcp { flags } = l4.kind {
-            let next = TcpState::from_u8(s.state).next(side, flags) as u8;
-            if next != s.state {
-                s.state = next;
-                self.table.reschedule(slot);
-                let s = self.table.get(slot);
-                replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
-                    ToSync::Refresh(sync::refresh_record(s, now))
-                });
-            }
+        let next = match l4.kind {
+            Kind::Tcp { flags } => TcpState::from_u8(s.state).next(side, flags) as u8,
+            // Other protocols: the first answer, which the peer needs to
+            // know to offload the session after a takeover.
+            _ if side == Side::Responder => ANSWERED,
+            _ => s.state,
+        };
+        if next != s.state {
+            s.state = next;
+            self.table.reschedule(slot);
+            let s = self.table.get(slot);
+            replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
+                ToSync::Refresh(sync::refresh_record(s, now))
+            });
         }
         if self.flows.is_some() {
             let s = self.table.get(slot);
@@ -575,11 +582,12 @@ impl Services {
     }
 }
 
-/// Whether `s` has seen its handshake (TCP) or a reply (other protocols).
+/// Whether `s` has seen its handshake (TCP) or a reply (other protocols;
+/// on a synced session, the state its record carried).
 fn established(s: &Session) -> bool {
     match s.tcp_state() {
         Some(t) => t == TcpState::Established,
-        None => s.packets[Side::Responder as usize] > 0,
+        None => s.state == ANSWERED,
     }
 }
 

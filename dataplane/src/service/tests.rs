@@ -412,6 +412,29 @@ mod replication {
     }
 
     #[test]
+    fn a_udp_sessions_first_answer_is_refreshed_once() {
+        let (mut a, ah, _, _) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        run(&mut a, &mut udp(CLIENT, SERVER, 6001, 53), IN, 1, &mut t);
+        let port = match events(&ah).as_slice() {
+            [ToSync::Add(r)] if r.state == 0 => r.nat_port,
+            other => panic!("{other:?}"),
+        };
+        // More from the initiator: nothing new for the peer.
+        run(&mut a, &mut udp(CLIENT, SERVER, 6001, 53), IN, 1, &mut t);
+        assert!(events(&ah).is_empty());
+        for _ in 0..2 {
+            run(&mut a, &mut udp(SERVER, POOL, 53, port), OUT, 1, &mut t);
+        }
+        let evs = events(&ah);
+        assert!(
+            matches!(evs.as_slice(), [ToSync::Refresh(r)] if r.state == tandem_control::sync::wire::ANSWERED),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
     fn a_busy_session_whose_deadline_moves_is_refreshed() {
         let (mut a, ah, _, _) = pair();
         ah.set_live(true);

@@ -1035,16 +1035,44 @@ fn worker_stall_hands_over_and_recovers() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Offloaded sessions follow mastership. Ten connections echo twice
-/// through A and are offloaded there; then, with them idle, B is asked to
-/// take over. A takes its offloads back as it releases; B offloads the
-/// synced sessions before any of their packets arrive, so the next echoes
-/// take B's fast path from the first packet: B's workers receive none of
-/// them, and its listing shows the sessions offloaded.
+/// Offloaded sessions follow mastership. A UDP flow is answered through A,
+/// and B learns the answer (the flow's one refresh); ten connections echo
+/// twice through A; all are offloaded there. Then, with them idle, B is
+/// asked to take over. A takes its offloads back as it releases; B offloads
+/// the synced sessions, the UDP one too, before any of their packets
+/// arrive, so the next echoes take B's fast path from the first packet:
+/// B's workers receive none of them, and its listing shows the sessions
+/// offloaded.
 fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
     const N: u64 = 10;
     let lab = Lab::new();
     let (a, b) = lab.start()?;
+    let server_addr: std::net::IpAddr = SERVER.parse()?;
+    let (usrv, ucli) = (
+        lab.server
+            .enter(move || std::net::UdpSocket::bind((server_addr, PORT)).expect("bind")),
+        lab.client
+            .enter(|| std::net::UdpSocket::bind(("198.18.1.10", 0)).expect("bind")),
+    );
+    usrv.set_read_timeout(Some(Duration::from_secs(3)))?;
+    ucli.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let udp_echo = |round: u8| -> Result<(), Failed> {
+        ucli.send_to(&[round; 8], (server_addr, PORT))?;
+        let mut buf = [0u8; 16];
+        let (n, from) = usrv.recv_from(&mut buf)?;
+        usrv.send_to(&buf[..n], from)?;
+        let (n, _) = ucli
+            .recv_from(&mut buf)
+            .map_err(|e| format!("UDP round {round}: {e}"))?;
+        check(
+            buf[..n] == [round; 8],
+            format!("UDP round {round}: echo mismatch"),
+        )
+    };
+    udp_echo(1)?;
+    wait("B to learn the UDP flow and its answer", || {
+        count(&b).is_ok_and(|c| c >= 1) && b.counter("sync.refresh_received") >= 1
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let server = echo_server(&lab, Arc::clone(&stop));
     let to = std::net::SocketAddr::new(SERVER.parse()?, PORT);
@@ -1068,10 +1096,11 @@ fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
     };
     echo(&mut conns, 1)?;
     echo(&mut conns, 2)?;
+    udp_echo(2)?;
     wait("A to offload the sessions", || {
-        a.counter("worker.offloads_installed") >= N
+        a.counter("worker.offloads_installed") > N
     })?;
-    wait("B to hold the sessions", || count(&b).is_ok_and(|c| c >= N))?;
+    wait("B to hold the sessions", || count(&b).is_ok_and(|c| c > N))?;
     check(
         b.counter("worker.offloads_installed") == 0,
         "the STANDBY offloads nothing",
@@ -1083,10 +1112,10 @@ fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
     wait("A STANDBY", || state(&a) == Some(3))?;
     // No packet of these sessions has reached B yet.
     let took = wait("B to offload the synced sessions", || {
-        b.counter("worker.offloads_installed") >= N
+        b.counter("worker.offloads_installed") > N
     })?;
     wait("A to take its offloads back", || {
-        a.counter("worker.offloads_removed") >= N
+        a.counter("worker.offloads_removed") > N
     })?;
     // XDP counters reach the segment every 500 ms.
     thread::sleep(Duration::from_secs(1));
@@ -1096,14 +1125,15 @@ fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
     );
     echo(&mut conns, 3)?;
     echo(&mut conns, 4)?;
+    udp_echo(3)?;
     thread::sleep(Duration::from_millis(1100));
     let (rx2, fast2) = (
         b.counter("worker.rx_packets"),
         b.counter("xdp.fast_forwarded"),
     );
     eprintln!(
-        "offload follows the master: B had offloaded {N} synced sessions {took:?} after both \
-         roles had changed; then {} fast-path frames, {} to its workers",
+        "offload follows the master: B had offloaded {N} synced TCP sessions and a UDP one \
+         {took:?} after both roles had changed; then {} fast-path frames, {} to its workers",
         fast2 - fast,
         rx2 - rx
     );
@@ -1128,6 +1158,12 @@ fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
     check(
         rows.len() as u64 == N && rows.iter().all(|r| r["offload"] == true),
         format!("B lists {N} offloaded sessions: {listed}"),
+    )?;
+    let listed = crate::sessions::sessions_json(&b, &["protocol", "udp"])?;
+    let rows = listed["sessions"].as_array().ok_or("no sessions array")?;
+    check(
+        rows.len() == 1 && rows[0]["offload"] == true,
+        format!("B lists the UDP session offloaded: {listed}"),
     )?;
     stop.store(true, Ordering::Relaxed);
     drop(conns);

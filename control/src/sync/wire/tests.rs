@@ -314,7 +314,15 @@ fn records_are_validated_field_by_field() {
     assert_eq!(
         bad(&|r| {
             r.key.proto = 17;
-            r.state = 1;
+            r.state = ANSWERED;
+        }),
+        Ok(()),
+        "an answered UDP session"
+    );
+    assert_eq!(
+        bad(&|r| {
+            r.key.proto = 17;
+            r.state = ANSWERED + 1;
         }),
         illegal,
         "a UDP session has no TCP state"
@@ -340,6 +348,11 @@ fn refreshes_of_protocols_that_do_not_replicate_are_invalid() {
         idle: 5,
     };
     assert!(r.validate());
+    r.state = ANSWERED;
+    assert!(r.validate(), "the answer of a UDP session");
+    r.state = ANSWERED + 1;
+    assert!(!r.validate(), "a UDP session has no TCP state");
+    r.state = 0;
     r.key.proto = 47;
     assert!(!r.validate(), "GRE sessions are not replicated");
 }
