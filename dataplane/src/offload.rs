@@ -38,7 +38,7 @@ use tandem_control::config::Config;
 
 use crate::{
     session::{FlowKey, Session},
-    wire::PROTO_ICMP,
+    wire::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
 };
 
 /// Largest flow table the daemon creates, in slots (64 MiB).
@@ -98,8 +98,13 @@ fn fold(mut s: u32) -> u16 {
 /// `~w + (w - 0x100)` is `0xffff - 0x100` whatever `w` is.
 const TTL_DELTA: u32 = 0xfeff;
 
-/// The flow map key of a packet with session key `k` (IPv4 only).
+/// The flow map key of a packet with session key `k`: IPv4 TCP, UDP and
+/// ICMP (echo: sessions of no other ICMP type exist) only, what the
+/// program's fast path parses.
 pub fn key_of(k: &FlowKey) -> Option<FlowV4Key> {
+    if ![PROTO_TCP, PROTO_UDP, PROTO_ICMP].contains(&k.proto) {
+        return None;
+    }
     Some(FlowV4Key {
         src: k.src_v4()?,
         dst: k.dst_v4()?,
@@ -615,6 +620,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What the fast path cannot parse is never offloaded: the listing
+    /// would call the session offloaded while the worker forwards it.
+    #[test]
+    fn only_what_the_fast_path_parses_has_directions() {
+        for (proto, carried) in [(6, true), (17, true), (1, true), (47, false), (132, false)] {
+            let s = Session::new(
+                FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], 0, 0, proto),
+                1,
+                crate::session::Origin::Inside,
+                0,
+                0,
+            );
+            assert_eq!(directions(&s).is_some(), carried, "protocol {proto}");
+        }
+        let v6 = Session::new(
+            FlowKey {
+                src: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                ..FlowKey::v4([0; 4], [198, 18, 2, 10], 1, 2, 17)
+            },
+            1,
+            crate::session::Origin::Inside,
+            0,
+            0,
+        );
+        assert!(directions(&v6).is_none(), "IPv6");
     }
 
     /// A table of `slots` slots in a memfd: the same shared mapping as
