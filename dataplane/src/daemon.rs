@@ -409,18 +409,25 @@ impl Daemon {
         // node forwards; the kernel must not hold them, or it would reset
         // the flows' in-flight segments if tandemd died. Earlier versions
         // put them on the interface: remove what they left.
-        let outside_mac = fib.link(ifindexes[1]).map(|l| l.mac);
-        for a in pool_addresses(cfg) {
-            if let Err(e) = netlink::set_address(ifindexes[1], IpAddr::V4(a), false) {
-                tracing::warn!(error = %e, "removing a NAT pool address from the kernel");
-            }
-            if let Some(mac) = outside_mac {
+        // The MAC is read once: a MAC changed under a running tandemd is
+        // not followed (nor is the AF_XDP binding).
+        let pool = pool_addresses(cfg);
+        if !pool.is_empty() {
+            let mac =
+                fib.link(ifindexes[1])
+                    .map(|l| l.mac)
+                    .ok_or_else(|| DaemonError::Interface {
+                        name: ifnames[1].clone(),
+                        source: SyscallError {
+                            call: "RTM_GETLINK (its MAC, to answer ARP for the NAT pool)",
+                            io_error: std::io::Error::from(std::io::ErrorKind::NotFound),
+                        },
+                    })?;
+            for a in pool {
+                if let Err(e) = netlink::set_address(ifindexes[1], IpAddr::V4(a), false) {
+                    tracing::warn!(error = %e, "removing a NAT pool address from the kernel");
+                }
                 loader.answer_arp(a, ifindexes[1], mac)?;
-            } else {
-                tracing::warn!(
-                    address = %a,
-                    "outside MAC unknown: ARP for the pool address goes unanswered"
-                );
             }
         }
         let loader = Arc::new(Mutex::new(loader));
@@ -668,7 +675,7 @@ fn local_addresses(fib: &Fib, cfg: &Config) -> BTreeSet<IpAddr> {
         s.extend(l.v4.iter().map(|a| IpAddr::V4(*a)));
         s.extend(l.v6.iter().map(|a| IpAddr::V6(*a)));
     }
-    // Pool addresses sit on the outside interface for ARP's sake, but their
+    // An operator may have put a pool address on an interface, but its
     // traffic is service traffic: never the kernel's.
     for a in pool_addresses(cfg) {
         s.remove(&IpAddr::V4(a));

@@ -873,7 +873,7 @@ impl HaThread {
         self.send_garps();
         tracing::info!(
             addresses = self.addresses.len(),
-            "took over: forwarding, addresses added"
+            "took over: forwarding, VIPs added, addresses announced"
         );
     }
 
@@ -894,6 +894,8 @@ impl HaThread {
             let n = f.clear();
             tracing::info!(entries = n, "release: offloaded flows cleared");
         }
+        // Pool addresses too: only an earlier build put them there, and a
+        // missing address is no error.
         for m in &self.addresses {
             if let Err(e) = netlink::set_address(m.ifindex, m.address, false) {
                 tracing::error!(error = %e, "release: removing an address");

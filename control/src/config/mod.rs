@@ -385,6 +385,15 @@ impl Config {
                 }
             }
         }
+        // The XDP program answers ARP for each pool address from a map of
+        // this size (`tandem_common::MAX_ARP_ADDRS`).
+        if pool_owner.len() > 1024 {
+            return Err(invalid(
+                "service_set.nat.pool".into(),
+                "at most 1024 pool addresses in all service sets",
+                pool_owner.len().to_string(),
+            ));
+        }
         Ok(())
     }
 }
@@ -401,6 +410,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/tandem/a.toml"), text)
+    }
+
+    #[test]
+    fn pool_addresses_are_bounded_in_all() {
+        let sets = |n: u32| {
+            let mut t = GOOD.to_owned();
+            for set in 0..n {
+                let pool: Vec<String> = (0..64u32)
+                    .map(|i| {
+                        format!(
+                            "\"{}\"",
+                            std::net::Ipv4Addr::from(0x0a00_0000 + set * 64 + i)
+                        )
+                    })
+                    .collect();
+                let _ = std::fmt::Write::write_fmt(
+                    &mut t,
+                    format_args!(
+                        "[[service_set]]\nname = \"s{set}\"\n[service_set.nat]\npool = [{}]\n",
+                        pool.join(", ")
+                    ),
+                );
+            }
+            parse(&t)
+        };
+        assert!(sets(16).is_ok());
+        let e = sets(17).unwrap_err().to_string();
+        assert!(e.contains("at most 1024 pool addresses"), "{e}");
     }
 
     #[test]

@@ -415,25 +415,43 @@ fn pool_arp_answered_under_prog_run() -> Result<(), Failed> {
         l.answer_arp(pool.into(), out0, mac)?;
         let server = [198, 18, 2, 10];
         let request = arp(1, asker, server, pool);
-        let mut reply = frame::eth(asker, mac, 0x0806);
-        reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
-        reply.extend_from_slice(&mac);
-        reply.extend_from_slice(&pool);
-        reply.extend_from_slice(&asker);
-        reply.extend_from_slice(&server);
-
+        let reply_to = |sender: [u8; 4]| {
+            let mut r = frame::eth(asker, mac, 0x0806);
+            r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+            r.extend_from_slice(&mac);
+            r.extend_from_slice(&pool);
+            r.extend_from_slice(&asker);
+            r.extend_from_slice(&sender);
+            r
+        };
+        let mut unicast = request.clone();
+        unicast[..6].copy_from_slice(&mac);
         l.set_forward(true)?;
-        let before = totals(&l);
-        let (action, out) = l.run_frame(&request, (out0, 0))?;
-        let after = totals(&l);
-        check(
-            action == XDP_REDIRECT,
-            format!("request: action {action}, want XDP_REDIRECT"),
-        )?;
-        check(out == reply, format!("reply {out:02x?}, want {reply:02x?}"))?;
-        let moved =
-            after[XdpCounter::ArpReplied as usize] - before[XdpCounter::ArpReplied as usize];
-        check(moved == 1, format!("arp_replied moved by {moved}"))?;
+        for (what, f, want) in [
+            ("broadcast request", &request, reply_to(server)),
+            ("request to the interface", &unicast, reply_to(server)),
+            // RFC 5227: the owner answers a probe for its address.
+            (
+                "address probe",
+                &arp(1, asker, [0; 4], pool),
+                reply_to([0; 4]),
+            ),
+        ] {
+            let before = totals(&l);
+            let (action, out) = l.run_frame(f, (out0, 0))?;
+            let after = totals(&l);
+            check(
+                action == XDP_REDIRECT,
+                format!("{what}: action {action}, want XDP_REDIRECT"),
+            )?;
+            check(
+                out == want,
+                format!("{what}: reply {out:02x?}, want {want:02x?}"),
+            )?;
+            let moved =
+                after[XdpCounter::ArpReplied as usize] - before[XdpCounter::ArpReplied as usize];
+            check(moved == 1, format!("{what}: arp_replied moved by {moved}"))?;
+        }
 
         let mut cases = vec![
             ("not master", request.clone(), out0, false),
@@ -446,8 +464,15 @@ fn pool_arp_answered_under_prog_run() -> Result<(), Failed> {
             ),
             ("a reply", arp(2, asker, server, pool), out0, true),
             ("gratuitous", arp(1, asker, pool, pool), out0, true),
-            ("an address probe", arp(1, asker, [0; 4], pool), out0, true),
         ];
+        let mut elsewhere = request.clone();
+        elsewhere[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        cases.push(("addressed to another host", elsewhere, out0, true));
+        // 802.1Q, VLAN 5: the kernel never answered there either.
+        let mut tagged = request[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0, 0, 5]);
+        tagged.extend_from_slice(&request[12..]);
+        cases.push(("VLAN-tagged", tagged, out0, true));
         let mut short = request.clone();
         short.truncate(40);
         cases.push(("truncated", short, out0, true));

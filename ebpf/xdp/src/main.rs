@@ -169,7 +169,9 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let service = match ethertype {
         ETH_P_IP => ipv4(ctx, l3)?,
         ETH_P_IPV6 => ipv6(ctx, l3)?,
-        ETH_P_ARP if forward => return Ok(arp(ctx, l3, ifindex, iface.slot)),
+        // Untagged only: the kernel answered the pool on the interface
+        // itself, not on VLANs over it.
+        ETH_P_ARP if forward && l3 == ETH_HLEN => return Ok(arp(ctx, ifindex, iface.slot)),
         _ => return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp)),
     };
     if let Some(v) = service {
@@ -188,17 +190,22 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     }
 }
 
-/// Answers an ARP request for a NAT pool address that arrives on the pool's
-/// interface: the frame becomes the reply in place and goes back out of that
-/// interface. Everything else ARP is the kernel's, gratuitous requests and
-/// address probes (sender 0.0.0.0) included.
+/// Answers an untagged ARP request for a NAT pool address that arrives on
+/// the pool's interface, broadcast or addressed to the interface: the frame
+/// becomes the reply in place and goes back out of that interface. Address
+/// probes (sender 0.0.0.0) are answered, as the kernel answers them for its
+/// own addresses (RFC 5227). Everything else ARP is the kernel's,
+/// gratuitous requests included.
 ///
 /// The reply leaves through the devmap, not XDP_TX: a veth sends XDP_TX
 /// frames to its peer's ring but wakes the peer only if the peer has an XDP
 /// program, so without one the reply would wait there for the next frame.
-fn arp(ctx: &XdpContext, l3: usize, ifindex: u32, slot: u32) -> Verdict {
+fn arp(ctx: &XdpContext, ifindex: u32, slot: u32) -> Verdict {
     const KERNEL: Verdict = verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp);
-    let (Ok(eth), Ok(body)) = (ptr_at::<[u8; 12]>(ctx, 0), ptr_at::<[u8; 28]>(ctx, l3)) else {
+    let (Ok(eth), Ok(body)) = (
+        ptr_at::<[u8; 12]>(ctx, 0),
+        ptr_at::<[u8; 28]>(ctx, ETH_HLEN),
+    ) else {
         return KERNEL;
     };
     // SAFETY: ptr_at checked that the 28-byte ARP body lies in the frame.
@@ -209,7 +216,7 @@ fn arp(ctx: &XdpContext, l3: usize, ifindex: u32, slot: u32) -> Verdict {
     }
     let sender = [a[14], a[15], a[16], a[17]];
     let target = [a[24], a[25], a[26], a[27]];
-    if sender == target || sender == [0; 4] {
+    if sender == target {
         return KERNEL;
     }
     let key = LocalV4Key {
@@ -219,14 +226,15 @@ fn arp(ctx: &XdpContext, l3: usize, ifindex: u32, slot: u32) -> Verdict {
     let Some(answer) = (unsafe { ARP_V4.get(key) }).copied() else {
         return KERNEL;
     };
-    if answer.ifindex != ifindex {
+    // SAFETY: ptr_at checked the 12 address bytes lie in the frame.
+    let e = unsafe { core::ptr::read_unaligned(eth) };
+    let to_us = e[..6] == [0xff; 6] || e[..6] == answer.mac;
+    if answer.ifindex != ifindex || !to_us {
         return KERNEL;
     }
     let Ok(action) = TX_PORTS.redirect(slot, 0) else {
         return KERNEL;
     };
-    // SAFETY: ptr_at checked the 12 address bytes lie in the frame.
-    let e = unsafe { core::ptr::read_unaligned(eth) };
     let mut hw = [0u8; 12];
     hw[..6].copy_from_slice(&e[6..12]);
     hw[6..].copy_from_slice(&answer.mac);

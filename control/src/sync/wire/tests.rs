@@ -189,7 +189,12 @@ fn bad_frames_are_refused_with_their_reason() {
         frame(&b)
     };
     assert_eq!(with(0, 0x99), Err(DecodeError::BadHeader), "magic");
-    assert_eq!(with(2, 2), Err(DecodeError::BadHeader), "version");
+    assert_eq!(with(2, 1), Err(DecodeError::BadHeader), "version 1");
+    assert_eq!(
+        with(2, VERSION + 1),
+        Err(DecodeError::BadHeader),
+        "a later version"
+    );
     assert_eq!(with(3, 0), Err(DecodeError::BadKind(0)));
     assert_eq!(with(3, 42), Err(DecodeError::BadKind(42)));
     assert_eq!(with(4, 2), Err(DecodeError::BadHeader), "unknown flag");
