@@ -70,6 +70,8 @@ pub struct Loader {
     /// The fast path's flow table; workers map it ([`Self::flow_map`]).
     flows: MapData,
     flow_slots: u32,
+    /// The IPv6 flow map (a kernel hash map; see [`FlowMap`]).
+    flows6: MapData,
     flow_seed: u32,
     tx_ports: DevMap<MapData>,
     arp4: HashMap<MapData, LocalV4Key, ArpAnswer>,
@@ -81,8 +83,11 @@ impl Loader {
     /// up to a power of two) and a fresh hash seed.
     pub fn load(flow_slots: u32) -> Result<Self, LoaderError> {
         let flow_slots = flow_slots.max(FLOW_WAYS).next_power_of_two();
+        // One entry per IPv6 direction a full session table can hold;
+        // elements are allocated as they are inserted.
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::FLOWS, flow_slots)
+            .map_max_entries(map::FLOWS6, flow_slots / 2)
             .load(PROGRAM)?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::MissingMap(name));
@@ -96,6 +101,9 @@ impl Loader {
         let flows = take(map::FLOWS)?;
         let aya::maps::Map::Array(flows) = flows else {
             return Err(LoaderError::MissingMap(map::FLOWS));
+        };
+        let aya::maps::Map::HashMap(flows6) = take(map::FLOWS6)? else {
+            return Err(LoaderError::MissingMap(map::FLOWS6));
         };
         let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
         let arp4 = HashMap::try_from(take(map::ARP_V4)?).map_err(map_err(map::ARP_V4))?;
@@ -120,6 +128,7 @@ impl Loader {
             counters,
             flows,
             flow_slots,
+            flows6,
             flow_seed: u32::from_ne_bytes(seed),
             tx_ports,
             arp4,
@@ -151,7 +160,11 @@ impl Loader {
     /// The flow table, mapped for a worker (or the ha thread).
     pub fn flow_map(&self) -> io::Result<FlowMap> {
         let fd = self.flows.fd().as_fd().try_clone_to_owned()?;
-        FlowMap::new(&fd, self.flow_slots, self.flow_seed)
+        let fd6 = self.flows6.fd().as_fd().try_clone_to_owned()?;
+        let v6 = MapData::from_fd(fd6)
+            .and_then(|m| HashMap::try_from(aya::maps::Map::HashMap(m)))
+            .map_err(io::Error::other)?;
+        Ok(FlowMap::new(&fd, self.flow_slots, self.flow_seed)?.with_v6(v6))
     }
 
     /// While the node forwards, the program answers ARP requests for

@@ -21,6 +21,10 @@
 //! allocation per install. The sequence lock assumes x86's store and
 //! load ordering, which the program (JIT-compiled, volatile reads) and
 //! the atomics here both keep.
+//!
+//! IPv6 directions (never translated) do not fit a slot with their key:
+//! they go to a kernel hash map ([`FlowMap6`]), one `bpf(2)` call per
+//! install, read or removal.
 
 use std::{
     io,
@@ -32,14 +36,24 @@ use std::{
 use tandem_common::{
     FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF, FLOW_NAT_DESTINATION, FLOW_NAT_NONE,
     FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF, FLOW_TICK_SHIFT, FLOW_WAYS,
-    FlowEntry, FlowSlot, FlowV4Key, flow_hash, flow_key_words, flow_words,
+    FlowEntry, FlowEntry6, FlowSlot, FlowV4Key, FlowV6Key, flow_hash, flow_key_words, flow_words,
 };
 use tandem_control::config::Config;
 
 use crate::{
     session::{FlowKey, Session},
-    wire::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
 };
+
+/// The IPv6 flow map, as a worker holds it.
+pub type FlowMap6 = aya::maps::HashMap<aya::maps::MapData, FlowV6Key, FlowEntry6>;
+
+/// One direction's key in the flow map of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirKey {
+    V4(FlowV4Key),
+    V6(FlowV6Key),
+}
 
 /// Largest flow table the daemon creates, in slots (64 MiB).
 pub const MAX_FLOWS: u32 = 1 << 20;
@@ -165,7 +179,7 @@ pub fn forwarded(flows: &mut FlowMap, s: &Session) -> Option<[Forwarded; 2]> {
         return None;
     }
     let dirs = directions(s)?;
-    Some(dirs.map(|(k, _)| flows.read(&k).unwrap_or_default()))
+    Some(dirs.map(|(k, _)| flows.read_dir(&k).unwrap_or_default()))
 }
 
 /// The worker second (of `now`, at CLOCK_MONOTONIC_COARSE `now_ns`) of the
@@ -179,18 +193,46 @@ pub fn last_seen(f: &[Forwarded; 2], now: u32, now_ns: u64) -> u32 {
     now.saturating_sub(idle)
 }
 
+/// The IPv6 flow map key of a packet with session key `k`: TCP, UDP and
+/// ICMPv6 (echo) between IPv6 addresses.
+pub fn key6_of(k: &FlowKey) -> Option<FlowV6Key> {
+    if k.src_v4().is_some()
+        || k.dst_v4().is_some()
+        || ![PROTO_TCP, PROTO_UDP, PROTO_ICMPV6].contains(&k.proto)
+    {
+        return None;
+    }
+    Some(FlowV6Key {
+        src: k.src,
+        dst: k.dst,
+        sport: k.sport.to_be_bytes(),
+        dport: k.dport.to_be_bytes(),
+        proto: k.proto,
+        pad: [0; 3],
+    })
+}
+
 /// The two directions of session `s`: (initiator's key and translation,
 /// responder's key and translation). `None` for what the fast path does
-/// not carry (IPv6, protocols without ports).
-pub fn directions(s: &Session) -> Option<[(FlowV4Key, Nat); 2]> {
+/// not carry (protocols without ports, translated IPv6).
+pub fn directions(s: &Session) -> Option<[(DirKey, Nat); 2]> {
+    if let (Some(init), Some(reply)) = (key6_of(&s.key), key6_of(&s.reply_key())) {
+        return s.nat().is_none().then_some([
+            (DirKey::V6(init), Nat::None),
+            (DirKey::V6(reply), Nat::None),
+        ]);
+    }
     let init = key_of(&s.key)?;
     let reply = key_of(&s.reply_key())?;
     Some(match s.nat() {
         Some((addr, port)) => [
-            (init, Nat::Source(addr, port)),
-            (reply, Nat::Destination(init.src, s.key.sport)),
+            (DirKey::V4(init), Nat::Source(addr, port)),
+            (DirKey::V4(reply), Nat::Destination(init.src, s.key.sport)),
         ],
-        None => [(init, Nat::None), (reply, Nat::None)],
+        None => [
+            (DirKey::V4(init), Nat::None),
+            (DirKey::V4(reply), Nat::None),
+        ],
     })
 }
 
@@ -224,6 +266,9 @@ pub struct FlowMap {
     base: NonNull<FlowSlot>,
     slots: u32,
     seed: u32,
+    /// IPv6 directions: a kernel hash map, written with bpf(2) (IPv6 keys
+    /// do not fit a slot with their entry).
+    v6: Option<FlowMap6>,
 }
 
 // SAFETY: the mapping is shared memory that every access reaches through
@@ -265,7 +310,71 @@ impl FlowMap {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { base, slots, seed })
+        Ok(Self {
+            base,
+            slots,
+            seed,
+            v6: None,
+        })
+    }
+
+    /// This handle with the IPv6 flow map too.
+    #[must_use]
+    pub fn with_v6(mut self, map: FlowMap6) -> Self {
+        self.v6 = Some(map);
+        self
+    }
+
+    /// Installs (or replaces) direction `key`, leaving by `out` translated
+    /// by `nat` (always `Nat::None` for IPv6), with zeroed counters.
+    pub fn install(&mut self, key: &DirKey, out: Egress, nat: Nat) -> Result<(), WriteError> {
+        match key {
+            DirKey::V4(k) => self.insert(k, &entry(k, out, nat)),
+            DirKey::V6(k) => {
+                let map = self.v6.as_mut().ok_or(WriteError::Busy)?;
+                let e = FlowEntry6 {
+                    dst_mac: out.dst_mac,
+                    src_mac: out.src_mac,
+                    tx_slot: u16::try_from(out.slot).unwrap_or(u16::MAX),
+                    mtu: out.mtu,
+                    ..FlowEntry6::default()
+                };
+                map.insert(k, e, 0).map_err(|err| match err {
+                    aya::maps::MapError::SyscallError(e)
+                        if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                    {
+                        WriteError::Full
+                    }
+                    _ => WriteError::Busy,
+                })
+            }
+        }
+    }
+
+    /// What the program forwarded for direction `key`, if installed.
+    pub fn read_dir(&mut self, key: &DirKey) -> Option<Forwarded> {
+        match key {
+            DirKey::V4(k) => self.read(k),
+            DirKey::V6(k) => {
+                let e = self.v6.as_ref()?.get(k, 0).ok()?;
+                Some(Forwarded {
+                    packets: e.packets,
+                    bytes: e.bytes,
+                    last_seen_ns: seen_ns(e.last_seen, monotonic_ns()),
+                })
+            }
+        }
+    }
+
+    /// Removes direction `key`, returning what it forwarded.
+    pub fn remove_dir(&mut self, key: &DirKey) -> Option<Forwarded> {
+        match key {
+            DirKey::V4(k) => self.remove(k),
+            DirKey::V6(k) => {
+                let got = self.read_dir(key)?;
+                self.v6.as_mut()?.remove(k).ok().map(|()| got)
+            }
+        }
     }
 
     fn ptr(&self, i: u32) -> *mut FlowSlot {
@@ -359,21 +468,10 @@ impl FlowMap {
 
     /// The counters of slot `i`, at CLOCK_MONOTONIC_COARSE `now_ns`.
     fn counts(&self, i: u32, now_ns: u64) -> Forwarded {
-        let tick = self.last_seen(i).load(Ordering::Relaxed);
-        let last_seen_ns = if tick == 0 {
-            0
-        } else {
-            // The program may have stamped a tick after `now_ns` was read.
-            let age = ((now_ns >> FLOW_TICK_SHIFT) as u32).wrapping_sub(tick);
-            let age = if age > u32::MAX / 2 { 0 } else { age };
-            now_ns
-                .saturating_sub(u64::from(age) << FLOW_TICK_SHIFT)
-                .max(1)
-        };
         Forwarded {
             packets: self.word(i, FLOW_PACKETS_WORD).load(Ordering::Relaxed),
             bytes: self.word(i, FLOW_BYTES_WORD).load(Ordering::Relaxed),
-            last_seen_ns,
+            last_seen_ns: seen_ns(self.last_seen(i).load(Ordering::Relaxed), now_ns),
         }
     }
 
@@ -445,6 +543,10 @@ impl FlowMap {
     pub fn clear(&mut self) -> usize {
         let now_ns = monotonic_ns();
         let mut n = 0;
+        if let Some(m) = self.v6.as_mut() {
+            let keys: Vec<FlowV6Key> = m.keys().filter_map(Result::ok).collect();
+            n += keys.iter().filter(|k| m.remove(k).is_ok()).count();
+        }
         for i in 0..self.slots {
             if self.is_empty(i) {
                 continue;
@@ -472,6 +574,20 @@ impl FlowMap {
         self.unlock(i, was, got.is_some());
         got
     }
+}
+
+/// The CLOCK_MONOTONIC_COARSE time of a last-seen `tick` the program
+/// stamped (`ns >> FLOW_TICK_SHIFT`, 0: none), read at `now_ns`.
+fn seen_ns(tick: u32, now_ns: u64) -> u64 {
+    if tick == 0 {
+        return 0;
+    }
+    // The program may have stamped a tick after `now_ns` was read.
+    let age = ((now_ns >> FLOW_TICK_SHIFT) as u32).wrapping_sub(tick);
+    let age = if age > u32::MAX / 2 { 0 } else { age };
+    now_ns
+        .saturating_sub(u64::from(age) << FLOW_TICK_SHIFT)
+        .max(1)
 }
 
 /// CLOCK_MONOTONIC_COARSE now, in nanoseconds (the clock of
@@ -646,7 +762,7 @@ mod tests {
             0,
             0,
         );
-        assert!(directions(&v6).is_none(), "IPv6");
+        assert!(directions(&v6).is_none(), "mixed families");
     }
 
     /// A table of `slots` slots in a memfd: the same shared mapping as
@@ -761,12 +877,14 @@ mod tests {
         assert_eq!(
             directions(&s).unwrap(),
             [
-                (key_of(&k).unwrap(), Nat::None),
-                (key_of(&k.reversed()).unwrap(), Nat::None)
+                (DirKey::V4(key_of(&k).unwrap()), Nat::None),
+                (DirKey::V4(key_of(&k.reversed()).unwrap()), Nat::None)
             ]
         );
         s.set_nat([198, 18, 2, 100], 20001);
-        let [(i, ni), (r, nr)] = directions(&s).unwrap();
+        let [(DirKey::V4(i), ni), (DirKey::V4(r), nr)] = directions(&s).unwrap() else {
+            panic!("IPv4 directions");
+        };
         assert_eq!(ni, Nat::Source([198, 18, 2, 100], 20001));
         assert_eq!(
             (r.dst, r.dport),
@@ -774,7 +892,29 @@ mod tests {
         );
         assert_eq!(nr, Nat::Destination([198, 18, 1, 10], 40000));
         assert_eq!(i.src, [198, 18, 1, 10]);
-        let v6 = FlowKey { src: [1; 16], ..k };
-        assert!(directions(&Session::new(v6, 2, Origin::Inside, 0, 0)).is_none());
+        let mixed = FlowKey { src: [1; 16], ..k };
+        assert!(directions(&Session::new(mixed, 2, Origin::Inside, 0, 0)).is_none());
+        // IPv6: both directions, never translated.
+        let v6 = FlowKey {
+            src: [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            dst: [0x20, 1, 0xd, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            ..k
+        };
+        let mut s6 = Session::new(v6, 3, Origin::Inside, 0, 0);
+        let [(DirKey::V6(i), Nat::None), (DirKey::V6(r), Nat::None)] = directions(&s6).unwrap()
+        else {
+            panic!("IPv6 directions");
+        };
+        assert_eq!(
+            (i.src, i.sport, r.src, r.dport),
+            (
+                v6.src,
+                40000u16.to_be_bytes(),
+                v6.dst,
+                40000u16.to_be_bytes()
+            )
+        );
+        s6.set_nat([198, 18, 2, 100], 20001);
+        assert!(directions(&s6).is_none(), "no NAT66 on the fast path");
     }
 }

@@ -11,7 +11,7 @@
 //! core.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, RawFd},
     sync::{
         Arc,
@@ -299,7 +299,7 @@ impl Worker {
             from,
             role & 1 == 1,
             |dst| {
-                let hop = fib.lookup4(Ipv4Addr::from(dst)).ok()?;
+                let hop = lookup(fib, dst)?;
                 egress(fib, slots, hop.oif, hop.dst_mac, hop.src_mac)
             },
             tally,
@@ -544,15 +544,24 @@ fn offer(
     };
     let s = svc.session(slot);
     let back = match side {
-        Side::Initiator => s.key.src_v4(),
-        Side::Responder => s.key.dst_v4(),
+        Side::Initiator => s.key.src_ip(),
+        Side::Responder => s.key.dst_ip(),
     };
-    let Some(hop) = back.and_then(|a| fib.lookup4(Ipv4Addr::from(a)).ok()) else {
+    let Some(hop) = lookup(fib, back) else {
         return;
     };
     if let Some(other) = egress(fib, slots, hop.oif, hop.dst_mac, hop.src_mac) {
         svc.offload(slot, side, this, other, tally);
     }
+}
+
+/// The resolved next hop toward `dst`, either family.
+fn lookup(fib: &Fib, dst: IpAddr) -> Option<crate::fib::NextHop> {
+    match dst {
+        IpAddr::V4(a) => fib.lookup4(a),
+        IpAddr::V6(a) => fib.lookup6(a),
+    }
+    .ok()
 }
 
 /// How the fast path sends out of `oif` (an interface this node owns).

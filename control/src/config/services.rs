@@ -247,8 +247,8 @@ pub struct ServiceSet {
     pub firewall: Firewall,
     pub nat: Option<Nat>,
     /// Established sessions (TCP after the handshake, UDP and ICMP echo
-    /// after the first reply) are forwarded by the XDP program itself
-    /// (IPv4 only). On by default. On veth the receiving ends need GRO on (or an XDP
+    /// after the first reply; IPv4, and IPv6 without translation) are
+    /// forwarded by the XDP program itself. On by default. On veth the receiving ends need GRO on (or an XDP
     /// program): a veth drops redirected frames otherwise, without a
     /// counter.
     #[serde(default = "default_offload")]

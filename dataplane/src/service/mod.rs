@@ -15,6 +15,8 @@ pub mod nat;
 pub mod policy;
 pub mod replica;
 
+use std::net::IpAddr;
+
 use tandem_control::{
     config::{self, Prefix, RuleAction},
     sync::wire::ANSWERED,
@@ -195,15 +197,11 @@ impl Services {
             Side::Responder => (other, this),
         };
         let [(ik, inat), (rk, rnat)] = dirs;
-        let r = flows
-            .insert(&ik, &offload::entry(&ik, init_out, inat))
-            .and_then(|()| {
-                flows
-                    .insert(&rk, &offload::entry(&rk, reply_out, rnat))
-                    .inspect_err(|_| {
-                        flows.remove(&ik);
-                    })
-            });
+        let r = flows.install(&ik, init_out, inat).and_then(|()| {
+            flows.install(&rk, reply_out, rnat).inspect_err(|_| {
+                flows.remove_dir(&ik);
+            })
+        });
         match r {
             Ok(()) => {
                 s.set_offloaded(true);
@@ -244,7 +242,7 @@ impl Services {
         &mut self,
         from: u32,
         forwards: bool,
-        mut route: impl FnMut([u8; 4]) -> Option<Egress>,
+        mut route: impl FnMut(IpAddr) -> Option<Egress>,
         tally: &mut Tally,
     ) -> Option<u32> {
         self.flows.as_ref()?;
@@ -261,9 +259,7 @@ impl Services {
             if !forwards || !self.may_offload(s) {
                 continue;
             }
-            let (Some(src), Some(dst)) = (s.key.src_v4(), s.key.dst_v4()) else {
-                continue;
-            };
+            let (src, dst) = (s.key.src_ip(), s.key.dst_ip());
             if let (Some(init_out), Some(reply_out)) = (route(dst), route(src)) {
                 self.offload(slot, Side::Initiator, init_out, reply_out, tally);
             }
@@ -603,7 +599,7 @@ fn take_back(flows: Option<&mut FlowMap>, s: &mut Session) -> bool {
     s.set_offloaded(false);
     if let (Some(flows), Some(dirs)) = (flows, offload::directions(s)) {
         for (i, (k, _)) in dirs.iter().enumerate() {
-            if let Some(f) = flows.remove(k) {
+            if let Some(f) = flows.remove_dir(k) {
                 s.packets[i] += f.packets;
                 s.bytes[i] += f.bytes;
             }

@@ -230,7 +230,98 @@ fn tcp_fin_takes_the_session_back() -> Result<(), Failed> {
     Ok(())
 }
 
+/// IPv6 (no translation: a service set of its own) takes the fast path
+/// too: a UDP flow and a TCP connection are offloaded after their first
+/// answers, then carry on with the worker's rx counter standing still
+/// while the program forwards, and both sessions are listed offloaded.
+fn ipv6_flows_leave_the_worker() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let cfg = config().replace(
+        "[[service_set]]\nname = \"lab\"",
+        "[[service_set]]\nname = \"lab6\"\ninside_prefixes = [\"2001:db8:1::/64\"]\n\
+         [[service_set]]\nname = \"lab\"",
+    );
+    let d = Daemon::start(&topo.node, &cfg);
+    let server6: std::net::IpAddr = netns::SERVER6.parse()?;
+    let srv = topo
+        .server
+        .enter(move || UdpSocket::bind((server6, 7310)).expect("bind"));
+    srv.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let cli = topo
+        .client
+        .enter(|| UdpSocket::bind(("2001:db8:1::10", 0)).expect("bind"));
+    cli.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let (_, tcp_server) = crate::sessions::recording_echo_server6(&topo, 7311, 1);
+    let mut conn = topo
+        .client
+        .enter(move || {
+            TcpStream::connect_timeout(
+                &std::net::SocketAddr::new(server6, 7311),
+                Duration::from_secs(3),
+            )
+        })
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut buf = [0u8; 64];
+    let mut echo = |i: u8| -> Result<(), Failed> {
+        cli.send_to(&[i; 8], (server6, 7310))?;
+        let (n, from) = srv.recv_from(&mut buf)?;
+        srv.send_to(&buf[..n], from)?;
+        let (n, _) = cli.recv_from(&mut buf)?;
+        check(buf[..n] == [i; 8], "UDP echo mismatch")?;
+        conn.write_all(&[i; 16])?;
+        let mut back = [0u8; 16];
+        conn.read_exact(&mut back)?;
+        check(back == [i; 16], "TCP echo mismatch")
+    };
+    echo(0)?;
+    echo(1)?;
+    // XDP counters reach the segment every 500 ms.
+    thread::sleep(Duration::from_secs(1));
+    check(
+        d.counter("worker.offloads_installed") == 2,
+        format!(
+            "both sessions offloaded: {}",
+            d.counter("worker.offloads_installed")
+        ),
+    )?;
+    let (rx, fast) = (
+        d.counter("worker.rx_packets"),
+        d.counter("xdp.fast_forwarded"),
+    );
+    for i in 2..12 {
+        echo(i)?;
+    }
+    thread::sleep(Duration::from_secs(1));
+    let (rx2, fast2) = (
+        d.counter("worker.rx_packets"),
+        d.counter("xdp.fast_forwarded"),
+    );
+    check(
+        rx2 == rx,
+        format!("the workers received {} frames", rx2 - rx),
+    )?;
+    // Ten rounds: a datagram each way, a segment each way and its ACKs.
+    check(
+        fast2 - fast >= 40,
+        format!("the program forwarded {} frames", fast2 - fast),
+    )?;
+    let listed = sessions_json(&d, &[])?;
+    let rows = listed["sessions"].as_array().ok_or("no sessions array")?;
+    check(
+        rows.len() == 2 && rows.iter().all(|r| r["offload"] == true),
+        format!("both listed offloaded: {listed}"),
+    )?;
+    drop(conn);
+    let _ = tcp_server.join();
+    Ok(())
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "offload_ipv6_flows_leave_the_worker",
+        ipv6_flows_leave_the_worker,
+    ),
     (
         "offload_icmp_echo_leaves_the_worker",
         icmp_echo_leaves_the_worker,

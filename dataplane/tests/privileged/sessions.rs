@@ -32,9 +32,27 @@ pub fn recording_echo_server(
     port: u16,
     conns: usize,
 ) -> (Arc<Mutex<Vec<SocketAddr>>>, thread::JoinHandle<()>) {
+    echo_server_at(topo, SERVER, port, conns)
+}
+
+/// [`recording_echo_server`] on the server's IPv6 address.
+pub fn recording_echo_server6(
+    topo: &Topo,
+    port: u16,
+    conns: usize,
+) -> (Arc<Mutex<Vec<SocketAddr>>>, thread::JoinHandle<()>) {
+    echo_server_at(topo, netns::SERVER6, port, conns)
+}
+
+fn echo_server_at(
+    topo: &Topo,
+    addr: &'static str,
+    port: u16,
+    conns: usize,
+) -> (Arc<Mutex<Vec<SocketAddr>>>, thread::JoinHandle<()>) {
     let l = topo
         .server
-        .enter(move || TcpListener::bind((SERVER, port)).expect("bind"));
+        .enter(move || TcpListener::bind((addr, port)).expect("bind"));
     let peers = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&peers);
     let h = thread::spawn(move || {

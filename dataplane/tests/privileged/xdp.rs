@@ -4,10 +4,10 @@
 
 use etherparse::PacketBuilder;
 use libtest_mimic::Failed;
-use tandem_common::{FlowV4Key, XdpCounter};
+use tandem_common::{FlowV4Key, FlowV6Key, XdpCounter};
 use tandem_dataplane::{
     loader::Loader,
-    offload::{self, Egress, Nat},
+    offload::{self, DirKey, Egress, Nat},
     wire::{self, Rewrite},
 };
 
@@ -494,7 +494,123 @@ fn pool_arp_answered_under_prog_run() -> Result<(), Failed> {
     })
 }
 
+/// The IPv6 fast path under BPF_PROG_RUN: TCP, UDP and ICMPv6 echo hits
+/// leave with the entry's MACs and the hop limit one lower, nothing else
+/// changed (no translation, no checksum covers either), counted in the
+/// entry; a SYN and a hop limit of 1 stay with the worker, untouched.
+fn offloaded_ipv6_flow_under_prog_run() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let (in0, out0) = (topo.node.ifindex("in0"), topo.node.ifindex("out0"));
+    topo.node.enter(move || -> Result<(), Failed> {
+        let mut l = Loader::load(64)?;
+        l.add_iface(in0, 0, 1)?;
+        l.add_iface(out0, 1, 1)?;
+        l.set_forward(true)?;
+        let mut flows = l.flow_map()?;
+        let out = Egress {
+            slot: 1,
+            dst_mac: [2, 0, 0, 0, 0, 0xb],
+            src_mac: [2, 0, 0, 0, 0, 0xa],
+            mtu: 1500,
+        };
+        let (src, dst): ([u8; 16], [u8; 16]) = (
+            "2001:db8:1::10".parse::<std::net::Ipv6Addr>()?.octets(),
+            "2001:db8:2::10".parse::<std::net::Ipv6Addr>()?.octets(),
+        );
+        let frame = |proto: u8, flags: u8, hop: u8| {
+            let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv6(src, dst, hop);
+            let mut f = Vec::new();
+            match proto {
+                6 => {
+                    let mut t = b.tcp(40000, 7, 1, 1000).ack(5);
+                    if flags & 0x02 != 0 {
+                        t = t.syn();
+                    }
+                    t.write(&mut f, &[0x5a; 20]).expect("tcp");
+                }
+                17 => b.udp(40000, 7).write(&mut f, &[0x5a; 20]).expect("udp"),
+                _ => b
+                    .icmpv6_echo_request(40000, 1)
+                    .write(&mut f, &[0x5a; 20])
+                    .expect("icmpv6"),
+            }
+            f
+        };
+        for proto in [6u8, 17, 58] {
+            let (sport, dport) = if proto == 58 {
+                (40000, 40000)
+            } else {
+                (40000, 7)
+            };
+            let key = DirKey::V6(FlowV6Key {
+                src,
+                dst,
+                sport: u16::to_be_bytes(sport),
+                dport: u16::to_be_bytes(dport),
+                proto,
+                pad: [0; 3],
+            });
+            flows
+                .install(&key, out, Nat::None)
+                .map_err(|e| format!("install: {e:?}"))?;
+            let f = frame(proto, 0x10, 64);
+            let (action, got) = l.run_frame(&f, (in0, 0))?;
+            let mut want = f.clone();
+            want[..6].copy_from_slice(&out.dst_mac);
+            want[6..12].copy_from_slice(&out.src_mac);
+            want[14 + 7] = 63;
+            check(
+                action == XDP_REDIRECT,
+                format!("protocol {proto}: action {action}"),
+            )?;
+            check(
+                got == want,
+                format!("protocol {proto}: rewritten {got:02x?}"),
+            )?;
+            let n = flows.read_dir(&key).ok_or("entry gone")?;
+            check(
+                n.packets == 1 && n.bytes == (f.len() - 14) as u64 && n.last_seen_ns > 0,
+                format!("protocol {proto}: entry counted {n:?}"),
+            )?;
+            // Left to the worker, untouched (no XSK here: dropped after
+            // the punt counter).
+            let mut punts = vec![(frame(proto, 0x10, 1), XdpCounter::FastPuntTtl)];
+            if proto == 6 {
+                punts.push((frame(6, 0x02, 64), XdpCounter::FastPuntFlags));
+            }
+            for (p, counter) in punts {
+                let before = totals(&l);
+                let (action, got) = l.run_frame(&p, (in0, 0))?;
+                let after = totals(&l);
+                check(
+                    action == XDP_DROP && got == p,
+                    format!("protocol {proto}, {}: action {action}", counter.name()),
+                )?;
+                check(
+                    after[counter as usize] - before[counter as usize] == 1,
+                    format!("protocol {proto}: {} moved", counter.name()),
+                )?;
+            }
+            check(
+                flows.remove_dir(&key).is_some_and(|n| n.packets == 1),
+                format!("protocol {proto}: removed with its count"),
+            )?;
+            let (action, _) = l.run_frame(&f, (in0, 0))?;
+            check(
+                action == XDP_DROP,
+                format!("protocol {proto}: a miss after removal"),
+            )?;
+        }
+        Ok(())
+    })
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "offloaded_ipv6_flow_under_prog_run",
+        offloaded_ipv6_flow_under_prog_run,
+    ),
     (
         "every_xdp_verdict_under_prog_run",
         every_xdp_verdict_under_prog_run,

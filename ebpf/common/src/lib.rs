@@ -26,6 +26,10 @@ pub mod map {
     pub const FLOWS: &str = "TND_FLOWS";
     /// `DevMap` indexed by interface slot: where the fast path redirects.
     pub const TX_PORTS: &str = "TND_TX_PORTS";
+    /// `HashMap<FlowV6Key, FlowEntry6>` (no preallocation): offloaded
+    /// IPv6 session directions, which are never translated. Workers write
+    /// it with bpf(2), an install at a time.
+    pub const FLOWS6: &str = "TND_FLOWS6";
     /// `HashMap<LocalV4Key, ArpAnswer>`: the NAT pool addresses the
     /// program answers ARP requests for while the node forwards.
     pub const ARP_V4: &str = "TND_ARP_V4";
@@ -40,6 +44,9 @@ pub const MAX_IFACES: u32 = 8;
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of each local-address map.
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// Entries of the IPv6 flow map as compiled; the loader sizes it from the
+/// configuration.
+pub const DEFAULT_FLOWS6: u32 = 16_384;
 /// Capacity of the ARP answer map (NAT pool addresses of all service sets).
 pub const MAX_ARP_ADDRS: u32 = 1024;
 /// Slots of the flow table as compiled (a power of two); the loader sizes
@@ -170,6 +177,37 @@ pub struct IfaceSlot {
 pub struct LocalV4Key {
     /// The address, in network byte order.
     pub addr_be: u32,
+}
+
+/// Key of the IPv6 flow map: one direction of an offloaded session, as
+/// its packets arrive. Wire byte order; an ICMPv6 echo carries its
+/// identifier as both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowV6Key {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// Value of the IPv6 flow map: where the direction leaves (devmap slot,
+/// MACs, MTU), and what the program forwarded: packets and IP bytes
+/// (atomic adds), and the coarse-clock tick of the latest packet
+/// (`ns >> FLOW_TICK_SHIFT`, 0: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry6 {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub tx_slot: u16,
+    pub mtu: u16,
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen: u32,
+    pub pad: u32,
 }
 
 /// Value of the ARP answer map: the interface a pool address is answered
@@ -357,6 +395,10 @@ mod user {
     unsafe impl aya::Pod for super::LocalV6Key {}
     // SAFETY: repr(C), an integer and byte arrays, explicit padding.
     unsafe impl aya::Pod for super::ArpAnswer {}
+    // SAFETY: repr(C), byte arrays and explicit padding.
+    unsafe impl aya::Pod for super::FlowV6Key {}
+    // SAFETY: repr(C), integers and byte arrays, explicit padding.
+    unsafe impl aya::Pod for super::FlowEntry6 {}
     // SAFETY: repr(C), byte arrays and explicit padding fields.
     unsafe impl aya::Pod for super::FlowV4Key {}
     // SAFETY: repr(C), eight integers, no padding.
@@ -379,6 +421,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowV4Key>(), 16);
         assert_eq!(core::mem::size_of::<FlowSlot>(), 64);
         assert_eq!(core::mem::size_of::<NodeRole>(), 12);
+        assert_eq!(core::mem::size_of::<FlowV6Key>(), 40);
+        assert_eq!(core::mem::size_of::<FlowEntry6>(), 40);
+        assert_eq!(core::mem::size_of::<ArpAnswer>(), 12);
     }
 
     fn sample() -> (FlowV4Key, FlowEntry) {

@@ -27,18 +27,18 @@
 use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use tandem_common::{
-    ArpAnswer, DEFAULT_FLOWS, FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF,
+    ArpAnswer, DEFAULT_FLOWS, DEFAULT_FLOWS6, FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF,
     FLOW_NAT_DESTINATION, FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF,
-    FLOW_TICK_SHIFT, FLOW_WAYS, FlowEntry, FlowSlot, IfaceSlot, LocalV4Key, LocalV6Key,
-    MAX_ARP_ADDRS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter, flow_entry,
-    flow_hash, xsk_index,
+    FLOW_TICK_SHIFT, FLOW_WAYS, FlowEntry, FlowEntry6, FlowSlot, FlowV6Key, IfaceSlot, LocalV4Key,
+    LocalV6Key, MAX_ARP_ADDRS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter,
+    flow_entry, flow_hash, xsk_index,
 };
 
 #[map(name = "TND_COUNTERS")]
@@ -59,6 +59,9 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static FLOWS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_FLOWS, BPF_F_MMAPABLE);
 #[map(name = "TND_TX_PORTS")]
 static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
+#[map(name = "TND_FLOWS6")]
+static FLOWS6: HashMap<FlowV6Key, FlowEntry6> =
+    HashMap::with_max_entries(DEFAULT_FLOWS6, BPF_F_NO_PREALLOC);
 #[map(name = "TND_ARP_V4")]
 static ARP_V4: HashMap<LocalV4Key, ArpAnswer> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
 
@@ -73,6 +76,8 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -156,6 +161,13 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // below.
     if forward && ethertype == ETH_P_IP && l3 == ETH_HLEN {
         match fast_path(ctx, &role) {
+            Fast::Miss => {}
+            Fast::Punt(c) => count(c),
+            Fast::Done(v) => return Ok(v),
+        }
+    }
+    if forward && ethertype == ETH_P_IPV6 && l3 == ETH_HLEN {
+        match fast_path6(ctx) {
             Fast::Miss => {}
             Fast::Punt(c) => count(c),
             Fast::Done(v) => return Ok(v),
@@ -337,7 +349,7 @@ enum Fast {
     Done(Verdict),
 }
 
-/// The fast path for offloaded sessions: untagged IPv4 without options or
+/// The fast path for offloaded IPv4 sessions: untagged, without options or
 /// fragmentation, TCP, UDP or ICMP echo. A flow table hit is rewritten as
 /// the worker would (MACs, TTL, NAT with incremental checksums) and
 /// redirected out of its egress; packets that change the session's state, and those the
@@ -388,6 +400,102 @@ fn fast_path(ctx: &XdpContext, role: &NodeRole) -> Fast {
         Some((slot, entry)) => forward_flow(ctx, slot, &entry, &h, proto, flags),
         None => Fast::Miss,
     }
+}
+
+/// The fast path for offloaded IPv6 sessions: untagged, no extension
+/// headers, TCP, UDP or ICMPv6 echo. Nothing is translated (NAPT44 only),
+/// so only the MACs and the hop limit change, and no checksum covers
+/// either. The same punts as for IPv4.
+#[inline(always)]
+fn fast_path6(ctx: &XdpContext) -> Fast {
+    const L3: usize = ETH_HLEN;
+    const L4: usize = ETH_HLEN + 40;
+    let Ok(hp) = ptr_at::<[u8; 40]>(ctx, L3) else {
+        return Fast::Miss;
+    };
+    // SAFETY: ptr_at checked that the 40 bytes lie in the frame.
+    let h = unsafe { core::ptr::read_unaligned(hp) };
+    if h[0] >> 4 != 6 {
+        return Fast::Miss;
+    }
+    let proto = h[6];
+    let Ok(lp) = ptr_at::<[u8; 8]>(ctx, L4) else {
+        return Fast::Miss;
+    };
+    // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
+    let l4 = unsafe { core::ptr::read_unaligned(lp) };
+    let (ports, flags) = match proto {
+        IPPROTO_TCP => match load_be16(ctx, L4 + 12) {
+            Ok(w) if w >> 12 >= 5 => ([l4[0], l4[1], l4[2], l4[3]], (w & 0xff) as u8),
+            _ => return Fast::Miss,
+        },
+        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0),
+        IPPROTO_ICMPV6
+            if (l4[0] == ICMPV6_ECHO_REQUEST || l4[0] == ICMPV6_ECHO_REPLY) && l4[1] == 0 =>
+        {
+            ([l4[4], l4[5], l4[4], l4[5]], 0)
+        }
+        _ => return Fast::Miss,
+    };
+    let mut key = FlowV6Key {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
+        proto,
+        pad: [0; 3],
+    };
+    key.src.copy_from_slice(&h[8..24]);
+    key.dst.copy_from_slice(&h[24..40]);
+    let Some(e) = FLOWS6.get_ptr_mut(key) else {
+        return Fast::Miss;
+    };
+    if proto == IPPROTO_TCP && flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return Fast::Punt(XdpCounter::FastPuntFlags);
+    }
+    if h[7] <= 1 {
+        return Fast::Punt(XdpCounter::FastPuntTtl);
+    }
+    // SAFETY: a live element of the map (freed only after an RCU grace
+    // period, and the program runs inside one); plain reads of fields the
+    // worker wrote before it inserted the element.
+    let (dst_mac, src_mac, tx_slot, mtu) =
+        unsafe { ((*e).dst_mac, (*e).src_mac, (*e).tx_slot, (*e).mtu) };
+    let len = u32::from(u16::from_be_bytes([h[4], h[5]])) + 40;
+    if len > u32::from(mtu) {
+        return Fast::Punt(XdpCounter::FastPuntTooBig);
+    }
+    let Ok(action) = TX_PORTS.redirect(u32::from(tx_slot), 0) else {
+        return Fast::Punt(XdpCounter::FastRedirectFailed);
+    };
+    let (Ok(eth), Ok(hop)) = (ptr_at::<[u8; 12]>(ctx, 0), ptr_at::<u8>(ctx, L3 + 7)) else {
+        return Fast::Miss;
+    };
+    // SAFETY: the frame ranges were bounds-checked by ptr_at (an XDP frame
+    // is writable); `e` as above, its counters only ever added to
+    // atomically.
+    unsafe {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&dst_mac);
+        macs[6..].copy_from_slice(&src_mac);
+        core::ptr::write_unaligned(eth.cast_mut(), macs);
+        *hop.cast_mut() = h[7] - 1;
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*e).packets,
+            1,
+        );
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*e).bytes,
+            u64::from(len),
+        );
+        let tick = (bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT) as u32;
+        let last = &raw mut (*e).last_seen;
+        if core::ptr::read_volatile(last) != tick {
+            core::ptr::write_volatile(last, tick);
+        }
+    }
+    add(XdpCounter::FastForwardedBytes, u64::from(len));
+    Fast::Done(verdict(action, XdpCounter::FastForwarded))
 }
 
 /// The slot holding key words `w1`/`w2` and its entry, read consistently
