@@ -333,6 +333,7 @@ impl FlowMap {
             DirKey::V6(k) => {
                 let map = self.v6.as_mut().ok_or(WriteError::Busy)?;
                 let e = FlowEntry6 {
+                    key: *k,
                     dst_mac: out.dst_mac,
                     src_mac: out.src_mac,
                     tx_slot: u16::try_from(out.slot).unwrap_or(u16::MAX),

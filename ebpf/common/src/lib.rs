@@ -193,13 +193,19 @@ pub struct FlowV6Key {
     pub pad: [u8; 3],
 }
 
-/// Value of the IPv6 flow map: where the direction leaves (devmap slot,
-/// MACs, MTU), and what the program forwarded: packets and IP bytes
-/// (atomic adds), and the coarse-clock tick of the latest packet
+/// Value of the IPv6 flow map: the key again, where the direction leaves
+/// (devmap slot, MACs, MTU), and what the program forwarded: packets and
+/// IP bytes (atomic adds), and the coarse-clock tick of the latest packet
 /// (`ns >> FLOW_TICK_SHIFT`, 0: none).
+///
+/// The key comes first and the program compares it after reading the
+/// rest: the kernel may hand a deleted element to the next insert at once,
+/// and fills it front to back, so an element reused for another direction
+/// under a reader reads as a miss, never as a mix of two entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry6 {
+    pub key: FlowV6Key,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     pub tx_slot: u16,
@@ -422,7 +428,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowSlot>(), 64);
         assert_eq!(core::mem::size_of::<NodeRole>(), 12);
         assert_eq!(core::mem::size_of::<FlowV6Key>(), 40);
-        assert_eq!(core::mem::size_of::<FlowEntry6>(), 40);
+        assert_eq!(core::mem::size_of::<FlowEntry6>(), 80);
         assert_eq!(core::mem::size_of::<ArpAnswer>(), 12);
     }
 

@@ -437,16 +437,13 @@ fn fast_path6(ctx: &XdpContext) -> Fast {
         }
         _ => return Fast::Miss,
     };
-    let mut key = FlowV6Key {
-        src: [0; 16],
-        dst: [0; 16],
-        sport: [ports[0], ports[1]],
-        dport: [ports[2], ports[3]],
-        proto,
-        pad: [0; 3],
-    };
-    key.src.copy_from_slice(&h[8..24]);
-    key.dst.copy_from_slice(&h[24..40]);
+    let mut kb = [0u8; 40];
+    kb[..32].copy_from_slice(&h[8..40]);
+    kb[32..36].copy_from_slice(&ports);
+    kb[36] = proto;
+    // SAFETY: FlowV6Key is repr(C) and 40 bytes of byte arrays, laid out
+    // as `kb`: any bytes make a key.
+    let key: FlowV6Key = unsafe { core::mem::transmute(kb) };
     let Some(e) = FLOWS6.get_ptr_mut(key) else {
         return Fast::Miss;
     };
@@ -456,11 +453,36 @@ fn fast_path6(ctx: &XdpContext) -> Fast {
     if h[7] <= 1 {
         return Fast::Punt(XdpCounter::FastPuntTtl);
     }
-    // SAFETY: a live element of the map (freed only after an RCU grace
-    // period, and the program runs inside one); plain reads of fields the
-    // worker wrote before it inserted the element.
-    let (dst_mac, src_mac, tx_slot, mtu) =
-        unsafe { ((*e).dst_mac, (*e).src_mac, (*e).tx_slot, (*e).mtu) };
+    // SAFETY: an element of the map: its memory stays the map's while the
+    // program runs (RCU), though a delete may hand it to the next insert at
+    // once, for another direction. So the fields are read first, volatile,
+    // and the key copy (written first) last: a reused element reads as a
+    // miss.
+    let (dst_mac, src_mac, tx_slot, mtu) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*e).dst_mac),
+            core::ptr::read_volatile(&raw const (*e).src_mac),
+            core::ptr::read_volatile(&raw const (*e).tx_slot),
+            core::ptr::read_volatile(&raw const (*e).mtu),
+        )
+    };
+    for i in 0..5 {
+        let at = i * 8;
+        let want = u64::from_ne_bytes([
+            kb[at],
+            kb[at + 1],
+            kb[at + 2],
+            kb[at + 3],
+            kb[at + 4],
+            kb[at + 5],
+            kb[at + 6],
+            kb[at + 7],
+        ]);
+        // SAFETY: the key copy, five aligned words at the value's start.
+        if unsafe { core::ptr::read_volatile(e.cast::<u64>().add(i)) } != want {
+            return Fast::Miss;
+        }
+    }
     let len = u32::from(u16::from_be_bytes([h[4], h[5]])) + 40;
     if len > u32::from(mtu) {
         return Fast::Punt(XdpCounter::FastPuntTooBig);
