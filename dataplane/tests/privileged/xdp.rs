@@ -201,6 +201,23 @@ fn echo(request: bool) -> Vec<u8> {
     out
 }
 
+/// A loaded program forwarding between `in0` (slot 0) and `out0` (slot
+/// 1), a flow map handle, and an egress out of `out0`.
+fn forwarding(in0: u32, out0: u32) -> Result<(Loader, offload::FlowMap, Egress), Failed> {
+    let mut l = Loader::load(64)?;
+    l.add_iface(in0, 0, 1)?;
+    l.add_iface(out0, 1, 1)?;
+    l.set_forward(true)?;
+    let flows = l.flow_map()?;
+    let out = Egress {
+        slot: 1,
+        dst_mac: [2, 0, 0, 0, 0, 0xb],
+        src_mac: [2, 0, 0, 0, 0, 0xa],
+        mtu: 1500,
+    };
+    Ok((l, flows, out))
+}
+
 /// The fast path under BPF_PROG_RUN: a flow table hit is rewritten byte
 /// for byte as the worker rewrites the same packet (MACs, TTL, NAT and
 /// both checksums) and redirected, counted in the entry and in
@@ -212,17 +229,7 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
     let topo = Topo::new();
     let (in0, out0) = (topo.node.ifindex("in0"), topo.node.ifindex("out0"));
     topo.node.enter(move || -> Result<(), Failed> {
-        let mut l = Loader::load(64)?;
-        l.add_iface(in0, 0, 1)?;
-        l.add_iface(out0, 1, 1)?;
-        l.set_forward(true)?;
-        let mut flows = l.flow_map()?;
-        let out = Egress {
-            slot: 1,
-            dst_mac: [2, 0, 0, 0, 0, 0xb],
-            src_mac: [2, 0, 0, 0, 0, 0xa],
-            mtu: 1500,
-        };
+        let (l, mut flows, out) = forwarding(in0, out0)?;
         let key = |proto| FlowV4Key {
             src: [198, 18, 1, 10],
             dst: [198, 18, 2, 10],
@@ -502,17 +509,7 @@ fn offloaded_ipv6_flow_under_prog_run() -> Result<(), Failed> {
     let topo = Topo::new();
     let (in0, out0) = (topo.node.ifindex("in0"), topo.node.ifindex("out0"));
     topo.node.enter(move || -> Result<(), Failed> {
-        let mut l = Loader::load(64)?;
-        l.add_iface(in0, 0, 1)?;
-        l.add_iface(out0, 1, 1)?;
-        l.set_forward(true)?;
-        let mut flows = l.flow_map()?;
-        let out = Egress {
-            slot: 1,
-            dst_mac: [2, 0, 0, 0, 0, 0xb],
-            src_mac: [2, 0, 0, 0, 0, 0xa],
-            mtu: 1500,
-        };
+        let (l, mut flows, out) = forwarding(in0, out0)?;
         let (src, dst): ([u8; 16], [u8; 16]) = (
             "2001:db8:1::10".parse::<std::net::Ipv6Addr>()?.octets(),
             "2001:db8:2::10".parse::<std::net::Ipv6Addr>()?.octets(),
