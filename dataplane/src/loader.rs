@@ -160,11 +160,16 @@ impl Loader {
     /// The flow table, mapped for a worker (or the ha thread).
     pub fn flow_map(&self) -> io::Result<FlowMap> {
         let fd = self.flows.fd().as_fd().try_clone_to_owned()?;
-        let fd6 = self.flows6.fd().as_fd().try_clone_to_owned()?;
-        let v6 = MapData::from_fd(fd6)
+        Ok(FlowMap::new(&fd, self.flow_slots, self.flow_seed)?.with_v6(self.ipv6_flows()?))
+    }
+
+    /// A handle of its own on the IPv6 flow map (a worker's part of
+    /// [`Self::flow_map`]; tests write raw entries through it).
+    pub fn ipv6_flows(&self) -> io::Result<crate::offload::FlowMap6> {
+        let fd = self.flows6.fd().as_fd().try_clone_to_owned()?;
+        MapData::from_fd(fd)
             .and_then(|m| HashMap::try_from(aya::maps::Map::HashMap(m)))
-            .map_err(io::Error::other)?;
-        Ok(FlowMap::new(&fd, self.flow_slots, self.flow_seed)?.with_v6(v6))
+            .map_err(io::Error::other)
     }
 
     /// While the node forwards, the program answers ARP requests for
@@ -278,16 +283,9 @@ impl Loader {
             .program(PROGRAM_NAME)
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let mut md = [0u8; 24];
+        let md = ingress.map(|i| xdp_md(frame, i));
         let mut opts = TestRunOptions::new();
-        if let Some((ifindex, queue)) = ingress {
-            md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            md[16..20].copy_from_slice(&queue.to_ne_bytes());
-            opts.ctx_in = Some(&md);
-        }
+        opts.ctx_in = md.as_ref().map(|m| &m[..]);
         opts.data_in = Some(frame);
         Ok(prog.test_run(opts)?.return_value)
     }
@@ -303,10 +301,7 @@ impl Loader {
             .program(PROGRAM_NAME)
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
-        let mut md = [0u8; 24];
-        md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        md[12..16].copy_from_slice(&ingress.0.to_ne_bytes());
-        md[16..20].copy_from_slice(&ingress.1.to_ne_bytes());
+        let md = xdp_md(frame, ingress);
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.ctx_in = Some(&md);
@@ -330,6 +325,17 @@ impl Loader {
             })
             .collect()
     }
+}
+
+/// The `struct xdp_md` (data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex) of a test run of `frame` arriving on
+/// (ifindex, rx queue) `ingress`.
+fn xdp_md(frame: &[u8], ingress: (u32, u32)) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    md[12..16].copy_from_slice(&ingress.0.to_ne_bytes());
+    md[16..20].copy_from_slice(&ingress.1.to_ne_bytes());
+    md
 }
 
 fn v4key(a: Ipv4Addr) -> LocalV4Key {

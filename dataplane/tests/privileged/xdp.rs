@@ -4,7 +4,7 @@
 
 use etherparse::PacketBuilder;
 use libtest_mimic::Failed;
-use tandem_common::{FlowV4Key, FlowV6Key, XdpCounter};
+use tandem_common::{FlowEntry6, FlowV4Key, FlowV6Key, XdpCounter};
 use tandem_dataplane::{
     loader::Loader,
     offload::{self, DirKey, Egress, Nat},
@@ -599,6 +599,37 @@ fn offloaded_ipv6_flow_under_prog_run() -> Result<(), Failed> {
                 format!("protocol {proto}: a miss after removal"),
             )?;
         }
+        // An element the kernel handed to another direction while the
+        // program held it: its key copy differs, and it reads as a miss.
+        let udp = FlowV6Key {
+            src,
+            dst,
+            sport: 40000u16.to_be_bytes(),
+            dport: 7u16.to_be_bytes(),
+            proto: 17,
+            pad: [0; 3],
+        };
+        let reused = FlowEntry6 {
+            key: FlowV6Key {
+                dport: 8u16.to_be_bytes(),
+                ..udp
+            },
+            dst_mac: out.dst_mac,
+            src_mac: out.src_mac,
+            tx_slot: 1,
+            mtu: 1500,
+            ..FlowEntry6::default()
+        };
+        l.ipv6_flows()?.insert(udp, reused, 0)?;
+        let f = frame(17, 0, 64);
+        let before = totals(&l);
+        let (action, got) = l.run_frame(&f, (in0, 0))?;
+        let after = totals(&l);
+        let fwd = XdpCounter::FastForwarded as usize;
+        check(
+            action == XDP_DROP && got == f && after[fwd] == before[fwd],
+            format!("a mismatched key copy: action {action}"),
+        )?;
         Ok(())
     })
 }
