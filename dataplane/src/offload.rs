@@ -28,11 +28,12 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence},
 };
 
+use aya::maps::IterableMap as _;
 use tandem_common::{
     FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF, FLOW_NAT_DESTINATION, FLOW_NAT_NONE,
     FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF, FLOW_TICK_SHIFT, FLOW_WAYS,
@@ -191,6 +192,15 @@ pub fn last_seen(f: &[Forwarded; 2], now: u32, now_ns: u64) -> u32 {
     }
     let idle = u32::try_from(now_ns.saturating_sub(last) / 1_000_000_000).unwrap_or(u32::MAX);
     now.saturating_sub(idle)
+}
+
+/// What an IPv6 entry says the program forwarded.
+fn forwarded6(e: &FlowEntry6) -> Forwarded {
+    Forwarded {
+        packets: e.packets,
+        bytes: e.bytes,
+        last_seen_ns: seen_ns(e.last_seen, monotonic_ns()),
+    }
 }
 
 /// The IPv6 flow map key of a packet with session key `k`: TCP, UDP and
@@ -358,11 +368,7 @@ impl FlowMap {
             DirKey::V4(k) => self.read(k),
             DirKey::V6(k) => {
                 let e = self.v6.as_ref()?.get(k, 0).ok()?;
-                Some(Forwarded {
-                    packets: e.packets,
-                    bytes: e.bytes,
-                    last_seen_ns: seen_ns(e.last_seen, monotonic_ns()),
-                })
+                Some(forwarded6(&e))
             }
         }
     }
@@ -372,8 +378,11 @@ impl FlowMap {
         match key {
             DirKey::V4(k) => self.remove(k),
             DirKey::V6(k) => {
-                let got = self.read_dir(key)?;
-                self.v6.as_mut()?.remove(k).ok().map(|()| got)
+                // One call: packets the program forwards between a read
+                // and a delete would go uncounted.
+                let fd = self.v6.as_ref()?.map().fd().as_fd();
+                let e: FlowEntry6 = crate::sys::bpf_lookup_and_delete(fd, k).ok()??;
+                Some(forwarded6(&e))
             }
         }
     }

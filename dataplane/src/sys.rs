@@ -99,6 +99,57 @@ impl EventFd {
     }
 }
 
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux >= 5.14 for hash maps): the
+/// value under `key`, removed in the same call, so that nothing the program
+/// adds to it between a read and a delete goes uncounted. `None` if the
+/// key is absent.
+///
+/// `K` and `V` must be the map's key and value types: plain data, whose
+/// every byte pattern is a value (`aya::Pod`).
+pub fn bpf_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+) -> Result<Option<V>, SyscallError> {
+    /// The `bpf_attr` member of the `BPF_MAP_*_ELEM` commands.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
+    // kernel reads a K at `key` and writes a V at `value` (the map's own
+    // sizes, which the caller's types match).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if r < 0 {
+        let e = SyscallError::last("bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)");
+        return match e.io_error.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel wrote the whole value; V is plain data (Pod).
+    Ok(Some(unsafe { value.assume_init() }))
+}
+
 /// The interface index of `name`.
 pub fn if_index(name: &str) -> Result<u32, SyscallError> {
     let c = CString::new(name).map_err(|_| SyscallError {

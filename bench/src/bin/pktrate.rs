@@ -87,6 +87,11 @@ struct Args {
     /// on), and report its rate beside the unreplicated one.
     #[arg(long)]
     sync: bool,
+    /// With --offload: the session capacity per worker tandemd is given
+    /// (`sessions.per_worker`), which sizes its flow table (4 slots of 64
+    /// bytes per session and worker, rounded up to a power of two).
+    #[arg(long, default_value_t = 65_536)]
+    per_worker: u32,
 }
 
 const GEN: &str = "tb-gen";
@@ -1115,7 +1120,7 @@ fn offload(args: &Args, mut bpf: Bpf, frame: &[u8], tandemd: &PathBuf) -> Result
             // (d) tandemd without offload, (e) with.
             let mut tandem = Vec::new();
             for on in [false, true] {
-                let sets = service_set(&[POOL.to_owned()], 60, 65_536).replace(
+                let sets = service_set(&[POOL.to_owned()], 60, args.per_worker).replace(
                     "name = \"bench\"\n",
                     &format!("name = \"bench\"\noffload = {on}\n"),
                 );

@@ -589,9 +589,16 @@ fn offloaded_ipv6_flow_under_prog_run() -> Result<(), Failed> {
                     format!("protocol {proto}: {} moved", counter.name()),
                 )?;
             }
+            // Read and removed in one call (BPF_MAP_LOOKUP_AND_DELETE_ELEM);
+            // a second removal finds nothing.
+            let gone = flows.remove_dir(&key);
             check(
-                flows.remove_dir(&key).is_some_and(|n| n.packets == 1),
-                format!("protocol {proto}: removed with its count"),
+                gone.is_some_and(|n| n.packets == 1 && n.bytes == (f.len() - 14) as u64),
+                format!("protocol {proto}: removed with its counts {gone:?}"),
+            )?;
+            check(
+                flows.remove_dir(&key).is_none() && flows.read_dir(&key).is_none(),
+                format!("protocol {proto}: removed twice"),
             )?;
             let (action, _) = l.run_frame(&f, (in0, 0))?;
             check(
