@@ -122,7 +122,7 @@ pub fn bpf_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
     let attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
+        map_fd: map.as_raw_fd().cast_unsigned(),
         pad: 0,
         key: std::ptr::from_ref(key) as u64,
         value: value.as_mut_ptr() as u64,
