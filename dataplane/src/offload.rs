@@ -28,12 +28,11 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence},
 };
 
-use aya::maps::IterableMap as _;
 use tandem_common::{
     FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF, FLOW_NAT_DESTINATION, FLOW_NAT_NONE,
     FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF, FLOW_TICK_SHIFT, FLOW_WAYS,
@@ -378,11 +377,23 @@ impl FlowMap {
         match key {
             DirKey::V4(k) => self.remove(k),
             DirKey::V6(k) => {
-                // One call: packets the program forwards between a read
-                // and a delete would go uncounted.
-                let fd = self.v6.as_ref()?.map().fd().as_fd();
-                let e: FlowEntry6 = crate::sys::bpf_lookup_and_delete(fd, k).ok()??;
-                Some(forwarded6(&e))
+                // One call, so that the program cannot count into the
+                // entry between a read and a delete; two on kernels
+                // before 5.14, which refuse it for hash maps.
+                let map = self.v6.as_mut()?;
+                match crate::sys::bpf_lookup_and_delete(map, k) {
+                    Ok(got) => got.map(|e| forwarded6(&e)),
+                    Err(e)
+                        if matches!(
+                            e.io_error.raw_os_error(),
+                            Some(libc::EINVAL | crate::sys::ENOTSUPP)
+                        ) =>
+                    {
+                        let got = forwarded6(&map.get(k, 0).ok()?);
+                        map.remove(k).ok().map(|()| got)
+                    }
+                    Err(_) => None,
+                }
             }
         }
     }

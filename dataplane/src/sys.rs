@@ -99,17 +99,22 @@ impl EventFd {
     }
 }
 
-/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux >= 5.14 for hash maps): the
-/// value under `key`, removed in the same call, so that nothing the program
-/// adds to it between a read and a delete goes uncounted. `None` if the
-/// key is absent.
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (Linux >= 5.14): the
+/// value under `key`, removed in the same call, which narrows the window
+/// in which a packet the program counts into it is lost to a few
+/// instructions in the kernel. `None` if the key is absent. Older kernels
+/// refuse the command for hash maps (`ENOTSUPP` or `EINVAL`); the caller
+/// then reads and removes in two calls.
 ///
-/// `K` and `V` must be the map's key and value types: plain data, whose
-/// every byte pattern is a value (`aya::Pod`).
+/// Taking aya's map keeps this safe: aya checked the map's key and value
+/// sizes against `K` and `V` when it made the handle, and the kernel
+/// writes exactly one `V`.
 pub fn bpf_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
-    map: std::os::fd::BorrowedFd<'_>,
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
     key: &K,
 ) -> Result<Option<V>, SyscallError> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
     /// The `bpf_attr` member of the `BPF_MAP_*_ELEM` commands.
     #[repr(C)]
     struct ElemAttr {
@@ -122,7 +127,7 @@ pub fn bpf_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
     let attr = ElemAttr {
-        map_fd: map.as_raw_fd().cast_unsigned(),
+        map_fd: map.map().fd().as_fd().as_raw_fd().cast_unsigned(),
         pad: 0,
         key: std::ptr::from_ref(key) as u64,
         value: value.as_mut_ptr() as u64,
@@ -130,7 +135,7 @@ pub fn bpf_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
     };
     // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
     // kernel reads a K at `key` and writes a V at `value` (the map's own
-    // sizes, which the caller's types match).
+    // sizes, which aya checked against K and V).
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -149,6 +154,9 @@ pub fn bpf_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
     // SAFETY: the kernel wrote the whole value; V is plain data (Pod).
     Ok(Some(unsafe { value.assume_init() }))
 }
+
+/// `ENOTSUPP`, the kernel's "operation not supported" (not in libc).
+pub const ENOTSUPP: i32 = 524;
 
 /// The interface index of `name`.
 pub fn if_index(name: &str) -> Result<u32, SyscallError> {

@@ -89,7 +89,8 @@ struct Args {
     sync: bool,
     /// With --offload: the session capacity per worker tandemd is given
     /// (`sessions.per_worker`), which sizes its flow table (4 slots of 64
-    /// bytes per session and worker, rounded up to a power of two).
+    /// bytes per session and worker, rounded up to a power of two, at most
+    /// 2^20 slots: 64 MiB).
     #[arg(long, default_value_t = 65_536)]
     per_worker: u32,
 }
