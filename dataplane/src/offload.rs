@@ -377,9 +377,11 @@ impl FlowMap {
         match key {
             DirKey::V4(k) => self.remove(k),
             DirKey::V6(k) => {
-                // One call, so that the program cannot count into the
-                // entry between a read and a delete; two on kernels
-                // before 5.14, which refuse it for hash maps.
+                // One call, so that a packet the program counts into the
+                // entry is lost only inside the kernel's few instructions
+                // between copy and unlink, not across two system calls;
+                // two calls on kernels before 5.14, which refuse it for
+                // hash maps.
                 let map = self.v6.as_mut()?;
                 match crate::sys::bpf_lookup_and_delete(map, k) {
                     Ok(got) => got.map(|e| forwarded6(&e)),
