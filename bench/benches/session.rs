@@ -11,6 +11,8 @@ use tandem_dataplane::session::{FlowKey, Origin, Session, Table};
 
 const N: usize = 1 << 20;
 const HALF: usize = N / 2;
+/// Frames per rx batch in the batched lookup benches.
+const BATCH: usize = 32;
 
 fn key(i: usize) -> FlowKey {
     let i = i as u32;
@@ -68,6 +70,34 @@ fn benches(c: &mut Criterion) {
     let mut it = idx.iter().cycle();
     c.bench_function("session/lookup_reply_hit_1m", |b| {
         b.iter(|| black_box(t.lookup(&replies[*it.next().unwrap()])));
+    });
+    // A worker's rx batch: 32 lookups one after the other, against the
+    // same 32 with every index entry prefetched first (what the worker
+    // does per batch). The keys are built outside the timed part.
+    let batches: Vec<[FlowKey; BATCH]> = idx
+        .chunks_exact(BATCH)
+        .take(4096)
+        .map(|c| std::array::from_fn(|j| key(c[j])))
+        .collect();
+    let mut it = batches.iter().cycle();
+    c.bench_function("session/lookup_hit_1m_batch32", |b| {
+        b.iter(|| {
+            for k in it.next().unwrap() {
+                black_box(t.lookup(k));
+            }
+        });
+    });
+    let mut it = batches.iter().cycle();
+    c.bench_function("session/lookup_hit_1m_batch32_prefetched", |b| {
+        b.iter(|| {
+            let keys = it.next().unwrap();
+            for k in keys {
+                t.prefetch(k.table_hash());
+            }
+            for k in keys {
+                black_box(t.lookup(k));
+            }
+        });
     });
     drop(t);
 

@@ -14,6 +14,7 @@ pub mod fib;
 pub mod forward;
 pub mod ha;
 pub mod handoff;
+pub mod hint;
 pub mod listing;
 pub mod loader;
 pub mod netlink;

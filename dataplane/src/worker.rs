@@ -165,6 +165,20 @@ impl Worker {
                 received += n;
                 let slot = self.ports[pi].slot;
                 let ingress = self.ports[pi].ifindex;
+                if let Some(svc) = self.services.as_ref() {
+                    // Two passes of hints before the work: the frames'
+                    // headers, then the index entries their lookups read.
+                    for desc in &rx[..n] {
+                        // SAFETY: the frame was just consumed from rx: it is
+                        // this worker's alone.
+                        let data = unsafe { self.umem.data(desc) };
+                        crate::hint::prefetch(data.contents().as_ptr());
+                    }
+                    for desc in &rx[..n] {
+                        // SAFETY: as above.
+                        svc.prefetch(unsafe { self.umem.data(desc) }.contents());
+                    }
+                }
                 for desc in &mut rx[..n] {
                     let rx_len = desc.lengths().data();
                     tally.iface(slot, IfaceCounter::RxPackets, 1);
@@ -188,6 +202,14 @@ impl Worker {
                 };
                 handed += batch.len();
                 tally.add(WorkerCounter::HandoffsReceived, batch.len() as u64);
+                if let Some(svc) = self.services.as_ref() {
+                    for (_, frame) in batch.frames() {
+                        crate::hint::prefetch(frame.as_ptr());
+                    }
+                    for (_, frame) in batch.frames() {
+                        svc.prefetch(frame);
+                    }
+                }
                 for (parcel, frame) in batch.frames() {
                     let Some(mut desc) = self.free.pop() else {
                         tally.drop(parcel.slot, DropReason::HandoffFull);
