@@ -5,7 +5,9 @@
 //! up to `batch` frames, allocated at start and owned by the receiving
 //! side's inbox. A sender fills one batch per destination while it works
 //! through its rx rings and posts the filled batches once per loop
-//! (`flush`); the owner empties them and gives them back. Batches travel
+//! (`flush`), holding a partial batch back while its owner still has
+//! earlier ones to take; the owner empties them and gives them back.
+//! Batches travel
 //! in bounded lock-free queues (crossbeam's `ArrayQueue`), so the shared
 //! cache lines are touched once per batch, not once per frame. No free
 //! batch drops the frame (`drop.handoff_full`). An owner asleep in poll()
@@ -164,8 +166,24 @@ impl Handoff {
         true
     }
 
-    /// Posts every batch `out` has begun. Senders call it once per loop.
+    /// Posts the batches `out` has begun whose owners have taken all they
+    /// were sent before. An owner that is behind (off its core, on a
+    /// shared machine) gets full batches instead of one per sender loop,
+    /// so the batches in flight hold more frames before any drop. Senders
+    /// call it once per loop.
     pub fn flush(&self, out: &mut Outbox) {
+        for to in 0..out.staged.len() {
+            if out.staged[to].as_ref().is_some_and(|b| !b.is_empty())
+                && self.inboxes[to].full.is_empty()
+            {
+                self.post(out, to);
+            }
+        }
+    }
+
+    /// Posts every batch `out` has begun, however far behind its owner is.
+    /// A sender calls it before it sleeps, so no frame waits on its nap.
+    pub fn flush_all(&self, out: &mut Outbox) {
         for to in 0..out.staged.len() {
             if out.staged[to].as_ref().is_some_and(|b| !b.is_empty()) {
                 self.post(out, to);
@@ -277,11 +295,24 @@ mod tests {
             h.send(&mut out, 0, 0, 6, &[0]),
             "a returned batch is reused"
         );
+        // Worker 0 has not taken its full batch: the partial one waits.
         h.flush(&mut out);
-        assert_eq!(h.recv(0).unwrap().len(), 3);
+        let full = h.recv(0).unwrap();
+        assert_eq!(full.len(), 3);
+        h.recycle(0, full);
+        assert!(h.recv(0).is_none(), "held back while the owner was behind");
+        assert!(h.send(&mut out, 0, 0, 7, &[0]));
+        h.flush(&mut out);
         let last = h.recv(0).unwrap();
-        assert_eq!(frames(&last), vec![(6, vec![0])]);
-        assert!(last.frames().next().is_some());
+        assert_eq!(frames(&last), vec![(6, vec![0]), (7, vec![0])]);
+        h.recycle(0, last);
+        // Before a sender sleeps everything goes, backlog or not.
+        for i in 0..4 {
+            assert!(h.send(&mut out, 0, 0, i, &[0]));
+        }
+        h.flush_all(&mut out);
+        assert_eq!(h.recv(0).unwrap().len(), 3, "the full one");
+        assert_eq!(h.recv(0).unwrap().len(), 1, "and the partial one");
     }
 
     #[test]

@@ -283,6 +283,8 @@ impl Worker {
             } else {
                 tally.add(WorkerCounter::IdlePolls, 1);
                 self.stats.publish(&tally);
+                // Frames held for an owner that was behind go now.
+                self.handoff.flush_all(&mut self.outbox);
                 if self.rewalk.is_some() {
                     // A pass after a role change: go on at once.
                 } else if self.walk.is_some() || syncing {
