@@ -98,6 +98,10 @@ const COPY_TX_BATCH: usize = 32;
 
 /// How long an idle worker sleeps in poll() before re-checking `stop`.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Sessions aged per loop at most, so that a second in which many expire
+/// is spread over loops instead of stopping the rings (a few
+/// microseconds per loop).
+const AGING_STEP: usize = 256;
 /// How long an otherwise idle worker waits between listing steps.
 const WALK_POLL: Duration = Duration::from_millis(1);
 
@@ -135,14 +139,20 @@ impl Worker {
         let mut poller = Poller::new(&fds);
         let mut second = self.now();
         let (mut created_before, mut deleted_before) = (0, 0);
+        // The table's aging has not reached `now` yet: a step per loop.
+        let mut aging = false;
 
         while !self.stop.load(Ordering::Relaxed) {
             tally.add(WorkerCounter::Loops, 1);
             let now = self.now();
+            if (now != second || aging)
+                && let Some(svc) = self.services.as_mut()
+            {
+                aging = !svc.expire_some(now, AGING_STEP, &mut tally).1;
+            }
             if now != second {
                 second = now;
                 if let Some(svc) = self.services.as_mut() {
-                    svc.expire(now, &mut tally);
                     let created = tally.get(WorkerCounter::SessionsCreated);
                     let deleted = tally.get(WorkerCounter::SessionsDeleted);
                     tally.set(WorkerGauge::SessionsActive, svc.table.len() as u64);
@@ -285,8 +295,9 @@ impl Worker {
                 self.stats.publish(&tally);
                 // Frames held for an owner that was behind go now.
                 self.handoff.flush_all(&mut self.outbox);
-                if self.rewalk.is_some() {
-                    // A pass after a role change: go on at once.
+                if self.rewalk.is_some() || aging {
+                    // A pass after a role change, or aging behind: go on
+                    // at once.
                 } else if self.walk.is_some() || syncing {
                     // A listing waits on its reader, a cold-sync walk on
                     // room in its ring: nap, don't spin.

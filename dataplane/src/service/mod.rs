@@ -560,6 +560,13 @@ impl Services {
     /// peer hears of each expiry, and of each busy session whose deadline
     /// moved on (a refresh keeps its copy alive).
     pub fn expire(&mut self, now: u32, tally: &mut Tally) -> usize {
+        self.expire_some(now, usize::MAX, tally).0
+    }
+
+    /// [`Self::expire`] in a step of at most `budget` sessions: how many
+    /// expired, and whether the table has reached `now` (if not, the
+    /// worker calls again before it sleeps).
+    pub fn expire_some(&mut self, now: u32, budget: usize, tally: &mut Tally) -> (usize, bool) {
         let mut n = 0;
         let sets = &mut self.sets;
         let (rep, worker) = (self.replica.as_ref(), self.worker);
@@ -574,26 +581,28 @@ impl Services {
                 s.last_seen = s.last_seen.max(offload::last_seen(&fwd, now, now_ns));
             }
         };
-        self.table.advance_with(now, refresh, |aged, s| match aged {
-            Aged::Expired => {
-                n += 1;
-                if take_back(flows.borrow_mut().as_deref_mut(), &mut s.clone()) {
-                    taken.set(taken.get() + 1);
+        let done = self
+            .table
+            .advance_with(now, budget, refresh, |aged, s| match aged {
+                Aged::Expired => {
+                    n += 1;
+                    if take_back(flows.borrow_mut().as_deref_mut(), &mut s.clone()) {
+                        taken.set(taken.get() + 1);
+                    }
+                    release(sets, s);
+                    replica::emit(rep, worker, s.key.proto, || {
+                        ToSync::Delete(sync::delete_record(s))
+                    });
                 }
-                release(sets, s);
-                replica::emit(rep, worker, s.key.proto, || {
-                    ToSync::Delete(sync::delete_record(s))
-                });
-            }
-            Aged::Extended => {
-                replica::emit(rep, worker, s.key.proto, || {
-                    ToSync::Refresh(sync::refresh_record(s, now))
-                });
-            }
-        });
+                Aged::Extended => {
+                    replica::emit(rep, worker, s.key.proto, || {
+                        ToSync::Refresh(sync::refresh_record(s, now))
+                    });
+                }
+            });
         tally.add(WorkerCounter::SessionsDeleted, n as u64);
         tally.add(WorkerCounter::OffloadsRemoved, taken.get());
-        n
+        (n, done)
     }
 }
 

@@ -40,6 +40,10 @@ pub struct Table {
     wheel: Vec<u32>,
     /// Last tick processed.
     tick: u32,
+    /// While tick `tick + 1` is being walked: the rest of its list, taken
+    /// off the wheel (`NIL` once walked). Aging goes in bounded steps, so
+    /// packets are handled between them.
+    walking: Option<u32>,
     len: usize,
     timeouts: Timeouts,
     /// Seconds a synced session outlives its timeout: the peer that owns
@@ -125,6 +129,7 @@ impl Table {
             index: HashTable::with_capacity_in(capacity * 4, Remembered::default()),
             wheel: vec![NIL; WHEEL],
             tick: now,
+            walking: None,
             len: 0,
             timeouts,
             grace: 0,
@@ -270,8 +275,10 @@ impl Table {
 
     fn schedule(&mut self, slot: u32) {
         // A deadline already past (a synced session idle longer than its
-        // timeout here) goes to the next tick, not to one already processed.
-        let at = (self.deadline(slot).max(self.tick + 1) as usize) % WHEEL;
+        // timeout here) goes to the next tick not yet begun: not to one
+        // processed, nor to the one being walked (its list is off the wheel).
+        let first = self.tick + if self.walking.is_some() { 2 } else { 1 };
+        let at = (self.deadline(slot).max(first) as usize) % WHEEL;
         let head = self.wheel[at];
         self.links[slot as usize] = (NIL, head);
         if head != NIL {
@@ -285,7 +292,9 @@ impl Table {
         let (prev, next) = self.links[slot as usize];
         if prev == NIL {
             let at = self.slots[slot as usize].tick as usize;
-            if self.wheel[at] == slot {
+            if self.walking == Some(slot) {
+                self.walking = Some(next);
+            } else if self.wheel[at] == slot {
                 self.wheel[at] = next;
             }
         } else {
@@ -302,43 +311,65 @@ impl Table {
     /// Sessions whose deadline moved since they were scheduled are
     /// rescheduled and handed over as [`Aged::Extended`].
     pub fn advance(&mut self, now: u32, aged: impl FnMut(Aged, &Session)) {
-        self.advance_with(now, |_| {}, aged);
+        let _ = self.advance_with(now, usize::MAX, |_| {}, aged);
     }
 
-    /// [`Self::advance`], first handing each session whose deadline passed
-    /// to `refresh`, which may move its `last_seen` (an offloaded
-    /// session's packets do not pass the worker).
+    /// [`Self::advance`] in a step of at most `budget` sessions, first
+    /// handing each session whose deadline passed to `refresh`, which may
+    /// move its `last_seen` (an offloaded session's packets do not pass the
+    /// worker). True when the clock has reached `now`; false when the
+    /// budget ran out first: the next call goes on where this one stopped.
+    /// A million sessions expiring in one second would otherwise hold the
+    /// worker off its rings for as long as they take.
     pub fn advance_with(
         &mut self,
         now: u32,
+        mut budget: usize,
         mut refresh: impl FnMut(&mut Session),
         mut aged: impl FnMut(Aged, &Session),
-    ) {
-        if now <= self.tick {
-            return;
-        }
-        let steps = (now - self.tick).min(WHEEL as u32);
-        for step in 1..=steps {
-            let at = ((self.tick + step) as usize) % WHEEL;
-            let mut cur = std::mem::replace(&mut self.wheel[at], NIL);
-            while cur != NIL {
-                let next = self.links[cur as usize].1;
-                self.links[cur as usize] = (NIL, NIL);
-                if self.deadline(cur) <= now {
-                    refresh(&mut self.slots[cur as usize]);
+    ) -> bool {
+        loop {
+            let cur = match self.walking {
+                Some(NIL) => {
+                    self.tick += 1;
+                    self.walking = None;
+                    continue;
                 }
-                if self.deadline(cur) <= now {
-                    // Linked nowhere now, so remove() unlinks nothing.
-                    let s = self.remove(cur);
-                    aged(Aged::Expired, &s);
-                } else {
-                    self.schedule(cur);
-                    aged(Aged::Extended, &self.slots[cur as usize]);
+                Some(cur) => cur,
+                None => {
+                    if now <= self.tick {
+                        return true;
+                    }
+                    // After a gap longer than the wheel, each list once.
+                    self.tick = self.tick.max(now.saturating_sub(WHEEL as u32));
+                    let at = (self.tick as usize + 1) % WHEEL;
+                    self.walking = Some(std::mem::replace(&mut self.wheel[at], NIL));
+                    continue;
                 }
-                cur = next;
+            };
+            if budget == 0 {
+                return false;
+            }
+            budget -= 1;
+            // Take `cur` off the list being walked; its successor heads it.
+            let next = self.links[cur as usize].1;
+            if next != NIL {
+                self.links[next as usize].0 = NIL;
+            }
+            self.walking = Some(next);
+            self.links[cur as usize] = (NIL, NIL);
+            if self.deadline(cur) <= now {
+                refresh(&mut self.slots[cur as usize]);
+            }
+            if self.deadline(cur) <= now {
+                // Linked nowhere now, so remove() unlinks nothing.
+                let s = self.remove(cur);
+                aged(Aged::Expired, &s);
+            } else {
+                self.schedule(cur);
+                aged(Aged::Extended, &self.slots[cur as usize]);
             }
         }
-        self.tick = now;
     }
 
     /// Removes the live sessions `pick` chooses among at most `max_slots`
@@ -510,6 +541,51 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    /// Aging in bounded steps: each step ages at most its budget; removing
+    /// or rescheduling a session of the list being walked (its head among
+    /// them) loses nothing.
+    #[test]
+    fn aging_in_steps_keeps_the_walked_list_whole() {
+        let mut t = Table::new(16, timeouts(), 0);
+        let slots: Vec<u32> = (0..10)
+            .map(|i| t.insert(sess(i, None, 0)).unwrap())
+            .collect();
+        let mut expired = Vec::new();
+        let mut step = |t: &mut Table, now, budget| {
+            let mut n = 0;
+            let done = t.advance_with(
+                now,
+                budget,
+                |_| {},
+                |a, s| {
+                    assert_eq!(a, Aged::Expired);
+                    expired.push(s.id);
+                    n += 1;
+                },
+            );
+            (n, done)
+        };
+        assert_eq!(step(&mut t, 29, 3), (0, true), "nothing due before 30");
+        assert_eq!(step(&mut t, 30, 3), (3, false));
+        // The list is walked newest first: the next one due is slot 6.
+        t.remove(slots[6]);
+        t.remove(slots[2]);
+        // A session seen again moves on; one rescheduled to the tick being
+        // walked (its list is off the wheel) goes to the next tick.
+        t.get_mut(slots[5]).last_seen = 25;
+        t.reschedule(slots[5]);
+        t.reschedule(slots[4]);
+        assert_eq!(step(&mut t, 30, 2), (2, false));
+        assert_eq!(step(&mut t, 30, 100), (1, true));
+        assert_eq!(t.len(), 2, "slot 5 (due at 55) and slot 4 (due at 30)");
+        assert_eq!(step(&mut t, 31, 100), (1, true), "slot 4 at tick 31");
+        assert_eq!(step(&mut t, 54, 100), (0, true));
+        assert_eq!(step(&mut t, 55, 100), (1, true), "slot 5");
+        assert!(t.is_empty());
+        expired.sort_unstable();
+        assert_eq!(expired, vec![0, 1, 3, 4, 5, 7, 8, 9]);
+    }
+
     #[test]
     fn long_timeouts_survive_wheel_wraps() {
         let mut t = Table::new(
@@ -560,9 +636,12 @@ mod tests {
                         }
                     }
                     _ => {
+                        // Small budgets: walks stop midway, and inserts and
+                        // removals land between their steps.
                         now += dt;
                         let mut gone = Vec::new();
-                        t.advance(now, |a, s| {
+                        let budget = 1 + usize::from(id % 8);
+                        let _ = t.advance_with(now, budget, |_| {}, |a, s| {
                             if a == Aged::Expired {
                                 gone.push((s.id as u16, s.last_seen));
                             }
@@ -581,6 +660,14 @@ mod tests {
                     prop_assert_eq!(t.lookup(&s.reply_key()), Some((slot, Side::Responder)));
                 }
             }
+            // Nothing was lost from the wheel: every live session expires.
+            let mut gone = std::collections::HashSet::new();
+            t.advance(now + 31, |a, s| {
+                assert_eq!(a, Aged::Expired);
+                gone.insert(s.id as u16);
+            });
+            prop_assert_eq!(gone, live.keys().copied().collect());
+            prop_assert_eq!(t.len(), 0);
         }
     }
 }
