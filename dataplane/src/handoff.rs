@@ -172,20 +172,20 @@ impl Handoff {
     /// so the batches in flight hold more frames before any drop. Senders
     /// call it once per loop.
     pub fn flush(&self, out: &mut Outbox) {
-        for to in 0..out.staged.len() {
-            if out.staged[to].as_ref().is_some_and(|b| !b.is_empty())
-                && self.inboxes[to].full.is_empty()
-            {
-                self.post(out, to);
-            }
-        }
+        self.post_begun(out, false);
     }
 
     /// Posts every batch `out` has begun, however far behind its owner is.
     /// A sender calls it before it sleeps, so no frame waits on its nap.
     pub fn flush_all(&self, out: &mut Outbox) {
+        self.post_begun(out, true);
+    }
+
+    fn post_begun(&self, out: &mut Outbox, even_if_behind: bool) {
         for to in 0..out.staged.len() {
-            if out.staged[to].as_ref().is_some_and(|b| !b.is_empty()) {
+            if out.staged[to].as_ref().is_some_and(|b| !b.is_empty())
+                && (even_if_behind || self.inboxes[to].full.is_empty())
+            {
                 self.post(out, to);
             }
         }

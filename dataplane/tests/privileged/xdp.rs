@@ -203,6 +203,36 @@ fn echo(request: bool) -> Vec<u8> {
 
 /// A loaded program forwarding between `in0` (slot 0) and `out0` (slot
 /// 1), a flow map handle, and an egress out of `out0`.
+/// Runs `frame` (arriving on `in0`) through the program and checks that
+/// it was redirected, rewritten as the worker rewrites it for `out` and
+/// `nat`, and counted once as fast-forwarded. Returns the counter totals
+/// from before and after the run.
+fn redirected_like_the_worker(
+    l: &Loader,
+    frame: &[u8],
+    in0: u32,
+    out: Egress,
+    nat: Nat,
+    what: &str,
+) -> Result<(Vec<u64>, Vec<u64>), Failed> {
+    let before = totals(l);
+    let (action, got) = l.run_frame(frame, (in0, 0))?;
+    let after = totals(l);
+    let mut want = frame.to_vec();
+    worker_path(&mut want, out, nat);
+    check(action == XDP_REDIRECT, format!("{what}: action {action}"))?;
+    check(
+        got == want,
+        format!("{what}: fast path differs from the worker"),
+    )?;
+    let fwd = XdpCounter::FastForwarded as usize;
+    check(
+        after[fwd] - before[fwd] == 1,
+        format!("{what}: fast_forwarded"),
+    )?;
+    Ok((before, after))
+}
+
 fn forwarding(in0: u32, out0: u32) -> Result<(Loader, offload::FlowMap, Egress), Failed> {
     let mut l = Loader::load(64)?;
     l.add_iface(in0, 0, 1)?;
@@ -250,25 +280,9 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
                 .insert(&k, &offload::entry(&k, out, nat))
                 .map_err(|e| format!("insert: {e:?}"))?;
             let frame = build(tcp, 64, 100);
-            let before = totals(&l);
-            let (action, got) = l.run_frame(&frame, (in0, 0))?;
-            let after = totals(&l);
-            let mut want = frame.clone();
-            worker_path(&mut want, out, nat);
             let what = format!("{tcp:?} {nat:?}");
-            check(action == XDP_REDIRECT, format!("{what}: action {action}"))?;
-            check(
-                got == want,
-                format!("{what}: fast path differs from the worker"),
-            )?;
-            let (fwd, bytes) = (
-                XdpCounter::FastForwarded as usize,
-                XdpCounter::FastForwardedBytes as usize,
-            );
-            check(
-                after[fwd] - before[fwd] == 1,
-                format!("{what}: fast_forwarded"),
-            )?;
+            let (before, after) = redirected_like_the_worker(&l, &frame, in0, out, nat, &what)?;
+            let bytes = XdpCounter::FastForwardedBytes as usize;
             check(
                 after[bytes] - before[bytes] == (frame.len() - 14) as u64,
                 format!("{what}: fast_forwarded_bytes"),
@@ -297,22 +311,8 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
                 .insert(&echo_key, &offload::entry(&echo_key, out, nat))
                 .map_err(|e| format!("insert: {e:?}"))?;
             let frame = echo(request);
-            let before = totals(&l);
-            let (action, got) = l.run_frame(&frame, (in0, 0))?;
-            let after = totals(&l);
-            let mut want = frame.clone();
-            worker_path(&mut want, out, nat);
             let what = format!("echo request {request} {nat:?}");
-            check(action == XDP_REDIRECT, format!("{what}: action {action}"))?;
-            check(
-                got == want,
-                format!("{what}: fast path differs from the worker"),
-            )?;
-            let fwd = XdpCounter::FastForwarded as usize;
-            check(
-                after[fwd] - before[fwd] == 1,
-                format!("{what}: fast_forwarded"),
-            )?;
+            redirected_like_the_worker(&l, &frame, in0, out, nat, &what)?;
             // Code 1 is no echo: the worker's, untouched.
             let mut odd = frame.clone();
             odd[35] = 1;
