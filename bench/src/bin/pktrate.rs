@@ -315,7 +315,7 @@ impl Bpf {
     /// tb-sink, and to gen0 (where it drops the sink's answers).
     fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(tandem_dataplane::loader::BENCH_PROGRAMS)?;
-        for name in ["tandem_gen", "tandem_redirect"] {
+        for name in ["tandem_gen", "tandem_redirect", "tandem_redirect_line"] {
             let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load()?;
         }
@@ -337,9 +337,10 @@ impl Bpf {
         Ok(())
     }
 
-    /// Attaches `tandem_redirect` to in0 in tb-dut, redirecting to out0
-    /// with the MACs out0 -> sink0.
-    fn redirect_on(&mut self) -> Result<XdpLinkId> {
+    /// Attaches redirect program `prog` (`tandem_redirect` or
+    /// `tandem_redirect_line`) to in0 in tb-dut, redirecting to out0 with
+    /// the MACs out0 -> sink0.
+    fn redirect_on(&mut self, prog: &str) -> Result<XdpLinkId> {
         let out0 = ifindex(DUT, "out0")?;
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&mac(SINK, "sink0")?);
@@ -352,16 +353,16 @@ impl Bpf {
         in_ns(DUT, || Ok(d.set(0, out0, None, 0)?))?;
         let p: &mut Xdp = self
             .ebpf
-            .program_mut("tandem_redirect")
+            .program_mut(prog)
             .context("redirect")?
             .try_into()?;
         in_ns(DUT, || Ok(p.attach("in0", XdpMode::Driver)?))
     }
 
-    fn redirect_off(&mut self, link: XdpLinkId) -> Result<()> {
+    fn redirect_off(&mut self, prog: &str, link: XdpLinkId) -> Result<()> {
         let p: &mut Xdp = self
             .ebpf
-            .program_mut("tandem_redirect")
+            .program_mut(prog)
             .context("redirect")?
             .try_into()?;
         p.detach(link)?;
@@ -1056,8 +1057,9 @@ fn kernel_off() -> Result<()> {
 }
 
 /// Session offload on established flows (XDP generator): the plain
-/// XDP_REDIRECT ceiling, the kernel with conntrack + SNAT, the kernel with
-/// a flowtable, tandemd without offload and with it.
+/// XDP_REDIRECT ceiling, that ceiling plus one line of per-flow state, the
+/// kernel with conntrack + SNAT, the kernel with a flowtable, tandemd
+/// without offload and with it.
 fn offload(args: &Args, mut bpf: Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
     const POOL: &str = "198.18.2.100";
     let headers: [u8; 42] = frame.get(..42).context("frame")?.try_into()?;
@@ -1069,17 +1071,19 @@ fn offload(args: &Args, mut bpf: Bpf, frame: &[u8], tandemd: &PathBuf) -> Result
         args.seconds
     );
     println!(
-        "{:<6} {:<7} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "{:<6} {:<7} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "flows",
         "threads",
         "redirect",
+        "+line",
         "kernel+ct",
         "flowtable",
         "tandem",
         "+offload",
         "vs ct",
         "vs ft",
-        "vs redir"
+        "vs redir",
+        "vs line"
     );
     ns(
         DUT,
@@ -1098,11 +1102,16 @@ fn offload(args: &Args, mut bpf: Bpf, frame: &[u8], tandemd: &PathBuf) -> Result
     for &w in &args.workers {
         for &flows in &args.flows {
             bpf.set("TND_GEN_FLOWS", flows)?;
-            // (a) the ceiling: a bare XDP_REDIRECT in0 -> out0.
-            let link = bpf.redirect_on()?;
-            let r = xdp_measure(&bpf, frame, w, args.seconds);
-            bpf.redirect_off(link)?;
-            let redirect = r?;
+            let mut ceiling = Vec::new();
+            // (a) the ceiling: a bare XDP_REDIRECT in0 -> out0; then the
+            // same with one line of per-flow state read and counted into.
+            for prog in ["tandem_redirect", "tandem_redirect_line"] {
+                let link = bpf.redirect_on(prog)?;
+                let r = xdp_measure(&bpf, frame, w, args.seconds);
+                bpf.redirect_off(prog, link)?;
+                ceiling.push(r?);
+            }
+            let (redirect, line) = (&ceiling[0], &ceiling[1]);
             // (b) kernel + conntrack + SNAT, (c) with a flowtable (or,
             // on a kernel without flowtables, plain forwarding).
             let mut kernel = Vec::new();
@@ -1137,17 +1146,19 @@ fn offload(args: &Args, mut bpf: Bpf, frame: &[u8], tandemd: &PathBuf) -> Result
             }
             let (ct, ft, off) = (kernel[0].pps, kernel[1].pps, tandem[1].pps);
             println!(
-                "{:<6} {:<7} {:>9.3} {:>10.3} {:>10.3} {:>9.3} {:>9.3} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<6} {:<7} {:>9.3} {:>9.3} {:>10.3} {:>10.3} {:>9.3} {:>9.3} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 flows,
                 w,
                 redirect.pps / 1e6,
+                line.pps / 1e6,
                 ct / 1e6,
                 ft / 1e6,
                 tandem[0].pps / 1e6,
                 off / 1e6,
                 off / ct.max(1.0),
                 off / ft.max(1.0),
-                off / redirect.pps.max(1.0)
+                off / redirect.pps.max(1.0),
+                off / line.pps.max(1.0)
             );
         }
     }

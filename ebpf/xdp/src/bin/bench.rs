@@ -7,13 +7,24 @@
 //!   mode, it stamps each copy of the template with its flow's UDP source
 //!   port and sends it out of the ingress device (`XDP_TX`);
 //! - `tandem_redirect` is the ceiling of the XDP path: it rewrites the MACs
-//!   and redirects every IPv4 frame through a devmap, nothing else.
+//!   and redirects every IPv4 frame through a devmap, nothing else;
+//! - `tandem_redirect_line` is that ceiling plus the least a fast path with
+//!   per-flow state must do: hash the frame's addresses and ports the way
+//!   tandem's flow table does, read the flow's 64-byte line in a table of
+//!   tandem's default size, and count the packet into it atomically.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is how Rust emits BPF's atomic add (core's atomics need CAS, which the target lacks)"
+)]
 #![expect(
     clippy::inline_always,
     reason = "bounds checks must be inlined into their callers for the verifier to see them"
 )]
+
+use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -22,6 +33,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
+use tandem_common::{FLOW_PACKETS_WORD, FlowSlot, flow_hash};
 
 /// Index 0: frames counted by the sink.
 #[map(name = "TND_SINK_COUNT")]
@@ -56,6 +68,18 @@ static REDIRECT_PORT: DevMap = DevMap::with_max_entries(1, 0);
 /// Index 0: destination then source MAC for redirected frames.
 #[map(name = "TND_REDIRECT_MACS")]
 static REDIRECT_MACS: Array<[u8; 12]> = Array::with_max_entries(1, 0);
+
+/// `BPF_F_MMAPABLE`: slots start page-aligned, one line each, as in
+/// tandem's flow table.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The lines `tandem_redirect_line` reads: as many as tandem's flow table
+/// has for 2 workers at the default session capacity (32 MiB).
+const LINES: u32 = 1 << 19;
+
+/// `tandem_redirect_line`'s table.
+#[map(name = "TND_REDIRECT_LINES")]
+static REDIRECT_LINES: Array<FlowSlot> = Array::with_max_entries(LINES, BPF_F_MMAPABLE);
 
 /// The generator's first UDP source port.
 const GEN_PORT_BASE: u32 = 10000;
@@ -161,6 +185,44 @@ pub fn tandem_redirect(ctx: XdpContext) -> u32 {
     let h = unsafe { &mut *f };
     if h[12] != 0x08 || h[13] != 0x00 {
         return xdp_action::XDP_PASS;
+    }
+    let Some(macs) = REDIRECT_MACS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    h[..12].copy_from_slice(macs);
+    REDIRECT_PORT
+        .redirect(0, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "the #[xdp] entry signature")]
+pub fn tandem_redirect_line(ctx: XdpContext) -> u32 {
+    let Some(f) = frame(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: `frame` checked the header bytes.
+    let h = unsafe { &mut *f };
+    if h[12] != 0x08 || h[13] != 0x00 {
+        return xdp_action::XDP_PASS;
+    }
+    // The flow table's key words (addresses; ports and protocol).
+    let w1 = u64::from_le_bytes([h[26], h[27], h[28], h[29], h[30], h[31], h[32], h[33]]);
+    let w2 = u64::from_le_bytes([h[34], h[35], h[36], h[37], h[23], 0, 0, 0]);
+    let Some(line) = REDIRECT_LINES.get_ptr_mut(flow_hash(w1, w2, 0x5eed) & (LINES - 1)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: an element of the array; read volatile so that the load
+    // stays, and counted atomically, as the fast path counts.
+    unsafe {
+        let words = line.cast::<u64>();
+        if core::ptr::read_volatile(words.add(1)) == w1 {
+            return xdp_action::XDP_PASS;
+        }
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            words.add(FLOW_PACKETS_WORD),
+            1,
+        );
     }
     let Some(macs) = REDIRECT_MACS.get(0) else {
         return xdp_action::XDP_PASS;
