@@ -42,6 +42,8 @@ pub enum LoaderError {
     },
     #[error("seeding the flow table: {0}")]
     Seed(#[source] io::Error),
+    #[error("mapping the fast path's clock (TND_CLOCK): {0}")]
+    Clock(#[source] io::Error),
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("map TND_TX_PORTS: {0}")]
@@ -72,6 +74,8 @@ pub struct Loader {
     flow_slots: u32,
     /// The IPv6 flow map (a kernel hash map; see [`FlowMap`]).
     flows6: MapData,
+    /// The fast path's clock (see [`crate::offload::Clock`]).
+    clock: MapData,
     flow_seed: u32,
     tx_ports: DevMap<MapData>,
     arp4: HashMap<MapData, LocalV4Key, ArpAnswer>,
@@ -105,6 +109,9 @@ impl Loader {
         let aya::maps::Map::HashMap(flows6) = take(map::FLOWS6)? else {
             return Err(LoaderError::MissingMap(map::FLOWS6));
         };
+        let aya::maps::Map::Array(clock) = take(map::CLOCK)? else {
+            return Err(LoaderError::MissingMap(map::CLOCK));
+        };
         let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
         let arp4 = HashMap::try_from(take(map::ARP_V4)?).map_err(map_err(map::ARP_V4))?;
         let prog: &mut Xdp = ebpf
@@ -129,12 +136,18 @@ impl Loader {
             flows,
             flow_slots,
             flows6,
+            clock,
             flow_seed: u32::from_ne_bytes(seed),
             tx_ports,
             arp4,
             locals: BTreeSet::new(),
         };
         l.set_forward(false)?;
+        // Stamps before the first worker loop are of the load, not 0
+        // ("never").
+        l.clock()
+            .map_err(LoaderError::Clock)?
+            .advance(crate::offload::monotonic_ns());
         Ok(l)
     }
 
@@ -160,7 +173,15 @@ impl Loader {
     /// The flow table, mapped for a worker (or the ha thread).
     pub fn flow_map(&self) -> io::Result<FlowMap> {
         let fd = self.flows.fd().as_fd().try_clone_to_owned()?;
-        Ok(FlowMap::new(&fd, self.flow_slots, self.flow_seed)?.with_v6(self.ipv6_flows()?))
+        Ok(FlowMap::new(&fd, self.flow_slots, self.flow_seed)?
+            .with_v6(self.ipv6_flows()?)
+            .with_clock(self.clock()?))
+    }
+
+    /// The fast path's clock, mapped (workers get it with
+    /// [`Self::flow_map`]; tests set it).
+    pub fn clock(&self) -> io::Result<crate::offload::Clock> {
+        crate::offload::Clock::new(&self.clock.fd().as_fd().try_clone_to_owned()?)
     }
 
     /// A handle of its own on the IPv6 flow map (a worker's part of

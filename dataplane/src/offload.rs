@@ -268,6 +268,86 @@ pub enum WriteError {
 /// up (writers hold a slot for a few stores).
 const SPINS: u32 = 10_000;
 
+/// The clock the program stamps `last_seen` with (the `TND_CLOCK` map),
+/// mapped into this process. The program reads it instead of a kernel
+/// clock; every worker moves it forward once per loop
+/// ([`FLOW_TICK_SHIFT`]).
+#[derive(Debug)]
+pub struct Clock {
+    page: NonNull<AtomicU32>,
+}
+
+// SAFETY: the mapping is shared memory reached only through an atomic.
+unsafe impl Send for Clock {}
+
+/// The mapping's length: the kernel maps array values in whole pages.
+const CLOCK_LEN: usize = 4096;
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), CLOCK_LEN) };
+    }
+}
+
+impl Clock {
+    /// Maps the clock behind `fd` (an mmapable array of one `u32`).
+    pub fn new(fd: &OwnedFd) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of the map's value page, checked
+        // below; the kernel refuses a length beyond the map.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CLOCK_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let page = NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Self { page })
+    }
+
+    fn cell(&self) -> &AtomicU32 {
+        // SAFETY: the first (aligned) word of the mapping, only accessed
+        // atomically here; the program reads it whole.
+        unsafe { self.page.as_ref() }
+    }
+
+    /// The tick the program stamps now.
+    pub fn tick(&self) -> u32 {
+        self.cell().load(Ordering::Relaxed)
+    }
+
+    /// Sets the clock to `tick` as it is, back or forth (tests: the
+    /// workers only [`Self::advance`] it).
+    pub fn set(&self, tick: u32) {
+        self.cell().store(tick, Ordering::Relaxed);
+    }
+
+    /// Moves the clock to CLOCK_MONOTONIC_COARSE `now_ns`, never back:
+    /// workers advance it each from its own reading, and a worker that
+    /// read the time before another stored a later one leaves it. Tick 0
+    /// means "never seen", so it is skipped.
+    pub fn advance(&self, now_ns: u64) {
+        #[expect(clippy::cast_possible_truncation, reason = "ticks wrap")]
+        let tick = ((now_ns >> FLOW_TICK_SHIFT) as u32).max(1);
+        let cell = self.cell();
+        let mut cur = cell.load(Ordering::Relaxed);
+        // Ahead means less than half the ring ahead; 0 is the unset clock.
+        while cur == 0 || tick.wrapping_sub(cur).wrapping_sub(1) < u32::MAX / 2 {
+            match cell.compare_exchange_weak(cur, tick, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
 /// A handle on the flow table, mapped into this process. Each worker has
 /// its own; they coordinate through each slot's sequence lock.
 #[derive(Debug)]
@@ -278,6 +358,8 @@ pub struct FlowMap {
     /// IPv6 directions: a kernel hash map, written with bpf(2) (IPv6 keys
     /// do not fit a slot with their entry).
     v6: Option<FlowMap6>,
+    /// The program's clock, which this handle's worker moves.
+    clock: Option<Clock>,
 }
 
 // SAFETY: the mapping is shared memory that every access reaches through
@@ -324,6 +406,7 @@ impl FlowMap {
             slots,
             seed,
             v6: None,
+            clock: None,
         })
     }
 
@@ -332,6 +415,22 @@ impl FlowMap {
     pub fn with_v6(mut self, map: FlowMap6) -> Self {
         self.v6 = Some(map);
         self
+    }
+
+    /// This handle with the program's clock, which [`Self::advance_clock`]
+    /// moves.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Moves the program's clock to now (a worker calls this once per
+    /// loop); CLOCK_MONOTONIC_COARSE, read through the vDSO.
+    pub fn advance_clock(&self) {
+        if let Some(c) = &self.clock {
+            c.advance(monotonic_ns());
+        }
     }
 
     /// Installs (or replaces) direction `key`, leaving by `out` translated
@@ -613,8 +712,8 @@ fn seen_ns(tick: u32, now_ns: u64) -> u64 {
         .max(1)
 }
 
-/// CLOCK_MONOTONIC_COARSE now, in nanoseconds (the clock of
-/// `bpf_ktime_get_coarse_ns`, which stamps the flow entries).
+/// CLOCK_MONOTONIC_COARSE now, in nanoseconds (the clock the workers
+/// publish to the program, which stamps the flow entries with it).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -799,6 +898,42 @@ mod tests {
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
         };
         FlowMap::new(&fd, slots, 0x5eed).unwrap()
+    }
+
+    /// A memfd page mapped as the clock.
+    fn clock() -> Clock {
+        // SAFETY: plain syscalls on a fresh memfd.
+        let fd = unsafe {
+            let raw = libc::memfd_create(c"clock".as_ptr(), 0);
+            assert!(raw >= 0);
+            assert_eq!(libc::ftruncate(raw, 4096), 0);
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
+        };
+        Clock::new(&fd).unwrap()
+    }
+
+    #[test]
+    fn the_clock_only_moves_forward_and_never_to_zero() {
+        let c = clock();
+        let ns = |tick: u32| u64::from(tick) << FLOW_TICK_SHIFT;
+        assert_eq!(c.tick(), 0);
+        // Unset, it takes any time, even one more than half the ring on.
+        c.advance(ns(0x9000_0000));
+        assert_eq!(c.tick(), 0x9000_0000);
+        c.advance(ns(0x9000_0005));
+        assert_eq!(c.tick(), 0x9000_0005);
+        // A worker that read the time earlier leaves it.
+        c.advance(ns(0x9000_0001));
+        assert_eq!(c.tick(), 0x9000_0005);
+        // Across the wrap; tick 0 ("never seen") is skipped.
+        c.set(u32::MAX - 1);
+        c.advance(1 << 32 << FLOW_TICK_SHIFT);
+        assert_eq!(c.tick(), 1);
+        c.advance(ns(3));
+        assert_eq!(c.tick(), 3);
+        // Half the ring or more ahead reads as behind.
+        c.advance(ns(3 + u32::MAX / 2 + 1));
+        assert_eq!(c.tick(), 3);
     }
 
     fn flow(port: u16) -> FlowV4Key {

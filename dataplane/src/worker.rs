@@ -145,6 +145,9 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             tally.add(WorkerCounter::Loops, 1);
             let now = self.now();
+            if let Some(svc) = self.services.as_ref() {
+                svc.advance_clock();
+            }
             if (now != second || aging)
                 && let Some(svc) = self.services.as_mut()
             {

@@ -151,6 +151,14 @@ impl Services {
         self.flows = Some(flows);
     }
 
+    /// Moves the fast path's clock to now, if this worker offloads (once
+    /// per loop).
+    pub fn advance_clock(&self) {
+        if let Some(f) = &self.flows {
+            f.advance_clock();
+        }
+    }
+
     /// Whether any service set offloads.
     pub fn offloads(cfg: &config::Config) -> bool {
         cfg.service_sets.iter().any(|s| s.offload)

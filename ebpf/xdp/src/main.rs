@@ -28,7 +28,6 @@ use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
@@ -36,9 +35,9 @@ use aya_ebpf::{
 use tandem_common::{
     ArpAnswer, DEFAULT_FLOWS, DEFAULT_FLOWS6, FLOW_BYTES_WORD, FLOW_KEY2_MASK, FLOW_LAST_SEEN_OFF,
     FLOW_NAT_DESTINATION, FLOW_NAT_SOURCE, FLOW_PACKETS_WORD, FLOW_PROBE_OFF, FLOW_SEQ_OFF,
-    FLOW_TICK_SHIFT, FLOW_WAYS, FlowEntry, FlowEntry6, FlowSlot, FlowV6Key, IfaceSlot, LocalV4Key,
-    LocalV6Key, MAX_ARP_ADDRS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter,
-    flow_entry, flow_hash, xsk_index,
+    FLOW_WAYS, FlowEntry, FlowEntry6, FlowSlot, FlowV6Key, IfaceSlot, LocalV4Key, LocalV6Key,
+    MAX_ARP_ADDRS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter, flow_entry,
+    flow_hash, xsk_index,
 };
 
 #[map(name = "TND_COUNTERS")]
@@ -64,6 +63,9 @@ static FLOWS6: HashMap<FlowV6Key, FlowEntry6> =
     HashMap::with_max_entries(DEFAULT_FLOWS6, BPF_F_NO_PREALLOC);
 #[map(name = "TND_ARP_V4")]
 static ARP_V4: HashMap<LocalV4Key, ArpAnswer> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
+/// Written by the workers in place (see `FLOW_TICK_SHIFT`).
+#[map(name = "TND_CLOCK")]
+static CLOCK: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -510,7 +512,7 @@ fn fast_path6(ctx: &XdpContext) -> Fast {
             &raw mut (*e).bytes,
             u64::from(len),
         );
-        let tick = (bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT) as u32;
+        let tick = clock();
         let last = &raw mut (*e).last_seen;
         if core::ptr::read_volatile(last) != tick {
             core::ptr::write_volatile(last, tick);
@@ -668,9 +670,7 @@ fn forward_flow(
             words.add(FLOW_BYTES_WORD),
             u64::from(len),
         );
-        // The coarse clock (the last tick's time): aging needs seconds,
-        // and reading the TSC cost a tenth of the fast path.
-        let tick = (bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT) as u32;
+        let tick = clock();
         let last = slot.cast::<u32>().add(FLOW_LAST_SEEN_OFF / 4);
         if core::ptr::read_volatile(last) != tick {
             core::ptr::write_volatile(last, tick);
@@ -678,6 +678,19 @@ fn forward_flow(
     }
     add(XdpCounter::FastForwardedBytes, u64::from(len));
     Fast::Done(verdict(action, XdpCounter::FastForwarded))
+}
+
+/// The tick to stamp `last_seen` with: the workers' clock, not the
+/// kernel's (see `FLOW_TICK_SHIFT`). Aging needs seconds, and a clock
+/// helper call cost more than the rest of the stamping.
+#[inline(always)]
+fn clock() -> u32 {
+    match CLOCK.get_ptr(0) {
+        // SAFETY: the map's one element; workers store it whole
+        // (aligned), so a volatile read sees one value or the other.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
 }
 
 /// Writes the translated address at `ADDR` and port at `PORT` and patches
