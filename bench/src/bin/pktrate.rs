@@ -79,7 +79,9 @@ struct Args {
     /// Measure session offload on established flows with the XDP
     /// generator: tandemd with offload vs without, the kernel with
     /// nftables conntrack + SNAT, the kernel with an nftables flowtable,
-    /// and a bare XDP_REDIRECT program (the ceiling of the XDP path).
+    /// a bare XDP_REDIRECT program (the ceiling of the XDP path), and
+    /// that program plus one line of per-flow state (the ceiling of a
+    /// fast path that keeps any).
     #[arg(long)]
     offload: bool,
     /// With --new-sessions: also run tandemd replicating every session to
