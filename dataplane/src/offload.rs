@@ -280,6 +280,27 @@ pub struct Clock {
 // SAFETY: the mapping is shared memory reached only through an atomic.
 unsafe impl Send for Clock {}
 
+/// A shared read-write mapping of the first `len` bytes of the values of
+/// the mmapable array behind `fd` (the kernel refuses a length beyond it).
+fn map_shared<T>(fd: &OwnedFd, len: usize) -> io::Result<NonNull<T>> {
+    // SAFETY: a fresh mapping, checked before use; it aliases nothing in
+    // this process.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)
+}
+
 /// The mapping's length: the kernel maps array values in whole pages.
 const CLOCK_LEN: usize = 4096;
 
@@ -293,23 +314,9 @@ impl Drop for Clock {
 impl Clock {
     /// Maps the clock behind `fd` (an mmapable array of one `u32`).
     pub fn new(fd: &OwnedFd) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of the map's value page, checked
-        // below; the kernel refuses a length beyond the map.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                CLOCK_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let page = NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { page })
+        Ok(Self {
+            page: map_shared(fd, CLOCK_LEN)?,
+        })
     }
 
     fn cell(&self) -> &AtomicU32 {
@@ -385,22 +392,7 @@ impl FlowMap {
         if !slots.is_power_of_two() {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        // SAFETY: a fresh shared mapping of the map's value area, checked
-        // below; the kernel refuses a length beyond the map.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                slots as usize * size_of::<FlowSlot>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?;
+        let base = map_shared(fd, slots as usize * size_of::<FlowSlot>())?;
         Ok(Self {
             base,
             slots,

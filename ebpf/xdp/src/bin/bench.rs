@@ -178,27 +178,20 @@ pub fn tandem_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] entry signature")]
 pub fn tandem_redirect(ctx: XdpContext) -> u32 {
-    let Some(f) = frame(&ctx) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: `frame` checked the header bytes.
-    let h = unsafe { &mut *f };
-    if h[12] != 0x08 || h[13] != 0x00 {
-        return xdp_action::XDP_PASS;
-    }
-    let Some(macs) = REDIRECT_MACS.get(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    h[..12].copy_from_slice(macs);
-    REDIRECT_PORT
-        .redirect(0, 0)
-        .unwrap_or(xdp_action::XDP_ABORTED)
+    redirect::<false>(&ctx)
 }
 
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] entry signature")]
 pub fn tandem_redirect_line(ctx: XdpContext) -> u32 {
-    let Some(f) = frame(&ctx) else {
+    redirect::<true>(&ctx)
+}
+
+/// Rewrites the MACs of an IPv4 frame and redirects it to the port;
+/// with `LINE`, first reads the frame's flow line and counts it there.
+#[inline(always)]
+fn redirect<const LINE: bool>(ctx: &XdpContext) -> u32 {
+    let Some(f) = frame(ctx) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: `frame` checked the header bytes.
@@ -206,23 +199,25 @@ pub fn tandem_redirect_line(ctx: XdpContext) -> u32 {
     if h[12] != 0x08 || h[13] != 0x00 {
         return xdp_action::XDP_PASS;
     }
-    // The flow table's key words (addresses; ports and protocol).
-    let w1 = u64::from_le_bytes([h[26], h[27], h[28], h[29], h[30], h[31], h[32], h[33]]);
-    let w2 = u64::from_le_bytes([h[34], h[35], h[36], h[37], h[23], 0, 0, 0]);
-    let Some(line) = REDIRECT_LINES.get_ptr_mut(flow_hash(w1, w2, 0x5eed) & (LINES - 1)) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: an element of the array; read volatile so that the load
-    // stays, and counted atomically, as the fast path counts.
-    unsafe {
-        let words = line.cast::<u64>();
-        if core::ptr::read_volatile(words.add(1)) == w1 {
+    if LINE {
+        // The flow table's key words (addresses; ports and protocol).
+        let w1 = u64::from_le_bytes([h[26], h[27], h[28], h[29], h[30], h[31], h[32], h[33]]);
+        let w2 = u64::from_le_bytes([h[34], h[35], h[36], h[37], h[23], 0, 0, 0]);
+        let Some(line) = REDIRECT_LINES.get_ptr_mut(flow_hash(w1, w2, 0x5eed) & (LINES - 1)) else {
             return xdp_action::XDP_PASS;
+        };
+        // SAFETY: an element of the array; read volatile so that the load
+        // stays, and counted atomically, as the fast path counts.
+        unsafe {
+            let words = line.cast::<u64>();
+            if core::ptr::read_volatile(words.add(1)) == w1 {
+                return xdp_action::XDP_PASS;
+            }
+            core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                words.add(FLOW_PACKETS_WORD),
+                1,
+            );
         }
-        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-            words.add(FLOW_PACKETS_WORD),
-            1,
-        );
     }
     let Some(macs) = REDIRECT_MACS.get(0) else {
         return xdp_action::XDP_PASS;
