@@ -268,18 +268,6 @@ pub enum WriteError {
 /// up (writers hold a slot for a few stores).
 const SPINS: u32 = 10_000;
 
-/// The clock the program stamps `last_seen` with (the `TND_CLOCK` map),
-/// mapped into this process. The program reads it instead of a kernel
-/// clock; every worker moves it forward once per loop
-/// ([`FLOW_TICK_SHIFT`]).
-#[derive(Debug)]
-pub struct Clock {
-    page: NonNull<AtomicU32>,
-}
-
-// SAFETY: the mapping is shared memory reached only through an atomic.
-unsafe impl Send for Clock {}
-
 /// A shared read-write mapping of the first `len` bytes of the values of
 /// the mmapable array behind `fd` (the kernel refuses a length beyond it).
 fn map_shared<T>(fd: &OwnedFd, len: usize) -> io::Result<NonNull<T>> {
@@ -301,8 +289,21 @@ fn map_shared<T>(fd: &OwnedFd, len: usize) -> io::Result<NonNull<T>> {
     NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)
 }
 
-/// The mapping's length: the kernel maps array values in whole pages.
+/// The length of [`Clock`]'s mapping: the kernel maps array values in
+/// whole pages.
 const CLOCK_LEN: usize = 4096;
+
+/// The clock the program stamps `last_seen` with (the `TND_CLOCK` map),
+/// mapped into this process. The program reads it instead of a kernel
+/// clock; every worker moves it forward once per loop
+/// ([`FLOW_TICK_SHIFT`]).
+#[derive(Debug)]
+pub struct Clock {
+    page: NonNull<AtomicU32>,
+}
+
+// SAFETY: the mapping is shared memory reached only through an atomic.
+unsafe impl Send for Clock {}
 
 impl Drop for Clock {
     fn drop(&mut self) {
@@ -879,29 +880,26 @@ mod tests {
         assert!(directions(&v6).is_none(), "mixed families");
     }
 
-    /// A table of `slots` slots in a memfd: the same shared mapping as
-    /// the BPF array, without privileges.
-    fn table(slots: u32) -> FlowMap {
+    /// A memfd of `len` bytes: the same shared mapping as a BPF array's,
+    /// without privileges.
+    fn memfd(len: i64) -> OwnedFd {
         // SAFETY: a fresh memfd, sized before it is mapped.
-        let fd = unsafe {
-            let raw = libc::memfd_create(c"flows".as_ptr(), 0);
+        unsafe {
+            let raw = libc::memfd_create(c"tandem-test".as_ptr(), 0);
             assert!(raw >= 0);
-            assert_eq!(libc::ftruncate(raw, i64::from(slots) * 64), 0);
+            assert_eq!(libc::ftruncate(raw, len), 0);
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
-        };
-        FlowMap::new(&fd, slots, 0x5eed).unwrap()
+        }
+    }
+
+    /// A table of `slots` slots in a memfd.
+    fn table(slots: u32) -> FlowMap {
+        FlowMap::new(&memfd(i64::from(slots) * 64), slots, 0x5eed).unwrap()
     }
 
     /// A memfd page mapped as the clock.
     fn clock() -> Clock {
-        // SAFETY: plain syscalls on a fresh memfd.
-        let fd = unsafe {
-            let raw = libc::memfd_create(c"clock".as_ptr(), 0);
-            assert!(raw >= 0);
-            assert_eq!(libc::ftruncate(raw, 4096), 0);
-            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
-        };
-        Clock::new(&fd).unwrap()
+        Clock::new(&memfd(4096)).unwrap()
     }
 
     #[test]
