@@ -1,11 +1,23 @@
 //! tandem's data plane: the XDP loader, AF_XDP workers and L3 forwarding.
 //!
-//! Packet path: the XDP program (`tandem-ebpf`) steers service traffic into
-//! per-queue AF_XDP sockets; [`worker`] threads parse, route through the
-//! kernel's FIB mirrored by [`netlink`] into [`fib`], rewrite ([`forward`],
-//! [`wire`]) and transmit. [`replica`] carries sessions to the peer, [`ha`]
-//! runs the redundancy state machine; [`daemon`] wires it together for
-//! `tandemd`.
+//! Design: one folder per thread or subsystem, over a packet layer that
+//! does no I/O.
+//! - The packet layer: [`wire`] (frame views), [`session`] (the per-worker
+//!   table), [`service`] (ownership, firewall, NAPT44), [`forward`] (the
+//!   routing decision against the [`fib`] snapshot) and [`counters`] (the
+//!   per-worker counter ids and tally).
+//! - Threads: [`worker`] (one per queue: rx, decide, tx), [`ha`] (the redundancy driver), [`sync`] (the
+//!   data-path side of replication: the rings and the sync thread),
+//!   [`fib::netlink`] (the kernel's FIB mirrored into [`fib`]), [`ctl`]
+//!   (the control socket) and [`daemon`] (start-up as named steps, then the
+//!   control loop).
+//! - Below them: [`handoff`] (frames between workers, listing jobs and
+//!   wakeups), [`xdp`] (the program's loader, flow map and clock),
+//!   [`node`] (the state every thread may read: role, forwarding, requests)
+//!   and [`sys`] (the libc calls).
+//!
+//! Dependencies point down: threads use the packet layer and `xdp`, `node`
+//! and `sys`; nothing below imports a thread.
 
 pub mod counters;
 pub mod ctl;
@@ -15,13 +27,11 @@ pub mod forward;
 pub mod ha;
 pub mod handoff;
 pub mod hint;
-pub mod listing;
-pub mod loader;
-pub mod netlink;
-pub mod offload;
-pub mod replica;
+pub mod node;
 pub mod service;
 pub mod session;
+pub mod sync;
 pub mod sys;
 pub mod wire;
 pub mod worker;
+pub mod xdp;

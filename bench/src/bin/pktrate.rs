@@ -316,7 +316,7 @@ impl Bpf {
     /// Loads the harness's programs; attaches the sink to sink0 inside
     /// tb-sink, and to gen0 (where it drops the sink's answers).
     fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(tandem_dataplane::loader::BENCH_PROGRAMS)?;
+        let mut ebpf = Ebpf::load(tandem_dataplane::xdp::loader::BENCH_PROGRAMS)?;
         for name in ["tandem_gen", "tandem_redirect", "tandem_redirect_line"] {
             let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load()?;

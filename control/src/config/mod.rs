@@ -295,6 +295,16 @@ impl Config {
         self.redundancy.is_none() && self.node.forward.unwrap_or(true)
     }
 
+    /// Every NAT pool address of every service set, in configuration
+    /// order.
+    pub fn pool_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.service_sets
+            .iter()
+            .filter_map(|s| s.nat.as_ref())
+            .flat_map(|n| n.pool.iter().copied())
+            .collect()
+    }
+
     fn validate_services(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, expected, found: String| ConfigError::Invalid {
             path: path.to_owned(),

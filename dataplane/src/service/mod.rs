@@ -13,7 +13,7 @@
 
 pub mod nat;
 pub mod policy;
-pub mod replica;
+pub mod sync;
 
 use std::net::IpAddr;
 
@@ -25,12 +25,15 @@ use tandem_control::{
 use crate::{
     counters::{Tally, WorkerCounter},
     forward::DropReason,
-    offload::{self, Egress, FlowMap, WriteError},
-    replica::{self as sync, ToSync},
     session::{
         FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped, table::Aged,
     },
+    sync::{ToSync, delete_record, record, refresh_record},
     wire::{self, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
+    xdp::{
+        flow::WriteError,
+        offload::{self, Egress, FlowMap},
+    },
 };
 
 use self::{nat::PortPool, policy::Policy};
@@ -81,7 +84,7 @@ pub struct Services {
     pub table: Table,
     next_id: u64,
     /// Replication, when `[sync]` is configured.
-    replica: Option<replica::Replica>,
+    sync: Option<sync::WorkerSync>,
     /// The XDP flow map, when sessions may be offloaded.
     flows: Option<FlowMap>,
     /// A session the last packet found ready for offload: (slot, the
@@ -139,7 +142,7 @@ impl Services {
             names: cfg.service_sets.iter().map(|s| s.name.clone()).collect(),
             table: Table::new(cfg.sessions.per_worker as usize, cfg.sessions.timeouts, now),
             next_id: 0,
-            replica: None,
+            sync: None,
             flows: None,
             offer: None,
         }))
@@ -403,8 +406,8 @@ impl Services {
             s.state = next;
             self.table.reschedule(slot);
             let s = self.table.get(slot);
-            replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
-                ToSync::Refresh(sync::refresh_record(s, now))
+            sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
+                ToSync::Refresh(refresh_record(s, now))
             });
         }
         if self.flows.is_some() {
@@ -512,8 +515,8 @@ impl Services {
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         }
-        replica::emit(self.replica.as_ref(), self.worker, s.key.proto, || {
-            ToSync::Add(sync::record(&s, now))
+        sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
+            ToSync::Add(record(&s, now))
         });
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
@@ -577,11 +580,11 @@ impl Services {
     pub fn expire_some(&mut self, now: u32, budget: usize, tally: &mut Tally) -> (usize, bool) {
         let mut n = 0;
         let sets = &mut self.sets;
-        let (rep, worker) = (self.replica.as_ref(), self.worker);
+        let (rep, worker) = (self.sync.as_ref(), self.worker);
         // Read by both closures below, one at a time.
         let flows = std::cell::RefCell::new(self.flows.as_mut());
         let taken = std::cell::Cell::new(0u64);
-        let now_ns = offload::monotonic_ns();
+        let now_ns = crate::sys::monotonic_ns();
         let refresh = |s: &mut Session| {
             if let Some(f) = flows.borrow_mut().as_deref_mut()
                 && let Some(fwd) = offload::forwarded(f, s)
@@ -598,13 +601,13 @@ impl Services {
                         taken.set(taken.get() + 1);
                     }
                     release(sets, s);
-                    replica::emit(rep, worker, s.key.proto, || {
-                        ToSync::Delete(sync::delete_record(s))
+                    sync::emit(rep, worker, s.key.proto, || {
+                        ToSync::Delete(delete_record(s))
                     });
                 }
                 Aged::Extended => {
-                    replica::emit(rep, worker, s.key.proto, || {
-                        ToSync::Refresh(sync::refresh_record(s, now))
+                    sync::emit(rep, worker, s.key.proto, || {
+                        ToSync::Refresh(refresh_record(s, now))
                     });
                 }
             });

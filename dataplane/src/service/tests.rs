@@ -321,7 +321,7 @@ mod replication {
     use tandem_control::sync::{NackReason, Op};
 
     use super::*;
-    use crate::replica::{self, Hub, ToSync, ToWorker};
+    use crate::sync::{self, Hub, ToSync, ToWorker};
 
     fn events(hub: &Hub) -> Vec<ToSync> {
         std::iter::from_fn(|| hub.ports[0].events.pop()).collect()
@@ -476,7 +476,7 @@ mod replication {
         assert_eq!(endpoints(&reply), (SERVER, 53, CLIENT, 5000));
         // The same add again (a cold sync racing a live add) updates in place.
         open(&mut a, 5000, 2, &mut t);
-        let rec = replica::record(a.table.get(0), 3);
+        let rec = sync::record(a.table.get(0), 3);
         install(&sh, 1, rec);
         s.sync_step(12);
         assert_eq!(s.table.len(), 1);
@@ -486,7 +486,7 @@ mod replication {
         sh.ports[0]
             .commands
             .push(ToWorker::Remove {
-                rec: replica::delete_record(&installed),
+                rec: sync::delete_record(&installed),
             })
             .unwrap();
         s.sync_step(13);
@@ -496,7 +496,7 @@ mod replication {
         sh.ports[0]
             .commands
             .push(ToWorker::Remove {
-                rec: replica::delete_record(&installed),
+                rec: sync::delete_record(&installed),
             })
             .unwrap();
         s.sync_step(13);
@@ -515,7 +515,7 @@ mod replication {
         carry(&ah, &sh, 1);
         s.sync_step(1);
         assert_eq!(s.table.len(), 4);
-        let mut extra = replica::record(a.table.get(0), 1);
+        let mut extra = sync::record(a.table.get(0), 1);
         extra.key.sport = 9999;
         extra.nat_port = 1030;
         let refresh = tandem_control::sync::RefreshRecord {
@@ -665,7 +665,7 @@ mod replication {
             0,
         );
         x.set_nat(POOL, nat_port);
-        replica::record(&x, 0)
+        sync::record(&x, 0)
     }
 
     fn install(hub: &Hub, generation: u8, rec: tandem_control::sync::SessionRecord) {

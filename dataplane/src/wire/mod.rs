@@ -6,6 +6,7 @@
 //! code indexes without re-checking. Checksums follow RFC 1071 (full) and
 //! RFC 1624 (incremental).
 
+pub mod announce;
 mod l4;
 mod nat;
 mod reject;

@@ -6,9 +6,12 @@ use etherparse::PacketBuilder;
 use libtest_mimic::Failed;
 use tandem_common::{FLOW_TICK_SHIFT, FlowEntry6, FlowV4Key, FlowV6Key, XdpCounter};
 use tandem_dataplane::{
-    loader::Loader,
-    offload::{self, DirKey, Egress, Nat},
+    sys::monotonic_ns,
     wire::{self, Rewrite},
+    xdp::{
+        loader::Loader,
+        offload::{self, DirKey, Egress, Nat},
+    },
 };
 
 use crate::{Test, check, frame, netns::Topo};
@@ -303,12 +306,12 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
             .insert(&k, &offload::entry(&k, out, nat))
             .map_err(|e| format!("insert: {e:?}"))?;
         let clock = l.clock()?;
-        let back = offload::monotonic_ns() - 5_000_000_000;
+        let back = monotonic_ns() - 5_000_000_000;
         clock.set((back >> FLOW_TICK_SHIFT) as u32);
         let frame = build(None, 64, 100);
         redirected_like_the_worker(&l, &frame, in0, out, nat, "clock")?;
         let f = flows.read(&k).ok_or("entry gone")?;
-        let ago = offload::monotonic_ns().saturating_sub(f.last_seen_ns);
+        let ago = monotonic_ns().saturating_sub(f.last_seen_ns);
         check(
             (4_900_000_000..5_500_000_000).contains(&ago),
             format!("stamped {ago} ns ago, want the clock's 5 s"),
@@ -317,7 +320,7 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
         flows.advance_clock();
         redirected_like_the_worker(&l, &frame, in0, out, nat, "clock now")?;
         let f = flows.read(&k).ok_or("entry gone")?;
-        let ago = offload::monotonic_ns().saturating_sub(f.last_seen_ns);
+        let ago = monotonic_ns().saturating_sub(f.last_seen_ns);
         check(ago < 100_000_000, format!("stamped {ago} ns ago, want now"))?;
         flows.remove(&k);
 

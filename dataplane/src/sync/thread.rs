@@ -34,7 +34,7 @@ use tandem_control::{
 };
 
 use super::{Hub, Ownership, ToSync, ToWorker};
-use crate::{ha::Shared, handoff::Handoff};
+use crate::{handoff::Handoff, node::Node};
 
 /// How long one turn waits for the sockets: the batching delay's grain.
 const TURN: Duration = Duration::from_millis(1);
@@ -125,7 +125,7 @@ pub struct SyncThread {
     rate_base: (u64, u64),
     /// With `[redundancy]`: the role follows the state machine's
     /// decision, and the link's state goes back into the heartbeats.
-    shared: Option<Arc<Shared>>,
+    node: Option<Arc<Node>>,
 }
 
 impl SyncThread {
@@ -133,7 +133,7 @@ impl SyncThread {
     pub fn new(
         cfg: &Config,
         workers: usize,
-        shared: Option<Arc<Shared>>,
+        node: Option<Arc<Node>>,
         hub: Arc<Hub>,
         handoff: Arc<Handoff>,
         segment: Arc<SegmentWriter>,
@@ -160,7 +160,7 @@ impl SyncThread {
             segment,
             slots,
             rate_base: (0, 0),
-            shared,
+            node,
         }))
     }
 
@@ -188,7 +188,7 @@ impl SyncThread {
     }
 
     fn turn(&mut self) {
-        if let Some(sh) = &self.shared {
+        if let Some(sh) = &self.node {
             let role = if sh.active.load(Ordering::Relaxed) {
                 Role::Active
             } else {
@@ -396,7 +396,7 @@ impl SyncThread {
             SyncState::Cold => 1,
             SyncState::Hot => 2,
         };
-        if let Some(sh) = &self.shared {
+        if let Some(sh) = &self.node {
             sh.sync_state.store(state as u8, Ordering::Relaxed);
         }
         let gauges = [

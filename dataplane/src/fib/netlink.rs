@@ -28,7 +28,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::fib::{Fib, Mac, Route, RouteKind};
+use super::{Fib, Mac, Route, RouteKind};
 
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;

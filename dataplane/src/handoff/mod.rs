@@ -1,4 +1,6 @@
-//! Handing frames to the worker that owns their flow.
+//! What the threads hand each other besides the node's state: frames to
+//! the worker that owns their flow, session-listing jobs from the control
+//! thread ([`listing`]), and wakeups of a worker asleep in poll().
 //!
 //! Design: a frame lives in its receiving worker's UMEM, which the owner
 //! cannot transmit from, so a handoff copies it into a batch: a buffer of
@@ -18,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::{
-    listing::Job,
-    sys::{EventFd, SyscallError},
-};
+pub mod listing;
+
+use self::listing::Job;
+use crate::sys::{EventFd, SyscallError};
 
 /// Where a handed frame came from, and where its bytes are in the batch.
 #[derive(Clone, Copy, Debug)]

@@ -21,8 +21,11 @@ use tandem_control::{
 };
 
 use crate::{
-    handoff::Handoff,
-    listing::{Chunk, Job, Match},
+    handoff::{
+        Handoff,
+        listing::{Chunk, Job, Match},
+    },
+    node::{MastershipRequest, Node},
     session::{Origin, Session, TcpState, timeout},
     sys,
 };
@@ -37,9 +40,9 @@ pub struct Ctx {
     /// Time zero of the workers' session clock.
     pub epoch: Instant,
     /// The redundancy thread's request queue (with `[redundancy]`).
-    pub ha: Option<mpsc::Sender<crate::ha::Request>>,
+    pub ha: Option<mpsc::Sender<MastershipRequest>>,
     /// What the redundancy thread shares (the probe log).
-    pub shared: Arc<crate::ha::Shared>,
+    pub node: Arc<Node>,
 }
 
 /// How long a listing waits for a worker's next chunk.
@@ -181,7 +184,7 @@ fn show_probes(from: Option<u64>, ctx: &Ctx, out: &mut impl Write) -> String {
     }
     let (rows, next) = {
         let log = ctx
-            .shared
+            .node
             .probes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -267,7 +270,14 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                     None => "error: no [redundancy] configured: roles are fixed".to_owned(),
                     Some(tx) => {
                         let (reply, answer) = mpsc::channel();
-                        if tx.send((acquire, force, reply)).is_err() {
+                        if tx
+                            .send(MastershipRequest {
+                                acquire,
+                                force,
+                                reply,
+                            })
+                            .is_err()
+                        {
                             "error: the redundancy thread has stopped".to_owned()
                         } else {
                             answer

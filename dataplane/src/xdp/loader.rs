@@ -22,7 +22,10 @@ use tandem_common::{
 };
 use tandem_control::config;
 
-use crate::offload::FlowMap;
+use super::{
+    clock::Clock,
+    flow::{FlowMap, FlowMap6},
+};
 
 /// The object built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tandem-xdp"));
@@ -74,7 +77,7 @@ pub struct Loader {
     flow_slots: u32,
     /// The IPv6 flow map (a kernel hash map; see [`FlowMap`]).
     flows6: MapData,
-    /// The fast path's clock (see [`crate::offload::Clock`]).
+    /// The fast path's clock (see [`Clock`]).
     clock: MapData,
     flow_seed: u32,
     tx_ports: DevMap<MapData>,
@@ -147,7 +150,7 @@ impl Loader {
         // ("never").
         l.clock()
             .map_err(LoaderError::Clock)?
-            .advance(crate::offload::monotonic_ns());
+            .advance(crate::sys::monotonic_ns());
         Ok(l)
     }
 
@@ -180,13 +183,13 @@ impl Loader {
 
     /// The fast path's clock, mapped (workers get it with
     /// [`Self::flow_map`]; tests set it).
-    pub fn clock(&self) -> io::Result<crate::offload::Clock> {
-        crate::offload::Clock::new(&self.clock.fd().as_fd().try_clone_to_owned()?)
+    pub fn clock(&self) -> io::Result<Clock> {
+        Clock::new(&self.clock.fd().as_fd().try_clone_to_owned()?)
     }
 
     /// A handle of its own on the IPv6 flow map (a worker's part of
     /// [`Self::flow_map`]; tests write raw entries through it).
-    pub fn ipv6_flows(&self) -> io::Result<crate::offload::FlowMap6> {
+    pub fn ipv6_flows(&self) -> io::Result<FlowMap6> {
         let fd = self.flows6.fd().as_fd().try_clone_to_owned()?;
         MapData::from_fd(fd)
             .and_then(|m| HashMap::try_from(aya::maps::Map::HashMap(m)))

@@ -1,4 +1,4 @@
-//! A worker's side of session replication (see `crate::replica`).
+//! A worker's side of session replication (see [`crate::sync`]).
 //!
 //! Active side: session events go up the worker's ring while the peer is
 //! connected, and a cold-sync walk sends every session in chunks of
@@ -14,8 +14,8 @@ use tandem_control::sync::{NackReason, Op, SessionRecord, WireKey, wire::PROTOCO
 
 use super::{Services, release};
 use crate::{
-    replica::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
     session::Side,
+    sync::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
 };
 
 /// Commands a worker applies per loop: bounded, so forwarding never waits
@@ -34,7 +34,7 @@ struct Walk {
 }
 
 /// A worker's replication state.
-pub struct Replica {
+pub struct WorkerSync {
     hub: Arc<Hub>,
     walk: Option<Walk>,
     /// (generation to keep, next slot) of a sweep under way.
@@ -46,7 +46,7 @@ pub struct Replica {
 /// then) and the protocol replicates; `f` builds it only then.
 #[inline]
 pub(super) fn emit(
-    replica: Option<&Replica>,
+    replica: Option<&WorkerSync>,
     worker: usize,
     proto: u8,
     f: impl FnOnce() -> ToSync,
@@ -72,7 +72,7 @@ impl Services {
     /// peer's, which outlive their timeouts by `grace`, when told to.
     pub fn attach(&mut self, hub: Arc<Hub>, grace: u32) {
         self.table.set_grace(grace);
-        self.replica = Some(Replica {
+        self.sync = Some(WorkerSync {
             hub,
             walk: None,
             sweep: None,
@@ -82,7 +82,7 @@ impl Services {
     /// Replication work that can go on at once: commands waiting, or a
     /// sweep under way (the worker loops again without sleeping).
     pub fn sync_ready(&self) -> bool {
-        self.replica
+        self.sync
             .as_ref()
             .is_some_and(|r| r.sweep.is_some() || !r.hub.ports[self.worker].commands.is_empty())
     }
@@ -90,13 +90,13 @@ impl Services {
     /// A cold-sync walk under way (it may be waiting for room in the ring:
     /// the worker naps rather than spins).
     pub fn sync_walking(&self) -> bool {
-        self.replica.as_ref().is_some_and(|r| r.walk.is_some())
+        self.sync.as_ref().is_some_and(|r| r.walk.is_some())
     }
 
     /// One loop's replication work: a bounded number of commands, then a
     /// chunk of a walk or a sweep.
     pub fn sync_step(&mut self, now: u32) {
-        let Some(mut r) = self.replica.take() else {
+        let Some(mut r) = self.sync.take() else {
             return;
         };
         let w = self.worker;
@@ -119,7 +119,7 @@ impl Services {
             let mut slots = 0;
             while slots < WALK_SLOTS && port.events.capacity() - port.events.len() > WALK_CHUNK {
                 let next = self.table.scan(walk.next, WALK_CHUNK, |s| {
-                    let _ = port.events.push(ToSync::Add(replica::record(s, now)));
+                    let _ = port.events.push(ToSync::Add(sync::record(s, now)));
                     walk.sent += 1;
                 });
                 slots += WALK_CHUNK;
@@ -151,10 +151,10 @@ impl Services {
             bump(&r.hub.ports[w].counts.swept, n);
             r.sweep = next.map(|n| (keep, n));
         }
-        self.replica = Some(r);
+        self.sync = Some(r);
     }
 
-    fn apply(&mut self, r: &mut Replica, cmd: ToWorker, now: u32) {
+    fn apply(&mut self, r: &mut WorkerSync, cmd: ToWorker, now: u32) {
         let w = self.worker;
         // Records of a newer connection: a sweep for an older one would
         // take the sessions they stamp (the newer cold sync sweeps again).
@@ -214,8 +214,8 @@ impl Services {
                 ),
             },
             ToWorker::Resend { key } => {
-                if let Some((slot, Side::Initiator)) = self.table.lookup(&replica::flow_key(&key)) {
-                    let rec = replica::record(self.table.get(slot), now);
+                if let Some((slot, Side::Initiator)) = self.table.lookup(&sync::flow_key(&key)) {
+                    let rec = sync::record(self.table.get(slot), now);
                     push(&r.hub, w, ToSync::Add(rec));
                 }
             }
@@ -232,7 +232,7 @@ impl Services {
 
     /// The slot of the synced session whose initiator key is `k`.
     fn find_synced(&self, k: &WireKey) -> Option<u32> {
-        match self.table.lookup(&replica::flow_key(k)) {
+        match self.table.lookup(&sync::flow_key(k)) {
             Some((slot, Side::Initiator)) if self.table.get(slot).is_synced() => Some(slot),
             _ => None,
         }
@@ -251,7 +251,7 @@ impl Services {
         if usize::from(rec.service_set) >= self.sets.len() {
             return Err(NackReason::IllegalServiceSet);
         }
-        let mut s = replica::session(rec, now);
+        let mut s = sync::session(rec, now);
         s.set_synced(generation);
         if let Some((slot, side)) = self.table.lookup(&s.key) {
             let cur = self.table.get_mut(slot);

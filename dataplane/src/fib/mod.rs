@@ -8,6 +8,8 @@
 //! over a short sorted list: a services node has a handful of routes, and a
 //! linear scan of a few cache lines beats a trie at that size.
 
+pub mod netlink;
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{

@@ -1,5 +1,7 @@
 //! Session replication on the data path: the rings between the workers and
-//! the sync thread, and the sync thread itself.
+//! the sync thread, and the sync thread itself. (The protocol, its codec and
+//! the connection state machine are `tandem_control::sync`; a worker's own
+//! part is `crate::service::sync`.)
 //!
 //! Design: each worker has two bounded lock-free rings with the sync
 //! thread. Up the `events` ring go the worker's session events (add on

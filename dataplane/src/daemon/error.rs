@@ -1,0 +1,58 @@
+//! Why the daemon could not start.
+
+use tandem_control::stats::StatsError;
+
+use crate::{
+    ctl::CtlError, fib::netlink::NetlinkError, ha::HaError, service::ServiceError,
+    sys::SyscallError, xdp::loader::LoaderError,
+};
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the XDP flow map (session offload): {0}")]
+    FlowMap(#[source] std::io::Error),
+    #[error("interface {name}: {source}")]
+    Interface {
+        name: String,
+        #[source]
+        source: SyscallError,
+    },
+    #[error(
+        "dataplane.workers = {workers}, but {iface} has only {queues} rx queue(s); every worker \
+         needs a queue on each interface (raise the queue count, e.g. `ethtool -L {iface} combined N`)"
+    )]
+    TooFewQueues {
+        workers: u32,
+        iface: String,
+        queues: u32,
+    },
+    #[error("UMEM for worker {worker}: {message}")]
+    Umem { worker: usize, message: String },
+    #[error("AF_XDP socket on {iface} queue {queue}: {message}")]
+    Socket {
+        iface: String,
+        queue: u32,
+        message: String,
+    },
+    #[error(transparent)]
+    Services(#[from] ServiceError),
+    #[error("stats segment: {0}")]
+    Stats(#[from] StatsError),
+    #[error(transparent)]
+    Ctl(#[from] CtlError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Syscall(#[from] SyscallError),
+    #[error("redundancy: {0}")]
+    Ha(#[from] HaError),
+    #[error("sync link on {local}: {source}")]
+    Sync {
+        local: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
