@@ -25,7 +25,10 @@ pub const MAGIC: u16 = 0x5444;
 /// 2: non-TCP records may carry `ANSWERED`, and the flow hash that places
 /// sessions (and NAT bindings) on workers changed; a node of version 1
 /// would nack both, so the versions do not talk.
-pub const VERSION: u8 = 2;
+/// 3: the ownership hash is a specified function (tandem-dataplane's
+/// `FlowKey::owner_hash`) instead of foldhash's output; a node of version
+/// 2 places sessions on other workers, so the versions do not talk.
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 20;
 pub const TAG_LEN: usize = 32;
 /// The largest body accepted: a batch flushes at 64 KiB, so anything near

@@ -168,7 +168,7 @@ impl Services {
 
     /// The worker that owns the flow of a packet with key `k` arriving on
     /// `origin`'s side: by the translated port for traffic to a pool
-    /// address, else by the symmetric hash.
+    /// address, else by the ownership hash.
     fn owner(&self, k: &FlowKey) -> usize {
         if let Some(dst) = k.dst_v4()
             && let Some(pool) = self.pool_of(dst)
@@ -177,7 +177,7 @@ impl Services {
                 .owner_of_port(k.dport, self.workers)
                 .unwrap_or(self.worker);
         }
-        (k.symmetric_hash() % self.workers as u64) as usize
+        (k.owner_hash() % self.workers as u64) as usize
     }
 
     /// Starts loading the index entries [`Services::process`] will read for

@@ -183,7 +183,7 @@ fn flows_are_handed_to_their_owner() {
     let mut t = Tally::new(2);
     // Find a flow worker 1 owns; worker 0 must hand it over.
     let sport = (1000..2000)
-        .find(|p| FlowKey::v4(CLIENT, SERVER, *p, 53, 17).symmetric_hash() % 2 == 1)
+        .find(|p| FlowKey::v4(CLIENT, SERVER, *p, 53, 17).owner_hash() % 2 == 1)
         .unwrap();
     let mut f = udp(CLIENT, SERVER, sport, 53);
     assert_eq!(run(&mut w0, &mut f, IN, 0, &mut t), Verdict::Handoff(1));

@@ -1,4 +1,5 @@
-//! Flow keys and the symmetric hash that picks a flow's owner.
+//! Flow keys, and the specified hash that picks a flow's owner worker on
+//! both nodes of a pair.
 
 use std::{
     hash::BuildHasher,
@@ -19,8 +20,8 @@ pub struct FlowKey {
     pub proto: u8,
 }
 
-/// Seed shared by every worker (and by both nodes of a pair): ownership and
-/// table placement must agree everywhere.
+/// Seed of the session index's hash (each node's own: nothing outside
+/// the process depends on it).
 const SEED: u64 = 0x7461_6e64_656d_0001;
 
 /// IPv4-mapped form of an IPv4 address.
@@ -94,18 +95,59 @@ impl FlowKey {
         FixedState::with_seed(SEED).hash_one(self)
     }
 
-    /// Direction-free hash: a flow and its reverse hash alike, so both
-    /// directions pick the same owner. foldhash's quality variant: the
-    /// fast one's output, taken modulo the worker count, put all twelve
-    /// flows from one port to twelve consecutive ports on one worker for 3%
-    /// of source ports (60 times chance).
+    /// The flow-ownership hash: a flow and its reverse hash alike, so both
+    /// directions pick the same owner (`owner_hash % workers`). Both nodes
+    /// of a pair must compute the same value (the standby installs a
+    /// session, and its NAT binding, on the worker whose port share the
+    /// master took it from), so this is a specified function, pinned by
+    /// golden values, not whatever a hashing crate's next release
+    /// produces:
+    ///
+    /// 1. Order the two endpoints `(address, port)` (IPv4 IPv4-mapped):
+    ///    `lo` is the smaller by address bytes, then port.
+    /// 2. Lay out 40 bytes: `lo.address` (16), `hi.address` (16),
+    ///    `lo.port` and `hi.port` (big-endian, 2 each), the protocol (1),
+    ///    three zero bytes.
+    /// 3. Start from [`OWNER_SEED`]; for each of the five 8-byte words,
+    ///    read little-endian, `h = fmix64(h ^ word)`, with MurmurHash3's
+    ///    64-bit finalizer as `fmix64`.
+    ///
+    /// Changing it changes the pair's contract: the sync protocol's
+    /// version must move with it.
     #[inline]
-    pub fn symmetric_hash(&self) -> u64 {
+    pub fn owner_hash(&self) -> u64 {
         let a = (self.src, self.sport);
         let b = (self.dst, self.dport);
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        foldhash::quality::FixedState::with_seed(SEED ^ 0x5f5f).hash_one((lo, hi, self.proto))
+        let word = |x: &[u8]| u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let mut tail = [0u8; 8];
+        tail[..2].copy_from_slice(&lo.1.to_be_bytes());
+        tail[2..4].copy_from_slice(&hi.1.to_be_bytes());
+        tail[4] = self.proto;
+        let words = [
+            word(&lo.0[..8]),
+            word(&lo.0[8..]),
+            word(&hi.0[..8]),
+            word(&hi.0[8..]),
+            u64::from_le_bytes(tail),
+        ];
+        words.iter().fold(OWNER_SEED, |h, w| fmix64(h ^ w))
     }
+}
+
+/// The ownership hash's starting value: "tandem", then the hash's
+/// version (1).
+pub const OWNER_SEED: u64 = 0x7461_6e64_656d_0001;
+
+/// MurmurHash3's 64-bit finalizer: every input bit reaches every output
+/// bit, so the low bits that `% workers` keeps are as good as the rest.
+#[inline]
+const fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 #[cfg(test)]
@@ -116,12 +158,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn symmetric_hash_ignores_direction(
+        fn owner_hash_ignores_direction(
             src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
             sport in any::<u16>(), dport in any::<u16>(), proto in any::<u8>(),
         ) {
             let k = FlowKey::v4(src, dst, sport, dport, proto);
-            prop_assert_eq!(k.symmetric_hash(), k.reversed().symmetric_hash());
+            prop_assert_eq!(k.owner_hash(), k.reversed().owner_hash());
             prop_assert_eq!(k.reversed().reversed(), k);
         }
     }
@@ -137,7 +179,7 @@ mod tests {
             let on_one: u64 = (0..12u16)
                 .map(|p| {
                     FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], sport, 7500 + p, 17)
-                        .symmetric_hash()
+                        .owner_hash()
                         % 2
                 })
                 .sum();
@@ -151,10 +193,62 @@ mod tests {
         let mut per = [0u32; 3];
         for sport in 10_000..20_000u16 {
             let k = FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], sport, 53, 17);
-            per[(k.symmetric_hash() % 3) as usize] += 1;
+            per[(k.owner_hash() % 3) as usize] += 1;
         }
         assert!(per.iter().all(|n| (3_100..3_570).contains(n)), "{per:?}");
     }
+
+    /// The pair's contract: these values may change only with the sync
+    /// protocol's version (a node of another build would place sessions
+    /// and NAT bindings on other workers).
+    #[test]
+    fn owner_hash_golden_values() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let cases = [
+            (FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], 40000, 80, 6), GOLDEN[0]),
+            (FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], 40001, 80, 6), GOLDEN[1]),
+            (FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], 5353, 53, 17), GOLDEN[2]),
+            (FlowKey::v4([198, 18, 1, 10], [198, 18, 2, 10], 7, 7, 1), GOLDEN[3]),
+            (
+                FlowKey {
+                    src: v6("2001:db8:1::10"),
+                    dst: v6("2001:db8:2::10"),
+                    sport: 40000,
+                    dport: 443,
+                    proto: 6,
+                },
+                GOLDEN[4],
+            ),
+            (FlowKey::default(), GOLDEN[5]),
+        ];
+        for (k, want) in cases {
+            assert_eq!(k.owner_hash(), want, "{k:?}");
+            assert_eq!(k.reversed().owner_hash(), want, "{k:?} reversed");
+        }
+        // Step by step, for the first: the 40 bytes and the fold.
+        let k = cases[0].0;
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&k.src);
+        bytes.extend_from_slice(&k.dst);
+        bytes.extend_from_slice(&40000u16.to_be_bytes());
+        bytes.extend_from_slice(&80u16.to_be_bytes());
+        bytes.extend_from_slice(&[6, 0, 0, 0]);
+        let h = bytes.chunks(8).fold(OWNER_SEED, |h, w| {
+            fmix64(h ^ u64::from_le_bytes(w.try_into().unwrap()))
+        });
+        assert_eq!(h, GOLDEN[0]);
+    }
+
+    /// Computed from the specification by a separate implementation (a
+    /// few lines of Python), not by the code under test.
+    const GOLDEN: [u64; 6] = [
+        0x5deb_3f50_57a9_7231,
+        0x3032_c2f6_3e36_0420,
+        0xdfe1_c39d_4b56_64f6,
+        0x6171_f10d_8e95_1db8,
+        0x1fb0_2d2b_02da_7cac,
+        0x6498_0ade_e6c0_d805,
+    ];
 
     #[test]
     fn table_hash_tells_directions_apart() {

@@ -1,7 +1,7 @@
 //! Sessions: the per-worker state of every flow the node forwards.
 //!
 //! Design: a session is created once, by the worker that owns the flow
-//! ([`key::FlowKey::symmetric_hash`], or the NAT port range for translated
+//! ([`key::FlowKey::owner_hash`], or the NAT port range for translated
 //! return traffic), when policy allows its first packet. Both directions
 //! (the reply one after NAT) index the same record in [`table::Table`]. The
 //! record is small and plain (`Copy`, no heap) so a table is one allocation

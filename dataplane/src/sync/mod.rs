@@ -251,7 +251,7 @@ impl Ownership {
         }
     }
 
-    /// The owner of a session: its flow's symmetric hash, which for a
+    /// The owner of a session: its flow's ownership hash, which for a
     /// translated session must agree with the share its port falls in
     /// (it always does when both nodes run as many workers; with
     /// different counts some bindings cannot be held here: `NatConflict`).
@@ -271,7 +271,7 @@ impl Ownership {
 
     /// The owner of the flow whose initiator key is `k`.
     pub fn of_key(&self, k: &WireKey) -> usize {
-        (flow_key(k).symmetric_hash() % self.workers as u64) as usize
+        (flow_key(k).owner_hash() % self.workers as u64) as usize
     }
 }
 
