@@ -98,6 +98,13 @@ pub fn prepare(buf: &mut [u8], rx_len: usize) -> Result<Ip, DropReason> {
     } else {
         let (l3, len) = (ip.l3(), ip.datagram_len());
         buf.copy_within(l3..l3 + len, ETH_HLEN);
+        // The untagged frame says what it carries: a frame handed to
+        // another worker is parsed again there, from its Ethernet header.
+        let ethertype = match ip {
+            Ip::V4 { .. } => ETHERTYPE_IPV4,
+            Ip::V6 { .. } => ETHERTYPE_IPV6,
+        };
+        buf[12..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
         match ip {
             Ip::V4 {
                 ihl, len, dst, ttl, ..

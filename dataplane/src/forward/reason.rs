@@ -36,10 +36,14 @@ pub enum DropReason {
     HandoffFull = 13,
     /// NAT could not translate: no free port, or a protocol without ports.
     NatFailed = 14,
+    /// An IPv6 header chain longer than the parser follows: its transport
+    /// header, and so its ports, cannot be found, and no rule or session
+    /// may be applied to a guess.
+    HeaderChain = 15,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [Self; Self::COUNT] = [
         Self::Truncated,
         Self::BadHeader,
@@ -56,6 +60,7 @@ impl DropReason {
         Self::TableFull,
         Self::HandoffFull,
         Self::NatFailed,
+        Self::HeaderChain,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -75,6 +80,7 @@ impl DropReason {
             Self::TableFull => "table_full",
             Self::HandoffFull => "handoff_full",
             Self::NatFailed => "nat_failed",
+            Self::HeaderChain => "header_chain",
         }
     }
 }
@@ -85,6 +91,7 @@ impl From<ParseError> for DropReason {
             ParseError::Truncated => Self::Truncated,
             ParseError::NotIp | ParseError::BadHeader => Self::BadHeader,
             ParseError::BadChecksum => Self::BadChecksum,
+            ParseError::HeaderChain => Self::HeaderChain,
         }
     }
 }

@@ -108,6 +108,35 @@ fn trims_link_padding() {
     assert_eq!(a, Action::Forward { oif: OUT, len: 42 });
 }
 
+/// A tagged frame another worker owns is handed over as `prepare` left
+/// it (untagged, at `ETH_HLEN`); the owner parses it from the start and
+/// must find the same datagram.
+#[test]
+fn an_untagged_frame_parses_again_as_the_same_datagram() {
+    for v6 in [false, true] {
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, IN_MAC).single_vlan(7.try_into().unwrap());
+        let b = if v6 {
+            b.ipv6(
+                "2001:db8:1::10".parse::<Ipv6Addr>().unwrap().octets(),
+                "2001:db8:2::10".parse::<Ipv6Addr>().unwrap().octets(),
+                9,
+            )
+        } else {
+            b.ipv4([198, 18, 1, 10], [198, 18, 2, 10], 9)
+        };
+        let mut buf = Vec::new();
+        b.udp(1000, 53).write(&mut buf, b"handed over").unwrap();
+        let n = buf.len();
+        buf.resize(2048, 0);
+        let ip = prepare(&mut buf, n).unwrap();
+        assert_eq!(ip.l3(), ETH_HLEN);
+        let handed = &buf[..ETH_HLEN + ip.datagram_len()];
+        assert_eq!(wire::parse(handed), Ok(ip), "v6: {v6}");
+        let l4 = wire::parse_l4(handed, &ip).unwrap();
+        assert_eq!((l4.sport, l4.dport), (1000, 53));
+    }
+}
+
 #[test]
 fn vlan_tag_is_stripped() {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, IN_MAC)

@@ -5,7 +5,9 @@
 //! flags that drive its state, and, for ICMP errors, where the quoted
 //! datagram starts so the error can be matched to the session it is about.
 
-use super::{Ip, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16};
+use super::{
+    Ip, MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16,
+};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -72,7 +74,7 @@ pub fn parse_l4(frame: &[u8], ip: &Ip) -> Result<L4, ParseError> {
             let mut next = frame[l3 + 6];
             let mut off = l3 + super::IPV6_HLEN;
             // Hop-by-hop, routing, fragment, destination options and AH.
-            for _ in 0..6 {
+            for _ in 0..MAX_EXT_HEADERS {
                 match next {
                     0 | 43 | 60 | 51 => {
                         let h = frame.get(off..off + 8).filter(|_| off + 8 <= end);
@@ -96,6 +98,9 @@ pub fn parse_l4(frame: &[u8], ip: &Ip) -> Result<L4, ParseError> {
                     }
                     _ => break,
                 }
+            }
+            if matches!(next, 0 | 43 | 44 | 51 | 60) {
+                return Err(ParseError::HeaderChain);
             }
             if off > end {
                 return Err(ParseError::Truncated);
@@ -272,6 +277,36 @@ mod tests {
         v[20] = 44;
         v[54..62].copy_from_slice(&[17, 0, 0, 8, 0, 0, 0, 1]);
         assert_eq!(l4_of(&v).kind, Kind::Fragment);
+    }
+
+    /// A chain of `n` destination-options headers in front of a TCP
+    /// segment: the parser follows `MAX_EXT_HEADERS` of them, and refuses
+    /// a longer chain rather than calling it protocol 60.
+    #[test]
+    fn a_chain_longer_than_the_parser_follows_is_refused() {
+        let chain = |n: usize| {
+            let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv6([1; 16], [2; 16], 64)
+                .tcp(5000, 22, 1, 1000);
+            let mut buf = Vec::new();
+            b.write(&mut buf, b"x").unwrap();
+            let mut v = buf[..54].to_vec();
+            v[20] = 60;
+            for i in 0..n {
+                let next = if i + 1 == n { PROTO_TCP } else { 60 };
+                v.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+            }
+            v.extend_from_slice(&buf[54..]);
+            let plen = u16::from_be_bytes([v[18], v[19]]) + 8 * n as u16;
+            v[18..20].copy_from_slice(&plen.to_be_bytes());
+            v
+        };
+        let ok = chain(MAX_EXT_HEADERS);
+        let l4 = l4_of(&ok);
+        assert_eq!((l4.proto, l4.sport, l4.dport), (PROTO_TCP, 5000, 22));
+        let long = chain(MAX_EXT_HEADERS + 1);
+        let ip = parse(&long).unwrap();
+        assert_eq!(parse_l4(&long, &ip), Err(ParseError::HeaderChain));
     }
 
     #[test]

@@ -42,7 +42,13 @@ pub enum ParseError {
     BadHeader,
     /// IPv4 header checksum does not verify.
     BadChecksum,
+    /// More IPv6 extension headers than [`MAX_EXT_HEADERS`].
+    HeaderChain,
 }
+
+/// IPv6 extension headers the parser follows before the transport header;
+/// a longer chain is refused, never classified by the header it stops at.
+pub const MAX_EXT_HEADERS: usize = 6;
 
 /// The network header of a parsed frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
