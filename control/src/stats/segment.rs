@@ -344,6 +344,13 @@ impl SegmentReader {
         // SAFETY: read-only mapping; the daemon never shrinks the file in
         // place (a new segment replaces it by rename).
         let map = unsafe { Mmap::map(&f) }.map_err(io(path))?;
+        Self::from_map(map, path)
+    }
+
+    /// Validates a mapping of the segment `path` names (any bytes at all:
+    /// another version's segment, a truncated or a crafted one are refused
+    /// with the reason, and no offset is used before it is checked).
+    pub fn from_map(map: Mmap, path: &Path) -> Result<Self, StatsError> {
         let corrupt = |reason: String| StatsError::Corrupt {
             path: path.to_owned(),
             reason,
@@ -393,7 +400,9 @@ impl SegmentReader {
             && dir_offset >= HEADER_SIZE
             && dir_end.is_some_and(|e| e <= state_offset)
             && state_offset.is_multiple_of(8)
-            && state_offset + STATE_WORDS * 8 <= values_offset
+            && state_offset
+                .checked_add(STATE_WORDS * 8)
+                .is_some_and(|e| e <= values_offset)
             && values_offset.is_multiple_of(8)
             && values_end.is_some_and(|e| e <= baseline_offset)
             && baseline_offset.is_multiple_of(8)
@@ -443,7 +452,12 @@ impl SegmentReader {
     }
 
     fn load(&self, byte_off: usize) -> u64 {
-        assert!(byte_off.is_multiple_of(8) && byte_off + 8 <= self.map.len());
+        // Offsets were checked against the mapping when it was opened: a
+        // failure here is a bug, not bad input.
+        assert!(
+            byte_off.is_multiple_of(8)
+                && byte_off.checked_add(8).is_some_and(|e| e <= self.map.len())
+        );
         #[expect(
             clippy::cast_ptr_alignment,
             reason = "the mapping is page-aligned and byte_off is checked to be 8-aligned"
@@ -544,6 +558,33 @@ mod tests {
         assert_eq!(r.heartbeat_ns(), 5_000);
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        fs::remove_file(&p).unwrap();
+    }
+
+    /// A header whose state offset wraps the address space when the state
+    /// block's length is added used to pass the checks and had the reader
+    /// load from before the mapping.
+    #[test]
+    fn offsets_that_wrap_are_refused() {
+        let p = tmp("wrap");
+        SegmentWriter::create(&p, &schema(), 1, 2, 0).unwrap();
+        let good = fs::read(&p).unwrap();
+        for (field, value) in [
+            (header::STATE_OFFSET, u64::MAX - 7),
+            (header::VALUES_OFFSET, u64::MAX - 7),
+            (header::BASELINE_OFFSET, u64::MAX - 7),
+            (header::DIR_OFFSET, u64::MAX - 7),
+        ] {
+            let mut bad = good.clone();
+            bad[field..field + 8].copy_from_slice(&value.to_le_bytes());
+            fs::write(&p, &bad).unwrap();
+            match SegmentReader::open(&p) {
+                Err(StatsError::Corrupt { reason, .. }) => {
+                    assert!(reason.contains("offsets"), "{reason}");
+                }
+                other => panic!("field at {field}: {other:?}"),
+            }
+        }
         fs::remove_file(&p).unwrap();
     }
 
