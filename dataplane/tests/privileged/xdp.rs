@@ -356,6 +356,63 @@ fn offloaded_flow_rewrites_like_the_worker_under_prog_run() -> Result<(), Failed
             )?;
         }
 
+        // One rule for a datagram's header, the worker's: a frame whose
+        // IPv4 checksum does not verify, or that does not hold its total
+        // length, is the worker's to drop and count (the program leaves it
+        // untouched); link padding after the datagram is not forwarded.
+        let k = key(17);
+        flows
+            .insert(&k, &offload::entry(&k, out, Nat::None))
+            .map_err(|e| format!("insert: {e:?}"))?;
+        let frame = build(None, 64, 10);
+        let mut padded = frame.clone();
+        padded.extend_from_slice(&[0; 12]);
+        let (action, got) = l.run_frame(&padded, (in0, 0))?;
+        let mut want = frame.clone();
+        worker_path(&mut want, out, Nat::None);
+        check(
+            action == XDP_REDIRECT && got == want,
+            format!("padded: action {action}, {} bytes out", got.len()),
+        )?;
+        let mut bad_sum = frame.clone();
+        bad_sum[24] ^= 0x40;
+        let mut too_long = frame.clone();
+        let claimed = u16::from_be_bytes([too_long[16], too_long[17]]) + 4;
+        too_long[16..18].copy_from_slice(&claimed.to_be_bytes());
+        too_long[24..26].copy_from_slice(&[0, 0]);
+        let sum = wire::checksum(&too_long[14..34], 0);
+        too_long[24..26].copy_from_slice(&sum.to_be_bytes());
+        for (what, f, worker) in [
+            ("bad checksum", &bad_sum, wire::ParseError::BadChecksum),
+            (
+                "longer than the frame",
+                &too_long,
+                wire::ParseError::Truncated,
+            ),
+        ] {
+            check(
+                wire::parse(f) == Err(worker),
+                format!("{what}: the worker's parse"),
+            )?;
+            let before = totals(&l);
+            let (action, got) = l.run_frame(f, (in0, 0))?;
+            let after = totals(&l);
+            check(
+                action == XDP_DROP && got == *f,
+                format!("{what}: action {action}"),
+            )?;
+            for c in [XdpCounter::FastPuntHeader, XdpCounter::DropNoSocket] {
+                check(
+                    after[c as usize] - before[c as usize] == 1,
+                    format!("{what}: {} did not move", c.name()),
+                )?;
+            }
+        }
+        check(
+            flows.remove(&k).is_some_and(|f| f.packets == 1),
+            "only the padded frame was forwarded",
+        )?;
+
         // Left to the worker, untouched: no XSK is bound here, so they end
         // as drop_no_socket after their punt counter.
         let k = key(6);

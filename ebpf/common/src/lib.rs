@@ -104,11 +104,16 @@ pub enum XdpCounter {
     /// ARP requests for a NAT pool address answered by the program itself
     /// (redirected back out of the interface they came in on).
     ArpReplied = 15,
+    /// Frames of offloaded sessions left to the worker because their
+    /// header breaks the worker's rule (an IPv4 checksum that does not
+    /// verify, or a length the frame does not hold): the worker drops and
+    /// counts them as it does every such datagram.
+    FastPuntHeader = 16,
 }
 
 impl XdpCounter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -128,6 +133,7 @@ impl XdpCounter {
         Self::FastRedirectFailed,
         Self::FastForwardedBytes,
         Self::ArpReplied,
+        Self::FastPuntHeader,
     ];
 
     /// Counter name as shown by the readout tools (snake_case).
@@ -150,6 +156,7 @@ impl XdpCounter {
             Self::FastRedirectFailed => "fast_redirect_failed",
             Self::FastForwardedBytes => "fast_forwarded_bytes",
             Self::ArpReplied => "arp_replied",
+            Self::FastPuntHeader => "fast_punt_header",
         }
     }
 }

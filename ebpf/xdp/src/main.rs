@@ -7,7 +7,12 @@
 //! this node may not forward. Frames whose headers cannot be read (too short,
 //! wrong IP version, header length under the minimum) close: they are dropped
 //! and counted, never passed to a worker or the kernel. Consistency of the
-//! length fields and the IPv4 checksum is the worker's to check and count.
+//! length fields and the IPv4 checksum is the worker's to check and count;
+//! the fast path, which forwards without the worker, checks them as the
+//! worker does and leaves a datagram that fails to it (one rule for both:
+//! such a datagram is dropped and counted, never forwarded), and forwards
+//! the datagram alone, without the frame's link padding, as the worker
+//! does.
 //!
 //! While the node forwards, the program also answers ARP requests for the
 //! NAT pool addresses. The kernel must not own those addresses: when tandemd
@@ -379,27 +384,37 @@ fn fast_path(ctx: &XdpContext, role: &NodeRole) -> Fast {
     };
     // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
     let l4 = unsafe { core::ptr::read_unaligned(lp) };
-    let (ports, flags) = match proto {
+    let (ports, flags, seg_min) = match proto {
         IPPROTO_TCP => {
             // Data offset and flags; a header shorter than 20 bytes is
             // the worker's to count as malformed.
             match load_be16(ctx, L4 + 12) {
-                Ok(w) if w >> 12 >= 5 => ([l4[0], l4[1], l4[2], l4[3]], (w & 0xff) as u8),
+                Ok(w) if w >> 12 >= 5 => (
+                    [l4[0], l4[1], l4[2], l4[3]],
+                    (w & 0xff) as u8,
+                    (w >> 12) * 4,
+                ),
                 _ => return Fast::Miss,
             }
         }
-        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0),
+        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0, 8),
         // Echo request or reply: the session key carries the identifier
         // as both ports. Errors and the rest are the worker's.
         _ if (l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY) && l4[1] == 0 => {
-            ([l4[4], l4[5], l4[4], l4[5]], 0)
+            ([l4[4], l4[5], l4[4], l4[5]], 0, 8)
         }
         _ => return Fast::Miss,
     };
     let w1 = u64::from_le_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
     let w2 = u64::from_le_bytes([ports[0], ports[1], ports[2], ports[3], proto, 0, 0, 0]);
     match lookup(w1, w2, role) {
-        Some((slot, entry)) => forward_flow(ctx, slot, &entry, &h, proto, flags),
+        Some((slot, entry)) => {
+            let len = u16::from_be_bytes([h[2], h[3]]);
+            if !checksum_verifies(&h) || len < 20 + seg_min {
+                return Fast::Punt(XdpCounter::FastPuntHeader);
+            }
+            forward_flow(ctx, slot, &entry, &h, proto, flags)
+        }
         None => Fast::Miss,
     }
 }
@@ -426,16 +441,20 @@ fn fast_path6(ctx: &XdpContext) -> Fast {
     };
     // SAFETY: ptr_at checked that the 8 bytes lie in the frame.
     let l4 = unsafe { core::ptr::read_unaligned(lp) };
-    let (ports, flags) = match proto {
+    let (ports, flags, seg_min) = match proto {
         IPPROTO_TCP => match load_be16(ctx, L4 + 12) {
-            Ok(w) if w >> 12 >= 5 => ([l4[0], l4[1], l4[2], l4[3]], (w & 0xff) as u8),
+            Ok(w) if w >> 12 >= 5 => (
+                [l4[0], l4[1], l4[2], l4[3]],
+                (w & 0xff) as u8,
+                (w >> 12) * 4,
+            ),
             _ => return Fast::Miss,
         },
-        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0),
+        IPPROTO_UDP => ([l4[0], l4[1], l4[2], l4[3]], 0, 8),
         IPPROTO_ICMPV6
             if (l4[0] == ICMPV6_ECHO_REQUEST || l4[0] == ICMPV6_ECHO_REPLY) && l4[1] == 0 =>
         {
-            ([l4[4], l4[5], l4[4], l4[5]], 0)
+            ([l4[4], l4[5], l4[4], l4[5]], 0, 8)
         }
         _ => return Fast::Miss,
     };
@@ -488,6 +507,12 @@ fn fast_path6(ctx: &XdpContext) -> Fast {
     let len = u32::from(u16::from_be_bytes([h[4], h[5]])) + 40;
     if len > u32::from(mtu) {
         return Fast::Punt(XdpCounter::FastPuntTooBig);
+    }
+    if len < 40 + u32::from(seg_min) {
+        return Fast::Punt(XdpCounter::FastPuntHeader);
+    }
+    if let Err(f) = fit_to_datagram(ctx, L3 + len as usize) {
+        return f;
     }
     let Ok(action) = TX_PORTS.redirect(u32::from(tx_slot), 0) else {
         return Fast::Punt(XdpCounter::FastRedirectFailed);
@@ -618,6 +643,9 @@ fn forward_flow(
     if len > f.mtu {
         return Fast::Punt(XdpCounter::FastPuntTooBig);
     }
+    if let Err(c) = fit_to_datagram(ctx, L3 + len as usize) {
+        return c;
+    }
     // The redirect only records its target, so it can come before the
     // rewrite: a slot without a device leaves the frame untouched for the
     // worker, and there is no separate devmap lookup.
@@ -678,6 +706,44 @@ fn forward_flow(
     }
     add(XdpCounter::FastForwardedBytes, u64::from(len));
     Fast::Done(verdict(action, XdpCounter::FastForwarded))
+}
+
+/// Whether a 20-byte IPv4 header's checksum verifies (RFC 1071: the
+/// one's-complement sum of its words, checksum included, is all ones).
+#[inline(always)]
+fn checksum_verifies(h: &[u8; 20]) -> bool {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+/// The worker's length rule for a datagram that ends `end` bytes into the
+/// frame: a frame that does not hold it is the worker's to drop and count;
+/// link padding after it is trimmed, so that what leaves is the datagram
+/// alone, as the worker sends it. Packet pointers taken before a trim are
+/// stale afterwards: callers take theirs again.
+#[inline(always)]
+fn fit_to_datagram(ctx: &XdpContext, end: usize) -> Result<(), Fast> {
+    let have = ctx.data_end() - ctx.data();
+    if end > have {
+        return Err(Fast::Punt(XdpCounter::FastPuntHeader));
+    }
+    if end < have {
+        #[expect(clippy::cast_possible_wrap, reason = "a frame is under 64 KiB")]
+        let delta = -((have - end) as i32);
+        // SAFETY: the helper takes this program's own context; it only
+        // moves the frame's end.
+        if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return Err(Fast::Miss);
+        }
+    }
+    Ok(())
 }
 
 /// The tick to stamp `last_seen` with: the workers' clock, not the
