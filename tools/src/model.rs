@@ -86,7 +86,7 @@ impl Snapshot {
             .iter()
             .filter(|e| e.name == family && filter.iter().all(|(k, v)| e.label(k) == Some(v)))
             .map(|e| self.values[e.slot as usize])
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     /// Distinct values of label `key` on `family`, in first-seen order.

@@ -210,7 +210,7 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     let mut add = |k: String, v: u64| {
         if let Some(e) = out.iter_mut().find(|(key, _)| *key == k) {
-            e.1 += v;
+            e.1 = e.1.saturating_add(v);
         } else {
             out.push((k, v));
         }

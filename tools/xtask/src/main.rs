@@ -98,8 +98,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Fuzz targets (fuzz/fuzz_targets) `test` runs, each for a bounded time.
-const FUZZ_TARGETS: [&str; 2] = ["sync_decode", "sync_conn"];
+/// Fuzz targets (fuzz/fuzz_targets) `test` runs, each for a bounded time
+/// from its checked-in seeds (fuzz/seeds/NAME) and the working corpus.
+const FUZZ_TARGETS: [&str; 4] = ["sync_decode", "sync_conn", "config", "stats_segment"];
 const FUZZ_SECONDS: u32 = 20;
 
 fn test(no_lint: bool) -> Result<()> {
@@ -164,12 +165,17 @@ fn test(no_lint: bool) -> Result<()> {
     let mut totals = totals;
     for target in FUZZ_TARGETS {
         eprintln!("xtask: fuzz {target} for {FUZZ_SECONDS} s");
+        // libFuzzer writes new inputs to the first folder, which must exist.
+        std::fs::create_dir_all(root().join("fuzz/corpus").join(target))?;
         let ok = Command::new("rustup")
             .current_dir(root())
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .env_remove("CARGO")
-            .args(["run", "nightly", "cargo", "fuzz", "run", target, "--"])
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(root().join("fuzz/corpus").join(target))
+            .arg(root().join("fuzz/seeds").join(target))
+            .arg("--")
             .arg(format!("-max_total_time={FUZZ_SECONDS}"))
             .status()
             .with_context(|| format!("running fuzz target {target}"))?
