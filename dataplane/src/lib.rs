@@ -19,19 +19,17 @@
 //! Dependencies point down: threads use the packet layer and `xdp`, `node`
 //! and `sys`; nothing below imports a thread.
 
-pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod fib;
-pub mod forward;
 pub mod ha;
 pub mod handoff;
-pub mod hint;
 pub mod node;
-pub mod service;
-pub mod session;
 pub mod sync;
 pub mod sys;
-pub mod wire;
 pub mod worker;
 pub mod xdp;
+
+/// The packet layer, which is its own crate so that it builds, is tested
+/// and is fuzzed without the kernel's libraries.
+pub use tandem_packet::{counters, forward, hint, offload, path, service, session, wire};

@@ -49,11 +49,12 @@ use crate::{
     ha::{self, HaThread},
     handoff::Handoff,
     node::{MastershipRequest, Node},
+    offload,
     service::Services,
     sync::{Hub, thread::SyncThread},
     sys::{self, PuntSocket, SyscallError},
     worker::{Worker, WorkerParts},
-    xdp::{loader::Loader, offload},
+    xdp::loader::Loader,
 };
 
 /// How often the control loop refreshes the heartbeat (readers call a
@@ -284,7 +285,7 @@ fn build_workers(
         if let Some(svc) = services.as_mut()
             && Services::offloads(cfg)
         {
-            svc.set_flow_map(loader.flow_map().map_err(DaemonError::FlowMap)?);
+            svc.set_flow_map(Box::new(loader.flow_map().map_err(DaemonError::FlowMap)?));
         }
         if let (Some(svc), Some(s)) = (services.as_mut(), cfg.sync.as_ref()) {
             svc.attach(Arc::clone(&shared.hub), s.grace);

@@ -55,7 +55,7 @@ use crate::{
     fib::FibReader,
     node::{MastershipRequest, Node},
     sys::{FrameSocket, IcmpSocket, poll_readable},
-    xdp::{loader::Loader, offload::FlowMap},
+    xdp::{flow::FlowMap, loader::Loader},
 };
 
 /// How often counters reach the segment, and the longest wait between

@@ -27,7 +27,12 @@ use std::{
 
 use xsk_rs::{FrameDesc, Umem};
 
-use self::decide::{Arrival, Out, Routes};
+use tandem_packet::{
+    path::{Arrival, Routes},
+    wire::{Headers, ParseError},
+};
+
+use self::decide::Out;
 pub use self::port::Port;
 use crate::{
     counters::{IfaceCounter, Tally, WorkerCounter, WorkerGauge, WorkerStats},
@@ -36,9 +41,9 @@ use crate::{
     handoff::{Handoff, Outbox, listing::Walk},
     hint,
     node::Node,
+    offload,
     service::Services,
     sys::{Poller, PuntSocket},
-    xdp::offload,
 };
 
 /// What the daemon hands a worker.
@@ -108,6 +113,10 @@ struct Lap {
     tally: Tally,
     rx: Vec<FrameDesc>,
     comp: Vec<FrameDesc>,
+    /// The headers the prefetch pass parsed, by the frame's place in its
+    /// batch (used only while services run: a node that only routes
+    /// needs no prefetch, and the decision parses).
+    headers: Vec<Result<Headers, ParseError>>,
     /// Frames waiting for tx, per egress interface slot.
     pending: Vec<Vec<FrameDesc>>,
     /// The port each slot transmits on: the first this worker has there.
@@ -164,6 +173,7 @@ impl Worker {
             tally: Tally::new(self.workers),
             rx: vec![FrameDesc::default(); self.batch],
             comp: vec![FrameDesc::default(); self.batch * 2],
+            headers: vec![Err(ParseError::Truncated); self.batch],
             pending: (0..slots)
                 .map(|_| Vec::with_capacity(self.batch * (self.ports.len() + 2)))
                 .collect(),
@@ -250,18 +260,24 @@ impl Worker {
             }
             received += n;
             let (slot, ingress) = (self.ports[pi].slot, self.ports[pi].ifindex);
+            let services = self.services.is_some();
             if let Some(svc) = self.services.as_ref() {
                 // Two passes of hints before the work: the frames'
-                // headers, then the index entries their lookups read.
+                // headers, then (parsing them, once) the index entries
+                // their lookups read.
                 for desc in &lap.rx[..n] {
                     // SAFETY: the frame was just consumed from rx: it is
                     // this worker's alone.
                     let data = unsafe { self.umem.data(desc) };
                     hint::prefetch(data.contents().as_ptr());
                 }
-                for desc in &lap.rx[..n] {
+                for (desc, h) in lap.rx[..n].iter().zip(&mut lap.headers) {
                     // SAFETY: as above.
-                    svc.prefetch(unsafe { self.umem.data(desc) }.contents());
+                    let frame = unsafe { self.umem.data(desc) }.contents();
+                    *h = Headers::parse(frame);
+                    if let Ok(h) = h {
+                        svc.prefetch(frame, h);
+                    }
                 }
             }
             for i in 0..n {
@@ -272,7 +288,8 @@ impl Worker {
                 t.iface(slot, IfaceCounter::RxBytes, len as u64);
                 t.add(WorkerCounter::RxBytes, len as u64);
                 let at = Arrival { len, slot, ingress };
-                match self.decide(&mut desc, at, now, &mut lap.tally) {
+                let headers = services.then_some(lap.headers[i]);
+                match self.decide(&mut desc, at, headers, now, &mut lap.tally) {
                     Out::Tx(s) => lap.pending[s].push(desc),
                     Out::Free => self.free.push(desc),
                 }
@@ -296,15 +313,19 @@ impl Worker {
             handed += batch.len();
             lap.tally
                 .add(WorkerCounter::HandoffsReceived, batch.len() as u64);
+            let services = self.services.is_some();
             if let Some(svc) = self.services.as_ref() {
                 for (_, frame) in batch.frames() {
                     hint::prefetch(frame.as_ptr());
                 }
-                for (_, frame) in batch.frames() {
-                    svc.prefetch(frame);
+                for ((_, frame), h) in batch.frames().zip(&mut lap.headers) {
+                    *h = Headers::parse(frame);
+                    if let Ok(h) = h {
+                        svc.prefetch(frame, h);
+                    }
                 }
             }
-            for (parcel, frame) in batch.frames() {
+            for (i, (parcel, frame)) in batch.frames().enumerate() {
                 let Some(mut desc) = self.free.pop() else {
                     lap.tally.drop(parcel.slot, DropReason::HandoffFull);
                     continue;
@@ -321,7 +342,8 @@ impl Worker {
                     slot: parcel.slot,
                     ingress: parcel.ingress,
                 };
-                match self.decide(&mut desc, at, now, &mut lap.tally) {
+                let headers = services.then_some(lap.headers[i]);
+                match self.decide(&mut desc, at, headers, now, &mut lap.tally) {
                     Out::Tx(s) => lap.pending[s].push(desc),
                     Out::Free => self.free.push(desc),
                 }
@@ -373,7 +395,7 @@ impl Worker {
         let finished = match self.services.as_mut() {
             Some(svc) => {
                 let (table, mut flows) = svc.listing_view();
-                let now_ns = crate::sys::monotonic_ns();
+                let now_ns = flows.as_ref().map_or(0, |f| f.now_ns());
                 w.step(Some(table), |s| {
                     if let Some(f) = flows.as_deref_mut() {
                         offload::add_forwarded(f, s, now, now_ns);

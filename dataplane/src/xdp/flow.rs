@@ -41,36 +41,13 @@ use tandem_common::{
     FlowV6Key, flow_hash, flow_key_words, flow_words,
 };
 
-use super::{
-    clock::Clock,
-    offload::{DirKey, Egress, Nat, entry},
-};
+use tandem_packet::offload::{DirKey, Egress, FlowTable, Forwarded, Nat, WriteError, entry};
+
+use super::clock::Clock;
 use crate::sys::{self, monotonic_ns};
 
 /// The IPv6 flow map, as a worker holds it.
 pub type FlowMap6 = aya::maps::HashMap<aya::maps::MapData, FlowV6Key, FlowEntry6>;
-
-/// Largest flow table the daemon creates, in slots (64 MiB).
-pub const MAX_FLOWS: u32 = 1 << 20;
-
-/// What the program forwarded for one direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Forwarded {
-    pub packets: u64,
-    pub bytes: u64,
-    /// CLOCK_MONOTONIC_COARSE nanoseconds of the latest packet, to about a
-    /// millisecond; 0: none.
-    pub last_seen_ns: u64,
-}
-
-/// Why a write to the flow table failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteError {
-    /// Every way of the key's home slot is taken.
-    Full,
-    /// The slot stayed locked by another writer.
-    Busy,
-}
 
 /// How often a writer retries a slot another writer holds before giving
 /// up (writers hold a slot for a few stores).
@@ -132,80 +109,6 @@ impl FlowMap {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);
         self
-    }
-
-    /// Moves the program's clock to now (a worker calls this once per
-    /// loop); CLOCK_MONOTONIC_COARSE, read through the vDSO.
-    pub fn advance_clock(&self) {
-        if let Some(c) = &self.clock {
-            c.advance(monotonic_ns());
-        }
-    }
-
-    /// Installs (or replaces) direction `key`, leaving by `out` translated
-    /// by `nat` (always `Nat::None` for IPv6), with zeroed counters.
-    pub fn install(&mut self, key: &DirKey, out: Egress, nat: Nat) -> Result<(), WriteError> {
-        match key {
-            DirKey::V4(k) => self.insert(k, &entry(k, out, nat)),
-            DirKey::V6(k) => {
-                let map = self.v6.as_mut().ok_or(WriteError::Busy)?;
-                let e = FlowEntry6 {
-                    key: *k,
-                    dst_mac: out.dst_mac,
-                    src_mac: out.src_mac,
-                    tx_slot: u16::try_from(out.slot).unwrap_or(u16::MAX),
-                    mtu: out.mtu,
-                    ..FlowEntry6::default()
-                };
-                map.insert(k, e, 0).map_err(|err| match err {
-                    aya::maps::MapError::SyscallError(e)
-                        if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
-                    {
-                        WriteError::Full
-                    }
-                    _ => WriteError::Busy,
-                })
-            }
-        }
-    }
-
-    /// What the program forwarded for direction `key`, if installed.
-    pub fn read_dir(&mut self, key: &DirKey) -> Option<Forwarded> {
-        match key {
-            DirKey::V4(k) => self.read(k),
-            DirKey::V6(k) => {
-                let e = self.v6.as_ref()?.get(k, 0).ok()?;
-                Some(forwarded6(&e))
-            }
-        }
-    }
-
-    /// Removes direction `key`, returning what it forwarded.
-    pub fn remove_dir(&mut self, key: &DirKey) -> Option<Forwarded> {
-        match key {
-            DirKey::V4(k) => self.remove(k),
-            DirKey::V6(k) => {
-                // One call, so that a packet the program counts into the
-                // entry is lost only inside the kernel's few instructions
-                // between copy and unlink, not across two system calls;
-                // two calls on kernels before 5.14, which refuse it for
-                // hash maps.
-                let map = self.v6.as_mut()?;
-                match sys::bpf_lookup_and_delete(map, k) {
-                    Ok(got) => got.map(|e| forwarded6(&e)),
-                    Err(e)
-                        if matches!(
-                            e.io_error.raw_os_error(),
-                            Some(libc::EINVAL | sys::ENOTSUPP)
-                        ) =>
-                    {
-                        let got = forwarded6(&map.get(k, 0).ok()?);
-                        map.remove(k).ok().map(|()| got)
-                    }
-                    Err(_) => None,
-                }
-            }
-        }
     }
 
     fn ptr(&self, i: u32) -> *mut FlowSlot {
@@ -407,6 +310,80 @@ impl FlowMap {
         };
         self.unlock(i, was, got.is_some());
         got
+    }
+}
+
+impl FlowTable for FlowMap {
+    fn advance_clock(&self) {
+        if let Some(c) = &self.clock {
+            c.advance(monotonic_ns());
+        }
+    }
+
+    fn install(&mut self, key: &DirKey, out: Egress, nat: Nat) -> Result<(), WriteError> {
+        match key {
+            DirKey::V4(k) => self.insert(k, &entry(k, out, nat)),
+            DirKey::V6(k) => {
+                let map = self.v6.as_mut().ok_or(WriteError::Busy)?;
+                let e = FlowEntry6 {
+                    key: *k,
+                    dst_mac: out.dst_mac,
+                    src_mac: out.src_mac,
+                    tx_slot: u16::try_from(out.slot).unwrap_or(u16::MAX),
+                    mtu: out.mtu,
+                    ..FlowEntry6::default()
+                };
+                map.insert(k, e, 0).map_err(|err| match err {
+                    aya::maps::MapError::SyscallError(e)
+                        if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                    {
+                        WriteError::Full
+                    }
+                    _ => WriteError::Busy,
+                })
+            }
+        }
+    }
+
+    fn read_dir(&mut self, key: &DirKey) -> Option<Forwarded> {
+        match key {
+            DirKey::V4(k) => self.read(k),
+            DirKey::V6(k) => {
+                let e = self.v6.as_ref()?.get(k, 0).ok()?;
+                Some(forwarded6(&e))
+            }
+        }
+    }
+
+    fn remove_dir(&mut self, key: &DirKey) -> Option<Forwarded> {
+        match key {
+            DirKey::V4(k) => self.remove(k),
+            DirKey::V6(k) => {
+                // One call, so that a packet the program counts into the
+                // entry is lost only inside the kernel's few instructions
+                // between copy and unlink, not across two system calls;
+                // two calls on kernels before 5.14, which refuse it for
+                // hash maps.
+                let map = self.v6.as_mut()?;
+                match sys::bpf_lookup_and_delete(map, k) {
+                    Ok(got) => got.map(|e| forwarded6(&e)),
+                    Err(e)
+                        if matches!(
+                            e.io_error.raw_os_error(),
+                            Some(libc::EINVAL | sys::ENOTSUPP)
+                        ) =>
+                    {
+                        let got = forwarded6(&map.get(k, 0).ok()?);
+                        map.remove(k).ok().map(|()| got)
+                    }
+                    Err(_) => None,
+                }
+            }
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
     }
 }
 

@@ -2,20 +2,19 @@
 //! user space shares with it.
 //!
 //! Design: [`loader`] owns the program and every map it does not hand
-//! out; [`offload`] turns a session into flow-map entries, [`flow`] is the
-//! mapped flow table the workers write and the program reads, and
-//! [`clock`] the tick the program stamps entries with.
+//! out; [`flow`] is the mapped flow table the workers write and the
+//! program reads (the services' [`tandem_packet::offload::FlowTable`]),
+//! and [`clock`] the tick the program stamps entries with.
 
 pub mod clock;
 pub mod flow;
 pub mod loader;
-pub mod offload;
 
 #[cfg(test)]
 mod testutil {
     use std::os::fd::{FromRawFd as _, OwnedFd};
 
-    use super::offload::Egress;
+    use tandem_packet::offload::Egress;
 
     /// Where the tests' directions leave.
     pub const OUT: Egress = Egress {

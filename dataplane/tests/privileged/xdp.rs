@@ -6,12 +6,10 @@ use etherparse::PacketBuilder;
 use libtest_mimic::Failed;
 use tandem_common::{FLOW_TICK_SHIFT, FlowEntry6, FlowV4Key, FlowV6Key, XdpCounter};
 use tandem_dataplane::{
+    offload::{self, DirKey, Egress, FlowTable as _, Nat},
     sys::monotonic_ns,
     wire::{self, Rewrite},
-    xdp::{
-        loader::Loader,
-        offload::{self, DirKey, Egress, Nat},
-    },
+    xdp::{flow::FlowMap, loader::Loader},
 };
 
 use crate::{Test, check, frame, netns::Topo};
@@ -236,7 +234,7 @@ fn redirected_like_the_worker(
     Ok((before, after))
 }
 
-fn forwarding(in0: u32, out0: u32) -> Result<(Loader, offload::FlowMap, Egress), Failed> {
+fn forwarding(in0: u32, out0: u32) -> Result<(Loader, FlowMap, Egress), Failed> {
     let mut l = Loader::load(64)?;
     l.add_iface(in0, 0, 1)?;
     l.add_iface(out0, 1, 1)?;

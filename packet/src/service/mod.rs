@@ -24,12 +24,12 @@ use tandem_control::{
 use crate::{
     counters::{Tally, WorkerCounter},
     forward::DropReason,
+    offload::{self, FlowTable},
     session::{
         FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped, table::Aged,
     },
     sync::{ToSync, delete_record, record, refresh_record},
-    wire::{self, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
-    xdp::offload::{self, FlowMap},
+    wire::{self, Headers, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
 };
 
 use self::{
@@ -86,7 +86,7 @@ pub struct Services {
     /// Replication, when `[sync]` is configured.
     sync: Option<sync::WorkerSync>,
     /// The XDP flow map, when sessions may be offloaded.
-    flows: Option<FlowMap>,
+    flows: Option<Box<dyn FlowTable>>,
     /// A session the last packet found ready for offload: (slot, the
     /// side that packet came from). The worker installs it once it has
     /// routed the packet.
@@ -185,15 +185,14 @@ impl Services {
     /// its flow. Reads the frame, changes nothing: a batch calls it for
     /// every frame first, so that the lookups' cache misses overlap.
     #[inline]
-    pub fn prefetch(&self, frame: &[u8]) {
-        let Ok(ip) = wire::parse(frame) else { return };
-        let Ok(l4) = wire::parse_l4(frame, &ip) else {
+    pub fn prefetch(&self, frame: &[u8], headers: &Headers) {
+        let Ok(l4) = headers.l4 else {
             return;
         };
         if matches!(l4.kind, Kind::Fragment | Kind::Error { .. }) {
             return;
         }
-        let key = flow_key(frame, &ip, &l4);
+        let key = flow_key(frame, &headers.ip, &l4);
         if self.owner(&key) == self.worker {
             self.table.prefetch(key.table_hash());
         }
@@ -209,8 +208,26 @@ impl Services {
         now: u32,
         tally: &mut Tally,
     ) -> Verdict {
+        let headers = Headers {
+            ip: *ip,
+            l4: wire::parse_l4(frame, ip),
+        };
+        self.process_headers(frame, &headers, ingress, now, tally)
+    }
+
+    /// [`Self::process`] on headers parsed already (the worker's prefetch
+    /// pass parsed them): nothing of the frame is parsed twice.
+    pub fn process_headers(
+        &mut self,
+        frame: &mut [u8],
+        headers: &Headers,
+        ingress: u32,
+        now: u32,
+        tally: &mut Tally,
+    ) -> Verdict {
         self.offer = None;
-        let l4 = match wire::parse_l4(frame, ip) {
+        let ip = &headers.ip;
+        let l4 = match headers.l4 {
             Ok(l4) => l4,
             Err(e) => return Verdict::Drop(e.into()),
         };
@@ -446,9 +463,9 @@ impl Services {
         let sets = &mut self.sets;
         let (rep, worker) = (self.sync.as_ref(), self.worker);
         // Read by both closures below, one at a time.
-        let flows = std::cell::RefCell::new(self.flows.as_mut());
+        let now_ns = self.flows.as_ref().map_or(0, |f| f.now_ns());
+        let flows = std::cell::RefCell::new(self.flows.as_deref_mut());
         let taken = std::cell::Cell::new(0u64);
-        let now_ns = crate::sys::monotonic_ns();
         let refresh = |s: &mut Session| {
             if let Some(f) = flows.borrow_mut().as_deref_mut()
                 && let Some(fwd) = offload::forwarded(f, s)

@@ -9,17 +9,14 @@ use tandem_control::{config, sync::wire::ANSWERED};
 use super::Services;
 use crate::{
     counters::{Tally, WorkerCounter},
+    offload::{self, Egress, FlowTable, WriteError},
     session::{Session, SessionAction, Side, Table, TcpState},
-    xdp::{
-        flow::WriteError,
-        offload::{self, Egress, FlowMap},
-    },
 };
 
 impl Services {
     /// Lets this worker offload established sessions of the service sets
     /// that allow it into `flows`.
-    pub fn set_flow_map(&mut self, flows: FlowMap) {
+    pub fn set_flow_map(&mut self, flows: Box<dyn FlowTable>) {
         self.flows = Some(flows);
     }
 
@@ -43,8 +40,8 @@ impl Services {
 
     /// The table and the flow map, for a listing that adds offloaded
     /// sessions' fast-path counts to its copies.
-    pub fn listing_view(&mut self) -> (&Table, Option<&mut FlowMap>) {
-        (&self.table, self.flows.as_mut())
+    pub fn listing_view(&mut self) -> (&Table, Option<&mut (dyn FlowTable + 'static)>) {
+        (&self.table, self.flows.as_deref_mut())
     }
 
     /// Installs both directions of the session in `slot`: the packet from
@@ -148,7 +145,7 @@ impl Services {
     /// the program forwarded to its counters.
     pub(super) fn unoffload(&mut self, slot: u32, tally: &mut Tally) {
         let s = self.table.get_mut(slot);
-        if take_back(self.flows.as_mut(), s) {
+        if take_back(self.flows.as_deref_mut(), s) {
             tally.add(WorkerCounter::OffloadsRemoved, 1);
         }
     }
@@ -168,7 +165,7 @@ const REWALK_SLOTS: usize = 4096;
 
 /// Removes both directions of `s` from `flows` if it is offloaded,
 /// folding what the program forwarded into its counters; whether it was.
-pub(super) fn take_back(flows: Option<&mut FlowMap>, s: &mut Session) -> bool {
+pub(super) fn take_back<F: FlowTable + ?Sized>(flows: Option<&mut F>, s: &mut Session) -> bool {
     if !s.is_offloaded() {
         return false;
     }

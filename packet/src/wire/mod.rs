@@ -112,6 +112,69 @@ impl Ip {
     }
 }
 
+/// A frame's network and transport headers, parsed once: the worker's
+/// prefetch pass finds them, and the decision uses them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headers {
+    pub ip: Ip,
+    /// The transport view, or why there is none (a datagram may still be
+    /// routed without services).
+    pub l4: Result<L4, ParseError>,
+}
+
+impl Headers {
+    /// Parses `frame`'s link, network and transport headers.
+    pub fn parse(frame: &[u8]) -> Result<Self, ParseError> {
+        let ip = parse(frame)?;
+        Ok(Self {
+            ip,
+            l4: parse_l4(frame, &ip),
+        })
+    }
+
+    /// The same headers after the datagram moved `by` bytes toward the
+    /// frame's start (a VLAN tag removed).
+    #[must_use]
+    pub fn moved_up(self, by: usize) -> Self {
+        let ip = match self.ip {
+            Ip::V4 {
+                l3,
+                ihl,
+                len,
+                dst,
+                ttl,
+            } => Ip::V4 {
+                l3: l3 - by,
+                ihl,
+                len,
+                dst,
+                ttl,
+            },
+            Ip::V6 {
+                l3,
+                len,
+                dst,
+                hop_limit,
+            } => Ip::V6 {
+                l3: l3 - by,
+                len,
+                dst,
+                hop_limit,
+            },
+        };
+        let l4 = self.l4.map(|mut l4| {
+            if l4.off != 0 {
+                l4.off -= by;
+            }
+            if let Kind::Error { inner } = &mut l4.kind {
+                *inner -= by;
+            }
+            l4
+        });
+        Self { ip, l4 }
+    }
+}
+
 #[inline]
 fn be16(b: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([b[off], b[off + 1]])

@@ -18,7 +18,7 @@ pub use self::{
 };
 use crate::{
     fib::{Fib, Miss, NextHop},
-    wire::{self, ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ip},
+    wire::{self, ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Headers, Ip, ParseError},
 };
 
 /// What the worker does with a frame after [`forward`].
@@ -92,42 +92,33 @@ pub fn forward(
 /// starts at `ETH_HLEN` afterwards.
 pub fn prepare(buf: &mut [u8], rx_len: usize) -> Result<Ip, DropReason> {
     let ip = wire::parse(&buf[..rx_len])?;
-    // Untag: the IP datagram moves up so the new Ethernet header starts at 0.
-    Ok(if ip.l3() == ETH_HLEN {
-        ip
-    } else {
-        let (l3, len) = (ip.l3(), ip.datagram_len());
-        buf.copy_within(l3..l3 + len, ETH_HLEN);
-        // The untagged frame says what it carries: a frame handed to
-        // another worker is parsed again there, from its Ethernet header.
-        let ethertype = match ip {
-            Ip::V4 { .. } => ETHERTYPE_IPV4,
-            Ip::V6 { .. } => ETHERTYPE_IPV6,
-        };
-        buf[12..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
-        match ip {
-            Ip::V4 {
-                ihl, len, dst, ttl, ..
-            } => Ip::V4 {
-                l3: ETH_HLEN,
-                ihl,
-                len,
-                dst,
-                ttl,
-            },
-            Ip::V6 {
-                len,
-                dst,
-                hop_limit,
-                ..
-            } => Ip::V6 {
-                l3: ETH_HLEN,
-                len,
-                dst,
-                hop_limit,
-            },
-        }
-    })
+    Ok(untag(
+        buf,
+        Headers {
+            ip,
+            l4: Err(ParseError::Truncated),
+        },
+    )
+    .ip)
+}
+
+/// Removes a VLAN tag from a frame whose `headers` were parsed: the IP
+/// datagram moves up so the new Ethernet header starts at 0 and the
+/// datagram at `ETH_HLEN`. The headers, moved with it.
+pub fn untag(buf: &mut [u8], headers: Headers) -> Headers {
+    let (l3, len) = (headers.ip.l3(), headers.ip.datagram_len());
+    if l3 == ETH_HLEN {
+        return headers;
+    }
+    buf.copy_within(l3..l3 + len, ETH_HLEN);
+    // The untagged frame says what it carries: a frame handed to another
+    // worker is parsed again there, from its Ethernet header.
+    let ethertype = match headers.ip {
+        Ip::V4 { .. } => ETHERTYPE_IPV4,
+        Ip::V6 { .. } => ETHERTYPE_IPV6,
+    };
+    buf[12..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
+    headers.moved_up(l3 - ETH_HLEN)
 }
 
 /// Routes a prepared datagram (at `ETH_HLEN`): TTL, FIB lookup, MTU, new

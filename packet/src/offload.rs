@@ -10,8 +10,8 @@
 //! takes them back when the session closes or ages out, reading what the
 //! program forwarded. Packets that change the session's state (TCP SYN,
 //! FIN, RST) or need an ICMP error still reach the worker. This file turns
-//! a session into its directions and entries; [`super::flow`] is the
-//! table they are written to.
+//! a session into its directions and entries; a [`FlowTable`] is where
+//! they are written (the data plane's is the XDP program's mapped table).
 
 use tandem_common::{
     FLOW_NAT_DESTINATION, FLOW_NAT_NONE, FLOW_NAT_SOURCE, FLOW_WAYS, FlowEntry, FlowV4Key,
@@ -19,11 +19,52 @@ use tandem_common::{
 };
 use tandem_control::config::Config;
 
-pub use super::flow::{FlowMap, Forwarded, MAX_FLOWS};
 use crate::{
     session::{FlowKey, Session},
     wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
 };
+
+/// Largest flow table the daemon creates, in slots (64 MiB).
+pub const MAX_FLOWS: u32 = 1 << 20;
+
+/// What the program forwarded for one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds of the latest packet, to about a
+    /// millisecond; 0: none.
+    pub last_seen_ns: u64,
+}
+
+/// Why a write to the flow table failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// Every way of the key's home slot is taken.
+    Full,
+    /// The slot stayed locked by another writer.
+    Busy,
+}
+
+/// The fast path's flow table as a worker's services use it: install a
+/// direction, read and remove what the program forwarded for it, and keep
+/// the program's clock. The data plane's implementation is the XDP
+/// program's mapped table; tests and the fuzzer use one in memory.
+pub trait FlowTable: Send {
+    /// Installs (or replaces) direction `key`, leaving by `out` translated
+    /// by `nat`, with zeroed counters.
+    fn install(&mut self, key: &DirKey, out: Egress, nat: Nat) -> Result<(), WriteError>;
+    /// What the program forwarded for direction `key`, if installed.
+    fn read_dir(&mut self, key: &DirKey) -> Option<Forwarded>;
+    /// Removes direction `key`, returning what it forwarded.
+    fn remove_dir(&mut self, key: &DirKey) -> Option<Forwarded>;
+    /// Moves the program's clock to now (a worker calls this once per
+    /// loop).
+    fn advance_clock(&self);
+    /// Now on the clock the program's stamps are read against
+    /// (CLOCK_MONOTONIC_COARSE, ns).
+    fn now_ns(&self) -> u64;
+}
 
 /// One direction's key in the flow map of its family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +176,7 @@ pub fn entry(key: &FlowV4Key, out: Egress, nat: Nat) -> FlowEntry {
 /// counters and moves its `last_seen` (second `now`, CLOCK_MONOTONIC_COARSE
 /// `now_ns`) to the latest fast-path packet: a listing's copy, the
 /// entries stay.
-pub fn add_forwarded(flows: &mut FlowMap, s: &mut Session, now: u32, now_ns: u64) {
+pub fn add_forwarded<F: FlowTable + ?Sized>(flows: &mut F, s: &mut Session, now: u32, now_ns: u64) {
     let Some(f) = forwarded(flows, s) else {
         return;
     };
@@ -148,7 +189,7 @@ pub fn add_forwarded(flows: &mut FlowMap, s: &mut Session, now: u32, now_ns: u64
 
 /// What the program has forwarded for an offloaded `s`, per direction
 /// (initiator's, responder's); `None` if `s` is not offloaded.
-pub fn forwarded(flows: &mut FlowMap, s: &Session) -> Option<[Forwarded; 2]> {
+pub fn forwarded<F: FlowTable + ?Sized>(flows: &mut F, s: &Session) -> Option<[Forwarded; 2]> {
     if !s.is_offloaded() {
         return None;
     }
@@ -215,9 +256,14 @@ mod tests {
     use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 
     use super::*;
-    use crate::{
-        wire::{self, Rewrite},
-        xdp::testutil::OUT,
+    use crate::wire::{self, Rewrite};
+
+    /// Where the tests' directions leave.
+    const OUT: Egress = Egress {
+        slot: 1,
+        dst_mac: [0xa; 6],
+        src_mac: [0xb; 6],
+        mtu: 1500,
     };
 
     /// The program's rewrite, step for step, in Rust: the privileged

@@ -1,0 +1,308 @@
+//! Session replication on the data path: the rings between the workers and
+//! the sync thread, and the records that travel them. (The protocol, its
+//! codec and the connection state machine are `tandem_control::sync`; a
+//! worker's own part is [`crate::service::sync`]; the sync thread is the
+//! data plane's.)
+//!
+//! Design: each worker has two bounded lock-free rings with the sync
+//! thread. Up the `events` ring go the worker's session events (add on
+//! creation, delete on expiry, refresh on a TCP state change or when a
+//! busy session's timer is pushed back) and the records of a cold-sync
+//! walk; a full ring drops the event and counts it (`send_overflow`), and
+//! the next refresh or cold sync repairs it. Down the `commands` ring go
+//! the peer's records for the worker that owns them here (the standby
+//! side), walk requests and sweeps. Both rings carry plain `Copy` records:
+//! no allocation and no lock on the worker's side, and nothing at all
+//! while no peer is connected. Per-session order holds because a session's
+//! events all come from its owner worker, through one FIFO ring.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use tandem_control::{
+    config::Config,
+    sync::{DeleteRecord, NackReason, Op, RefreshRecord, SessionRecord, WireKey, wire},
+};
+
+use crate::session::{FlowKey, Origin, Session, SessionAction};
+
+/// Events per worker ring, each way: at 600k new sessions per second a
+/// worker fills a quarter of it in the sync thread's 1 ms turn.
+pub const RING: usize = 16_384;
+/// Records a cold-sync walk pushes per worker loop; it waits for this
+/// much room so live events always find some.
+pub const WALK_CHUNK: usize = 256;
+
+/// From a worker to the sync thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToSync {
+    Add(SessionRecord),
+    Delete(DeleteRecord),
+    Refresh(RefreshRecord),
+    /// Walk `walk` is over on this worker: `sessions` records sent.
+    WalkDone {
+        walk: u32,
+        sessions: u64,
+    },
+    /// (Standby) a record of message `seq` could not be applied.
+    Refused {
+        seq: u64,
+        op: Op,
+        reason: NackReason,
+        key: WireKey,
+    },
+}
+
+/// From the sync thread to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToWorker {
+    /// (Standby) install or update the peer's session.
+    Install {
+        seq: u64,
+        generation: u8,
+        rec: SessionRecord,
+    },
+    /// (Standby) remove the peer's session.
+    Remove { rec: DeleteRecord },
+    /// (Standby) the peer's session is alive: new state and idle time.
+    Refresh {
+        seq: u64,
+        generation: u8,
+        rec: RefreshRecord,
+    },
+    /// (Active) the peer lacks this session: send its add again.
+    Resend { key: WireKey },
+    /// (Active) send every session (a cold sync); a new walk replaces one
+    /// under way.
+    Walk { walk: u32 },
+    /// (Standby) a cold sync ended: remove the peer's sessions it did not
+    /// carry (older generations).
+    Sweep { generation: u8 },
+}
+
+/// A worker's replication counters, read by the sync thread.
+#[derive(Default)]
+pub struct Counts {
+    /// Events dropped because the `events` ring was full.
+    pub overflow: AtomicU64,
+    /// Peer session adds applied (new sessions and updates of held ones).
+    pub installed: AtomicU64,
+    pub removed: AtomicU64,
+    pub not_found: AtomicU64,
+    /// Peer sessions a sweep removed after a cold sync.
+    pub swept: AtomicU64,
+}
+
+/// One worker's rings.
+pub struct Port {
+    pub events: ArrayQueue<ToSync>,
+    pub commands: ArrayQueue<ToWorker>,
+    /// Written by the worker only.
+    pub counts: Counts,
+}
+
+/// The rings of every worker, shared by the workers and the sync thread.
+pub struct Hub {
+    pub ports: Vec<Port>,
+    /// Whether the workers send their session events: only on the active
+    /// side, while the peer is connected.
+    live: AtomicBool,
+}
+
+impl Hub {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            ports: (0..workers)
+                .map(|_| Port {
+                    events: ArrayQueue::new(RING),
+                    commands: ArrayQueue::new(RING),
+                    counts: Counts::default(),
+                })
+                .collect(),
+            live: AtomicBool::new(false),
+        }
+    }
+
+    #[inline]
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Relaxed);
+    }
+}
+
+/// Bumps a single-writer counter.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+pub fn wire_key(k: &FlowKey) -> WireKey {
+    WireKey {
+        src: k.src,
+        dst: k.dst,
+        sport: k.sport,
+        dport: k.dport,
+        proto: k.proto,
+    }
+}
+
+pub fn flow_key(k: &WireKey) -> FlowKey {
+    FlowKey {
+        src: k.src,
+        dst: k.dst,
+        sport: k.sport,
+        dport: k.dport,
+        proto: k.proto,
+    }
+}
+
+/// The add record of `s` at `now` (seconds on the worker clock).
+pub fn record(s: &Session, now: u32) -> SessionRecord {
+    let mut flags = 0;
+    let (nat_addr, nat_port) = match s.nat() {
+        Some((a, p)) => {
+            flags |= wire::REC_NAT;
+            (a, p)
+        }
+        None => ([0; 4], 0),
+    };
+    if s.origin() == Origin::Outside {
+        flags |= wire::REC_OUTSIDE;
+    }
+    SessionRecord {
+        id: s.id,
+        key: wire_key(&s.key),
+        state: s.state,
+        action: s.action,
+        flags,
+        service_set: s.service_set,
+        nat_addr,
+        nat_port,
+        age: now.saturating_sub(s.created),
+        idle: now.saturating_sub(s.last_seen),
+    }
+}
+
+pub fn delete_record(s: &Session) -> DeleteRecord {
+    DeleteRecord {
+        id: s.id,
+        key: wire_key(&s.key),
+    }
+}
+
+pub fn refresh_record(s: &Session, now: u32) -> RefreshRecord {
+    RefreshRecord {
+        id: s.id,
+        key: wire_key(&s.key),
+        state: s.state,
+        idle: now.saturating_sub(s.last_seen),
+    }
+}
+
+/// The session a (validated) record describes, as of `now`.
+pub fn session(r: &SessionRecord, now: u32) -> Session {
+    let origin = if r.flags & wire::REC_OUTSIDE != 0 {
+        Origin::Outside
+    } else {
+        Origin::Inside
+    };
+    let mut s = Session::new(flow_key(&r.key), r.id, origin, r.service_set, now);
+    s.created = now.saturating_sub(r.age);
+    s.last_seen = now.saturating_sub(r.idle);
+    s.state = r.state;
+    s.action = match r.action {
+        1 => SessionAction::Drop,
+        2 => SessionAction::Reject,
+        _ => SessionAction::Forward,
+    } as u8;
+    if r.flags & wire::REC_NAT != 0 {
+        s.set_nat(r.nat_addr, r.nat_port);
+    }
+    s
+}
+
+/// Which local worker owns the peer's sessions: the one the data path
+/// would hand the flow to here.
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    workers: usize,
+    /// Per service set: the NAT port range's first port and ports per
+    /// worker, if the set translates.
+    nat: Vec<Option<(u16, u32)>>,
+}
+
+impl Ownership {
+    pub fn new(cfg: &Config, workers: usize) -> Self {
+        Self {
+            workers,
+            nat: cfg
+                .service_sets
+                .iter()
+                .map(|s| {
+                    s.nat
+                        .as_ref()
+                        .map(|n| (n.ports.lo, n.ports.len() / workers as u32))
+                })
+                .collect(),
+        }
+    }
+
+    /// The owner of a session: its flow's ownership hash, which for a
+    /// translated session must agree with the share its port falls in
+    /// (it always does when both nodes run as many workers; with
+    /// different counts some bindings cannot be held here: `NatConflict`).
+    pub fn owner(&self, r: &SessionRecord) -> Result<usize, NackReason> {
+        let w = self.of_key(&r.key);
+        if r.flags & wire::REC_NAT != 0 {
+            let Some(Some((lo, span))) = self.nat.get(usize::from(r.service_set)) else {
+                return Err(NackReason::NatConflict);
+            };
+            let off = u32::from(r.nat_port.checked_sub(*lo).ok_or(NackReason::NatConflict)?);
+            if span == &0 || (off / span) as usize != w {
+                return Err(NackReason::NatConflict);
+            }
+        }
+        Ok(w)
+    }
+
+    /// The owner of the flow whose initiator key is `k`.
+    pub fn of_key(&self, k: &WireKey) -> usize {
+        (flow_key(k).owner_hash() % self.workers as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::TcpState;
+
+    #[test]
+    fn a_session_survives_its_record() {
+        let mut s = Session::new(
+            FlowKey::v4([10, 0, 0, 1], [10, 0, 1, 1], 40000, 443, 6),
+            77,
+            Origin::Inside,
+            0,
+            100,
+        );
+        s.state = TcpState::Established as u8;
+        s.set_nat([198, 18, 2, 100], 2048);
+        s.last_seen = 130;
+        let r = record(&s, 140);
+        assert_eq!((r.age, r.idle), (40, 10));
+        assert_eq!(r.validate(1), Ok(()));
+        let back = session(&r, 1000);
+        assert_eq!(back.key, s.key);
+        assert_eq!(back.id, 77);
+        assert_eq!(back.nat(), s.nat());
+        assert_eq!(back.reply_key(), s.reply_key());
+        assert_eq!(back.origin(), Origin::Inside);
+        assert_eq!(back.tcp_state(), Some(TcpState::Established));
+        assert_eq!((back.created, back.last_seen), (960, 990));
+        let o = Session::new(s.key, 1, Origin::Outside, 0, 0);
+        assert_eq!(session(&record(&o, 5), 5).origin(), Origin::Outside);
+    }
+}
