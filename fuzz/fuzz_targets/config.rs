@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(cfg) => {
             let _ = cfg.forward_at_start();
             let pools = cfg.pool_addresses();
-            assert!(pools.len() <= 1024, "validated: at most 1024 pool addresses");
+            assert!(
+                pools.len() <= 1024,
+                "validated: at most 1024 pool addresses"
+            );
             if let Some(r) = &cfg.redundancy {
                 let _ = r.policy();
             }
@@ -33,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let shown = e.to_string();
-            assert!(shown.contains("fuzz.toml"), "an error names its file: {shown}");
+            assert!(
+                shown.contains("fuzz.toml"),
+                "an error names its file: {shown}"
+            );
             let _ = matches!(e, ConfigError::Invalid { .. });
         }
     }

@@ -100,7 +100,13 @@ pub fn is_root() -> bool {
 
 /// Fuzz targets (fuzz/fuzz_targets) `test` runs, each for a bounded time
 /// from its checked-in seeds (fuzz/seeds/NAME) and the working corpus.
-const FUZZ_TARGETS: [&str; 4] = ["sync_decode", "sync_conn", "config", "stats_segment"];
+const FUZZ_TARGETS: [&str; 5] = [
+    "packet_path",
+    "sync_decode",
+    "sync_conn",
+    "config",
+    "stats_segment",
+];
 const FUZZ_SECONDS: u32 = 20;
 
 fn test(no_lint: bool) -> Result<()> {
