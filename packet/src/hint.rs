@@ -1,4 +1,8 @@
 //! Hints to the CPU: they change no state and never fault.
+#![expect(
+    unsafe_code,
+    reason = "a prefetch is an intrinsic: it reads nothing and cannot fault"
+)]
 
 /// Starts loading the cache line holding `p` into all cache levels. `p`
 /// may point anywhere, mapped or not: a prefetch does not fault.

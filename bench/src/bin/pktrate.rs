@@ -10,6 +10,10 @@
 //! sink. `--offload` uses an XDP generator instead (`BPF_PROG_RUN` in
 //! live-frames mode, `XDP_TX` out of gen0), which offers several times
 //! more. See bench/README.md and shared/reference/machine-ceilings.md.
+#![expect(
+    unsafe_code,
+    reason = "a harness that drives AF_XDP sockets, signals and network namespaces directly"
+)]
 
 use std::{
     fs,

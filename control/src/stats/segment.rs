@@ -5,7 +5,10 @@
 //! map it read-only and use volatile loads, so a reader can never block or
 //! disturb the writer. Multi-word state goes through a seqlock.
 
-#![allow(unsafe_code)]
+#![expect(
+    unsafe_code,
+    reason = "the segment is shared memory: mapped, and read with volatile loads"
+)]
 
 use std::{
     fs,

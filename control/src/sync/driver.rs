@@ -15,7 +15,6 @@
 //! time given), hands in the data path's session events through `add`,
 //! `delete`, `refresh` and `cold_sync_complete`, and acts on what
 //! `poll_notice` returns.
-#![allow(unsafe_code)] // poll(2) and getrandom(2), each with its SAFETY note.
 
 use std::{
     collections::VecDeque,
@@ -26,6 +25,8 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::sys::Poller;
 
 use super::{
     Conn, DeleteRecord, Event, NackReason, Op, RefreshRecord, Role, SessionRecord, Settings, Stats,
@@ -64,17 +65,17 @@ pub struct Driver {
     accept_after: Instant,
     notices: VecDeque<Notice>,
     buf: Vec<u8>,
+    /// The listener and the connections, waited on each turn.
+    poller: Poller,
     pub stats: Stats,
     /// Why the last connection ended.
     pub last_error: Option<String>,
 }
 
 fn nonce() -> [u8; 16] {
-    let mut n = [0u8; 16];
-    // SAFETY: getrandom(2) writes at most `n.len()` bytes into `n`.
-    let r = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
-    assert_eq!(r, 16, "getrandom(2) failed");
-    n
+    // The kernel's random source does not fail once the system booted;
+    // a connection must not go on with a predictable nonce if it did.
+    crate::sys::random_bytes().expect("getrandom(2)")
 }
 
 impl Driver {
@@ -103,6 +104,7 @@ impl Driver {
             accept_after: Instant::now(),
             notices: VecDeque::new(),
             buf: vec![0; 256 * 1024],
+            poller: Poller::default(),
             stats: Stats::default(),
             last_error: None,
         })
@@ -203,48 +205,19 @@ impl Driver {
         if self.link.is_none() && self.settings.role == Role::Backup && now >= self.next_dial {
             self.dial(now);
         }
-        let mut fds = vec![libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let p = &mut self.poller;
+        p.clear();
+        // accept(2) failed (out of descriptors?): don't spin on it.
+        let listener = p.push(self.listener.as_raw_fd(), now >= self.accept_after, false);
         let mut wait = wait;
-        if let Some(l) = &self.link {
-            let mut events = libc::POLLIN;
-            if !l.conn.output().is_empty() {
-                events |= libc::POLLOUT;
-            }
-            fds.push(libc::pollfd {
-                fd: l.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
-            wait = wait.min(l.conn.timeout().saturating_duration_since(now));
-        }
-        if let Some(c) = &self.candidate {
-            let mut events = libc::POLLIN;
-            if !c.conn.output().is_empty() {
-                events |= libc::POLLOUT;
-            }
-            fds.push(libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
+        for c in [&self.link, &self.candidate].into_iter().flatten() {
+            p.push(c.stream.as_raw_fd(), true, !c.conn.output().is_empty());
             wait = wait.min(c.conn.timeout().saturating_duration_since(now));
         }
-        // Rounded up: waking early would spin until the deadline.
-        let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        if now < self.accept_after {
-            // accept(2) failed (out of descriptors?): don't spin on it.
-            fds[0].events = 0;
-        }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            return; // EINTR: the caller turns again.
-        }
-        if fds[0].revents & libc::POLLIN != 0 {
+        // An interrupted wait reads as nothing ready: the caller turns
+        // again.
+        p.wait(wait);
+        if p.readable(listener) {
             self.accept();
         }
         let now = Instant::now();

@@ -1,4 +1,8 @@
 //! Every worker's UMEM and AF_XDP sockets, bound before XDP is attached.
+#![expect(
+    unsafe_code,
+    reason = "binding an AF_XDP socket to a shared UMEM is unsafe in xsk-rs"
+)]
 
 use std::num::NonZeroU32;
 

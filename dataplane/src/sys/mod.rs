@@ -1,11 +1,20 @@
-//! The few libc calls tandemd makes itself, each behind a safe wrapper.
+//! The libc calls tandemd makes besides those every part of the node
+//! makes (waiting, randomness, the clock: `tandem_control::sys`, re-exported
+//! here), each behind a safe wrapper.
 //!
-//! Design: every unsafe call into the OS lives in this folder: waiting
-//! and waking here, sockets in [`socket`], the AF_XDP and BPF calls the
-//! crates do not wrap in [`xdp`].
+//! Design: every unsafe call into the OS lives in this folder: eventfds,
+//! interfaces and limits here, sockets in [`socket`], the AF_XDP and BPF
+//! calls the crates do not wrap (and shared mappings of BPF arrays) in
+//! [`xdp`].
+#![expect(
+    unsafe_code,
+    reason = "the data plane's one folder that calls the C library directly"
+)]
 
 mod socket;
 mod xdp;
+
+pub use tandem_control::sys::{Poller, monotonic_ns, poll_readable, random_bytes};
 
 pub use self::{
     socket::{FrameSocket, IcmpSocket, PuntSocket},
@@ -16,7 +25,6 @@ use std::{
     ffi::CString,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    time::Duration,
 };
 
 /// A failed system call.
@@ -34,40 +42,6 @@ impl SyscallError {
             call,
             io_error: io::Error::last_os_error(),
         }
-    }
-}
-
-/// Waits until one of `fds` is readable or `timeout` passes (control
-/// threads; workers keep a [`Poller`]).
-pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> bool {
-    Poller::new(fds).wait(timeout)
-}
-
-/// A fixed set of descriptors to wait on, built once.
-pub struct Poller {
-    pfds: Vec<libc::pollfd>,
-}
-
-impl Poller {
-    pub fn new(fds: &[RawFd]) -> Self {
-        Self {
-            pfds: fds
-                .iter()
-                .map(|&fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect(),
-        }
-    }
-
-    /// Waits until one descriptor is readable or `timeout` passes.
-    pub fn wait(&mut self, timeout: Duration) -> bool {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: pfds is a valid, initialised array of its length.
-        let r = unsafe { libc::poll(self.pfds.as_mut_ptr(), self.pfds.len() as libc::nfds_t, ms) };
-        r > 0
     }
 }
 
@@ -156,16 +130,4 @@ pub fn raise_memlock() {
             io::Error::last_os_error()
         );
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE now, in nanoseconds (the clock the workers
-/// publish to the XDP program, which stamps the flow entries with it).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }

@@ -11,6 +11,10 @@
 //! role, step replication, publish counters. When every rx ring and its
 //! handoff queue are empty the worker sleeps in poll(); it never spins on a
 //! shared core.
+#![expect(
+    unsafe_code,
+    reason = "frames live in the UMEM, shared with the kernel; xsk-rs's ring and frame calls are unsafe"
+)]
 
 mod decide;
 mod port;

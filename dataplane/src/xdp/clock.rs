@@ -5,6 +5,10 @@
 //! per packet (the helper cost more than the rest of the stamping); every
 //! worker moves it forward once per loop, so a stamp is at most one idle
 //! worker's nap (100 ms) old, and aging works in seconds.
+#![expect(
+    unsafe_code,
+    reason = "the clock is a word of a BPF array mapped into this process"
+)]
 
 use std::{
     io,

@@ -21,6 +21,10 @@
 //! IPv6 directions (never translated) do not fit a slot with their key:
 //! they go to a kernel hash map ([`FlowMap6`]), one `bpf(2)` call per
 //! install, read or removal.
+#![expect(
+    unsafe_code,
+    reason = "the flow table is a BPF array mapped into this process and shared with the program"
+)]
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(

@@ -122,12 +122,7 @@ impl Loader {
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
         prog.load()?;
-        let mut seed = [0u8; 4];
-        // SAFETY: getrandom(2) writes at most the 4 bytes it is given.
-        let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-        if got != 4 {
-            return Err(LoaderError::Seed(io::Error::last_os_error()));
-        }
+        let seed: [u8; 4] = crate::sys::random_bytes().map_err(LoaderError::Seed)?;
         let mut l = Self {
             ebpf,
             role,

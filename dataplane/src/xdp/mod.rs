@@ -11,6 +11,7 @@ pub mod flow;
 pub mod loader;
 
 #[cfg(test)]
+#[expect(unsafe_code, reason = "a memfd stands in for a BPF array's mapping")]
 mod testutil {
     use std::os::fd::{FromRawFd as _, OwnedFd};
 

@@ -3,6 +3,10 @@
 //!
 //! Without root these are reported as ignored; with `CI` set they fail
 //! instead, so CI can never pass by skipping them.
+#![expect(
+    unsafe_code,
+    reason = "the privileged tests enter namespaces, signal and ptrace daemons directly"
+)]
 
 mod counters;
 mod failover;

@@ -408,6 +408,10 @@ pub const fn flow_hash(w1: u64, w2: u64, seed: u32) -> u32 {
 }
 
 #[cfg(feature = "user")]
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe trait: each impl says why it holds"
+)]
 mod user {
     // SAFETY: repr(C), only integer fields, no padding.
     unsafe impl aya::Pod for super::NodeRole {}

@@ -17,6 +17,10 @@
 //! While the node forwards, the program also answers ARP requests for the
 //! NAT pool addresses. The kernel must not own those addresses: when tandemd
 //! dies, the kernel would answer the flows' in-flight segments with resets.
+#![expect(
+    unsafe_code,
+    reason = "an XDP program reads and writes the frame and map memory through pointers the verifier checks"
+)]
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]

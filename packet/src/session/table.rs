@@ -13,6 +13,10 @@
 //! A lookup costs two dependent cache misses in the index (its control
 //! group, then its entry) before the slab: [`Table::prefetch`] starts both
 //! for a batch of packets before any of them is looked up.
+#![expect(
+    unsafe_code,
+    reason = "the index's allocator records the one block hashbrown allocates, so that lookups can be prefetched"
+)]
 
 use std::alloc::Layout;
 use std::cell::Cell;

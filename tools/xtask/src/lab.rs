@@ -292,15 +292,13 @@ fn read_pid(node: &str) -> Option<u32> {
 }
 
 fn kill_and_wait(pid: u32) {
-    // SAFETY: kill(2) with a pid we started; harmless if it is gone.
-    unsafe { libc::kill(pid.cast_signed(), libc::SIGTERM) };
+    crate::signal(pid, libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while pid_alive(pid) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
     if pid_alive(pid) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
+        crate::signal(pid, libc::SIGKILL);
     }
 }
 
@@ -453,8 +451,7 @@ pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
     match how {
         How::Kill => {
             let pid = read_pid(old).context("master's pid")?;
-            // SAFETY: kill(2) with a pid this lab started.
-            unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
+            crate::signal(pid, libc::SIGKILL);
             say(format!(
                 "failover: SIGKILL to node {old}'s tandemd (pid {pid})"
             ));

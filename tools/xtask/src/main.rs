@@ -93,9 +93,18 @@ pub fn cargo() -> Command {
     c
 }
 
+#[expect(unsafe_code, reason = "geteuid(2): xtask's one C call besides signals")]
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends `sig` to process `pid` (a daemon or a traffic endpoint the lab
+/// started); a process already gone is no error here.
+#[expect(unsafe_code, reason = "kill(2): the lab stops what it started")]
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(pid.cast_signed(), sig) };
 }
 
 /// Fuzz targets (fuzz/fuzz_targets) `test` runs, each for a bounded time

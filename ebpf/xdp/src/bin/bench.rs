@@ -12,6 +12,10 @@
 //!   per-flow state must do: hash the frame's addresses and ports the way
 //!   tandem's flow table does, read the flow's 64-byte line in a table of
 //!   tandem's default size, and count the packet into it atomically.
+#![expect(
+    unsafe_code,
+    reason = "an XDP program reads and writes the frame and map memory through pointers the verifier checks"
+)]
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
