@@ -32,8 +32,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{path}: {}", one_line(.source))]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("{path}: key `{key}`: expected {expected}, found {found}")]
     Invalid {
         path: PathBuf,
@@ -167,6 +171,12 @@ impl Default for Dataplane {
     }
 }
 
+/// A TOML error's text (which quotes the offending line under its own)
+/// on one line, for an error message.
+fn one_line(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().replace('\n', " | ")
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -179,9 +189,9 @@ impl Config {
 
     /// Parses and validates `text`; `path` is only used in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let cfg: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " | "),
+            source,
         })?;
         cfg.validate(path)?;
         Ok(cfg)

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tandemd: {e}");
+            eprintln!("tandemd: {}", tandem_control::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     let daemon = match Daemon::start(&cfg, &args.instance, stop) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("tandemd: {e}");
+            eprintln!("tandemd: {}", tandem_control::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -27,13 +27,20 @@ pub enum DaemonError {
         iface: String,
         queues: u32,
     },
-    #[error("UMEM for worker {worker}: {message}")]
-    Umem { worker: usize, message: String },
-    #[error("AF_XDP socket on {iface} queue {queue}: {message}")]
+    #[error("UMEM configuration: {0}")]
+    UmemConfig(#[source] xsk_rs::config::UmemConfigBuilderError),
+    #[error("UMEM for worker {worker}: {source}")]
+    Umem {
+        worker: usize,
+        #[source]
+        source: xsk_rs::umem::UmemCreateError,
+    },
+    #[error("AF_XDP socket on {iface} queue {queue}: {source}")]
     Socket {
         iface: String,
         queue: u32,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Services(#[from] ServiceError),

@@ -41,10 +41,7 @@ pub(super) fn bind_all(
         .fill_queue_size(queue_size(d.fill_ring))
         .comp_queue_size(queue_size(d.comp_ring))
         .build()
-        .map_err(|e| DaemonError::Umem {
-            worker: 0,
-            message: e.to_string(),
-        })?;
+        .map_err(DaemonError::UmemConfig)?;
     let bind = match d.bind {
         BindMode::Auto => BindFlags::XDP_USE_NEED_WAKEUP,
         BindMode::Copy => BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_COPY,
@@ -63,10 +60,7 @@ pub(super) fn bind_all(
             NonZeroU32::new(d.frames_per_worker).expect("validated frame count"),
             false,
         )
-        .map_err(|e| DaemonError::Umem {
-            worker: w,
-            message: e.to_string(),
-        })?;
+        .map_err(|source| DaemonError::Umem { worker: w, source })?;
         let mut ports = Vec::new();
         for (slot, (name, q)) in ifaces.names.iter().zip(&ifaces.queues).enumerate() {
             for queue in (w as u32..*q).step_by(ifaces.worker_count()) {
@@ -88,16 +82,16 @@ fn bind_port(
     ifindex: u32,
     queue: u32,
 ) -> Result<Port, DaemonError> {
-    let sock_err = |message: String| DaemonError::Socket {
+    let sock_err = |source: Box<dyn std::error::Error + Send + Sync>| DaemonError::Socket {
         iface: name.to_owned(),
         queue,
-        message,
+        source,
     };
-    let iface: Interface = name.parse().map_err(|e| sock_err(format!("{e:?}")))?;
+    let iface: Interface = name.parse().map_err(|e| sock_err(Box::new(e)))?;
     // SAFETY: each (interface, queue) pair is bound once, by this call, and
     // INHIBIT_PROG_LOAD is set, as sharing a UMEM requires.
     let (tx, rx, rings) =
-        unsafe { Socket::new(cfg, umem, &iface, queue) }.map_err(|e| sock_err(e.to_string()))?;
+        unsafe { Socket::new(cfg, umem, &iface, queue) }.map_err(|e| sock_err(Box::new(e)))?;
     let (fq, cq) = rings.ok_or_else(|| sock_err("no fill/completion rings returned".into()))?;
     Ok(Port {
         slot,

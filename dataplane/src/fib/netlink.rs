@@ -46,8 +46,12 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
-    #[error("netlink dump of {what} failed: {message}")]
-    Dump { what: &'static str, message: String },
+    #[error("netlink dump of {what} failed: {source}")]
+    Dump {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what}: {source}")]
     Request {
         what: String,
@@ -276,7 +280,7 @@ fn for_each_message(
         let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..]).map_err(|e| {
             NetlinkError::Dump {
                 what: "message",
-                message: e.to_string(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
             }
         })?;
         let len = msg.header.length as usize;
@@ -404,9 +408,10 @@ pub fn dump() -> Result<Fib, NetlinkError> {
                 match msg.payload {
                     NetlinkPayload::Done(_) => done = true,
                     NetlinkPayload::Error(e) => {
+                        let errno = e.code.map_or(libc::EIO, |c| -c.get());
                         return Err(NetlinkError::Dump {
                             what,
-                            message: format!("{e:?}"),
+                            source: io::Error::from_raw_os_error(errno),
                         });
                     }
                     NetlinkPayload::InnerMessage(m) => {

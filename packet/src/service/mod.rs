@@ -95,10 +95,11 @@ pub struct Services {
 
 /// Why a worker's services could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("service set {set}: {message}")]
+#[error("service set {set}: {source}")]
 pub struct ServiceError {
     set: String,
-    message: String,
+    #[source]
+    source: nat::PoolError,
 }
 
 impl Services {
@@ -119,9 +120,9 @@ impl Services {
             let nat = match &s.nat {
                 Some(n) => {
                     Some(
-                        PortPool::new(n, worker, workers).map_err(|message| ServiceError {
+                        PortPool::new(n, worker, workers).map_err(|source| ServiceError {
                             set: s.name.clone(),
-                            message,
+                            source,
                         })?,
                     )
                 }

@@ -34,16 +34,24 @@ pub struct PortPool {
     free: usize,
 }
 
+/// Why a worker's share of a NAT pool could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("NAT port range {lo}-{hi} has fewer ports than the {workers} workers")]
+    TooFewPorts { lo: u16, hi: u16, workers: usize },
+}
+
 impl PortPool {
     /// Worker `worker` of `workers`'s share of `nat`. Errs when the range
     /// has fewer ports than workers.
-    pub fn new(nat: &Nat, worker: usize, workers: usize) -> Result<Self, String> {
+    pub fn new(nat: &Nat, worker: usize, workers: usize) -> Result<Self, PoolError> {
         let span = nat.ports.len() / workers as u32;
         if span == 0 {
-            return Err(format!(
-                "NAT port range {}-{} has fewer ports than the {workers} workers",
-                nat.ports.lo, nat.ports.hi
-            ));
+            return Err(PoolError::TooFewPorts {
+                lo: nat.ports.lo,
+                hi: nat.ports.hi,
+                workers,
+            });
         }
         let first = u32::from(nat.ports.lo) + span * worker as u32;
         let addrs: Vec<[u8; 4]> = nat.pool.iter().map(Ipv4Addr::octets).collect();
