@@ -53,6 +53,15 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// One datagram on its way through the services: its frame, its headers
+/// and the second it arrived.
+struct Packet<'f> {
+    frame: &'f mut [u8],
+    ip: Ip,
+    l4: L4,
+    now: u32,
+}
+
 /// A source translation to apply after routing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Snat {
@@ -248,35 +257,33 @@ impl Services {
         if owner != self.worker {
             return Verdict::Handoff(owner);
         }
-        let len = ip.datagram_len();
-        if let Some((slot, side)) = self.table.lookup(&key) {
-            return self.existing(frame, ip, &l4, slot, side, len, now, tally);
+        let mut p = Packet {
+            frame,
+            ip: *ip,
+            l4,
+            now,
+        };
+        if let Some(found) = self.table.lookup(&key) {
+            return self.existing(&mut p, found, tally);
         }
-        self.first_packet(&l4, key, origin, len, now, tally)
+        self.first_packet(&p, key, origin, tally)
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the per-packet state, passed flat"
-    )]
+    /// A packet of the session in `slot`, from its `side`.
     fn existing(
         &mut self,
-        frame: &mut [u8],
-        ip: &Ip,
-        l4: &L4,
-        slot: u32,
-        side: Side,
-        len: usize,
-        now: u32,
+        p: &mut Packet<'_>,
+        (slot, side): (u32, Side),
         tally: &mut Tally,
     ) -> Verdict {
+        let (l4, now) = (&p.l4, p.now);
         let s = self.table.get_mut(slot);
         match s.action() {
             SessionAction::Forward => {}
             SessionAction::Drop => return Verdict::Drop(DropReason::Policy),
             SessionAction::Reject => return Verdict::Reject(*l4),
         }
-        s.count(side, len, now);
+        s.count(side, p.ip.datagram_len(), now);
         let next = match l4.kind {
             Kind::Tcp { flags } => TcpState::from_u8(s.state).next(side, flags) as u8,
             // Other protocols: the first answer, which the peer needs to
@@ -317,21 +324,28 @@ impl Services {
             },
             Side::Responder => {
                 let to = s.key.src_v4().expect("NAT sessions are IPv4");
-                wire::rewrite_v4(frame, ip.l3(), l4, Rewrite::Destination, to, s.key.sport);
+                wire::rewrite_v4(
+                    p.frame,
+                    p.ip.l3(),
+                    l4,
+                    Rewrite::Destination,
+                    to,
+                    s.key.sport,
+                );
                 Verdict::Pass { snat: None }
             }
         }
     }
 
+    /// A packet with no session yet, keyed `key`, from `origin`'s side.
     fn first_packet(
         &mut self,
-        l4: &L4,
+        p: &Packet<'_>,
         key: FlowKey,
         origin: Origin,
-        len: usize,
-        now: u32,
         tally: &mut Tally,
     ) -> Verdict {
+        let (l4, now) = (&p.l4, p.now);
         // Only a flow's opening packet may create its session.
         let opens = match l4.kind {
             Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
@@ -391,7 +405,7 @@ impl Services {
             release(&mut self.sets, &s);
             return Verdict::Drop(DropReason::NoSession);
         }
-        s.count(Side::Initiator, len, now);
+        s.count(Side::Initiator, p.ip.datagram_len(), now);
         if self.table.insert(s).is_err() {
             release(&mut self.sets, &s);
             tally.add(WorkerCounter::SessionsRefused, 1);
