@@ -21,6 +21,7 @@ use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,8 +30,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::sys::Poller;
 
 use super::{
-    Conn, DeleteRecord, Event, NackReason, Op, RefreshRecord, Role, SessionRecord, Settings, Stats,
-    SyncState, WireKey,
+    Conn, DeleteRecord, Event, Fatal, NackReason, Op, RefreshRecord, Role, SessionRecord, Settings,
+    Stats, SyncState, WireKey,
 };
 
 /// How long the backup waits between dial attempts, and for one.
@@ -38,11 +39,38 @@ const REDIAL: Duration = Duration::from_millis(200);
 const DIAL_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// What the caller acts on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Notice {
     Conn(Event),
     /// The connection ended; why.
-    Down(String),
+    Down(LinkError),
+}
+
+/// Why the sync link, or an attempt at one, ended.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("closed by the peer")]
+    Closed,
+    #[error("replaced by a new connection from the peer")]
+    Replaced,
+    #[error("role changed to {0}")]
+    RoleChanged(&'static str),
+    #[error("read: {0}")]
+    Read(#[source] Arc<io::Error>),
+    #[error("write: {0}")]
+    Write(#[source] Arc<io::Error>),
+    #[error(transparent)]
+    Protocol(#[from] Fatal),
+    #[error("dial {peer}: {source}")]
+    Dial {
+        peer: SocketAddr,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("accept: {0}")]
+    Accept(#[source] Arc<io::Error>),
+    #[error("new connection from the peer: {0}")]
+    Candidate(#[source] Box<LinkError>),
 }
 
 struct Link {
@@ -69,7 +97,7 @@ pub struct Driver {
     poller: Poller,
     pub stats: Stats,
     /// Why the last connection ended.
-    pub last_error: Option<String>,
+    pub last_error: Option<LinkError>,
 }
 
 fn nonce() -> [u8; 16] {
@@ -121,7 +149,7 @@ impl Driver {
         if let Some(c) = self.candidate.take() {
             c.conn.close(&mut self.stats);
         }
-        self.close(format!("role changed to {}", role.name()));
+        self.close(LinkError::RoleChanged(role.name()));
         self.next_dial = Instant::now();
     }
 
@@ -236,11 +264,11 @@ impl Driver {
         if let Err(why) = pump(c, &mut self.buf, now, &mut self.stats) {
             let c = self.candidate.take().expect("checked above");
             c.conn.close(&mut self.stats);
-            self.last_error = Some(format!("new connection from the peer: {why}"));
+            self.last_error = Some(LinkError::Candidate(Box::new(why)));
             return;
         }
         if c.conn.is_proven() {
-            self.close("replaced by a new connection from the peer".into());
+            self.close(LinkError::Replaced);
             self.link = self.candidate.take();
         }
     }
@@ -259,7 +287,12 @@ impl Driver {
         };
         match attempt() {
             Ok(stream) => self.open(stream, self.peer, true),
-            Err(e) => self.last_error = Some(format!("dial {}: {e}", self.peer)),
+            Err(e) => {
+                self.last_error = Some(LinkError::Dial {
+                    peer: self.peer,
+                    source: Arc::new(e),
+                });
+            }
         }
     }
 
@@ -277,7 +310,7 @@ impl Driver {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    self.last_error = Some(format!("accept: {e}"));
+                    self.last_error = Some(LinkError::Accept(Arc::new(e)));
                     self.accept_after = Instant::now() + REDIAL;
                     return;
                 }
@@ -305,7 +338,7 @@ impl Driver {
         }
     }
 
-    fn close(&mut self, why: String) {
+    fn close(&mut self, why: LinkError) {
         if let Some(l) = self.link.take() {
             l.conn.close(&mut self.stats);
             self.notices.push_back(Notice::Down(why.clone()));
@@ -314,7 +347,7 @@ impl Driver {
     }
 
     /// Reads, runs timers, writes, and passes the link's events on.
-    fn service(&mut self, now: Instant) -> Result<(), String> {
+    fn service(&mut self, now: Instant) -> Result<(), LinkError> {
         let Some(l) = &mut self.link else {
             return Ok(());
         };
@@ -337,21 +370,18 @@ impl Driver {
 
 /// Reads what the socket has, runs the connection's timers and writes
 /// what it can. Events stay in the connection.
-fn pump(l: &mut Link, buf: &mut [u8], now: Instant, stats: &mut Stats) -> Result<(), String> {
+fn pump(l: &mut Link, buf: &mut [u8], now: Instant, stats: &mut Stats) -> Result<(), LinkError> {
     loop {
         match l.stream.read(buf) {
-            Ok(0) => return Err("closed by the peer".into()),
-            Ok(n) => l
-                .conn
-                .recv(&buf[..n], now, stats)
-                .map_err(|e| e.to_string())?,
+            Ok(0) => return Err(LinkError::Closed),
+            Ok(n) => l.conn.recv(&buf[..n], now, stats)?,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read: {e}")),
+            Err(e) => return Err(LinkError::Read(Arc::new(e))),
         }
     }
     if now >= l.conn.timeout() {
-        l.conn.on_timeout(now, stats).map_err(|e| e.to_string())?;
+        l.conn.on_timeout(now, stats)?;
     }
     while !l.conn.output().is_empty() {
         match l.stream.write(l.conn.output()) {
@@ -360,7 +390,7 @@ fn pump(l: &mut Link, buf: &mut [u8], now: Instant, stats: &mut Stats) -> Result
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 stats.batch_flush_failures += 1;
-                return Err(format!("write: {e}"));
+                return Err(LinkError::Write(Arc::new(e)));
             }
         }
     }
