@@ -1,7 +1,8 @@
 //! Session replication between the two nodes of a pair.
 //!
 //! Design: `wire` is the format, `auth` the frame tags, `conn` the protocol
-//! of one TCP connection as a pure state machine (bytes in, bytes and
+//! of one TCP connection as a pure state machine (told its `settings`,
+//! telling its driver `event`s) (bytes in, bytes and
 //! events out, timers as `Instant`s handed in), in the manner of quiche: no
 //! socket, no clock, no thread. The driver in tandemd owns the socket and
 //! the data path's session events, and feeds them through a `Conn`. Tests
@@ -11,9 +12,13 @@
 pub mod auth;
 pub mod conn;
 pub mod driver;
+pub mod event;
+pub mod settings;
 pub mod wire;
 
-pub use conn::{Conn, Event, Fatal, Role, Settings, SyncState};
+pub use conn::Conn;
+pub use event::{Event, Fatal};
+pub use settings::{Role, Settings, SyncState};
 pub use wire::{DeleteRecord, NackReason, Op, RefreshRecord, SessionRecord, WireKey};
 
 macro_rules! stats {
