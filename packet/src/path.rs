@@ -92,10 +92,7 @@ impl Routes<'_> {
         frame: &[u8],
         tally: &mut Tally,
     ) {
-        let mut dst_mac = [0u8; 6];
-        let mut src_mac = [0u8; 6];
-        dst_mac.copy_from_slice(&frame[..6]);
-        src_mac.copy_from_slice(&frame[6..12]);
+        let (dst_mac, src_mac) = wire::macs(frame);
         let Some(this) = self.egress(oif, dst_mac, src_mac) else {
             return;
         };

@@ -136,7 +136,7 @@ pub fn route(buf: &mut [u8], ip: Ip, ingress: u32, fib: &Fib, limits: &mut Limit
             if let Some(mtu) = too_big(fib, &hop, len) {
                 // DF set: tell the sender (RFC 1191); else fragmenting is the
                 // kernel's job, which this path does not do.
-                if buf[ETH_HLEN + 6] & 0x40 != 0 {
+                if ip.dont_fragment(buf) {
                     return icmp_error(buf, ip, ingress, fib, limits, frag_needed(mtu));
                 }
                 return Action::Drop(DropReason::TooBig);

@@ -25,9 +25,7 @@ use crate::{
     counters::{Tally, WorkerCounter},
     forward::DropReason,
     offload::{self, FlowTable},
-    session::{
-        FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, key::mapped, table::Aged,
-    },
+    session::{FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, table::Aged},
     sync::{ToSync, delete_record, record, refresh_record},
     wire::{self, Headers, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
 };
@@ -429,9 +427,15 @@ impl Services {
                 Ok(q) => FlowKey::v4(q.src, q.dst, q.sport, q.dport, q.proto),
                 Err(e) => return Verdict::Drop(e.into()),
             },
-            Ip::V6 { .. } => match quoted_v6(frame, inner, end) {
-                Some(k) => k,
-                None => return Verdict::Drop(DropReason::Truncated),
+            Ip::V6 { .. } => match wire::quoted_v6(frame, inner, end) {
+                Ok(q) => FlowKey {
+                    src: q.src,
+                    dst: q.dst,
+                    sport: q.sport,
+                    dport: q.dport,
+                    proto: q.proto,
+                },
+                Err(e) => return Verdict::Drop(e.into()),
             },
         };
         let key = quoted.reversed();
@@ -526,17 +530,7 @@ fn release(sets: &mut [Set], s: &Session) {
 
 /// The key of a datagram as it arrived.
 pub fn flow_key(frame: &[u8], ip: &Ip, l4: &L4) -> FlowKey {
-    let l3 = ip.l3();
-    let (src, dst) = match ip {
-        Ip::V4 { .. } => (
-            mapped(frame[l3 + 12..l3 + 16].try_into().expect("4 bytes")),
-            mapped(frame[l3 + 16..l3 + 20].try_into().expect("4 bytes")),
-        ),
-        Ip::V6 { .. } => (
-            frame[l3 + 8..l3 + 24].try_into().expect("16 bytes"),
-            frame[l3 + 24..l3 + 40].try_into().expect("16 bytes"),
-        ),
-    };
+    let (src, dst) = ip.addresses(frame);
     FlowKey {
         src,
         dst,
@@ -544,35 +538,6 @@ pub fn flow_key(frame: &[u8], ip: &Ip, l4: &L4) -> FlowKey {
         dport: l4.dport,
         proto: l4.proto,
     }
-}
-
-/// The key of the IPv6 datagram an ICMPv6 error quotes (no extension
-/// headers in the quote).
-fn quoted_v6(frame: &[u8], inner: usize, end: usize) -> Option<FlowKey> {
-    let q = frame.get(inner..end)?;
-    if q.len() < 48 || q[0] >> 4 != 6 {
-        return None;
-    }
-    let proto = q[6];
-    let t = &q[40..];
-    let (sport, dport) = match proto {
-        wire::PROTO_TCP | wire::PROTO_UDP => (
-            u16::from_be_bytes([t[0], t[1]]),
-            u16::from_be_bytes([t[2], t[3]]),
-        ),
-        wire::PROTO_ICMPV6 if t[0] == 128 || t[0] == 129 => {
-            let id = u16::from_be_bytes([t[4], t[5]]);
-            (id, id)
-        }
-        _ => (0, 0),
-    };
-    Some(FlowKey {
-        src: q[8..24].try_into().ok()?,
-        dst: q[24..40].try_into().ok()?,
-        sport,
-        dport,
-        proto,
-    })
 }
 
 #[cfg(test)]

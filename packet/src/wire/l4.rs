@@ -182,6 +182,49 @@ pub struct Quoted {
     pub dport: u16,
 }
 
+/// The flow of the IPv6 datagram an ICMPv6 error quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedV6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub proto: u8,
+    /// Ports, or an echo's identifier in both (0 for other protocols).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Decodes the IPv6 datagram quoted by an ICMPv6 error whose quote starts
+/// at `inner` and whose datagram ends at `end` (no extension headers in
+/// the quote). A quote too short for its header and eight transport
+/// bytes, or not IPv6, is `Truncated`.
+pub fn quoted_v6(frame: &[u8], inner: usize, end: usize) -> Result<QuotedV6, ParseError> {
+    let q = frame.get(inner..end).ok_or(ParseError::Truncated)?;
+    if q.len() < super::IPV6_HLEN + 8 || q[0] >> 4 != 6 {
+        return Err(ParseError::Truncated);
+    }
+    let proto = q[6];
+    let t = &q[super::IPV6_HLEN..];
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => (be16(t, 0), be16(t, 2)),
+        PROTO_ICMPV6 if t[0] == 128 || t[0] == 129 => {
+            let id = be16(t, 4);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&q[8..24]);
+    dst.copy_from_slice(&q[24..40]);
+    Ok(QuotedV6 {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    })
+}
+
 /// Decodes the IPv4 datagram quoted by an ICMPv4 error whose quote starts at
 /// `inner` and whose datagram ends at `end`.
 pub fn quoted_v4(frame: &[u8], inner: usize, end: usize) -> Result<Quoted, ParseError> {

@@ -15,7 +15,9 @@ pub mod testutil;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-pub use l4::{Kind, L4, Quoted, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse_l4, quoted_v4};
+pub use l4::{
+    Kind, L4, Quoted, QuotedV6, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse_l4, quoted_v4, quoted_v6,
+};
 pub use nat::{Rewrite, rewrite_icmp_error_v4, rewrite_v4};
 pub use reject::tcp_reset;
 
@@ -103,6 +105,38 @@ impl Ip {
         }
     }
 
+    /// The source and destination addresses in `frame` (which this header
+    /// was parsed from), IPv4 ones IPv4-mapped: one form for both
+    /// families.
+    #[inline]
+    pub fn addresses(&self, frame: &[u8]) -> ([u8; 16], [u8; 16]) {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        match *self {
+            Self::V4 { l3, .. } => {
+                src[10..12].fill(0xff);
+                dst[10..12].fill(0xff);
+                src[12..].copy_from_slice(&frame[l3 + 12..l3 + 16]);
+                dst[12..].copy_from_slice(&frame[l3 + 16..l3 + 20]);
+            }
+            Self::V6 { l3, .. } => {
+                src.copy_from_slice(&frame[l3 + 8..l3 + 24]);
+                dst.copy_from_slice(&frame[l3 + 24..l3 + 40]);
+            }
+        }
+        (src, dst)
+    }
+
+    /// Whether an IPv4 datagram in `frame` may not be fragmented (DF); an
+    /// IPv6 one never is on the way.
+    #[inline]
+    pub fn dont_fragment(&self, frame: &[u8]) -> bool {
+        match *self {
+            Self::V4 { l3, .. } => frame[l3 + 6] & 0x40 != 0,
+            Self::V6 { .. } => true,
+        }
+    }
+
     /// Length of the IP datagram (header and payload, no link padding).
     #[inline]
     pub fn datagram_len(&self) -> usize {
@@ -178,6 +212,17 @@ impl Headers {
 #[inline]
 fn be16(b: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([b[off], b[off + 1]])
+}
+
+/// The destination and source MACs of an Ethernet frame of at least
+/// `ETH_HLEN` bytes.
+#[inline]
+pub fn macs(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&frame[..6]);
+    src.copy_from_slice(&frame[6..12]);
+    (dst, src)
 }
 
 /// Parses the link and network headers of `frame`.
