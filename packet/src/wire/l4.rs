@@ -7,6 +7,7 @@
 
 use super::{
     Ip, MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16,
+    transport::{IcmpHeader, TcpHeader, UdpHeader},
 };
 
 pub const TCP_FIN: u8 = 0x01;
@@ -112,35 +113,29 @@ pub fn parse_l4(frame: &[u8], ip: &Ip) -> Result<L4, ParseError> {
 
 fn transport(frame: &[u8], off: usize, end: usize, proto: u8, v6: bool) -> Result<L4, ParseError> {
     let seg = &frame[off..end];
-    let ports = |kind| -> Result<L4, ParseError> {
-        if seg.len() < 8 {
-            return Err(ParseError::Truncated);
-        }
-        Ok(L4 {
-            proto,
-            off,
-            sport: be16(seg, 0),
-            dport: be16(seg, 2),
-            kind,
-        })
+    let ports = |sport, dport, kind| L4 {
+        proto,
+        off,
+        sport,
+        dport,
+        kind,
     };
     match proto {
         PROTO_TCP => {
-            if seg.len() < 20 {
-                return Err(ParseError::Truncated);
-            }
-            let doff = usize::from(seg[12] >> 4) * 4;
-            if doff < 20 || doff > seg.len() {
-                return Err(ParseError::BadHeader);
-            }
-            ports(Kind::Tcp { flags: seg[13] })
+            let t = TcpHeader::new_checked(seg)?;
+            Ok(ports(
+                t.src_port(),
+                t.dst_port(),
+                Kind::Tcp { flags: t.flags() },
+            ))
         }
-        PROTO_UDP => ports(Kind::Udp),
+        PROTO_UDP => {
+            let u = UdpHeader::new_checked(seg)?;
+            Ok(ports(u.src_port(), u.dst_port(), Kind::Udp))
+        }
         PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => {
-            if seg.len() < 8 {
-                return Err(ParseError::Truncated);
-            }
-            let ty = seg[0];
+            let m = IcmpHeader::new_checked(seg)?;
+            let ty = m.msg_type();
             let (request, reply, is_error) = if v6 {
                 (128, 129, ty < 128)
             } else {
@@ -151,18 +146,14 @@ fn transport(frame: &[u8], off: usize, end: usize, proto: u8, v6: bool) -> Resul
                     request: ty == request,
                 }
             } else if is_error {
-                Kind::Error { inner: off + 8 }
+                Kind::Error {
+                    inner: off + IcmpHeader::<&[u8]>::LEN,
+                }
             } else {
                 return Ok(L4::new(proto, off, Kind::Other));
             };
-            let id = be16(seg, 4);
-            Ok(L4 {
-                proto,
-                off,
-                sport: id,
-                dport: id,
-                kind,
-            })
+            let id = m.echo_ident();
+            Ok(ports(id, id, kind))
         }
         _ => Ok(L4::new(proto, off, Kind::Other)),
     }

@@ -7,11 +7,15 @@
 //! RFC 1624 (incremental).
 
 pub mod announce;
+pub mod ethernet;
+pub mod ipv4;
+pub mod ipv6;
 mod l4;
 mod nat;
 mod reject;
 #[cfg(test)]
 pub mod testutil;
+pub mod transport;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -21,13 +25,11 @@ pub use l4::{
 pub use nat::{Rewrite, rewrite_icmp_error_v4, rewrite_v4};
 pub use reject::tcp_reset;
 
-pub const ETH_HLEN: usize = 14;
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
-pub const IPV4_MIN_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
+pub use self::{
+    ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame, HEADER_LEN as ETH_HLEN},
+    ipv4::{Ipv4Packet, MIN_HEADER_LEN as IPV4_MIN_HLEN},
+    ipv6::{HEADER_LEN as IPV6_HLEN, Ipv6Packet},
+};
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -114,14 +116,16 @@ impl Ip {
         let mut dst = [0u8; 16];
         match *self {
             Self::V4 { l3, .. } => {
+                let ip = Ipv4Packet::new_unchecked(&frame[l3..]);
                 src[10..12].fill(0xff);
                 dst[10..12].fill(0xff);
-                src[12..].copy_from_slice(&frame[l3 + 12..l3 + 16]);
-                dst[12..].copy_from_slice(&frame[l3 + 16..l3 + 20]);
+                src[12..].copy_from_slice(&ip.src_addr());
+                dst[12..].copy_from_slice(&ip.dst_addr());
             }
             Self::V6 { l3, .. } => {
-                src.copy_from_slice(&frame[l3 + 8..l3 + 24]);
-                dst.copy_from_slice(&frame[l3 + 24..l3 + 40]);
+                let ip = Ipv6Packet::new_unchecked(&frame[l3..]);
+                src = ip.src_addr();
+                dst = ip.dst_addr();
             }
         }
         (src, dst)
@@ -132,7 +136,7 @@ impl Ip {
     #[inline]
     pub fn dont_fragment(&self, frame: &[u8]) -> bool {
         match *self {
-            Self::V4 { l3, .. } => frame[l3 + 6] & 0x40 != 0,
+            Self::V4 { l3, .. } => Ipv4Packet::new_unchecked(&frame[l3..]).dont_frag(),
             Self::V6 { .. } => true,
         }
     }
@@ -218,28 +222,15 @@ fn be16(b: &[u8], off: usize) -> u16 {
 /// `ETH_HLEN` bytes.
 #[inline]
 pub fn macs(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
-    let mut dst = [0u8; 6];
-    let mut src = [0u8; 6];
-    dst.copy_from_slice(&frame[..6]);
-    src.copy_from_slice(&frame[6..12]);
-    (dst, src)
+    let eth = EthernetFrame::new_unchecked(frame);
+    (eth.dst_addr(), eth.src_addr())
 }
 
 /// Parses the link and network headers of `frame`.
 pub fn parse(frame: &[u8]) -> Result<Ip, ParseError> {
-    if frame.len() < ETH_HLEN {
-        return Err(ParseError::Truncated);
-    }
-    let mut l3 = ETH_HLEN;
-    let mut ethertype = be16(frame, 12);
-    if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
-        if frame.len() < ETH_HLEN + 4 {
-            return Err(ParseError::Truncated);
-        }
-        ethertype = be16(frame, 16);
-        l3 += 4;
-    }
-    match ethertype {
+    let eth = EthernetFrame::new_checked(frame)?;
+    let l3 = eth.header_len();
+    match eth.payload_ethertype() {
         ETHERTYPE_IPV4 => parse_v4(frame, l3),
         ETHERTYPE_IPV6 => parse_v6(frame, l3),
         _ => Err(ParseError::NotIp),
@@ -247,52 +238,26 @@ pub fn parse(frame: &[u8]) -> Result<Ip, ParseError> {
 }
 
 fn parse_v4(frame: &[u8], l3: usize) -> Result<Ip, ParseError> {
-    let ip = frame.get(l3..).ok_or(ParseError::Truncated)?;
-    if ip.len() < IPV4_MIN_HLEN {
-        return Err(ParseError::Truncated);
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
-        return Err(ParseError::BadHeader);
-    }
-    let len = usize::from(be16(ip, 2));
-    if len < ihl {
-        return Err(ParseError::BadHeader);
-    }
-    if ip.len() < len {
-        return Err(ParseError::Truncated);
-    }
-    if checksum(&ip[..ihl], 0) != 0 {
+    let ip = Ipv4Packet::new_checked(frame.get(l3..).ok_or(ParseError::Truncated)?)?;
+    if !ip.verify_checksum() {
         return Err(ParseError::BadChecksum);
     }
     Ok(Ip::V4 {
         l3,
-        ihl,
-        len,
-        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        ttl: ip[8],
+        ihl: ip.header_len(),
+        len: ip.total_len(),
+        dst: ip.dst(),
+        ttl: ip.ttl(),
     })
 }
 
 fn parse_v6(frame: &[u8], l3: usize) -> Result<Ip, ParseError> {
-    let ip = frame.get(l3..).ok_or(ParseError::Truncated)?;
-    if ip.len() < IPV6_HLEN {
-        return Err(ParseError::Truncated);
-    }
-    if ip[0] >> 4 != 6 {
-        return Err(ParseError::BadHeader);
-    }
-    let len = IPV6_HLEN + usize::from(be16(ip, 4));
-    if ip.len() < len {
-        return Err(ParseError::Truncated);
-    }
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&ip[24..40]);
+    let ip = Ipv6Packet::new_checked(frame.get(l3..).ok_or(ParseError::Truncated)?)?;
     Ok(Ip::V6 {
         l3,
-        len,
-        dst: Ipv6Addr::from(dst),
-        hop_limit: ip[7],
+        len: ip.total_len(),
+        dst: ip.dst(),
+        hop_limit: ip.hop_limit(),
     })
 }
 
@@ -326,26 +291,24 @@ pub fn checksum_update(csum: u16, old: u16, new: u16) -> u16 {
 /// Decrements the IPv4 TTL at `l3` and patches the header checksum.
 #[inline]
 pub fn decrement_ttl_v4(frame: &mut [u8], l3: usize) {
-    let old = be16(frame, l3 + 8);
-    frame[l3 + 8] -= 1;
-    let new = be16(frame, l3 + 8);
-    let csum = checksum_update(be16(frame, l3 + 10), old, new);
-    frame[l3 + 10..l3 + 12].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[l3..]);
+    ip.set_ttl(ip.ttl() - 1);
 }
 
 /// Decrements the IPv6 hop limit at `l3`.
 #[inline]
 pub fn decrement_hop_limit_v6(frame: &mut [u8], l3: usize) {
-    frame[l3 + 7] -= 1;
+    let mut ip = Ipv6Packet::new_unchecked(&mut frame[l3..]);
+    ip.set_hop_limit(ip.hop_limit() - 1);
 }
 
 /// Writes an untagged Ethernet header ending at `l3` (so `l3 >= 14`).
 #[inline]
 pub fn write_eth(frame: &mut [u8], l3: usize, dst: [u8; 6], src: [u8; 6], ethertype: u16) {
-    let e = l3 - ETH_HLEN;
-    frame[e..e + 6].copy_from_slice(&dst);
-    frame[e + 6..e + 12].copy_from_slice(&src);
-    frame[e + 12..e + 14].copy_from_slice(&ethertype.to_be_bytes());
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[l3 - ETH_HLEN..l3]);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+    eth.set_ethertype(ethertype);
 }
 
 /// Most of the offending datagram an ICMPv4 error quotes (576 - 20 - 8, the
