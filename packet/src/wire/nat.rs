@@ -6,7 +6,10 @@
 //! ICMP errors rewrite the quoted datagram as well, mirrored: the quoted
 //! packet travelled the other way.
 
-use super::{Kind, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, be16, checksum, quoted_v4};
+use super::{
+    Ipv4Packet, Kind, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, be16, checksum, quoted_v4,
+    transport::{IcmpHeader, TcpHeader, UdpHeader},
+};
 
 /// Which endpoint of a datagram a rewrite replaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,36 +51,62 @@ fn transport_csum(proto: u8) -> Option<(usize, bool)> {
 /// Replaces one endpoint of the IPv4 datagram at `l3`: the address, and the
 /// port (TCP/UDP) or echo identifier (ICMP echo) when `l4` has one.
 pub fn rewrite_v4(frame: &mut [u8], l3: usize, l4: &L4, which: Rewrite, addr: [u8; 4], port: u16) {
-    let a_at = l3 + if which == Rewrite::Source { 12 } else { 16 };
-    let old_addr: [u8; 4] = frame[a_at..a_at + 4].try_into().expect("4 bytes");
-    frame[a_at..a_at + 4].copy_from_slice(&addr);
-    patch(frame, l3 + 10, &old_addr, &addr);
-
-    let p_at = match l4.kind {
-        Kind::Tcp { .. } | Kind::Udp => l4.off + if which == Rewrite::Source { 0 } else { 2 },
-        Kind::Echo { .. } => l4.off + 4,
-        Kind::Error { .. } | Kind::Fragment | Kind::Other => return,
+    let old_addr = {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[l3..]);
+        let old = match which {
+            Rewrite::Source => ip.src_addr(),
+            Rewrite::Destination => ip.dst_addr(),
+        };
+        match which {
+            Rewrite::Source => ip.set_src_addr(addr),
+            Rewrite::Destination => ip.set_dst_addr(addr),
+        }
+        ip.set_header_checksum(adjust(ip.header_checksum(), &old, &addr));
+        old
     };
-    let old_port = [frame[p_at], frame[p_at + 1]];
-    let new_port = port.to_be_bytes();
-    frame[p_at..p_at + 2].copy_from_slice(&new_port);
-    let Some((c_off, zero_is_none)) = transport_csum(l4.proto) else {
-        return;
-    };
-    let c_at = l4.off + c_off;
-    let old_c = be16(frame, c_at);
-    if zero_is_none && old_c == 0 {
-        return;
+    let seg = &mut frame[l4.off..];
+    let new = port.to_be_bytes();
+    // TCP and UDP checksums cover the addresses (pseudo-header) and the
+    // port; ICMP's covers the echo identifier only.
+    match l4.kind {
+        Kind::Tcp { .. } => {
+            let mut t = TcpHeader::new_unchecked(seg);
+            let old = match which {
+                Rewrite::Source => t.src_port(),
+                Rewrite::Destination => t.dst_port(),
+            };
+            match which {
+                Rewrite::Source => t.set_src_port(port),
+                Rewrite::Destination => t.set_dst_port(port),
+            }
+            let c = adjust(t.checksum(), &old.to_be_bytes(), &new);
+            t.set_checksum(adjust(c, &old_addr, &addr));
+        }
+        Kind::Udp => {
+            let mut u = UdpHeader::new_unchecked(seg);
+            let old = match which {
+                Rewrite::Source => u.src_port(),
+                Rewrite::Destination => u.dst_port(),
+            };
+            match which {
+                Rewrite::Source => u.set_src_port(port),
+                Rewrite::Destination => u.set_dst_port(port),
+            }
+            // A zero UDP checksum means none: it stays none.
+            if u.checksum() != 0 {
+                let c = adjust(u.checksum(), &old.to_be_bytes(), &new);
+                let c = adjust(c, &old_addr, &addr);
+                u.set_checksum(if c == 0 { 0xffff } else { c });
+            }
+        }
+        Kind::Echo { .. } => {
+            let mut m = IcmpHeader::new_unchecked(seg);
+            let old = m.echo_ident();
+            m.set_echo_ident(port);
+            m.set_checksum(adjust(m.checksum(), &old.to_be_bytes(), &new));
+        }
+        Kind::Error { .. } | Kind::Fragment | Kind::Other => {}
     }
-    let mut c = adjust(old_c, &old_port, &new_port);
-    // ICMP has no pseudo-header; TCP and UDP cover the addresses too.
-    if l4.proto != PROTO_ICMP {
-        c = adjust(c, &old_addr, &addr);
-    }
-    if zero_is_none && c == 0 {
-        c = 0xffff;
-    }
-    frame[c_at..c_at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Rewrites an ICMPv4 error crossing a NAT: the outer endpoint `which`
