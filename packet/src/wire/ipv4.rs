@@ -152,6 +152,28 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_be16(field::CHECKSUM, c);
     }
 
+    /// Writes a 20-byte header without options (DF set, identification 0)
+    /// and its checksum.
+    pub fn emit_header(
+        &mut self,
+        total_len: u16,
+        ttl: u8,
+        protocol: u8,
+        src: [u8; 4],
+        dst: [u8; 4],
+    ) {
+        let b = self.buffer.as_mut();
+        b[..MIN_HEADER_LEN].fill(0);
+        b[field::VER_IHL] = 0x45;
+        b[field::FLAGS_FRAG.start] = 0x40;
+        b[field::TTL] = ttl;
+        b[field::PROTOCOL] = protocol;
+        self.set_be16(field::LENGTH, total_len);
+        self.set_src_addr(src);
+        self.set_dst_addr(dst);
+        self.fill_checksum();
+    }
+
     /// Computes and stores the header checksum.
     pub fn fill_checksum(&mut self) {
         self.set_be16(field::CHECKSUM, 0);

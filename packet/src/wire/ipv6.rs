@@ -91,6 +91,25 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    /// Writes a header with no traffic class or flow label.
+    pub fn emit_header(
+        &mut self,
+        payload_len: u16,
+        next_header: u8,
+        hop_limit: u8,
+        src: [u8; 16],
+        dst: [u8; 16],
+    ) {
+        let b = self.buffer.as_mut();
+        b[..HEADER_LEN].fill(0);
+        b[field::VER] = 0x60;
+        b[field::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
+        b[field::NEXT_HEADER] = next_header;
+        b[field::HOP_LIMIT] = hop_limit;
+        b[field::SRC].copy_from_slice(&src);
+        b[field::DST].copy_from_slice(&dst);
+    }
+
     /// Sets the hop limit (no checksum covers it).
     pub fn set_hop_limit(&mut self, h: u8) {
         self.buffer.as_mut()[field::HOP_LIMIT] = h;

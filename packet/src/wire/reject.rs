@@ -4,26 +4,24 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    ETH_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, Ip, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    be16, checksum, pseudo_header_sum6,
+    ETH_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, Ip, Ipv4Packet, Ipv6Packet, L4, PROTO_TCP, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN, checksum, pseudo_header_sum6, transport::TcpHeader,
 };
 
-const TCP_HLEN: usize = 20;
+const TCP_HLEN: usize = TcpHeader::<&[u8]>::MIN_LEN;
 
 /// Replaces the TCP segment of the prepared datagram `ip` (at `ETH_HLEN`)
 /// with the reset that answers it, addressed back to its sender. Returns
 /// the reset's network header, or `None` for a segment that must not be
 /// answered (a reset itself).
 pub fn tcp_reset(frame: &mut [u8], ip: &Ip, l4: &L4) -> Option<Ip> {
-    let seg = &frame[l4.off..ip.l3() + ip.datagram_len()];
-    let flags = seg[13];
+    let end = ip.l3() + ip.datagram_len();
+    let seg = TcpHeader::new_checked(frame.get(l4.off..end)?).ok()?;
+    let flags = seg.flags();
     if flags & TCP_RST != 0 {
         return None;
     }
-    let seq = u32::from_be_bytes([seg[4], seg[5], seg[6], seg[7]]);
-    let ack = u32::from_be_bytes([seg[8], seg[9], seg[10], seg[11]]);
-    let doff = usize::from(seg[12] >> 4) * 4;
-    let mut seg_len = (seg.len() - doff) as u32;
+    let mut seg_len = (end - l4.off - seg.header_len()) as u32;
     if flags & TCP_SYN != 0 {
         seg_len += 1;
     }
@@ -31,80 +29,67 @@ pub fn tcp_reset(frame: &mut [u8], ip: &Ip, l4: &L4) -> Option<Ip> {
         seg_len += 1;
     }
     let (r_seq, r_ack, r_flags) = if flags & TCP_ACK != 0 {
-        (ack, 0, TCP_RST)
+        (seg.ack_number(), 0, TCP_RST)
     } else {
-        (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
+        (0, seg.seq_number().wrapping_add(seg_len), TCP_RST | TCP_ACK)
     };
     let (sport, dport) = (l4.sport, l4.dport);
     let l3 = ETH_HLEN;
-    let (t, out) = match *ip {
+    let (t, ip_out, pseudo) = match *ip {
         Ip::V4 { .. } => {
-            let src: [u8; 4] = frame[l3 + 12..l3 + 16].try_into().ok()?;
-            let dst: [u8; 4] = frame[l3 + 16..l3 + 20].try_into().ok()?;
+            let old = Ipv4Packet::new_unchecked(&frame[l3..]);
+            let (src, dst) = (old.src_addr(), old.dst_addr());
             let total = IPV4_MIN_HLEN + TCP_HLEN;
-            let h = &mut frame[l3..l3 + IPV4_MIN_HLEN];
-            h.copy_from_slice(&[
-                0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ]);
-            h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            h[12..16].copy_from_slice(&dst);
-            h[16..20].copy_from_slice(&src);
-            let c = checksum(h, 0);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            let pseudo = pseudo_sum4(dst, src, TCP_HLEN as u32);
+            Ipv4Packet::new_unchecked(&mut frame[l3..]).emit_header(
+                total as u16,
+                64,
+                PROTO_TCP,
+                dst,
+                src,
+            );
+            let out = Ip::V4 {
+                l3,
+                ihl: IPV4_MIN_HLEN,
+                len: total,
+                dst: Ipv4Addr::from(src),
+                ttl: 64,
+            };
             (
                 l3 + IPV4_MIN_HLEN,
-                (
-                    Ip::V4 {
-                        l3,
-                        ihl: IPV4_MIN_HLEN,
-                        len: total,
-                        dst: Ipv4Addr::from(src),
-                        ttl: 64,
-                    },
-                    pseudo,
-                ),
+                out,
+                pseudo_sum4(dst, src, TCP_HLEN as u32),
             )
         }
         Ip::V6 { .. } => {
-            let src: [u8; 16] = frame[l3 + 8..l3 + 24].try_into().ok()?;
-            let dst: [u8; 16] = frame[l3 + 24..l3 + 40].try_into().ok()?;
-            let h = &mut frame[l3..l3 + IPV6_HLEN];
-            h[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, TCP_HLEN as u8, PROTO_TCP, 64]);
-            h[8..24].copy_from_slice(&dst);
-            h[24..40].copy_from_slice(&src);
+            let old = Ipv6Packet::new_unchecked(&frame[l3..]);
+            let (src, dst) = (old.src_addr(), old.dst_addr());
+            Ipv6Packet::new_unchecked(&mut frame[l3..]).emit_header(
+                TCP_HLEN as u16,
+                PROTO_TCP,
+                64,
+                dst,
+                src,
+            );
+            let out = Ip::V6 {
+                l3,
+                len: IPV6_HLEN + TCP_HLEN,
+                dst: Ipv6Addr::from(src),
+                hop_limit: 64,
+            };
             let pseudo = pseudo_header_sum6(
                 &Ipv6Addr::from(dst),
                 &Ipv6Addr::from(src),
                 TCP_HLEN as u32,
                 PROTO_TCP,
             );
-            (
-                l3 + IPV6_HLEN,
-                (
-                    Ip::V6 {
-                        l3,
-                        len: IPV6_HLEN + TCP_HLEN,
-                        dst: Ipv6Addr::from(src),
-                        hop_limit: 64,
-                    },
-                    pseudo,
-                ),
-            )
+            (l3 + IPV6_HLEN, out, pseudo)
         }
     };
-    let (ip_out, pseudo) = out;
     let tcp = &mut frame[t..t + TCP_HLEN];
-    tcp.fill(0);
-    tcp[0..2].copy_from_slice(&dport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&sport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&r_seq.to_be_bytes());
-    tcp[8..12].copy_from_slice(&r_ack.to_be_bytes());
-    tcp[12] = (TCP_HLEN as u8 / 4) << 4;
-    tcp[13] = r_flags;
+    let mut h = TcpHeader::new_unchecked(&mut *tcp);
+    h.emit_header(dport, sport, r_seq, r_ack, r_flags);
     let c = checksum(tcp, pseudo);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    debug_assert_eq!(be16(tcp, 0), dport);
+    TcpHeader::new_unchecked(tcp).set_checksum(c);
     Some(ip_out)
 }
 

@@ -7,6 +7,10 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 fn set_be16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
@@ -56,6 +60,14 @@ impl<T: AsRef<[u8]>> TcpHeader<T> {
         self.buffer.as_ref()[13]
     }
 
+    pub fn seq_number(&self) -> u32 {
+        be32(self.buffer.as_ref(), 4)
+    }
+
+    pub fn ack_number(&self) -> u32 {
+        be32(self.buffer.as_ref(), 8)
+    }
+
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), Self::CHECKSUM)
     }
@@ -72,6 +84,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpHeader<T> {
 
     pub fn set_checksum(&mut self, c: u16) {
         set_be16(self.buffer.as_mut(), Self::CHECKSUM, c);
+    }
+
+    /// Writes a header of 20 bytes without options: ports, numbers,
+    /// flags, a zero window, checksum and urgent pointer zeroed.
+    pub fn emit_header(&mut self, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) {
+        let b = self.buffer.as_mut();
+        b[..Self::MIN_LEN].fill(0);
+        set_be16(b, 0, sport);
+        set_be16(b, 2, dport);
+        b[4..8].copy_from_slice(&seq.to_be_bytes());
+        b[8..12].copy_from_slice(&ack.to_be_bytes());
+        b[12] = (Self::MIN_LEN as u8 / 4) << 4;
+        b[13] = flags;
     }
 }
 
