@@ -8,6 +8,7 @@ mod field {
     use core::ops::Range;
 
     pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
     pub const LENGTH: Range<usize> = 2..4;
     pub const FLAGS_FRAG: Range<usize> = 6..8;
     pub const TTL: usize = 8;
@@ -172,6 +173,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_src_addr(src);
         self.set_dst_addr(dst);
         self.fill_checksum();
+    }
+
+    /// Sets the type-of-service byte (DSCP and ECN); the checksum is the
+    /// caller's to fill.
+    pub fn set_tos(&mut self, tos: u8) {
+        self.buffer.as_mut()[field::TOS] = tos;
+    }
+
+    /// Sets or clears DF; the checksum is the caller's to fill.
+    pub fn set_dont_frag(&mut self, df: bool) {
+        let b = &mut self.buffer.as_mut()[field::FLAGS_FRAG.start];
+        *b = if df { *b | 0x40 } else { *b & !0x40 };
     }
 
     /// Computes and stores the header checksum.

@@ -17,6 +17,8 @@ mod reject;
 pub mod testutil;
 pub mod transport;
 
+use self::transport::IcmpHeader;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use l4::{
@@ -320,17 +322,19 @@ const ICMP6_QUOTE_MAX: usize = 1280 - IPV6_HLEN - 8;
 /// Whether an error may be sent about this IPv4 datagram (RFC 1812 4.3.2.7):
 /// not about ICMP errors, non-first fragments, or non-unicast sources.
 pub fn may_send_icmp4_error(frame: &[u8], l3: usize, ihl: usize) -> bool {
-    let ip = &frame[l3..];
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let ip = Ipv4Packet::new_unchecked(&frame[l3..]);
+    let src = Ipv4Addr::from(ip.src_addr());
     if src.is_multicast() || src.is_broadcast() || src.is_unspecified() || src.is_loopback() {
         return false;
     }
-    if be16(ip, 6) & 0x1fff != 0 {
+    if ip.is_later_fragment() {
         return false;
     }
-    if ip[9] == PROTO_ICMP {
+    if ip.protocol() == PROTO_ICMP {
         // Only informational messages (echo, timestamp, ...) may trigger one.
-        let Some(&ty) = ip.get(ihl) else { return false };
+        let Some(&ty) = frame.get(l3 + ihl) else {
+            return false;
+        };
         return matches!(ty, 0 | 8 | 13 | 14);
     }
     true
@@ -357,43 +361,33 @@ pub fn icmp4_error(
     if frame.len() < QUOTE_AT + quote {
         return None;
     }
-    let orig_src = Ipv4Addr::new(
-        frame[l3 + 12],
-        frame[l3 + 13],
-        frame[l3 + 14],
-        frame[l3 + 15],
-    );
+    let orig_src = Ipv4Packet::new_unchecked(&frame[l3..]).src_addr();
     frame.copy_within(l3..l3 + quote, QUOTE_AT);
     let total = IPV4_MIN_HLEN + 8 + quote;
-    let ip = &mut frame[OUT_L3..OUT_L3 + IPV4_MIN_HLEN];
-    ip.copy_from_slice(&[
-        0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&orig_src.octets());
-    let c = checksum(ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    // Internetwork control precedence, and routers may fragment it.
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[OUT_L3..]);
+    ip.emit_header(total as u16, 64, PROTO_ICMP, src.octets(), orig_src);
+    ip.set_tos(0xc0);
+    ip.set_dont_frag(false);
+    ip.fill_checksum();
     let icmp_at = OUT_L3 + IPV4_MIN_HLEN;
-    frame[icmp_at..icmp_at + 4].copy_from_slice(&[ty, code, 0, 0]);
-    frame[icmp_at + 4..icmp_at + 8].copy_from_slice(&rest.to_be_bytes());
-    let c = checksum(&frame[icmp_at..QUOTE_AT + quote], 0);
-    frame[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
-    Some((ETH_HLEN + total, orig_src))
+    let message = &mut frame[icmp_at..QUOTE_AT + quote];
+    IcmpHeader::new_unchecked(&mut *message).emit_header(ty, code, rest);
+    let c = checksum(message, 0);
+    IcmpHeader::new_unchecked(message).set_checksum(c);
+    Some((ETH_HLEN + total, Ipv4Addr::from(orig_src)))
 }
 
 /// Whether an error may be sent about this IPv6 datagram (RFC 4443 2.4 e).
 pub fn may_send_icmp6_error(frame: &[u8], l3: usize) -> bool {
-    let ip = &frame[l3..];
-    let mut s = [0u8; 16];
-    s.copy_from_slice(&ip[8..24]);
-    let src = Ipv6Addr::from(s);
+    let ip = Ipv6Packet::new_unchecked(&frame[l3..]);
+    let src = Ipv6Addr::from(ip.src_addr());
     if src.is_multicast() || src.is_unspecified() || src.is_loopback() {
         return false;
     }
-    if ip[6] == PROTO_ICMPV6 {
+    if ip.next_header() == PROTO_ICMPV6 {
         // Errors are types 0..=127; only informational ones may trigger one.
-        return ip.get(IPV6_HLEN).is_some_and(|&ty| ty >= 128);
+        return frame.get(l3 + IPV6_HLEN).is_some_and(|&ty| ty >= 128);
     }
     true
 }
@@ -414,24 +408,24 @@ pub fn icmp6_error(
     if frame.len() < QUOTE_AT + quote {
         return None;
     }
-    let mut s = [0u8; 16];
-    s.copy_from_slice(&frame[l3 + 8..l3 + 24]);
-    let orig_src = Ipv6Addr::from(s);
+    let orig_src = Ipv6Addr::from(Ipv6Packet::new_unchecked(&frame[l3..]).src_addr());
     frame.copy_within(l3..l3 + quote, QUOTE_AT);
     let payload = 8 + quote;
-    let ip = &mut frame[OUT_L3..OUT_L3 + IPV6_HLEN];
-    ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, PROTO_ICMPV6, 64]);
-    ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
-    ip[8..24].copy_from_slice(&src.octets());
-    ip[24..40].copy_from_slice(&orig_src.octets());
+    Ipv6Packet::new_unchecked(&mut frame[OUT_L3..]).emit_header(
+        payload as u16,
+        PROTO_ICMPV6,
+        64,
+        src.octets(),
+        orig_src.octets(),
+    );
     let icmp_at = OUT_L3 + IPV6_HLEN;
-    frame[icmp_at..icmp_at + 4].copy_from_slice(&[ty, code, 0, 0]);
-    frame[icmp_at + 4..icmp_at + 8].copy_from_slice(&rest.to_be_bytes());
+    let message = &mut frame[icmp_at..QUOTE_AT + quote];
+    IcmpHeader::new_unchecked(&mut *message).emit_header(ty, code, rest);
     let c = checksum(
-        &frame[icmp_at..QUOTE_AT + quote],
+        message,
         pseudo_header_sum6(&src, &orig_src, payload as u32, PROTO_ICMPV6),
     );
-    frame[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
+    IcmpHeader::new_unchecked(message).set_checksum(c);
     Some((ETH_HLEN + IPV6_HLEN + payload, orig_src))
 }
 

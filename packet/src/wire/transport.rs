@@ -196,6 +196,16 @@ impl<T: AsRef<[u8]>> IcmpHeader<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpHeader<T> {
+    /// Writes the type, the code, a zero checksum and the header's second
+    /// word (`rest`: an error's MTU, or zero).
+    pub fn emit_header(&mut self, msg_type: u8, code: u8, rest: u32) {
+        let b = self.buffer.as_mut();
+        b[0] = msg_type;
+        b[1] = code;
+        set_be16(b, Self::CHECKSUM, 0);
+        b[Self::IDENT..Self::LEN].copy_from_slice(&rest.to_be_bytes());
+    }
+
     pub fn set_echo_ident(&mut self, id: u16) {
         set_be16(self.buffer.as_mut(), Self::IDENT, id);
     }
