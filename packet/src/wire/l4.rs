@@ -6,7 +6,8 @@
 //! datagram starts so the error can be matched to the session it is about.
 
 use super::{
-    Ip, MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16,
+    IPV4_MIN_HLEN, IPV6_HLEN, Ip, Ipv4Packet, Ipv6Packet, MAX_EXT_HEADERS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16,
     transport::{IcmpHeader, TcpHeader, UdpHeader},
 };
 
@@ -63,17 +64,16 @@ impl L4 {
 pub fn parse_l4(frame: &[u8], ip: &Ip) -> Result<L4, ParseError> {
     match *ip {
         Ip::V4 { l3, ihl, len, .. } => {
-            let h = &frame[l3..l3 + len];
-            let proto = h[9];
-            if be16(h, 6) & 0x1fff != 0 {
-                return Ok(L4::new(proto, 0, Kind::Fragment));
+            let h = Ipv4Packet::new_unchecked(&frame[l3..l3 + len]);
+            if h.is_later_fragment() {
+                return Ok(L4::new(h.protocol(), 0, Kind::Fragment));
             }
-            transport(frame, l3 + ihl, l3 + len, proto, false)
+            transport(frame, l3 + ihl, l3 + len, h.protocol(), false)
         }
         Ip::V6 { l3, len, .. } => {
             let end = l3 + len;
-            let mut next = frame[l3 + 6];
-            let mut off = l3 + super::IPV6_HLEN;
+            let mut next = Ipv6Packet::new_unchecked(&frame[l3..end]).next_header();
+            let mut off = l3 + IPV6_HLEN;
             // Hop-by-hop, routing, fragment, destination options and AH.
             for _ in 0..MAX_EXT_HEADERS {
                 match next {
@@ -190,26 +190,20 @@ pub struct QuotedV6 {
 /// bytes, or not IPv6, is `Truncated`.
 pub fn quoted_v6(frame: &[u8], inner: usize, end: usize) -> Result<QuotedV6, ParseError> {
     let q = frame.get(inner..end).ok_or(ParseError::Truncated)?;
-    if q.len() < super::IPV6_HLEN + 8 || q[0] >> 4 != 6 {
+    // The quote's payload length is the original's: only its header and
+    // the eight transport bytes that identify the flow are read.
+    if q.len() < IPV6_HLEN + 8 {
         return Err(ParseError::Truncated);
     }
-    let proto = q[6];
-    let t = &q[super::IPV6_HLEN..];
-    let (sport, dport) = match proto {
-        PROTO_TCP | PROTO_UDP => (be16(t, 0), be16(t, 2)),
-        PROTO_ICMPV6 if t[0] == 128 || t[0] == 129 => {
-            let id = be16(t, 4);
-            (id, id)
-        }
-        _ => (0, 0),
-    };
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&q[8..24]);
-    dst.copy_from_slice(&q[24..40]);
+    let ip = Ipv6Packet::new_unchecked(q);
+    if ip.version() != 6 {
+        return Err(ParseError::Truncated);
+    }
+    let proto = ip.next_header();
+    let (sport, dport) = quoted_ports(&q[IPV6_HLEN..], proto, true);
     Ok(QuotedV6 {
-        src,
-        dst,
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
         proto,
         sport,
         dport,
@@ -220,32 +214,56 @@ pub fn quoted_v6(frame: &[u8], inner: usize, end: usize) -> Result<QuotedV6, Par
 /// `inner` and whose datagram ends at `end`.
 pub fn quoted_v4(frame: &[u8], inner: usize, end: usize) -> Result<Quoted, ParseError> {
     let q = frame.get(inner..end).ok_or(ParseError::Truncated)?;
-    if q.len() < 20 {
+    // The quote's total length is the original's: only its header and the
+    // eight transport bytes that identify the flow are read.
+    if q.len() < IPV4_MIN_HLEN {
         return Err(ParseError::Truncated);
     }
-    let ihl = usize::from(q[0] & 0x0f) * 4;
-    if q[0] >> 4 != 4 || ihl < 20 {
+    let ip = Ipv4Packet::new_unchecked(q);
+    let ihl = ip.header_len();
+    if ip.version() != 4 || ihl < IPV4_MIN_HLEN {
         return Err(ParseError::BadHeader);
     }
     if q.len() < ihl + 8 {
         return Err(ParseError::Truncated);
     }
-    let proto = q[9];
-    let t = &q[ihl..];
-    let (sport, dport) = match proto {
-        PROTO_TCP | PROTO_UDP => (be16(t, 0), be16(t, 2)),
-        PROTO_ICMP if t[0] == 8 || t[0] == 0 => (be16(t, 4), be16(t, 4)),
-        _ => (0, 0),
-    };
+    let proto = ip.protocol();
+    let (sport, dport) = quoted_ports(&q[ihl..], proto, false);
     Ok(Quoted {
         l3: inner,
         ihl,
-        src: [q[12], q[13], q[14], q[15]],
-        dst: [q[16], q[17], q[18], q[19]],
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
         proto,
         sport,
         dport,
     })
+}
+
+/// The ports (or an echo's identifier, twice) in the first eight transport
+/// bytes `t` of a quoted datagram of protocol `proto`; zeros for others.
+fn quoted_ports(t: &[u8], proto: u8, v6: bool) -> (u16, u16) {
+    match proto {
+        PROTO_TCP | PROTO_UDP => {
+            // Ports sit where UDP's do in either header.
+            let u = UdpHeader::new_unchecked(t);
+            (u.src_port(), u.dst_port())
+        }
+        PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => {
+            let m = IcmpHeader::new_unchecked(t);
+            let echo = if v6 {
+                matches!(m.msg_type(), 128 | 129)
+            } else {
+                matches!(m.msg_type(), 0 | 8)
+            };
+            if echo {
+                (m.echo_ident(), m.echo_ident())
+            } else {
+                (0, 0)
+            }
+        }
+        _ => (0, 0),
+    }
 }
 
 #[cfg(test)]

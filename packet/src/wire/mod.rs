@@ -88,16 +88,13 @@ impl Ip {
         match self {
             Self::V4 {
                 l3, ihl, len, ttl, ..
-            } => {
-                let d = &frame[l3 + 16..l3 + 20];
-                Self::V4 {
-                    l3,
-                    ihl,
-                    len,
-                    dst: Ipv4Addr::new(d[0], d[1], d[2], d[3]),
-                    ttl,
-                }
-            }
+            } => Self::V4 {
+                l3,
+                ihl,
+                len,
+                dst: Ipv4Packet::new_unchecked(&frame[l3..]).dst(),
+                ttl,
+            },
             v6 @ Self::V6 { .. } => v6,
         }
     }
