@@ -7,7 +7,7 @@
 //! packet travelled the other way.
 
 use super::{
-    Ipv4Packet, Kind, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, be16, checksum, quoted_v4,
+    Ipv4Packet, Kind, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum, quoted_v4,
     transport::{IcmpHeader, TcpHeader, UdpHeader},
 };
 
@@ -30,11 +30,6 @@ fn adjust(csum: u16, old: &[u8], new: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
-}
-
-fn patch(frame: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
-    let c = adjust(be16(frame, at), old, new);
-    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Offset of the transport checksum from the transport header, and whether a
@@ -130,10 +125,16 @@ pub fn rewrite_icmp_error_v4(
         return false;
     };
     // Outer header: the address only (ICMP has no pseudo-header).
-    let a_at = l3 + if which == Rewrite::Source { 12 } else { 16 };
-    let old_addr: [u8; 4] = frame[a_at..a_at + 4].try_into().expect("4 bytes");
-    frame[a_at..a_at + 4].copy_from_slice(&addr);
-    patch(frame, l3 + 10, &old_addr, &addr);
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[l3..]);
+    let old_addr = match which {
+        Rewrite::Source => ip.src_addr(),
+        Rewrite::Destination => ip.dst_addr(),
+    };
+    match which {
+        Rewrite::Source => ip.set_src_addr(addr),
+        Rewrite::Destination => ip.set_dst_addr(addr),
+    }
+    ip.set_header_checksum(adjust(ip.header_checksum(), &old_addr, &addr));
 
     // Quoted datagram: the mirrored endpoint.
     let quoted = L4 {
@@ -164,13 +165,18 @@ pub fn rewrite_icmp_error_v4(
             ..quoted
         };
         rewrite_v4(frame, q.l3, &no_csum, mirrored, addr, port);
-        let p_at = quoted.off + if mirrored == Rewrite::Source { 0 } else { 2 };
-        frame[p_at..p_at + 2].copy_from_slice(&port.to_be_bytes());
+        // Ports sit where UDP's do in either header.
+        let mut u = UdpHeader::new_unchecked(&mut frame[quoted.off..]);
+        match mirrored {
+            Rewrite::Source => u.set_src_port(port),
+            Rewrite::Destination => u.set_dst_port(port),
+        }
     }
     // The ICMP checksum covers the whole quote: recompute it (errors are rare).
-    frame[l4.off + 2..l4.off + 4].copy_from_slice(&[0, 0]);
-    let c = checksum(&frame[l4.off..end], 0);
-    frame[l4.off + 2..l4.off + 4].copy_from_slice(&c.to_be_bytes());
+    let message = &mut frame[l4.off..end];
+    IcmpHeader::new_unchecked(&mut *message).set_checksum(0);
+    let c = checksum(message, 0);
+    IcmpHeader::new_unchecked(message).set_checksum(c);
     true
 }
 
