@@ -116,6 +116,64 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// Next-header values of the extension headers tandem walks past.
+pub const EXT_HOP_BY_HOP: u8 = 0;
+pub const EXT_ROUTING: u8 = 43;
+pub const EXT_FRAGMENT: u8 = 44;
+pub const EXT_AUTH: u8 = 51;
+pub const EXT_DEST_OPTS: u8 = 60;
+
+/// Whether `next` names an extension header.
+pub const fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT | EXT_AUTH | EXT_DEST_OPTS
+    )
+}
+
+/// A view of one IPv6 extension header of kind `kind` (its first eight
+/// bytes are all any of them needs read).
+#[derive(Debug, Clone)]
+pub struct Ipv6ExtHeader<T: AsRef<[u8]>> {
+    buffer: T,
+    kind: u8,
+}
+
+impl<T: AsRef<[u8]>> Ipv6ExtHeader<T> {
+    /// The shortest extension header.
+    pub const MIN_LEN: usize = 8;
+
+    /// A view of a buffer that holds the header's first eight bytes.
+    pub fn new_checked(buffer: T, kind: u8) -> Result<Self, ParseError> {
+        if buffer.as_ref().len() < Self::MIN_LEN {
+            return Err(ParseError::Truncated);
+        }
+        Ok(Self { buffer, kind })
+    }
+
+    pub fn next_header(&self) -> u8 {
+        self.buffer.as_ref()[0]
+    }
+
+    /// The header's length in bytes (AH counts 4-byte words less two,
+    /// the others 8-byte words less one; a fragment header is 8 bytes).
+    pub fn header_len(&self) -> usize {
+        let n = usize::from(self.buffer.as_ref()[1]);
+        match self.kind {
+            EXT_FRAGMENT => Self::MIN_LEN,
+            EXT_AUTH => (n + 2) * 4,
+            _ => (n + 1) * 8,
+        }
+    }
+
+    /// For a fragment header: whether this is a fragment other than the
+    /// first (its offset is not zero).
+    pub fn is_later_fragment(&self) -> bool {
+        let b = self.buffer.as_ref();
+        self.kind == EXT_FRAGMENT && u16::from_be_bytes([b[2], b[3]]) & 0xfff8 != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

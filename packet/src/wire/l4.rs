@@ -7,7 +7,8 @@
 
 use super::{
     IPV4_MIN_HLEN, IPV6_HLEN, Ip, Ipv4Packet, Ipv6Packet, MAX_EXT_HEADERS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError, be16,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParseError,
+    ipv6::{self, Ipv6ExtHeader},
     transport::{IcmpHeader, TcpHeader, UdpHeader},
 };
 
@@ -76,31 +77,17 @@ pub fn parse_l4(frame: &[u8], ip: &Ip) -> Result<L4, ParseError> {
             let mut off = l3 + IPV6_HLEN;
             // Hop-by-hop, routing, fragment, destination options and AH.
             for _ in 0..MAX_EXT_HEADERS {
-                match next {
-                    0 | 43 | 60 | 51 => {
-                        let h = frame.get(off..off + 8).filter(|_| off + 8 <= end);
-                        let h = h.ok_or(ParseError::Truncated)?;
-                        let hlen = if next == 51 {
-                            (usize::from(h[1]) + 2) * 4
-                        } else {
-                            (usize::from(h[1]) + 1) * 8
-                        };
-                        next = h[0];
-                        off += hlen;
-                    }
-                    44 => {
-                        let h = frame.get(off..off + 8).filter(|_| off + 8 <= end);
-                        let h = h.ok_or(ParseError::Truncated)?;
-                        if be16(h, 2) & 0xfff8 != 0 {
-                            return Ok(L4::new(h[0], 0, Kind::Fragment));
-                        }
-                        next = h[0];
-                        off += 8;
-                    }
-                    _ => break,
+                if !ipv6::is_extension(next) {
+                    break;
                 }
+                let h = Ipv6ExtHeader::new_checked(frame.get(off..end).unwrap_or(&[]), next)?;
+                if h.is_later_fragment() {
+                    return Ok(L4::new(h.next_header(), 0, Kind::Fragment));
+                }
+                next = h.next_header();
+                off += h.header_len();
             }
-            if matches!(next, 0 | 43 | 44 | 51 | 60) {
+            if ipv6::is_extension(next) {
                 return Err(ParseError::HeaderChain);
             }
             if off > end {

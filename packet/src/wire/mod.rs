@@ -212,11 +212,6 @@ impl Headers {
     }
 }
 
-#[inline]
-fn be16(b: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([b[off], b[off + 1]])
-}
-
 /// The destination and source MACs of an Ethernet frame of at least
 /// `ETH_HLEN` bytes.
 #[inline]
