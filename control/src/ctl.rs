@@ -27,6 +27,30 @@ pub enum Request {
     /// `show probes [from N]`, answered by JSON lines and `end N` with
     /// the number to ask from next.
     ShowProbes { from: Option<u64> },
+    /// Fault injection for tests (`debug panic ha|sync|control`): the
+    /// named thread panics, which must end the daemon. Refused unless
+    /// tandemd started with `TANDEM_FAULT_INJECTION=1`.
+    Panic(Thread),
+}
+
+/// A daemon thread that a fault can be injected into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Thread {
+    Ha = 1,
+    Sync = 2,
+    Control = 3,
+}
+
+impl Thread {
+    pub const ALL: [Self; 3] = [Self::Ha, Self::Sync, Self::Control];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ha => "ha",
+            Self::Sync => "sync",
+            Self::Control => "control",
+        }
+    }
 }
 
 impl Request {
@@ -41,6 +65,7 @@ impl Request {
             }
             Self::ShowProbes { from: None } => "show probes".into(),
             Self::ShowProbes { from: Some(n) } => format!("show probes from {n}"),
+            Self::Panic(t) => format!("debug panic {}", t.name()),
             Self::Mastership { acquire, force } => format!(
                 "request {}{}",
                 if *acquire { "acquire" } else { "release" },
@@ -50,7 +75,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force]";
+const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force] | debug panic ha|sync|control";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -76,6 +101,13 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 force,
             })
         }
+        ["debug", "panic", t] => Thread::ALL
+            .into_iter()
+            .find(|x| x.name() == *t)
+            .map(Request::Panic)
+            .ok_or_else(|| {
+                format!("debug panic: unknown thread {t:?} (expected ha, sync or control)")
+            }),
         ["show", "probes"] => Ok(Request::ShowProbes { from: None }),
         ["show", "probes", "from", n] => n
             .parse()
@@ -190,6 +222,15 @@ mod tests {
                 .contains("\"x\"")
         );
         assert!(parse_request("show probes since 3").is_err());
+        for t in Thread::ALL {
+            let r = Request::Panic(t);
+            assert_eq!(parse_request(&r.as_line()), Ok(r.clone()));
+        }
+        assert!(
+            parse_request("debug panic worker")
+                .unwrap_err()
+                .contains("\"worker\"")
+        );
         assert_eq!(
             parse_request("REQUEST Release FORCE"),
             Ok(Request::Mastership {

@@ -35,6 +35,20 @@ pub struct Node {
     pub sync_state: AtomicU8,
     /// The last finished probes, for `tandemstat -p`.
     pub probes: Mutex<ProbeLog>,
+    /// A fault injected by a test (`tandemctl debug panic`): the thread
+    /// of this number ([`tandem_control::ctl::Thread`]) panics; 0 none.
+    pub fault: AtomicU8,
+}
+
+impl Node {
+    /// Panics if a test asked this thread to (a half-dead daemon must
+    /// not be possible: the panic hook ends the process).
+    pub fn check_fault(&self, t: tandem_control::ctl::Thread) {
+        if self.fault.load(Ordering::Relaxed) == t as u8 {
+            self.fault.store(0, Ordering::Relaxed);
+            panic!("fault injected: the {} thread panics", t.name());
+        }
+    }
 }
 
 impl Node {

@@ -205,6 +205,14 @@ impl Tally {
         }
     }
 
+    /// Where gauge `g` sits in a worker's block.
+    pub const fn gauge_offset(g: WorkerGauge) -> usize {
+        WorkerCounter::COUNT
+            + IFACES * DropReason::COUNT
+            + IFACES * IfaceCounter::COUNT
+            + g as usize
+    }
+
     /// Number of values in a worker's block.
     pub const fn values_len(workers: usize) -> usize {
         WorkerCounter::COUNT
@@ -378,6 +386,8 @@ mod tests {
         );
         assert_eq!(find("tandem_handoffs_total", "worker=3,to=2"), 1);
         assert_eq!(find("tandem_sessions_active", "worker=3"), 9);
+        let at = first + Tally::gauge_offset(WorkerGauge::SessionsActive) as u32;
+        assert_eq!(r.value(at), 9, "the gauge's offset names its slot");
         std::fs::remove_file(&p).unwrap();
     }
 

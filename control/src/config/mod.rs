@@ -273,6 +273,14 @@ impl Config {
                     "no [sync]".into(),
                 ));
             };
+            if s.key.is_none() && !s.insecure {
+                return Err(invalid(
+                    "sync.key",
+                    "a shared key of at least 16 bytes with [redundancy] (heartbeats and \
+                     sync messages are authenticated with it), or `insecure = true` in [sync]",
+                    "no key".into(),
+                ));
+            }
             if let Some(role) = s.role {
                 return Err(invalid(
                     "sync.role",
@@ -495,7 +503,8 @@ mod tests {
 
     #[test]
     fn redundancy_section_parses_and_owns_the_roles() {
-        let sync = "[sync]\nlocal = \"198.18.9.1\"\npeer = \"198.18.9.2\"\nnode_id = 1\n";
+        let sync = "[sync]\nlocal = \"198.18.9.1\"\npeer = \"198.18.9.2\"\nnode_id = 1\n\
+                    key = \"sixteen bytes at least\"\n";
         let base = format!(
             "{GOOD}\n{sync}[redundancy]\nheartbeat = [{{ local = \"198.18.1.2\", peer = \"198.18.1.3\" }}]\n\
              vip = [{{ interface = \"inside\", address = \"198.18.1.1\" }}]\n"
@@ -525,6 +534,7 @@ mod tests {
             ("multiplier = 1", "redundancy.multiplier"),
             ("hold_down_ms = 10", "redundancy.hold_down_ms"),
             ("stall_ms = 10", "redundancy.stall_ms"),
+            ("unsynced_warn_ms = 10", "redundancy.unsynced_warn_ms"),
             ("garp_count = 0", "redundancy.garp_count"),
             ("garp_interval_ms = 0", "redundancy.garp_interval_ms"),
             ("critical = [\"reboot\"]", "redundancy.critical"),
@@ -590,6 +600,31 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("`node.forward`")
+        );
+        // A key, or insecure said out loud.
+        let keyless = base.replace("key = \"sixteen bytes at least\"\n", "");
+        let e = parse(&keyless).unwrap_err().to_string();
+        assert!(e.contains("`sync.key`") && e.contains("insecure"), "{e}");
+        let insecure = keyless.replace("node_id = 1\n", "node_id = 1\ninsecure = true\n");
+        assert!(parse(&insecure).unwrap().sync.unwrap().insecure);
+        let both = base.replace("node_id = 1\n", "node_id = 1\ninsecure = true\n");
+        assert!(
+            parse(&both)
+                .unwrap_err()
+                .to_string()
+                .contains("sync.insecure")
+        );
+        let rollover = base.replace(
+            "node_id = 1\n",
+            "node_id = 1\naccept_keys = [\"the next sixteen bytes\"]\n",
+        );
+        assert_eq!(parse(&rollover).unwrap().sync.unwrap().accept_keys.len(), 1);
+        let short = base.replace("node_id = 1\n", "node_id = 1\naccept_keys = [\"short\"]\n");
+        assert!(
+            parse(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("sync.accept_keys[0]")
         );
         let alone = format!("{GOOD}\n[redundancy]\n");
         assert!(parse(&alone).unwrap_err().to_string().contains("[sync]"));

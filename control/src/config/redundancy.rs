@@ -96,6 +96,10 @@ pub struct Redundancy {
     pub failure_detection_ms: u32,
     #[serde(default)]
     pub probe: Vec<Probe>,
+    /// A standby that has not been Hot (holding the master's sessions)
+    /// for this long while a master lives is a warning in every view.
+    #[serde(default = "default_unsynced_warn_ms")]
+    pub unsynced_warn_ms: u32,
 }
 
 fn default_priority() -> u8 {
@@ -127,6 +131,9 @@ fn default_garp_interval_ms() -> u32 {
 }
 fn default_failure_detection_ms() -> u32 {
     1000
+}
+fn default_unsynced_warn_ms() -> u32 {
+    30_000
 }
 
 impl Redundancy {
@@ -222,6 +229,13 @@ impl Redundancy {
                 "garp_interval_ms",
                 "10..=1000",
                 self.garp_interval_ms.to_string(),
+            ));
+        }
+        if !(1000..=3_600_000).contains(&self.unsynced_warn_ms) {
+            return Err(invalid(
+                "unsynced_warn_ms",
+                "1000..=3600000",
+                self.unsynced_warn_ms.to_string(),
             ));
         }
         if !(100..=60_000).contains(&self.failure_detection_ms) {

@@ -41,6 +41,16 @@ pub struct Sync {
     /// bytes; keep the file readable by root only.
     #[serde(default)]
     pub key: Option<String>,
+    /// Keys accepted besides `key`, never used to sign: a key rollover
+    /// adds the new key here on both nodes, then makes it `key` one node
+    /// at a time, then drops the old one. Each at least 16 bytes.
+    #[serde(default)]
+    pub accept_keys: Vec<String>,
+    /// Run a redundancy pair without a key: heartbeats and sync messages
+    /// can then be forged by anyone who reaches the sync or heartbeat
+    /// addresses. Logged at every start and shown in the views.
+    #[serde(default)]
+    pub insecure: bool,
     /// A batch of session records is sent when it reaches this many bytes...
     #[serde(default = "default_flush_bytes")]
     pub flush_bytes: u32,
@@ -116,6 +126,29 @@ impl Sync {
                 "key",
                 "at least 16 bytes",
                 format!("{} bytes", k.len()),
+            ));
+        }
+        for (i, k) in self.accept_keys.iter().enumerate() {
+            if k.len() < 16 {
+                return Err(invalid(
+                    &format!("accept_keys[{i}]"),
+                    "at least 16 bytes",
+                    format!("{} bytes", k.len()),
+                ));
+            }
+        }
+        if !self.accept_keys.is_empty() && self.key.is_none() {
+            return Err(invalid(
+                "accept_keys",
+                "a `key` to sign with as well",
+                format!("{} keys and no key", self.accept_keys.len()),
+            ));
+        }
+        if self.insecure && self.key.is_some() {
+            return Err(invalid(
+                "insecure",
+                "false when a key is set",
+                "true".into(),
             ));
         }
         if !(1024..=512 * 1024).contains(&self.flush_bytes) {

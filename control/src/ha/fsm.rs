@@ -23,7 +23,14 @@
 //! released yields, then higher priority, then lower node id) and dual
 //! master (healthy first, then priority, then node id).
 //! Preemption (off by default): a healthy STANDBY that wins on priority
-//! requests mastership after the hold-down.
+//! and whose sync is Hot requests mastership after the hold-down.
+//!
+//! Mastership moves by choice only to a node that holds the sessions: a
+//! plain request to acquire is refused while the master lives and this
+//! node's sync is not Hot, a plain release while the peer's is not, and
+//! preemption waits for Hot. A dead master leaves no better choice: its
+//! standby takes over whatever it holds, and [`Counts`] counts the
+//! takeovers made without Hot.
 
 mod event;
 mod state;
@@ -31,7 +38,7 @@ mod state;
 use std::{cmp::Reverse, collections::BTreeSet, time::Duration};
 
 pub use self::{
-    event::{Action, Counts, Event, Monitored, Settings, Transition},
+    event::{Action, Counts, Event, Monitored, Refusal, Settings, Transition},
     state::{Check, PeerView, Policy, State},
 };
 
@@ -42,6 +49,10 @@ enum Timer {
     Preempt,
 }
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts the rules read, one field each"
+)]
 pub struct Fsm {
     s: Settings,
     state: State,
@@ -58,11 +69,16 @@ pub struct Fsm {
     /// until the next health change or request.
     pinned: bool,
     timer: Option<(Duration, Timer)>,
+    /// This node's sync link is Hot.
+    hot: bool,
+    /// A peer has been MASTER since this node started: a takeover
+    /// without Hot may lose its sessions.
+    peer_was_master: bool,
     pub counts: Counts,
 }
 
 /// What the heartbeat carries; a change is announced at once.
-type Shown = (State, bool, bool, Option<(bool, Transition)>, bool);
+type Shown = (State, bool, bool, Option<(bool, Transition)>, bool, bool);
 
 impl Fsm {
     pub fn new(s: Settings) -> Self {
@@ -76,6 +92,8 @@ impl Fsm {
             force: false,
             pinned: false,
             timer: None,
+            hot: false,
+            peer_was_master: false,
             counts: Counts::default(),
         }
     }
@@ -90,6 +108,11 @@ impl Fsm {
             .failed
             .iter()
             .any(|(c, _)| self.s.policy.critical[*c as usize])
+    }
+
+    /// This node's sync link is Hot.
+    pub fn hot(&self) -> bool {
+        self.hot
     }
 
     /// Failed checks, critical or not.
@@ -112,6 +135,7 @@ impl Fsm {
             released: self.released,
             acquire: self.acquiring.is_some(),
             force: self.force || self.acquiring.is_some_and(|(f, _)| f),
+            hot: self.hot,
         }
     }
 
@@ -122,7 +146,37 @@ impl Fsm {
             self.released,
             self.acquiring,
             self.force,
+            self.hot,
         )
+    }
+
+    /// Why a mastership request (`acquire` or release, `force`d or not)
+    /// would be refused now; `None`: it is carried out.
+    pub fn refusal(&self, acquire: bool, force: bool) -> Option<Refusal> {
+        if acquire {
+            return match self.state {
+                State::Master => Some(Refusal::AlreadyMaster),
+                State::Init => Some(Refusal::NotNow(self.state)),
+                State::StandbyWarned if !force => Some(Refusal::Warned),
+                _ if !force && !self.hot && self.peer.is_some_and(|p| p.state == State::Master) => {
+                    Some(Refusal::NotHot)
+                }
+                _ => None,
+            };
+        }
+        if self.state != State::Master {
+            return Some(Refusal::NotNow(self.state));
+        }
+        let Some(p) = self.peer else {
+            return Some(Refusal::NoPeer);
+        };
+        if p.state == State::Init || !(eligible(&p) || (force && p.state != State::Master)) {
+            return Some(Refusal::PeerIneligible(p));
+        }
+        if !force && !p.hot {
+            return Some(Refusal::PeerNotHot(p));
+        }
+        None
     }
 
     /// Handles one event at `now` (since the driver's epoch).
@@ -178,6 +232,10 @@ impl Fsm {
                 force,
             } => self.manual_release(now, force, &mut out),
             Event::Timer => self.timer_fired(now, &mut out),
+            Event::Sync { hot } => {
+                self.hot = hot;
+                self.settle(now, &mut out);
+            }
         }
         if self.shown() != shown {
             out.push(Action::Announce);
@@ -192,6 +250,7 @@ impl Fsm {
         let prev = self.peer.replace(v);
         let before = self.state;
         if v.state == State::Master {
+            self.peer_was_master = true;
             // A master exists: nothing of ours is pending against it any
             // more but a request.
             self.released = false;
@@ -215,12 +274,7 @@ impl Fsm {
     }
 
     fn manual_acquire(&mut self, now: Duration, force: bool, out: &mut Vec<Action>) {
-        let allowed = match self.state {
-            State::Init | State::Master => false,
-            State::StandbyWarned => force,
-            State::Waiting | State::Standby => true,
-        };
-        if !allowed {
+        if self.refusal(true, force).is_some() {
             self.counts.transition(Transition::AcquireManual, true);
             return;
         }
@@ -241,10 +295,7 @@ impl Fsm {
     }
 
     fn manual_release(&mut self, now: Duration, force: bool, out: &mut Vec<Action>) {
-        let to = self.peer.filter(|p| {
-            p.state != State::Init && (eligible(p) || (force && p.state != State::Master))
-        });
-        if self.state != State::Master || to.is_none() {
+        if self.refusal(false, force).is_some() {
             self.counts.transition(Transition::ReleaseManual, true);
             return;
         }
@@ -309,6 +360,7 @@ impl Fsm {
     fn preempts(&self) -> bool {
         self.s.preempt
             && self.healthy()
+            && self.hot
             && !self.released
             && self.peer.is_some_and(|p| {
                 p.state == State::Master
@@ -326,6 +378,9 @@ impl Fsm {
         }
         self.state = to;
         if to == State::Master {
+            if !self.hot && self.peer_was_master {
+                self.counts.takeovers_without_hot += 1;
+            }
             self.acquiring = None;
             self.released = false;
             if matches!(self.timer, Some((_, Timer::Request | Timer::Preempt))) {
@@ -407,7 +462,9 @@ impl Fsm {
                 if p.state == State::Master && !self.wins_dual(&p) {
                     return Some((resting, Some(ReleaseAuto)));
                 }
-                if p.acquire && (eligible(&p) || p.force) {
+                // A plain request comes only from a Hot peer; this checks
+                // it again.
+                if p.acquire && ((eligible(&p) && p.hot) || p.force) {
                     return Some((resting, Some(ReleaseAuto)));
                 }
                 if !healthy && !self.pinned && eligible(&p) && p.state != State::Master {

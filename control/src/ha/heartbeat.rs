@@ -3,19 +3,31 @@
 //! [`PeerView`] and echoing the last heartbeat it heard on that path, so
 //! each side measures the round trip the way DPD's R-U-THERE/ACK does.
 //!
-//! Format (96 bytes, big-endian):
+//! Format (128 bytes, big-endian):
 //! ```text
-//!  0 "TNDH"  4 version  5 state  6 flags  7 priority
+//!  0 "TNDH"  4 version (2)  5 state  6 flags  7 priority
 //!  8 group (u32)  12 node id (u32)  16 incarnation (u64)  24 seq (u64)
 //! 32 echo seq (u64)  40 echo hold (u32, microseconds)  44 path (u8)
-//! 45 sync state (u8)  46..64 zero  64..96 HMAC-SHA256 tag, or zeros
+//! 45 sync state (u8)  46..48 zero  48 echo incarnation (u64)
+//! 56 sessions (u64)  64..96 zero  96..128 HMAC-SHA256 tag, or zeros
 //! ```
-//! flags: 1 healthy, 2 released, 4 acquire, 8 force. The incarnation is
-//! the sender's start time (ns): with the sequence it orders heartbeats,
-//! so a replayed or late one is refused and a restarted peer's first one
-//! is not. With a key, the tag is HMAC-SHA256 under a key derived from the
-//! pair's shared secret for heartbeats only; without one the tag is zero
-//! and a tagged heartbeat is refused (the two nodes disagree on the key).
+//! flags: 1 healthy, 2 released, 4 acquire, 8 force.
+//!
+//! Freshness does not rest on any clock. The incarnation is a random
+//! number drawn at start; within one, the sequence orders heartbeats, so
+//! a replayed or late one is refused. A heartbeat of an incarnation not
+//! yet accepted (the peer's first, or a restarted peer's) is accepted only
+//! once it echoes one of this node's own heartbeats (its incarnation and
+//! sequence) sent within the dead interval: it was made after hearing
+//! this node now, so it cannot be a recording. Until then it is held
+//! ("unproven") and echoed, so that the peer can prove this node's own
+//! incarnation in turn.
+//!
+//! With keys, the tag is HMAC-SHA256 under a key derived from the pair's
+//! shared secret for heartbeats only; heartbeats go out under the first
+//! key and any configured key is accepted (a rollover). Without keys the
+//! tag is zero and a tagged heartbeat is refused (the two nodes disagree
+//! on the key).
 
 use std::{
     io,
@@ -28,10 +40,10 @@ use sha2::Sha256;
 
 use super::fsm::{PeerView, State};
 
-pub const LEN: usize = 96;
-const BODY: usize = 64;
+pub const LEN: usize = 128;
+const BODY: usize = 96;
 const MAGIC: &[u8; 4] = b"TNDH";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Heartbeats' UDP port unless configured.
 pub const PORT: u16 = 7469;
 
@@ -44,14 +56,19 @@ pub struct Heartbeat {
     pub group: u32,
     pub incarnation: u64,
     pub seq: u64,
-    /// The last seq heard from the peer on this path (0: none yet) and
-    /// how long ago, in microseconds.
+    /// The last heartbeat heard from the peer on this path (its
+    /// incarnation and seq; 0: none yet) and how long ago, in
+    /// microseconds.
+    pub echo_incarnation: u64,
     pub echo_seq: u64,
     pub echo_hold_us: u32,
     /// The sender's index of the path.
     pub path: u8,
-    /// The sender's sync state: 0 off, 1 cold, 2 hot.
+    /// The sender's sync state: 0 off, 1 cold, 2 hot (also
+    /// `view.hot`).
     pub sync: u8,
+    /// Sessions the sender holds.
+    pub sessions: u64,
 }
 
 /// Why a datagram was refused.
@@ -59,7 +76,7 @@ pub struct Heartbeat {
 pub enum Reject {
     #[error("not a heartbeat (length or magic)")]
     Malformed,
-    #[error("heartbeat version {0} (this node speaks 1)")]
+    #[error("heartbeat version {0} (this node speaks 2)")]
     Version(u8),
     #[error("a field out of range")]
     Invalid,
@@ -71,6 +88,8 @@ pub enum Reject {
     OwnId,
     #[error("older than one already heard (replayed or reordered)")]
     Stale,
+    #[error("a new incarnation that has not yet echoed a recent heartbeat of this node")]
+    Unproven,
 }
 
 /// The heartbeat key derived from the pair's secret.
@@ -106,6 +125,8 @@ impl Heartbeat {
         b[40..44].copy_from_slice(&self.echo_hold_us.to_be_bytes());
         b[44] = self.path;
         b[45] = self.sync;
+        b[48..56].copy_from_slice(&self.echo_incarnation.to_be_bytes());
+        b[56..64].copy_from_slice(&self.sessions.to_be_bytes());
         if let Some(k) = key {
             let t = tag(k, &b[..BODY]);
             b[BODY..].copy_from_slice(&t);
@@ -113,8 +134,9 @@ impl Heartbeat {
         b
     }
 
-    /// Checks shape and tag; the caller checks group, id and order.
-    pub fn decode(b: &[u8], key: Option<&[u8; 32]>) -> Result<Self, Reject> {
+    /// Checks shape and tag (under any of `keys`; with none, an untagged
+    /// heartbeat); the caller checks group, id and order.
+    pub fn decode(b: &[u8], keys: &[[u8; 32]]) -> Result<Self, Reject> {
         if b.len() != LEN || &b[..4] != MAGIC {
             return Err(Reject::Malformed);
         }
@@ -122,17 +144,23 @@ impl Heartbeat {
             return Err(Reject::Version(b[4]));
         }
         let tagged = &b[BODY..];
-        match key {
-            Some(k) => {
-                let mut m = HmacSha256::new_from_slice(k).expect("any length");
-                m.update(&b[..BODY]);
-                m.verify_slice(tagged).map_err(|_| Reject::Auth)?;
+        if keys.is_empty() {
+            if tagged.iter().any(|x| *x != 0) {
+                return Err(Reject::Auth);
             }
-            None if tagged.iter().any(|x| *x != 0) => return Err(Reject::Auth),
-            None => {}
+        } else if !keys.iter().any(|k| {
+            let mut m = HmacSha256::new_from_slice(k).expect("any length");
+            m.update(&b[..BODY]);
+            m.verify_slice(tagged).is_ok()
+        }) {
+            return Err(Reject::Auth);
         }
         let state = State::from_u8(b[5]).ok_or(Reject::Invalid)?;
-        if b[6] & 0xf0 != 0 || b[45] > 2 || b[46..BODY].iter().any(|x| *x != 0) {
+        if b[6] & 0xf0 != 0
+            || b[45] > 2
+            || b[46..48].iter().any(|x| *x != 0)
+            || b[64..BODY].iter().any(|x| *x != 0)
+        {
             return Err(Reject::Invalid);
         }
         let u32_at = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().expect("4 bytes"));
@@ -150,14 +178,17 @@ impl Heartbeat {
                 released: b[6] & 2 != 0,
                 acquire: b[6] & 4 != 0,
                 force: b[6] & 8 != 0,
+                hot: b[45] == 2,
             },
             group: u32_at(8),
             incarnation: u64_at(16),
             seq: u64_at(24),
+            echo_incarnation: u64_at(48),
             echo_seq: u64_at(32),
             echo_hold_us: u32_at(40),
             path: b[44],
             sync: b[45],
+            sessions: u64_at(56),
         })
     }
 }
@@ -173,6 +204,10 @@ pub struct PathStats {
     pub missed: u64,
     /// Datagrams refused: malformed, wrong key, wrong group, stale.
     pub rejected: u64,
+    /// Heartbeats of a new incarnation held until they echo a recent one
+    /// of this node's (a restarted peer's first few, or recordings played
+    /// back).
+    pub unproven: u64,
     /// Echoes that measured a round trip.
     pub acked: u64,
     /// Times the path went silent for the dead interval.
@@ -188,6 +223,34 @@ pub struct PathStats {
 /// Send times of recent heartbeats, to match echoes against.
 const SENT_RING: usize = 64;
 
+/// Datagrams read per path and turn: a flood cannot keep the driver from
+/// sending its own heartbeats.
+pub const RECV_BUDGET: usize = 64;
+
+/// Who this node is, as its heartbeats' receivers need it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Heartbeat keys ([`derive_key`]): the first signs, any verifies;
+    /// none: untagged (`insecure`).
+    pub keys: Vec<[u8; 32]>,
+    pub group: u32,
+    pub node_id: u32,
+    /// This run's random incarnation.
+    pub incarnation: u64,
+    /// How recent an echoed heartbeat must be to prove a new incarnation
+    /// (the dead interval).
+    pub fresh: Duration,
+}
+
+/// A heartbeat this node sent: its seq, when, and whether its echo has
+/// measured a round trip.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    seq: u64,
+    at: Option<Instant>,
+    sampled: bool,
+}
+
 /// One heartbeat path: a UDP socket on a local address and the peer's
 /// address on the same link.
 pub struct Path {
@@ -196,9 +259,12 @@ pub struct Path {
     pub peer: SocketAddr,
     sock: UdpSocket,
     pub stats: PathStats,
-    sent_at: [(u64, Option<Instant>); SENT_RING],
-    /// The peer's last accepted (incarnation, seq) and when it arrived.
+    sent: [Sent; SENT_RING],
+    /// The peer's accepted incarnation and seq, and when it arrived.
     last: Option<(u64, u64, Instant)>,
+    /// The last authenticated heartbeat heard, accepted or not: what the
+    /// next one sent echoes.
+    heard: Option<(u64, u64, Instant)>,
     /// Heard within the dead interval.
     pub alive: bool,
 }
@@ -215,8 +281,13 @@ impl Path {
             peer,
             sock,
             stats: PathStats::default(),
-            sent_at: [(0, None); SENT_RING],
+            sent: [Sent {
+                seq: 0,
+                at: None,
+                sampled: false,
+            }; SENT_RING],
             last: None,
+            heard: None,
             alive: false,
         })
     }
@@ -227,82 +298,114 @@ impl Path {
 
     /// Sends `hb` (its echo fields filled in here) to the peer.
     pub fn send(&mut self, mut hb: Heartbeat, key: Option<&[u8; 32]>, now: Instant) {
-        if let Some((_, seq, at)) = self.last {
+        if let Some((inc, seq, at)) = self.heard {
+            hb.echo_incarnation = inc;
             hb.echo_seq = seq;
             hb.echo_hold_us = u32::try_from(now.duration_since(at).as_micros()).unwrap_or(u32::MAX);
         }
-        self.sent_at[(hb.seq % SENT_RING as u64) as usize] = (hb.seq, Some(now));
+        self.sent[(hb.seq % SENT_RING as u64) as usize] = Sent {
+            seq: hb.seq,
+            at: Some(now),
+            sampled: false,
+        };
         match self.sock.send_to(&hb.encode(key), self.peer) {
             Ok(_) => self.stats.sent += 1,
             Err(_) => self.stats.send_errors += 1,
         }
     }
 
-    /// Reads every waiting datagram; returns the accepted heartbeats.
-    pub fn recv(
-        &mut self,
-        key: Option<&[u8; 32]>,
-        group: u32,
-        own_id: u32,
-        now: Instant,
-        out: &mut Vec<Heartbeat>,
-    ) {
+    /// Reads the waiting datagrams, at most [`RECV_BUDGET`]; returns the
+    /// accepted heartbeats, and whether datagrams may be left.
+    pub fn recv(&mut self, me: &Identity, now: Instant, out: &mut Vec<Heartbeat>) -> bool {
         let mut buf = [0u8; LEN + 1];
-        loop {
+        for _ in 0..RECV_BUDGET {
             let (n, from) = match self.sock.recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => return false,
             };
             if from.ip() != self.peer.ip() {
                 self.stats.rejected += 1;
                 continue;
             }
-            match self.accept(&buf[..n], key, group, own_id, now) {
+            match self.accept(&buf[..n], me, now) {
                 Ok(hb) => out.push(hb),
+                Err(Reject::Unproven) => self.stats.unproven += 1,
                 Err(_) => self.stats.rejected += 1,
             }
         }
+        true
     }
 
-    fn accept(
-        &mut self,
-        b: &[u8],
-        key: Option<&[u8; 32]>,
-        group: u32,
-        own_id: u32,
-        now: Instant,
-    ) -> Result<Heartbeat, Reject> {
-        let hb = Heartbeat::decode(b, key)?;
-        if hb.group != group {
+    fn accept(&mut self, b: &[u8], me: &Identity, now: Instant) -> Result<Heartbeat, Reject> {
+        let hb = Heartbeat::decode(b, &me.keys)?;
+        if hb.group != me.group {
             return Err(Reject::Group);
         }
-        if hb.view.node_id == own_id {
+        if hb.view.node_id == me.node_id {
             return Err(Reject::OwnId);
         }
-        if let Some((inc, seq, _)) = self.last {
-            if (hb.incarnation, hb.seq) <= (inc, seq) {
-                return Err(Reject::Stale);
-            }
-            if hb.incarnation == inc {
+        match self.last {
+            Some((inc, seq, _)) if inc == hb.incarnation => {
+                if hb.seq <= seq {
+                    return Err(Reject::Stale);
+                }
                 self.stats.missed += hb.seq - seq - 1;
             }
+            _ => {
+                if self
+                    .heard
+                    .is_some_and(|(inc, seq, _)| inc == hb.incarnation && hb.seq <= seq)
+                {
+                    return Err(Reject::Stale);
+                }
+                self.heard = Some((hb.incarnation, hb.seq, now));
+                if !self.proves(&hb, me, now) {
+                    return Err(Reject::Unproven);
+                }
+            }
         }
+        self.heard = Some((hb.incarnation, hb.seq, now));
         self.last = Some((hb.incarnation, hb.seq, now));
         self.stats.received += 1;
         self.alive = true;
-        let slot = self.sent_at[(hb.echo_seq % SENT_RING as u64) as usize];
+        let i = (hb.echo_seq % SENT_RING as u64) as usize;
+        let slot = self.sent[i];
         if hb.echo_seq != 0
-            && slot.0 == hb.echo_seq
-            && let Some(at) = slot.1
+            && hb.echo_incarnation == me.incarnation
+            && slot.seq == hb.echo_seq
+            && !slot.sampled
+            && let Some(at) = slot.at
         {
             let rtt = now
                 .duration_since(at)
                 .saturating_sub(Duration::from_micros(hb.echo_hold_us.into()));
-            self.sent_at[(hb.echo_seq % SENT_RING as u64) as usize].1 = None;
+            self.sent[i].sampled = true;
             self.sample(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
         }
         Ok(hb)
+    }
+
+    /// Whether `hb` echoes a heartbeat this node sent on this path within
+    /// `me.fresh`.
+    fn proves(&self, hb: &Heartbeat, me: &Identity, now: Instant) -> bool {
+        let slot = self.sent[(hb.echo_seq % SENT_RING as u64) as usize];
+        hb.echo_seq != 0
+            && hb.echo_incarnation == me.incarnation
+            && slot.seq == hb.echo_seq
+            && slot
+                .at
+                .is_some_and(|at| now.saturating_duration_since(at) <= me.fresh)
+    }
+
+    /// A heartbeat of a new incarnation is waiting for its proof: the
+    /// peer needs this node's echo soon.
+    pub fn unproven_waiting(&self) -> bool {
+        match (self.heard, self.last) {
+            (Some((h, _, _)), Some((l, _, _))) => h != l,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 
     fn sample(&mut self, rtt: u64) {

@@ -161,6 +161,23 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_ha_peer_node_id" => "The peer's node id, from its heartbeats; 0 never heard.",
         "tandem_ha_peer_sync_state" => "The peer's synchronization: 0 off, 1 cold, 2 hot.",
         "tandem_ha_mastership_changes_total" => "Times this node became or stopped being MASTER.",
+        "tandem_ha_sync_state" => {
+            "This node's synchronization: 0 off, 1 cold, 2 hot (a standby holds every session)."
+        }
+        "tandem_ha_peer_sessions" => "Sessions the peer holds, from its heartbeats.",
+        "tandem_ha_unsynced_ms" => {
+            "How long a live standby of the pair has not been Hot, milliseconds; 0 when it is."
+        }
+        "tandem_ha_unsynced_warning" => {
+            "1 while the standby has not been Hot for longer than unsynced_warn_ms."
+        }
+        "tandem_ha_takeovers_without_hot_total" => {
+            "Times this node became MASTER without Hot after a peer had been MASTER (sessions lost)."
+        }
+        "tandem_ha_insecure" => "1 when the pair runs without a key (insecure = true).",
+        "tandem_ha_heartbeats_unproven_total" => {
+            "Heartbeats of a new peer incarnation held until they echoed a recent one of ours."
+        }
         "tandem_ha_local_info" => "This node's group, node id, priority and preemption, as labels.",
         "tandem_ha_transition_events_total" => {
             "Mastership transitions the state machine received, and those it ignored."
@@ -244,8 +261,8 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
             .and_then(|x| x.strip_suffix("_events"))
         {
             add(format!("ha.{t}.{}.{}", l("event"), l("count")), v);
-        } else if stem == "ha_mastership_changes" {
-            add("ha.mastership_changes".into(), v);
+        } else if stem == "ha_mastership_changes" || stem == "ha_takeovers_without_hot" {
+            add(format!("ha.{}", &stem[3..]), v);
         } else if let Some(c) = stem.strip_prefix("ha_") {
             add(format!("ha.{}.{c}", l("path")), v);
         }

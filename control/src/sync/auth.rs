@@ -6,6 +6,11 @@
 //! frame recorded on one connection, or reflected back to its sender, does
 //! not verify. Within a connection the sequence number (checked by the
 //! connection) refuses replays.
+//!
+//! A key rollover: besides its key a node may accept others. Hellos are
+//! signed with each side's own key and verified with any accepted one;
+//! both sides derive the connection's keys from the dialer's key (the
+//! acceptor knows it as the one its hello verified with).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -17,7 +22,10 @@ type HmacSha256 = Hmac<Sha256>;
 /// Keys for one connection.
 #[derive(Clone)]
 pub struct Keys {
-    psk: Vec<u8>,
+    /// This node's key first (it signs), then the others it accepts.
+    psks: Vec<Vec<u8>>,
+    /// Which of `psks` verified the peer's hello.
+    heard: Option<usize>,
     /// Derived once both nonces are known: (sending, receiving).
     derived: Option<([u8; 32], [u8; 32])>,
 }
@@ -28,8 +36,16 @@ fn mac(key: &[u8]) -> HmacSha256 {
 
 impl Keys {
     pub fn new(psk: &[u8]) -> Self {
+        Self::accepting(psk, &[])
+    }
+
+    /// Signs with `psk`; hellos signed with any of `others` verify too.
+    pub fn accepting(psk: &[u8], others: &[Vec<u8>]) -> Self {
         Self {
-            psk: psk.to_vec(),
+            psks: std::iter::once(psk.to_vec())
+                .chain(others.iter().cloned())
+                .collect(),
+            heard: None,
             derived: None,
         }
     }
@@ -37,8 +53,15 @@ impl Keys {
     /// Derives the connection's keys from the dialing side's nonce and
     /// the accepting side's; `dialed` says which one this node is.
     pub fn derive(&mut self, dialer: &[u8; 16], acceptor: &[u8; 16], we_dialed: bool) {
+        // The dialer's key: ours if we dialed, else the one its hello
+        // verified with.
+        let psk = if we_dialed {
+            &self.psks[0]
+        } else {
+            &self.psks[self.heard.unwrap_or(0)]
+        };
         let dir = |d: u8| -> [u8; 32] {
-            let mut m = mac(&self.psk);
+            let mut m = mac(psk);
             m.update(b"tandem sync 1 ");
             m.update(dialer);
             m.update(acceptor);
@@ -53,26 +76,33 @@ impl Keys {
         });
     }
 
-    fn key(&self, sending: bool) -> &[u8] {
-        match &self.derived {
-            Some((s, _)) if sending => s,
-            Some((_, r)) => r,
-            None => &self.psk,
-        }
-    }
-
     /// The tag of an outgoing frame's header and body.
     pub fn sign(&self, signed: &[u8]) -> [u8; TAG_LEN] {
-        let mut m = mac(self.key(true));
+        let key = self.derived.as_ref().map_or(&self.psks[0][..], |(s, _)| s);
+        let mut m = mac(key);
         m.update(signed);
         m.finalize().into_bytes().into()
     }
 
-    /// Whether `tag` is right for an incoming frame (constant time).
-    pub fn verify(&self, signed: &[u8], tag: &[u8]) -> bool {
-        let mut m = mac(self.key(false));
-        m.update(signed);
-        m.verify_slice(tag).is_ok()
+    /// Whether `tag` is right for an incoming frame (constant time per
+    /// key tried). Before the derivation (the hello) any accepted key
+    /// verifies, and the one that did is remembered.
+    pub fn verify(&mut self, signed: &[u8], tag: &[u8]) -> bool {
+        let check = |key: &[u8]| {
+            let mut m = mac(key);
+            m.update(signed);
+            m.verify_slice(tag).is_ok()
+        };
+        if let Some((_, r)) = &self.derived {
+            return check(r);
+        }
+        match self.psks.iter().position(|k| check(k)) {
+            Some(i) => {
+                self.heard = Some(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -83,7 +113,7 @@ mod tests {
     #[test]
     fn rfc4231_case_2() {
         // RFC 4231 test case 2: key "Jefe".
-        let k = Keys::new(b"Jefe");
+        let mut k = Keys::new(b"Jefe");
         let tag = k.sign(b"what do ya want for nothing?");
         let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
         let want: Vec<u8> = (0..want.len())
@@ -116,5 +146,24 @@ mod tests {
         );
         let hello = Keys::new(b"k").sign(b"hello");
         assert!(Keys::new(b"k").verify(b"hello", &hello));
+    }
+
+    #[test]
+    fn a_rollover_accepts_either_key_and_both_sides_derive_alike() {
+        let (old, new) = (b"the old key".to_vec(), b"the new key".to_vec());
+        // The dialer already signs with the new key; the acceptor still
+        // signs with the old one and accepts the new.
+        let mut dialer = Keys::accepting(&new, std::slice::from_ref(&old));
+        let mut acceptor = Keys::accepting(&old, std::slice::from_ref(&new));
+        assert!(acceptor.verify(b"hello d", &dialer.sign(b"hello d")));
+        assert!(dialer.verify(b"hello a", &acceptor.sign(b"hello a")));
+        let (n1, n2) = ([1u8; 16], [2u8; 16]);
+        dialer.derive(&n1, &n2, true);
+        acceptor.derive(&n1, &n2, false);
+        assert!(acceptor.verify(b"frame", &dialer.sign(b"frame")));
+        assert!(dialer.verify(b"frame", &acceptor.sign(b"frame")));
+        // A node that knows neither key is refused.
+        let mut stranger = Keys::new(b"another key");
+        assert!(!stranger.verify(b"hello d", &dialer.sign(b"hello d")));
     }
 }

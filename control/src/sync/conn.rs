@@ -78,7 +78,10 @@ impl Conn {
         stats: &mut Stats,
     ) -> Self {
         stats.connection_establish += 1;
-        let keys = settings.key.as_deref().map(Keys::new);
+        let keys = settings
+            .key
+            .as_deref()
+            .map(|k| Keys::accepting(k, &settings.accept_keys));
         let mut c = Self {
             s: settings,
             dialed,
@@ -249,13 +252,14 @@ impl Conn {
         stats: &mut Stats,
     ) -> Result<(), Fatal> {
         let h = f.header;
-        match (&self.keys, &f.tag) {
-            (Some(k), Some(tag)) if k.verify(&bytes[f.signed.clone()], &bytes[tag.clone()]) => {}
-            (None, None) => {}
-            _ => {
-                stats.auth_failures += 1;
-                return Err(Fatal::Auth);
-            }
+        let authentic = match (&mut self.keys, &f.tag) {
+            (Some(k), Some(tag)) => k.verify(&bytes[f.signed.clone()], &bytes[tag.clone()]),
+            (None, None) => true,
+            _ => false,
+        };
+        if !authentic {
+            stats.auth_failures += 1;
+            return Err(Fatal::Auth);
         }
         // After the tag: a forged frame counts as an authentication failure.
         if h.seq != self.rx_seq + 1 {

@@ -55,6 +55,8 @@ pub struct Settings {
     pub services_hash: u64,
     /// Shared key: every frame is tagged and checked.
     pub key: Option<Vec<u8>>,
+    /// Keys accepted besides `key` at the hello (a rollover).
+    pub accept_keys: Vec<Vec<u8>>,
     /// A batch is sent when its body reaches this size...
     pub flush_bytes: usize,
     /// ...or this long after its first record.
@@ -87,6 +89,11 @@ impl Settings {
             crate::stats::layout::FNV_OFFSET,
         );
         out.key = s.key.as_ref().map(|k| k.as_bytes().to_vec());
+        out.accept_keys = s
+            .accept_keys
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
         out.flush_bytes = s.flush_bytes as usize;
         out.flush_delay = Duration::from_millis(u64::from(s.flush_ms));
         out.keepalive = Duration::from_millis(u64::from(s.keepalive_ms));
@@ -104,6 +111,7 @@ impl Settings {
             services: 0,
             services_hash: 0,
             key: None,
+            accept_keys: Vec::new(),
             flush_bytes: 64 * 1024,
             flush_delay: Duration::from_millis(1),
             keepalive: Duration::from_secs(1),

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    end_on_panic();
     let args = Args::parse();
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
@@ -65,4 +66,21 @@ fn main() -> ExitCode {
     tracing::info!("running");
     daemon.run_until_stopped();
     ExitCode::SUCCESS
+}
+
+/// A panic in any thread ends the process. A daemon whose redundancy or
+/// sync thread died would go on forwarding as MASTER and publishing its
+/// last state ("Hot") while nothing decides or replicates; dead, its peer
+/// takes over within the detection time and a supervisor restarts it.
+fn end_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("?"),
+            "a thread panicked: ending the process so that the peer takes over"
+        );
+        std::process::abort();
+    }));
 }

@@ -288,6 +288,19 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                         }
                     }
                 },
+                Ok(Request::Panic(t)) => {
+                    if std::env::var_os("TANDEM_FAULT_INJECTION").is_none_or(|v| v != "1") {
+                        "error: fault injection is off (start tandemd with TANDEM_FAULT_INJECTION=1)"
+                            .to_owned()
+                    } else {
+                        tracing::warn!(thread = t.name(), "fault injected: panic");
+                        ctx.node.fault.store(t as u8, Ordering::Relaxed);
+                        // The control thread's own panic comes after its answer.
+                        let _ = writeln!(&conn, "ok: the {} thread panics", t.name());
+                        ctx.node.check_fault(tandem_control::ctl::Thread::Control);
+                        continue;
+                    }
+                }
                 Ok(Request::ShowProbes { from }) => {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     show_probes(from, ctx, &mut &conn)

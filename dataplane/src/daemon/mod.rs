@@ -161,6 +161,14 @@ impl Daemon {
                         .iter()
                         .map(|f| f + counters::WorkerCounter::Loops as u32)
                         .collect(),
+                    worker_sessions: layout
+                        .workers
+                        .iter()
+                        .map(|f| {
+                            f + counters::Tally::gauge_offset(counters::WorkerGauge::SessionsActive)
+                                as u32
+                        })
+                        .collect(),
                 },
             )?),
             None => None,

@@ -42,13 +42,15 @@ impl HaThread {
         self.seq += 1;
         let hb = Heartbeat {
             view: self.fsm.view(),
-            group: self.group,
-            incarnation: self.incarnation,
+            group: self.me.group,
+            incarnation: self.me.incarnation,
             seq: self.seq,
+            echo_incarnation: 0,
             echo_seq: 0,
             echo_hold_us: 0,
             path: 0,
             sync: self.node.sync_state.load(Ordering::Relaxed),
+            sessions: self.sessions(),
         };
         for (i, p) in self.paths.iter_mut().enumerate() {
             p.send(
@@ -56,7 +58,7 @@ impl HaThread {
                     path: i as u8,
                     ..hb
                 },
-                self.key.as_ref(),
+                self.me.keys.first(),
                 now,
             );
         }

@@ -29,7 +29,7 @@ pub struct Slots {
 }
 
 /// The gauges, in slot order.
-const GAUGES: [&str; 9] = [
+const GAUGES: [&str; 15] = [
     "tandem_ha_state",
     "tandem_ha_healthy",
     "tandem_ha_peer_alive",
@@ -39,10 +39,16 @@ const GAUGES: [&str; 9] = [
     "tandem_ha_peer_node_id",
     "tandem_ha_peer_sync_state",
     "tandem_ha_mastership_changes_total",
+    "tandem_ha_sync_state",
+    "tandem_ha_peer_sessions",
+    "tandem_ha_unsynced_ms",
+    "tandem_ha_unsynced_warning",
+    "tandem_ha_takeovers_without_hot_total",
+    "tandem_ha_insecure",
 ];
 
 /// Per-path values, in slot order.
-const PATH_STATS: [(&str, Kind); 12] = [
+const PATH_STATS: [(&str, Kind); 13] = [
     ("tandem_ha_heartbeats_sent_total", Kind::Counter),
     ("tandem_ha_heartbeat_send_errors_total", Kind::Counter),
     ("tandem_ha_heartbeats_received_total", Kind::Counter),
@@ -55,9 +61,10 @@ const PATH_STATS: [(&str, Kind); 12] = [
     ("tandem_ha_rttvar_us", Kind::Gauge),
     ("tandem_ha_worst_delay_us", Kind::Gauge),
     ("tandem_ha_path_alive", Kind::Gauge),
+    ("tandem_ha_heartbeats_unproven_total", Kind::Counter),
 ];
 
-fn path_values(s: &PathStats, alive: bool) -> [u64; 12] {
+fn path_values(s: &PathStats, alive: bool) -> [u64; 13] {
     [
         s.sent,
         s.send_errors,
@@ -71,6 +78,7 @@ fn path_values(s: &PathStats, alive: bool) -> [u64; 12] {
         s.rttvar_us,
         s.worst_us,
         u64::from(alive),
+        s.unproven,
     ]
 }
 
@@ -202,6 +210,7 @@ impl HaThread {
     pub(super) fn publish(&self) {
         let seg = &self.segment;
         let peer = self.fsm.peer();
+        let (unsynced, warning) = self.unsynced();
         let gauges = [
             self.fsm.state() as u64,
             u64::from(self.fsm.healthy()),
@@ -212,6 +221,12 @@ impl HaThread {
             peer.map_or(0, |p| u64::from(p.node_id)),
             u64::from(self.peer_sync),
             self.changes,
+            u64::from(self.node.sync_state.load(Ordering::Relaxed)),
+            self.peer_sessions,
+            u64::try_from(unsynced.as_millis()).unwrap_or(u64::MAX),
+            u64::from(warning),
+            self.fsm.counts.takeovers_without_hot,
+            u64::from(self.me.keys.is_empty()),
         ];
         let vals = seg.values(self.slots.gauges, GAUGES.len() + 1);
         for (slot, v) in vals.iter().zip(gauges) {

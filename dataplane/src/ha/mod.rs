@@ -35,11 +35,11 @@ use std::{
 use tandem_control::{
     config::Config,
     ha::{
-        fsm::{Action, Check, Event, Fsm, Settings, State, Transition},
-        heartbeat::{Path, derive_key},
+        fsm::{Action, Check, Event, Fsm, Refusal, Settings, State},
+        heartbeat::{Identity, Path, derive_key},
         probe::Prober,
     },
-    stats::{self, SegmentWriter},
+    stats::SegmentWriter,
 };
 
 use self::{
@@ -54,7 +54,7 @@ pub use self::{
 use crate::{
     fib::FibReader,
     node::{MastershipRequest, Node},
-    sys::{FrameSocket, IcmpSocket, poll_readable},
+    sys::{FrameSocket, IcmpSocket, poll_readable, random_bytes},
     xdp::{flow::FlowMap, loader::Loader},
 };
 
@@ -68,23 +68,35 @@ pub struct HaThread {
     paths: Vec<Path>,
     /// The paths' sockets, for poll(2).
     fds: Vec<RawFd>,
-    key: Option<[u8; 32]>,
-    group: u32,
-    node_id: u32,
-    incarnation: u64,
+    /// Keys, group, node id and this run's incarnation.
+    me: Identity,
     seq: u64,
     epoch: Instant,
     timer: Option<Duration>,
     keepalive: Duration,
     dead: Duration,
     next_send: Instant,
+    /// When a heartbeat last went out ahead of time (to prove a new
+    /// incarnation of the peer's): at most one per `EARLY_EVERY`.
+    sent_early: Instant,
+    /// A path's receive budget ran out: poll without waiting.
+    backlog: bool,
     peer_alive: bool,
     peer_sync: u8,
+    peer_sessions: u64,
+    /// This node's sync link was Hot at the last look.
+    hot: bool,
+    /// Since when a standby has lacked Hot while the master lives (as
+    /// this node sees the pair), and how long makes it a warning.
+    unsynced_since: Option<Instant>,
+    unsynced_warn: Duration,
     /// Monitored links: (ifindex, failed).
     links: Vec<(u32, bool)>,
     /// Workers: (segment slot of their loop counter, last value, when it
     /// last moved, stalled).
     workers: Vec<(u32, u64, Instant, bool)>,
+    /// Segment slots of the workers' session gauges.
+    worker_sessions: Vec<u32>,
     stall: Duration,
     fib: FibReader,
     loader: Arc<Mutex<Loader>>,
@@ -121,7 +133,12 @@ pub struct Parts {
     pub ifindexes: Vec<u32>,
     /// Segment slot of each worker's loop counter.
     pub worker_loops: Vec<u32>,
+    /// Segment slot of each worker's session gauge.
+    pub worker_sessions: Vec<u32>,
 }
+
+/// The fewest milliseconds between heartbeats sent ahead of time.
+const EARLY_EVERY: Duration = Duration::from_millis(10);
 
 impl HaThread {
     /// Binds the heartbeat paths and clears what a killed predecessor
@@ -137,6 +154,12 @@ impl HaThread {
             let path = Path::bind(&name, local, peer)
                 .map_err(|source| HaError::Heartbeat { local, source })?;
             bound.push(path);
+        }
+        if s.insecure {
+            tracing::warn!(
+                "[sync] insecure = true: heartbeats and sync messages are not authenticated; \
+                 anyone who reaches the sync or heartbeat addresses can forge them"
+            );
         }
         let addresses: Vec<Moving> = moving_addresses(cfg, &p.ifnames, &p.ifindexes)
             .into_iter()
@@ -189,20 +212,35 @@ impl HaThread {
                 )
                 .collect(),
             paths: bound,
-            key: s.key.as_ref().map(|k| derive_key(k.as_bytes())),
-            group: s.group,
-            node_id: s.node_id,
-            incarnation: stats::unix_ns(),
+            me: Identity {
+                keys: s
+                    .key
+                    .iter()
+                    .chain(&s.accept_keys)
+                    .map(|k| derive_key(k.as_bytes()))
+                    .collect(),
+                group: s.group,
+                node_id: s.node_id,
+                incarnation: incarnation(),
+                fresh: Duration::from_millis(u64::from(r.keepalive_ms) * u64::from(r.multiplier)),
+            },
             seq: 0,
             epoch: now,
             timer: None,
             keepalive: Duration::from_millis(r.keepalive_ms.into()),
             dead: Duration::from_millis(u64::from(r.keepalive_ms) * u64::from(r.multiplier)),
             next_send: now,
+            sent_early: now,
+            backlog: false,
             peer_alive: false,
             peer_sync: 0,
+            peer_sessions: 0,
+            hot: false,
+            unsynced_since: None,
+            unsynced_warn: Duration::from_millis(r.unsynced_warn_ms.into()),
             links: p.ifindexes.iter().map(|i| (*i, false)).collect(),
             workers: p.worker_loops.iter().map(|s| (*s, 0, now, false)).collect(),
+            worker_sessions: p.worker_sessions,
             stall: Duration::from_millis(r.stall_ms.into()),
             fib: p.fib,
             loader: p.loader,
@@ -286,6 +324,7 @@ impl HaThread {
     }
 
     fn turn(&mut self) {
+        self.node.check_fault(tandem_control::ctl::Thread::Ha);
         let now = Instant::now();
         let mut until = self.next_send.min(now + MAX_WAIT);
         if self.garp_left > 0 {
@@ -297,18 +336,34 @@ impl HaThread {
         for p in self.probes.iter().filter(|p| p.socket.is_some()) {
             until = until.min(self.epoch + p.prober.due_at());
         }
-        poll_readable(&self.fds, until.saturating_duration_since(now));
+        let wait = if self.backlog {
+            Duration::ZERO
+        } else {
+            until.saturating_duration_since(now)
+        };
+        poll_readable(&self.fds, wait);
 
         let now = Instant::now();
         let mut heard = Vec::new();
+        self.backlog = false;
+        let mut unproven = false;
         for p in &mut self.paths {
-            p.recv(self.key.as_ref(), self.group, self.node_id, now, &mut heard);
+            self.backlog |= p.recv(&self.me, now, &mut heard);
+            unproven |= p.unproven_waiting();
+        }
+        if unproven && now.duration_since(self.sent_early) >= EARLY_EVERY {
+            // The peer (re)started: echo its heartbeat now rather than a
+            // keepalive later, so that it proves itself sooner.
+            self.sent_early = now;
+            self.next_send = self.next_send.min(now);
         }
         for hb in heard {
             self.peer_alive = true;
             self.peer_sync = hb.sync;
+            self.peer_sessions = hb.sessions;
             self.event(Event::Peer(hb.view));
         }
+        self.watch_sync(now);
         for p in &mut self.paths {
             if p.check(now, self.dead) {
                 tracing::warn!(path = %p.name, "heartbeat path silent");
@@ -343,36 +398,128 @@ impl HaThread {
     }
 
     fn request(&mut self, acquire: bool, force: bool) -> String {
-        let t = if acquire {
-            Transition::AcquireManual
+        let before = self.fsm.state();
+        if let Some(r) = self.fsm.refusal(acquire, force) {
+            let why = self.refusal_text(r);
+            // The state machine counts the request as ignored.
+            self.event(Event::Manual { acquire, force });
+            tracing::info!(acquire, force, %why, "mastership request refused");
+            return format!("error: request refused: {why}");
+        }
+        let unsynced = if acquire {
+            !self.fsm.hot() && self.fsm.peer().is_some_and(|p| p.state == State::Master)
         } else {
-            Transition::ReleaseManual
+            self.fsm.peer().is_some_and(|p| !p.hot)
         };
-        let before = (self.fsm.state(), self.fsm.counts.transitions[t as usize][1]);
         self.event(Event::Manual { acquire, force });
         let after = self.fsm.state();
-        if self.fsm.counts.transitions[t as usize][1] > before.1 {
-            let why = match (acquire, before.0) {
-                (true, State::Master) => "already MASTER".to_owned(),
-                (true, State::StandbyWarned) => {
-                    "this node's health failed (STANDBY-WARNED); use force".to_owned()
-                }
-                (true, s) => format!("not now (state {s})"),
-                (false, State::Master) => match self.fsm.peer() {
-                    None => "no live peer to take over".to_owned(),
-                    Some(p) => format!(
-                        "the peer cannot take over (state {}, health {}); use force",
-                        p.state,
-                        if p.healthy { "passed" } else { "failed" }
-                    ),
-                },
-                (false, s) => format!("not MASTER (state {s})"),
+        tracing::info!(acquire, force, from = %before, to = %after, "mastership request");
+        if unsynced {
+            let (who, sync) = if acquire {
+                ("this node", self.own_sync())
+            } else {
+                ("the peer", sync_name(self.peer_sync))
             };
-            tracing::info!(acquire, force, %why, "mastership request ignored");
-            return format!("error: request ignored: {why}");
+            tracing::warn!(
+                acquire,
+                sync,
+                "mastership moved by force while {who} is not Hot: unreplicated sessions are lost"
+            );
+            return format!(
+                "ok: {before} -> {after} (forced: {who}'s sync is {sync}, {})",
+                self.loss()
+            );
         }
-        tracing::info!(acquire, force, from = %before.0, to = %after, "mastership request");
-        format!("ok: {} -> {}", before.0, after)
+        format!("ok: {before} -> {after}")
+    }
+
+    /// What a refused request's answer says.
+    fn refusal_text(&self, r: Refusal) -> String {
+        match r {
+            Refusal::AlreadyMaster => "already MASTER".to_owned(),
+            Refusal::NotNow(s) if s == State::Init => format!("not now (state {s})"),
+            Refusal::NotNow(s) => format!("not MASTER (state {s})"),
+            Refusal::Warned => "this node's health failed (STANDBY-WARNED); use --force".to_owned(),
+            Refusal::NoPeer => "no live peer to take over".to_owned(),
+            Refusal::PeerIneligible(p) => format!(
+                "the peer cannot take over (state {}, health {}); use --force",
+                p.state,
+                if p.healthy { "passed" } else { "failed" }
+            ),
+            Refusal::NotHot => format!(
+                "this node's sync is {}, not Hot: {}; use --force to take over anyway",
+                self.own_sync(),
+                self.loss()
+            ),
+            Refusal::PeerNotHot(_) => format!(
+                "the peer's sync is {}, not Hot: {}; use --force to hand over anyway",
+                sync_name(self.peer_sync),
+                self.loss()
+            ),
+        }
+    }
+
+    /// How many sessions a takeover now would lose, as far as the
+    /// heartbeats tell: the master's that the standby lacks.
+    fn loss(&self) -> String {
+        let mine = self.sessions();
+        let (master, standby) = if self.fsm.state() == State::Master {
+            (mine, self.peer_sessions)
+        } else {
+            (self.peer_sessions, mine)
+        };
+        format!(
+            "the MASTER holds {master} sessions and the standby {standby}, so at least {} would be lost",
+            master.saturating_sub(standby)
+        )
+    }
+
+    fn own_sync(&self) -> &'static str {
+        sync_name(self.node.sync_state.load(Ordering::Relaxed))
+    }
+
+    /// Sessions in this node's tables.
+    fn sessions(&self) -> u64 {
+        self.worker_sessions
+            .iter()
+            .map(|s| self.segment.value(*s).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Feeds the sync link's Hot to the state machine, and times how long
+    /// a standby has lacked it while a master lives.
+    fn watch_sync(&mut self, now: Instant) {
+        let hot = self.node.sync_state.load(Ordering::Relaxed) == 2;
+        if hot != self.hot {
+            self.hot = hot;
+            tracing::info!(hot, "sync link");
+            self.event(Event::Sync { hot });
+        }
+        let unsynced = match (self.fsm.state(), self.fsm.peer()) {
+            (State::Master, Some(p)) => !p.hot && p.state != State::Init,
+            (State::Standby | State::StandbyWarned, Some(p)) => p.state == State::Master && !hot,
+            _ => false,
+        };
+        let was = self.unsynced().1;
+        self.unsynced_since = match (unsynced, self.unsynced_since) {
+            (true, None) => Some(now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        match (was, self.unsynced().1) {
+            (false, true) => tracing::warn!(
+                after_ms = self.unsynced_warn.as_millis(),
+                "the standby is not Hot: a takeover now would lose sessions"
+            ),
+            (true, false) => tracing::info!("the standby is Hot again (or the pair changed)"),
+            _ => {}
+        }
+    }
+
+    /// How long the standby has lacked Hot, and whether that is a warning.
+    pub(super) fn unsynced(&self) -> (Duration, bool) {
+        let d = self.unsynced_since.map_or(Duration::ZERO, |s| s.elapsed());
+        (d, self.unsynced_since.is_some() && d >= self.unsynced_warn)
     }
 
     fn watch_links(&mut self) {
@@ -427,4 +574,28 @@ impl HaThread {
             }
         }
     }
+}
+
+/// A sync state as the views spell it.
+fn sync_name(v: u8) -> &'static str {
+    match v {
+        2 => "Hot",
+        1 => "Cold",
+        _ => "Off",
+    }
+}
+
+/// This run's heartbeat incarnation: random and never 0, so that neither
+/// a restart with the clock set back nor a recording of a past run can
+/// pass for the live node.
+fn incarnation() -> u64 {
+    // getrandom(2) does not fail once the pool is initialised (long
+    // before a daemon starts); the clock and pid are a fallback all the
+    // same, since freshness is proven by echoes, not by this number.
+    random_bytes::<8>()
+        .map_or_else(
+            |_| tandem_control::stats::unix_ns() ^ u64::from(std::process::id()),
+            u64::from_ne_bytes,
+        )
+        .max(1)
 }

@@ -189,6 +189,7 @@ impl SyncThread {
 
     fn turn(&mut self) {
         if let Some(sh) = &self.node {
+            sh.check_fault(tandem_control::ctl::Thread::Sync);
             let role = if sh.active.load(Ordering::Relaxed) {
                 Role::Active
             } else {

@@ -56,6 +56,14 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_offloaded_sessions_follow_the_master",
         offloaded_sessions_follow_the_master,
     ),
+    (
+        "failover_mastership_moves_by_request_only_to_a_hot_node",
+        mastership_moves_by_request_only_to_a_hot_node,
+    ),
+    (
+        "failover_a_panicking_thread_ends_the_daemon_and_the_peer_takes_over",
+        a_panicking_thread_ends_the_daemon_and_the_peer_takes_over,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -1168,5 +1176,156 @@ fn offloaded_sessions_follow_the_master() -> Result<(), Failed> {
     stop.store(true, Ordering::Relaxed);
     drop(conns);
     let _ = server.join();
+    Ok(())
+}
+
+/// With the sync link cut, B is not Hot: a plain acquire on B and a plain
+/// release on A are refused and say what would be lost; the views warn;
+/// a forced acquire moves mastership and counts a takeover without Hot.
+fn mastership_moves_by_request_only_to_a_hot_node() -> Result<(), Failed> {
+    fn config(node: &str) -> String {
+        Lab::config(node).replace("[redundancy]\n", "[redundancy]\nunsynced_warn_ms = 1000\n")
+    }
+    let lab = Lab::new();
+    let (a, b) = lab.start_with(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 5, &stop);
+    wait("A's 5 sessions on B", || {
+        gauge(&b, "tandem_ha_peer_sessions").is_some_and(|n| n >= 5)
+    })?;
+    let ready = stat_json(&b, &["redundancy-group", "--json"])?;
+    check(
+        ready["takeover_readiness"] == "Ready (sync Hot)" && ready["sync_state"] == "hot",
+        format!("B ready: {ready}"),
+    )?;
+    // The inside heartbeat keeps the pair together; sync goes Off.
+    ipw(&format!("-n {} link set sync0 down", lab.a.name));
+    wait_ha(&b, "B's sync off", |v| v["synchronization"] == "off")?;
+    wait("A sees B not Hot", || {
+        gauge(&a, "tandem_ha_peer_sync_state") != Some(2)
+    })?;
+    let out = ctl(&b, &["acquire"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    check(
+        out.status.code() == Some(1)
+            && err.contains("not Hot")
+            && err.contains("sessions")
+            && err.contains("--force"),
+        format!("plain acquire on a cold B: {out:?}"),
+    )?;
+    let out = ctl(&a, &["release"]);
+    check(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("the peer's sync is Off"),
+        format!("plain release to a cold B: {out:?}"),
+    )?;
+    check(
+        state(&a) == Some(2) && state(&b) == Some(3),
+        "nothing moved",
+    )?;
+    // Past unsynced_warn_ms, every view warns, on both nodes.
+    wait("the warning", || {
+        gauge(&b, "tandem_ha_unsynced_warning") == Some(1)
+            && gauge(&a, "tandem_ha_unsynced_warning") == Some(1)
+    })?;
+    let v = stat_json(&b, &["redundancy-group", "--json"])?;
+    check(
+        v["unsynced_warning"] == true
+            && v["takeover_readiness"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Not ready (sync Off"))
+            && v["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.contains("not been Hot")),
+        format!("B's JSON: {v}"),
+    )?;
+    for level in ["terse", "brief", "extensive"] {
+        let t = stat(&a, &["redundancy-group", level])?;
+        check(
+            t.contains("Warning: the standby has not been Hot"),
+            format!("A's {level} view:\n{t}"),
+        )?;
+    }
+    let prom = stat(&b, &["prometheus"])?;
+    check(
+        prom.lines()
+            .any(|l| l.starts_with("tandem_ha_unsynced_warning") && l.ends_with(" 1")),
+        "Prometheus has the warning",
+    )?;
+    // Forced: B takes over, and says what it cost.
+    let out = ctl(&b, &["acquire", "--force"]);
+    check(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("forced"),
+        format!("forced acquire: {out:?}"),
+    )?;
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    check(
+        gauge(&b, "tandem_ha_takeovers_without_hot_total") == Some(1)
+            && b.counter("ha.takeovers_without_hot") == 1
+            && gauge(&a, "tandem_ha_takeovers_without_hot_total") == Some(0),
+        "B counted one takeover without Hot",
+    )?;
+    stop.store(true, Ordering::Relaxed);
+    // The connections were not replicated: their fate is not the point.
+    let _ = survivors(conns);
+    let _ = server.join();
+    ipw(&format!("-n {} link set sync0 up", lab.a.name));
+    wait_ha(&a, "A hot under B", |v| v["synchronization"] == "hot")?;
+    wait("the warning gone", || {
+        gauge(&b, "tandem_ha_unsynced_warning") == Some(0)
+    })?;
+    Ok(())
+}
+
+/// A panic in the sync or redundancy thread ends tandemd at once (no
+/// half-dead MASTER); the peer takes over within its detection time.
+fn a_panicking_thread_ends_the_daemon_and_the_peer_takes_over() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (mut a, mut b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    thread::sleep(Duration::from_secs(1));
+    let panic = |d: &Daemon, t: &str| {
+        std::process::Command::new(crate::netns::tandemstat_path().with_file_name("tandemctl"))
+            .args(["--instance", &d.instance, "debug", "panic", t])
+            .output()
+            .expect("tandemctl")
+    };
+    let o = panic(&a, "sync");
+    check(o.status.success(), format!("debug panic sync: {o:?}"))?;
+    let t0 = Instant::now();
+    while a.exited().is_none() {
+        check(t0.elapsed() < Duration::from_secs(10), "A did not end")?;
+        thread::sleep(Duration::from_millis(5));
+    }
+    let gone = t0.elapsed();
+    check(
+        gone < Duration::from_millis(500),
+        format!("A took {gone:?} to end"),
+    )?;
+    let taken = wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    eprintln!("panic in A's sync thread: A gone after {gone:?}, B MASTER after {taken:?}");
+    check(
+        a.log_text()
+            .contains("fault injected: the sync thread panics")
+            && a.log_text().contains("ending the process"),
+        "A's log names the panic",
+    )?;
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("sync-thread panic: longest gap {gap:?}");
+    // The redundancy thread too.
+    let o = panic(&b, "ha");
+    check(o.status.success(), format!("debug panic ha: {o:?}"))?;
+    let t0 = Instant::now();
+    while b.exited().is_none() {
+        check(t0.elapsed() < Duration::from_secs(10), "B did not end")?;
+        thread::sleep(Duration::from_millis(5));
+    }
     Ok(())
 }

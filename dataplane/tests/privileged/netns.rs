@@ -236,6 +236,8 @@ impl Daemon {
             .args(["--instance", &instance])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            // `tandemctl debug panic` is refused without it.
+            .env("TANDEM_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("dup"))
             .stderr(f)
@@ -282,6 +284,13 @@ impl Daemon {
             }
         }
         out
+    }
+
+    /// The exit status once tandemd has ended by itself.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn pid(&self) -> i32 {

@@ -31,24 +31,44 @@ enum Cmd {
     },
     /// Manual switchover (needs [redundancy]). `acquire` on the STANDBY
     /// asks the MASTER to release and takes over once it has; `release`
-    /// on the MASTER hands over to an eligible STANDBY. A request the
-    /// state machine ignores (nobody to hand over to, this node's health
-    /// failed) exits 1 and says why.
+    /// on the MASTER hands over to an eligible STANDBY. Mastership moves
+    /// only to a node whose sync is Hot (it holds every session): a
+    /// request refused (the standby not Hot, nobody to hand over to, this
+    /// node's health failed) exits 1 and says why and how many sessions
+    /// would be lost; --force overrides and the answer says what it cost.
     Request {
         #[command(subcommand)]
         what: RequestWhat,
+    },
+    /// Fault injection for tests: only when tandemd started with
+    /// TANDEM_FAULT_INJECTION=1.
+    Debug {
+        #[command(subcommand)]
+        what: DebugWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugWhat {
+    /// Make a daemon thread panic (ha, sync or control): tandemd must end
+    /// at once, so that its peer takes over.
+    Panic {
+        #[arg(value_parser = ["ha", "sync", "control"])]
+        thread: String,
     },
 }
 
 #[derive(Subcommand, Debug)]
 enum RequestWhat {
     Acquire {
-        /// Even when this node's health failed (STANDBY-WARNED).
+        /// Even when this node's health failed (STANDBY-WARNED) or its
+        /// sync is not Hot (the master's unreplicated sessions are lost).
         #[arg(long)]
         force: bool,
     },
     Release {
-        /// Even when the peer's health failed (STANDBY-WARNED).
+        /// Even when the peer's health failed (STANDBY-WARNED) or its sync
+        /// is not Hot (the sessions it lacks are lost).
         #[arg(long)]
         force: bool,
     },
@@ -62,6 +82,15 @@ enum ClearWhat {
 fn main() -> ExitCode {
     let args = Args::parse();
     let req = match args.cmd {
+        Cmd::Debug {
+            what: DebugWhat::Panic { thread },
+        } => match tandem_control::ctl::parse_request(&format!("debug panic {thread}")) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tandemctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Cmd::Clear {
             what: ClearWhat::Statistics,
         } => Request::ClearStatistics,

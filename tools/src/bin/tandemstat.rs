@@ -210,9 +210,11 @@ fn render(args: &Args, s: &Snapshot, rates: bool) -> Result<String, String> {
                 ));
             }
             if args.json {
-                Ok(format!("{}\n", ha::json(&h)))
+                let mut v = ha::json(&h);
+                v["warnings"] = serde_json::json!(warnings(s));
+                Ok(format!("{v}\n"))
             } else {
-                Ok(ha::text(&h))
+                Ok(ha::text(&h) + &warning_lines(s))
             }
         }
         Some(Cmd::RedundancyGroup { level }) => {
@@ -229,13 +231,29 @@ fn render(args: &Args, s: &Snapshot, rates: bool) -> Result<String, String> {
             if args.json {
                 Ok(format!("{}\n", redundancy::peer_json(&r)))
             } else {
-                Ok(redundancy::peer_text(&r))
+                Ok(redundancy::peer_text(&r) + &warning_lines(s))
             }
         }
         Some(Cmd::Prometheus) => Ok(prom::exposition(s)),
         _ if args.json => Ok(format!("{}\n", view::json(s))),
-        _ => Ok(view::text(s, rates)),
+        _ => Ok(view::text(s, rates) + &warning_lines(s)),
     }
+}
+
+/// What the redundancy views warn of (a standby not Hot for too long, no
+/// key), for the other views too.
+fn warnings(s: &Snapshot) -> Vec<String> {
+    redundancy::Rg::read(s).map_or_else(Vec::new, |r| r.warnings())
+}
+
+fn warning_lines(s: &Snapshot) -> String {
+    let mut out = String::new();
+    for w in warnings(s) {
+        out.push_str("Warning: ");
+        out.push_str(&w);
+        out.push('\n');
+    }
+    out
 }
 
 /// `-p`: asks the daemon for finished probes twice a second and prints

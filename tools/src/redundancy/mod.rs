@@ -68,6 +68,10 @@ pub struct AddressView {
 
 /// Everything the redundancy views print.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "the segment's flag gauges, one field each"
+)]
 pub struct Rg {
     pub instance: String,
     pub group: String,
@@ -83,6 +87,15 @@ pub struct Rg {
     pub peer_node_id: u64,
     pub peer_sync: u64,
     pub mastership_changes: u64,
+    /// This node's sync state (0 off, 1 cold, 2 hot).
+    pub own_sync: u64,
+    pub peer_sessions: u64,
+    /// How long a live standby has lacked Hot, and whether that is a
+    /// warning.
+    pub unsynced_ms: u64,
+    pub unsynced_warning: bool,
+    pub takeovers_without_hot: u64,
+    pub insecure: bool,
     /// (label, key, received, ignored)
     pub transitions: Vec<(&'static str, &'static str, u64, u64)>,
     pub monitored: Vec<(&'static str, &'static str, u64, u64)>,
@@ -152,6 +165,7 @@ impl Rg {
                         srtt_us: st("tandem_ha_srtt_us"),
                         rttvar_us: st("tandem_ha_rttvar_us"),
                         worst_us: st("tandem_ha_worst_delay_us"),
+                        unproven: st("tandem_ha_heartbeats_unproven_total"),
                     },
                     name: p,
                 }
@@ -226,6 +240,12 @@ impl Rg {
             peer_node_id: g("tandem_ha_peer_node_id"),
             peer_sync: g("tandem_ha_peer_sync_state"),
             mastership_changes: g("tandem_ha_mastership_changes_total"),
+            own_sync: g("tandem_ha_sync_state"),
+            peer_sessions: g("tandem_ha_peer_sessions"),
+            unsynced_ms: g("tandem_ha_unsynced_ms"),
+            unsynced_warning: g("tandem_ha_unsynced_warning") != 0,
+            takeovers_without_hot: g("tandem_ha_takeovers_without_hot_total"),
+            insecure: g("tandem_ha_insecure") != 0,
             transitions: Transition::ALL
                 .iter()
                 .map(|t| {
@@ -266,6 +286,49 @@ impl Rg {
 
     fn links_down(&self) -> usize {
         self.failed().filter(|(c, _, _)| c == "link-down").count()
+    }
+
+    /// Whether mastership could move now without losing sessions: the
+    /// standby's sync (this node's, or the peer's on the MASTER) is Hot.
+    pub fn readiness(&self) -> String {
+        let (whose, sync) = if self.state == State::Master {
+            ("peer sync", self.peer_sync)
+        } else {
+            ("sync", self.own_sync)
+        };
+        if !self.peer_alive {
+            return "No peer".to_owned();
+        }
+        if sync == 2 {
+            return format!("Ready ({whose} Hot)");
+        }
+        let name = if sync == 1 { "Cold" } else { "Off" };
+        if self.unsynced_ms > 0 {
+            format!(
+                "Not ready ({whose} {name} for {}.{} s)",
+                self.unsynced_ms / 1000,
+                self.unsynced_ms % 1000 / 100
+            )
+        } else {
+            format!("Not ready ({whose} {name})")
+        }
+    }
+
+    /// What every view warns of.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.unsynced_warning {
+            w.push(format!(
+                "the standby has not been Hot for {} s: a takeover now would lose sessions",
+                self.unsynced_ms / 1000
+            ));
+        }
+        if self.insecure {
+            w.push(
+                "no key (insecure = true): heartbeats and sync messages can be forged".to_owned(),
+            );
+        }
+        w
     }
 
     fn peer_state_name(&self) -> &'static str {
@@ -324,6 +387,12 @@ mod tests {
             peer_node_id: 2,
             peer_sync: 2,
             mastership_changes: 1,
+            own_sync: 0,
+            peer_sessions: 12,
+            unsynced_ms: 0,
+            unsynced_warning: false,
+            takeovers_without_hot: 0,
+            insecure: false,
             transitions: vec![("Acquire mastership auto", "acquire_auto", 1, 0)],
             monitored: vec![("Link-down", "link_down", 2, 1)],
             checks: vec![

@@ -67,6 +67,7 @@ pub fn rg_text(r: &Rg, level: Level) -> String {
             sum(|p| p.stats.down_count),
         );
         kv(&mut o, 2, "Mastership change count", r.mastership_changes);
+        kv(&mut o, 2, "Takeovers without Hot", r.takeovers_without_hot);
     }
     if level == Level::Terse {
         let _ = writeln!(
@@ -83,6 +84,7 @@ pub fn rg_text(r: &Rg, level: Level) -> String {
             r.peer_ip(),
             r.connection()
         );
+        warn(&mut o, r);
         return o;
     }
     kv(&mut o, 2, "Redundancy Set ID", 1);
@@ -96,6 +98,7 @@ pub fn rg_text(r: &Rg, level: Level) -> String {
         "Redundancy Set health status",
         if r.healthy { "Passed" } else { "Failed" },
     );
+    kv(&mut o, 4, "Takeover readiness", r.readiness());
     let failed: Vec<&Failed> = r.failed().collect();
     if !failed.is_empty() {
         kv(
@@ -136,7 +139,15 @@ pub fn rg_text(r: &Rg, level: Level) -> String {
         table(&mut o, "Transition events", &r.transitions);
         table(&mut o, "Monitored events", &r.monitored);
     }
+    warn(&mut o, r);
     o
+}
+
+/// The warnings, one line each, last.
+fn warn(o: &mut String, r: &Rg) {
+    for w in r.warnings() {
+        let _ = writeln!(o, "  Warning: {w}");
+    }
 }
 
 fn events_json(rows: &[(&str, &str, u64, u64)]) -> Value {
@@ -174,6 +185,18 @@ pub fn rg_json(r: &Rg) -> Value {
         ),
     );
     m.insert("mastership_changes".into(), json!(r.mastership_changes));
+    m.insert("sync_state".into(), json!(sync_key(r.own_sync)));
+    m.insert("peer_sync_state".into(), json!(sync_key(r.peer_sync)));
+    m.insert("peer_sessions".into(), json!(r.peer_sessions));
+    m.insert("takeover_readiness".into(), json!(r.readiness()));
+    m.insert("unsynced_ms".into(), json!(r.unsynced_ms));
+    m.insert("unsynced_warning".into(), json!(r.unsynced_warning));
+    m.insert(
+        "takeovers_without_hot".into(),
+        json!(r.takeovers_without_hot),
+    );
+    m.insert("insecure".into(), json!(r.insecure));
+    m.insert("warnings".into(), json!(r.warnings()));
     if let Some(h) = &r.sync {
         m.insert(
             "sync".into(),
@@ -188,6 +211,14 @@ pub fn rg_json(r: &Rg) -> Value {
     m.insert("transition_events".into(), events_json(&r.transitions));
     m.insert("monitored_events".into(), events_json(&r.monitored));
     Value::Object(m)
+}
+
+fn sync_key(v: u64) -> &'static str {
+    match v {
+        2 => "hot",
+        1 => "cold",
+        _ => "off",
+    }
 }
 
 fn ms(us: u64) -> String {
@@ -238,6 +269,7 @@ pub fn peer_text(r: &Rg) -> String {
             ("Heartbeat echoes received", p.stats.acked.to_string()),
             ("Heartbeats missed", p.stats.missed.to_string()),
             ("Heartbeats rejected", p.stats.rejected.to_string()),
+            ("Heartbeats awaiting proof", p.stats.unproven.to_string()),
             ("Send errors", p.stats.send_errors.to_string()),
             ("Path down count", p.stats.down_count.to_string()),
             ("Round trip, last", format!("{} msec", ms(p.stats.rtt_us))),
@@ -268,7 +300,8 @@ pub fn peer_json(r: &Rg) -> Value {
         "peer_alive": r.peer_alive,
         "peer_healthy": r.peer_healthy,
         "peer_priority": r.peer_priority,
-        "peer_sync_state": match r.peer_sync { 2 => "hot", 1 => "cold", _ => "off" },
+        "peer_sync_state": sync_key(r.peer_sync),
+        "peer_sessions": r.peer_sessions,
         "paths": r.paths.iter().map(|p| json!({
             "path": p.name,
             "local": p.local,
@@ -279,6 +312,7 @@ pub fn peer_json(r: &Rg) -> Value {
             "acked": p.stats.acked,
             "missed": p.stats.missed,
             "rejected": p.stats.rejected,
+            "unproven": p.stats.unproven,
             "send_errors": p.stats.send_errors,
             "path_down": p.stats.down_count,
             "rtt_us": p.stats.rtt_us,

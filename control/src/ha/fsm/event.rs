@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Check, PeerView, Policy};
+use super::{Check, PeerView, Policy, State};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -30,6 +30,10 @@ pub enum Event {
     },
     /// The time given by the last `Action::Arm` came.
     Timer,
+    /// This node's sync link became Hot (`true`) or stopped being Hot.
+    Sync {
+        hot: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +147,30 @@ pub struct Counts {
     pub transitions: [[u64; 2]; 4],
     /// [received, ignored] by [`Monitored`].
     pub monitored: [[u64; 2]; 6],
+    /// Times this node became MASTER while its sync link was not Hot,
+    /// after a peer had been MASTER (whose unreplicated sessions were
+    /// lost): a dead master's takeover, or a forced request.
+    pub takeovers_without_hot: u64,
+}
+
+/// Why a mastership request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `acquire` on the MASTER.
+    AlreadyMaster,
+    /// `acquire` in INIT, `release` off MASTER.
+    NotNow(State),
+    /// `acquire` on a node whose health failed (STANDBY-WARNED).
+    Warned,
+    /// `acquire` while the MASTER lives and this node's sync is not Hot:
+    /// it does not hold the master's sessions.
+    NotHot,
+    /// `release` with no live peer.
+    NoPeer,
+    /// `release` to a peer that cannot take over (health, state).
+    PeerIneligible(PeerView),
+    /// `release` to a peer whose sync is not Hot.
+    PeerNotHot(PeerView),
 }
 
 impl Counts {

@@ -98,4 +98,7 @@ pub struct PeerView {
     pub acquire: bool,
     /// The request or release under way was forced.
     pub force: bool,
+    /// Its sync link is Hot: as a standby it holds every session of the
+    /// master, as a master its standby does.
+    pub hot: bool,
 }

@@ -4,7 +4,15 @@ use super::*;
 
 const HOLD: Duration = Duration::from_secs(1);
 
+/// A node whose sync link is Hot (the tests of the Hot rules start
+/// from [`cold`]).
 fn node(id: u32, priority: u8) -> Fsm {
+    let mut f = cold(id, priority);
+    f.handle(ms(0), Event::Sync { hot: true });
+    f
+}
+
+fn cold(id: u32, priority: u8) -> Fsm {
     Fsm::new(Settings {
         node_id: id,
         priority,
@@ -27,6 +35,7 @@ fn view(state: State) -> PeerView {
         released: false,
         acquire: false,
         force: false,
+        hot: true,
     }
 }
 
@@ -564,6 +573,9 @@ fn preemption_takes_mastership_back_after_the_hold_down() {
     a.handle(ms(1000), Event::Start);
     let out = a.handle(ms(1010), Event::Peer(b.view()));
     assert_eq!(a.state(), State::Standby);
+    // Not before the sessions are here.
+    assert!(!out.iter().any(|a| matches!(a, Action::Arm(Some(_)))));
+    let out = a.handle(ms(1010), Event::Sync { hot: true });
     assert!(out.contains(&Action::Arm(Some(ms(1010) + HOLD))), "{out:?}");
     exchange(&mut a, &mut b, ms(1500));
     assert_eq!(a.state(), State::Standby);
@@ -580,6 +592,118 @@ fn preemption_takes_mastership_back_after_the_hold_down() {
     c.handle(ms(0), Event::Start);
     let out = c.handle(ms(1), Event::Peer(view(State::Master)));
     assert!(!out.iter().any(|a| matches!(a, Action::Arm(Some(_)))));
+}
+
+#[test]
+fn acquire_is_refused_until_this_node_is_hot_unless_forced() {
+    let mut a = master(1, 100);
+    let mut b = cold(2, 100);
+    b.handle(ms(0), Event::Start);
+    exchange(&mut a, &mut b, ms(10));
+    assert_eq!(b.state(), State::Standby);
+    assert!(!b.view().hot);
+    assert_eq!(b.refusal(true, false), Some(Refusal::NotHot));
+    let plain = Event::Manual {
+        acquire: true,
+        force: false,
+    };
+    assert!(b.handle(ms(20), plain).is_empty());
+    assert_eq!(b.state(), State::Standby);
+    assert_eq!(transitions(&b, Transition::AcquireManual), [1, 1]);
+    // Hot: the same request goes through.
+    b.handle(ms(30), Event::Sync { hot: true });
+    assert_eq!(b.refusal(true, false), None);
+    // Cold again, and forced: B takes over, and it counts.
+    b.handle(ms(40), Event::Sync { hot: false });
+    assert_eq!(b.refusal(true, true), None);
+    b.handle(
+        ms(50),
+        Event::Manual {
+            acquire: true,
+            force: true,
+        },
+    );
+    exchange(&mut a, &mut b, ms(60));
+    assert_eq!((a.state(), b.state()), (State::Standby, State::Master));
+    assert_eq!(b.counts.takeovers_without_hot, 1);
+    assert_eq!(a.counts.takeovers_without_hot, 0);
+}
+
+#[test]
+fn the_master_does_not_release_to_a_plain_request_from_a_peer_not_hot() {
+    let mut a = master(1, 100);
+    let asking = PeerView {
+        acquire: true,
+        hot: false,
+        ..view(State::Waiting)
+    };
+    a.handle(ms(10), Event::Peer(asking));
+    assert_eq!(a.state(), State::Master);
+    a.handle(
+        ms(20),
+        Event::Peer(PeerView {
+            force: true,
+            ..asking
+        }),
+    );
+    assert_eq!(a.state(), State::Standby);
+}
+
+#[test]
+fn release_is_refused_until_the_peer_is_hot_unless_forced() {
+    let mut a = master(1, 100);
+    let cold_peer = PeerView {
+        hot: false,
+        ..view(State::Standby)
+    };
+    a.handle(ms(10), Event::Peer(cold_peer));
+    assert_eq!(
+        a.refusal(false, false),
+        Some(Refusal::PeerNotHot(cold_peer))
+    );
+    a.handle(
+        ms(20),
+        Event::Manual {
+            acquire: false,
+            force: false,
+        },
+    );
+    assert_eq!(a.state(), State::Master);
+    assert_eq!(transitions(&a, Transition::ReleaseManual), [1, 1]);
+    a.handle(
+        ms(30),
+        Event::Manual {
+            acquire: false,
+            force: true,
+        },
+    );
+    assert_eq!(a.state(), State::Standby);
+    // Releasing again, off MASTER, and to nobody, say why.
+    assert_eq!(
+        a.refusal(false, false),
+        Some(Refusal::NotNow(State::Standby))
+    );
+    assert_eq!(master(3, 1).refusal(false, true), Some(Refusal::NoPeer));
+}
+
+#[test]
+fn a_dead_master_is_taken_over_without_hot_and_that_counts() {
+    let mut b = cold(2, 100);
+    b.handle(ms(0), Event::Start);
+    b.handle(ms(10), Event::Peer(view(State::Master)));
+    b.handle(ms(100), Event::PeerDead);
+    assert_eq!(b.state(), State::Master);
+    assert_eq!(b.counts.takeovers_without_hot, 1);
+    // A Hot standby's takeover, and a lone start, do not count.
+    let mut h = standby(2, 100);
+    h.handle(ms(100), Event::PeerDead);
+    assert_eq!(h.state(), State::Master);
+    assert_eq!(h.counts.takeovers_without_hot, 0);
+    let mut alone = cold(3, 100);
+    alone.handle(ms(0), Event::Start);
+    alone.handle(HOLD, Event::Timer);
+    assert_eq!(alone.state(), State::Master);
+    assert_eq!(alone.counts.takeovers_without_hot, 0);
 }
 
 #[test]
@@ -603,6 +727,8 @@ enum Op {
     Manual(bool, bool, bool),
     /// Cut or heal the link between them.
     Link(bool),
+    /// A node's sync link becomes Hot or stops being Hot.
+    Sync(bool, bool),
     Wait(u64),
 }
 
@@ -613,6 +739,7 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<bool>(), check, 0..2u16).prop_map(|(n, c, i)| Op::Recover(n, c, i)),
         (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(n, a, f)| Op::Manual(n, a, f)),
         any::<bool>().prop_map(Op::Link),
+        (any::<bool>(), any::<bool>()).prop_map(|(n, hot)| Op::Sync(n, hot)),
         (1..3000u64).prop_map(Op::Wait),
     ]
 }
@@ -684,6 +811,7 @@ impl Sim {
                 self.event(usize::from(n), Event::Manual { acquire, force });
             }
             Op::Link(up) => self.up = up,
+            Op::Sync(n, hot) => self.event(usize::from(n), Event::Sync { hot }),
             Op::Wait(t) => self.run(ms(t)),
         }
         self.run(ms(50));
