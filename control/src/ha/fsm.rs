@@ -21,7 +21,15 @@
 //! Tie-breaks are total and both nodes compute them from the same
 //! heartbeat fields, so exactly one side wins: standby (a node that just
 //! released yields, then higher priority, then lower node id) and dual
-//! master (healthy first, then priority, then node id).
+//! master (healthy first, then the newer term, then priority, then node
+//! id). Terms: a node that becomes MASTER takes a term above both its
+//! own and the highest it heard from the peer. After a partition, or a
+//! frozen master's wake, the newer master is the one the hosts were last
+//! sent to (its announcements came last) and the one holding the
+//! sessions made since; the older one yields, whatever its priority. The
+//! winner announces its addresses again ([`Action::Reannounce`]): the
+//! loser's release took nothing from the hosts' caches, but its own
+//! announcements during the partition may have.
 //! Preemption (off by default): a healthy STANDBY that wins on priority
 //! and whose sync is Hot requests mastership after the hold-down.
 //!
@@ -74,11 +82,22 @@ pub struct Fsm {
     /// A peer has been MASTER since this node started: a takeover
     /// without Hot may lose its sessions.
     peer_was_master: bool,
+    /// This node's mastership term, and the highest the peer announced.
+    term: u64,
+    peer_term: u64,
     pub counts: Counts,
 }
 
 /// What the heartbeat carries; a change is announced at once.
-type Shown = (State, bool, bool, Option<(bool, Transition)>, bool, bool);
+type Shown = (
+    State,
+    bool,
+    bool,
+    Option<(bool, Transition)>,
+    bool,
+    bool,
+    u64,
+);
 
 impl Fsm {
     pub fn new(s: Settings) -> Self {
@@ -94,6 +113,8 @@ impl Fsm {
             timer: None,
             hot: false,
             peer_was_master: false,
+            term: 0,
+            peer_term: 0,
             counts: Counts::default(),
         }
     }
@@ -136,7 +157,13 @@ impl Fsm {
             acquire: self.acquiring.is_some(),
             force: self.force || self.acquiring.is_some_and(|(f, _)| f),
             hot: self.hot,
+            term: self.term,
         }
+    }
+
+    /// This node's mastership term.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     fn shown(&self) -> Shown {
@@ -147,6 +174,7 @@ impl Fsm {
             self.acquiring,
             self.force,
             self.hot,
+            self.term,
         )
     }
 
@@ -249,6 +277,7 @@ impl Fsm {
     fn peer_heard(&mut self, now: Duration, v: PeerView, out: &mut Vec<Action>) {
         let prev = self.peer.replace(v);
         let before = self.state;
+        self.peer_term = self.peer_term.max(v.term);
         if v.state == State::Master {
             self.peer_was_master = true;
             // A master exists: nothing of ours is pending against it any
@@ -257,6 +286,15 @@ impl Fsm {
             self.force = false;
         }
         self.settle(now, out);
+        if self.state == State::Master
+            && v.state != State::Master
+            && prev.is_none_or(|p| p.state == State::Master)
+        {
+            // A dual mastership ended in this node's favour, or the peer
+            // is heard again (a healed partition, a restart) and may have
+            // announced the addresses meanwhile.
+            out.push(Action::Reannounce);
+        }
         let Some(p) = prev else {
             return;
         };
@@ -381,6 +419,7 @@ impl Fsm {
             if !self.hot && self.peer_was_master {
                 self.counts.takeovers_without_hot += 1;
             }
+            self.term = self.term.max(self.peer_term) + 1;
             self.acquiring = None;
             self.released = false;
             if matches!(self.timer, Some((_, Timer::Request | Timer::Preempt))) {
@@ -515,8 +554,12 @@ impl Fsm {
     }
 
     fn wins_dual(&self, p: &PeerView) -> bool {
-        (self.healthy(), self.s.priority, Reverse(self.s.node_id))
-            > (p.healthy, p.priority, Reverse(p.node_id))
+        (
+            self.healthy(),
+            self.term,
+            self.s.priority,
+            Reverse(self.s.node_id),
+        ) > (p.healthy, p.term, p.priority, Reverse(p.node_id))
     }
 }
 

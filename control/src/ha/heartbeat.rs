@@ -9,7 +9,8 @@
 //!  8 group (u32)  12 node id (u32)  16 incarnation (u64)  24 seq (u64)
 //! 32 echo seq (u64)  40 echo hold (u32, microseconds)  44 path (u8)
 //! 45 sync state (u8)  46..48 zero  48 echo incarnation (u64)
-//! 56 sessions (u64)  64..96 zero  96..128 HMAC-SHA256 tag, or zeros
+//! 56 sessions (u64)  64 term (u64)  72..96 zero
+//! 96..128 HMAC-SHA256 tag, or zeros
 //! ```
 //! flags: 1 healthy, 2 released, 4 acquire, 8 force.
 //!
@@ -127,6 +128,7 @@ impl Heartbeat {
         b[45] = self.sync;
         b[48..56].copy_from_slice(&self.echo_incarnation.to_be_bytes());
         b[56..64].copy_from_slice(&self.sessions.to_be_bytes());
+        b[64..72].copy_from_slice(&v.term.to_be_bytes());
         if let Some(k) = key {
             let t = tag(k, &b[..BODY]);
             b[BODY..].copy_from_slice(&t);
@@ -159,7 +161,7 @@ impl Heartbeat {
         if b[6] & 0xf0 != 0
             || b[45] > 2
             || b[46..48].iter().any(|x| *x != 0)
-            || b[64..BODY].iter().any(|x| *x != 0)
+            || b[72..BODY].iter().any(|x| *x != 0)
         {
             return Err(Reject::Invalid);
         }
@@ -179,6 +181,7 @@ impl Heartbeat {
                 acquire: b[6] & 4 != 0,
                 force: b[6] & 8 != 0,
                 hot: b[45] == 2,
+                term: u64_at(64),
             },
             group: u32_at(8),
             incarnation: u64_at(16),

@@ -175,6 +175,9 @@ pub fn help(family: &str) -> Option<&'static str> {
             "Times this node became MASTER without Hot after a peer had been MASTER (sessions lost)."
         }
         "tandem_ha_insecure" => "1 when the pair runs without a key (insecure = true).",
+        "tandem_ha_lease_lapses_total" => {
+            "Times this MASTER's forwarding lease ran out because its daemon did not run."
+        }
         "tandem_ha_heartbeats_unproven_total" => {
             "Heartbeats of a new peer incarnation held until they echoed a recent one of ours."
         }
@@ -261,7 +264,10 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
             .and_then(|x| x.strip_suffix("_events"))
         {
             add(format!("ha.{t}.{}.{}", l("event"), l("count")), v);
-        } else if stem == "ha_mastership_changes" || stem == "ha_takeovers_without_hot" {
+        } else if matches!(
+            stem,
+            "ha_mastership_changes" | "ha_takeovers_without_hot" | "ha_lease_lapses"
+        ) {
             add(format!("ha.{}", &stem[3..]), v);
         } else if let Some(c) = stem.strip_prefix("ha_") {
             add(format!("ha.{}.{c}", l("path")), v);

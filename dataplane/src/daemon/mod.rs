@@ -128,6 +128,9 @@ impl Daemon {
         )?;
         let modes = attach(cfg, &ifaces, &mut loader)?;
         answer_arp_for_pools(cfg, &ifaces, &fib, &mut loader)?;
+        for v in cfg.redundancy.iter().flat_map(|r| &r.vip) {
+            loader.fence_vip(v.address)?;
+        }
         let loader = Arc::new(Mutex::new(loader));
 
         let ha_fib = fib_handle.reader();

@@ -66,9 +66,11 @@ impl HaThread {
                 .loader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Err(e) = l.set_forward(true) {
+            let until = sys::monotonic_ns() + self.lease_ns();
+            if let Err(e) = l.set_role(true, until) {
                 tracing::error!(error = %e, "takeover: setting the XDP role");
             }
+            self.lease.granted(until, Instant::now());
         }
         self.node.set_forward(true);
         self.node.active.store(true, Ordering::Relaxed);

@@ -29,7 +29,7 @@ pub struct Slots {
 }
 
 /// The gauges, in slot order.
-const GAUGES: [&str; 15] = [
+const GAUGES: [&str; 16] = [
     "tandem_ha_state",
     "tandem_ha_healthy",
     "tandem_ha_peer_alive",
@@ -45,6 +45,7 @@ const GAUGES: [&str; 15] = [
     "tandem_ha_unsynced_warning",
     "tandem_ha_takeovers_without_hot_total",
     "tandem_ha_insecure",
+    "tandem_ha_lease_lapses_total",
 ];
 
 /// Per-path values, in slot order.
@@ -227,6 +228,7 @@ impl HaThread {
             u64::from(warning),
             self.fsm.counts.takeovers_without_hot,
             u64::from(self.me.keys.is_empty()),
+            self.lease.lapses,
         ];
         let vals = seg.values(self.slots.gauges, GAUGES.len() + 1);
         for (slot, v) in vals.iter().zip(gauges) {

@@ -18,6 +18,7 @@
 mod address;
 mod error;
 mod heartbeat;
+mod lease;
 mod metrics;
 mod probe;
 
@@ -45,6 +46,7 @@ use tandem_control::{
 use self::{
     address::{Moving, moving_addresses},
     heartbeat::paths,
+    lease::Lease,
     probe::{Probed, probed},
 };
 pub use self::{
@@ -82,6 +84,9 @@ pub struct HaThread {
     /// A path's receive budget ran out: poll without waiting.
     backlog: bool,
     peer_alive: bool,
+    /// The peer's newest heartbeat fed to the state machine (incarnation,
+    /// seq), whichever path brought it.
+    fed: Option<(u64, u64)>,
     peer_sync: u8,
     peer_sessions: u64,
     /// This node's sync link was Hot at the last look.
@@ -90,6 +95,8 @@ pub struct HaThread {
     /// this node sees the pair), and how long makes it a warning.
     unsynced_since: Option<Instant>,
     unsynced_warn: Duration,
+    /// The MASTER lease (see `lease.rs`).
+    lease: Lease,
     /// Monitored links: (ifindex, failed).
     links: Vec<(u32, bool)>,
     /// Workers: (segment slot of their loop counter, last value, when it
@@ -233,11 +240,13 @@ impl HaThread {
             sent_early: now,
             backlog: false,
             peer_alive: false,
+            fed: None,
             peer_sync: 0,
             peer_sessions: 0,
             hot: false,
             unsynced_since: None,
             unsynced_warn: Duration::from_millis(r.unsynced_warn_ms.into()),
+            lease: Lease::new(now),
             links: p.ifindexes.iter().map(|i| (*i, false)).collect(),
             workers: p.worker_loops.iter().map(|s| (*s, 0, now, false)).collect(),
             worker_sessions: p.worker_sessions,
@@ -315,6 +324,14 @@ impl HaThread {
                 Action::TakeOver => self.take_over(),
                 Action::Release => self.release(),
                 Action::Announce => self.next_send = Instant::now(),
+                Action::Reannounce => {
+                    tracing::info!(
+                        term = self.fsm.term(),
+                        "the peer released: announcing the addresses again"
+                    );
+                    self.garp_left = self.garp_count;
+                    self.garp_next = Instant::now();
+                }
                 Action::Arm(t) => self.timer = t,
             }
         }
@@ -344,6 +361,7 @@ impl HaThread {
         poll_readable(&self.fds, wait);
 
         let now = Instant::now();
+        self.notice_lapse(now);
         let mut heard = Vec::new();
         self.backlog = false;
         let mut unproven = false;
@@ -357,13 +375,26 @@ impl HaThread {
             self.sent_early = now;
             self.next_send = self.next_send.min(now);
         }
+        // The same heartbeat goes out on every path: each is fed to the
+        // state machine once, in the order sent, and never one older than
+        // one already fed. Another path's backlog (after a freeze, say)
+        // must not replay the peer's past over its present.
+        heard.sort_by_key(|h| h.seq);
         for hb in heard {
             self.peer_alive = true;
+            if self
+                .fed
+                .is_some_and(|(inc, seq)| inc == hb.incarnation && hb.seq <= seq)
+            {
+                continue;
+            }
+            self.fed = Some((hb.incarnation, hb.seq));
             self.peer_sync = hb.sync;
             self.peer_sessions = hb.sessions;
             self.event(Event::Peer(hb.view));
         }
         self.watch_sync(now);
+        self.keep_lease(now);
         for p in &mut self.paths {
             if p.check(now, self.dead) {
                 tracing::warn!(path = %p.name, "heartbeat path silent");

@@ -82,6 +82,7 @@ pub struct Loader {
     flow_seed: u32,
     tx_ports: DevMap<MapData>,
     arp4: HashMap<MapData, LocalV4Key, ArpAnswer>,
+    fenced6: HashMap<MapData, LocalV6Key, u32>,
     locals: BTreeSet<IpAddr>,
 }
 
@@ -117,6 +118,7 @@ impl Loader {
         };
         let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
         let arp4 = HashMap::try_from(take(map::ARP_V4)?).map_err(map_err(map::ARP_V4))?;
+        let fenced6 = HashMap::try_from(take(map::FENCED_V6)?).map_err(map_err(map::FENCED_V6))?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(ProgramError::NotLoaded)?
@@ -138,6 +140,7 @@ impl Loader {
             flow_seed: u32::from_ne_bytes(seed),
             tx_ports,
             arp4,
+            fenced6,
             locals: BTreeSet::new(),
         };
         l.set_forward(false)?;
@@ -202,11 +205,33 @@ impl Loader {
         let answer = ArpAnswer {
             ifindex,
             mac,
-            pad: [0; 2],
+            kernel: 0,
+            pad: 0,
         };
         self.arp4
             .insert(v4key(address), answer, 0)
             .map_err(map_err(map::ARP_V4))
+    }
+
+    /// A VIP: its ARP requests (IPv4) or neighbour solicitations (IPv6)
+    /// reach the kernel, which answers for it, only while the node
+    /// forwards under a valid lease; otherwise the program drops them.
+    pub fn fence_vip(&mut self, address: IpAddr) -> Result<(), LoaderError> {
+        match address {
+            IpAddr::V4(a) => {
+                let fenced = ArpAnswer {
+                    kernel: 1,
+                    ..ArpAnswer::default()
+                };
+                self.arp4
+                    .insert(v4key(a), fenced, 0)
+                    .map_err(map_err(map::ARP_V4))
+            }
+            IpAddr::V6(a) => self
+                .fenced6
+                .insert(LocalV6Key { addr: a.octets() }, 1, 0)
+                .map_err(map_err(map::FENCED_V6)),
+        }
     }
 
     pub fn set_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), LoaderError> {
@@ -215,7 +240,14 @@ impl Loader {
             .map_err(map_err(map::XSKS))
     }
 
+    /// Forwards (or not) with no lease: fixed roles.
     pub fn set_forward(&mut self, forward: bool) -> Result<(), LoaderError> {
+        self.set_role(forward, 0)
+    }
+
+    /// Forwards (or not) until `lease_ns` (`CLOCK_MONOTONIC_COARSE`; 0: no
+    /// lease). See [`NodeRole::lease_ns`].
+    pub fn set_role(&mut self, forward: bool, lease_ns: u64) -> Result<(), LoaderError> {
         self.role
             .set(
                 0,
@@ -223,6 +255,8 @@ impl Loader {
                     forward: u32::from(forward),
                     flow_mask: self.flow_slots - 1,
                     flow_seed: self.flow_seed,
+                    pad: 0,
+                    lease_ns,
                 },
                 0,
             )

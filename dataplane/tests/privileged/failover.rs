@@ -64,6 +64,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_a_panicking_thread_ends_the_daemon_and_the_peer_takes_over",
         a_panicking_thread_ends_the_daemon_and_the_peer_takes_over,
     ),
+    (
+        "failover_a_frozen_master_fences_itself_and_yields_when_it_wakes",
+        a_frozen_master_fences_itself_and_yields_when_it_wakes,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -652,8 +656,9 @@ fn box_death_then_a_full_partition_heals_to_one_master() -> Result<(), Failed> {
         state(&a) == Some(2) && state(&b) == Some(2)
     })?;
     let b_released = b.counter("ha.transition.release_auto.received");
-    // Healed: the tie-break (both healthy, A's priority 200) keeps A; B
-    // releases and cold-syncs from A.
+    // Healed: the newer term keeps A (it became MASTER during the
+    // partition, after B, and announced itself last); B releases and
+    // cold-syncs from A.
     ipw(&format!("netns exec {sw} nft delete table bridge part"));
     ipw(&format!("-n {} link set sync0 up", lab.a.name));
     wait("one MASTER after the heal", || {
@@ -1327,5 +1332,106 @@ fn a_panicking_thread_ends_the_daemon_and_the_peer_takes_over() -> Result<(), Fa
         check(t0.elapsed() < Duration::from_secs(10), "B did not end")?;
         thread::sleep(Duration::from_millis(5));
     }
+    Ok(())
+}
+
+/// The MAC the client resolves the inside VIP to, from scratch.
+fn vip_owner(lab: &Lab) -> Option<String> {
+    let c = &lab.client.name;
+    ipw(&format!("-n {c} neigh flush dev eth0"));
+    lab.client
+        .cmd("ping")
+        .args(["-c", "1", "-W", "1", "198.18.1.1"])
+        .output()
+        .ok()?;
+    let out = lab
+        .client
+        .cmd("ip")
+        .args(["neigh", "show", "198.18.1.1", "dev", "eth0"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_owned)
+}
+
+/// A MASTER whose whole daemon is stopped (SIGSTOP) keeps its VIPs and
+/// XDP program; its lease runs out before B takes over, so it answers no
+/// ARP for the VIP (only B does) and forwards nothing. Woken, it finds
+/// B MASTER with a newer term and yields; the connections live on.
+fn a_frozen_master_fences_itself_and_yields_when_it_wakes() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    thread::sleep(Duration::from_secs(1));
+    wait("B to hold A's 20 sessions", || {
+        count(&b).is_ok_and(|c| c >= 20)
+    })?;
+    let b_mac = mac(&lab.b, "in0")?;
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(a.pid(), libc::SIGSTOP) };
+    let frozen_at = Instant::now();
+    let took = wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b));
+    let result = (|| -> Result<(), Failed> {
+        let took = took?;
+        check(
+            holds_vip(&lab.a),
+            "the frozen A still has the VIP on in0 (its kernel would answer for it)",
+        )?;
+        for round in 0..5 {
+            let owner = vip_owner(&lab);
+            check(
+                owner.as_deref() == Some(b_mac.as_str()),
+                format!("round {round}: the VIP resolves to {owner:?}, want B's {b_mac}"),
+            )?;
+        }
+        eprintln!("freeze: B MASTER after {took:?}");
+        Ok(())
+    })();
+    thread::sleep(Duration::from_secs(2).saturating_sub(frozen_at.elapsed()));
+    // SAFETY: as above.
+    unsafe { libc::kill(a.pid(), libc::SIGCONT) };
+    result?;
+    if let Err(e) = wait("A yields to B (STANDBY)", || state(&a) == Some(3)) {
+        let log = a.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        return Err(format!(
+            "{e:?}: A {:?}, B {:?}; A's log ends:\n{}",
+            state(&a),
+            state(&b),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+        .into());
+    }
+    wait_ha(&a, "A hot under B", |v| {
+        v["role"] == "backup" && v["synchronization"] == "hot"
+    })?;
+    check(
+        state(&b) == Some(2) && holds_vip(&lab.b) && !holds_vip(&lab.a),
+        "B stays MASTER and alone holds the VIP",
+    )?;
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("freeze of 2 s: longest gap {gap:?}");
+    check(
+        a.counter("ha.lease_lapses") == 1
+            && a.counter("xdp.lease_expired") > 0
+            && a.counter("xdp.arp_fenced") > 0,
+        format!(
+            "A counted its lapse ({}), frames past the lease ({}) and fenced ARP ({})",
+            a.counter("ha.lease_lapses"),
+            a.counter("xdp.lease_expired"),
+            a.counter("xdp.arp_fenced")
+        ),
+    )?;
+    check(
+        a.counter("ha.transition.release_auto.received") >= 1,
+        "A released on waking",
+    )?;
     Ok(())
 }

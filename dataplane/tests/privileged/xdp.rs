@@ -585,6 +585,128 @@ fn pool_arp_answered_under_prog_run() -> Result<(), Failed> {
     })
 }
 
+/// (what, frame, forward, lease, action, counters that move)
+type FenceCase<'a> = (&'a str, &'a [u8], bool, u64, u32, &'a [XdpCounter]);
+
+/// A VIP's ARP requests and neighbour solicitations reach the kernel
+/// only while the node forwards under a valid lease; a lease that ran out
+/// makes the node a standby for every frame, and both count.
+fn vips_are_fenced_and_the_lease_runs_out_under_prog_run() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let in0 = topo.node.ifindex("in0");
+    let mac = topo.node.mac("in0");
+    let asker = topo.client.mac("c0");
+    topo.node.enter(move || -> Result<(), Failed> {
+        let mut l = Loader::load(64)?;
+        l.add_iface(in0, 0, 1)?;
+        let vip = [198, 18, 1, 1];
+        l.fence_vip(std::net::IpAddr::from(vip))?;
+        let vip6: std::net::Ipv6Addr = "2001:db8:1::1".parse()?;
+        l.fence_vip(vip6.into())?;
+        let request = arp(1, asker, [198, 18, 1, 10], vip);
+        let other = arp(1, asker, [198, 18, 1, 10], [198, 18, 1, 2]);
+        let mut ns = frame::eth([0x33, 0x33, 0xff, 0, 0, 1], asker, 0x86dd);
+        ns.extend_from_slice(&[0x60, 0, 0, 0, 0, 24, 58, 255]);
+        ns.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ns.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1]);
+        ns.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+        ns.extend_from_slice(&vip6.octets());
+        let service = frame::udp4(mac, asker, [198, 18, 2, 10]);
+        let far = monotonic_ns() + 10_000_000_000;
+        // (what, frame, forward, lease, action, counters that move)
+        let cases: [FenceCase; 9] = [
+            (
+                "VIP, standby",
+                &request,
+                false,
+                0,
+                XDP_DROP,
+                &[XdpCounter::ArpFenced],
+            ),
+            (
+                "VIP NS, standby",
+                &ns,
+                false,
+                0,
+                XDP_DROP,
+                &[XdpCounter::ArpFenced],
+            ),
+            (
+                "VIP, master",
+                &request,
+                true,
+                far,
+                XDP_PASS,
+                &[XdpCounter::PassNonIp],
+            ),
+            (
+                "VIP NS, master",
+                &ns,
+                true,
+                far,
+                XDP_PASS,
+                &[XdpCounter::PassControl],
+            ),
+            (
+                "VIP, lease run out",
+                &request,
+                true,
+                1,
+                XDP_DROP,
+                &[XdpCounter::ArpFenced, XdpCounter::LeaseExpired],
+            ),
+            (
+                "VIP NS, lease run out",
+                &ns,
+                true,
+                1,
+                XDP_DROP,
+                &[XdpCounter::ArpFenced, XdpCounter::LeaseExpired],
+            ),
+            (
+                "another address, lease run out",
+                &other,
+                true,
+                1,
+                XDP_PASS,
+                &[XdpCounter::PassNonIp, XdpCounter::LeaseExpired],
+            ),
+            (
+                "service, lease run out",
+                &service,
+                true,
+                1,
+                XDP_DROP,
+                &[XdpCounter::DropNotMaster, XdpCounter::LeaseExpired],
+            ),
+            (
+                "service, fixed roles (no lease)",
+                &service,
+                true,
+                0,
+                XDP_DROP,
+                &[XdpCounter::DropNoSocket],
+            ),
+        ];
+        for (what, f, forward, lease, want, moved) in cases {
+            l.set_role(forward, lease)?;
+            let before = totals(&l);
+            let got = l.run_once(f, Some((in0, 0)))?;
+            let after = totals(&l);
+            check(got == want, format!("{what}: action {got}, want {want}"))?;
+            for k in XdpCounter::ALL {
+                let by = after[k as usize] - before[k as usize];
+                let want = u64::from(moved.contains(&k) || k == XdpCounter::RxFrames);
+                check(
+                    by == want,
+                    format!("{what}: {} moved by {by}, want {want}", k.name()),
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The IPv6 fast path under BPF_PROG_RUN: TCP, UDP and ICMPv6 echo hits
 /// leave with the entry's MACs and the hop limit one lower, nothing else
 /// changed (no translation, no checksum covers either), counted in the
@@ -737,6 +859,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "pool_arp_answered_under_prog_run",
         pool_arp_answered_under_prog_run,
+    ),
+    (
+        "vips_are_fenced_and_the_lease_runs_out_under_prog_run",
+        vips_are_fenced_and_the_lease_runs_out_under_prog_run,
     ),
     (
         "offloaded_flow_rewrites_like_the_worker_under_prog_run",

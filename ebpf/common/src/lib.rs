@@ -31,8 +31,12 @@ pub mod map {
     /// it with bpf(2), an install at a time.
     pub const FLOWS6: &str = "TND_FLOWS6";
     /// `HashMap<LocalV4Key, ArpAnswer>`: the NAT pool addresses the
-    /// program answers ARP requests for while the node forwards.
+    /// program answers ARP requests for while the node forwards, and the
+    /// IPv4 VIPs, whose requests reach the kernel only then.
     pub const ARP_V4: &str = "TND_ARP_V4";
+    /// `HashMap<LocalV6Key, u32>`: the IPv6 VIPs, whose neighbour
+    /// solicitations reach the kernel only while the node forwards.
+    pub const FENCED_V6: &str = "TND_FENCED_V6";
     /// `Array<u32>` (mmapable), one entry: the clock the fast path stamps
     /// `last_seen` with, `CLOCK_MONOTONIC_COARSE >> FLOW_TICK_SHIFT`, which
     /// the workers move forward as they run (see
@@ -109,11 +113,19 @@ pub enum XdpCounter {
     /// verify, or a length the frame does not hold): the worker drops and
     /// counts them as it does every such datagram.
     FastPuntHeader = 16,
+    /// Frames that found this node's MASTER lease run out (its daemon
+    /// frozen, wedged or starved): handled as on a node that does not
+    /// forward.
+    LeaseExpired = 17,
+    /// ARP requests and neighbour solicitations for a VIP dropped because
+    /// the node does not forward (not MASTER, or its lease ran out): the
+    /// kernel never answers for a VIP on its own.
+    ArpFenced = 18,
 }
 
 impl XdpCounter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -134,6 +146,8 @@ impl XdpCounter {
         Self::FastForwardedBytes,
         Self::ArpReplied,
         Self::FastPuntHeader,
+        Self::LeaseExpired,
+        Self::ArpFenced,
     ];
 
     /// Counter name as shown by the readout tools (snake_case).
@@ -157,6 +171,8 @@ impl XdpCounter {
             Self::FastForwardedBytes => "fast_forwarded_bytes",
             Self::ArpReplied => "arp_replied",
             Self::FastPuntHeader => "fast_punt_header",
+            Self::LeaseExpired => "lease_expired",
+            Self::ArpFenced => "arp_fenced",
         }
     }
 }
@@ -171,6 +187,30 @@ pub struct NodeRole {
     pub flow_mask: u32,
     /// The flow table's hash seed ([`flow_hash`]).
     pub flow_seed: u32,
+    pub pad: u32,
+    /// Under a redundancy state machine, `forward` holds only until this
+    /// `CLOCK_MONOTONIC_COARSE` time (ns), which the MASTER's redundancy
+    /// thread renews well within the peer's dead interval: a daemon that
+    /// stops running stops forwarding before its peer takes over. 0: no
+    /// lease (fixed roles).
+    pub lease_ns: u64,
+}
+
+impl NodeRole {
+    /// Whether a node in this role forwards at `now_ns`
+    /// (`CLOCK_MONOTONIC_COARSE`); the second value says the lease ran
+    /// out.
+    #[inline]
+    #[must_use]
+    pub const fn forwards_at(&self, now_ns: u64) -> (bool, bool) {
+        if self.forward == 0 {
+            return (false, false);
+        }
+        if self.lease_ns != 0 && now_ns >= self.lease_ns {
+            return (false, true);
+        }
+        (true, false)
+    }
 }
 
 /// Value of the interface map.
@@ -235,7 +275,11 @@ pub struct FlowEntry6 {
 pub struct ArpAnswer {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub pad: [u8; 2],
+    /// 1: a VIP, which the kernel holds and answers for; the program only
+    /// lets its requests through while the node forwards. 0: a pool
+    /// address the program answers for itself.
+    pub kernel: u8,
+    pub pad: u8,
 }
 
 /// Key of the IPv6 local-address map.
@@ -438,6 +482,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lease_holds_until_its_time_and_none_holds_forever() {
+        let role = |forward, lease_ns| NodeRole {
+            forward,
+            lease_ns,
+            ..NodeRole::default()
+        };
+        assert_eq!(role(1, 0).forwards_at(u64::MAX), (true, false));
+        assert_eq!(role(1, 100).forwards_at(99), (true, false));
+        assert_eq!(role(1, 100).forwards_at(100), (false, true));
+        assert_eq!(role(0, 100).forwards_at(99), (false, false));
+        assert_eq!(role(0, 0).forwards_at(0), (false, false));
+    }
+
+    #[test]
     fn counter_indexes_are_dense_and_ordered() {
         for (i, c) in XdpCounter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
@@ -448,7 +506,7 @@ mod tests {
     fn flow_types_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowV4Key>(), 16);
         assert_eq!(core::mem::size_of::<FlowSlot>(), 64);
-        assert_eq!(core::mem::size_of::<NodeRole>(), 12);
+        assert_eq!(core::mem::size_of::<NodeRole>(), 24);
         assert_eq!(core::mem::size_of::<FlowV6Key>(), 40);
         assert_eq!(core::mem::size_of::<FlowEntry6>(), 80);
         assert_eq!(core::mem::size_of::<ArpAnswer>(), 12);

@@ -17,6 +17,14 @@
 //! While the node forwards, the program also answers ARP requests for the
 //! NAT pool addresses. The kernel must not own those addresses: when tandemd
 //! dies, the kernel would answer the flows' in-flight segments with resets.
+//!
+//! Self-fencing: under a redundancy state machine the role carries a lease
+//! that the MASTER's redundancy thread renews. Once it runs out (the daemon
+//! frozen, wedged or starved) the program acts as on a standby: no service
+//! traffic, no fast path, no ARP answers for the pool, and the ARP
+//! requests and neighbour solicitations for the VIPs dropped rather than
+//! passed to the kernel, which would answer them; all before the peer's
+//! dead interval ends and it takes over.
 #![expect(
     unsafe_code,
     reason = "an XDP program reads and writes the frame and map memory through pointers the verifier checks"
@@ -30,6 +38,7 @@ mod fast;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
@@ -65,6 +74,8 @@ static FLOWS6: HashMap<FlowV6Key, FlowEntry6> =
     HashMap::with_max_entries(DEFAULT_FLOWS6, BPF_F_NO_PREALLOC);
 #[map(name = "TND_ARP_V4")]
 static ARP_V4: HashMap<LocalV4Key, ArpAnswer> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
+#[map(name = "TND_FENCED_V6")]
+static FENCED_V6: HashMap<LocalV6Key, u32> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
 /// Written by the workers in place (see `FLOW_TICK_SHIFT`).
 #[map(name = "TND_CLOCK")]
 static CLOCK: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -156,7 +167,17 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         l3 += 4;
     }
     let role = ROLE.get(0).copied().unwrap_or_default();
-    let forward = role.forward != 0;
+    // The clock is read only on a node that holds a lease.
+    let now = if role.forward != 0 && role.lease_ns != 0 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        0
+    };
+    let (forward, lapsed) = role.forwards_at(now);
+    if lapsed {
+        count(XdpCounter::LeaseExpired);
+    }
     // Offloaded sessions first: they are service traffic by construction
     // (never to a local, multicast or broadcast address), so a hit skips
     // the local-address lookup, and the interface lookup too (the
@@ -184,10 +205,10 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     };
     let service = match ethertype {
         ETH_P_IP => ipv4(ctx, l3)?,
-        ETH_P_IPV6 => ipv6(ctx, l3)?,
+        ETH_P_IPV6 => ipv6(ctx, l3, forward)?,
         // Untagged only: the kernel answered the pool on the interface
         // itself, not on VLANs over it.
-        ETH_P_ARP if forward && l3 == ETH_HLEN => return Ok(arp(ctx, ifindex, iface.slot)),
+        ETH_P_ARP if l3 == ETH_HLEN => return Ok(arp(ctx, ifindex, iface.slot, forward)),
         _ => return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp)),
     };
     if let Some(v) = service {
@@ -216,7 +237,10 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 /// The reply leaves through the devmap, not XDP_TX: a veth sends XDP_TX
 /// frames to its peer's ring but wakes the peer only if the peer has an XDP
 /// program, so without one the reply would wait there for the next frame.
-fn arp(ctx: &XdpContext, ifindex: u32, slot: u32) -> Verdict {
+///
+/// A request for a VIP goes to the kernel, which holds the VIP, only
+/// while the node forwards; otherwise it is dropped (`ArpFenced`).
+fn arp(ctx: &XdpContext, ifindex: u32, slot: u32, forward: bool) -> Verdict {
     const KERNEL: Verdict = verdict(xdp_action::XDP_PASS, XdpCounter::PassNonIp);
     let (Ok(eth), Ok(body)) = (
         ptr_at::<[u8; 12]>(ctx, 0),
@@ -242,6 +266,16 @@ fn arp(ctx: &XdpContext, ifindex: u32, slot: u32) -> Verdict {
     let Some(answer) = (unsafe { ARP_V4.get(key) }).copied() else {
         return KERNEL;
     };
+    if answer.kernel != 0 {
+        return if forward {
+            KERNEL
+        } else {
+            verdict(xdp_action::XDP_DROP, XdpCounter::ArpFenced)
+        };
+    }
+    if !forward {
+        return KERNEL;
+    }
     // SAFETY: ptr_at checked the 12 address bytes lie in the frame.
     let e = unsafe { core::ptr::read_unaligned(eth) };
     let to_us = e[..6] == [0xff; 6] || e[..6] == answer.mac;
@@ -309,7 +343,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
     Ok(None)
 }
 
-fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
+fn ipv6(ctx: &XdpContext, l3: usize, forward: bool) -> Result<Option<Verdict>, Verdict> {
     // SAFETY: ptr_at checked that the 40-byte header lies in the frame.
     let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 40]>(ctx, l3)?) };
     if h[0] >> 4 != 6 {
@@ -327,6 +361,19 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
             let ty = load_u8(ctx, l4)?;
             ptr_at::<[u8; 8]>(ctx, l4)?;
             nd = (133..=137).contains(&ty);
+            // A neighbour solicitation for a VIP: the kernel's to answer
+            // only while the node forwards.
+            if ty == 135
+                && !forward
+                && let Ok(target) = ptr_at::<[u8; 16]>(ctx, l4 + 8)
+            {
+                // SAFETY: ptr_at checked the 16 target bytes lie in the frame.
+                let addr = unsafe { core::ptr::read_unaligned(target) };
+                // SAFETY: plain-data value read from a map the program owns.
+                if unsafe { FENCED_V6.get(LocalV6Key { addr }) }.is_some() {
+                    return Ok(Some(verdict(xdp_action::XDP_DROP, XdpCounter::ArpFenced)));
+                }
+            }
         }
         _ => {}
     }

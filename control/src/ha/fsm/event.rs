@@ -45,6 +45,9 @@ pub enum Action {
     Release,
     /// The heartbeat's content changed: send one on every path now.
     Announce,
+    /// Won a dual mastership: announce the addresses again (gratuitous
+    /// ARPs, unsolicited neighbour advertisements).
+    Reannounce,
     /// Deliver `Event::Timer` at this time (since the driver's epoch);
     /// `None` disarms.
     Arm(Option<Duration>),

@@ -101,4 +101,7 @@ pub struct PeerView {
     /// Its sync link is Hot: as a standby it holds every session of the
     /// master, as a master its standby does.
     pub hot: bool,
+    /// Its mastership term: raised past both nodes' terms each time it
+    /// becomes MASTER, so the higher term is the newer master.
+    pub term: u64,
 }

@@ -36,6 +36,7 @@ fn view(state: State) -> PeerView {
         acquire: false,
         force: false,
         hot: true,
+        term: 0,
     }
 }
 
@@ -534,7 +535,7 @@ fn a_warned_node_acquires_only_by_force() {
 
 #[test]
 fn dual_master_resolves_to_the_healthier_then_higher_priority() {
-    // A partition made both MASTER; the link heals.
+    // Both started alone (term 1 each); the link heals.
     let mut a = master(1, 100);
     let mut b = master(2, 200);
     exchange(&mut a, &mut b, ms(3000));
@@ -704,6 +705,37 @@ fn a_dead_master_is_taken_over_without_hot_and_that_counts() {
     alone.handle(HOLD, Event::Timer);
     assert_eq!(alone.state(), State::Master);
     assert_eq!(alone.counts.takeovers_without_hot, 0);
+}
+
+#[test]
+fn a_dual_mastership_goes_to_the_newer_term_which_announces_again() {
+    // A (priority 200) is MASTER; cut off, B (priority 100) takes over
+    // with a newer term; healed, A yields to it whatever the priority,
+    // and B announces its addresses again.
+    let mut a = master(1, 200);
+    let mut b = standby(2, 100);
+    exchange(&mut a, &mut b, ms(10));
+    assert_eq!(a.term(), 1);
+    b.handle(ms(100), Event::PeerDead);
+    assert_eq!((b.state(), b.term()), (State::Master, 2));
+    let out = a.handle(ms(200), Event::Peer(b.view()));
+    assert_eq!(out[0], Action::Release);
+    assert_eq!(a.state(), State::Standby);
+    let out = b.handle(ms(201), Event::Peer(a.view()));
+    assert!(out.contains(&Action::Reannounce), "{out:?}");
+    assert_eq!(b.state(), State::Master);
+    // A frozen master that wakes is the same case: it yields.
+    let mut c = master(3, 250);
+    let woken = PeerView {
+        node_id: 4,
+        term: 7,
+        ..view(State::Master)
+    };
+    c.handle(ms(300), Event::Peer(woken));
+    assert_eq!(c.state(), State::Standby);
+    // Taking over again goes past every term heard.
+    c.handle(ms(400), Event::PeerDead);
+    assert_eq!((c.state(), c.term()), (State::Master, 8));
 }
 
 #[test]

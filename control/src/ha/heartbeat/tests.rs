@@ -15,6 +15,7 @@ fn hb(node_id: u32, seq: u64) -> Heartbeat {
             acquire: false,
             force: false,
             hot: true,
+            term: 3,
         },
         group: 1,
         incarnation: 1000,
@@ -44,6 +45,7 @@ proptest! {
         seq: u64,
         echo_incarnation: u64,
         sessions: u64,
+        term: u64,
         echo_seq: u64,
         echo_hold_us: u32,
         path: u8,
@@ -60,6 +62,7 @@ proptest! {
                 acquire: flags & 4 != 0,
                 force: flags & 8 != 0,
                 hot: sync == 2,
+                term,
             },
             group, incarnation, seq, echo_incarnation, echo_seq, echo_hold_us, path, sync,
             sessions,
@@ -113,7 +116,7 @@ fn key_mismatches_and_bad_fields_are_refused() {
     let mut b = h.encode(None);
     b[4] = 1;
     assert_eq!(Heartbeat::decode(&b, &[]), Err(Reject::Version(1)));
-    for (at, v) in [(5, 5), (6, 0x10), (45, 3), (46, 1), (70, 1), (15, 0)] {
+    for (at, v) in [(5, 5), (6, 0x10), (45, 3), (46, 1), (80, 1), (15, 0)] {
         let mut b = h.encode(None);
         b[at] = v;
         if at == 15 {
