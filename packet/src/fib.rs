@@ -156,6 +156,14 @@ impl Fib {
         self.links.iter().map(|(i, l)| (*i, l))
     }
 
+    /// The interface that holds `addr`, if one does.
+    pub fn link_with(&self, addr: IpAddr) -> Option<(u32, &Link)> {
+        self.links().find(|(_, l)| match addr {
+            IpAddr::V4(a) => l.v4.contains(&a),
+            IpAddr::V6(a) => l.v6.contains(&a),
+        })
+    }
+
     pub fn route4(&self, dst: Ipv4Addr) -> Option<&Route<Ipv4Addr>> {
         let d = dst.to_bits();
         self.routes4

@@ -141,7 +141,15 @@ pub fn decide(
     Decision::Act(match verdict {
         Verdict::Pass { snat } => {
             let ip = h.ip.redirected(buf);
-            let a = forward::route(buf, ip, at.ingress, fib, cx.limits);
+            let a = match forward::route(buf, ip, at.ingress, fib, cx.limits) {
+                // Never through the kernel to an interface this node does
+                // not forward on (the sync link, a management port): a
+                // resolved next hop there is dropped the same way.
+                Action::Punt { oif, .. } if cx.routes.slot_of(oif).is_none() => {
+                    Action::Drop(DropReason::ForeignEgress)
+                }
+                a => a,
+            };
             if let (Some(snat), Action::Forward { .. } | Action::Punt { .. }) = (snat, a) {
                 snat.apply(buf, ETH_HLEN);
             }
@@ -223,12 +231,96 @@ fn as_reply(a: Action) -> Action {
             Action::Reply { oif, len, reason }
         }
         // The reply was built at ETH_HLEN, so l3 + len is where it ends.
-        Action::Punt { l3, len, v6 } => Action::PuntReply {
+        Action::Punt { l3, len, v6, .. } => Action::PuntReply {
             len: l3 + len,
             v6,
             reason,
         },
         Action::PuntIcmpError { len, v6, .. } => Action::PuntReply { len, v6, reason },
         _ => Action::Drop(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::{
+        fib::{Link, Route, RouteKind},
+        forward::RateLimit,
+    };
+
+    const IN: u32 = 2;
+    const OUT: u32 = 3;
+    /// An interface the node does not forward on (the sync link).
+    const SYNC: u32 = 9;
+
+    #[test]
+    fn an_unresolved_next_hop_is_punted_only_toward_a_forwarding_interface() {
+        let mut fib = Fib::default();
+        for (oif, name, net) in [
+            (IN, "in0", [198, 18, 1, 0]),
+            (OUT, "out0", [198, 18, 2, 0]),
+            (SYNC, "sync0", [198, 18, 9, 0]),
+        ] {
+            *fib.link_mut(oif) = Link {
+                name: name.into(),
+                mac: [2, 0, 0, 0, 0, oif as u8],
+                mtu: 1500,
+                oper_up: Some(true),
+                v4: vec![],
+                v6: vec![],
+            };
+            fib.upsert_route4(Route {
+                prefix: Ipv4Addr::from(net),
+                len: 24,
+                oif,
+                gateway: None,
+                priority: 0,
+                kind: RouteKind::Unicast,
+            });
+        }
+        let mut limits = Limits {
+            icmp: RateLimit::new(100),
+            punt: RateLimit::new(100),
+            reject: RateLimit::new(100),
+        };
+        let mut cx = Context {
+            routes: Routes {
+                fib: &fib,
+                slots: &[IN, OUT],
+            },
+            limits: &mut limits,
+            services: None,
+        };
+        for (dst, want) in [
+            ([198, 18, 2, 99], None),
+            ([198, 18, 9, 2], Some(DropReason::ForeignEgress)),
+        ] {
+            let mut buf = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], [2, 0, 0, 0, 0, 2])
+                .ipv4([198, 18, 1, 10], dst, 64)
+                .udp(40000, 7469)
+                .write(&mut buf, &[0x5a; 32])
+                .unwrap();
+            let len = buf.len();
+            buf.resize(2048, 0);
+            let at = Arrival {
+                len,
+                slot: 0,
+                ingress: IN,
+            };
+            let got = decide(&mut cx, &mut buf, at, None, 0, &mut Tally::new(1));
+            match want {
+                None => assert!(
+                    matches!(got, Decision::Act(Action::Punt { oif: OUT, .. })),
+                    "{dst:?}: {got:?}"
+                ),
+                Some(r) => assert_eq!(got, Decision::Act(Action::Drop(r)), "{dst:?}"),
+            }
+        }
     }
 }

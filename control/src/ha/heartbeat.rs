@@ -273,9 +273,25 @@ pub struct Path {
 }
 
 impl Path {
-    /// Binds `local` (an address of this node) for the path to `peer`.
-    pub fn bind(name: &str, local: SocketAddr, peer: SocketAddr) -> io::Result<Self> {
-        let sock = UdpSocket::bind(local)?;
+    /// Binds `local` (an address of this node) for the path to `peer`,
+    /// and to interface `device` if given (SO_BINDTODEVICE: a datagram
+    /// for `local` that arrives on another interface never reaches it).
+    pub fn bind(
+        name: &str,
+        local: SocketAddr,
+        peer: SocketAddr,
+        device: Option<&str>,
+    ) -> io::Result<Self> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(local),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if let Some(dev) = device {
+            sock.bind_device(Some(dev.as_bytes()))?;
+        }
+        sock.bind(&local.into())?;
+        let sock: UdpSocket = sock.into();
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
         Ok(Self {

@@ -83,6 +83,8 @@ pub struct Driver {
     settings: Settings,
     local: SocketAddr,
     peer: SocketAddr,
+    /// The interface the sockets are bound to, if any.
+    device: Option<String>,
     listener: TcpListener,
     link: Option<Link>,
     /// A new connection from the peer, waiting to prove itself before it
@@ -107,6 +109,15 @@ fn nonce() -> [u8; 16] {
 }
 
 impl Driver {
+    /// Binds the listener and every connection dialed from now on to
+    /// interface `dev` (SO_BINDTODEVICE): a segment for the sync address
+    /// that arrives on another interface never reaches them.
+    pub fn bind_device(&mut self, dev: &str) -> io::Result<()> {
+        socket2::SockRef::from(&self.listener).bind_device(Some(dev.as_bytes()))?;
+        self.device = Some(dev.to_owned());
+        Ok(())
+    }
+
     /// Listens on `local` (port included); `peer` is the only address let
     /// in, and the one the backup dials.
     pub fn new(settings: Settings, local: SocketAddr, peer: SocketAddr) -> io::Result<Self> {
@@ -125,6 +136,7 @@ impl Driver {
             settings,
             local,
             peer,
+            device: None,
             listener,
             link: None,
             candidate: None,
@@ -281,6 +293,9 @@ impl Driver {
                 Type::STREAM,
                 Some(Protocol::TCP),
             )?;
+            if let Some(dev) = &self.device {
+                sock.bind_device(Some(dev.as_bytes()))?;
+            }
             sock.bind(&SockAddr::from(SocketAddr::new(self.local.ip(), 0)))?;
             sock.connect_timeout(&SockAddr::from(self.peer), DIAL_TIMEOUT)?;
             Ok(sock.into())

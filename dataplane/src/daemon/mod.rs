@@ -19,7 +19,7 @@ mod socket;
 mod state;
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -131,6 +131,7 @@ impl Daemon {
         for v in cfg.redundancy.iter().flat_map(|r| &r.vip) {
             loader.fence_vip(v.address)?;
         }
+        admit_control(cfg, &fib, &mut loader)?;
         let loader = Arc::new(Mutex::new(loader));
 
         let ha_fib = fib_handle.reader();
@@ -185,7 +186,7 @@ impl Daemon {
             &shared,
             &stop,
         );
-        let sync = spawn_sync(cfg, &ifaces, &layout, &shared, &stop)?;
+        let sync = spawn_sync(cfg, &ifaces, &fib, &layout, &shared, &stop)?;
         // Workers first would forward before the FSM decides: it starts
         // not forwarding, so the order does not matter; the redundancy
         // thread starts last so its first heartbeat goes out with
@@ -385,6 +386,36 @@ fn answer_arp_for_pools(
     Ok(())
 }
 
+/// The pair's control sockets in the program's control map: the sync
+/// listener (TCP) and each heartbeat path's socket (UDP) take traffic
+/// only from the peer's address on the interface that holds the local
+/// one. A socket on an interface without the program (the lab's sync0)
+/// is policed where frames for it arrive on one that has it.
+fn admit_control(cfg: &Config, fib: &Fib, loader: &mut Loader) -> Result<(), DaemonError> {
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let Some(s) = &cfg.sync else {
+        return Ok(());
+    };
+    let mut entries = vec![(SocketAddr::new(s.local, s.port), TCP, s.peer)];
+    if let Some(r) = &cfg.redundancy {
+        for (local, peer) in
+            std::iter::once((s.local, s.peer)).chain(r.heartbeat.iter().map(|h| (h.local, h.peer)))
+        {
+            entries.push((SocketAddr::new(local, r.port), UDP, peer));
+        }
+    }
+    for (local, proto, peer) in entries {
+        let Some((ifindex, link)) = fib.link_with(local.ip()) else {
+            tracing::warn!(%local, "no interface holds this control address: not policed");
+            continue;
+        };
+        tracing::debug!(%local, proto, %peer, iface = %link.name, "control socket policed");
+        loader.admit_control(local, proto, peer, ifindex)?;
+    }
+    Ok(())
+}
+
 fn spawn_control(
     cfg: &Config,
     listener: std::os::unix::net::UnixListener,
@@ -415,6 +446,7 @@ fn spawn_control(
 fn spawn_sync(
     cfg: &Config,
     ifaces: &Interfaces,
+    fib: &Fib,
     layout: &Layout,
     shared: &Shared,
     stop: &Arc<AtomicBool>,
@@ -431,6 +463,13 @@ fn spawn_sync(
         Arc::clone(&layout.segment),
         slots,
     )
+    .and_then(|t| {
+        let device = cfg.sync.as_ref().and_then(|s| fib.link_with(s.local));
+        match (t, device) {
+            (Some(mut t), Some((_, link))) => t.bind_device(&link.name).map(|()| Some(t)),
+            (t, _) => Ok(t),
+        }
+    })
     .map_err(|source| DaemonError::Sync {
         local: crate::sync::thread::addresses(cfg).expect("configured").0,
         source,

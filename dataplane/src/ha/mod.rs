@@ -158,7 +158,12 @@ impl HaThread {
             .expect("validated: [redundancy] needs [sync]");
         let mut bound = Vec::new();
         for (name, local, peer) in paths(cfg, p.fib.fib()) {
-            let path = Path::bind(&name, local, peer)
+            let device = p
+                .fib
+                .fib()
+                .link_with(local.ip())
+                .map(|(_, l)| l.name.clone());
+            let path = Path::bind(&name, local, peer, device.as_deref())
                 .map_err(|source| HaError::Heartbeat { local, source })?;
             bound.push(path);
         }

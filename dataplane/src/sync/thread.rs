@@ -164,6 +164,12 @@ impl SyncThread {
         }))
     }
 
+    /// Binds the sync sockets to interface `dev` (see
+    /// [`Driver::bind_device`]).
+    pub fn bind_device(&mut self, dev: &str) -> io::Result<()> {
+        self.driver.bind_device(dev)
+    }
+
     pub fn spawn(mut self, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
         thread::Builder::new()
             .name("tandem-sync".into())

@@ -61,7 +61,7 @@ impl Worker {
                 }
             };
             match action {
-                Action::Punt { l3, len, v6 } => {
+                Action::Punt { l3, len, v6, .. } => {
                     punt(&self.punt, &buf[l3..l3 + len], v6, tally);
                 }
                 Action::PuntIcmpError { len, v6, .. } | Action::PuntReply { len, v6, .. } => {

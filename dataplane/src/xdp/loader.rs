@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeSet,
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
 };
 
@@ -17,8 +17,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use tandem_common::{
-    ArpAnswer, FLOW_WAYS, IfaceSlot, LocalV4Key, LocalV6Key, NodeRole, PROGRAM_NAME, XdpCounter,
-    map, xsk_index,
+    ArpAnswer, ControlKey, ControlPeer, FLOW_WAYS, IfaceSlot, LocalV4Key, LocalV6Key, NodeRole,
+    PROGRAM_NAME, XdpCounter, map, xsk_index,
 };
 use tandem_control::config;
 
@@ -83,6 +83,7 @@ pub struct Loader {
     tx_ports: DevMap<MapData>,
     arp4: HashMap<MapData, LocalV4Key, ArpAnswer>,
     fenced6: HashMap<MapData, LocalV6Key, u32>,
+    control: HashMap<MapData, ControlKey, ControlPeer>,
     locals: BTreeSet<IpAddr>,
 }
 
@@ -119,6 +120,7 @@ impl Loader {
         let tx_ports = DevMap::try_from(take(map::TX_PORTS)?).map_err(map_err(map::TX_PORTS))?;
         let arp4 = HashMap::try_from(take(map::ARP_V4)?).map_err(map_err(map::ARP_V4))?;
         let fenced6 = HashMap::try_from(take(map::FENCED_V6)?).map_err(map_err(map::FENCED_V6))?;
+        let control = HashMap::try_from(take(map::CONTROL)?).map_err(map_err(map::CONTROL))?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(ProgramError::NotLoaded)?
@@ -141,6 +143,7 @@ impl Loader {
             tx_ports,
             arp4,
             fenced6,
+            control,
             locals: BTreeSet::new(),
         };
         l.set_forward(false)?;
@@ -238,6 +241,35 @@ impl Loader {
         self.xsks
             .set(xsk_index(slot, queue), fd.as_raw_fd(), 0)
             .map_err(map_err(map::XSKS))
+    }
+
+    /// TCP or UDP (`proto`) to `local` (a control socket of the pair) is
+    /// let through to the kernel only from `peer` arriving on `ifindex`;
+    /// the rest is dropped and counted (`drop_control`).
+    pub fn admit_control(
+        &mut self,
+        local: SocketAddr,
+        proto: u8,
+        peer: IpAddr,
+        ifindex: u32,
+    ) -> Result<(), LoaderError> {
+        let wire = |a: IpAddr| match a {
+            IpAddr::V4(a) => tandem_common::v4_mapped(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let key = ControlKey {
+            addr: wire(local.ip()),
+            port: local.port().to_be_bytes(),
+            proto,
+            pad: 0,
+        };
+        let who = ControlPeer {
+            peer: wire(peer),
+            ifindex,
+        };
+        self.control
+            .insert(key, who, 0)
+            .map_err(map_err(map::CONTROL))
     }
 
     /// Forwards (or not) with no lease: fixed roles.

@@ -68,6 +68,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_a_frozen_master_fences_itself_and_yields_when_it_wakes",
         a_frozen_master_fences_itself_and_yields_when_it_wakes,
     ),
+    (
+        "failover_a_control_plane_flood_from_a_lan_changes_nothing",
+        a_control_plane_flood_from_a_lan_changes_nothing,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -1433,5 +1437,134 @@ fn a_frozen_master_fences_itself_and_yields_when_it_wakes() -> Result<(), Failed
         a.counter("ha.transition.release_auto.received") >= 1,
         "A released on waking",
     )?;
+    Ok(())
+}
+
+/// Heartbeats rejected on every path of `d`.
+fn rejected(d: &Daemon) -> u64 {
+    crate::netns::tandemstat(&d.instance)
+        .args(["peer", "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| {
+            v["paths"]
+                .as_array()
+                .map(|p| p.iter().filter_map(|p| p["rejected"].as_u64()).sum())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// A host on the inside LAN floods both nodes' heartbeat sockets (on in0
+/// and, routed through the MASTER, on the sync addresses) with datagrams
+/// and the sync port with SYNs for 6 s, as fast as it can, while A's sync
+/// link goes down long enough to end the sync connection. The program drops all of it before the kernel: no state
+/// changes, no heartbeat is even rejected, B reconnects and goes Hot, the
+/// connections live on.
+fn a_control_plane_flood_from_a_lan_changes_nothing() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let (a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 10, &stop);
+    thread::sleep(Duration::from_secs(1));
+    let rejected_before = (rejected(&a), rejected(&b));
+    let dropped_before = (a.counter("xdp.drop_control"), b.counter("xdp.drop_control"));
+    // Half a second in, A's sync link goes down for 4 s, longer than the
+    // sync link's 3 s dead time: B must dial again through the flood.
+    let a_ns = lab.a.name.clone();
+    let flap = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(500));
+        ipw(&format!("-n {a_ns} link set sync0 down"));
+        thread::sleep(Duration::from_secs(4));
+        ipw(&format!("-n {a_ns} link set sync0 up"));
+    });
+    let established = b.counter("sync.connection_establish");
+    let flood = lab.client.enter(|| {
+        let s = std::net::UdpSocket::bind("198.18.1.10:0").expect("bind");
+        s.set_nonblocking(true).expect("nonblocking");
+        let targets = [
+            "198.18.1.2:7469",
+            "198.18.1.3:7469",
+            "198.18.9.1:7469",
+            "198.18.9.2:7469",
+        ];
+        let junk = [0x5au8; 128];
+        let mut syns = 0u64;
+        let (mut sent, mut i) = (0u64, 0usize);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(6) {
+            if s.send_to(&junk, targets[i % targets.len()]).is_ok() {
+                sent += 1;
+            }
+            i += 1;
+            if i % 32 == 0 {
+                // A SYN, and the socket closed at once (no RST follows
+                // from SYN_SENT), so that ports are not exhausted.
+                let sock = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )
+                .expect("socket");
+                sock.set_nonblocking(true).expect("nonblocking");
+                let to: std::net::SocketAddr = "198.18.9.1:7468".parse().expect("address");
+                let _ = sock.connect(&to.into());
+                syns += 1;
+            }
+        }
+        (sent, syns)
+    });
+    let _ = flap.join();
+    let (sent, syns) = flood;
+    eprintln!("control-plane flood: {sent} datagrams and {syns} SYNs in 6 s");
+    wait_ha(&b, "B hot again after the flood", |v| {
+        v["synchronization"] == "hot"
+    })?;
+    check(
+        state(&a) == Some(2) && state(&b) == Some(3),
+        format!(
+            "states after the flood: A {:?} B {:?}",
+            state(&a),
+            state(&b)
+        ),
+    )?;
+    check(
+        a.counter("ha.monitored.peer_dead.received") == 0
+            && b.counter("ha.monitored.peer_dead.received") == 0,
+        "neither node lost its peer",
+    )?;
+    check(
+        b.counter("sync.connection_establish") > established,
+        "B's sync link was dialed again under the flood",
+    )?;
+    check(
+        (rejected(&a), rejected(&b)) == rejected_before,
+        format!(
+            "heartbeats rejected before {rejected_before:?}, after {:?}: the flood reached a \
+             socket\nB: {}",
+            (rejected(&a), rejected(&b)),
+            stat(&b, &["peer"]).unwrap_or_default()
+        ),
+    )?;
+    let dropped = (
+        a.counter("xdp.drop_control") - dropped_before.0,
+        b.counter("xdp.drop_control") - dropped_before.1,
+    );
+    check(
+        dropped.0 + dropped.1 >= sent / 2 && dropped.0 > 0 && dropped.1 > 0,
+        format!("dropped by the programs: {dropped:?} of {sent}"),
+    )?;
+    // Datagrams for B's sync address reach A's workers as service traffic
+    // (routed to the VIP): dropped there, never punted into the sync link.
+    check(
+        a.counter("drop.foreign_egress") > 0,
+        "A's workers dropped what was routed toward the sync link",
+    )?;
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("control-plane flood: longest gap {gap:?}, dropped {dropped:?}");
     Ok(())
 }

@@ -585,6 +585,99 @@ fn pool_arp_answered_under_prog_run() -> Result<(), Failed> {
     })
 }
 
+/// A datagram or TCP SYN from `src` to `dst` (ports `sport`, `dport`).
+fn to_node(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, tcp: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64);
+    let mut out = Vec::new();
+    if tcp {
+        b.tcp(sport, dport, 1, 1000)
+            .syn()
+            .write(&mut out, &[])
+            .expect("tcp");
+    } else {
+        b.udp(sport, dport).write(&mut out, &[0; 128]).expect("udp");
+    }
+    out
+}
+
+/// The pair's control sockets take traffic only from the peer's address
+/// on the configured interface; the rest is dropped before the kernel.
+fn control_sockets_admit_only_the_peer_under_prog_run() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let in0 = topo.node.ifindex("in0");
+    topo.node.enter(move || -> Result<(), Failed> {
+        let mut l = Loader::load(64)?;
+        l.add_iface(in0, 0, 1)?;
+        let me = [198, 18, 1, 2];
+        let peer = [198, 18, 1, 3];
+        let sync = [198, 18, 9, 1];
+        l.sync_local_addresses(&[me.into(), sync.into()].into_iter().collect())?;
+        l.admit_control((me, 7469).into(), 17, peer.into(), in0)?;
+        // The sync address lives on another interface (sync0).
+        l.admit_control((sync, 7468).into(), 6, [198, 18, 9, 2].into(), in0 + 100)?;
+        l.admit_control((sync, 7469).into(), 17, [198, 18, 9, 2].into(), in0 + 100)?;
+        let stranger = [198, 18, 1, 10];
+        for (what, f, want, counter) in [
+            (
+                "a heartbeat from the peer",
+                to_node(peer, me, 7469, 7469, false),
+                XDP_PASS,
+                XdpCounter::PassLocal,
+            ),
+            (
+                "a heartbeat from a host",
+                to_node(stranger, me, 7469, 7469, false),
+                XDP_DROP,
+                XdpCounter::DropControl,
+            ),
+            (
+                "another port from a host",
+                to_node(stranger, me, 5000, 7470, false),
+                XDP_PASS,
+                XdpCounter::PassLocal,
+            ),
+            (
+                "TCP to the heartbeat port",
+                to_node(peer, me, 5000, 7469, true),
+                XDP_PASS,
+                XdpCounter::PassLocal,
+            ),
+            (
+                "a SYN to the sync port through in0",
+                to_node(stranger, sync, 5000, 7468, true),
+                XDP_DROP,
+                XdpCounter::DropControl,
+            ),
+            (
+                "the peer's sync address, spoofed, through in0",
+                to_node([198, 18, 9, 2], sync, 5000, 7468, true),
+                XDP_DROP,
+                XdpCounter::DropControl,
+            ),
+            (
+                "a heartbeat to the sync address through in0",
+                to_node(stranger, sync, 7469, 7469, false),
+                XDP_DROP,
+                XdpCounter::DropControl,
+            ),
+        ] {
+            let before = totals(&l);
+            let got = l.run_once(&f, Some((in0, 0)))?;
+            let after = totals(&l);
+            check(got == want, format!("{what}: action {got}, want {want}"))?;
+            for k in XdpCounter::ALL {
+                let by = after[k as usize] - before[k as usize];
+                let want = u64::from(k == counter || k == XdpCounter::RxFrames);
+                check(
+                    by == want,
+                    format!("{what}: {} moved by {by}, want {want}", k.name()),
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// (what, frame, forward, lease, action, counters that move)
 type FenceCase<'a> = (&'a str, &'a [u8], bool, u64, u32, &'a [XdpCounter]);
 
@@ -863,6 +956,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "vips_are_fenced_and_the_lease_runs_out_under_prog_run",
         vips_are_fenced_and_the_lease_runs_out_under_prog_run,
+    ),
+    (
+        "control_sockets_admit_only_the_peer_under_prog_run",
+        control_sockets_admit_only_the_peer_under_prog_run,
     ),
     (
         "offloaded_flow_rewrites_like_the_worker_under_prog_run",

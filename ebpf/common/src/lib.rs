@@ -37,6 +37,10 @@ pub mod map {
     /// `HashMap<LocalV6Key, u32>`: the IPv6 VIPs, whose neighbour
     /// solicitations reach the kernel only while the node forwards.
     pub const FENCED_V6: &str = "TND_FENCED_V6";
+    /// `HashMap<ControlKey, ControlPeer>`: the pair's control sockets
+    /// (heartbeats, the sync listener), admitted only from the peer's
+    /// address on the configured interface.
+    pub const CONTROL: &str = "TND_CONTROL";
     /// `Array<u32>` (mmapable), one entry: the clock the fast path stamps
     /// `last_seen` with, `CLOCK_MONOTONIC_COARSE >> FLOW_TICK_SHIFT`, which
     /// the workers move forward as they run (see
@@ -58,6 +62,10 @@ pub const MAX_LOCAL_ADDRS: u32 = 1024;
 pub const DEFAULT_FLOWS6: u32 = 16_384;
 /// Capacity of the ARP answer map (NAT pool addresses of all service sets).
 pub const MAX_ARP_ADDRS: u32 = 1024;
+
+/// Entries of the control-socket map: a sync listener and a heartbeat
+/// socket per path.
+pub const MAX_CONTROL: u32 = 64;
 /// Slots of the flow table as compiled (a power of two); the loader sizes
 /// it from the configuration.
 pub const DEFAULT_FLOWS: u32 = 65_536;
@@ -121,11 +129,15 @@ pub enum XdpCounter {
     /// the node does not forward (not MASTER, or its lease ran out): the
     /// kernel never answers for a VIP on its own.
     ArpFenced = 18,
+    /// Heartbeat or sync traffic to this node that did not come from the
+    /// configured peer address on the configured interface: dropped
+    /// before the kernel sees it.
+    DropControl = 19,
 }
 
 impl XdpCounter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -148,6 +160,7 @@ impl XdpCounter {
         Self::FastPuntHeader,
         Self::LeaseExpired,
         Self::ArpFenced,
+        Self::DropControl,
     ];
 
     /// Counter name as shown by the readout tools (snake_case).
@@ -173,6 +186,7 @@ impl XdpCounter {
             Self::FastPuntHeader => "fast_punt_header",
             Self::LeaseExpired => "lease_expired",
             Self::ArpFenced => "arp_fenced",
+            Self::DropControl => "drop_control",
         }
     }
 }
@@ -280,6 +294,34 @@ pub struct ArpAnswer {
     /// address the program answers for itself.
     pub kernel: u8,
     pub pad: u8,
+}
+
+/// Key of the control-socket map: a local address (IPv4 as
+/// `::ffff:a.b.c.d`), port and protocol, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Who may reach a control socket: the peer's address (IPv4 mapped as in
+/// [`ControlKey`]) and the interface it must arrive on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlPeer {
+    pub peer: [u8; 16],
+    pub ifindex: u32,
+}
+
+/// An IPv4 address as the control map holds it (`::ffff:a.b.c.d`).
+#[must_use]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// Key of the IPv6 local-address map.
@@ -467,6 +509,10 @@ mod user {
     unsafe impl aya::Pod for super::LocalV6Key {}
     // SAFETY: repr(C), an integer and byte arrays, explicit padding.
     unsafe impl aya::Pod for super::ArpAnswer {}
+    // SAFETY: repr(C), byte arrays only.
+    unsafe impl aya::Pod for super::ControlKey {}
+    // SAFETY: repr(C), a byte array and an integer, no padding (20 bytes).
+    unsafe impl aya::Pod for super::ControlPeer {}
     // SAFETY: repr(C), byte arrays and explicit padding.
     unsafe impl aya::Pod for super::FlowV6Key {}
     // SAFETY: repr(C), integers and byte arrays, explicit padding.
@@ -510,6 +556,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowV6Key>(), 40);
         assert_eq!(core::mem::size_of::<FlowEntry6>(), 80);
         assert_eq!(core::mem::size_of::<ArpAnswer>(), 12);
+        assert_eq!(core::mem::size_of::<ControlKey>(), 20);
+        assert_eq!(core::mem::size_of::<ControlPeer>(), 20);
     }
 
     fn sample() -> (FlowV4Key, FlowEntry) {

@@ -44,9 +44,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tandem_common::{
-    ArpAnswer, DEFAULT_FLOWS, DEFAULT_FLOWS6, FlowEntry6, FlowSlot, FlowV6Key, IfaceSlot,
-    LocalV4Key, LocalV6Key, MAX_ARP_ADDRS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole,
-    XdpCounter, xsk_index,
+    ArpAnswer, ControlKey, ControlPeer, DEFAULT_FLOWS, DEFAULT_FLOWS6, FlowEntry6, FlowSlot,
+    FlowV6Key, IfaceSlot, LocalV4Key, LocalV6Key, MAX_ARP_ADDRS, MAX_CONTROL, MAX_IFACES,
+    MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter, v4_mapped, xsk_index,
 };
 
 use self::fast::{Fast, fast_path, fast_path6};
@@ -76,6 +76,8 @@ static FLOWS6: HashMap<FlowV6Key, FlowEntry6> =
 static ARP_V4: HashMap<LocalV4Key, ArpAnswer> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
 #[map(name = "TND_FENCED_V6")]
 static FENCED_V6: HashMap<LocalV6Key, u32> = HashMap::with_max_entries(MAX_ARP_ADDRS, 0);
+#[map(name = "TND_CONTROL")]
+static CONTROL: HashMap<ControlKey, ControlPeer> = HashMap::with_max_entries(MAX_CONTROL, 0);
 /// Written by the workers in place (see `FLOW_TICK_SHIFT`).
 #[map(name = "TND_CLOCK")]
 static CLOCK: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -204,8 +206,8 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         return Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassUnknownIface));
     };
     let service = match ethertype {
-        ETH_P_IP => ipv4(ctx, l3)?,
-        ETH_P_IPV6 => ipv6(ctx, l3, forward)?,
+        ETH_P_IP => ipv4(ctx, l3, ifindex)?,
+        ETH_P_IPV6 => ipv6(ctx, l3, ifindex, forward)?,
         // Untagged only: the kernel answered the pool on the interface
         // itself, not on VLANs over it.
         ETH_P_ARP if l3 == ETH_HLEN => return Ok(arp(ctx, ifindex, iface.slot, forward)),
@@ -309,7 +311,7 @@ fn arp(ctx: &XdpContext, ifindex: u32, slot: u32, forward: bool) -> Verdict {
 /// Keep every pointer check before any scalar length check: LLVM otherwise
 /// folds the pointer checks away using the scalar ones, which the verifier
 /// cannot follow.
-fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
+fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Option<Verdict>, Verdict> {
     // SAFETY: ptr_at checked that the 20-byte fixed header lies in the frame.
     let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 20]>(ctx, l3)?) };
     let ihl = ((h[0] & 0x0f) as usize) * 4;
@@ -319,8 +321,8 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
     // The whole header, options included, must be in the frame.
     ptr_at::<u8>(ctx, l3 + ihl - 1)?;
     let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let l4 = l3 + ihl;
     if frag == 0 {
-        let l4 = l3 + ihl;
         match h[9] {
             IPPROTO_TCP => check_tcp(ctx, l4)?,
             IPPROTO_UDP | IPPROTO_ICMP => {
@@ -335,6 +337,11 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
     };
     // SAFETY: plain-data value read from a map the program owns.
     if unsafe { LOCAL_V4.get(key) }.is_some() {
+        let proto = h[9];
+        if frag == 0 && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+            let src = v4_mapped([h[12], h[13], h[14], h[15]]);
+            return Ok(Some(local(ctx, l4, v4_mapped(dst), src, proto, ifindex)?));
+        }
         return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal)));
     }
     if dst[0] & 0xf0 == 0xe0 || dst == [255; 4] {
@@ -343,7 +350,12 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Option<Verdict>, Verdict> {
     Ok(None)
 }
 
-fn ipv6(ctx: &XdpContext, l3: usize, forward: bool) -> Result<Option<Verdict>, Verdict> {
+fn ipv6(
+    ctx: &XdpContext,
+    l3: usize,
+    ifindex: u32,
+    forward: bool,
+) -> Result<Option<Verdict>, Verdict> {
     // SAFETY: ptr_at checked that the 40-byte header lies in the frame.
     let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 40]>(ctx, l3)?) };
     if h[0] >> 4 != 6 {
@@ -381,12 +393,47 @@ fn ipv6(ctx: &XdpContext, l3: usize, forward: bool) -> Result<Option<Verdict>, V
     dst.copy_from_slice(&h[24..40]);
     // SAFETY: plain-data value read from a map the program owns.
     if unsafe { LOCAL_V6.get(LocalV6Key { addr: dst }) }.is_some() {
+        let proto = h[6];
+        if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+            let mut src = [0u8; 16];
+            src.copy_from_slice(&h[8..24]);
+            return Ok(Some(local(ctx, l4, dst, src, proto, ifindex)?));
+        }
         return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal)));
     }
     if nd || dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
         return Ok(Some(verdict(xdp_action::XDP_PASS, XdpCounter::PassControl)));
     }
     Ok(None)
+}
+
+/// TCP or UDP to one of the node's addresses: the kernel's, unless it is
+/// for a control socket of the pair and does not come from the peer's
+/// address on the peer's interface.
+#[inline(always)]
+fn local(
+    ctx: &XdpContext,
+    l4: usize,
+    dst: [u8; 16],
+    src: [u8; 16],
+    proto: u8,
+    ifindex: u32,
+) -> Result<Verdict, Verdict> {
+    // SAFETY: ptr_at checked both port bytes lie in the frame.
+    let port = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 2]>(ctx, l4 + 2)?) };
+    let key = ControlKey {
+        addr: dst,
+        port,
+        proto,
+        pad: 0,
+    };
+    // SAFETY: plain-data value read from a map the program owns.
+    if let Some(p) = unsafe { CONTROL.get(key) }
+        && (p.ifindex != ifindex || p.peer != src)
+    {
+        return Ok(verdict(xdp_action::XDP_DROP, XdpCounter::DropControl));
+    }
+    Ok(verdict(xdp_action::XDP_PASS, XdpCounter::PassLocal))
 }
 
 #[inline(always)]

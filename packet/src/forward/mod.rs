@@ -37,11 +37,12 @@ pub enum Action {
         reason: DropReason,
     },
     /// The next hop is unresolved: hand `frame[l3..l3 + len]` to the kernel,
-    /// which resolves the neighbour and sends it.
+    /// which resolves the neighbour and sends it out of `oif`.
     Punt {
         l3: usize,
         len: usize,
         v6: bool,
+        oif: u32,
     },
     /// An ICMP error built in the frame whose next hop is unresolved: punt
     /// `frame[ETH_HLEN..len]`; the original packet is dropped for `reason`.
@@ -193,12 +194,13 @@ fn too_big(fib: &Fib, hop: &Result<NextHop, Miss>, len: usize) -> Option<u32> {
 fn miss(m: Miss, ip: Ip, limits: &mut Limits) -> Action {
     match m {
         Miss::NoRoute => Action::Drop(DropReason::NoRoute),
-        Miss::NoNeighbour { .. } => {
+        Miss::NoNeighbour { oif } => {
             if limits.punt.allow() {
                 Action::Punt {
                     l3: ip.l3(),
                     len: ip.datagram_len(),
                     v6: matches!(ip, Ip::V6 { .. }),
+                    oif,
                 }
             } else {
                 Action::Drop(DropReason::PuntLimited)

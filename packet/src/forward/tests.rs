@@ -226,7 +226,8 @@ fn unresolved_neighbour_punts_within_limit() {
         Action::Punt {
             l3: 14,
             len: n - 14,
-            v6: false
+            v6: false,
+            oif: OUT,
         }
     );
     // The kernel's output path will not decrement it: we did.

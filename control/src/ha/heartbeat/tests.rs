@@ -136,8 +136,14 @@ fn key_mismatches_and_bad_fields_are_refused() {
 
 fn pair() -> (Path, Path) {
     let lo = Ipv4Addr::LOCALHOST;
-    let a = Path::bind("a", SocketAddr::from((lo, 0)), SocketAddr::from((lo, 1))).unwrap();
-    let b = Path::bind("b", SocketAddr::from((lo, 0)), a.local).unwrap();
+    let a = Path::bind(
+        "a",
+        SocketAddr::from((lo, 0)),
+        SocketAddr::from((lo, 1)),
+        None,
+    )
+    .unwrap();
+    let b = Path::bind("b", SocketAddr::from((lo, 0)), a.local, None).unwrap();
     let mut a = a;
     a.peer = b.local;
     (a, b)
@@ -236,7 +242,13 @@ fn a_restarted_peer_is_accepted_whatever_its_incarnation_once_it_proves_it_is_li
     let (_, mut b, _, mb) = introduced();
     // A restarts with a smaller incarnation (a wall clock set back would
     // once have been refused for good): held until it echoes B.
-    let mut a2 = Path::bind("a", SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b.local).unwrap();
+    let mut a2 = Path::bind(
+        "a",
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        b.local,
+        None,
+    )
+    .unwrap();
     b.peer = a2.local;
     let ma2 = me(1, 5);
     a2.send(from(1, 5, 1), None, Instant::now());
