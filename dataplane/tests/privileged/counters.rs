@@ -382,12 +382,20 @@ fn rare_counters_move() -> Result<(), Failed> {
         )?;
     }
     // Few frames and a tx ring smaller than what one batch forwards: the
-    // fill ring runs dry and the tx ring overflows.
+    // fill ring runs dry and the tx ring overflows. The burst arrives
+    // while the daemon is stopped, so that the rx ring is full when it
+    // runs again and its first batch (128 frames) exceeds the tx ring
+    // (64), whatever the timing of the sender.
     let cfg = format!(
         "{BASE_CONFIG}frames_per_worker = 256\nfill_ring = 128\ntx_ring = 64\nbatch = 256\n"
     );
     let mut d = Daemon::start(&topo.node, &cfg);
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
     burst();
+    // SAFETY: as above.
+    unsafe { libc::kill(d.pid(), libc::SIGCONT) };
+    thread::sleep(Duration::from_millis(500));
     let c = d.stop();
     for key in ["drop.tx_ring_full", "worker.fill_short"] {
         check(c.get(key) >= 1, format!("{key} did not move: {c:?}"))?;

@@ -117,6 +117,9 @@ const FUZZ_TARGETS: [&str; 5] = [
     "stats_segment",
 ];
 const FUZZ_SECONDS: u32 = 20;
+/// The chaos run of every test run: 12 faults cover every kind once.
+const CHAOS_FAULTS: usize = 12;
+const CHAOS_SEED: u64 = 23;
 
 fn test(no_lint: bool) -> Result<()> {
     setup::setup()?;
@@ -207,6 +210,28 @@ fn test(no_lint: bool) -> Result<()> {
         } else {
             totals.failed += 1;
         }
+    }
+    // The pair under a short seeded chaos run: every fault kind once.
+    if is_root() {
+        eprintln!("xtask: lab chaos --faults {CHAOS_FAULTS} --seed {CHAOS_SEED}");
+        let r = lab::lab(Some(lab::LabCmd::Chaos {
+            faults: CHAOS_FAULTS,
+            seed: CHAOS_SEED,
+            json: Some(root().join("target/chaos.json")),
+        }));
+        let _ = lab::down();
+        match r {
+            Ok(()) => {
+                println!("lab chaos: ok");
+                totals.passed += 1;
+            }
+            Err(e) => {
+                println!("lab chaos: FAILED: {e:#}");
+                totals.failed += 1;
+            }
+        }
+    } else {
+        totals.ignored += 1;
     }
     println!(
         "tests: {} passed, {} failed, {} skipped",

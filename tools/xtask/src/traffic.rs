@@ -43,7 +43,10 @@ pub enum TrafficCmd {
     },
     /// Hold TCP connections open for SECONDS, each echoing 64 bytes every
     /// INTERVAL_MS, and report which survived and the longest gap between
-    /// two answered echoes (the failover measure). The last line is JSON.
+    /// two answered echoes (the failover measure); beside them a UDP
+    /// stream of numbered datagrams every UDP_INTERVAL_MS (0: none),
+    /// whose echoes lost and longest gap are reported too. The last line
+    /// is JSON.
     Hold {
         #[arg(long)]
         server: IpAddr,
@@ -55,6 +58,16 @@ pub enum TrafficCmd {
         seconds: u64,
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
+        #[arg(long, default_value_t = 5)]
+        udp_interval_ms: u64,
+    },
+    /// Send junk UDP datagrams (128 bytes) to each TARGET (addr:port) in
+    /// turn, as fast as one thread can, for SECONDS; print how many.
+    Flood {
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 2)]
+        seconds: u64,
     },
 }
 
@@ -81,18 +94,99 @@ pub fn run(cmd: &TrafficCmd) -> Result<()> {
             conns,
             seconds,
             interval_ms,
+            udp_interval_ms,
         } => {
-            let h = hold(
-                SocketAddr::new(server, port),
-                conns,
-                Duration::from_secs(seconds),
-                Duration::from_millis(interval_ms),
-            );
+            let to = SocketAddr::new(server, port);
+            let life = Duration::from_secs(seconds);
+            let stream = (udp_interval_ms > 0).then(|| {
+                let every = Duration::from_millis(udp_interval_ms);
+                thread::spawn(move || udp_stream(to, life, every))
+            });
+            let mut h = hold(to, conns, life, Duration::from_millis(interval_ms));
+            if let Some(s) = stream {
+                h.udp = Some(s.join().unwrap_or_else(|_| Err("panicked".into())));
+            }
             println!("{}", h.line());
             println!("{}", h.json());
             Ok(())
         }
+        TrafficCmd::Flood {
+            ref targets,
+            seconds,
+        } => {
+            let s = UdpSocket::bind(if targets[0].is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })?;
+            let junk = [0x5au8; 128];
+            let (mut sent, mut i) = (0u64, 0usize);
+            let end = Instant::now() + Duration::from_secs(seconds);
+            while Instant::now() < end {
+                if s.send_to(&junk, targets[i % targets.len()]).is_ok() {
+                    sent += 1;
+                }
+                i += 1;
+            }
+            println!("{{\"sent\":{sent}}}");
+            Ok(())
+        }
     }
+}
+
+/// A UDP stream's outcome: datagrams sent, echoes lost, and the longest
+/// gap between two echoes (ms).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stream {
+    pub sent: u64,
+    pub lost: u64,
+    pub max_gap_ms: u64,
+}
+
+/// Sends a numbered datagram to `to` every `every` for `life` and counts
+/// the echoes that come back (within half a second of the last send).
+fn udp_stream(to: SocketAddr, life: Duration, every: Duration) -> Result<Stream, String> {
+    let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+        .map_err(|e| e.to_string())?;
+    s.connect(to).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(1)))
+        .map_err(|e| e.to_string())?;
+    let end = Instant::now() + life;
+    let (mut sent, mut got) = (0u64, 0u64);
+    let mut seen = vec![false; 0];
+    let mut last = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut next = Instant::now();
+    let mut buf = [0u8; 64];
+    let drain = end + Duration::from_millis(500);
+    while Instant::now() < drain {
+        let now = Instant::now();
+        if now < end && now >= next {
+            let _ = s.send(&sent.to_be_bytes());
+            sent += 1;
+            seen.push(false);
+            next += every;
+        }
+        if let Ok(n) = s.recv(&mut buf)
+            && n == 8
+        {
+            let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
+            if let Some(slot) = usize::try_from(seq).ok().and_then(|i| seen.get_mut(i))
+                && !*slot
+            {
+                *slot = true;
+                got += 1;
+                let now = Instant::now();
+                worst = worst.max(now - last);
+                last = now;
+            }
+        }
+    }
+    Ok(Stream {
+        sent,
+        lost: sent - got,
+        max_gap_ms: u64::try_from(worst.as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 /// What held connections saw.
@@ -103,6 +197,8 @@ pub struct Held {
     /// Per connection: its longest gap between answered echoes (ms), or
     /// the error that ended it.
     pub gaps: Vec<Result<u64, String>>,
+    /// The UDP stream beside them, if one ran.
+    pub udp: Option<Result<Stream, String>>,
 }
 
 impl Held {
@@ -127,8 +223,16 @@ impl Held {
     pub fn json(&self) -> String {
         let mut ok: Vec<u64> = self.gaps.iter().flatten().copied().collect();
         ok.sort_unstable();
+        let udp = match &self.udp {
+            Some(Ok(s)) => format!(
+                ",\"udp_sent\":{},\"udp_lost\":{},\"udp_max_gap_ms\":{}",
+                s.sent, s.lost, s.max_gap_ms
+            ),
+            Some(Err(e)) => format!(",\"udp_error\":{e:?}"),
+            None => String::new(),
+        };
         format!(
-            "{{\"conns\":{},\"kept\":{},\"max_gap_ms\":{},\"median_gap_ms\":{}}}",
+            "{{\"conns\":{},\"kept\":{},\"max_gap_ms\":{},\"median_gap_ms\":{}{udp}}}",
             self.conns,
             self.kept,
             self.max_gap_ms(),
@@ -181,6 +285,7 @@ pub fn hold(server: SocketAddr, conns: usize, life: Duration, every: Duration) -
         conns,
         kept: gaps.iter().filter(|g| g.is_ok()).count(),
         gaps,
+        udp: None,
     }
 }
 

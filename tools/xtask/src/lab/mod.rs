@@ -25,12 +25,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 
+mod chaos;
 mod failover;
 
 use self::failover::{failover, holds_vip, restart};
 use crate::{cargo, output, root, run};
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 pub enum LabCmd {
     /// Build the namespaces and start tandemd on both nodes (returns; daemons keep running).
     Up,
@@ -54,6 +55,23 @@ pub enum LabCmd {
     Failover {
         #[arg(value_enum, default_value = "kill")]
         how: How,
+    },
+    /// Apply FAULTS faults drawn with SEED from a catalogue (kill, box,
+    /// freeze, link, sync-cut, partition, standby-restart[-load],
+    /// switch-hot, switch-cold, heartbeat-flood, panic), each under 100
+    /// echoing TCP connections and a numbered UDP stream; after each, wait
+    /// for the pair to be whole and check the invariants (connections
+    /// kept, a single MASTER, the standby's sessions equal the master's,
+    /// no NAT binding twice). Prints a table per fault kind; exits 1 on any
+    /// violation. The first 12 faults cover every kind.
+    Chaos {
+        #[arg(long, default_value_t = 12)]
+        faults: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write every fault's figures and the table as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -256,6 +274,8 @@ fn start_daemon(node: &str) -> Result<u32> {
         .arg("--config")
         .arg(&cfg)
         .args(["--instance", node])
+        // The lab is a test bench: `lab chaos` panics threads on purpose.
+        .env("TANDEM_FAULT_INJECTION", "1")
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)
@@ -553,6 +573,19 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
         }
         Some(LabCmd::Traffic) => traffic(),
         Some(LabCmd::Failover { how }) => failover(how),
+        Some(LabCmd::Chaos { faults, seed, json }) => {
+            // The lab's binaries, as `up` builds them.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "tandem-dataplane",
+                "-p",
+                "tandem-tools",
+                "--bins",
+            ]))?;
+            chaos::chaos(faults, seed, json.as_deref())
+        }
         None => {
             up()?;
             traffic()?;
