@@ -211,6 +211,9 @@ pub struct PathStats {
     /// of this node's (a restarted peer's first few, or recordings played
     /// back).
     pub unproven: u64,
+    /// Datagrams from the peer's address whose tag did not verify (also
+    /// counted as rejected): the two nodes' keys differ, or a forgery.
+    pub auth_failed: u64,
     /// Echoes that measured a round trip.
     pub acked: u64,
     /// Times the path went silent for the dead interval.
@@ -270,6 +273,8 @@ pub struct Path {
     heard: Option<(u64, u64, Instant)>,
     /// Heard within the dead interval.
     pub alive: bool,
+    /// When a datagram from the peer's address last failed authentication.
+    auth_failed_at: Option<Instant>,
 }
 
 impl Path {
@@ -308,6 +313,7 @@ impl Path {
             last: None,
             heard: None,
             alive: false,
+            auth_failed_at: None,
         })
     }
 
@@ -350,6 +356,11 @@ impl Path {
             match self.accept(&buf[..n], me, now) {
                 Ok(hb) => out.push(hb),
                 Err(Reject::Unproven) => self.stats.unproven += 1,
+                Err(Reject::Auth) => {
+                    self.stats.rejected += 1;
+                    self.stats.auth_failed += 1;
+                    self.auth_failed_at = Some(now);
+                }
                 Err(_) => self.stats.rejected += 1,
             }
         }
@@ -415,6 +426,14 @@ impl Path {
             && slot
                 .at
                 .is_some_and(|at| now.saturating_duration_since(at) <= me.fresh)
+    }
+
+    /// Whether a datagram from the peer's address failed authentication
+    /// within `window` of `now`: the nodes' keys differ (an alarm; each
+    /// may believe the other dead).
+    pub fn key_mismatch(&self, now: Instant, window: Duration) -> bool {
+        self.auth_failed_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= window)
     }
 
     /// A heartbeat of a new incarnation is waiting for its proof: the

@@ -178,6 +178,12 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_ha_lease_lapses_total" => {
             "Times this MASTER's forwarding lease ran out because its daemon did not run."
         }
+        "tandem_ha_key_mismatch" => {
+            "1 while heartbeats from the peer's address fail authentication: the keys differ."
+        }
+        "tandem_ha_heartbeats_auth_failed_total" => {
+            "Datagrams from the peer's address on a path whose tag did not verify."
+        }
         "tandem_ha_heartbeats_unproven_total" => {
             "Heartbeats of a new peer incarnation held until they echoed a recent one of ours."
         }

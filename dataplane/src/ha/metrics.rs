@@ -29,7 +29,7 @@ pub struct Slots {
 }
 
 /// The gauges, in slot order.
-const GAUGES: [&str; 16] = [
+const GAUGES: [&str; 17] = [
     "tandem_ha_state",
     "tandem_ha_healthy",
     "tandem_ha_peer_alive",
@@ -46,10 +46,11 @@ const GAUGES: [&str; 16] = [
     "tandem_ha_takeovers_without_hot_total",
     "tandem_ha_insecure",
     "tandem_ha_lease_lapses_total",
+    "tandem_ha_key_mismatch",
 ];
 
 /// Per-path values, in slot order.
-const PATH_STATS: [(&str, Kind); 13] = [
+const PATH_STATS: [(&str, Kind); 14] = [
     ("tandem_ha_heartbeats_sent_total", Kind::Counter),
     ("tandem_ha_heartbeat_send_errors_total", Kind::Counter),
     ("tandem_ha_heartbeats_received_total", Kind::Counter),
@@ -63,9 +64,10 @@ const PATH_STATS: [(&str, Kind); 13] = [
     ("tandem_ha_worst_delay_us", Kind::Gauge),
     ("tandem_ha_path_alive", Kind::Gauge),
     ("tandem_ha_heartbeats_unproven_total", Kind::Counter),
+    ("tandem_ha_heartbeats_auth_failed_total", Kind::Counter),
 ];
 
-fn path_values(s: &PathStats, alive: bool) -> [u64; 13] {
+fn path_values(s: &PathStats, alive: bool) -> [u64; 14] {
     [
         s.sent,
         s.send_errors,
@@ -80,6 +82,7 @@ fn path_values(s: &PathStats, alive: bool) -> [u64; 13] {
         s.worst_us,
         u64::from(alive),
         s.unproven,
+        s.auth_failed,
     ]
 }
 
@@ -229,6 +232,7 @@ impl HaThread {
             self.fsm.counts.takeovers_without_hot,
             u64::from(self.me.keys.is_empty()),
             self.lease.lapses,
+            u64::from(self.key_mismatch),
         ];
         let vals = seg.values(self.slots.gauges, GAUGES.len() + 1);
         for (slot, v) in vals.iter().zip(gauges) {

@@ -89,14 +89,14 @@ pub struct HaThread {
     fed: Option<(u64, u64)>,
     peer_sync: u8,
     peer_sessions: u64,
-    /// This node's sync link was Hot at the last look.
-    hot: bool,
     /// Since when a standby has lacked Hot while the master lives (as
     /// this node sees the pair), and how long makes it a warning.
     unsynced_since: Option<Instant>,
     unsynced_warn: Duration,
     /// The MASTER lease (see `lease.rs`).
     lease: Lease,
+    /// Heartbeats from the peer's address failed authentication lately.
+    key_mismatch: bool,
     /// Monitored links: (ifindex, failed).
     links: Vec<(u32, bool)>,
     /// Workers: (segment slot of their loop counter, last value, when it
@@ -143,6 +143,9 @@ pub struct Parts {
     /// Segment slot of each worker's session gauge.
     pub worker_sessions: Vec<u32>,
 }
+
+/// How long a heartbeat that failed authentication keeps the key alarm on.
+const KEY_ALARM: Duration = Duration::from_secs(2);
 
 /// The fewest milliseconds between heartbeats sent ahead of time.
 const EARLY_EVERY: Duration = Duration::from_millis(10);
@@ -248,10 +251,10 @@ impl HaThread {
             fed: None,
             peer_sync: 0,
             peer_sessions: 0,
-            hot: false,
             unsynced_since: None,
             unsynced_warn: Duration::from_millis(r.unsynced_warn_ms.into()),
             lease: Lease::new(now),
+            key_mismatch: false,
             links: p.ifindexes.iter().map(|i| (*i, false)).collect(),
             workers: p.worker_loops.iter().map(|s| (*s, 0, now, false)).collect(),
             worker_sessions: p.worker_sessions,
@@ -405,6 +408,18 @@ impl HaThread {
                 tracing::warn!(path = %p.name, "heartbeat path silent");
             }
         }
+        let mismatch = self.paths.iter().any(|p| p.key_mismatch(now, KEY_ALARM));
+        if mismatch != self.key_mismatch {
+            self.key_mismatch = mismatch;
+            if mismatch {
+                tracing::error!(
+                    "heartbeats from the peer's address fail authentication: the two nodes' \
+                     keys differ, and each may take the other for dead"
+                );
+            } else {
+                tracing::info!("no heartbeat has failed authentication lately");
+            }
+        }
         if self.peer_alive && !self.paths.iter().any(|p| p.alive) {
             self.peer_alive = false;
             tracing::warn!(
@@ -526,8 +541,7 @@ impl HaThread {
     /// a standby has lacked it while a master lives.
     fn watch_sync(&mut self, now: Instant) {
         let hot = self.node.sync_state.load(Ordering::Relaxed) == 2;
-        if hot != self.hot {
-            self.hot = hot;
+        if hot != self.fsm.hot() {
             tracing::info!(hot, "sync link");
             self.event(Event::Sync { hot });
         }

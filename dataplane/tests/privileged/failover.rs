@@ -72,6 +72,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_a_control_plane_flood_from_a_lan_changes_nothing",
         a_control_plane_flood_from_a_lan_changes_nothing,
     ),
+    (
+        "failover_a_key_mismatch_is_an_alarm_in_every_view",
+        a_key_mismatch_is_an_alarm_in_every_view,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -1566,5 +1570,51 @@ fn a_control_plane_flood_from_a_lan_changes_nothing() -> Result<(), Failed> {
     let gap = survivors(conns)?;
     let _ = server.join();
     eprintln!("control-plane flood: longest gap {gap:?}, dropped {dropped:?}");
+    Ok(())
+}
+
+/// B configured with another key than A's: neither accepts the other's
+/// heartbeats, so each takes the other for dead; that is never silent:
+/// both nodes raise the key alarm in every view.
+fn a_key_mismatch_is_an_alarm_in_every_view() -> Result<(), Failed> {
+    let lab = Lab::new();
+    let a = Daemon::start(&lab.a, &Lab::config("a"));
+    wait("A MASTER", || state(&a) == Some(2))?;
+    let b = Daemon::start(
+        &lab.b,
+        &Lab::config("b").replace("failover-test-shared-key", "another-key-given-to-b"),
+    );
+    wait("the key alarm on both nodes", || {
+        gauge(&a, "tandem_ha_key_mismatch") == Some(1)
+            && gauge(&b, "tandem_ha_key_mismatch") == Some(1)
+    })?;
+    for d in [&a, &b] {
+        let v = stat_json(d, &["redundancy-group", "--json"])?;
+        check(
+            v["key_mismatch"] == true
+                && v["warnings"].as_array().is_some_and(|w| {
+                    w.iter()
+                        .any(|w| w.as_str().is_some_and(|w| w.contains("keys differ")))
+                }),
+            format!("{}'s JSON: {v}", d.instance),
+        )?;
+        for view in [&["redundancy-group", "brief"][..], &["peer"], &["ha"], &[]] {
+            let t = stat(d, view)?;
+            check(
+                t.contains("keys differ"),
+                format!("{}'s {view:?} view:\n{t}", d.instance),
+            )?;
+        }
+        let prom = stat(d, &["prometheus"])?;
+        check(
+            prom.lines()
+                .any(|l| l.starts_with("tandem_ha_key_mismatch") && l.ends_with(" 1")),
+            "Prometheus has the alarm",
+        )?;
+    }
+    check(
+        a.counter("ha.sync0.heartbeats_auth_failed") > 0,
+        "A counted the failed heartbeats on the sync path",
+    )?;
     Ok(())
 }

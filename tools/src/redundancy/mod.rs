@@ -96,6 +96,8 @@ pub struct Rg {
     pub unsynced_warning: bool,
     pub takeovers_without_hot: u64,
     pub insecure: bool,
+    /// Heartbeats from the peer's address fail authentication.
+    pub key_mismatch: bool,
     /// (label, key, received, ignored)
     pub transitions: Vec<(&'static str, &'static str, u64, u64)>,
     pub monitored: Vec<(&'static str, &'static str, u64, u64)>,
@@ -166,6 +168,7 @@ impl Rg {
                         rttvar_us: st("tandem_ha_rttvar_us"),
                         worst_us: st("tandem_ha_worst_delay_us"),
                         unproven: st("tandem_ha_heartbeats_unproven_total"),
+                        auth_failed: st("tandem_ha_heartbeats_auth_failed_total"),
                     },
                     name: p,
                 }
@@ -246,6 +249,7 @@ impl Rg {
             unsynced_warning: g("tandem_ha_unsynced_warning") != 0,
             takeovers_without_hot: g("tandem_ha_takeovers_without_hot_total"),
             insecure: g("tandem_ha_insecure") != 0,
+            key_mismatch: g("tandem_ha_key_mismatch") != 0,
             transitions: Transition::ALL
                 .iter()
                 .map(|t| {
@@ -323,6 +327,13 @@ impl Rg {
                 self.unsynced_ms / 1000
             ));
         }
+        if self.key_mismatch {
+            w.push(
+                "heartbeats from the peer fail authentication: the two nodes' keys differ \
+                 (each may take the other for dead)"
+                    .to_owned(),
+            );
+        }
         if self.insecure {
             w.push(
                 "no key (insecure = true): heartbeats and sync messages can be forged".to_owned(),
@@ -393,6 +404,7 @@ mod tests {
             unsynced_warning: false,
             takeovers_without_hot: 0,
             insecure: false,
+            key_mismatch: false,
             transitions: vec![("Acquire mastership auto", "acquire_auto", 1, 0)],
             monitored: vec![("Link-down", "link_down", 2, 1)],
             checks: vec![

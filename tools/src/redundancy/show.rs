@@ -196,6 +196,7 @@ pub fn rg_json(r: &Rg) -> Value {
         json!(r.takeovers_without_hot),
     );
     m.insert("insecure".into(), json!(r.insecure));
+    m.insert("key_mismatch".into(), json!(r.key_mismatch));
     m.insert("warnings".into(), json!(r.warnings()));
     if let Some(h) = &r.sync {
         m.insert(
@@ -270,6 +271,7 @@ pub fn peer_text(r: &Rg) -> String {
             ("Heartbeats missed", p.stats.missed.to_string()),
             ("Heartbeats rejected", p.stats.rejected.to_string()),
             ("Heartbeats awaiting proof", p.stats.unproven.to_string()),
+            ("Authentication failures", p.stats.auth_failed.to_string()),
             ("Send errors", p.stats.send_errors.to_string()),
             ("Path down count", p.stats.down_count.to_string()),
             ("Round trip, last", format!("{} msec", ms(p.stats.rtt_us))),
@@ -313,6 +315,7 @@ pub fn peer_json(r: &Rg) -> Value {
             "missed": p.stats.missed,
             "rejected": p.stats.rejected,
             "unproven": p.stats.unproven,
+            "auth_failed": p.stats.auth_failed,
             "send_errors": p.stats.send_errors,
             "path_down": p.stats.down_count,
             "rtt_us": p.stats.rtt_us,

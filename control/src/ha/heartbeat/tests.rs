@@ -289,6 +289,22 @@ fn a_recording_of_a_past_life_is_held_not_accepted() {
 }
 
 #[test]
+fn a_peer_with_another_key_is_an_alarm() {
+    let (a, mut b) = pair();
+    let mut mb = me(2, 2000);
+    mb.keys = vec![derive_key(b"the key B was given")];
+    let other = derive_key(b"the key A was given");
+    a.sock
+        .send_to(&from(1, 1000, 1).encode(Some(&other)), b.local)
+        .unwrap();
+    assert!(recv_one(&mut b, &mb).is_empty());
+    assert_eq!((b.stats.auth_failed, b.stats.rejected), (1, 1));
+    let now = Instant::now();
+    assert!(b.key_mismatch(now, Duration::from_secs(2)));
+    assert!(!b.key_mismatch(now + Duration::from_secs(3), Duration::from_secs(2)));
+}
+
+#[test]
 fn a_flood_is_read_a_budget_at_a_time() {
     let (a, mut b) = pair();
     let mb = me(2, 2000);
