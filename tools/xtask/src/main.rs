@@ -299,15 +299,7 @@ fn bench(args: &[String]) -> Result<()> {
         "--bench",
         "session",
     ]))?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "tandem-dataplane",
-        "-p",
-        "tandem-tools",
-        "--bins",
-    ]))?;
+    lab::build_release_bins()?;
     run(cargo()
         .args([
             "run",

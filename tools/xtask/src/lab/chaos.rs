@@ -29,7 +29,8 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    NAMESPACES, SERVER, ha_json, ip, master, ns_exists, read_pid, start_daemon, up, wait_for,
+    NAMESPACES, SERVER, ha_json, held_traffic, ip, master, ns_exists, read_pid, start_daemon, up,
+    wait_for,
 };
 use crate::root;
 
@@ -448,34 +449,8 @@ fn apply(f: Fault, m: &'static str, rng: &mut Rng) -> Result<(String, Vec<String
 /// One fault under traffic, and the checks after it.
 fn run_one(f: Fault, rng: &mut Rng) -> Result<Outcome> {
     let m = whole(Duration::from_secs(30))?;
-    let xtask = std::env::current_exe()?;
     let life = if f == Fault::Freeze { 18 } else { 9 };
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", "tnd-server"])
-        .arg(&xtask)
-        .args(["traffic", "serve", "--port", "7", "--seconds"])
-        .arg((life + 10).to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the echo server")?;
-    thread::sleep(Duration::from_millis(300));
-    let client = Command::new("ip")
-        .args(["netns", "exec", "tnd-client"])
-        .arg(&xtask)
-        .args([
-            "traffic",
-            "hold",
-            "--server",
-            SERVER,
-            "--conns",
-            "100",
-            "--seconds",
-        ])
-        .arg(life.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the held connections")?;
+    let (mut server, client) = held_traffic(life)?;
     thread::sleep(Duration::from_secs(2));
     // Two MASTERs count while both daemons run.
     let stop = Arc::new(AtomicBool::new(false));

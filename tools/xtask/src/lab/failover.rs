@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    How, NAMESPACES, Node, SERVER, ha_json, ip, kill_and_wait, master, ns_exists, pid_alive,
+    How, NAMESPACES, Node, ha_json, held_traffic, ip, kill_and_wait, master, ns_exists, pid_alive,
     read_pid, start_daemon, wait_for,
 };
 use crate::{cargo, output, root, run};
@@ -48,31 +48,7 @@ pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
             println!("{m}");
         }
     };
-    let xtask = std::env::current_exe()?;
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", "tnd-server"])
-        .arg(&xtask)
-        .args(["traffic", "serve", "--port", "7", "--seconds", "30"])
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting echo server")?;
-    thread::sleep(Duration::from_millis(300));
-    let client = Command::new("ip")
-        .args(["netns", "exec", "tnd-client"])
-        .arg(&xtask)
-        .args([
-            "traffic",
-            "hold",
-            "--server",
-            SERVER,
-            "--conns",
-            "100",
-            "--seconds",
-            "8",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the held connections")?;
+    let (mut server, client) = held_traffic(8)?;
     // Let every connection open and settle (and replicate) first.
     thread::sleep(Duration::from_secs(3));
     let t0 = Instant::now();

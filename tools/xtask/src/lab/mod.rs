@@ -377,6 +377,53 @@ fn up() -> Result<()> {
     Ok(())
 }
 
+/// The echo server (for `seconds` and 10 more) and, once it listens,
+/// `traffic hold` of 100 connections and a UDP stream from the client for
+/// `seconds`, its report on the returned child's stdout.
+fn held_traffic(seconds: u64) -> Result<(std::process::Child, std::process::Child)> {
+    let xtask = std::env::current_exe()?;
+    let server = Command::new("ip")
+        .args(["netns", "exec", "tnd-server"])
+        .arg(&xtask)
+        .args(["traffic", "serve", "--port", "7", "--seconds"])
+        .arg((seconds + 10).to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the echo server")?;
+    thread::sleep(Duration::from_millis(300));
+    let client = Command::new("ip")
+        .args(["netns", "exec", "tnd-client"])
+        .arg(&xtask)
+        .args([
+            "traffic",
+            "hold",
+            "--server",
+            SERVER,
+            "--conns",
+            "100",
+            "--seconds",
+        ])
+        .arg(seconds.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the held connections")?;
+    Ok((server, client))
+}
+
+/// The release binaries the lab runs (tandemd, tandemstat, tandemctl).
+pub(crate) fn build_release_bins() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tandem-dataplane",
+        "-p",
+        "tandem-tools",
+        "--bins",
+    ]))
+}
+
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<Duration> {
     let start = Instant::now();
     while !ok() {
@@ -574,16 +621,7 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
         Some(LabCmd::Traffic) => traffic(),
         Some(LabCmd::Failover { how }) => failover(how),
         Some(LabCmd::Chaos { faults, seed, json }) => {
-            // The lab's binaries, as `up` builds them.
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "tandem-dataplane",
-                "-p",
-                "tandem-tools",
-                "--bins",
-            ]))?;
+            build_release_bins()?;
             chaos::chaos(faults, seed, json.as_deref())
         }
         None => {
