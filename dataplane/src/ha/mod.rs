@@ -510,8 +510,10 @@ impl HaThread {
         }
     }
 
-    /// How many sessions a takeover now would lose, as far as the
-    /// heartbeats tell: the master's that the standby lacks.
+    /// What a takeover now would lose, as far as the heartbeats tell:
+    /// the sessions the standby lacks, and every session made or changed
+    /// since its sync stopped being Hot (its copies of the others are
+    /// as old as that).
     fn loss(&self) -> String {
         let mine = self.sessions();
         let (master, standby) = if self.fsm.state() == State::Master {
@@ -520,7 +522,9 @@ impl HaThread {
             (self.peer_sessions, mine)
         };
         format!(
-            "the MASTER holds {master} sessions and the standby {standby}, so at least {} would be lost",
+            "the MASTER holds {master} sessions and the standby {standby} ({} missing there), \
+             and no session made or changed since the sync stopped being Hot reached the \
+             standby",
             master.saturating_sub(standby)
         )
     }

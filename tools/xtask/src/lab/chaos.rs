@@ -250,20 +250,6 @@ fn ns(node: &str) -> String {
     format!("tnd-{node}")
 }
 
-fn links(node: &str, how: &str) -> Result<()> {
-    let mut c = Command::new("ip")
-        .args(["-n", &ns(node), "-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()?;
-    c.stdin.take().context("stdin")?.write_all(
-        format!("link set sync0 {how}\nlink set in0 {how}\nlink set out0 {how}\n").as_bytes(),
-    )?;
-    if !c.wait()?.success() {
-        bail!("ip -batch: node {node}'s links {how}");
-    }
-    Ok(())
-}
-
 fn nft(rules: &str) -> Result<()> {
     let mut c = Command::new("ip")
         .args(["netns", "exec", "tnd-sw", "nft", "-f", "-"])
@@ -307,9 +293,9 @@ fn apply(f: Fault, m: &'static str, rng: &mut Rng) -> Result<(String, Vec<String
             format!("SIGKILL to {m}")
         }
         Fault::Box => {
-            links(m, "down")?;
+            super::failover::links(&ns(m), "down")?;
             thread::sleep(Duration::from_secs(2));
-            links(m, "up")?;
+            super::failover::links(&ns(m), "up")?;
             format!("{m}'s links down for 2 s")
         }
         Fault::Freeze => {

@@ -156,7 +156,7 @@ pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
 /// so that they go within microseconds of each other: one at a time, the
 /// node would see its first link fail and announce its release on a link
 /// still up, which a dead box cannot do.
-fn links(ns: &str, how: &str) -> Result<()> {
+pub(super) fn links(ns: &str, how: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["-n", ns, "-batch", "-"])
         .stdin(Stdio::piped())
