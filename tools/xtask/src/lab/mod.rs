@@ -621,6 +621,8 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
         Some(LabCmd::Traffic) => traffic(),
         Some(LabCmd::Failover { how }) => failover(how),
         Some(LabCmd::Chaos { faults, seed, json }) => {
+            // It builds its own lab: a fresh machine needs the toolchain.
+            crate::setup::setup()?;
             build_release_bins()?;
             chaos::chaos(faults, seed, json.as_deref())
         }
