@@ -79,6 +79,10 @@ pub struct Fsm {
     timer: Option<(Duration, Timer)>,
     /// This node's sync link is Hot.
     hot: bool,
+    /// It was Hot when the request under way (`acquiring`) was made: the
+    /// link may drop once the peer releases (its role changes), which
+    /// does not make the takeover one without Hot.
+    asked_hot: bool,
     /// A peer has been MASTER since this node started: a takeover
     /// without Hot may lose its sessions.
     peer_was_master: bool,
@@ -112,6 +116,7 @@ impl Fsm {
             pinned: false,
             timer: None,
             hot: false,
+            asked_hot: false,
             peer_was_master: false,
             term: 0,
             peer_term: 0,
@@ -322,6 +327,7 @@ impl Fsm {
             // Ask the master to release; take over when it has.
             self.state = State::Waiting;
             self.acquiring = Some((force, Transition::AcquireManual));
+            self.asked_hot = self.hot;
             self.timer = Some((now + self.s.hold_down, Timer::Request));
             self.settle(now, out);
         } else {
@@ -386,6 +392,7 @@ impl Fsm {
             Timer::Preempt if self.state == State::Standby && self.preempts() => {
                 self.state = State::Waiting;
                 self.acquiring = Some((false, Transition::AcquireAuto));
+                self.asked_hot = self.hot;
                 self.timer = Some((now + self.s.hold_down, Timer::Request));
             }
             _ => {}
@@ -416,7 +423,15 @@ impl Fsm {
         }
         self.state = to;
         if to == State::Master {
-            if !self.hot && self.peer_was_master {
+            // Hot when this node asked for it, or, unasked, handed over
+            // by a plain release (which the peer makes only to a Hot node).
+            let hot = self.hot
+                || if self.acquiring.is_some() {
+                    self.asked_hot
+                } else {
+                    self.peer.is_some_and(|p| p.released && !p.force)
+                };
+            if !hot && self.peer_was_master {
                 self.counts.takeovers_without_hot += 1;
             }
             self.term = self.term.max(self.peer_term) + 1;

@@ -76,6 +76,14 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_a_key_mismatch_is_an_alarm_in_every_view",
         a_key_mismatch_is_an_alarm_in_every_view,
     ),
+    (
+        "failover_a_key_rollover_keeps_the_pair_hot",
+        a_key_rollover_keeps_the_pair_hot,
+    ),
+    (
+        "failover_preemption_waits_for_hot",
+        preemption_waits_for_hot,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -1615,6 +1623,125 @@ fn a_key_mismatch_is_an_alarm_in_every_view() -> Result<(), Failed> {
     check(
         a.counter("ha.sync0.heartbeats_auth_failed") > 0,
         "A counted the failed heartbeats on the sync path",
+    )?;
+    Ok(())
+}
+
+/// A key rollover done as an operator would, one node at a time with
+/// restarts: both accept the next key; B, then A, sign with it; both drop
+/// the old one. At every step the pair is together and Hot (a plain
+/// switchover needs Hot), no key alarm is raised, and the connections held
+/// through two switchovers all survive.
+fn a_key_rollover_keeps_the_pair_hot() -> Result<(), Failed> {
+    const OLD: &str = "failover-test-shared-key";
+    const NEW: &str = "the-next-key-of-this-pair";
+    fn keyed(node: &str, key: &str, accept: Option<&str>) -> String {
+        let line = format!("key = \"{key}\"\n");
+        let c = Lab::config(node).replace(&format!("key = \"{OLD}\"\n"), &line);
+        match accept {
+            Some(k) => c.replace(&line, &format!("{line}accept_keys = [\"{k}\"]\n")),
+            None => c,
+        }
+    }
+    fn restart(mut d: Daemon, ns: &Ns, config: &str, master: &Daemon) -> Result<Daemon, Failed> {
+        d.stop();
+        let d = Daemon::start(ns, config);
+        wait("the restarted node STANDBY", || state(&d) == Some(3))?;
+        wait_ha(&d, "the restarted node Hot", |v| {
+            v["synchronization"] == "hot"
+        })?;
+        check(
+            count(&d)? >= 20 && gauge(master, "tandem_ha_key_mismatch") == Some(0),
+            format!(
+                "{} holds the sessions, no alarm on {}",
+                d.instance, master.instance
+            ),
+        )?;
+        Ok(d)
+    }
+    let lab = Lab::new();
+    let a = Daemon::start(&lab.a, &keyed("a", OLD, Some(NEW)));
+    wait("A MASTER", || state(&a) == Some(2) && holds_vip(&lab.a))?;
+    let b = Daemon::start(&lab.b, &keyed("b", OLD, Some(NEW)));
+    wait_ha(&b, "B hot", |v| v["synchronization"] == "hot")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    wait("B holds A's 20 sessions", || {
+        count(&b).is_ok_and(|c| c >= 20)
+    })?;
+    // B signs with the new key; A accepts it.
+    let b = restart(b, &lab.b, &keyed("b", NEW, Some(OLD)), &a)?;
+    let o = ctl(&b, &["acquire"]);
+    check(o.status.success(), format!("plain acquire on B: {o:?}"))?;
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    // A signs with the new key and accepts no other.
+    let a = restart(a, &lab.a, &keyed("a", NEW, None), &b)?;
+    let o = ctl(&b, &["release"]);
+    check(o.status.success(), format!("plain release on B: {o:?}"))?;
+    wait("A MASTER", || state(&a) == Some(2) && holds_vip(&lab.a))?;
+    wait("B STANDBY", || state(&b) == Some(3))?;
+    // B accepts no other either: the old key is gone from the pair.
+    let b = restart(b, &lab.b, &keyed("b", NEW, None), &a)?;
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("key rollover: longest gap {gap:?}");
+    for d in [&a, &b] {
+        check(
+            gauge(d, "tandem_ha_key_mismatch") == Some(0)
+                && d.counter("ha.sync0.heartbeats_auth_failed") == 0,
+            format!("{}: no alarm, no heartbeat refused", d.instance),
+        )?;
+    }
+    Ok(())
+}
+
+/// With preemption on, A (the higher priority) joins a MASTER B while
+/// A's sync link is down: A waits as STANDBY, not Hot, well past the
+/// hold-down. Once its sync link is up and it is Hot, it takes mastership
+/// back, and every connection held through it survives.
+fn preemption_waits_for_hot() -> Result<(), Failed> {
+    fn config(node: &str) -> String {
+        Lab::config(node).replace("[redundancy]\n", "[redundancy]\npreempt = true\n")
+    }
+    let lab = Lab::new();
+    let b = Daemon::start(&lab.b, &config("b"));
+    wait("B MASTER alone", || {
+        state(&b) == Some(2) && holds_vip(&lab.b)
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    ipw(&format!("-n {} link set sync0 down", lab.a.name));
+    let a = Daemon::start(&lab.a, &config("a"));
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    // Three hold-downs (1 s each): a preemption would have happened.
+    thread::sleep(Duration::from_secs(3));
+    let v = stat_json(&a, &["redundancy-group", "--json"])?;
+    check(
+        state(&a) == Some(3) && state(&b) == Some(2) && v["sync_state"] != "hot",
+        format!("A did not preempt while not Hot: {v}"),
+    )?;
+    ipw(&format!("-n {} link set sync0 up", lab.a.name));
+    let took = wait("A MASTER once Hot", || {
+        state(&a) == Some(2) && holds_vip(&lab.a)
+    })?;
+    wait("B STANDBY", || state(&b) == Some(3))?;
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("preemption after Hot: took {took:?}, longest gap {gap:?}");
+    let (auto, cold) = (
+        a.counter("ha.transition.acquire_auto.received"),
+        a.counter("ha.takeovers_without_hot"),
+    );
+    check(
+        auto == 1 && cold == 0,
+        format!("A preempted once, with Hot: {auto} automatic acquisitions, {cold} without Hot"),
     )?;
     Ok(())
 }

@@ -688,6 +688,30 @@ fn release_is_refused_until_the_peer_is_hot_unless_forced() {
 }
 
 #[test]
+fn a_link_that_drops_during_a_handover_asked_for_while_hot_does_not_count() {
+    let mut a = master(1, 100);
+    let mut b = cold(2, 100);
+    b.handle(ms(0), Event::Start);
+    b.handle(ms(5), Event::Sync { hot: true });
+    exchange(&mut a, &mut b, ms(10));
+    b.handle(
+        ms(20),
+        Event::Manual {
+            acquire: true,
+            force: false,
+        },
+    );
+    assert_eq!(b.state(), State::Waiting);
+    // A releases; its role changes and the sync link drops before B
+    // takes over.
+    exchange(&mut a, &mut b, ms(30));
+    b.handle(ms(35), Event::Sync { hot: false });
+    exchange(&mut a, &mut b, ms(40));
+    assert_eq!((a.state(), b.state()), (State::Standby, State::Master));
+    assert_eq!(b.counts.takeovers_without_hot, 0);
+}
+
+#[test]
 fn a_dead_master_is_taken_over_without_hot_and_that_counts() {
     let mut b = cold(2, 100);
     b.handle(ms(0), Event::Start);
