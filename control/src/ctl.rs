@@ -23,6 +23,8 @@ pub enum Request {
     ShowSessions(Query),
     /// Manual switchover: `request acquire|release [force]`.
     Mastership { acquire: bool, force: bool },
+    /// (Standby) ask the active for every session again: `request resync`.
+    Resync,
     /// The finished probes numbered `from` on (all kept, if `None`):
     /// `show probes [from N]`, answered by JSON lines and `end N` with
     /// the number to ask from next.
@@ -66,6 +68,7 @@ impl Request {
             Self::ShowProbes { from: None } => "show probes".into(),
             Self::ShowProbes { from: Some(n) } => format!("show probes from {n}"),
             Self::Panic(t) => format!("debug panic {}", t.name()),
+            Self::Resync => "request resync".into(),
             Self::Mastership { acquire, force } => format!(
                 "request {}{}",
                 if *acquire { "acquire" } else { "release" },
@@ -75,7 +78,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force] | debug panic ha|sync|control";
+const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -85,6 +88,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     let words: Vec<&str> = lower.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["clear", "statistics"] => Ok(Request::ClearStatistics),
+        ["request", "resync"] => Ok(Request::Resync),
         ["request", what @ ("acquire" | "release"), rest @ ..] => {
             let force = match rest {
                 [] => false,

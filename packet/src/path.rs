@@ -30,6 +30,8 @@ pub struct Arrival {
     /// Interface slot, and its ifindex.
     pub slot: usize,
     pub ingress: u32,
+    /// Handed over by another worker: decided here, never handed on.
+    pub handed: bool,
 }
 
 /// What the worker does with a decided frame.
@@ -134,6 +136,7 @@ pub fn decide(
         Err(e) => return Decision::Act(Action::Drop(e.into())),
     };
     let verdict = match cx.services.as_deref_mut() {
+        Some(svc) if at.handed => svc.process_handed(buf, &h, at.ingress, now, tally),
         Some(svc) => svc.process_headers(buf, &h, at.ingress, now, tally),
         None => Verdict::Pass { snat: None },
     };
@@ -312,6 +315,7 @@ mod tests {
                 len,
                 slot: 0,
                 ingress: IN,
+                handed: false,
             };
             let got = decide(&mut cx, &mut buf, at, None, 0, &mut Tally::new(1));
             match want {

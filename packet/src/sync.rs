@@ -9,7 +9,10 @@
 //! creation, delete on expiry, refresh on a TCP state change or when a
 //! busy session's timer is pushed back) and the records of a cold-sync
 //! walk; a full ring drops the event and counts it (`send_overflow`), and
-//! the next refresh or cold sync repairs it. Down the `commands` ring go
+//! repair sends it again: the session is marked and a bounded re-walk of
+//! the worker's shard sends the marked ones when the ring has room (a lost
+//! delete waits in a small parking list instead). What the peer refuses
+//! comes back as a mark too, for one more try. Down the `commands` ring go
 //! the peer's records for the worker that owns them here (the standby
 //! side), walk requests and sweeps. Both rings carry plain `Copy` records:
 //! no allocation and no lock on the worker's side, and nothing at all
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_queue::ArrayQueue;
 use tandem_control::{
     config::Config,
-    sync::{DeleteRecord, NackReason, Op, RefreshRecord, SessionRecord, WireKey, wire},
+    sync::{DeleteRecord, Digest, NackReason, Op, RefreshRecord, SessionRecord, WireKey, wire},
 };
 
 use crate::session::{FlowKey, Origin, Session, SessionAction};
@@ -72,6 +75,21 @@ pub enum ToWorker {
     },
     /// (Active) the peer lacks this session: send its add again.
     Resend { key: WireKey },
+    /// (Standby) a stub for the peer's session `rec`, which worker
+    /// `holder` holds: this worker owns its flow's hash and hands the
+    /// flow's packets and records on.
+    Stub {
+        generation: u8,
+        rec: SessionRecord,
+        holder: u8,
+    },
+    /// The session of `key` and `id` that a stub here stands for is gone.
+    Unstub { key: WireKey, id: u64 },
+    /// (Active) the peer may lack this session's latest record: the sync
+    /// thread could not batch it (`refused: false`), or the peer refused
+    /// it (`refused: true`: one more try, then it is left to a resync).
+    /// Repair sends it again within a second.
+    Mark { key: WireKey, refused: bool },
     /// (Active) send every session (a cold sync); a new walk replaces one
     /// under way.
     Walk { walk: u32 },
@@ -91,6 +109,24 @@ pub struct Counts {
     pub not_found: AtomicU64,
     /// Peer sessions a sweep removed after a cold sync.
     pub swept: AtomicU64,
+    /// Records repair sent again (marked sessions, parked deletes).
+    pub repaired: AtomicU64,
+    /// Sessions the peer refused again after their repair.
+    pub abandoned: AtomicU64,
+    /// The worker's shard's digest (see [`Digest`]): its two halves,
+    /// stored each loop.
+    pub digest_sessions: AtomicU64,
+    pub digest_hash: AtomicU64,
+}
+
+impl Counts {
+    /// The shard's digest as last stored (the halves may be a loop apart).
+    pub fn digest(&self) -> Digest {
+        Digest {
+            sessions: self.digest_sessions.load(Ordering::Relaxed),
+            hash: self.digest_hash.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One worker's rings.
@@ -250,22 +286,29 @@ impl Ownership {
         }
     }
 
-    /// The owner of a session: its flow's ownership hash, which for a
-    /// translated session must agree with the share its port falls in
-    /// (it always does when both nodes run as many workers; with
-    /// different counts some bindings cannot be held here: `NatConflict`).
-    pub fn owner(&self, r: &SessionRecord) -> Result<usize, NackReason> {
+    /// Where a peer's session goes here: `(holder, stub)`. The holder is
+    /// the worker that owns the flow's hash, or, for a translated session,
+    /// the worker whose share holds its port (return traffic finds it
+    /// there). When the two differ (the peer runs another number of
+    /// workers), the hash's worker gets a stub that hands the flow on.
+    /// `NatConflict` when the port is in no share here.
+    pub fn owner(&self, r: &SessionRecord) -> Result<(usize, Option<usize>), NackReason> {
         let w = self.of_key(&r.key);
-        if r.flags & wire::REC_NAT != 0 {
-            let Some(Some((lo, span))) = self.nat.get(usize::from(r.service_set)) else {
-                return Err(NackReason::NatConflict);
-            };
-            let off = u32::from(r.nat_port.checked_sub(*lo).ok_or(NackReason::NatConflict)?);
-            if span == &0 || (off / span) as usize != w {
-                return Err(NackReason::NatConflict);
-            }
+        if r.flags & wire::REC_NAT == 0 {
+            return Ok((w, None));
         }
-        Ok(w)
+        let Some(Some((lo, span))) = self.nat.get(usize::from(r.service_set)) else {
+            return Err(NackReason::NatConflict);
+        };
+        let off = u32::from(r.nat_port.checked_sub(*lo).ok_or(NackReason::NatConflict)?);
+        if *span == 0 {
+            return Err(NackReason::NatConflict);
+        }
+        let holder = (off / span) as usize;
+        if holder >= self.workers {
+            return Err(NackReason::NatConflict);
+        }
+        Ok((holder, (holder != w).then_some(w)))
     }
 
     /// The owner of the flow whose initiator key is `k`.

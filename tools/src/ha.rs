@@ -25,6 +25,19 @@ pub struct Ha {
     pub add_rate: u64,
     pub delete_rate: u64,
     pub swept: u64,
+    /// (sessions, 48-bit hash) of this node's replicated set, and of the
+    /// peer's as it last sent it; whether they are equal.
+    pub digest: (u64, u64),
+    pub peer_digest: (u64, u64),
+    pub digest_match: bool,
+    /// (Active) replication lag quantiles (µs), and the oldest
+    /// unacknowledged record's wait (ms).
+    pub lag_p50_us: u64,
+    pub lag_p99_us: u64,
+    pub oldest_unacked_ms: u64,
+    pub stalled: bool,
+    /// The last connection was refused: the configurations disagree.
+    pub config_refused: bool,
 }
 
 impl Ha {
@@ -73,6 +86,20 @@ impl Ha {
             add_rate: gauge("tandem_sync_add_per_second"),
             delete_rate: gauge("tandem_sync_delete_per_second"),
             swept: s.sum("tandem_sync_swept_total", &[]),
+            digest: (
+                gauge("tandem_sync_digest_sessions"),
+                gauge("tandem_sync_digest_hash"),
+            ),
+            peer_digest: (
+                gauge("tandem_sync_peer_digest_sessions"),
+                gauge("tandem_sync_peer_digest_hash"),
+            ),
+            digest_match: gauge("tandem_sync_digest_match") == 1,
+            lag_p50_us: gauge("tandem_sync_lag_p50_us"),
+            lag_p99_us: gauge("tandem_sync_lag_p99_us"),
+            oldest_unacked_ms: gauge("tandem_sync_oldest_unacked_ms"),
+            stalled: gauge("tandem_sync_stalled") == 1,
+            config_refused: gauge("tandem_sync_config_refused") == 1,
         })
     }
 
@@ -139,6 +166,16 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "Repair Statistics",
+        &[
+            ("Repair sent", "repair_sent"),
+            ("Repair abandoned", "repair_abandoned"),
+            ("Resync requested", "resync_requested"),
+            ("Resync received", "resync_received"),
+            ("Digest mismatches", "digest_mismatches"),
+        ],
+    ),
+    (
         "Batching Error Statistics",
         &[
             ("Batch begin fail", "batch_begin_failures"),
@@ -186,6 +223,41 @@ pub fn text(h: &Ha) -> String {
     let _ = writeln!(o, "  Peers");
     let _ = writeln!(o, "    Local: {}, Port: {}", h.local.0, h.local.1);
     let _ = writeln!(o, "    Remote: {}, Port: {}", h.remote.0, h.remote.1);
+    let _ = writeln!(o, "  Replicated Set");
+    let _ = writeln!(
+        o,
+        "    {:<32}{} sessions, hash {:012x}",
+        "Local digest:", h.digest.0, h.digest.1
+    );
+    let _ = writeln!(
+        o,
+        "    {:<32}{} sessions, hash {:012x}",
+        "Peer digest:", h.peer_digest.0, h.peer_digest.1
+    );
+    let _ = writeln!(
+        o,
+        "    {:<32}{}",
+        "Digests agree:",
+        if h.digest_match { "yes" } else { "no" }
+    );
+    let _ = writeln!(
+        o,
+        "    {:<32}p50 {} us, p99 {} us",
+        "Replication lag:", h.lag_p50_us, h.lag_p99_us
+    );
+    let _ = writeln!(
+        o,
+        "    {:<32}{} ms{}",
+        "Oldest unacknowledged:",
+        h.oldest_unacked_ms,
+        if h.stalled { " (stalled)" } else { "" }
+    );
+    if h.config_refused {
+        let _ = writeln!(
+            o,
+            "    Warning: sync refused: the two configurations disagree (the log names the field)"
+        );
+    }
     for (title, rows) in SECTIONS {
         let _ = writeln!(o, "  {title}");
         for (label, field) in *rows {
@@ -230,6 +302,19 @@ pub fn json(h: &Ha) -> Value {
     m.insert("add_pending".into(), json!(h.add_pending));
     m.insert("delete_rate".into(), json!(h.delete_rate));
     m.insert("sessions_swept".into(), json!(h.swept));
+    m.insert("digest_sessions".into(), json!(h.digest.0));
+    m.insert("digest_hash".into(), json!(format!("{:012x}", h.digest.1)));
+    m.insert("peer_digest_sessions".into(), json!(h.peer_digest.0));
+    m.insert(
+        "peer_digest_hash".into(),
+        json!(format!("{:012x}", h.peer_digest.1)),
+    );
+    m.insert("digest_match".into(), json!(h.digest_match));
+    m.insert("lag_p50_us".into(), json!(h.lag_p50_us));
+    m.insert("lag_p99_us".into(), json!(h.lag_p99_us));
+    m.insert("oldest_unacked_ms".into(), json!(h.oldest_unacked_ms));
+    m.insert("stalled".into(), json!(h.stalled));
+    m.insert("config_refused".into(), json!(h.config_refused));
     Value::Object(m)
 }
 
@@ -248,7 +333,16 @@ pub fn glossary() -> String {
          delete_rate]: adds sent (active) or installed (backup) in the last second; the same for \
          deletes.\n  Add pending [add_pending]: adds sent and not yet acknowledged.\n  Sessions \
          swept [sessions_swept]: synced sessions a backup removed after a cold sync no longer \
-         carried them.\n",
+         carried them.\n  Local/Peer digest [digest_sessions, digest_hash, \
+         peer_digest_sessions, peer_digest_hash]: the replicated session set as a count and an \
+         order-independent 48-bit hash of its keys, this node's and the peer's (sent every \
+         second); equal sets give equal digests.\n  Digests agree [digest_match]: the peer's last \
+         digest equals this node's.\n  Replication lag [lag_p50_us, lag_p99_us]: (active) from a \
+         record entering a batch to the peer's acknowledgement of it, over the last 10-20 s.\n  \
+         Oldest unacknowledged [oldest_unacked_ms, stalled]: how long the oldest record has \
+         waited for the peer; stalled from 5 s.\n  [config_refused]: the last connection was \
+         refused because the two configurations disagree on what must agree (service set names \
+         and order, NAT pools and port ranges); the log names the field.\n",
     );
     for (title, rows) in SECTIONS {
         let _ = writeln!(o, "{title}:");

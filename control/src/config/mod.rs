@@ -178,6 +178,36 @@ fn one_line(e: &toml::de::Error) -> String {
 }
 
 impl Config {
+    /// What the two nodes of a pair must agree on, as (field, value) pairs
+    /// named as in this file: the service sets' names and order (records
+    /// name their set by index) and their NAT pools and port ranges (a
+    /// binding made on one node must be valid on the other). Everything
+    /// else may differ while a change rolls through the pair: firewall
+    /// rules, inside prefixes, offload, timeouts, limits, probes.
+    pub fn sync_contract(&self) -> Vec<(String, String)> {
+        let mut out = vec![(
+            "service_set".to_owned(),
+            format!("{} sets", self.service_sets.len()),
+        )];
+        for (i, s) in self.service_sets.iter().enumerate() {
+            out.push((format!("service_set[{i}].name"), s.name.clone()));
+            let (pool, ports) = match &s.nat {
+                None => ("none".to_owned(), "none".to_owned()),
+                Some(n) => (
+                    n.pool
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    format!("{}-{}", n.ports.lo, n.ports.hi),
+                ),
+            };
+            out.push((format!("service_set[{i}].nat.pool"), pool));
+            out.push((format!("service_set[{i}].nat.ports"), ports));
+        }
+        out
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

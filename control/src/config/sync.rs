@@ -67,6 +67,12 @@ pub struct Sync {
     /// active refreshes live sessions well within it).
     #[serde(default = "default_grace")]
     pub grace: u32,
+    /// KiB of records the connection may hold unsent (beyond what the
+    /// socket buffers): past half of it the workers' events wait in their
+    /// rings, past all of it records are refused. Either way the sessions
+    /// are marked and sent again by repair once there is room.
+    #[serde(default = "default_max_backlog_kib")]
+    pub max_backlog_kib: u32,
 }
 
 fn default_port() -> u16 {
@@ -89,6 +95,9 @@ fn default_dead_after() -> u32 {
 }
 fn default_grace() -> u32 {
     60
+}
+fn default_max_backlog_kib() -> u32 {
+    16 * 1024
 }
 
 impl Sync {
@@ -118,6 +127,13 @@ impl Sync {
         }
         if self.node_id == 0 {
             return Err(invalid("node_id", "1..=4294967295", "0".into()));
+        }
+        if !(128..=1 << 20).contains(&self.max_backlog_kib) {
+            return Err(invalid(
+                "max_backlog_kib",
+                "128..=1048576 (KiB)",
+                self.max_backlog_kib.to_string(),
+            ));
         }
         if let Some(k) = &self.key
             && k.len() < 16

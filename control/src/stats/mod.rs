@@ -141,6 +141,34 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_sync_swept_total" => {
             "Synced sessions a backup removed after a cold sync that no longer carried them."
         }
+        "tandem_sync_digest_sessions" => {
+            "Sessions in this node's replicated set (its digest's count)."
+        }
+        "tandem_sync_digest_hash" => {
+            "This node's replicated set: an order-independent 48-bit hash of its keys."
+        }
+        "tandem_sync_peer_digest_sessions" => {
+            "Sessions in the peer's replicated set, as the peer last sent its digest."
+        }
+        "tandem_sync_peer_digest_hash" => {
+            "The peer's replicated set's 48-bit hash, as the peer last sent its digest."
+        }
+        "tandem_sync_digest_match" => "1 while the peer's last digest equals this node's.",
+        "tandem_sync_lag_p50_us" => {
+            "Replication lag, median over the last 10-20 s: a record batched to its acknowledgement (active)."
+        }
+        "tandem_sync_lag_p99_us" => {
+            "Replication lag, 99th percentile over the last 10-20 s (active)."
+        }
+        "tandem_sync_oldest_unacked_ms" => {
+            "How long the oldest record not yet acknowledged by the peer has waited (active)."
+        }
+        "tandem_sync_stalled" => {
+            "1 while a record has waited 5 s or more for the peer's acknowledgement."
+        }
+        "tandem_sync_config_refused" => {
+            "1 after a sync connection was refused because the two configurations disagree, until Hot."
+        }
         "tandem_sync_local_info" => "This node's sync address and port, as labels; the value is 1.",
         "tandem_sync_interface_info" => {
             "The interface holding the sync address at start, as a label; the value is 1."

@@ -23,9 +23,10 @@ use std::{
 use super::{
     Event, Fatal, Role, Settings, Stats, SyncState,
     auth::Keys,
+    lag::Lag,
     wire::{
-        self, CAP_AUTH, DecodeError, DeleteRecord, Header, Hello, Kind, Message, NackReason, Op,
-        RefreshRecord, SessionRecord, WireKey,
+        self, CAP_AUTH, CAP_CONTRACT, CAP_DIGEST, DecodeError, DeleteRecord, Digest, Header, Hello,
+        Kind, Message, NackReason, Op, RefreshRecord, SessionRecord, WireKey,
     },
 };
 
@@ -34,6 +35,8 @@ struct Open {
     body: Vec<u8>,
     count: u32,
     deadline: Instant,
+    /// When its first record came.
+    opened: Instant,
 }
 
 /// A batch waiting for its acknowledgement.
@@ -43,6 +46,7 @@ struct Pending {
     count: u32,
     /// Records of it the peer nacked.
     refused: u32,
+    opened: Instant,
 }
 
 pub struct Conn {
@@ -54,6 +58,9 @@ pub struct Conn {
     sync: SyncState,
     /// (Active) the backup asked for its cold sync on this connection.
     cold_requested: bool,
+    /// A resync on this Hot connection is under way: (active) walking
+    /// again, (backup) asked for and not yet complete.
+    resync: bool,
     tx_seq: u64,
     rx_seq: u64,
     inbuf: Vec<u8>,
@@ -65,6 +72,8 @@ pub struct Conn {
     events: VecDeque<Event>,
     last_rx: Instant,
     last_tx: Instant,
+    /// (Active) batched-to-acknowledged times of the records.
+    lag: Lag,
 }
 
 impl Conn {
@@ -90,6 +99,7 @@ impl Conn {
             peer: None,
             sync: SyncState::Off,
             cold_requested: false,
+            resync: false,
             tx_seq: 0,
             rx_seq: 0,
             inbuf: Vec::new(),
@@ -101,13 +111,14 @@ impl Conn {
             events: VecDeque::new(),
             last_rx: now,
             last_tx: now,
+            lag: Lag::default(),
         };
         let hello = Hello {
             node_id: c.s.node_id,
             group_id: c.s.group_id,
             workers: c.s.workers,
             role: c.s.role.wire(),
-            capabilities: if c.keys.is_some() { CAP_AUTH } else { 0 },
+            capabilities: c.s.capabilities | if c.keys.is_some() { CAP_AUTH } else { 0 },
             services_hash: c.s.services_hash,
             nonce,
         };
@@ -136,6 +147,21 @@ impl Conn {
         self.peer.is_some()
     }
 
+    /// Whether the peer sends digests and answers resyncs (and this
+    /// node offers it too).
+    pub fn peer_has_digest(&self) -> bool {
+        self.both(CAP_DIGEST)
+    }
+
+    fn both(&self, cap: u32) -> bool {
+        self.s.capabilities & cap != 0 && self.peer.is_some_and(|h| h.capabilities & cap != 0)
+    }
+
+    /// A resync is under way on this connection.
+    pub fn resyncing(&self) -> bool {
+        self.resync
+    }
+
     /// Session adds sent but not yet acknowledged, or not yet sent.
     pub fn add_pending(&self) -> u64 {
         let queued = self
@@ -150,6 +176,21 @@ impl Conn {
                 .as_ref()
                 .filter(|o| o.kind == Kind::Add)
                 .map_or(0, |o| u64::from(o.count))
+    }
+
+    /// (Active) replication lag: records' batched-to-acknowledged times.
+    pub fn lag(&self) -> &Lag {
+        &self.lag
+    }
+
+    /// (Active) how long the oldest batch not yet acknowledged (or the
+    /// open one) has waited; zero when nothing waits.
+    pub fn oldest_unacked(&self, now: Instant) -> Duration {
+        self.pending
+            .front()
+            .map(|p| p.opened)
+            .or(self.open.as_ref().map(|o| o.opened))
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
     /// Bytes received that do not yet make a whole frame.
@@ -291,6 +332,14 @@ impl Conn {
                 self.sync = SyncState::Cold;
                 self.events.push_back(Event::ColdSyncRequested);
             }
+            // A resync: the backup holds the sessions (the link stays Hot)
+            // and wants them all again; a new walk replaces one under way.
+            Message::SyncStart if !backup && self.sync == SyncState::Hot => {
+                stats.sync_start_received += 1;
+                stats.resync_received += 1;
+                self.resync = true;
+                self.events.push_back(Event::ColdSyncRequested);
+            }
             Message::Add(recs) if backup => {
                 stats.add_received += recs.len() as u64;
                 let mut ok = Vec::with_capacity(recs.len());
@@ -347,6 +396,7 @@ impl Conn {
             Message::ColdSyncComplete { sessions } if backup => {
                 stats.cold_sync_completed_count += 1;
                 self.sync = SyncState::Hot;
+                self.resync = false;
                 self.ack_due = h.seq;
                 self.events.push_back(Event::ColdSyncComplete { sessions });
             }
@@ -357,6 +407,9 @@ impl Conn {
                 }
                 while let Some(p) = self.pending.front().filter(|p| p.seq <= seq) {
                     let taken = u64::from(p.count.saturating_sub(p.refused));
+                    let us = now.saturating_duration_since(p.opened).as_micros();
+                    self.lag
+                        .record(now, u64::try_from(us).unwrap_or(u64::MAX), taken);
                     match p.kind {
                         Kind::Add => stats.add_completed += taken,
                         Kind::Delete => stats.delete_completed += taken,
@@ -388,6 +441,13 @@ impl Conn {
                 self.events.push_back(Event::Nacked { op, reason, key });
             }
             Message::Keepalive => {}
+            Message::Digest(d) => self.events.push_back(Event::PeerDigest(d)),
+            Message::Contract(theirs) if self.both(CAP_CONTRACT) => {
+                if let Some(field) = disagreement(&self.s.contract, &theirs) {
+                    stats.refused_connections += 1;
+                    return Err(Fatal::Contract(field));
+                }
+            }
             other => {
                 stats.invalid_kind += 1;
                 return Err(Fatal::Unexpected(other.kind()));
@@ -410,7 +470,8 @@ impl Conn {
         if h.role == self.s.role.wire() {
             return refuse("the same role as this node", stats);
         }
-        if h.services_hash != self.s.services_hash {
+        let contract = self.s.capabilities & h.capabilities & CAP_CONTRACT != 0;
+        if !contract && h.services_hash != self.s.services_hash {
             return refuse("different service sets", stats);
         }
         if (h.capabilities & CAP_AUTH != 0) != self.keys.is_some() {
@@ -428,6 +489,12 @@ impl Conn {
         self.peer = Some(h);
         self.sync = SyncState::Cold;
         self.events.push_back(Event::Up(h));
+        if contract {
+            // Ahead of the sync-start, so the active checks it before it
+            // walks; the active's comes ahead of its records.
+            let c = Message::Contract(self.s.contract.clone());
+            self.send(&c, now, stats);
+        }
         if self.s.role == Role::Backup {
             stats.sync_start_sent += 1;
             self.send(&Message::SyncStart, now, stats);
@@ -462,44 +529,83 @@ impl Conn {
         );
     }
 
-    /// (Active) queues a session add.
-    pub fn add(&mut self, r: &SessionRecord, now: Instant, stats: &mut Stats) {
+    /// (Active) queues a session add; false when it could not be (no
+    /// peer, or the backlog over its limit: counted).
+    pub fn add(&mut self, r: &SessionRecord, now: Instant, stats: &mut Stats) -> bool {
         if r.validate(self.s.services).is_err() {
             stats.encode_failures += 1;
-            return;
+            // Sending it again would fail the same way.
+            return true;
         }
         if self.begin(Kind::Add, now, stats) {
             stats.add_sent += 1;
             self.append(|b| r.put(b), now, stats);
+            return true;
         }
+        false
     }
 
-    /// (Active) queues a session delete.
-    pub fn delete(&mut self, r: &DeleteRecord, now: Instant, stats: &mut Stats) {
+    /// (Active) queues a session delete; false when it could not be.
+    pub fn delete(&mut self, r: &DeleteRecord, now: Instant, stats: &mut Stats) -> bool {
         if self.begin(Kind::Delete, now, stats) {
             stats.delete_sent += 1;
             self.append(|b| r.put(b), now, stats);
+            return true;
         }
+        false
     }
 
-    /// (Active) queues a refresh of a long-lived session.
-    pub fn refresh(&mut self, r: &RefreshRecord, now: Instant, stats: &mut Stats) {
+    /// (Active) queues a refresh of a long-lived session; false when it
+    /// could not be.
+    pub fn refresh(&mut self, r: &RefreshRecord, now: Instant, stats: &mut Stats) -> bool {
         if self.begin(Kind::Refresh, now, stats) {
             stats.refresh_sent += 1;
             self.append(|b| r.put(b), now, stats);
+            return true;
         }
+        false
     }
 
     /// (Active) the walk of every session ended: `sessions` were sent.
     pub fn cold_sync_complete(&mut self, sessions: u64, now: Instant, stats: &mut Stats) {
-        if !self.cold_requested || self.sync == SyncState::Hot {
+        if !self.cold_requested || (self.sync == SyncState::Hot && !self.resync) {
             // Not asked for on this connection (a walk for an older one).
             return;
         }
         self.seal(now, stats);
         self.send(&Message::ColdSyncComplete { sessions }, now, stats);
         self.sync = SyncState::Hot;
+        self.resync = false;
         stats.cold_sync_completed_count += 1;
+    }
+
+    /// (Backup) asks the active for every session again while this node
+    /// keeps those it holds (the link stays Hot; the completion sweeps
+    /// what the resync did not carry). Refused, with the reason, when the
+    /// link is not Hot (a cold sync is under way or due) or the peer's
+    /// version cannot resync.
+    pub fn request_resync(&mut self, now: Instant, stats: &mut Stats) -> Result<(), &'static str> {
+        if self.s.role != Role::Backup {
+            return Err("only the backup asks for a resync");
+        }
+        if self.sync != SyncState::Hot {
+            return Err("the link is not Hot: a cold sync is under way or due");
+        }
+        if !self.peer_has_digest() {
+            return Err("the peer's version cannot resync (no digest capability)");
+        }
+        stats.sync_start_sent += 1;
+        stats.resync_requested += 1;
+        self.resync = true;
+        self.send(&Message::SyncStart, now, stats);
+        Ok(())
+    }
+
+    /// Sends this node's digest, if the peer reads digests.
+    pub fn send_digest(&mut self, d: Digest, now: Instant, stats: &mut Stats) {
+        if self.is_up() && self.peer_has_digest() {
+            self.send(&Message::Digest(d), now, stats);
+        }
     }
 
     /// Makes sure a batch of `kind` is open; false (counted) when records
@@ -524,6 +630,7 @@ impl Conn {
                 body,
                 count: 0,
                 deadline: now + self.s.flush_delay,
+                opened: now,
             });
         }
         true
@@ -553,6 +660,7 @@ impl Conn {
             kind: o.kind,
             count: o.count,
             refused: 0,
+            opened: o.opened,
         });
     }
 
@@ -583,6 +691,20 @@ impl Conn {
         self.last_tx = now;
         self.tx_seq
     }
+}
+
+/// The first field on which two contracts differ, with both values, or
+/// `None` when they agree.
+fn disagreement(ours: &[(String, String)], theirs: &[(String, String)]) -> Option<String> {
+    let find = |list: &[(String, String)], k: &str| {
+        list.iter()
+            .find(|(x, _)| x == k)
+            .map_or("(absent)".to_owned(), |(_, v)| v.clone())
+    };
+    ours.iter().chain(theirs).map(|(k, _)| k).find_map(|k| {
+        let (a, b) = (find(ours, k), find(theirs, k));
+        (a != b).then(|| format!("{k}: here {a:?}, peer {b:?}"))
+    })
 }
 
 fn count_decode(e: DecodeError, stats: &mut Stats) {

@@ -30,8 +30,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::sys::Poller;
 
 use super::{
-    Conn, DeleteRecord, Event, Fatal, NackReason, Op, RefreshRecord, Role, SessionRecord, Settings,
-    Stats, SyncState, WireKey,
+    Conn, DeleteRecord, Digest, Event, Fatal, NackReason, Op, RefreshRecord, Role, SessionRecord,
+    Settings, Stats, SyncState, WireKey,
 };
 
 /// How long the backup waits between dial attempts, and for one.
@@ -203,24 +203,70 @@ impl Driver {
         self.notices.pop_front()
     }
 
-    pub fn add(&mut self, r: &SessionRecord) {
-        match &mut self.link {
-            Some(l) => l.conn.add(r, Instant::now(), &mut self.stats),
-            None => self.stats.send_discard += 1,
+    /// Queues a session add; false when it could not be (counted).
+    pub fn add(&mut self, r: &SessionRecord) -> bool {
+        if let Some(l) = &mut self.link {
+            l.conn.add(r, Instant::now(), &mut self.stats)
+        } else {
+            self.stats.send_discard += 1;
+            false
         }
     }
 
-    pub fn delete(&mut self, r: &DeleteRecord) {
-        match &mut self.link {
-            Some(l) => l.conn.delete(r, Instant::now(), &mut self.stats),
-            None => self.stats.send_discard += 1,
+    /// Queues a session delete; false when it could not be (counted).
+    pub fn delete(&mut self, r: &DeleteRecord) -> bool {
+        if let Some(l) = &mut self.link {
+            l.conn.delete(r, Instant::now(), &mut self.stats)
+        } else {
+            self.stats.send_discard += 1;
+            false
         }
     }
 
-    pub fn refresh(&mut self, r: &RefreshRecord) {
+    /// Queues a session refresh; false when it could not be (counted).
+    pub fn refresh(&mut self, r: &RefreshRecord) -> bool {
+        if let Some(l) = &mut self.link {
+            l.conn.refresh(r, Instant::now(), &mut self.stats)
+        } else {
+            self.stats.send_discard += 1;
+            false
+        }
+    }
+
+    /// (Backup) asks the active for a resync (see [`Conn::request_resync`]).
+    pub fn request_resync(&mut self) -> Result<(), &'static str> {
         match &mut self.link {
-            Some(l) => l.conn.refresh(r, Instant::now(), &mut self.stats),
-            None => self.stats.send_discard += 1,
+            Some(l) => l.conn.request_resync(Instant::now(), &mut self.stats),
+            None => Err("the sync link is down"),
+        }
+    }
+
+    /// (Active) replication lag quantile `q` in microseconds (0: none).
+    pub fn lag_us(&self, q: f64) -> u64 {
+        self.link.as_ref().map_or(0, |l| l.conn.lag().quantile(q))
+    }
+
+    /// (Active) how long the oldest unacknowledged batch has waited.
+    pub fn oldest_unacked(&self) -> Duration {
+        self.link
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.conn.oldest_unacked(Instant::now()))
+    }
+
+    /// Whether a resync is under way.
+    pub fn resyncing(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.conn.resyncing())
+    }
+
+    /// Whether the peer sends digests.
+    pub fn peer_has_digest(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.conn.peer_has_digest())
+    }
+
+    /// Sends this node's digest to a peer that reads digests.
+    pub fn send_digest(&mut self, d: Digest) {
+        if let Some(l) = &mut self.link {
+            l.conn.send_digest(d, Instant::now(), &mut self.stats);
         }
     }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::wire::{
-    DecodeError, DeleteRecord, Hello, Kind, NackReason, Op, RefreshRecord, SessionRecord, WireKey,
+    DecodeError, DeleteRecord, Digest, Hello, Kind, NackReason, Op, RefreshRecord, SessionRecord,
+    WireKey,
 };
 
 /// What the driver acts on.
@@ -38,6 +39,9 @@ pub enum Event {
         reason: NackReason,
         key: WireKey,
     },
+    /// The peer's digest of its replicated session set (sent every second
+    /// by a peer with [`super::wire::CAP_DIGEST`]).
+    PeerDigest(Digest),
 }
 
 /// Why a connection ends.
@@ -53,6 +57,9 @@ pub enum Fatal {
     Unexpected(Kind),
     #[error("peer refused: {0}")]
     Refused(&'static str),
+    /// A field of what must agree between the nodes differs.
+    #[error("the nodes disagree on {0}")]
+    Contract(String),
     #[error("acknowledgement of a message never sent ({0})")]
     BogusAck(u64),
     #[error("peer silent for {0:?}")]

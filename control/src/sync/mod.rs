@@ -13,13 +13,14 @@ pub mod auth;
 pub mod conn;
 pub mod driver;
 pub mod event;
+pub mod lag;
 pub mod settings;
 pub mod wire;
 
 pub use conn::Conn;
 pub use event::{Event, Fatal};
 pub use settings::{Role, Settings, SyncState};
-pub use wire::{DeleteRecord, NackReason, Op, RefreshRecord, SessionRecord, WireKey};
+pub use wire::{DeleteRecord, Digest, NackReason, Op, RefreshRecord, SessionRecord, WireKey};
 
 macro_rules! stats {
     ($($(#[doc = $doc:literal])* $name:ident,)*) => {
@@ -100,14 +101,16 @@ stats! {
     illegal_flow_type,
     /// Received records naming a service set not configured here.
     illegal_service_set,
-    /// Session events lost because a worker's sync ring was full (repaired
-    /// by the next refresh or cold sync).
+    /// Session events a worker could not queue because its sync ring was
+    /// full (the sessions are marked and sent again by repair; see
+    /// `repair_sent`).
     send_overflow,
     /// Session events not sent because no peer was connected (the next cold
     /// sync carries the sessions that still exist).
     send_discard,
-    /// Batches not begun because the connection's unsent backlog was over
-    /// its limit (the records are lost until a cold sync).
+    /// Records not batched because the connection's unsent backlog was
+    /// over its limit (their sessions are marked and sent again by
+    /// repair).
     batch_begin_failures,
     /// Batches begun or sent but never acknowledged before the connection
     /// ended.
@@ -142,6 +145,21 @@ stats! {
     bytes_sent,
     /// Bytes received from the peer.
     bytes_received,
+    /// (Active) records sent again by repair: sessions whose add or
+    /// refresh could not be queued or batched, or that the backup refused
+    /// once, and deletes that could not be queued at first.
+    repair_sent,
+    /// (Active) sessions the backup refused again after a repair: left to
+    /// the digest check and a resync.
+    repair_abandoned,
+    /// (Backup) resyncs asked for: the digests stayed different while the
+    /// active was quiet, or an operator asked (`tandemctl request resync`).
+    resync_requested,
+    /// (Active) resyncs the backup asked for and this node walked.
+    resync_received,
+    /// (Backup) digest checks that found the two sets different while the
+    /// active's was steady (each second).
+    digest_mismatches,
 }
 
 #[cfg(test)]

@@ -67,6 +67,12 @@ pub struct Settings {
     pub dead_after: u32,
     /// Unsent bytes beyond which new batches are refused.
     pub max_backlog: usize,
+    /// What must agree with the peer, field by field (see
+    /// [`crate::config::Config::sync_contract`]).
+    pub contract: Vec<(String, String)>,
+    /// Capabilities offered besides `CAP_AUTH` (which a key decides):
+    /// every one this version has, unless a test plays an older version.
+    pub capabilities: u32,
 }
 
 impl Settings {
@@ -82,8 +88,8 @@ impl Settings {
         };
         let mut out = Self::new(s.node_id, s.group, workers, role);
         out.services = cfg.service_sets.len();
-        // Both nodes must describe the same service sets; their parsed form
-        // hashes the same on the same build.
+        // What a peer without CAP_CONTRACT compares: the parsed form of
+        // every service set (it hashes the same on the same build).
         out.services_hash = crate::stats::layout::fnv1a(
             format!("{:?}", cfg.service_sets).as_bytes(),
             crate::stats::layout::FNV_OFFSET,
@@ -98,6 +104,8 @@ impl Settings {
         out.flush_delay = Duration::from_millis(u64::from(s.flush_ms));
         out.keepalive = Duration::from_millis(u64::from(s.keepalive_ms));
         out.dead_after = s.dead_after;
+        out.max_backlog = s.max_backlog_kib as usize * 1024;
+        out.contract = cfg.sync_contract();
         Some(out)
     }
 
@@ -117,6 +125,8 @@ impl Settings {
             keepalive: Duration::from_secs(1),
             dead_after: 3,
             max_backlog: 16 << 20,
+            contract: Vec::new(),
+            capabilities: super::wire::CAP_DIGEST | super::wire::CAP_CONTRACT,
         }
     }
 }

@@ -17,6 +17,10 @@ fn settings(node: u32, role: Role, key: Option<&[u8]>) -> Settings {
     let mut s = Settings::new(node, 7, 2, role);
     s.services = SERVICES;
     s.services_hash = 0xfeed;
+    s.contract = vec![
+        ("service_set".into(), "2 sets".into()),
+        ("service_set[0].nat.ports".into(), "1024-65535".into()),
+    ];
     s.key = key.map(<[u8]>::to_vec);
     s
 }
@@ -299,7 +303,7 @@ impl Pair {
                     let g = b.generation;
                     b.table.retain(|_, (_, stamp)| *stamp == g);
                 }
-                Event::ColdSyncRequested | Event::Nacked { .. } => {}
+                Event::ColdSyncRequested | Event::Nacked { .. } | Event::PeerDigest(_) => {}
             }
             b.events.push(e);
         }
@@ -454,6 +458,55 @@ fn a_reconnect_drops_sessions_deleted_while_apart() {
     assert_eq!(p.b.sessions(), p.a.sessions());
     assert_eq!(p.a.stats.cold_sync_completed_count, 2);
     assert_eq!(p.b.stats.connection_teardown, 1);
+}
+
+#[test]
+fn a_resync_on_a_hot_link_repairs_what_was_lost() {
+    let mut p = Pair::new(Some(b"pair secret"), Some(b"pair secret"));
+    for n in 0..400 {
+        p.add(record(n));
+    }
+    p.connect();
+    p.settle();
+    // Lost on the way: sessions the backup never heard of, and deletes it
+    // never heard of.
+    for n in 400..450 {
+        p.a.table.insert(key(n), (record(n), 0));
+    }
+    for n in 0..30 {
+        p.a.table.remove(&key(n));
+    }
+    assert_ne!(p.b.sessions(), p.a.sessions());
+    // The backup asks; its new records stamp a new generation, and the
+    // completion sweeps what the resync did not carry.
+    let c = p.b.conn.as_mut().expect("up");
+    c.request_resync(p.now, &mut p.b.stats)
+        .expect("Hot, and the peer can");
+    assert!(c.resyncing());
+    assert_eq!(c.sync_state(), SyncState::Hot, "the backup stays Hot");
+    p.b.generation += 1;
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+    assert_eq!(p.b.stats.resync_requested, 1);
+    assert_eq!(p.a.stats.resync_received, 1);
+    assert_eq!(p.a.stats.cold_sync_completed_count, 2);
+    assert!(!p.b.conn.as_ref().expect("up").resyncing());
+    // Digests cross in both directions.
+    let d = Digest {
+        sessions: 420,
+        hash: 0xdead_beef,
+    };
+    let c = p.a.conn.as_mut().expect("up");
+    c.send_digest(d, p.now, &mut p.a.stats);
+    p.settle();
+    assert!(p.b.events.contains(&Event::PeerDigest(d)));
+    // The active does not ask, and a backup whose link is not Hot cannot.
+    let c = p.a.conn.as_mut().expect("up");
+    assert!(c.request_resync(p.now, &mut p.a.stats).is_err());
+    p.close();
+    p.connect();
+    let c = p.b.conn.as_mut().expect("up");
+    assert!(c.request_resync(p.now, &mut p.b.stats).is_err());
 }
 
 #[test]
@@ -695,11 +748,18 @@ fn refused_records_are_nacked_and_counted() {
 #[test]
 fn hellos_that_do_not_match_are_refused() {
     type Change = fn(&mut Settings);
-    let variants: [(&str, Change); 4] = [
+    let variants: [(&str, Change); 5] = [
         ("group", |s| s.group_id = 8),
         ("node id", |s| s.node_id = 1),
         ("role", |s| s.role = Role::Active),
-        ("service sets", |s| s.services_hash = 1),
+        ("contract", |s| {
+            s.contract[1].1 = "other".into();
+        }),
+        // A peer of the version before contracts: the hash decides.
+        ("service sets, old peer", |s| {
+            s.services_hash = 1;
+            s.capabilities = 0;
+        }),
     ];
     for (what, change) in variants {
         let mut p = Pair::new(None, None);
@@ -709,6 +769,48 @@ fn hellos_that_do_not_match_are_refused() {
         assert!(!p.up(), "{what}");
         assert_eq!(p.a.stats.refused_connections, 1, "{what}");
     }
+}
+
+#[test]
+fn what_may_differ_does_not_stop_sync_and_a_mismatch_names_its_field() {
+    // Firewall rules differ (so do the hashes): the contracts agree.
+    let mut p = Pair::new(None, None);
+    p.b.settings.services_hash = 1;
+    for n in 0..50 {
+        p.add(record(n));
+    }
+    p.connect();
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
+    // A port range differs: refused before the walk, naming the field.
+    let mut p = Pair::new(None, None);
+    p.b.settings.contract[1].1 = "1024-2047".into();
+    p.add(record(1));
+    p.connect();
+    let mut b = p.b.conn.take().unwrap();
+    let mut a = p.a.conn.take().unwrap();
+    let now = p.now;
+    let hello_b = b.output().to_vec();
+    b.consumed(hello_b.len());
+    a.recv(&hello_b, now, &mut p.a.stats).unwrap();
+    let to_b = a.output().to_vec();
+    a.consumed(to_b.len());
+    let err = b.recv(&to_b, now, &mut p.b.stats).unwrap_err();
+    assert!(
+        err.to_string().contains("service_set[0].nat.ports")
+            && err.to_string().contains("1024-2047"),
+        "{err}"
+    );
+    assert_eq!(p.b.stats.refused_connections, 1);
+    assert!(p.b.table.is_empty(), "nothing installed");
+    // A peer without contracts and an equal hash still talks.
+    let mut p = Pair::new(None, None);
+    p.b.settings.capabilities = 0;
+    p.b.settings.contract.clear();
+    p.add(record(1));
+    p.connect();
+    p.settle();
+    assert_eq!(p.b.sessions(), p.a.sessions());
 }
 
 #[test]

@@ -72,10 +72,14 @@ pub enum Kind {
     Ack = 7,
     Nack = 8,
     Keepalive = 9,
+    /// Sent only to a peer that announced [`CAP_DIGEST`].
+    Digest = 10,
+    /// Sent only to a peer that announced [`CAP_CONTRACT`].
+    Contract = 11,
 }
 
 impl Kind {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::Hello,
         Self::SyncStart,
         Self::Add,
@@ -85,6 +89,8 @@ impl Kind {
         Self::Ack,
         Self::Nack,
         Self::Keepalive,
+        Self::Digest,
+        Self::Contract,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {
@@ -440,6 +446,52 @@ pub const ROLE_ACTIVE: u8 = 1;
 pub const ROLE_BACKUP: u8 = 2;
 /// Capability: frames carry HMAC tags.
 pub const CAP_AUTH: u32 = 1;
+/// Capability: the node sends and reads [`Message::Digest`], and as
+/// active it answers a repeated sync-start (a resync) on a Hot
+/// connection. A node without it ignores the bit and is sent neither, so
+/// the two versions still talk.
+pub const CAP_DIGEST: u32 = 2;
+/// Capability: the node sends [`Message::Contract`] after the hellos and
+/// compares the peer's field by field instead of the hello's
+/// `services_hash` (which a node without it still compares), so a rolling
+/// change of what may differ (firewall rules, timeouts, limits) keeps the
+/// link, and a mismatch names its field.
+pub const CAP_CONTRACT: u32 = 4;
+/// The entries of a contract: at most this many, each key and value at
+/// most [`CONTRACT_TEXT`] bytes of UTF-8.
+pub const CONTRACT_ENTRIES: usize = 4096;
+pub const CONTRACT_TEXT: usize = 1024;
+
+/// What a node holds of the replicated session set: how many sessions,
+/// and the wrapping sum of a hash of each one's initiator key (order does
+/// not matter, so two nodes holding the same set agree whatever order
+/// they built it in).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    pub sessions: u64,
+    pub hash: u64,
+}
+
+impl Digest {
+    pub fn add(&mut self, key_hash: u64) {
+        self.sessions += 1;
+        self.hash = self.hash.wrapping_add(key_hash);
+    }
+
+    pub fn remove(&mut self, key_hash: u64) {
+        self.sessions = self.sessions.saturating_sub(1);
+        self.hash = self.hash.wrapping_sub(key_hash);
+    }
+
+    /// The digest of the union of two disjoint sets (two workers' shards).
+    #[must_use]
+    pub fn merge(self, o: Self) -> Self {
+        Self {
+            sessions: self.sessions + o.sessions,
+            hash: self.hash.wrapping_add(o.hash),
+        }
+    }
+}
 
 impl Hello {
     fn put(&self, out: &mut Vec<u8>) {
@@ -493,6 +545,11 @@ pub enum Message {
         key: WireKey,
     },
     Keepalive,
+    /// The sender's [`Digest`] of its replicated session set.
+    Digest(Digest),
+    /// What must agree between the two nodes, as (field, value) pairs in
+    /// the sender's order (see [`CAP_CONTRACT`]).
+    Contract(Vec<(String, String)>),
 }
 
 impl Message {
@@ -507,6 +564,8 @@ impl Message {
             Self::Ack { .. } => Kind::Ack,
             Self::Nack { .. } => Kind::Nack,
             Self::Keepalive => Kind::Keepalive,
+            Self::Digest(_) => Kind::Digest,
+            Self::Contract(_) => Kind::Contract,
         }
     }
 
@@ -549,6 +608,23 @@ impl Message {
                 out.extend_from_slice(&[*op as u8, *reason as u8]);
                 key.put(out);
                 out.push(0);
+            }
+            Self::Digest(d) => {
+                out.extend_from_slice(&d.sessions.to_be_bytes());
+                out.extend_from_slice(&d.hash.to_be_bytes());
+            }
+            Self::Contract(entries) => {
+                let text = |out: &mut Vec<u8>, t: &str| {
+                    let t = &t.as_bytes()[..t.len().min(CONTRACT_TEXT)];
+                    out.extend_from_slice(&(t.len() as u16).to_be_bytes());
+                    out.extend_from_slice(t);
+                };
+                let n = entries.len().min(CONTRACT_ENTRIES);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for (k, v) in &entries[..n] {
+                    text(out, k);
+                    text(out, v);
+                }
             }
         }
     }
@@ -606,8 +682,53 @@ impl Message {
                     key: WireKey::get(&b[10..47]),
                 }
             }
+            Kind::Digest => {
+                fixed(16)?;
+                Self::Digest(Digest {
+                    sessions: u64_at(0),
+                    hash: u64_at(8),
+                })
+            }
+            Kind::Contract => Self::Contract(contract(b)?),
         })
     }
+}
+
+/// A contract's entries; anything but exactly the announced entries of
+/// bounded UTF-8 text is refused.
+fn contract(b: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+        if b.len() < n {
+            return Err(DecodeError::BadLength);
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    fn text(b: &mut &[u8]) -> Result<String, DecodeError> {
+        let len = take(b, 2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len > CONTRACT_TEXT {
+            return Err(DecodeError::BadRecord);
+        }
+        String::from_utf8(take(b, len)?.to_vec()).map_err(|_| DecodeError::BadRecord)
+    }
+    let mut b = b;
+    let n = take(&mut b, 2)?;
+    let n = usize::from(u16::from_be_bytes([n[0], n[1]]));
+    if n > CONTRACT_ENTRIES {
+        return Err(DecodeError::BadRecord);
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = text(&mut b)?;
+        let v = text(&mut b)?;
+        out.push((k, v));
+    }
+    if !b.is_empty() {
+        return Err(DecodeError::BadLength);
+    }
+    Ok(out)
 }
 
 fn put_count(out: &mut Vec<u8>, n: usize) {

@@ -41,6 +41,8 @@ pub struct Ctx {
     pub epoch: Instant,
     /// The redundancy thread's request queue (with `[redundancy]`).
     pub ha: Option<mpsc::Sender<MastershipRequest>>,
+    /// Resync requests to the sync thread, with `[sync]`.
+    pub sync: Option<mpsc::Sender<crate::sync::thread::ResyncRequest>>,
     /// What the redundancy thread shares (the probe log).
     pub node: Arc<Node>,
 }
@@ -285,6 +287,24 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                                 .unwrap_or_else(|_| {
                                     "error: no answer from the redundancy thread".to_owned()
                                 })
+                        }
+                    }
+                },
+                Ok(Request::Resync) => match &ctx.sync {
+                    None => "error: no [sync] configured: nothing to resync".to_owned(),
+                    Some(tx) => {
+                        let (reply, answer) = mpsc::channel();
+                        if tx
+                            .send(crate::sync::thread::ResyncRequest { reply })
+                            .is_err()
+                        {
+                            "error: the sync thread has stopped".to_owned()
+                        } else {
+                            match answer.recv_timeout(Duration::from_secs(2)) {
+                                Ok(Ok(m)) => format!("ok: {m}"),
+                                Ok(Err(e)) => format!("error: {e}"),
+                                Err(_) => "error: no answer from the sync thread".to_owned(),
+                            }
                         }
                     }
                 },

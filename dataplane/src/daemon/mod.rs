@@ -177,16 +177,20 @@ impl Daemon {
             )?),
             None => None,
         };
+        let (resync_tx, resync_rx) = mpsc::channel();
+        let sync = spawn_sync(cfg, &ifaces, &fib, &layout, &shared, &stop, resync_rx)?;
         let control = spawn_control(
             cfg,
             ctl,
-            ha.is_some().then_some(requests_tx),
+            Requests {
+                ha: ha.is_some().then_some(requests_tx),
+                sync: sync.is_some().then_some(resync_tx),
+            },
             &ifaces,
             &layout,
             &shared,
             &stop,
         );
-        let sync = spawn_sync(cfg, &ifaces, &fib, &layout, &shared, &stop)?;
         // Workers first would forward before the FSM decides: it starts
         // not forwarding, so the order does not matter; the redundancy
         // thread starts last so its first heartbeat goes out with
@@ -416,17 +420,24 @@ fn admit_control(cfg: &Config, fib: &Fib, loader: &mut Loader) -> Result<(), Dae
     Ok(())
 }
 
+/// Where the control thread sends the requests other threads answer.
+struct Requests {
+    ha: Option<mpsc::Sender<MastershipRequest>>,
+    sync: Option<mpsc::Sender<crate::sync::thread::ResyncRequest>>,
+}
+
 fn spawn_control(
     cfg: &Config,
     listener: std::os::unix::net::UnixListener,
-    ha: Option<mpsc::Sender<MastershipRequest>>,
+    requests: Requests,
     ifaces: &Interfaces,
     layout: &Layout,
     shared: &Shared,
     stop: &Arc<AtomicBool>,
 ) -> thread::JoinHandle<()> {
     let ctx = ctl::Ctx {
-        ha,
+        ha: requests.ha,
+        sync: requests.sync,
         node: Arc::clone(&shared.node),
         segment: Arc::clone(&layout.segment),
         stop: Arc::clone(stop),
@@ -450,6 +461,7 @@ fn spawn_sync(
     layout: &Layout,
     shared: &Shared,
     stop: &Arc<AtomicBool>,
+    requests: mpsc::Receiver<crate::sync::thread::ResyncRequest>,
 ) -> Result<Option<thread::JoinHandle<()>>, DaemonError> {
     let Some(slots) = layout.sync else {
         return Ok(None);
@@ -474,8 +486,9 @@ fn spawn_sync(
         local: crate::sync::thread::addresses(cfg).expect("configured").0,
         source,
     })?;
-    Ok(t.map(|t| {
+    Ok(t.map(|mut t| {
         tracing::info!("sync link listening");
+        t.take_requests(requests);
         t.spawn(Arc::clone(stop))
     }))
 }

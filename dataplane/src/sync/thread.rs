@@ -11,6 +11,13 @@
 //! every connection starts a new generation; installs and refreshes stamp
 //! it, and the cold sync's completion sweeps the peer's sessions of older
 //! generations (those the active deleted while the link was down).
+//!
+//! No silent loss: a record the connection cannot batch goes back to its
+//! worker as a mark (repair sends it again), and so does an add the peer
+//! refused, once. Every second each side sends the peer its digest of the
+//! replicated set; a backup whose digest stays different from a steady
+//! active's for three seconds asks for a resync (then waits longer before
+//! the next, up to five minutes, while they keep differing).
 
 use std::{
     collections::VecDeque,
@@ -28,8 +35,8 @@ use tandem_control::{
     config::Config,
     stats::{Kind, Schema, SegmentWriter, StatsError},
     sync::{
-        Event, Op, Role, Settings, Stats, SyncState,
-        driver::{Driver, Notice},
+        DeleteRecord, Digest, Event, Fatal, NackReason, Op, Role, Settings, Stats, SyncState,
+        driver::{Driver, LinkError, Notice},
     },
 };
 
@@ -45,9 +52,21 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// 20 MB): a worker that far behind loses the peer's records, counted as
 /// `install_failures`, rather than the node its memory.
 const MAX_WAITING: usize = 1 << 18;
+/// Deletes the connection could not batch, held to be sent again.
+const MAX_PARKED: usize = 1 << 16;
+/// Digests go to the peer this often.
+const DIGEST_EVERY: Duration = Duration::from_secs(1);
+/// Digest checks in a row that must find the sets different, the active
+/// steady and this node idle, before a resync.
+const MISMATCHES: u32 = 3;
+/// The wait after a resync before the next one, doubling while the
+/// digests keep differing.
+const RESYNC_BACKOFF: (Duration, Duration) = (Duration::from_secs(10), Duration::from_mins(5));
+/// Digest hashes are published in 48 bits: exact as a Prometheus sample.
+pub const DIGEST_HASH_BITS: u32 = 48;
 
 /// Gauges published beside the [`Stats`] counters, in this order.
-const GAUGES: [(&str, &str, Kind); 7] = [
+const GAUGES: [(&str, &str, Kind); 17] = [
     ("tandem_sync_role", "", Kind::Gauge),
     ("tandem_sync_connection_up", "", Kind::Gauge),
     ("tandem_sync_state", "", Kind::Gauge),
@@ -55,7 +74,26 @@ const GAUGES: [(&str, &str, Kind); 7] = [
     ("tandem_sync_add_per_second", "", Kind::Gauge),
     ("tandem_sync_delete_per_second", "", Kind::Gauge),
     ("tandem_sync_swept_total", "", Kind::Counter),
+    ("tandem_sync_digest_sessions", "", Kind::Gauge),
+    ("tandem_sync_digest_hash", "", Kind::Gauge),
+    ("tandem_sync_peer_digest_sessions", "", Kind::Gauge),
+    ("tandem_sync_peer_digest_hash", "", Kind::Gauge),
+    ("tandem_sync_digest_match", "", Kind::Gauge),
+    ("tandem_sync_lag_p50_us", "", Kind::Gauge),
+    ("tandem_sync_lag_p99_us", "", Kind::Gauge),
+    ("tandem_sync_oldest_unacked_ms", "", Kind::Gauge),
+    ("tandem_sync_stalled", "", Kind::Gauge),
+    ("tandem_sync_config_refused", "", Kind::Gauge),
 ];
+/// Records waiting this long for the peer's acknowledgement: replication
+/// is stalled (a health warning).
+const STALLED: Duration = Duration::from_secs(5);
+
+/// An operator's `tandemctl request resync`: the reply says what was done
+/// or why not.
+pub struct ResyncRequest {
+    pub reply: std::sync::mpsc::Sender<Result<String, String>>,
+}
 
 /// Where the replication counters sit in the segment.
 #[derive(Clone, Copy, Debug)]
@@ -126,6 +164,22 @@ pub struct SyncThread {
     /// With `[redundancy]`: the role follows the state machine's
     /// decision, and the link's state goes back into the heartbeats.
     node: Option<Arc<Node>>,
+    /// (Active) deletes the connection could not batch yet.
+    parked: VecDeque<DeleteRecord>,
+    /// Records of `parked` sent again.
+    parked_sent: u64,
+    /// The peer's last digest, and whether it equalled the one before.
+    peer_digest: Option<Digest>,
+    /// (Backup) digest checks in a row that found the sets different.
+    mismatches: u32,
+    /// (Backup) no automatic resync before this, and the wait after it.
+    next_resync: Instant,
+    backoff: Duration,
+    digest_sent: Instant,
+    requests: Option<std::sync::mpsc::Receiver<ResyncRequest>>,
+    /// The last connection was refused because the two configurations
+    /// disagree on what must agree; cleared once Hot.
+    config_refused: bool,
 }
 
 impl SyncThread {
@@ -161,7 +215,21 @@ impl SyncThread {
             slots,
             rate_base: (0, 0),
             node,
+            parked: VecDeque::new(),
+            parked_sent: 0,
+            peer_digest: None,
+            mismatches: 0,
+            next_resync: Instant::now(),
+            backoff: RESYNC_BACKOFF.0,
+            digest_sent: Instant::now(),
+            requests: None,
+            config_refused: false,
         }))
+    }
+
+    /// Takes operators' resync requests from `rx`.
+    pub fn take_requests(&mut self, rx: std::sync::mpsc::Receiver<ResyncRequest>) {
+        self.requests = Some(rx);
     }
 
     /// Binds the sync sockets to interface `dev` (see
@@ -228,7 +296,101 @@ impl SyncThread {
                 self.event(ev);
             }
         }
+        while self.role == Role::Active
+            && self.driver.is_up()
+            && self.driver.backlog() < self.max_backlog / 2
+            && let Some(d) = self.parked.pop_front()
+        {
+            if !self.driver.delete(&d) {
+                self.parked.push_front(d);
+                break;
+            }
+            self.parked_sent += 1;
+        }
+        if self.digest_sent.elapsed() >= DIGEST_EVERY {
+            self.digest_sent = Instant::now();
+            let d = self.digest();
+            self.driver.send_digest(d);
+        }
+        if let Some(rx) = &self.requests
+            && let Ok(req) = rx.try_recv()
+        {
+            let r = self.resync(true);
+            let _ = req.reply.send(r);
+        }
         self.deliver();
+    }
+
+    /// This node's digest of the replicated set: the workers' shards'.
+    fn digest(&self) -> Digest {
+        self.hub
+            .ports
+            .iter()
+            .fold(Digest::default(), |d, p| d.merge(p.counts.digest()))
+    }
+
+    /// (Backup) asks the active for a resync: its records then stamp a new
+    /// generation, and the completion sweeps the sessions it did not carry.
+    fn resync(&mut self, operator: bool) -> Result<String, String> {
+        if self.role != Role::Backup {
+            return Err(
+                "this node is the active side: the standby asks for a resync (run it there)".into(),
+            );
+        }
+        self.driver.request_resync().map_err(str::to_string)?;
+        self.generation = self.generation.wrapping_add(1);
+        let d = self.digest();
+        tracing::info!(
+            operator,
+            sessions = d.sessions,
+            peer_sessions = self.peer_digest.map(|p| p.sessions),
+            "resync requested"
+        );
+        Ok(format!(
+            "resync requested: the active sends every session again; this node holds {} \
+             and sweeps what the resync does not carry",
+            d.sessions
+        ))
+    }
+
+    /// (Backup) the peer's digest came: if the sets differ while the
+    /// active was steady (its digest unchanged for a second) and nothing
+    /// waits to be applied here, count it; after [`MISMATCHES`] in a row,
+    /// resync (no more often than the backoff allows).
+    fn check_digest(&mut self, d: Digest) {
+        let steady = self.peer_digest == Some(d);
+        self.peer_digest = Some(d);
+        if self.role != Role::Backup
+            || self.driver.sync_state() != SyncState::Hot
+            || self.driver.resyncing()
+        {
+            self.mismatches = 0;
+            return;
+        }
+        if self.digest() == d {
+            self.mismatches = 0;
+            self.backoff = RESYNC_BACKOFF.0;
+            return;
+        }
+        let idle = self.waiting.iter().all(VecDeque::is_empty)
+            && self.hub.ports.iter().all(|p| p.commands.is_empty());
+        if !(steady && idle) {
+            return;
+        }
+        self.driver.stats.digest_mismatches += 1;
+        self.mismatches += 1;
+        if self.mismatches >= MISMATCHES && Instant::now() >= self.next_resync {
+            tracing::warn!(
+                sessions = self.digest().sessions,
+                peer_sessions = d.sessions,
+                "the replicated sets differ while the active is steady: resync"
+            );
+            if self.resync(false).is_ok() {
+                self.mismatches = 0;
+                self.next_resync = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(RESYNC_BACKOFF.1);
+            }
+        }
     }
 
     fn notice(&mut self, n: Notice) {
@@ -256,14 +418,28 @@ impl SyncThread {
             Notice::Conn(Event::Add { seq, records }) => {
                 for rec in records {
                     match self.own.owner(&rec) {
-                        Ok(w) => self.command(
-                            w,
-                            ToWorker::Install {
-                                seq,
-                                generation: self.generation,
-                                rec,
-                            },
-                        ),
+                        Ok((w, stub)) => {
+                            let generation = self.generation;
+                            self.command(
+                                w,
+                                ToWorker::Install {
+                                    seq,
+                                    generation,
+                                    rec,
+                                },
+                            );
+                            if let Some(h) = stub {
+                                let holder = u8::try_from(w).expect("at most 64 workers");
+                                self.command(
+                                    h,
+                                    ToWorker::Stub {
+                                        generation,
+                                        rec,
+                                        holder,
+                                    },
+                                );
+                            }
+                        }
                         Err(reason) => {
                             self.driver.stats.install_failures += 1;
                             self.driver.nack(seq, Op::Add, reason, rec.key);
@@ -298,13 +474,33 @@ impl SyncThread {
             }
             Notice::Conn(Event::Nacked { op, reason, key }) => {
                 tracing::debug!(?op, ?reason, ?key, "peer refused a record");
-                if op == Op::Refresh && reason == tandem_control::sync::NackReason::NotFound {
-                    self.command(self.own.of_key(&key), ToWorker::Resend { key });
+                let w = self.own.of_key(&key);
+                match (op, reason) {
+                    (Op::Refresh, NackReason::NotFound) => {
+                        self.command(w, ToWorker::Resend { key });
+                    }
+                    (Op::Add, _) => self.command(w, ToWorker::Mark { key, refused: true }),
+                    _ => {}
                 }
             }
+            Notice::Conn(Event::PeerDigest(d)) => self.check_digest(d),
             Notice::Down(why) => {
-                tracing::warn!(reason = %why, "sync link down");
+                if let LinkError::Protocol(
+                    Fatal::Contract(_) | Fatal::Refused("different service sets"),
+                ) = &why
+                {
+                    self.config_refused = true;
+                    tracing::error!(
+                        reason = %why,
+                        "sync refused: the two nodes' configurations disagree on what must agree"
+                    );
+                } else {
+                    tracing::warn!(reason = %why, "sync link down");
+                }
                 self.hub.set_live(false);
+                self.parked.clear();
+                self.peer_digest = None;
+                self.mismatches = 0;
                 // A walk under way belongs to the connection that ended.
                 self.walk_left = 0;
             }
@@ -312,10 +508,39 @@ impl SyncThread {
     }
 
     fn event(&mut self, ev: ToSync) {
+        // What the connection could not batch while it is up goes back to
+        // repair (while it is down, the next cold sync carries it all).
         match ev {
-            ToSync::Add(r) => self.driver.add(&r),
-            ToSync::Delete(r) => self.driver.delete(&r),
-            ToSync::Refresh(r) => self.driver.refresh(&r),
+            ToSync::Add(r) => {
+                if !self.driver.add(&r) && self.driver.is_up() {
+                    let key = r.key;
+                    self.command(
+                        self.own.of_key(&key),
+                        ToWorker::Mark {
+                            key,
+                            refused: false,
+                        },
+                    );
+                }
+            }
+            ToSync::Delete(r) => {
+                if !self.driver.delete(&r) && self.driver.is_up() && self.parked.len() < MAX_PARKED
+                {
+                    self.parked.push_back(r);
+                }
+            }
+            ToSync::Refresh(r) => {
+                if !self.driver.refresh(&r) && self.driver.is_up() {
+                    let key = r.key;
+                    self.command(
+                        self.own.of_key(&key),
+                        ToWorker::Mark {
+                            key,
+                            refused: false,
+                        },
+                    );
+                }
+            }
             ToSync::WalkDone { walk, sessions } => {
                 if walk == self.walk && self.walk_left > 0 {
                     self.walk_sessions += sessions;
@@ -343,7 +568,10 @@ impl SyncThread {
     /// Queues a command for worker `w`, behind any that wait already.
     fn command(&mut self, w: usize, cmd: ToWorker) {
         let q = &mut self.waiting[w];
-        let control = matches!(cmd, ToWorker::Walk { .. } | ToWorker::Sweep { .. });
+        let control = matches!(
+            cmd,
+            ToWorker::Walk { .. } | ToWorker::Sweep { .. } | ToWorker::Mark { .. }
+        );
         if q.len() >= MAX_WAITING && !control {
             self.driver.stats.install_failures += 1;
             return;
@@ -376,11 +604,14 @@ impl SyncThread {
     /// workers did with the records.
     fn stats(&self) -> (Stats, u64) {
         let mut st = self.driver.stats.clone();
+        st.repair_sent += self.parked_sent;
         let mut swept = 0;
         for p in &self.hub.ports {
             let c = &p.counts;
             let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             st.send_overflow += get(&c.overflow);
+            st.repair_sent += get(&c.repaired);
+            st.repair_abandoned += get(&c.abandoned);
             swept += get(&c.swept);
             if self.role == Role::Backup {
                 st.add_completed += get(&c.installed);
@@ -425,6 +656,28 @@ impl SyncThread {
             self.rate_base = (adds, dels);
         }
         values[n + 6].store(swept, Ordering::Relaxed);
+        let mask = (1u64 << DIGEST_HASH_BITS) - 1;
+        let own = self.digest();
+        values[n + 7].store(own.sessions, Ordering::Relaxed);
+        values[n + 8].store(own.hash & mask, Ordering::Relaxed);
+        let peer = self.peer_digest.unwrap_or_default();
+        values[n + 9].store(peer.sessions, Ordering::Relaxed);
+        values[n + 10].store(peer.hash & mask, Ordering::Relaxed);
+        values[n + 11].store(u64::from(self.peer_digest == Some(own)), Ordering::Relaxed);
+        if state == 2 {
+            self.config_refused = false;
+        }
+        let waited = self.driver.oldest_unacked();
+        let late = [
+            self.driver.lag_us(0.5),
+            self.driver.lag_us(0.99),
+            u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            u64::from(waited >= STALLED),
+            u64::from(self.config_refused),
+        ];
+        for (i, v) in late.into_iter().enumerate() {
+            values[n + 12 + i].store(v, Ordering::Relaxed);
+        }
         // The info entries' value: 1.
         for i in 0..3 {
             self.segment

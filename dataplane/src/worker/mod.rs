@@ -211,7 +211,7 @@ impl Worker {
             let (sync_ready, syncing) = match self.services.as_mut() {
                 Some(svc) => {
                     svc.sync_step(now);
-                    (svc.sync_ready(), svc.sync_walking())
+                    (svc.sync_ready(), svc.sync_walking() || svc.sync_repairing())
                 }
                 None => (false, false),
             };
@@ -291,7 +291,12 @@ impl Worker {
                 t.iface(slot, IfaceCounter::RxPackets, 1);
                 t.iface(slot, IfaceCounter::RxBytes, len as u64);
                 t.add(WorkerCounter::RxBytes, len as u64);
-                let at = Arrival { len, slot, ingress };
+                let at = Arrival {
+                    len,
+                    slot,
+                    ingress,
+                    handed: false,
+                };
                 let headers = services.then_some(lap.headers[i]);
                 match self.decide(&mut desc, at, headers, now, &mut lap.tally) {
                     Out::Tx(s) => lap.pending[s].push(desc),
@@ -345,6 +350,7 @@ impl Worker {
                     len: frame.len(),
                     slot: parcel.slot,
                     ingress: parcel.ingress,
+                    handed: true,
                 };
                 let headers = services.then_some(lap.headers[i]);
                 match self.decide(&mut desc, at, headers, now, &mut lap.tally) {

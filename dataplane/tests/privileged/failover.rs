@@ -84,6 +84,14 @@ pub const TESTS: &[(&str, Test)] = &[
         "failover_preemption_waits_for_hot",
         preemption_waits_for_hot,
     ),
+    (
+        "failover_a_rolling_rule_change_keeps_sync_and_a_pool_change_is_refused",
+        a_rolling_rule_change_keeps_sync_and_a_pool_change_is_refused,
+    ),
+    (
+        "failover_worker_counts_may_differ",
+        worker_counts_may_differ,
+    ),
 ];
 
 const SERVER: &str = "198.18.2.10";
@@ -1743,5 +1751,111 @@ fn preemption_waits_for_hot() -> Result<(), Failed> {
         auto == 1 && cold == 0,
         format!("A preempted once, with Hot: {auto} automatic acquisitions, {cold} without Hot"),
     )?;
+    Ok(())
+}
+
+/// A rolling change: B restarted with one more firewall rule than A is
+/// Hot again (what may differ does not stop sync), and a switchover to B
+/// and back keeps every connection. B restarted with another NAT port
+/// range is refused, the refusal names the field, and B is not Hot.
+fn a_rolling_rule_change_keeps_sync_and_a_pool_change_is_refused() -> Result<(), Failed> {
+    const RULE: &str = "[[service_set.firewall.rules]]\nname = \"no-telnet\"\n\
+                        protocol = \"tcp\"\ndestination_ports = 23\naction = \"reject\"\n";
+    let lab = Lab::new();
+    let (a, mut b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 20, &stop);
+    wait("B holds A's 20 sessions", || {
+        count(&b).is_ok_and(|c| c >= 20)
+    })?;
+    b.stop();
+    let mut b = Daemon::start(&lab.b, &format!("{}{RULE}", Lab::config("b")));
+    wait("B STANDBY", || state(&b) == Some(3))?;
+    wait_ha(&b, "B Hot with its extra rule", |v| {
+        v["synchronization"] == "hot"
+    })?;
+    let o = ctl(&b, &["acquire"]);
+    check(o.status.success(), format!("plain acquire on B: {o:?}"))?;
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    wait_ha(&a, "A Hot under B", |v| v["synchronization"] == "hot")?;
+    let o = ctl(&b, &["release"]);
+    check(o.status.success(), format!("plain release on B: {o:?}"))?;
+    wait("A MASTER again", || {
+        state(&a) == Some(2) && holds_vip(&lab.a)
+    })?;
+    wait("B STANDBY again", || state(&b) == Some(3))?;
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("rolling rule change: longest gap {gap:?}");
+    // A pool's port range must agree.
+    b.stop();
+    let b = Daemon::start(
+        &lab.b,
+        &Lab::config("b").replace("20000-29999", "20000-29000"),
+    );
+    wait("B STANDBY", || state(&b) == Some(3))?;
+    wait("the refusal in B's log", || {
+        b.log_text().contains("service_set[0].nat.ports")
+    })?;
+    let v = stat_json(&b, &["redundancy-group", "--json"])?;
+    check(
+        v["sync_state"] != "hot",
+        format!("B is not Hot with another port range: {v}"),
+    )?;
+    check(
+        a.counter("sync.refused_connections") + b.counter("sync.refused_connections") > 0,
+        "the refusal is counted",
+    )?;
+    Ok(())
+}
+
+/// Worker counts may differ: A runs one worker, B two. B holds each of
+/// A's NAT sessions on the worker whose port share holds its binding, with
+/// a stub on the worker the flow's hash picks, and refuses none. A is
+/// killed: B carries every connection. A comes back with its one worker
+/// and cold-syncs from B; B is killed: A carries every connection again.
+fn worker_counts_may_differ() -> Result<(), Failed> {
+    fn config(node: &str) -> String {
+        let workers = if node == "a" { 1 } else { 2 };
+        Lab::config(node).replace(
+            "[dataplane]\n",
+            &format!("[dataplane]\nworkers = {workers}\n"),
+        )
+    }
+    let lab = Lab::new();
+    let (mut a, mut b) = lab.start_with(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab, Arc::clone(&stop));
+    let conns = hold(&lab, 40, &stop);
+    wait("B holds A's 40 sessions, digests agreeing", || {
+        count(&b).is_ok_and(|c| c >= 40)
+            && stat_json(&b, &["ha", "--json"]).is_ok_and(|v| v["digest_match"] == true)
+    })?;
+    check(
+        b.counter("sync.add_nack_sent") == 0 && b.counter("sync.install_failures") == 0,
+        "B refused none of A's sessions",
+    )?;
+    let _ = a.signal_and_wait(libc::SIGKILL);
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    thread::sleep(Duration::from_secs(1));
+    let a = Daemon::start(&lab.a, &config("a"));
+    wait("A STANDBY", || state(&a) == Some(3))?;
+    wait_ha(&a, "A Hot under B", |v| {
+        v["synchronization"] == "hot" && v["digest_match"] == true
+    })?;
+    check(
+        count(&a)? == count(&b)? && a.counter("sync.add_nack_sent") == 0,
+        format!("A holds B's sessions: {} vs {}", count(&a)?, count(&b)?),
+    )?;
+    let _ = b.signal_and_wait(libc::SIGKILL);
+    wait("A MASTER", || state(&a) == Some(2) && holds_vip(&lab.a))?;
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    let _ = server.join();
+    eprintln!("1 and 2 workers, two failovers: longest gap {gap:?}");
     Ok(())
 }

@@ -293,7 +293,138 @@ fn a_wrong_key_is_refused_and_counted() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Replication under overload: A's side of the sync link throttled to
+/// 2 Mbit/s by tbf while 160,000 new UDP sessions arrive as fast as the
+/// client sends them. Events overflow the workers' rings (counted), the
+/// sessions are marked and repair sends them again; once the load stops
+/// and the link is whole again, both nodes' digests agree and B holds
+/// exactly A's sessions, with nothing done by hand. Then an operator's
+/// resync on B changes nothing and is counted on both sides.
+fn an_overloaded_sync_link_converges_by_repair() -> Result<(), Failed> {
+    fn cfg(node: &str, role: &str, local: &str, peer: &str, id: u32) -> String {
+        config(node, role, local, peer, id)
+            .replace(
+                "keepalive_ms = 100\n",
+                "keepalive_ms = 100\nmax_backlog_kib = 128\n",
+            )
+            .replace("[sessions]\n", "[sessions]\nper_worker = 200000\n")
+            .replace("[sessions.timeouts]\n", "[sessions.timeouts]\nudp = 600\n")
+            // A firewall without NAT: the pool's ports do not bound the
+            // number of sessions.
+            .replace(
+                &format!("[service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-29999\"\n"),
+                "",
+            )
+    }
+    let pair = Pair::new();
+    let a = Daemon::start(
+        &pair.topo.node,
+        &cfg("a", "active", "198.18.9.1", "198.18.9.2", 1),
+    );
+    let b = Daemon::start(&pair.b, &cfg("b", "backup", "198.18.9.2", "198.18.9.1", 2));
+    wait_ha(&b, "B hot", |v| v["synchronization"] == "hot")?;
+    let node = &pair.topo.node;
+    let tbf = |verb: &str| {
+        let mut c = node.cmd("tc");
+        c.args(["qdisc", verb, "dev", "sync0", "root"]);
+        if verb == "add" {
+            c.args(["tbf", "rate", "2mbit", "burst", "16kb", "latency", "100ms"]);
+        }
+        sh(&mut c)
+    };
+    tbf("add");
+    let socks: Vec<std::net::UdpSocket> = (0..4)
+        .map(|_| {
+            pair.topo
+                .client
+                .enter(|| std::net::UdpSocket::bind((netns::CLIENT, 0)).expect("bind"))
+        })
+        .collect();
+    let load = Instant::now();
+    for port in 1..=40_000u16 {
+        for s in &socks {
+            let _ = s.send_to(b"x", (netns::SERVER, port));
+        }
+    }
+    let sent = load.elapsed();
+    thread::sleep(Duration::from_millis(500));
+    let v = ha(&a)?;
+    check(
+        v["send_overflow"].as_u64() > Some(0),
+        format!("the load overflowed the rings: {v}"),
+    )?;
+    let created = a.counter("worker.sessions_created");
+    tbf("del");
+    let healed = Instant::now();
+    let agree = |d: &Daemon| -> Result<bool, Failed> {
+        let v = ha(d)?;
+        Ok(v["digest_match"] == true && v["digest_sessions"].as_u64() >= Some(created / 2))
+    };
+    let deadline = healed + Duration::from_secs(20);
+    while !(agree(&a)? && agree(&b)?) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no agreement 20 s after the load: A {}\nB {}",
+                ha(&a)?,
+                ha(&b)?
+            )
+            .into());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let took = healed.elapsed();
+    let (va, vb) = (ha(&a)?, ha(&b)?);
+    eprintln!(
+        "overload: {created} sessions created in {sent:?}; overflow {}, repaired {}, \
+         batch refusals {}, resyncs {}; digests agree {took:?} after the link healed",
+        va["send_overflow"], va["repair_sent"], va["batch_begin_failures"], vb["resync_requested"]
+    );
+    let resyncs = vb["resync_requested"].as_u64().unwrap_or(0);
+    check(
+        va["repair_sent"].as_u64() > Some(0)
+            && va["digest_hash"] == vb["digest_hash"]
+            && va["digest_sessions"] == vb["digest_sessions"],
+        format!("repaired: A {va}\nB {vb}"),
+    )?;
+    check(
+        count(&a)? == count(&b)? && count(&a)? == created,
+        format!("A {} B {} created {created}", count(&a)?, count(&b)?),
+    )?;
+    // The listing, independent of the digest: the same sessions.
+    check(content(&a)? == content(&b)?, "B holds exactly A's sessions")?;
+    // An operator's resync: nothing to repair, both sides count it.
+    let o = std::process::Command::new(netns::tandemstat_path().with_file_name("tandemctl"))
+        .args(["--instance", &b.instance, "request", "resync"])
+        .output()?;
+    check(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("resync requested"),
+        format!("resync on B: {o:?}"),
+    )?;
+    let o = std::process::Command::new(netns::tandemstat_path().with_file_name("tandemctl"))
+        .args(["--instance", &a.instance, "request", "resync"])
+        .output()?;
+    check(
+        o.status.code() == Some(1) && String::from_utf8_lossy(&o.stderr).contains("standby"),
+        format!("resync on the active A: {o:?}"),
+    )?;
+    wait_ha(&a, "A walked for the resync", |v| {
+        v["resync_received"].as_u64() == Some(resyncs + 1) && v["digest_match"] == true
+    })?;
+    wait_ha(&b, "B resynced and agrees", |v| {
+        v["resync_requested"].as_u64() == Some(resyncs + 1)
+            && v["cold_sync_completed_count"].as_u64() == Some(resyncs + 2)
+            && v["digest_match"] == true
+            && v["synchronization"] == "hot"
+    })?;
+    check(count(&b)? == created, "the resync kept every session")?;
+    Ok(())
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "an_overloaded_sync_link_converges_by_repair",
+        an_overloaded_sync_link_converges_by_repair,
+    ),
     (
         "sessions_replicate_and_survive_restart_and_link_cut",
         sessions_replicate_and_survive_restart_and_link_cut,

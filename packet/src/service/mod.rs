@@ -233,6 +233,32 @@ impl Services {
         now: u32,
         tally: &mut Tally,
     ) -> Verdict {
+        self.process_as(frame, headers, ingress, now, tally, false)
+    }
+
+    /// [`Self::process_headers`] for a frame another worker handed over:
+    /// it came because this worker owns its flow (or holds the session a
+    /// stub there stands for), so it is not handed on again.
+    pub fn process_handed(
+        &mut self,
+        frame: &mut [u8],
+        headers: &Headers,
+        ingress: u32,
+        now: u32,
+        tally: &mut Tally,
+    ) -> Verdict {
+        self.process_as(frame, headers, ingress, now, tally, true)
+    }
+
+    fn process_as(
+        &mut self,
+        frame: &mut [u8],
+        headers: &Headers,
+        ingress: u32,
+        now: u32,
+        tally: &mut Tally,
+        handed: bool,
+    ) -> Verdict {
         self.offer = None;
         let ip = &headers.ip;
         let l4 = match headers.l4 {
@@ -248,11 +274,11 @@ impl Services {
             Origin::Outside
         };
         if let Kind::Error { inner } = l4.kind {
-            return self.icmp_error(frame, ip, &l4, inner);
+            return self.icmp_error(frame, ip, &l4, inner, handed);
         }
         let key = flow_key(frame, ip, &l4);
         let owner = self.owner(&key);
-        if owner != self.worker {
+        if owner != self.worker && !handed {
             return Verdict::Handoff(owner);
         }
         let mut p = Packet {
@@ -262,6 +288,9 @@ impl Services {
             now,
         };
         if let Some(found) = self.table.lookup(&key) {
+            if let Some(w) = self.table.get(found.0).stub_for() {
+                return Verdict::Handoff(w);
+            }
             return self.existing(&mut p, found, tally);
         }
         self.first_packet(&p, key, origin, tally)
@@ -293,9 +322,12 @@ impl Services {
             s.state = next;
             self.table.reschedule(slot);
             let s = self.table.get(slot);
-            sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
+            let lost = sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
                 ToSync::Refresh(refresh_record(s, now))
             });
+            if lost && let Some(r) = self.sync.as_mut() {
+                r.mark(self.table.get_mut(slot));
+            }
         }
         if self.flows.is_some() {
             let s = self.table.get(slot);
@@ -404,14 +436,17 @@ impl Services {
             return Verdict::Drop(DropReason::NoSession);
         }
         s.count(Side::Initiator, p.ip.datagram_len(), now);
-        if self.table.insert(s).is_err() {
+        let Ok(slot) = self.table.insert(s) else {
             release(&mut self.sets, &s);
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
-        }
-        sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
+        };
+        let lost = sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
             ToSync::Add(record(&s, now))
         });
+        if lost && let Some(r) = self.sync.as_mut() {
+            r.mark(self.table.get_mut(slot));
+        }
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
         Verdict::Pass { snat }
@@ -420,7 +455,14 @@ impl Services {
     /// An ICMP error belongs to the session of the datagram it quotes; the
     /// quote travelled the other way, so its reverse is a key of that
     /// session. NAT rewrites both the outer header and the quote.
-    fn icmp_error(&mut self, frame: &mut [u8], ip: &Ip, l4: &L4, inner: usize) -> Verdict {
+    fn icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        ip: &Ip,
+        l4: &L4,
+        inner: usize,
+        handed: bool,
+    ) -> Verdict {
         let end = ip.l3() + ip.datagram_len();
         let quoted = match ip {
             Ip::V4 { .. } => match wire::quoted_v4(frame, inner, end) {
@@ -440,13 +482,16 @@ impl Services {
         };
         let key = quoted.reversed();
         let owner = self.owner(&key);
-        if owner != self.worker {
+        if owner != self.worker && !handed {
             return Verdict::Handoff(owner);
         }
         let Some((slot, side)) = self.table.lookup(&key) else {
             return Verdict::Drop(DropReason::NoSession);
         };
         let s = *self.table.get(slot);
+        if let Some(w) = s.stub_for() {
+            return Verdict::Handoff(w);
+        }
         if s.action() != SessionAction::Forward {
             return Verdict::Drop(DropReason::Policy);
         }
@@ -480,7 +525,7 @@ impl Services {
     pub fn expire_some(&mut self, now: u32, budget: usize, tally: &mut Tally) -> (usize, bool) {
         let mut n = 0;
         let sets = &mut self.sets;
-        let (rep, worker) = (self.sync.as_ref(), self.worker);
+        let (mut rep, worker, workers) = (self.sync.as_mut(), self.worker, self.workers);
         // Read by both closures below, one at a time.
         let now_ns = self.flows.as_ref().map_or(0, |f| f.now_ns());
         let flows = std::cell::RefCell::new(self.flows.as_deref_mut());
@@ -501,14 +546,24 @@ impl Services {
                         taken.set(taken.get() + 1);
                     }
                     release(sets, s);
-                    sync::emit(rep, worker, s.key.proto, || {
+                    if let Some(r) = rep.as_deref() {
+                        sync::unstub(r, workers, worker, s);
+                    }
+                    if sync::emit(rep.as_deref(), worker, s.key.proto, || {
                         ToSync::Delete(delete_record(s))
-                    });
+                    }) && let Some(r) = rep.as_deref_mut()
+                    {
+                        r.park(delete_record(s));
+                    }
                 }
+                Aged::Extended if s.remote != 0 => {}
                 Aged::Extended => {
-                    sync::emit(rep, worker, s.key.proto, || {
+                    if sync::emit(rep.as_deref(), worker, s.key.proto, || {
                         ToSync::Refresh(refresh_record(s, now))
-                    });
+                    }) && let Some(r) = rep.as_deref_mut()
+                    {
+                        r.mark(s);
+                    }
                 }
             });
         tally.add(WorkerCounter::SessionsDeleted, n as u64);
@@ -519,7 +574,8 @@ impl Services {
 
 /// Returns the NAT binding of `s`, if any, to its set's pool.
 fn release(sets: &mut [Set], s: &Session) {
-    if let Some((addr, port)) = s.nat()
+    if s.remote == 0
+        && let Some((addr, port)) = s.nat()
         && let Some(pool) = sets
             .get_mut(usize::from(s.service_set))
             .and_then(|x| x.nat.as_mut())

@@ -7,10 +7,17 @@
 //! synced sessions, which age by their timeouts plus the grace delay, keep
 //! their NAT bindings reserved in this worker's share of the pool, and are
 //! swept after a cold sync if it did not carry them.
+//!
+//! Repair (active side): an add or refresh that does not fit the ring marks
+//! its session `UNSENT`; a delete that does not fit is parked. At most once
+//! a second, when the ring has room, a bounded re-walk of the shard sends
+//! the marked sessions again (an add, which the peer applies as an update
+//! when it holds the session) and the parked deletes. Marks also come from
+//! the sync thread, for records it could not batch or the peer refused.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
-use tandem_control::sync::{NackReason, Op, SessionRecord, WireKey, wire::PROTOCOLS};
+use tandem_control::sync::{DeleteRecord, NackReason, Op, SessionRecord, WireKey, wire::PROTOCOLS};
 
 use super::{Services, release};
 use crate::{
@@ -26,6 +33,12 @@ const COMMANDS_PER_LOOP: usize = 256;
 const WALK_SLOTS: usize = 16 * WALK_CHUNK;
 /// Slots a sweep visits per loop.
 const SWEEP_CHUNK: usize = 4096;
+/// Deletes parked when the ring is full; beyond them a lost delete is
+/// left to the digest check and a resync (the peer's copy ages out).
+const PARKED: usize = 4096;
+/// Seconds between the starts of two repair passes: a refused record is
+/// not sent again at once, and a ring kept full is not re-walked in a loop.
+const REPAIR_EVERY: u32 = 1;
 
 struct Walk {
     id: u32,
@@ -39,30 +52,87 @@ pub struct WorkerSync {
     walk: Option<Walk>,
     /// (generation to keep, next slot) of a sweep under way.
     sweep: Option<(u8, u32)>,
+    /// Sessions are marked `UNSENT`: a repair pass is due.
+    repair_due: bool,
+    /// The next slot of the repair pass under way.
+    repair: Option<u32>,
+    /// No repair pass starts before this second.
+    next_repair: u32,
+    /// Deletes that did not fit the ring (allocated once).
+    parked: Vec<DeleteRecord>,
 }
 
 /// Sends an event about a session of protocol `proto` up `worker`'s ring
 /// if this side sends and the peer is connected (the hub is live only
-/// then) and the protocol replicates; `f` builds it only then.
+/// then) and the protocol replicates; `f` builds it only then. True when
+/// the event was due and the ring was full (counted): the caller marks
+/// the session for repair.
 #[inline]
+#[must_use]
 pub(super) fn emit(
     replica: Option<&WorkerSync>,
     worker: usize,
     proto: u8,
     f: impl FnOnce() -> ToSync,
-) {
+) -> bool {
     if let Some(r) = replica
         && r.hub.is_live()
         && PROTOCOLS.contains(&proto)
     {
-        push(&r.hub, worker, f());
+        return !push(&r.hub, worker, f());
+    }
+    false
+}
+
+/// A session held by worker `me` whose flow's hash picks another worker
+/// (of `workers`) has a stub there (see [`ToWorker::Stub`]): it goes with
+/// the session.
+pub(super) fn unstub(r: &WorkerSync, workers: usize, me: usize, s: &crate::session::Session) {
+    let h = (s.key.owner_hash() % workers as u64) as usize;
+    if h != me && s.is_synced() && s.remote == 0 {
+        forward(
+            &r.hub,
+            me,
+            h,
+            ToWorker::Unstub {
+                key: sync::wire_key(&s.key),
+                id: s.id,
+            },
+        );
     }
 }
 
-fn push(hub: &Hub, worker: usize, ev: ToSync) {
+/// Worker `me` passes a command on to worker `w` (a stub's holder, or a
+/// stub's worker); lost (counted as `me`'s overflow) when the ring is
+/// full.
+fn forward(hub: &Hub, me: usize, w: usize, cmd: ToWorker) {
+    if hub.ports[w].commands.push(cmd).is_err() {
+        bump(&hub.ports[me].counts.overflow, 1);
+    }
+}
+
+/// Pushes `ev`; false (counted) when the ring is full.
+fn push(hub: &Hub, worker: usize, ev: ToSync) -> bool {
     let port = &hub.ports[worker];
     if port.events.push(ev).is_err() {
         bump(&port.counts.overflow, 1);
+        return false;
+    }
+    true
+}
+
+impl WorkerSync {
+    /// A session's event was lost: repair sends it again.
+    pub(super) fn mark(&mut self, s: &mut crate::session::Session) {
+        s.set_unsent(true);
+        self.repair_due = true;
+    }
+
+    /// A delete was lost: parked for repair while there is room.
+    pub(super) fn park(&mut self, d: DeleteRecord) {
+        if self.parked.len() < PARKED {
+            self.parked.push(d);
+        }
     }
 }
 
@@ -76,6 +146,10 @@ impl Services {
             hub,
             walk: None,
             sweep: None,
+            repair_due: false,
+            repair: None,
+            next_repair: 0,
+            parked: Vec::with_capacity(PARKED),
         });
     }
 
@@ -85,6 +159,14 @@ impl Services {
         self.sync
             .as_ref()
             .is_some_and(|r| r.sweep.is_some() || !r.hub.ports[self.worker].commands.is_empty())
+    }
+
+    /// A repair pass under way, or deletes parked (like a walk, it may
+    /// wait for room in the ring).
+    pub fn sync_repairing(&self) -> bool {
+        self.sync
+            .as_ref()
+            .is_some_and(|r| r.repair.is_some() || !r.parked.is_empty())
     }
 
     /// A cold-sync walk under way (it may be waiting for room in the ring:
@@ -130,28 +212,107 @@ impl Services {
                         walk: walk.id,
                         sessions: walk.sent,
                     };
-                    push(&r.hub, w, done);
+                    let _ = push(&r.hub, w, done);
                     r.walk = None;
                     break;
                 }
             }
         }
+        self.repair_step(&mut r, now);
+        let digest = self.table.digest();
+        let counts = &r.hub.ports[w].counts;
+        counts
+            .digest_sessions
+            .store(digest.sessions, Ordering::Relaxed);
+        counts.digest_hash.store(digest.hash, Ordering::Relaxed);
         if let Some((keep, from)) = r.sweep {
             let sets = &mut self.sets;
+            let (workers, me) = (self.workers as u64, self.worker);
             let mut n = 0;
             let next = self.table.sweep(
                 from,
                 SWEEP_CHUNK,
                 |s| s.is_synced() && s.generation != keep,
                 |s| {
-                    n += 1;
+                    if s.remote == 0 {
+                        n += 1;
+                    }
                     release(sets, s);
+                    let h = (s.key.owner_hash() % workers) as usize;
+                    if h != me && s.remote == 0 {
+                        forward(
+                            &r.hub,
+                            me,
+                            h,
+                            ToWorker::Unstub {
+                                key: sync::wire_key(&s.key),
+                                id: s.id,
+                            },
+                        );
+                    }
                 },
             );
             bump(&r.hub.ports[w].counts.swept, n);
             r.sweep = next.map(|n| (keep, n));
         }
         self.sync = Some(r);
+    }
+
+    /// Sends parked deletes and, during a repair pass, the marked sessions
+    /// of a bounded chunk of the shard, while the ring has room.
+    fn repair_step(&mut self, r: &mut WorkerSync, now: u32) {
+        let WorkerSync {
+            hub,
+            walk,
+            repair_due,
+            repair,
+            next_repair,
+            parked,
+            ..
+        } = r;
+        if !hub.is_live() {
+            // The next connection's cold sync carries every session; its
+            // deletes are moot.
+            *repair = None;
+            parked.clear();
+            return;
+        }
+        let port = &hub.ports[self.worker];
+        let room = || port.events.capacity() - port.events.len() > WALK_CHUNK;
+        let mut sent = 0;
+        while room()
+            && let Some(d) = parked.pop()
+        {
+            let _ = port.events.push(ToSync::Delete(d));
+            sent += 1;
+        }
+        if repair.is_none() && *repair_due && walk.is_none() && now >= *next_repair {
+            *repair = Some(0);
+            *repair_due = false;
+            *next_repair = now + REPAIR_EVERY;
+        }
+        if let Some(mut from) = *repair {
+            let mut slots = 0;
+            let mut done = false;
+            while slots < WALK_SLOTS && room() {
+                let next = self.table.scan_mut(from, WALK_CHUNK, |s| {
+                    if s.is_unsent() {
+                        s.set_unsent(false);
+                        let _ = port.events.push(ToSync::Add(sync::record(s, now)));
+                        sent += 1;
+                    }
+                });
+                slots += WALK_CHUNK;
+                if let Some(n) = next {
+                    from = n;
+                } else {
+                    done = true;
+                    break;
+                }
+            }
+            *repair = (!done).then_some(from);
+        }
+        bump(&port.counts.repaired, sent);
     }
 
     fn apply(&mut self, r: &mut WorkerSync, cmd: ToWorker, now: u32) {
@@ -171,30 +332,60 @@ impl Services {
                 rec,
             } => match self.install(&rec, generation, now) {
                 Ok(_) => bump(&counts.installed, 1),
-                Err(reason) => push(
-                    &r.hub,
-                    w,
-                    ToSync::Refused {
-                        seq,
-                        op: Op::Add,
-                        reason,
-                        key: rec.key,
-                    },
-                ),
+                Err(reason) => {
+                    let _ = push(
+                        &r.hub,
+                        w,
+                        ToSync::Refused {
+                            seq,
+                            op: Op::Add,
+                            reason,
+                            key: rec.key,
+                        },
+                    );
+                }
             },
-            ToWorker::Remove { rec } => match self.find_synced(&rec.key) {
+            // Only the session the delete was for: a parked delete may
+            // come after the key was taken by a newer session.
+            ToWorker::Remove { rec } => match self
+                .find_synced(&rec.key)
+                .filter(|&slot| self.table.get(slot).id == rec.id)
+            {
                 Some(slot) => {
                     let s = self.table.remove(slot);
-                    release(&mut self.sets, &s);
-                    bump(&counts.removed, 1);
+                    if let Some(h) = s.stub_for() {
+                        forward(&r.hub, w, h, cmd);
+                    } else {
+                        release(&mut self.sets, &s);
+                        bump(&counts.removed, 1);
+                        unstub(r, self.workers, w, &s);
+                    }
                 }
                 None => bump(&counts.not_found, 1),
             },
+            ToWorker::Stub {
+                generation,
+                rec,
+                holder,
+            } => self.install_stub(&rec, generation, holder, now),
+            ToWorker::Unstub { key, id } => {
+                if let Some(slot) = self
+                    .find_synced(&key)
+                    .filter(|&slot| self.table.get(slot).remote != 0)
+                    .filter(|&slot| self.table.get(slot).id == id)
+                {
+                    self.table.remove(slot);
+                }
+            }
             ToWorker::Refresh {
                 seq,
                 generation,
                 rec,
             } => match self.find_synced(&rec.key) {
+                Some(slot) if self.table.get(slot).remote != 0 => {
+                    let h = self.table.get(slot).stub_for().expect("a stub");
+                    forward(&r.hub, w, h, cmd);
+                }
                 Some(slot) => {
                     let s = self.table.get_mut(slot);
                     s.state = rec.state;
@@ -202,21 +393,45 @@ impl Services {
                     s.generation = generation;
                     self.table.reschedule(slot);
                 }
-                None => push(
-                    &r.hub,
-                    w,
-                    ToSync::Refused {
-                        seq,
-                        op: Op::Refresh,
-                        reason: NackReason::NotFound,
-                        key: rec.key,
-                    },
-                ),
+                None => {
+                    let _ = push(
+                        &r.hub,
+                        w,
+                        ToSync::Refused {
+                            seq,
+                            op: Op::Refresh,
+                            reason: NackReason::NotFound,
+                            key: rec.key,
+                        },
+                    );
+                }
             },
+            ToWorker::Resend { key } | ToWorker::Mark { key, .. }
+                if let Some(h) = self.stub_at(&key) =>
+            {
+                forward(&r.hub, w, h, cmd);
+            }
             ToWorker::Resend { key } => {
                 if let Some((slot, Side::Initiator)) = self.table.lookup(&sync::flow_key(&key)) {
                     let rec = sync::record(self.table.get(slot), now);
-                    push(&r.hub, w, ToSync::Add(rec));
+                    if !push(&r.hub, w, ToSync::Add(rec)) {
+                        self.table.get_mut(slot).set_unsent(true);
+                        r.repair_due = true;
+                    }
+                }
+            }
+            ToWorker::Mark { key, refused } => {
+                if let Some((slot, Side::Initiator)) = self.table.lookup(&sync::flow_key(&key)) {
+                    let s = self.table.get_mut(slot);
+                    if refused && s.was_retried() {
+                        bump(&counts.abandoned, 1);
+                    } else {
+                        if refused {
+                            s.set_retried();
+                        }
+                        s.set_unsent(true);
+                        r.repair_due = true;
+                    }
                 }
             }
             ToWorker::Walk { walk } => {
@@ -228,6 +443,32 @@ impl Services {
             }
             ToWorker::Sweep { generation } => r.sweep = Some((generation, 0)),
         }
+    }
+
+    /// The worker a stub here for the initiator key `k` stands for.
+    fn stub_at(&self, k: &WireKey) -> Option<usize> {
+        match self.table.lookup(&sync::flow_key(k)) {
+            Some((slot, Side::Initiator)) => self.table.get(slot).stub_for(),
+            _ => None,
+        }
+    }
+
+    /// Installs a stub for the peer's session `rec`, which worker
+    /// `holder` holds here. Whatever holds its key gives way, as for an
+    /// install.
+    fn install_stub(&mut self, rec: &SessionRecord, generation: u8, holder: u8, now: u32) {
+        let mut s = sync::session(rec, now);
+        s.set_synced(generation);
+        s.remote = holder + 1;
+        for k in [s.key, s.reply_key()] {
+            if let Some((slot, _)) = self.table.lookup(&k) {
+                let old = self.table.remove(slot);
+                release(&mut self.sets, &old);
+            }
+        }
+        // A full table leaves the flow without its stub: its packets here
+        // find no session (counted as such) until the holder's goes.
+        let _ = self.table.insert(s);
     }
 
     /// The slot of the synced session whose initiator key is `k`.

@@ -714,6 +714,186 @@ mod replication {
         assert!(!s.sync_ready());
     }
 
+    /// Fills the ring as a sync thread that does not drain would leave it.
+    fn fill(hub: &Hub) {
+        while hub.ports[0]
+            .events
+            .push(ToSync::WalkDone {
+                walk: 0,
+                sessions: 0,
+            })
+            .is_ok()
+        {}
+    }
+
+    #[test]
+    fn events_that_do_not_fit_are_repaired_and_the_digests_agree() {
+        let (mut a, ah, mut s, sh) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        open(&mut a, 5000, 1, &mut t);
+        carry(&ah, &sh, 1);
+        s.sync_step(1);
+        // The ring full: two adds are lost (counted), their sessions marked.
+        fill(&ah);
+        open(&mut a, 5001, 1, &mut t);
+        open(&mut a, 5002, 1, &mut t);
+        assert_eq!(count(&ah.ports[0].counts.overflow), 2);
+        assert_ne!(a.table.digest(), s.table.digest());
+        events(&ah);
+        // Repair: both sent again, once.
+        a.sync_step(2);
+        assert_eq!(carry(&ah, &sh, 1), 2);
+        s.sync_step(2);
+        assert_eq!(count(&ah.ports[0].counts.repaired), 2);
+        assert_eq!(a.table.digest(), s.table.digest());
+        assert_eq!(a.table.digest().sessions, 3);
+        a.sync_step(3);
+        assert!(events(&ah).is_empty(), "nothing marked any more");
+        // A lost delete is parked and sent when there is room.
+        fill(&ah);
+        a.expire(100_000, &mut t);
+        assert!(a.table.is_empty());
+        assert!(a.sync_repairing(), "deletes parked");
+        events(&ah);
+        a.sync_step(100_000);
+        let deletes = events(&ah)
+            .into_iter()
+            .filter(|e| matches!(e, ToSync::Delete(_)))
+            .count();
+        assert_eq!(deletes, 3);
+        assert!(!a.sync_repairing());
+    }
+
+    #[test]
+    fn a_refused_session_is_retried_once() {
+        let (mut a, ah, _, _) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        open(&mut a, 5000, 1, &mut t);
+        let key = match events(&ah).as_slice() {
+            [ToSync::Add(r)] => r.key,
+            other => panic!("{other:?}"),
+        };
+        let mark = || {
+            ah.ports[0]
+                .commands
+                .push(ToWorker::Mark { key, refused: true })
+                .unwrap();
+        };
+        mark();
+        a.sync_step(1);
+        assert!(
+            matches!(events(&ah).as_slice(), [ToSync::Add(r)] if r.key == key),
+            "sent again"
+        );
+        mark();
+        a.sync_step(2);
+        assert!(events(&ah).is_empty(), "not a third time");
+        assert_eq!(count(&ah.ports[0].counts.abandoned), 1);
+    }
+
+    #[test]
+    fn a_late_delete_spares_a_newer_session_of_the_same_key() {
+        let (mut s, hub) = standby();
+        install(&hub, 1, rec(5000, 1030));
+        s.sync_step(1);
+        let mut old = rec(5000, 1030);
+        old.id = 1;
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Remove {
+                rec: tandem_control::sync::DeleteRecord {
+                    id: old.id,
+                    key: old.key,
+                },
+            })
+            .unwrap();
+        s.sync_step(2);
+        assert_eq!(s.table.len(), 1, "another id: kept");
+        assert_eq!(count(&hub.ports[0].counts.not_found), 1);
+    }
+
+    #[test]
+    fn a_peer_with_another_worker_count_is_held_by_the_port_owner_behind_a_stub() {
+        // The peer runs 1 worker (its port share is the whole range); this
+        // node runs 2 (worker 0 holds ports 1024-1027, worker 1 the rest).
+        let hub = Arc::new(Hub::new(2));
+        let mut w: Vec<Services> = (0..2)
+            .map(|i| {
+                let mut s = services(i, 2, "");
+                s.attach(Arc::clone(&hub), 60);
+                s
+            })
+            .collect();
+        let own = sync::Ownership::new(&config(""), 2);
+        // A flow whose hash picks worker 1 here, translated to port 1024.
+        let sport = (5000..6000u16)
+            .find(|p| FlowKey::v4(CLIENT, SERVER, *p, 53, 17).owner_hash() % 2 == 1)
+            .unwrap();
+        let r = rec(sport, 1024);
+        assert_eq!(own.owner(&r), Ok((0, Some(1))));
+        let install = |hub: &Hub| {
+            hub.ports[0]
+                .commands
+                .push(ToWorker::Install {
+                    seq: 1,
+                    generation: 1,
+                    rec: r,
+                })
+                .unwrap();
+            hub.ports[1]
+                .commands
+                .push(ToWorker::Stub {
+                    generation: 1,
+                    rec: r,
+                    holder: 0,
+                })
+                .unwrap();
+        };
+        install(&hub);
+        w[0].sync_step(1);
+        w[1].sync_step(1);
+        assert_eq!((w[0].table.len(), w[1].table.len()), (1, 0));
+        assert_eq!(w[1].table.stubs(), 1);
+        assert_eq!(w[1].table.digest().sessions, 0, "a stub is not a session");
+        // The flow's packets reach worker 1 by its hash: handed to worker 0,
+        // which translates them; replies reach worker 0 by their port.
+        let mut t = Tally::new(2);
+        let mut out = udp(CLIENT, SERVER, sport, 53);
+        assert_eq!(run(&mut w[1], &mut out, IN, 2, &mut t), Verdict::Handoff(0));
+        let h = crate::wire::Headers::parse(&out).unwrap();
+        let v = w[0].process_handed(&mut out, &h, IN, 2, &mut t);
+        assert!(matches!(v, Verdict::Pass { snat: Some(_) }), "{v:?}");
+        let mut back = udp(SERVER, POOL, 53, 1024);
+        assert!(matches!(
+            run(&mut w[0], &mut back, OUT, 2, &mut t),
+            Verdict::Pass { .. }
+        ));
+        // The peer's delete goes to the hash's worker: the stub passes it on.
+        hub.ports[1]
+            .commands
+            .push(ToWorker::Remove {
+                rec: tandem_control::sync::DeleteRecord {
+                    id: r.id,
+                    key: r.key,
+                },
+            })
+            .unwrap();
+        w[1].sync_step(3);
+        w[0].sync_step(3);
+        assert_eq!((w[0].table.len(), w[1].table.stubs()), (0, 0));
+        assert_eq!(w[0].sets[0].nat.as_ref().unwrap().available(), 4);
+        // Aged out on its holder: the stub goes with it.
+        install(&hub);
+        w[0].sync_step(4);
+        w[1].sync_step(4);
+        assert_eq!(w[1].table.stubs(), 1);
+        w[0].expire(100_000, &mut t);
+        w[1].sync_step(100_000);
+        assert_eq!((w[0].table.len(), w[1].table.stubs()), (0, 0));
+    }
+
     #[test]
     fn a_walk_stops_when_the_peer_goes() {
         let hub = Arc::new(Hub::new(1));

@@ -135,6 +135,18 @@ impl FlowKey {
     }
 }
 
+impl FlowKey {
+    /// The hash a session contributes to the replication digest (see
+    /// `tandem_control::sync::Digest`): the ownership hash, told apart
+    /// from the reverse key's, so a session and one keyed the other way
+    /// round do not cancel out. Both nodes compute it alike.
+    #[inline]
+    pub fn digest_hash(&self) -> u64 {
+        let forward = (self.src, self.sport) <= (self.dst, self.dport);
+        fmix64(self.owner_hash() ^ if forward { 0 } else { 0x9e37_79b9_7f4a_7c15 })
+    }
+}
+
 /// The ownership hash's starting value: "tandem", then the hash's
 /// version (1).
 pub const OWNER_SEED: u64 = 0x7461_6e64_656d_0001;

@@ -47,6 +47,12 @@ mod flag {
     pub const OFFLOADED: u8 = 16;
     /// Offloading failed (map full or refused): not tried again.
     pub const NO_OFFLOAD: u8 = 32;
+    /// (Active) the peer may lack the session's latest record: an event
+    /// about it could not be queued, or the peer refused it. Repair sends
+    /// it again.
+    pub const UNSENT: u8 = 64;
+    /// (Active) repair sent it again once after the peer refused it.
+    pub const RETRIED: u8 = 128;
 }
 
 /// One session: 104 bytes (checked by `size_is_stated` below).
@@ -75,6 +81,12 @@ pub struct Session {
     /// For a synced session: the replication generation that last
     /// installed or refreshed it (a cold sync sweeps older ones).
     pub generation: u8,
+    /// Non-zero: a stub. The peer, running another number of workers,
+    /// made this NAT session on the worker its hash picks there; here its
+    /// port belongs to worker `remote - 1`, which holds the session. This
+    /// worker, which the flow's hash picks here, keeps the stub to hand
+    /// the flow's packets and the peer's records for it on to that worker.
+    pub remote: u8,
 }
 
 impl Session {
@@ -119,6 +131,33 @@ impl Session {
         } else {
             self.flags &= !flag::OFFLOADED;
         }
+    }
+
+    /// The worker holding the session this stub stands for.
+    pub fn stub_for(&self) -> Option<usize> {
+        self.remote.checked_sub(1).map(usize::from)
+    }
+
+    /// Whether repair must send the session to the peer again.
+    pub fn is_unsent(&self) -> bool {
+        self.flags & flag::UNSENT != 0
+    }
+
+    pub fn set_unsent(&mut self, on: bool) {
+        if on {
+            self.flags |= flag::UNSENT;
+        } else {
+            self.flags &= !flag::UNSENT;
+        }
+    }
+
+    /// Whether repair already sent it again after the peer refused it.
+    pub fn was_retried(&self) -> bool {
+        self.flags & flag::RETRIED != 0
+    }
+
+    pub fn set_retried(&mut self) {
+        self.flags |= flag::RETRIED;
     }
 
     pub fn offload_refused(&self) -> bool {
@@ -190,6 +229,11 @@ impl Session {
 
 /// The idle timeout of `s` under `t`, in seconds.
 pub fn timeout(t: &Timeouts, s: &Session) -> u32 {
+    if s.remote != 0 {
+        // A stub lives as long as the session it stands for, which
+        // removes it when it goes.
+        return u32::MAX;
+    }
     match s.key.proto {
         PROTO_TCP => match TcpState::from_u8(s.state) {
             TcpState::Closed => t.tcp_closed,

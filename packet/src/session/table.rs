@@ -24,6 +24,7 @@ use std::ptr::NonNull;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 use hashbrown::HashTable;
+use tandem_control::sync::{Digest, wire::PROTOCOLS};
 
 use super::{FlowKey, Session, Side, Timeouts, timeout};
 
@@ -49,10 +50,21 @@ pub struct Table {
     /// packets are handled between them.
     walking: Option<u32>,
     len: usize,
+    /// Stubs among them (see [`Session::remote`]).
+    stubs: usize,
     timeouts: Timeouts,
     /// Seconds a synced session outlives its timeout: the peer that owns
     /// it refreshes long-lived flows, and its deletes arrive in time.
     grace: u32,
+    /// The replication digest of the sessions of replicated protocols
+    /// (stubs aside: they stand for sessions another worker holds), kept
+    /// as they come and go.
+    digest: Digest,
+}
+
+/// Whether sessions of `proto` replicate (and so count in the digest).
+fn replicates(proto: u8) -> bool {
+    PROTOCOLS.contains(&proto)
 }
 
 /// What [`Table::advance`] did with a session whose tick came round.
@@ -135,17 +147,26 @@ impl Table {
             tick: now,
             walking: None,
             len: 0,
+            stubs: 0,
             timeouts,
             grace: 0,
+            digest: Digest::default(),
         }
     }
 
+    /// Sessions held (stubs aside).
     pub fn len(&self) -> usize {
-        self.len
+        self.len - self.stubs
+    }
+
+    /// Stubs held: entries that hand a flow on to the worker holding its
+    /// session.
+    pub fn stubs(&self) -> usize {
+        self.stubs
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn capacity(&self) -> usize {
@@ -235,6 +256,10 @@ impl Table {
             });
         }
         self.len += 1;
+        self.stubs += usize::from(s.remote != 0);
+        if replicates(s.key.proto) && s.remote == 0 {
+            self.digest.add(s.key.digest_hash());
+        }
         self.schedule(slot);
         Ok(slot)
     }
@@ -257,7 +282,16 @@ impl Table {
         self.slots[slot as usize] = Session::default();
         self.free.push(slot);
         self.len -= 1;
+        self.stubs -= usize::from(s.remote != 0);
+        if replicates(s.key.proto) && s.remote == 0 {
+            self.digest.remove(s.key.digest_hash());
+        }
         s
+    }
+
+    /// The digest of the sessions here that replicate.
+    pub fn digest(&self) -> Digest {
+        self.digest
     }
 
     /// Moves a session to the tick of its current deadline. Needed when
@@ -313,14 +347,14 @@ impl Table {
     /// deadline passed and handing each to `aged` as [`Aged::Expired`].
     /// Sessions whose deadline moved since they were scheduled are
     /// rescheduled and handed over as [`Aged::Extended`].
-    pub fn advance(&mut self, now: u32, aged: impl FnMut(Aged, &Session)) {
-        let _ = self.advance_with(now, usize::MAX, |_| {}, aged);
+    pub fn advance(&mut self, now: u32, mut aged: impl FnMut(Aged, &Session)) {
+        let _ = self.advance_with(now, usize::MAX, |_| {}, |a, s| aged(a, s));
     }
 
     /// [`Self::advance`] in a step of at most `budget` sessions, first
     /// handing each session whose deadline passed to `refresh`, which may
     /// move its `last_seen` (an offloaded session's packets do not pass the
-    /// worker). True when the clock has reached `now`; false when the
+    /// worker); `aged` may change an extended session's flags. True when the clock has reached `now`; false when the
     /// budget ran out first: the next call goes on where this one stopped.
     /// A million sessions expiring in one second would otherwise hold the
     /// worker off its rings for as long as they take.
@@ -329,7 +363,7 @@ impl Table {
         now: u32,
         mut budget: usize,
         mut refresh: impl FnMut(&mut Session),
-        mut aged: impl FnMut(Aged, &Session),
+        mut aged: impl FnMut(Aged, &mut Session),
     ) -> bool {
         loop {
             let cur = match self.walking {
@@ -366,11 +400,11 @@ impl Table {
             }
             if self.deadline(cur) <= now {
                 // Linked nowhere now, so remove() unlinks nothing.
-                let s = self.remove(cur);
-                aged(Aged::Expired, &s);
+                let mut s = self.remove(cur);
+                aged(Aged::Expired, &mut s);
             } else {
                 self.schedule(cur);
-                aged(Aged::Extended, &self.slots[cur as usize]);
+                aged(Aged::Extended, &mut self.slots[cur as usize]);
             }
         }
     }
@@ -397,14 +431,33 @@ impl Table {
         (end < self.slots.len()).then_some(end as u32)
     }
 
-    /// Visits the live sessions among at most `max_slots` slots from
-    /// `from`; returns the slot to continue from (`None`: the walk is done).
+    /// [`Self::scan`] with each session open to change (not its keys: the
+    /// index holds them).
+    pub fn scan_mut(
+        &mut self,
+        from: u32,
+        max_slots: usize,
+        mut f: impl FnMut(&mut Session),
+    ) -> Option<u32> {
+        let start = from as usize;
+        let end = start.saturating_add(max_slots).min(self.slots.len());
+        for s in self.slots.get_mut(start..end).unwrap_or(&mut []) {
+            if s.is_live() && s.remote == 0 {
+                f(s);
+            }
+        }
+        (end < self.slots.len()).then_some(end as u32)
+    }
+
+    /// Visits the live sessions (not stubs) among at most `max_slots`
+    /// slots from `from`; returns the slot to continue from (`None`: the
+    /// walk is done).
     /// Listings walk the table this way, a bounded chunk per iteration.
     pub fn scan(&self, from: u32, max_slots: usize, mut f: impl FnMut(&Session)) -> Option<u32> {
         let start = from as usize;
         let end = start.saturating_add(max_slots).min(self.slots.len());
         for s in self.slots.get(start..end).unwrap_or(&[]) {
-            if s.is_live() {
+            if s.is_live() && s.remote == 0 {
                 f(s);
             }
         }

@@ -29,7 +29,8 @@ enum Cmd {
         #[command(subcommand)]
         what: ClearWhat,
     },
-    /// Manual switchover (needs [redundancy]). `acquire` on the STANDBY
+    /// Manual switchover (needs [redundancy]), or a resync (`resync`, on
+    /// the standby, needs [sync]). `acquire` on the STANDBY
     /// asks the MASTER to release and takes over once it has; `release`
     /// on the MASTER hands over to an eligible STANDBY. Mastership moves
     /// only to a node whose sync is Hot (it holds every session): a
@@ -72,6 +73,11 @@ enum RequestWhat {
         #[arg(long)]
         force: bool,
     },
+    /// On the standby: ask the active to send every session again (a
+    /// resync). The standby keeps what it holds meanwhile (sync stays Hot)
+    /// and then removes what the resync did not carry. tandemd asks for
+    /// one by itself when the two nodes' digests keep differing.
+    Resync,
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,6 +112,9 @@ fn main() -> ExitCode {
             acquire: false,
             force,
         },
+        Cmd::Request {
+            what: RequestWhat::Resync,
+        } => Request::Resync,
     };
     let path = socket_path(&args.instance);
     let mut s = match UnixStream::connect(&path) {

@@ -318,6 +318,23 @@ impl Rg {
         }
     }
 
+    /// The health an operator reads: failed (a critical check failed),
+    /// warning (replication refused or stalled: a takeover would lose
+    /// sessions), or passed.
+    pub fn health(&self) -> &'static str {
+        if !self.healthy {
+            "failed"
+        } else if self
+            .sync
+            .as_ref()
+            .is_some_and(|h| h.config_refused || h.stalled)
+        {
+            "warning"
+        } else {
+            "passed"
+        }
+    }
+
     /// What every view warns of.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
@@ -333,6 +350,21 @@ impl Rg {
                  (each may take the other for dead)"
                     .to_owned(),
             );
+        }
+        if let Some(h) = &self.sync {
+            if h.config_refused {
+                w.push(
+                    "sync refused: the two nodes' configurations disagree on what must agree \
+                     (service sets, NAT pools and port ranges; tandemd's log names the field)"
+                        .to_owned(),
+                );
+            }
+            if h.stalled {
+                w.push(format!(
+                    "replication stalled: a record has waited {} ms for the peer's acknowledgement",
+                    h.oldest_unacked_ms
+                ));
+            }
         }
         if self.insecure {
             w.push(

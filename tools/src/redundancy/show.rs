@@ -96,7 +96,11 @@ pub fn rg_text(r: &Rg, level: Level) -> String {
         &mut o,
         4,
         "Redundancy Set health status",
-        if r.healthy { "Passed" } else { "Failed" },
+        match r.health() {
+            "failed" => "Failed",
+            "warning" => "Warning",
+            _ => "Passed",
+        },
     );
     kv(&mut o, 4, "Takeover readiness", r.readiness());
     let failed: Vec<&Failed> = r.failed().collect();
@@ -170,10 +174,7 @@ pub fn rg_json(r: &Rg) -> Value {
     m.insert("peer_connected".into(), json!(r.peer_alive));
     m.insert("local_address".into(), json!(r.local_ip()));
     m.insert("peer_address".into(), json!(r.peer_ip()));
-    m.insert(
-        "health".into(),
-        json!(if r.healthy { "passed" } else { "failed" }),
-    );
+    m.insert("health".into(), json!(r.health()));
     m.insert("monitored_interfaces_down".into(), json!(r.links_down()));
     m.insert("failed_interfaces".into(), json!(r.failed_interfaces()));
     m.insert(

@@ -76,6 +76,10 @@ fn message() -> impl Strategy<Value = Message> {
             ),
         Just(Message::SyncStart),
         Just(Message::Keepalive),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(sessions, hash)| Message::Digest(Digest { sessions, hash })),
+        prop::collection::vec(("[a-z_.\\[\\]0-9]{0,40}", "\\PC{0,40}"), 0..8)
+            .prop_map(Message::Contract),
         prop::collection::vec(add(), 0..20).prop_map(Message::Add),
         prop::collection::vec(
             (any::<u64>(), key()).prop_map(|(id, key)| DeleteRecord { id, key }),
