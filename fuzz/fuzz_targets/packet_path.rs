@@ -222,7 +222,12 @@ fuzz_target!(|data: &[u8]| {
             limits: &mut limits,
             services: services.as_mut(),
         };
-        let at = Arrival { len, slot, ingress };
+        let at = Arrival {
+            len,
+            slot,
+            ingress,
+            handed: false,
+        };
         match path::decide(&mut cx, &mut buf, at, headers, now, &mut tally) {
             Decision::Handoff { to, len } => {
                 assert!(to < workers && to != worker, "handed to {to}");

@@ -113,6 +113,8 @@ pub struct Counts {
     pub repaired: AtomicU64,
     /// Sessions the peer refused again after their repair.
     pub abandoned: AtomicU64,
+    /// Sessions that ended while marked, before repair sent them.
+    pub ended_unsent: AtomicU64,
     /// The worker's shard's digest (see [`Digest`]): its two halves,
     /// stored each loop.
     pub digest_sessions: AtomicU64,

@@ -170,6 +170,7 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("Repair sent", "repair_sent"),
             ("Repair abandoned", "repair_abandoned"),
+            ("Repair ended", "repair_ended"),
             ("Resync requested", "resync_requested"),
             ("Resync received", "resync_received"),
             ("Digest mismatches", "digest_mismatches"),

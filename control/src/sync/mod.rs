@@ -152,6 +152,10 @@ stats! {
     /// (Active) sessions the backup refused again after a repair: left to
     /// the digest check and a resync.
     repair_abandoned,
+    /// (Active) sessions that ended while marked for repair, before it
+    /// sent them (the peer never held their latest record; their delete
+    /// went out all the same).
+    repair_ended,
     /// (Backup) resyncs asked for: the digests stayed different while the
     /// active was quiet, or an operator asked (`tandemctl request resync`).
     resync_requested,

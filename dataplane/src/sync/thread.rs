@@ -612,6 +612,7 @@ impl SyncThread {
             st.send_overflow += get(&c.overflow);
             st.repair_sent += get(&c.repaired);
             st.repair_abandoned += get(&c.abandoned);
+            st.repair_ended += get(&c.ended_unsent);
             swept += get(&c.swept);
             if self.role == Role::Backup {
                 st.add_completed += get(&c.installed);

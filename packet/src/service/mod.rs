@@ -548,6 +548,9 @@ impl Services {
                     release(sets, s);
                     if let Some(r) = rep.as_deref() {
                         sync::unstub(r, workers, worker, s);
+                        if s.is_unsent() {
+                            r.ended_unsent(worker);
+                        }
                     }
                     if sync::emit(rep.as_deref(), worker, s.key.proto, || {
                         ToSync::Delete(delete_record(s))

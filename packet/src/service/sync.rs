@@ -128,6 +128,12 @@ impl WorkerSync {
         self.repair_due = true;
     }
 
+    /// A session ended still marked: the peer never had its latest record
+    /// (its delete goes out all the same).
+    pub(super) fn ended_unsent(&self, worker: usize) {
+        bump(&self.hub.ports[worker].counts.ended_unsent, 1);
+    }
+
     /// A delete was lost: parked for repair while there is room.
     pub(super) fn park(&mut self, d: DeleteRecord) {
         if self.parked.len() < PARKED {

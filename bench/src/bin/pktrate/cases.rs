@@ -137,6 +137,20 @@ pub(crate) fn services(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) 
     Ok(())
 }
 
+/// tandemd's replication lag (p50, p99) in microseconds, from its segment.
+fn lag_us() -> (u64, u64) {
+    let Ok(r) = tandem_control::stats::SegmentReader::open_instance("pktrate") else {
+        return (0, 0);
+    };
+    let get = |name: &str| {
+        r.entries
+            .iter()
+            .find(|e| e.name == name)
+            .map_or(0, |e| r.value(e.slot))
+    };
+    (get("tandem_sync_lag_p50_us"), get("tandem_sync_lag_p99_us"))
+}
+
 /// New sessions per second: every packet a new flow, both sides
 /// translating to 32 pool addresses, 1 s UDP timeouts.
 pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
@@ -190,8 +204,37 @@ pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathB
             let r = measure_with(bpf, frame, 1, w, args.seconds, true)?;
             let adds = peer.adds.load(Ordering::Relaxed) - before;
             let secs = t0.elapsed().as_secs_f64();
+            let lag_full = lag_us();
             let report = d.stop()?;
             peer.stop()?;
+            // Half the rate tandemd reached with replication: the lag of
+            // a link that is not the bottleneck.
+            let peer = Peer::start(&base)?;
+            let d =
+                start_tandemd_with(tandemd, w, &format!("{services}{}", sync_section("active")))?;
+            thread::sleep(Duration::from_millis(500));
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a rate"
+            )]
+            generate::PACE.store((r.pps / 2.0 / f64::from(w)) as u64, Ordering::Relaxed);
+            let half = measure_with(bpf, frame, 1, w, args.seconds, true);
+            generate::PACE.store(0, Ordering::Relaxed);
+            let half = half?;
+            let lag_half = lag_us();
+            d.stop()?;
+            peer.stop()?;
+            notes.push(format!(
+                "workers={w} sync lag (batched to acknowledged, us): at {:.3} Mpps p50 {} p99 {}; \
+                 at {:.3} Mpps p50 {} p99 {}",
+                r.pps / 1e6,
+                lag_full.0,
+                lag_full.1,
+                half.pps / 1e6,
+                lag_half.0,
+                lag_half.1
+            ));
             print!(
                 " {:>14.3} {:>10.2} {:>12.3}",
                 r.pps / 1e6,
@@ -199,6 +242,19 @@ pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathB
                 per_sec(adds, secs) / 1e6
             );
             notes.push(format!("workers={w} sync: {}", interesting(&report)));
+            // Every session created went to the peer (live, or by repair)
+            // or ended before repair could send it; the rest were still
+            // marked when tandemd stopped. (One add per session here: the
+            // flows get no reply, so no refresh is ever lost.)
+            let created = counter(&report, "worker.sessions_created");
+            let sent = counter(&report, "sync.add_sent");
+            let ended = counter(&report, "sync.repair_ended");
+            notes.push(format!(
+                "workers={w} sync accounting: created {created} = sent {sent} (repaired {}) \
+                 + ended before repair {ended} + still marked at the stop {}",
+                counter(&report, "sync.repair_sent"),
+                created.saturating_sub(sent + ended)
+            ));
         }
         println!();
     }

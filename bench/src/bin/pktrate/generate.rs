@@ -124,6 +124,10 @@ pub(crate) const GEN_BATCH: usize = 32;
 /// One generator thread: an AF_XDP socket on gen0 queue `queue`, its UMEM
 /// pre-written with the template over `flows` source ports, sent round-robin
 /// until `stop`. Returns frames sent.
+/// Frames per second each generator thread sends at most (0: as fast as
+/// it can): the `--sync` case's half-rate run.
+pub(crate) static PACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub(crate) fn gen_thread(
     queue: u32,
     frame: &[u8],
@@ -177,7 +181,14 @@ pub(crate) fn gen_thread(
     let n = descs.len();
     let mut comp = vec![FrameDesc::default(); 1024];
     let (mut pos, mut outstanding, mut sent) = (0usize, 0usize, 0u64);
+    let (pace, began) = (PACE.load(Ordering::Relaxed), Instant::now());
     while !stop.load(Ordering::Relaxed) {
+        // Ahead of the pace: wait until the frames sent are due.
+        if let Some(us) = sent.saturating_mul(1_000_000).checked_div(pace)
+            && let Some(wait) = Duration::from_micros(us).checked_sub(began.elapsed())
+        {
+            thread::sleep(wait);
+        }
         // Copy mode completes in order: only the count matters.
         // SAFETY: completions return frames of this UMEM.
         outstanding -= unsafe { cq.consume(&mut comp) };

@@ -114,8 +114,16 @@ use self::{
     },
 };
 
+/// The sum of every `key=N` in a tandemd exit report.
+fn counter(report: &str, key: &str) -> u64 {
+    report
+        .split_whitespace()
+        .filter_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+        .sum()
+}
+
 fn interesting(report: &str) -> String {
-    const KEYS: [&str; 15] = [
+    const KEYS: [&str; 17] = [
         "worker.sessions_created=",
         "worker.sessions_refused=",
         "worker.handoffs_received=",
@@ -131,6 +139,8 @@ fn interesting(report: &str) -> String {
         "sync.add_sent=",
         "sync.send_overflow=",
         "sync.batch_begin_failures=",
+        "sync.repair_sent=",
+        "sync.repair_ended=",
     ];
     let mut sums: Vec<(String, u64)> = KEYS.iter().map(|k| ((*k).to_owned(), 0)).collect();
     for kv in report.split_whitespace() {
