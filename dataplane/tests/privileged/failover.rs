@@ -1658,6 +1658,9 @@ fn a_key_rollover_keeps_the_pair_hot() -> Result<(), Failed> {
         wait_ha(&d, "the restarted node Hot", |v| {
             v["synchronization"] == "hot"
         })?;
+        wait("the master sees it Hot", || {
+            gauge(master, "tandem_ha_peer_sync_state") == Some(2)
+        })?;
         check(
             count(&d)? >= 20 && gauge(master, "tandem_ha_key_mismatch") == Some(0),
             format!(
@@ -1779,6 +1782,10 @@ fn a_rolling_rule_change_keeps_sync_and_a_pool_change_is_refused() -> Result<(),
     check(o.status.success(), format!("plain acquire on B: {o:?}"))?;
     wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
     wait_ha(&a, "A Hot under B", |v| v["synchronization"] == "hot")?;
+    // B hears it from A's heartbeats a moment later.
+    wait("B sees A Hot", || {
+        gauge(&b, "tandem_ha_peer_sync_state") == Some(2)
+    })?;
     let o = ctl(&b, &["release"]);
     check(o.status.success(), format!("plain release on B: {o:?}"))?;
     wait("A MASTER again", || {
