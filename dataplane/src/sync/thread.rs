@@ -36,6 +36,7 @@ use tandem_control::{
     stats::{Kind, Schema, SegmentWriter, StatsError},
     sync::{
         DeleteRecord, Digest, Event, Fatal, NackReason, Op, Role, Settings, Stats, SyncState,
+        WireKey,
         driver::{Driver, LinkError, Notice},
     },
 };
@@ -514,14 +515,7 @@ impl SyncThread {
         match ev {
             ToSync::Add(r) => {
                 if !self.driver.add(&r) && self.driver.is_up() {
-                    let key = r.key;
-                    self.command(
-                        self.own.of_key(&key),
-                        ToWorker::Mark {
-                            key,
-                            refused: false,
-                        },
-                    );
+                    self.mark(r.key);
                 }
             }
             ToSync::Delete(r) => {
@@ -532,14 +526,7 @@ impl SyncThread {
             }
             ToSync::Refresh(r) => {
                 if !self.driver.refresh(&r) && self.driver.is_up() {
-                    let key = r.key;
-                    self.command(
-                        self.own.of_key(&key),
-                        ToWorker::Mark {
-                            key,
-                            refused: false,
-                        },
-                    );
+                    self.mark(r.key);
                 }
             }
             ToSync::WalkDone { walk, sessions } => {
@@ -564,6 +551,19 @@ impl SyncThread {
                 self.driver.nack(seq, op, reason, key);
             }
         }
+    }
+
+    /// A record the connection could not batch: its owner worker marks the
+    /// session for repair.
+    fn mark(&mut self, key: WireKey) {
+        let w = self.own.of_key(&key);
+        self.command(
+            w,
+            ToWorker::Mark {
+                key,
+                refused: false,
+            },
+        );
     }
 
     /// Queues a command for worker `w`, behind any that wait already.

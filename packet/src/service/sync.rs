@@ -233,7 +233,7 @@ impl Services {
         counts.digest_hash.store(digest.hash, Ordering::Relaxed);
         if let Some((keep, from)) = r.sweep {
             let sets = &mut self.sets;
-            let (workers, me) = (self.workers as u64, self.worker);
+            let (workers, me) = (self.workers, self.worker);
             let mut n = 0;
             let next = self.table.sweep(
                 from,
@@ -244,18 +244,7 @@ impl Services {
                         n += 1;
                     }
                     release(sets, s);
-                    let h = (s.key.owner_hash() % workers) as usize;
-                    if h != me && s.remote == 0 {
-                        forward(
-                            &r.hub,
-                            me,
-                            h,
-                            ToWorker::Unstub {
-                                key: sync::wire_key(&s.key),
-                                id: s.id,
-                            },
-                        );
-                    }
+                    unstub(&r, workers, me, s);
                 },
             );
             bump(&r.hub.ports[w].counts.swept, n);
