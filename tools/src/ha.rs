@@ -13,6 +13,10 @@ use crate::model::Snapshot;
 
 /// The replication view of one snapshot.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent flags the views read from the segment"
+)]
 pub struct Ha {
     pub interface: String,
     pub role: &'static str,
@@ -38,6 +42,10 @@ pub struct Ha {
     pub stalled: bool,
     /// The last connection was refused: the configurations disagree.
     pub config_refused: bool,
+    /// (Backup) how long the digests have differed with the active
+    /// steady; diverged from 10 s (repair and resync did not fix it).
+    pub digest_differs_ms: u64,
+    pub diverged: bool,
 }
 
 impl Ha {
@@ -100,6 +108,8 @@ impl Ha {
             oldest_unacked_ms: gauge("tandem_sync_oldest_unacked_ms"),
             stalled: gauge("tandem_sync_stalled") == 1,
             config_refused: gauge("tandem_sync_config_refused") == 1,
+            digest_differs_ms: gauge("tandem_sync_digest_differs_ms"),
+            diverged: gauge("tandem_sync_diverged") == 1,
         })
     }
 
@@ -239,7 +249,15 @@ pub fn text(h: &Ha) -> String {
         o,
         "    {:<32}{}",
         "Digests agree:",
-        if h.digest_match { "yes" } else { "no" }
+        match (h.digest_match, h.digest_differs_ms) {
+            (true, _) => "yes".to_owned(),
+            (false, 0) => "no".to_owned(),
+            (false, ms) => format!(
+                "no, for {}.{} s with the active steady",
+                ms / 1000,
+                ms % 1000 / 100
+            ),
+        }
     );
     let _ = writeln!(
         o,
@@ -257,6 +275,14 @@ pub fn text(h: &Ha) -> String {
         let _ = writeln!(
             o,
             "    Warning: sync refused: the two configurations disagree (the log names the field)"
+        );
+    }
+    if h.diverged {
+        let _ = writeln!(
+            o,
+            "    Warning: the replicated sets have differed for {} s: resync and repair have not \
+             made the standby whole (a full table? the log says what was refused)",
+            h.digest_differs_ms / 1000
         );
     }
     for (title, rows) in SECTIONS {
@@ -316,6 +342,8 @@ pub fn json(h: &Ha) -> Value {
     m.insert("oldest_unacked_ms".into(), json!(h.oldest_unacked_ms));
     m.insert("stalled".into(), json!(h.stalled));
     m.insert("config_refused".into(), json!(h.config_refused));
+    m.insert("digest_differs_ms".into(), json!(h.digest_differs_ms));
+    m.insert("diverged".into(), json!(h.diverged));
     Value::Object(m)
 }
 
@@ -343,7 +371,10 @@ pub fn glossary() -> String {
          Oldest unacknowledged [oldest_unacked_ms, stalled]: how long the oldest record has \
          waited for the peer; stalled from 5 s.\n  [config_refused]: the last connection was \
          refused because the two configurations disagree on what must agree (service set names \
-         and order, NAT pools and port ranges); the log names the field.\n",
+         and order, NAT pools and port ranges); the log names the field.\n  Digests \
+         agree ... for [digest_differs_ms, diverged]: (backup) how long the sets have differed \
+         with the active steady, automatic resyncs included; diverged from 10 s (a health \
+         warning).\n",
     );
     for (title, rows) in SECTIONS {
         let _ = writeln!(o, "{title}:");

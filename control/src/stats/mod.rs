@@ -169,6 +169,12 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_sync_config_refused" => {
             "1 after a sync connection was refused because the two configurations disagree, until Hot."
         }
+        "tandem_sync_digest_differs_ms" => {
+            "(Backup) how long the replicated sets have differed with the active steady, resyncs included; 0 when they agree."
+        }
+        "tandem_sync_diverged" => {
+            "(Backup) 1 while the replicated sets have differed for 10 s or more: resync and repair have not made the standby whole."
+        }
         "tandem_sync_local_info" => "This node's sync address and port, as labels; the value is 1.",
         "tandem_sync_interface_info" => {
             "The interface holding the sync address at start, as a label; the value is 1."

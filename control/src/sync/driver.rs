@@ -100,6 +100,9 @@ pub struct Driver {
     pub stats: Stats,
     /// Why the last connection ended.
     pub last_error: Option<LinkError>,
+    /// The caller cannot take more records now: the link's socket is left
+    /// unread, so TCP's window slows the peer instead.
+    held: bool,
 }
 
 fn nonce() -> [u8; 16] {
@@ -147,6 +150,7 @@ impl Driver {
             poller: Poller::default(),
             stats: Stats::default(),
             last_error: None,
+            held: false,
         })
     }
 
@@ -284,6 +288,15 @@ impl Driver {
         }
     }
 
+    /// Leaves the link's socket unread while `hold` (the records already
+    /// read still come out as notices): a receiver whose consumers are
+    /// behind lets TCP's flow control slow the sender rather than drop
+    /// what it cannot queue. Writes, acknowledgements and timers go on.
+    /// Held longer than the dead interval, the link ends as silent.
+    pub fn hold_reads(&mut self, hold: bool) {
+        self.held = hold;
+    }
+
     /// Accepts, dials, reads, writes and runs timers, waiting up to `wait`
     /// for the sockets.
     pub fn turn(&mut self, wait: Duration) {
@@ -296,8 +309,9 @@ impl Driver {
         // accept(2) failed (out of descriptors?): don't spin on it.
         let listener = p.push(self.listener.as_raw_fd(), now >= self.accept_after, false);
         let mut wait = wait;
-        for c in [&self.link, &self.candidate].into_iter().flatten() {
-            p.push(c.stream.as_raw_fd(), true, !c.conn.output().is_empty());
+        for (c, read) in [(&self.link, !self.held), (&self.candidate, true)] {
+            let Some(c) = c else { continue };
+            p.push(c.stream.as_raw_fd(), read, !c.conn.output().is_empty());
             wait = wait.min(c.conn.timeout().saturating_duration_since(now));
         }
         // An interrupted wait reads as nothing ready: the caller turns
@@ -319,7 +333,7 @@ impl Driver {
         let Some(c) = &mut self.candidate else {
             return;
         };
-        if let Err(why) = pump(c, &mut self.buf, now, &mut self.stats) {
+        if let Err(why) = pump(c, &mut self.buf, now, &mut self.stats, true) {
             let c = self.candidate.take().expect("checked above");
             c.conn.close(&mut self.stats);
             self.last_error = Some(LinkError::Candidate(Box::new(why)));
@@ -412,7 +426,7 @@ impl Driver {
         let Some(l) = &mut self.link else {
             return Ok(());
         };
-        pump(l, &mut self.buf, now, &mut self.stats)?;
+        pump(l, &mut self.buf, now, &mut self.stats, !self.held)?;
         while let Some(e) = l.conn.poll_event() {
             self.notices.push_back(Notice::Conn(e));
         }
@@ -429,13 +443,29 @@ impl Driver {
     }
 }
 
-/// Reads what the socket has, runs the connection's timers and writes
-/// what it can. Events stay in the connection.
-fn pump(l: &mut Link, buf: &mut [u8], now: Instant, stats: &mut Stats) -> Result<(), LinkError> {
-    loop {
+/// Reads what the socket has (if `read`; at most [`READ_PER_TURN`] bytes),
+/// runs the connection's timers and writes what it can. Events stay in the
+/// connection.
+/// Bytes one turn reads from a connection at most: a bound on the records
+/// the caller must take in one go (a cold sync arrives at several hundred
+/// MB/s), whatever the socket's buffer has grown to.
+const READ_PER_TURN: usize = 1 << 20;
+
+fn pump(
+    l: &mut Link,
+    buf: &mut [u8],
+    now: Instant,
+    stats: &mut Stats,
+    read: bool,
+) -> Result<(), LinkError> {
+    let mut budget = if read { READ_PER_TURN } else { 0 };
+    while budget > 0 {
         match l.stream.read(buf) {
             Ok(0) => return Err(LinkError::Closed),
-            Ok(n) => l.conn.recv(&buf[..n], now, stats)?,
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                l.conn.recv(&buf[..n], now, stats)?;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(LinkError::Read(Arc::new(e))),

@@ -1033,6 +1033,56 @@ mod over_tcp {
         assert_eq!(a.d.stats.auth_failures, 0);
     }
 
+    /// A backup whose consumers are behind leaves the socket unread: the
+    /// active's backlog grows (TCP's window is closed), the link stays up
+    /// through keepalives that wait unread, and once reading resumes
+    /// every record arrives: back-pressure instead of loss.
+    #[test]
+    fn a_backup_that_holds_its_reads_slows_the_active_and_loses_nothing() {
+        let (mut a, mut b) = pair(None);
+        until(&mut a, &mut b, "the first cold sync", |a, b| {
+            hot(a) && hot(b)
+        });
+        const N: u32 = 200_000;
+        let mut sent = 0;
+        let feed = |a: &mut Node, sent: &mut u32| {
+            while *sent < N && a.d.add(&record(*sent)) {
+                a.table.insert(key(*sent), (record(*sent), 0));
+                *sent += 1;
+            }
+        };
+        b.d.hold_reads(true);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(300) {
+            feed(&mut a, &mut sent);
+            a.turn();
+            b.turn();
+        }
+        let held = b.table.len();
+        for _ in 0..100 {
+            feed(&mut a, &mut sent);
+            a.turn();
+            b.turn();
+        }
+        assert_eq!(b.table.len(), held, "nothing read while held");
+        assert!(held < a.table.len(), "held {held} of {}", a.table.len());
+        assert!(a.d.backlog() > 0, "the active's backlog waits");
+        assert!(a.d.is_up() && b.d.is_up(), "the link stays up");
+        b.d.hold_reads(false);
+        let t0 = Instant::now();
+        while sent < N {
+            assert!(t0.elapsed() < Duration::from_secs(10), "fed {sent} of {N}");
+            feed(&mut a, &mut sent);
+            a.turn();
+            b.turn();
+        }
+        until(&mut a, &mut b, "every record after the hold", |a, b| {
+            a.table.len() == N as usize && a.sessions() == b.sessions()
+        });
+        assert_eq!(b.d.stats.connection_teardown, 0);
+        assert_eq!(a.d.stats.add_nack_received, 0);
+    }
+
     #[test]
     fn strangers_and_wrong_keys_are_refused() {
         let (mut a, _) = pair(Some(b"the right key, 16+"));

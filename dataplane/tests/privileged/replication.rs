@@ -429,7 +429,68 @@ fn an_overloaded_sync_link_converges_by_repair() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A standby too small for the master's sessions (`sessions.per_worker`
+/// may differ between the nodes): B refuses what does not fit, repair
+/// and automatic resyncs cannot help, and after 10 s the replicated sets
+/// are reported diverged, in `ha --json` and as a warning in the text
+/// view. Once the master's sessions fit again an operator's resync makes
+/// the standby whole and the warning goes.
+fn a_standby_too_small_is_reported_diverged() -> Result<(), Failed> {
+    let pair = Pair::new();
+    let a = pair.start_a();
+    let small = config("b", "backup", "198.18.9.2", "198.18.9.1", 2)
+        .replace("[sessions]\n", "[sessions]\nper_worker = 16\n");
+    let b = Daemon::start(&pair.b, &small);
+    wait_ha(&b, "B up and hot", |v| v["synchronization"] == "hot")?;
+    let (_peers, _server) = recording_echo_server(&pair.topo, 7700, 100);
+    let mut conns = open_connections(&pair.topo, 7700, 80)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut v = ha(&b)?;
+    while v["diverged"] != true && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        v = ha(&b)?;
+    }
+    check(
+        v["diverged"] == true
+            && v["digest_match"] == false
+            && v["digest_differs_ms"].as_u64() >= Some(10_000)
+            && v["install_failures"].as_u64() > Some(0)
+            && v["digest_sessions"].as_u64() < Some(80),
+        format!("B diverged within 30 s: {v}"),
+    )?;
+    let o = netns::tandemstat(&b.instance).args(["ha"]).output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    check(
+        text.contains("Warning: the replicated sets have differed for")
+            && text.contains("Digests agree:")
+            && text.contains("with the active steady"),
+        format!("the text view warns:\n{text}"),
+    )?;
+    // Down to 10 connections, which fit; the closed ones age out on A
+    // (1 s) and their deletes reach B.
+    conns.truncate(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count(&a)? != 10 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    check(count(&a)? == 10, "A down to 10 sessions")?;
+    let o = std::process::Command::new(netns::tandemstat_path().with_file_name("tandemctl"))
+        .args(["--instance", &b.instance, "request", "resync"])
+        .output()?;
+    check(o.status.success(), format!("resync on B: {o:?}"))?;
+    converge(&a, &b, 10, "B resynced with room")?;
+    wait_ha(&b, "B whole: digests agree, not diverged", |v| {
+        v["digest_match"] == true && v["diverged"] == false && v["digest_differs_ms"] == 0
+    })?;
+    echo_all(&mut conns)?;
+    Ok(())
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "a_standby_too_small_is_reported_diverged",
+        a_standby_too_small_is_reported_diverged,
+    ),
     (
         "an_overloaded_sync_link_converges_by_repair",
         an_overloaded_sync_link_converges_by_repair,

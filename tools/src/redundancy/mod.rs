@@ -319,15 +319,15 @@ impl Rg {
     }
 
     /// The health an operator reads: failed (a critical check failed),
-    /// warning (replication refused or stalled: a takeover would lose
-    /// sessions), or passed.
+    /// warning (replication refused, stalled or diverged: a takeover would
+    /// lose sessions), or passed.
     pub fn health(&self) -> &'static str {
         if !self.healthy {
             "failed"
         } else if self
             .sync
             .as_ref()
-            .is_some_and(|h| h.config_refused || h.stalled)
+            .is_some_and(|h| h.config_refused || h.stalled || h.diverged)
         {
             "warning"
         } else {
@@ -358,6 +358,13 @@ impl Rg {
                      (service sets, NAT pools and port ranges; tandemd's log names the field)"
                         .to_owned(),
                 );
+            }
+            if h.diverged {
+                w.push(format!(
+                    "the standby's sessions differ from the master's and have for {} s: \
+                     resync and repair have not made it whole",
+                    h.digest_differs_ms / 1000
+                ));
             }
             if h.stalled {
                 w.push(format!(

@@ -127,6 +127,9 @@ pub(crate) const GEN_BATCH: usize = 32;
 /// Frames per second each generator thread sends at most (0: as fast as
 /// it can): the `--sync` case's half-rate run.
 pub(crate) static PACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Frames each generator thread sends before it stops by itself (0: no
+/// limit): `--cold-sync` fills a table with a known number of flows.
+pub(crate) static LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) fn gen_thread(
     queue: u32,
@@ -182,7 +185,11 @@ pub(crate) fn gen_thread(
     let mut comp = vec![FrameDesc::default(); 1024];
     let (mut pos, mut outstanding, mut sent) = (0usize, 0usize, 0u64);
     let (pace, began) = (PACE.load(Ordering::Relaxed), Instant::now());
-    while !stop.load(Ordering::Relaxed) {
+    let limit = match LIMIT.load(Ordering::Relaxed) {
+        0 => u64::MAX,
+        l => l,
+    };
+    while !stop.load(Ordering::Relaxed) && sent < limit {
         // Ahead of the pace: wait until the frames sent are due.
         if let Some(us) = sent.saturating_mul(1_000_000).checked_div(pace)
             && let Some(wait) = Duration::from_micros(us).checked_sub(began.elapsed())
@@ -194,14 +201,17 @@ pub(crate) fn gen_thread(
         outstanding -= unsafe { cq.consume(&mut comp) };
         let k = GEN_BATCH.min(n - outstanding).min(n - pos);
         let k = k.min(tx.nb_free(k as u32) as usize);
+        let k = k.min(usize::try_from(limit - sent).unwrap_or(usize::MAX));
         if churn {
-            // A fresh flow per packet: the source port and the source
-            // host (198.18.1.10-249) from a counter, 15 million tuples
-            // before one repeats; the sink still sees port 9.
+            // A fresh flow per packet: the source host (198.18.1.10-249)
+            // and port from a counter, 15 million tuples before one
+            // repeats; the sink still sees port 9. The hosts take turns:
+            // the kernel's SNAT keeps a source host on one pool address,
+            // whose 64k ports one host alone would exhaust.
             for (j, d) in descs[pos..pos + k].iter_mut().enumerate() {
                 let c = sent + j as u64 + u64::from(queue) * 7_680_000;
-                let sport = 1024 + (c % 64_000) as u16;
-                let host = 10 + ((c / 64_000) % 240) as u8;
+                let host = 10 + (c % 240) as u8;
+                let sport = 1024 + ((c / 240) % 64_000) as u16;
                 // SAFETY: the frame is complete (not on any ring).
                 let mut data = unsafe { umem.data_mut(d) };
                 let b = data.contents_mut();

@@ -99,9 +99,16 @@ struct Args {
     /// 2^20 slots: 64 MiB).
     #[arg(long, default_value_t = 65_536)]
     per_worker: u32,
+    /// Measure cold sync for each of these session counts: a backup
+    /// tandemd's link up to Hot (and to every session installed) against
+    /// an active holding that many, beside conntrackd's resync (`-n`) of
+    /// as many kernel conntrack entries. Uses the first --workers value.
+    #[arg(long, value_delimiter = ',')]
+    cold_sync: Vec<u32>,
 }
 
 mod cases;
+mod coldsync;
 mod generate;
 mod netns;
 
@@ -109,8 +116,8 @@ use self::{
     cases::{new_sessions, offload, services, stat_poll},
     generate::{Bpf, enter_ns, establish, measure, measure_with, per_sec, template, xdp_measure},
     netns::{
-        DUT, GEN, Peer, SINK, ifindex, mac, ns, start_tandemd, start_tandemd_with, sync_section,
-        teardown, topology,
+        DUT, GEN, PEER, Peer, SINK, ifindex, mac, ns, sh, start_tandemd, start_tandemd_in,
+        start_tandemd_with, sync_section, teardown, topology,
     },
 };
 
@@ -196,6 +203,9 @@ fn run(args: &Args, tandemd: &PathBuf) -> Result<()> {
     }
     if args.offload {
         return offload(args, bpf, &frame, tandemd);
+    }
+    if !args.cold_sync.is_empty() {
+        return coldsync::cold_sync(args, &frame, tandemd);
     }
     println!(
         "pktrate: 64-byte UDP, {} s per case, counted at the sink; Mpps (offered Mpps)",

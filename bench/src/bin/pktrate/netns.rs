@@ -106,6 +106,15 @@ pub(crate) fn topology() -> Result<()> {
         ip(&format!("-n {n} addr add {cidr} dev sync0"))?;
         ip(&format!("-n {n} link set sync0 up"))?;
     }
+    // Interfaces for a backup tandemd in tb-peer (--cold-sync): each a veth
+    // whose other end stays in tb-peer, carrying no traffic.
+    for dev in ["in0", "out0"] {
+        ip(&format!(
+            "link add {dev} netns {PEER} type veth peer name {dev}p netns {PEER}"
+        ))?;
+        ip(&format!("-n {PEER} link set {dev} up"))?;
+        ip(&format!("-n {PEER} link set {dev}p up"))?;
+    }
     Ok(())
 }
 
@@ -188,9 +197,21 @@ pub(crate) fn start_tandemd(bin: &PathBuf, workers: u32) -> Result<Tandemd> {
 
 /// tandemd with `extra` appended to the base configuration.
 pub(crate) fn start_tandemd_with(bin: &PathBuf, workers: u32, extra: &str) -> Result<Tandemd> {
+    start_tandemd_in(DUT, "pktrate", bin, workers, extra)
+}
+
+/// tandemd in namespace `netns` (interfaces in0 and out0) as `instance`
+/// (its segment, configuration and log are named after it).
+pub(crate) fn start_tandemd_in(
+    netns: &str,
+    instance: &str,
+    bin: &PathBuf,
+    workers: u32,
+    extra: &str,
+) -> Result<Tandemd> {
     let dir = std::env::temp_dir();
-    let cfg = dir.join("tandem-pktrate.toml");
-    let log = dir.join("tandem-pktrate.log");
+    let cfg = dir.join(format!("tandem-{instance}.toml"));
+    let log = dir.join(format!("tandem-{instance}.log"));
     fs::write(
         &cfg,
         format!(
@@ -199,11 +220,11 @@ pub(crate) fn start_tandemd_with(bin: &PathBuf, workers: u32, extra: &str) -> Re
     )?;
     let f = fs::File::create(&log)?;
     let child = Command::new("ip")
-        .args(["netns", "exec", DUT])
+        .args(["netns", "exec", netns])
         .arg(bin)
         .arg("--config")
         .arg(&cfg)
-        .args(["--instance", "pktrate"])
+        .args(["--instance", instance])
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)

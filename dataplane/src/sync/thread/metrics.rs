@@ -14,7 +14,7 @@ use super::SyncThread;
 pub const DIGEST_HASH_BITS: u32 = 48;
 
 /// Gauges published beside the [`Stats`] counters, in this order.
-const GAUGES: [(&str, &str, Kind); 17] = [
+const GAUGES: [(&str, &str, Kind); 19] = [
     ("tandem_sync_role", "", Kind::Gauge),
     ("tandem_sync_connection_up", "", Kind::Gauge),
     ("tandem_sync_state", "", Kind::Gauge),
@@ -32,10 +32,16 @@ const GAUGES: [(&str, &str, Kind); 17] = [
     ("tandem_sync_oldest_unacked_ms", "", Kind::Gauge),
     ("tandem_sync_stalled", "", Kind::Gauge),
     ("tandem_sync_config_refused", "", Kind::Gauge),
+    ("tandem_sync_digest_differs_ms", "", Kind::Gauge),
+    ("tandem_sync_diverged", "", Kind::Gauge),
 ];
 /// Records waiting this long for the peer's acknowledgement: replication
 /// is stalled (a health warning).
 const STALLED: Duration = Duration::from_secs(5);
+/// Digests that differ this long with the active steady (automatic
+/// resyncs included): the standby does not hold the master's sessions and
+/// repair cannot fix it (a health warning).
+const DIVERGED: Duration = Duration::from_secs(10);
 
 /// Where the replication counters sit in the segment.
 #[derive(Clone, Copy, Debug)]
@@ -152,12 +158,15 @@ impl SyncThread {
             self.config_refused = false;
         }
         let waited = self.driver.oldest_unacked();
+        let differs = self.differs_since.map_or(Duration::ZERO, |t| t.elapsed());
         let late = [
             self.driver.lag_us(0.5),
             self.driver.lag_us(0.99),
             u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             u64::from(waited >= STALLED),
             u64::from(self.config_refused),
+            u64::try_from(differs.as_millis()).unwrap_or(u64::MAX),
+            u64::from(differs >= DIVERGED),
         ];
         for (i, v) in late.into_iter().enumerate() {
             values[n + 12 + i].store(v, Ordering::Relaxed);

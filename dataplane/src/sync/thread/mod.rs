@@ -56,6 +56,11 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// 20 MB): a worker that far behind loses the peer's records, counted as
 /// `install_failures`, rather than the node its memory.
 const MAX_WAITING: usize = 1 << 18;
+/// Commands held for one worker beyond which the link is left unread
+/// (TCP then slows the active): a cold sync of a million sessions arrives
+/// faster than one worker installs it. Far enough below [`MAX_WAITING`]
+/// that what one turn has already read fits.
+const HOLD_READS: usize = 1 << 16;
 /// Deletes the connection could not batch, held to be sent again.
 const MAX_PARKED: usize = 1 << 16;
 /// Digests go to the peer this often.
@@ -105,6 +110,9 @@ pub struct SyncThread {
     peer_digest: Option<Digest>,
     /// (Backup) digest checks in a row that found the sets different.
     mismatches: u32,
+    /// (Backup) since when the digests have differed with the active
+    /// steady and this node idle, whatever resyncs did meanwhile.
+    differs_since: Option<Instant>,
     /// (Backup) no automatic resync before this, and the wait after it.
     next_resync: Instant,
     backoff: Duration,
@@ -157,6 +165,7 @@ impl SyncThread {
             digest_sent: Instant::now(),
             requests: None,
             config_refused: false,
+            differs_since: None,
         }))
     }
 
@@ -213,6 +222,8 @@ impl SyncThread {
                 }
             }
         }
+        let behind = self.waiting.iter().any(|q| q.len() >= HOLD_READS);
+        self.driver.hold_reads(behind);
         self.driver.turn(TURN);
         while let Some(n) = self.driver.poll_notice() {
             self.notice(n);
@@ -294,6 +305,9 @@ impl SyncThread {
     fn check_digest(&mut self, d: Digest) {
         let steady = self.peer_digest == Some(d);
         self.peer_digest = Some(d);
+        if self.role != Role::Backup {
+            self.differs_since = None;
+        }
         if self.role != Role::Backup
             || self.driver.sync_state() != SyncState::Hot
             || self.driver.resyncing()
@@ -303,6 +317,7 @@ impl SyncThread {
         }
         if self.digest() == d {
             self.mismatches = 0;
+            self.differs_since = None;
             self.backoff = RESYNC_BACKOFF.0;
             return;
         }
@@ -311,6 +326,7 @@ impl SyncThread {
         if !(steady && idle) {
             return;
         }
+        self.differs_since.get_or_insert_with(Instant::now);
         self.driver.stats.digest_mismatches += 1;
         self.mismatches += 1;
         if self.mismatches >= MISMATCHES && Instant::now() >= self.next_resync {
@@ -506,7 +522,12 @@ impl SyncThread {
             ToWorker::Walk { .. } | ToWorker::Sweep { .. } | ToWorker::Mark { .. }
         );
         if q.len() >= MAX_WAITING && !control {
+            // Not silent: the active repairs what it hears refused.
             self.driver.stats.install_failures += 1;
+            if let ToWorker::Install { seq, rec, .. } = cmd {
+                self.driver
+                    .nack(seq, Op::Add, NackReason::TableFull, rec.key);
+            }
             return;
         }
         if q.is_empty() {
