@@ -1039,11 +1039,11 @@ mod over_tcp {
     /// every record arrives: back-pressure instead of loss.
     #[test]
     fn a_backup_that_holds_its_reads_slows_the_active_and_loses_nothing() {
+        const N: u32 = 200_000;
         let (mut a, mut b) = pair(None);
         until(&mut a, &mut b, "the first cold sync", |a, b| {
             hot(a) && hot(b)
         });
-        const N: u32 = 200_000;
         let mut sent = 0;
         let feed = |a: &mut Node, sent: &mut u32| {
             while *sent < N && a.d.add(&record(*sent)) {
