@@ -443,14 +443,14 @@ impl Driver {
     }
 }
 
-/// Reads what the socket has (if `read`; at most [`READ_PER_TURN`] bytes),
-/// runs the connection's timers and writes what it can. Events stay in the
-/// connection.
 /// Bytes one turn reads from a connection at most: a bound on the records
 /// the caller must take in one go (a cold sync arrives at several hundred
 /// MB/s), whatever the socket's buffer has grown to.
 const READ_PER_TURN: usize = 1 << 20;
 
+/// Reads what the socket has (if `read`; at most [`READ_PER_TURN`] bytes),
+/// runs the connection's timers and writes what it can. Events stay in the
+/// connection.
 fn pump(
     l: &mut Link,
     buf: &mut [u8],

@@ -240,13 +240,19 @@ fn ctd_config(side: &str, local: &str, peer: &str, limit: u32) -> String {
     )
 }
 
+/// `conntrackd -C <side's configuration> <flag>` in `netns`: a command to
+/// the running daemon of that side.
+fn ctd(side: &str, netns: &str, flag: &str) -> Result<String> {
+    ns(
+        netns,
+        &["conntrackd", "-C", &format!("{CTD_DIR}/{side}.conf"), flag],
+    )
+}
+
 /// `current active connections` of the `cache internal` or `cache
 /// external` block of `conntrackd -s`.
 fn ctd_count(side: &str, netns: &str, cache: &str) -> u64 {
-    let Ok(out) = ns(
-        netns,
-        &["conntrackd", "-C", &format!("{CTD_DIR}/{side}.conf"), "-s"],
-    ) else {
+    let Ok(out) = ctd(side, netns, "-s") else {
         return 0;
     };
     out.split(&format!("cache {cache}"))
@@ -345,19 +351,12 @@ fn conntrackd_case(frame: &[u8], n: u32, w: u32) -> Result<CtRun> {
     })?;
     let mut b = spawn(PEER, "b")?;
     let up = wait_for(Duration::from_millis(50), || {
-        Ok(ns(
-            PEER,
-            &["conntrackd", "-C", &format!("{CTD_DIR}/b.conf"), "-s"],
-        )
-        .is_ok())
+        Ok(ctd("b", PEER, "-s").is_ok())
     })?;
     let mut ms = None;
     if ready && up {
         let t0 = Instant::now();
-        ns(
-            PEER,
-            &["conntrackd", "-C", &format!("{CTD_DIR}/b.conf"), "-n"],
-        )?;
+        ctd("b", PEER, "-n")?;
         if wait_for(Duration::from_millis(10), || {
             Ok(ctd_count("b", PEER, "external") >= entries)
         })? {

@@ -53,8 +53,9 @@ const TURN: Duration = Duration::from_millis(1);
 const DRAIN: usize = 4096;
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Commands the sync thread holds for one worker beyond its ring (about
-/// 20 MB): a worker that far behind loses the peer's records, counted as
-/// `install_failures`, rather than the node its memory.
+/// 20 MB): past it an add is refused (counted as `install_failures` and
+/// nacked, so the active repairs it) rather than the node losing its
+/// memory. Back-pressure ([`HOLD_READS`]) keeps a live link below it.
 const MAX_WAITING: usize = 1 << 18;
 /// Commands held for one worker beyond which the link is left unread
 /// (TCP then slows the active): a cold sync of a million sessions arrives
