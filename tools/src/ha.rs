@@ -281,7 +281,7 @@ pub fn text(h: &Ha) -> String {
         let _ = writeln!(
             o,
             "    Warning: the replicated sets have differed for {} s: resync and repair have not \
-             made the standby whole (a full table? the log says what was refused)",
+             made the standby whole (a full table? Install failures count what it refused)",
             h.digest_differs_ms / 1000
         );
     }
