@@ -27,6 +27,8 @@ use clap::Subcommand;
 
 mod chaos;
 mod failover;
+mod upgrade;
+pub use self::upgrade::PREVIOUS;
 
 use self::failover::{failover, holds_vip, restart};
 use crate::{cargo, output, root, run};
@@ -72,6 +74,17 @@ pub enum LabCmd {
         /// Write every fault's figures and the table as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// A rolling upgrade from an older build while 100 TCP connections
+    /// echo: both nodes start on commit FROM (built once under
+    /// target/upgrade); the standby restarts on this build and gets Hot,
+    /// takes over, the other node restarts on this build and takes over
+    /// again. Fails unless every connection survives. The default FROM is
+    /// the last build of the previous sync protocol (no digest or
+    /// contract capability).
+    Upgrade {
+        #[arg(long, default_value = upgrade::PREVIOUS)]
+        from: String,
     },
 }
 
@@ -263,6 +276,12 @@ fn tandemd_path() -> PathBuf {
 }
 
 fn start_daemon(node: &str) -> Result<u32> {
+    start_daemon_from(node, &tandemd_path())
+}
+
+/// Starts node `node`'s tandemd from the binary `bin` (`lab upgrade` runs
+/// an older build).
+fn start_daemon_from(node: &str, bin: &std::path::Path) -> Result<u32> {
     let dir = state_dir();
     fs::create_dir_all(&dir)?;
     let log = dir.join(format!("{node}.log"));
@@ -270,7 +289,7 @@ fn start_daemon(node: &str) -> Result<u32> {
     let f = fs::File::create(&log)?;
     let child = Command::new("ip")
         .args(["netns", "exec", &format!("tnd-{node}")])
-        .arg(tandemd_path())
+        .arg(bin)
         .arg("--config")
         .arg(&cfg)
         .args(["--instance", node])
@@ -620,6 +639,7 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
         }
         Some(LabCmd::Traffic) => traffic(),
         Some(LabCmd::Failover { how }) => failover(how),
+        Some(LabCmd::Upgrade { from }) => upgrade::upgrade(&from),
         Some(LabCmd::Chaos { faults, seed, json }) => {
             // It builds its own lab: a fresh machine needs the toolchain.
             crate::setup::setup()?;
