@@ -709,7 +709,7 @@ fn disagreement(ours: &[(String, String)], theirs: &[(String, String)]) -> Optio
 
 fn count_decode(e: DecodeError, stats: &mut Stats) {
     match e {
-        DecodeError::BadHeader => stats.invalid_header += 1,
+        DecodeError::BadHeader | DecodeError::Version(_) => stats.invalid_header += 1,
         DecodeError::BadKind(_) => stats.invalid_kind += 1,
         DecodeError::BadLength => stats.invalid_length += 1,
         DecodeError::BadRecord => stats.decode_failures += 1,

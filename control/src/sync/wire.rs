@@ -102,8 +102,12 @@ impl Kind {
 /// the peer is either not speaking this version or not well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("bad magic or version")]
+    #[error("bad magic, flags or reserved bytes")]
     BadHeader,
+    /// The peer speaks another version of the protocol, one the hello's
+    /// capabilities cannot bridge.
+    #[error("the peer speaks sync protocol version {0}, this node {VERSION}")]
+    Version(u8),
     #[error("unknown message kind {0}")]
     BadKind(u8),
     #[error("bad length")]
@@ -134,8 +138,11 @@ impl Header {
     }
 
     fn decode(h: &[u8; HEADER_LEN]) -> Result<Self, DecodeError> {
-        if u16::from_be_bytes([h[0], h[1]]) != MAGIC || h[2] != VERSION {
+        if u16::from_be_bytes([h[0], h[1]]) != MAGIC {
             return Err(DecodeError::BadHeader);
+        }
+        if h[2] != VERSION {
+            return Err(DecodeError::Version(h[2]));
         }
         let kind = Kind::from_u8(h[3]).ok_or(DecodeError::BadKind(h[3]))?;
         if h[4] & !FLAG_TAG != 0 || h[5..8] != [0, 0, 0] {

@@ -193,10 +193,10 @@ fn bad_frames_are_refused_with_their_reason() {
         frame(&b)
     };
     assert_eq!(with(0, 0x99), Err(DecodeError::BadHeader), "magic");
-    assert_eq!(with(2, 1), Err(DecodeError::BadHeader), "version 1");
+    assert_eq!(with(2, 1), Err(DecodeError::Version(1)), "version 1");
     assert_eq!(
         with(2, VERSION + 1),
-        Err(DecodeError::BadHeader),
+        Err(DecodeError::Version(VERSION + 1)),
         "a later version"
     );
     assert_eq!(with(3, 0), Err(DecodeError::BadKind(0)));
