@@ -19,7 +19,10 @@
 //! while no peer is connected. Per-session order holds because a session's
 //! events all come from its owner worker, through one FIFO ring.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
 
 use crossbeam_queue::ArrayQueue;
 use tandem_control::{
@@ -131,9 +134,23 @@ impl Counts {
     }
 }
 
+/// A worker's end of its `events` ring.
+pub type EventsTx = rtrb::Producer<ToSync>;
+/// The sync thread's end of a worker's `events` ring.
+pub type EventsRx = rtrb::Consumer<ToSync>;
+
 /// One worker's rings.
 pub struct Port {
-    pub events: ArrayQueue<ToSync>,
+    /// The two ends of the `events` ring until the worker
+    /// ([`Hub::events_sender`]) and the sync thread
+    /// ([`Hub::events_receiver`]) take them, once, at start. The lock is
+    /// for that hand-over only. One producer and one consumer: a pop never
+    /// waits for a push in flight (an MPMC ring's pop spins on it, for a
+    /// whole time slice when the pushing worker was preempted on the sync
+    /// thread's core).
+    events_tx: Mutex<Option<EventsTx>>,
+    events_rx: Mutex<Option<EventsRx>>,
+    /// From the sync thread, and from other workers (a stub's commands).
     pub commands: ArrayQueue<ToWorker>,
     /// Written by the worker only.
     pub counts: Counts,
@@ -151,14 +168,40 @@ impl Hub {
     pub fn new(workers: usize) -> Self {
         Self {
             ports: (0..workers)
-                .map(|_| Port {
-                    events: ArrayQueue::new(RING),
-                    commands: ArrayQueue::new(RING),
-                    counts: Counts::default(),
+                .map(|_| {
+                    let (tx, rx) = rtrb::RingBuffer::new(RING);
+                    Port {
+                        events_tx: Mutex::new(Some(tx)),
+                        events_rx: Mutex::new(Some(rx)),
+                        commands: ArrayQueue::new(RING),
+                        counts: Counts::default(),
+                    }
                 })
                 .collect(),
             live: AtomicBool::new(false),
         }
+    }
+
+    /// Worker `w`'s end of its `events` ring; `None` once taken.
+    pub fn events_sender(&self, w: usize) -> Option<EventsTx> {
+        take(&self.ports.get(w)?.events_tx)
+    }
+
+    /// The sync thread's end of worker `w`'s `events` ring; `None` once
+    /// taken.
+    pub fn events_receiver(&self, w: usize) -> Option<EventsRx> {
+        take(&self.ports.get(w)?.events_rx)
+    }
+
+    /// Pops worker `w`'s events in place of a sync thread (tests).
+    #[doc(hidden)]
+    pub fn drain_events(&self, w: usize) -> Vec<ToSync> {
+        let mut g = self.ports[w]
+            .events_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rx = g.as_mut().expect("events receiver still in the hub");
+        std::iter::from_fn(|| rx.pop().ok()).collect()
     }
 
     #[inline]
@@ -169,6 +212,12 @@ impl Hub {
     pub fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Relaxed);
     }
+}
+
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 /// Bumps a single-writer counter.

@@ -65,6 +65,10 @@ pub struct Conn {
     rx_seq: u64,
     inbuf: Vec<u8>,
     out: Vec<u8>,
+    /// Bytes at the front of `out` the socket has taken: they go when
+    /// they are half of it (a write that takes part of a large backlog
+    /// does not move the rest).
+    out_taken: usize,
     open: Option<Open>,
     pending: VecDeque<Pending>,
     ack_due: u64,
@@ -104,6 +108,7 @@ impl Conn {
             rx_seq: 0,
             inbuf: Vec::new(),
             out: Vec::new(),
+            out_taken: 0,
             open: None,
             pending: VecDeque::new(),
             ack_due: 0,
@@ -200,12 +205,21 @@ impl Conn {
 
     /// Bytes for the socket.
     pub fn output(&self) -> &[u8] {
-        &self.out
+        &self.out[self.out_taken..]
     }
 
     /// The socket took `n` bytes of `output`.
     pub fn consumed(&mut self, n: usize) {
-        self.out.drain(..n.min(self.out.len()));
+        self.out_taken = (self.out_taken + n).min(self.out.len());
+        if self.out_taken == self.out.len() {
+            self.out.clear();
+            self.out_taken = 0;
+        } else if self.out_taken >= self.out.len() / 2 {
+            // Moves no more bytes than it frees: the cost is linear in
+            // what is written, however large the backlog.
+            self.out.drain(..self.out_taken);
+            self.out_taken = 0;
+        }
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -619,7 +633,7 @@ impl Conn {
             self.seal(now, stats);
         }
         if self.open.is_none() {
-            if self.out.len() >= self.s.max_backlog {
+            if self.output().len() >= self.s.max_backlog {
                 stats.batch_begin_failures += 1;
                 return false;
             }

@@ -322,7 +322,7 @@ impl Services {
             s.state = next;
             self.table.reschedule(slot);
             let s = self.table.get(slot);
-            let lost = sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
+            let lost = sync::emit(self.sync.as_mut(), self.worker, s.key.proto, || {
                 ToSync::Refresh(refresh_record(s, now))
             });
             if lost && let Some(r) = self.sync.as_mut() {
@@ -441,7 +441,7 @@ impl Services {
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         };
-        let lost = sync::emit(self.sync.as_ref(), self.worker, s.key.proto, || {
+        let lost = sync::emit(self.sync.as_mut(), self.worker, s.key.proto, || {
             ToSync::Add(record(&s, now))
         });
         if lost && let Some(r) = self.sync.as_mut() {
@@ -552,7 +552,7 @@ impl Services {
                             r.ended_unsent(worker);
                         }
                     }
-                    if sync::emit(rep.as_deref(), worker, s.key.proto, || {
+                    if sync::emit(rep.as_deref_mut(), worker, s.key.proto, || {
                         ToSync::Delete(delete_record(s))
                     }) && let Some(r) = rep.as_deref_mut()
                     {
@@ -561,7 +561,7 @@ impl Services {
                 }
                 Aged::Extended if s.remote != 0 => {}
                 Aged::Extended => {
-                    if sync::emit(rep.as_deref(), worker, s.key.proto, || {
+                    if sync::emit(rep.as_deref_mut(), worker, s.key.proto, || {
                         ToSync::Refresh(refresh_record(s, now))
                     }) && let Some(r) = rep.as_deref_mut()
                     {

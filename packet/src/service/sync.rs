@@ -49,6 +49,8 @@ struct Walk {
 /// A worker's replication state.
 pub struct WorkerSync {
     hub: Arc<Hub>,
+    /// This worker's end of its `events` ring.
+    pub(super) events: sync::EventsTx,
     walk: Option<Walk>,
     /// (generation to keep, next slot) of a sweep under way.
     sweep: Option<(u8, u32)>,
@@ -70,7 +72,7 @@ pub struct WorkerSync {
 #[inline]
 #[must_use]
 pub(super) fn emit(
-    replica: Option<&WorkerSync>,
+    replica: Option<&mut WorkerSync>,
     worker: usize,
     proto: u8,
     f: impl FnOnce() -> ToSync,
@@ -79,7 +81,7 @@ pub(super) fn emit(
         && r.hub.is_live()
         && PROTOCOLS.contains(&proto)
     {
-        return !push(&r.hub, worker, f());
+        return !r.push(worker, f());
     }
     false
 }
@@ -111,17 +113,22 @@ fn forward(hub: &Hub, me: usize, w: usize, cmd: ToWorker) {
     }
 }
 
-/// Pushes `ev`; false (counted) when the ring is full.
-fn push(hub: &Hub, worker: usize, ev: ToSync) -> bool {
-    let port = &hub.ports[worker];
-    if port.events.push(ev).is_err() {
-        bump(&port.counts.overflow, 1);
-        return false;
-    }
-    true
-}
-
 impl WorkerSync {
+    /// Pushes `ev`; false (counted) when the ring is full.
+    #[inline]
+    fn push(&mut self, worker: usize, ev: ToSync) -> bool {
+        if self.events.push(ev).is_err() {
+            bump(&self.hub.ports[worker].counts.overflow, 1);
+            return false;
+        }
+        true
+    }
+
+    /// Room in the ring for a whole chunk of a walk and its end marker.
+    fn room(&self) -> bool {
+        self.events.slots() > WALK_CHUNK
+    }
+
     /// A session's event was lost: repair sends it again.
     pub(super) fn mark(&mut self, s: &mut crate::session::Session) {
         s.set_unsent(true);
@@ -146,10 +153,18 @@ impl Services {
     /// Joins replication: the worker sends its sessions while the hub is
     /// live (this node active, the peer connected) and installs the
     /// peer's, which outlive their timeouts by `grace`, when told to.
+    ///
+    /// # Panics
+    /// When this worker's end of the ring was taken already (it attaches
+    /// once).
     pub fn attach(&mut self, hub: Arc<Hub>, grace: u32) {
         self.table.set_grace(grace);
+        let events = hub
+            .events_sender(self.worker)
+            .expect("a worker attaches to its hub once");
         self.sync = Some(WorkerSync {
             hub,
+            events,
             walk: None,
             sweep: None,
             repair_due: false,
@@ -199,29 +214,33 @@ impl Services {
             // discarded.
             r.walk = None;
         }
-        if let Some(walk) = r.walk.as_mut() {
-            let port = &r.hub.ports[w];
+        if let Some(mut walk) = r.walk.take() {
             // Chunk by chunk while the ring has room for a whole one and
             // its end marker (a walk never pushes live events out), and at
             // most WALK_SLOTS slots per loop.
             let mut slots = 0;
-            while slots < WALK_SLOTS && port.events.capacity() - port.events.len() > WALK_CHUNK {
+            let mut done = false;
+            while slots < WALK_SLOTS && r.room() {
+                let events = &mut r.events;
                 let next = self.table.scan(walk.next, WALK_CHUNK, |s| {
-                    let _ = port.events.push(ToSync::Add(sync::record(s, now)));
+                    let _ = events.push(ToSync::Add(sync::record(s, now)));
                     walk.sent += 1;
                 });
                 slots += WALK_CHUNK;
                 if let Some(n) = next {
                     walk.next = n;
                 } else {
-                    let done = ToSync::WalkDone {
+                    let end = ToSync::WalkDone {
                         walk: walk.id,
                         sessions: walk.sent,
                     };
-                    let _ = push(&r.hub, w, done);
-                    r.walk = None;
+                    let _ = r.push(w, end);
+                    done = true;
                     break;
                 }
+            }
+            if !done {
+                r.walk = Some(walk);
             }
         }
         self.repair_step(&mut r, now);
@@ -258,6 +277,7 @@ impl Services {
     fn repair_step(&mut self, r: &mut WorkerSync, now: u32) {
         let WorkerSync {
             hub,
+            events,
             walk,
             repair_due,
             repair,
@@ -273,12 +293,11 @@ impl Services {
             return;
         }
         let port = &hub.ports[self.worker];
-        let room = || port.events.capacity() - port.events.len() > WALK_CHUNK;
         let mut sent = 0;
-        while room()
+        while events.slots() > WALK_CHUNK
             && let Some(d) = parked.pop()
         {
-            let _ = port.events.push(ToSync::Delete(d));
+            let _ = events.push(ToSync::Delete(d));
             sent += 1;
         }
         if repair.is_none() && *repair_due && walk.is_none() && now >= *next_repair {
@@ -289,11 +308,11 @@ impl Services {
         if let Some(mut from) = *repair {
             let mut slots = 0;
             let mut done = false;
-            while slots < WALK_SLOTS && room() {
+            while slots < WALK_SLOTS && events.slots() > WALK_CHUNK {
                 let next = self.table.scan_mut(from, WALK_CHUNK, |s| {
                     if s.is_unsent() {
                         s.set_unsent(false);
-                        let _ = port.events.push(ToSync::Add(sync::record(s, now)));
+                        let _ = events.push(ToSync::Add(sync::record(s, now)));
                         sent += 1;
                     }
                 });
@@ -319,17 +338,15 @@ impl Services {
         {
             r.sweep = None;
         }
-        let counts = &r.hub.ports[w].counts;
         match cmd {
             ToWorker::Install {
                 seq,
                 generation,
                 rec,
             } => match self.install(&rec, generation, now) {
-                Ok(_) => bump(&counts.installed, 1),
+                Ok(_) => bump(&r.hub.ports[w].counts.installed, 1),
                 Err(reason) => {
-                    let _ = push(
-                        &r.hub,
+                    let _ = r.push(
                         w,
                         ToSync::Refused {
                             seq,
@@ -352,11 +369,11 @@ impl Services {
                         forward(&r.hub, w, h, cmd);
                     } else {
                         release(&mut self.sets, &s);
-                        bump(&counts.removed, 1);
+                        bump(&r.hub.ports[w].counts.removed, 1);
                         unstub(r, self.workers, w, &s);
                     }
                 }
-                None => bump(&counts.not_found, 1),
+                None => bump(&r.hub.ports[w].counts.not_found, 1),
             },
             ToWorker::Stub {
                 generation,
@@ -389,8 +406,7 @@ impl Services {
                     self.table.reschedule(slot);
                 }
                 None => {
-                    let _ = push(
-                        &r.hub,
+                    let _ = r.push(
                         w,
                         ToSync::Refused {
                             seq,
@@ -409,7 +425,7 @@ impl Services {
             ToWorker::Resend { key } => {
                 if let Some((slot, Side::Initiator)) = self.table.lookup(&sync::flow_key(&key)) {
                     let rec = sync::record(self.table.get(slot), now);
-                    if !push(&r.hub, w, ToSync::Add(rec)) {
+                    if !r.push(w, ToSync::Add(rec)) {
                         self.table.get_mut(slot).set_unsent(true);
                         r.repair_due = true;
                     }
@@ -419,7 +435,7 @@ impl Services {
                 if let Some((slot, Side::Initiator)) = self.table.lookup(&sync::flow_key(&key)) {
                     let s = self.table.get_mut(slot);
                     if refused && s.was_retried() {
-                        bump(&counts.abandoned, 1);
+                        bump(&r.hub.ports[w].counts.abandoned, 1);
                     } else {
                         if refused {
                             s.set_retried();

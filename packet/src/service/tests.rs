@@ -324,7 +324,7 @@ mod replication {
     use crate::sync::{self, Hub, ToSync, ToWorker};
 
     fn events(hub: &Hub) -> Vec<ToSync> {
-        std::iter::from_fn(|| hub.ports[0].events.pop()).collect()
+        hub.drain_events(0)
     }
 
     fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
@@ -688,7 +688,7 @@ mod replication {
         // delete was lost): the newer binding wins.
         install(&hub, 1, rec(6000, 1030));
         s.sync_step(2);
-        assert!(hub.ports[0].events.is_empty(), "nothing refused");
+        assert!(hub.drain_events(0).is_empty(), "nothing refused");
         assert_eq!(s.table.len(), 1);
         let k = FlowKey::v4(CLIENT, SERVER, 6000, 53, 17);
         assert!(s.table.lookup(&k).is_some());
@@ -714,10 +714,11 @@ mod replication {
         assert!(!s.sync_ready());
     }
 
-    /// Fills the ring as a sync thread that does not drain would leave it.
-    fn fill(hub: &Hub) {
-        while hub.ports[0]
-            .events
+    /// Fills `a`'s ring as a sync thread that does not drain would leave
+    /// it.
+    fn fill(a: &mut Services) {
+        let events = &mut a.sync.as_mut().expect("attached").events;
+        while events
             .push(ToSync::WalkDone {
                 walk: 0,
                 sessions: 0,
@@ -735,7 +736,7 @@ mod replication {
         carry(&ah, &sh, 1);
         s.sync_step(1);
         // The ring full: two adds are lost (counted), their sessions marked.
-        fill(&ah);
+        fill(&mut a);
         open(&mut a, 5001, 1, &mut t);
         open(&mut a, 5002, 1, &mut t);
         assert_eq!(count(&ah.ports[0].counts.overflow), 2);
@@ -751,7 +752,7 @@ mod replication {
         a.sync_step(3);
         assert!(events(&ah).is_empty(), "nothing marked any more");
         // A lost delete is parked and sent when there is room.
-        fill(&ah);
+        fill(&mut a);
         a.expire(100_000, &mut t);
         assert!(a.table.is_empty());
         assert!(a.sync_repairing(), "deletes parked");
@@ -902,7 +903,7 @@ mod replication {
         hub.set_live(true);
         let mut t = Tally::new(1);
         open(&mut a, 5000, 1, &mut t);
-        while hub.ports[0].events.pop().is_some() {}
+        hub.drain_events(0);
         hub.ports[0]
             .commands
             .push(ToWorker::Walk { walk: 1 })
@@ -911,7 +912,9 @@ mod replication {
         a.sync_step(2);
         assert!(!a.sync_walking());
         assert!(
-            !std::iter::from_fn(|| hub.ports[0].events.pop()).any(|e| matches!(e, ToSync::Add(_))),
+            !hub.drain_events(0)
+                .iter()
+                .any(|e| matches!(e, ToSync::Add(_))),
             "no records for a connection that is gone"
         );
     }

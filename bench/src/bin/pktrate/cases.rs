@@ -218,13 +218,47 @@ pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathB
                 clippy::cast_sign_loss,
                 reason = "a rate"
             )]
-            generate::PACE.store((r.pps / 2.0 / f64::from(w)) as u64, Ordering::Relaxed);
+            let pace = (r.pps / 2.0 / f64::from(w)) as u64;
+            generate::PACE.store(pace, Ordering::Relaxed);
+            let c0 = d.cpu()?;
             let half = measure_with(bpf, frame, 1, w, args.seconds, true);
             generate::PACE.store(0, Ordering::Relaxed);
             let half = half?;
+            let cpu_sync = d.cpu()?.since(&c0);
             let lag_half = lag_us();
             d.stop()?;
             peer.stop()?;
+            // The same pace without replication: the active's CPU per
+            // session with and without it, the cost that does not depend
+            // on which of this box's two cores the peer and the generator
+            // share.
+            let d = start_tandemd_with(tandemd, w, &services)?;
+            thread::sleep(Duration::from_millis(500));
+            generate::PACE.store(pace, Ordering::Relaxed);
+            let c0 = d.cpu()?;
+            let plain_half = measure_with(bpf, frame, 1, w, args.seconds, true);
+            generate::PACE.store(0, Ordering::Relaxed);
+            let plain_half = plain_half?;
+            let cpu_plain = d.cpu()?.since(&c0);
+            d.stop()?;
+            // The window is the warm-up second and `seconds` more.
+            let per = |c: u64, pps: f64| c as f64 / (pps * (args.seconds as f64 + 1.0)).max(1.0);
+            let (p, q) = (
+                per(cpu_plain.total(), plain_half.pps),
+                per(cpu_sync.total(), half.pps),
+            );
+            notes.push(format!(
+                "workers={w} CPU per new session at {:.3} / {:.3} Mpps: plain {p:.0} ns (workers \
+                 {:.0}), with sync {q:.0} ns (workers {:.0}, sync thread {:.0}, other {:.0}): \
+                 {:+.1}%",
+                plain_half.pps / 1e6,
+                half.pps / 1e6,
+                per(cpu_plain.workers, plain_half.pps),
+                per(cpu_sync.workers, half.pps),
+                per(cpu_sync.sync, half.pps),
+                per(cpu_sync.other, half.pps),
+                (q / p.max(1.0) - 1.0) * 100.0
+            ));
             notes.push(format!(
                 "workers={w} sync lag (batched to acknowledged, us): at {:.3} Mpps p50 {} p99 {}; \
                  at {:.3} Mpps p50 {} p99 {}",

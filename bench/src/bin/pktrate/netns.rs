@@ -242,7 +242,58 @@ pub(crate) fn start_tandemd_in(
     }
 }
 
+/// CPU time a process's threads have run, in ns, by role: workers
+/// (`tandem-w*`), the sync thread, and the rest (redundancy, netlink,
+/// main).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Cpu {
+    pub(crate) workers: u64,
+    pub(crate) sync: u64,
+    pub(crate) other: u64,
+}
+
+impl Cpu {
+    pub(crate) fn total(&self) -> u64 {
+        self.workers + self.sync + self.other
+    }
+
+    pub(crate) fn since(&self, before: &Self) -> Self {
+        Self {
+            workers: self.workers.saturating_sub(before.workers),
+            sync: self.sync.saturating_sub(before.sync),
+            other: self.other.saturating_sub(before.other),
+        }
+    }
+}
+
 impl Tandemd {
+    /// CPU time of every thread so far (`/proc/PID/task/*/schedstat`:
+    /// nanoseconds on a CPU, softirq work done in the thread's context
+    /// included).
+    pub(crate) fn cpu(&self) -> Result<Cpu> {
+        let mut c = Cpu::default();
+        for t in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let t = t?.path();
+            let (Ok(comm), Ok(st)) = (
+                fs::read_to_string(t.join("comm")),
+                fs::read_to_string(t.join("schedstat")),
+            ) else {
+                continue; // the thread ended
+            };
+            let ns: u64 = st
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match comm.trim() {
+                n if n.starts_with("tandem-w") => c.workers += ns,
+                "tandem-sync" => c.sync += ns,
+                _ => c.other += ns,
+            }
+        }
+        Ok(c)
+    }
+
     /// Stops it and returns the exit report (final counters, XSK statistics).
     pub(crate) fn stop(mut self) -> Result<String> {
         // SAFETY: kill(2) on our own child.

@@ -42,7 +42,7 @@ use tandem_control::{
 
 mod metrics;
 
-use super::{Hub, Ownership, ToSync, ToWorker};
+use super::{EventsRx, Hub, Ownership, ToSync, ToWorker};
 use crate::{handoff::Handoff, node::Node};
 
 pub use self::metrics::{DIGEST_HASH_BITS, Slots, register};
@@ -82,6 +82,8 @@ pub struct ResyncRequest {
 pub struct SyncThread {
     driver: Driver,
     hub: Arc<Hub>,
+    /// Every worker's `events` ring, this thread's end.
+    events: Vec<EventsRx>,
     handoff: Arc<Handoff>,
     own: Ownership,
     role: Role,
@@ -141,9 +143,14 @@ impl SyncThread {
         let (local, peer) = addresses(cfg).expect("[sync] is configured");
         let (role, max_backlog) = (settings.role, settings.max_backlog);
         let driver = Driver::new(settings, local, peer)?;
+        let events = (0..workers)
+            .map(|w| hub.events_receiver(w))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| io::Error::other("the workers' event rings were taken already"))?;
         Ok(Some(Self {
             driver,
             hub,
+            events,
             handoff,
             own: Ownership::new(cfg, workers),
             role,
@@ -236,7 +243,7 @@ impl SyncThread {
                 if self.role == Role::Active && self.driver.backlog() >= self.max_backlog / 2 {
                     break;
                 }
-                let Some(ev) = self.hub.ports[w].events.pop() else {
+                let Ok(ev) = self.events[w].pop() else {
                     break;
                 };
                 self.event(ev);
