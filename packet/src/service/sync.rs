@@ -38,6 +38,8 @@ const SWEEP_CHUNK: usize = 4096;
 const PARKED: usize = 4096;
 /// Seconds between the starts of two repair passes: a refused record is
 /// not sent again at once, and a ring kept full is not re-walked in a loop.
+/// Sessions marked only because their events were lost are sent sooner:
+/// as soon as the ring is empty (the sync thread keeps up again).
 const REPAIR_EVERY: u32 = 1;
 
 struct Walk {
@@ -56,6 +58,8 @@ pub struct WorkerSync {
     sweep: Option<(u8, u32)>,
     /// Sessions are marked `UNSENT`: a repair pass is due.
     repair_due: bool,
+    /// Some of them the peer refused: the pass waits for its second.
+    refused_due: bool,
     /// The next slot of the repair pass under way.
     repair: Option<u32>,
     /// No repair pass starts before this second.
@@ -168,6 +172,7 @@ impl Services {
             walk: None,
             sweep: None,
             repair_due: false,
+            refused_due: false,
             repair: None,
             next_repair: 0,
             parked: Vec::with_capacity(PARKED),
@@ -280,6 +285,7 @@ impl Services {
             events,
             walk,
             repair_due,
+            refused_due,
             repair,
             next_repair,
             parked,
@@ -300,9 +306,15 @@ impl Services {
             let _ = events.push(ToSync::Delete(d));
             sent += 1;
         }
-        if repair.is_none() && *repair_due && walk.is_none() && now >= *next_repair {
+        let drained = events.slots() == events.buffer().capacity();
+        if repair.is_none()
+            && *repair_due
+            && walk.is_none()
+            && (now >= *next_repair || (drained && !*refused_due))
+        {
             *repair = Some(0);
             *repair_due = false;
+            *refused_due = false;
             *next_repair = now + REPAIR_EVERY;
         }
         if let Some(mut from) = *repair {
@@ -439,6 +451,7 @@ impl Services {
                     } else {
                         if refused {
                             s.set_retried();
+                            r.refused_due = true;
                         }
                         s.set_unsent(true);
                         r.repair_due = true;

@@ -767,6 +767,45 @@ mod replication {
     }
 
     #[test]
+    fn lost_events_are_repaired_once_the_ring_drains_and_refusals_wait_their_second() {
+        let (mut a, ah, _, _) = pair();
+        ah.set_live(true);
+        let mut t = Tally::new(1);
+        let repaired = |ah: &Hub| count(&ah.ports[0].counts.repaired);
+        // A pass in second 1 sends the first lost add.
+        fill(&mut a);
+        open(&mut a, 5000, 1, &mut t);
+        events(&ah);
+        a.sync_step(1);
+        assert_eq!(repaired(&ah), 1);
+        // Another lost in the same second: while the ring is full no pass
+        // starts; once the sync thread has drained it, one does at once.
+        fill(&mut a);
+        open(&mut a, 5001, 1, &mut t);
+        a.sync_step(1);
+        assert_eq!(repaired(&ah), 1, "the ring is full");
+        events(&ah);
+        a.sync_step(1);
+        assert_eq!(repaired(&ah), 2, "sent in the same second");
+        events(&ah);
+        // A refusal waits for the next second, drained ring or not.
+        open(&mut a, 5002, 1, &mut t);
+        let key = match events(&ah).as_slice() {
+            [ToSync::Add(r)] => r.key,
+            other => panic!("{other:?}"),
+        };
+        ah.ports[0]
+            .commands
+            .push(ToWorker::Mark { key, refused: true })
+            .unwrap();
+        a.sync_step(1);
+        assert_eq!(repaired(&ah), 2, "not again in the second it was refused");
+        a.sync_step(2);
+        assert_eq!(repaired(&ah), 3);
+        assert!(matches!(events(&ah).as_slice(), [ToSync::Add(r)] if r.key == key));
+    }
+
+    #[test]
     fn a_refused_session_is_retried_once() {
         let (mut a, ah, _, _) = pair();
         ah.set_live(true);

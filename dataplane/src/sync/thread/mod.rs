@@ -64,11 +64,12 @@ const MAX_WAITING: usize = 1 << 18;
 const HOLD_READS: usize = 1 << 16;
 /// Deletes the connection could not batch, held to be sent again.
 const MAX_PARKED: usize = 1 << 16;
-/// Digests go to the peer this often.
-const DIGEST_EVERY: Duration = Duration::from_secs(1);
+/// Digests go to the peer this often: how soon after the sets agree (or
+/// stop agreeing) both nodes say so.
+const DIGEST_EVERY: Duration = Duration::from_millis(250);
 /// Digest checks in a row that must find the sets different, the active
-/// steady and this node idle, before a resync.
-const MISMATCHES: u32 = 3;
+/// steady and this node idle, before a resync: 3 s of them.
+const MISMATCHES: u32 = 12;
 /// The wait after a resync before the next one, doubling while the
 /// digests keep differing.
 const RESYNC_BACKOFF: (Duration, Duration) = (Duration::from_secs(10), Duration::from_mins(5));
@@ -307,7 +308,7 @@ impl SyncThread {
     }
 
     /// (Backup) the peer's digest came: if the sets differ while the
-    /// active was steady (its digest unchanged for a second) and nothing
+    /// active was steady (its digest unchanged since the last one) and nothing
     /// waits to be applied here, count it; after [`MISMATCHES`] in a row,
     /// resync (no more often than the backoff allows).
     fn check_digest(&mut self, d: Digest) {
