@@ -131,8 +131,14 @@ impl fmt::Display for XdpMode {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dataplane {
-    /// Worker threads; 0 means one per rx queue, capped at the core count.
+    /// Worker threads; 0 means one per rx queue, capped at the core count
+    /// (or at the number of `cores` listed).
     pub workers: u32,
+    /// CPUs the workers are pinned to, worker i to `cores[i % len]`; empty
+    /// means every CPU of the process's affinity, in order. Listing them
+    /// keeps the sync, redundancy and control threads (and the kernel's
+    /// own work) off the workers' CPUs.
+    pub cores: Vec<u32>,
     pub xdp_mode: XdpMode,
     pub bind: BindMode,
     /// UMEM frame size in bytes: 2048 or 4096.
@@ -156,6 +162,7 @@ impl Default for Dataplane {
     fn default() -> Self {
         Self {
             workers: 0,
+            cores: Vec::new(),
             xdp_mode: XdpMode::Native,
             bind: BindMode::Auto,
             frame_size: 2048,
@@ -263,6 +270,15 @@ impl Config {
                 "0..=64",
                 d.workers.to_string(),
             ));
+        }
+        for (i, c) in d.cores.iter().enumerate() {
+            if *c >= 4096 || d.cores[..i].contains(c) {
+                return Err(invalid(
+                    "dataplane.cores",
+                    "distinct CPU numbers below 4096",
+                    format!("{:?}", d.cores),
+                ));
+            }
         }
         if d.frame_size != 2048 && d.frame_size != 4096 {
             return Err(invalid(
@@ -518,6 +534,7 @@ mod tests {
             forward = false
             [dataplane]
             workers = 2
+            cores = [1, 0]
             xdp_mode = "generic"
             bind = "copy"
             frame_size = 4096
@@ -525,6 +542,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.dataplane.workers, 2);
+        assert_eq!(cfg.dataplane.cores, [1, 0]);
         assert_eq!(cfg.dataplane.xdp_mode, XdpMode::Generic);
         assert_eq!(cfg.dataplane.bind, BindMode::Copy);
         assert_eq!(cfg.node.local_addresses.len(), 2);
@@ -729,6 +747,19 @@ mod tests {
     fn missing_section_is_refused() {
         let e = parse("[dataplane]\nworkers = 1\n").unwrap_err().to_string();
         assert!(e.contains("interfaces"), "{e}");
+    }
+
+    #[test]
+    fn repeated_or_impossible_cores_are_refused() {
+        for cores in ["[1, 1]", "[4096]"] {
+            let e = parse(&format!("{GOOD}\n[dataplane]\ncores = {cores}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`dataplane.cores`: expected distinct CPU numbers below 4096"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

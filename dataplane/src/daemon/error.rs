@@ -27,6 +27,10 @@ pub enum DaemonError {
         iface: String,
         queues: u32,
     },
+    #[error(
+        "dataplane.cores: CPU {cpu} is not one this process may run on (it may use {allowed:?})"
+    )]
+    NoSuchCore { cpu: u32, allowed: Vec<usize> },
     #[error("UMEM configuration: {0}")]
     UmemConfig(#[source] xsk_rs::config::UmemConfigBuilderError),
     #[error("UMEM for worker {worker}: {source}")]

@@ -50,7 +50,24 @@ impl Interfaces {
             }
             queues.push(q.min(MAX_QUEUES));
         }
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let all = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = if cfg.dataplane.cores.is_empty() {
+            all
+        } else {
+            cfg.dataplane
+                .cores
+                .iter()
+                .map(|&c| {
+                    all.iter()
+                        .find(|id| id.id == c as usize)
+                        .copied()
+                        .ok_or_else(|| DaemonError::NoSuchCore {
+                            cpu: c,
+                            allowed: all.iter().map(|id| id.id).collect(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let min_queues = queues.iter().copied().min().unwrap_or(1);
         let workers = match cfg.dataplane.workers {
             0 => min_queues.min(cores.len().max(1) as u32),

@@ -73,7 +73,69 @@ fn missing_interface_is_a_clear_error() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `dataplane.cores` pins the worker there (the last CPU: not where it
+/// would go by default); a CPU the process cannot use is refused, named.
+fn workers_run_on_the_configured_cores() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let last = cpus - 1;
+    let cfg = BASE_CONFIG.replace(
+        "[dataplane]\n",
+        &format!("[dataplane]\nworkers = 1\ncores = [{last}]\n"),
+    );
+    let mut d = Daemon::start(&topo.node, &cfg);
+    let mut pinned = None;
+    for t in std::fs::read_dir(format!("/proc/{}/task", d.pid()))? {
+        let t = t?.path();
+        if std::fs::read_to_string(t.join("comm"))?.trim() == "tandem-w0" {
+            let status = std::fs::read_to_string(t.join("status"))?;
+            pinned = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned());
+        }
+    }
+    check(
+        pinned.as_deref() == Some(last.to_string().as_str()),
+        format!("worker 0 allowed on {pinned:?}, configured [{last}]"),
+    )?;
+    let (ok, out) = ping(&topo, SERVER, &[]);
+    check(ok, format!("forwards from CPU {last}:\n{out}"))?;
+    d.stop();
+
+    let file = std::env::temp_dir().join(format!("tandem-cores-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        BASE_CONFIG.replace("[dataplane]\n", &format!("[dataplane]\ncores = [{cpus}]\n")),
+    )?;
+    let out = topo
+        .node
+        .cmd(netns::tandemd_path().to_str().unwrap())
+        .arg("--config")
+        .arg(&file)
+        .output()?;
+    let _ = std::fs::remove_file(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    check(
+        // A failed start (1), like a missing interface: the file is valid
+        // (`--check` passes it) and this machine lacks what it names.
+        out.status.code() == Some(1)
+            && err.contains("dataplane.cores")
+            && err.contains(&format!("CPU {cpus}")),
+        format!("CPU {cpus} of {cpus}: {:?} {err}", out.status.code()),
+    )?;
+    check(
+        !topo.xdp_attached("in0"),
+        "a refused start attaches nothing",
+    )?;
+    Ok(())
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "workers_run_on_the_configured_cores",
+        workers_run_on_the_configured_cores,
+    ),
     (
         "sigterm_detaches_and_sigkill_leaves_nothing_behind",
         sigterm_detaches_and_sigkill_leaves_nothing_behind,

@@ -165,12 +165,24 @@ fn tandem(frame: &[u8], tandemd: &PathBuf, n: u32, w: u32) -> Result<TandemRun> 
         sessions = now;
         Ok(still >= 3 && now > 0)
     })?;
+    // The backup's workers on the CPUs from the last one down, the
+    // active's on those from 0 up: on a box of two CPUs and one worker
+    // each, the two nodes do not share a CPU, as two boxes would not
+    // (`dataplane.cores`; the line lands in the [dataplane] section).
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cores: Vec<String> = (0..w as usize)
+        .map(|i| (cpus - 1 - i % cpus).to_string())
+        .collect();
     let backup = start_tandemd_in(
         PEER,
         "pktrate-peer",
         tandemd,
         w,
-        &format!("{services}{}", sync_section("backup")),
+        &format!(
+            "cores = [{}]\n{services}{}",
+            cores.join(", "),
+            sync_section("backup")
+        ),
     )?;
     let peer = SegmentReader::open_instance("pktrate-peer").context("the backup's segment")?;
     let hot = wait_for(Duration::from_millis(5), || {
