@@ -1331,8 +1331,11 @@ fn a_panicking_thread_ends_the_daemon_and_the_peer_takes_over() -> Result<(), Fa
         thread::sleep(Duration::from_millis(5));
     }
     let gone = t0.elapsed();
+    // At once, but for the panic report: with RUST_BACKTRACE set, the
+    // backtrace of a debug build takes 0.2 s to resolve, over 1 s when the
+    // suite loads both CPUs.
     check(
-        gone < Duration::from_millis(500),
+        gone < Duration::from_secs(3),
         format!("A took {gone:?} to end"),
     )?;
     let taken = wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
