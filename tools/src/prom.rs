@@ -18,14 +18,42 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The node's labels: `tandem_instance` names the daemon's instance (not
+/// `instance`, which the scrape sets to the target).
 fn labels(instance: &str, raw: &str) -> String {
-    let mut parts = vec![format!("instance=\"{}\"", escape_label(instance))];
+    let mut parts = vec![format!("tandem_instance=\"{}\"", escape_label(instance))];
     for kv in raw.split(',').filter(|s| !s.is_empty()) {
         if let Some((k, v)) = kv.split_once('=') {
             parts.push(format!("{k}=\"{}\"", escape_label(v)));
         }
     }
     format!("{{{}}}", parts.join(","))
+}
+
+/// A segment entry's family as Prometheus names it: durations the segment
+/// keeps in milliseconds or microseconds (`_ms`, `_us`) are exposed in
+/// seconds, the base unit, with the divisor to apply.
+fn family(name: &str) -> (std::borrow::Cow<'_, str>, u32) {
+    for (suffix, div) in [("_ms", 1_000), ("_us", 1_000_000)] {
+        if let Some(stem) = name.strip_suffix(suffix) {
+            return (format!("{stem}_seconds").into(), div);
+        }
+    }
+    (name.into(), 1)
+}
+
+/// The help text of a family exposed in seconds: the segment's says which
+/// unit it keeps.
+fn help_text(name: &str, div: u32) -> String {
+    let text = help(name).unwrap_or("tandem metric.");
+    if div == 1 {
+        return text.to_owned();
+    }
+    let text = text
+        .trim_end_matches('.')
+        .trim_end_matches(", milliseconds")
+        .trim_end_matches(", microseconds");
+    format!("{text} (seconds).")
 }
 
 /// Every metric of the snapshot, families grouped, HELP and TYPE first.
@@ -99,21 +127,25 @@ pub fn exposition(s: &Snapshot) -> String {
     for fam in families {
         let mut first = true;
         for e in s.entries.iter().filter(|e| e.name == fam) {
+            let (name, div) = family(fam);
             if first {
                 let kind = if e.kind == Kind::Gauge {
                     "gauge"
                 } else {
                     "counter"
                 };
-                header(&mut o, fam, kind, help(fam).unwrap_or("tandem metric."));
+                header(&mut o, &name, kind, &help_text(fam, div));
                 first = false;
             }
-            let _ = writeln!(
-                o,
-                "{fam}{} {}",
-                labels(&s.instance, &e.labels),
-                s.raw[e.slot as usize]
-            );
+            let v = s.raw[e.slot as usize];
+            let labels = labels(&s.instance, &e.labels);
+            if div == 1 {
+                let _ = writeln!(o, "{name}{labels} {v}");
+            } else {
+                #[expect(clippy::cast_precision_loss, reason = "a duration, exact below 2^53")]
+                let secs = v as f64 / f64::from(div);
+                let _ = writeln!(o, "{name}{labels} {secs}");
+            }
         }
     }
     o
@@ -160,7 +192,27 @@ mod tests {
     fn labels_are_quoted_and_escaped() {
         assert_eq!(
             labels("a", "worker=0,reason=x\"y"),
-            "{instance=\"a\",worker=\"0\",reason=\"x\\\"y\"}"
+            "{tandem_instance=\"a\",worker=\"0\",reason=\"x\\\"y\"}"
+        );
+    }
+
+    #[test]
+    fn durations_are_exposed_in_seconds() {
+        assert_eq!(
+            family("tandem_sync_lag_p99_us"),
+            ("tandem_sync_lag_p99_seconds".into(), 1_000_000)
+        );
+        assert_eq!(
+            family("tandem_ha_unsynced_ms"),
+            ("tandem_ha_unsynced_seconds".into(), 1_000)
+        );
+        assert_eq!(
+            family("tandem_sync_adds_total"),
+            ("tandem_sync_adds_total".into(), 1)
+        );
+        assert_eq!(
+            help_text("tandem_ha_rtt_us", 1_000_000),
+            "Last heartbeat round trip on a path (seconds)."
         );
     }
 }

@@ -303,6 +303,49 @@ fn prometheus_output_parses_with_prometheus_client() {
     assert!(samples >= 40, "{samples} samples");
 }
 
+/// `promtool check metrics` (Debian's prometheus package, which `cargo
+/// xtask setup` installs) on `text`: its complaints, empty when clean.
+fn promtool_complaints(text: &[u8]) -> String {
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus package)");
+    std::io::Write::write_all(p.stdin.as_mut().unwrap(), text).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said
+    } else {
+        format!("promtool failed ({}): {said}", out.status)
+    }
+}
+
+#[test]
+fn prometheus_output_passes_promtool_and_leaves_instance_to_the_scrape() {
+    let f = fixture("promtool", unix_ns());
+    let o = tandemstat(&f.dir, &["prometheus"]);
+    assert!(o.status.success());
+    assert_eq!(promtool_complaints(&o.stdout), "");
+    let text = stdout(&o);
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(series.len() >= 40, "{} series", series.len());
+    for l in series {
+        assert!(
+            l.contains("{tandem_instance=\"t\"")
+                && !l.contains(",instance=")
+                && !l.contains("{instance="),
+            "{l}"
+        );
+    }
+}
+
 #[test]
 fn watch_prints_per_second_deltas() {
     let f = fixture("watch", unix_ns());

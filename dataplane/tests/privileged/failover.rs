@@ -1282,6 +1282,18 @@ fn mastership_moves_by_request_only_to_a_hot_node() -> Result<(), Failed> {
             .any(|l| l.starts_with("tandem_ha_unsynced_warning") && l.ends_with(" 1")),
         "Prometheus has the warning",
     )?;
+    // A live node with redundancy and sync: every family passes promtool,
+    // durations in seconds.
+    let complaints = crate::netns::promtool_complaints(&prom);
+    check(
+        complaints.is_empty(),
+        format!("promtool check metrics: {complaints}"),
+    )?;
+    check(
+        prom.lines()
+            .any(|l| l.starts_with("tandem_ha_unsynced_seconds{tandem_instance=")),
+        "the unsynced time, in seconds, labelled with the instance",
+    )?;
     // Forced: B takes over, and says what it cost.
     let out = ctl(&b, &["acquire", "--force"]);
     check(

@@ -393,3 +393,36 @@ impl Counters {
             .map_or_else(|| panic!("no counter {key}"), |(_, v)| *v)
     }
 }
+
+/// `promtool check metrics` on a Prometheus text: its complaints, empty
+/// when clean (Debian's prometheus package; `cargo xtask setup` installs
+/// it).
+pub fn promtool_complaints(text: &str) -> String {
+    use std::io::Write as _;
+    let mut p = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(p) => p,
+        Err(e) => return format!("promtool: {e} (cargo xtask setup installs it)"),
+    };
+    let _ = p.stdin.take().map(|mut i| i.write_all(text.as_bytes()));
+    match p.wait_with_output() {
+        Ok(out) => {
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                said
+            } else {
+                format!("promtool failed ({}): {said}", out.status)
+            }
+        }
+        Err(e) => format!("promtool: {e}"),
+    }
+}

@@ -26,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "python3",
+    // promtool checks the Prometheus text (its service is not started:
+    // without systemd, invoke-rc.d's policy denies it).
+    "prometheus",
 ];
 
 /// bpf-linker release known to work with LLVM 22 and rustc 1.95 / nightly 1.97.
