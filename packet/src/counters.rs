@@ -162,14 +162,23 @@ pub enum WorkerGauge {
     /// Sessions created in the last whole second.
     CreatedPerSecond = 1,
     DeletedPerSecond = 2,
+    /// Sessions the worker's table holds at most.
+    SessionsCapacity = 3,
+    /// (address, port) pairs of the worker's NAT pool shares bound now,
+    /// and in all.
+    NatPortsInUse = 4,
+    NatPorts = 5,
 }
 
 impl WorkerGauge {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 6;
     pub const ALL: [Self; Self::COUNT] = [
         Self::SessionsActive,
         Self::CreatedPerSecond,
         Self::DeletedPerSecond,
+        Self::SessionsCapacity,
+        Self::NatPortsInUse,
+        Self::NatPorts,
     ];
 
     pub const fn family(self) -> &'static str {
@@ -177,6 +186,9 @@ impl WorkerGauge {
             Self::SessionsActive => "tandem_sessions_active",
             Self::CreatedPerSecond => "tandem_sessions_created_per_second",
             Self::DeletedPerSecond => "tandem_sessions_deleted_per_second",
+            Self::SessionsCapacity => "tandem_sessions_capacity",
+            Self::NatPortsInUse => "tandem_nat_ports_in_use",
+            Self::NatPorts => "tandem_nat_ports",
         }
     }
 }

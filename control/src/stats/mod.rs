@@ -84,6 +84,11 @@ pub fn help(family: &str) -> Option<&'static str> {
             "Frames a worker handed to the owner of their flow, by sending and owning worker."
         }
         "tandem_sessions_active" => "Sessions in a worker's table.",
+        "tandem_sessions_capacity" => "Sessions a worker's table holds at most.",
+        "tandem_nat_ports_in_use" => {
+            "NAT (address, port) pairs of a worker's pool shares bound to a session."
+        }
+        "tandem_nat_ports" => "NAT (address, port) pairs of a worker's pool shares.",
         "tandem_sessions_created_per_second" => "Sessions a worker created in the last second.",
         "tandem_sessions_deleted_per_second" => "Sessions a worker removed in the last second.",
         "tandem_worker_punted_total" => {

@@ -247,6 +247,10 @@ impl Worker {
             let created = t.get(WorkerCounter::SessionsCreated);
             let deleted = t.get(WorkerCounter::SessionsDeleted);
             t.set(WorkerGauge::SessionsActive, svc.table.len() as u64);
+            t.set(WorkerGauge::SessionsCapacity, svc.table.capacity() as u64);
+            let (bound, ports) = svc.nat_ports();
+            t.set(WorkerGauge::NatPortsInUse, bound as u64);
+            t.set(WorkerGauge::NatPorts, ports as u64);
             t.set(WorkerGauge::CreatedPerSecond, created - lap.created_before);
             t.set(WorkerGauge::DeletedPerSecond, deleted - lap.deleted_before);
             (lap.created_before, lap.deleted_before) = (created, deleted);

@@ -312,6 +312,37 @@ fn sixty_connections_are_sixty_sessions() -> Result<(), Failed> {
     let e = sessions_json(&daemon, &["count", "service-set", "nope"]).unwrap_err();
     check(e.contains("unknown service set `nope`"), e.clone())?;
 
+    // The capacity and pool gauges (taken once a second): 60 bindings of
+    // the pool's 10,000 pairs (one address, ports 20000-29999, split over
+    // the workers), in tables of non-zero capacity.
+    let sum = |fam: &str| -> Option<u64> {
+        let path = tandem_control::stats::segment_path(&daemon.instance);
+        let r = tandem_control::stats::SegmentReader::open(&path).ok()?;
+        let v: Vec<u64> = r
+            .entries
+            .iter()
+            .filter(|e| e.name == fam)
+            .map(|e| r.value(e.slot))
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while sum("tandem_nat_ports_in_use") != Some(60) && std::time::Instant::now() < deadline {
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check(
+        sum("tandem_nat_ports_in_use") == Some(60) && sum("tandem_nat_ports") == Some(10_000),
+        format!(
+            "NAT pairs in use {:?} of {:?}",
+            sum("tandem_nat_ports_in_use"),
+            sum("tandem_nat_ports")
+        ),
+    )?;
+    check(
+        sum("tandem_sessions_capacity") > Some(60),
+        format!("table capacity {:?}", sum("tandem_sessions_capacity")),
+    )?;
+
     let o = netns::tandemstat(&daemon.instance)
         .args(["sessions", "brief", "limit", "1"])
         .output()?;

@@ -110,6 +110,17 @@ pub struct ServiceError {
 }
 
 impl Services {
+    /// (bound, all) (address, port) pairs of this worker's NAT pool
+    /// shares, over every service set.
+    pub fn nat_ports(&self) -> (usize, usize) {
+        self.sets
+            .iter()
+            .filter_map(|s| s.nat.as_ref())
+            .fold((0, 0), |(u, t), p| {
+                (u + p.size() - p.available(), t + p.size())
+            })
+    }
+
     /// Worker `worker`'s services, or `None` when no service set is
     /// configured (the node then routes without sessions).
     pub fn new(

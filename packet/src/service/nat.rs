@@ -165,6 +165,11 @@ impl PortPool {
     pub fn available(&self) -> usize {
         self.free
     }
+
+    /// The (address, port) pairs of this share.
+    pub fn size(&self) -> usize {
+        self.holders.len()
+    }
 }
 
 #[cfg(test)]
