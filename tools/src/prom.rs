@@ -33,7 +33,7 @@ fn labels(instance: &str, raw: &str) -> String {
 /// A segment entry's family as Prometheus names it: durations the segment
 /// keeps in milliseconds or microseconds (`_ms`, `_us`) are exposed in
 /// seconds, the base unit, with the divisor to apply.
-fn family(name: &str) -> (std::borrow::Cow<'_, str>, u32) {
+pub fn family(name: &str) -> (std::borrow::Cow<'_, str>, u32) {
     for (suffix, div) in [("_ms", 1_000), ("_us", 1_000_000)] {
         if let Some(stem) = name.strip_suffix(suffix) {
             return (format!("{stem}_seconds").into(), div);
@@ -54,6 +54,27 @@ fn help_text(name: &str, div: u32) -> String {
         .trim_end_matches(", milliseconds")
         .trim_end_matches(", microseconds");
     format!("{text} (seconds).")
+}
+
+/// The families every exposition has besides the segment's entries: the
+/// daemon's liveness, start and size, and its interfaces.
+pub const NODE_FAMILIES: [&str; 6] = [
+    "tandem_up",
+    "tandem_heartbeat_age_seconds",
+    "tandem_start_time_seconds",
+    "tandem_workers",
+    "tandem_forwarding",
+    "tandem_iface_link_up",
+];
+
+/// Whether `name` is a family some exposition may carry: a node family,
+/// or a segment family (as [`family`] renames it) that has a help text.
+pub fn is_family(name: &str) -> bool {
+    NODE_FAMILIES.contains(&name)
+        || help(name).is_some_and(|_| family(name).1 == 1)
+        || name.strip_suffix("_seconds").is_some_and(|stem| {
+            help(&format!("{stem}_ms")).is_some() || help(&format!("{stem}_us")).is_some()
+        })
 }
 
 /// Every metric of the snapshot, families grouped, HELP and TYPE first.
