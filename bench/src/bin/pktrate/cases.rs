@@ -151,6 +151,13 @@ fn lag_us() -> (u64, u64) {
     (get("tandem_sync_lag_p50_us"), get("tandem_sync_lag_p99_us"))
 }
 
+/// Nanoseconds of CPU per session: `cpu_ns` over a window of the warm-up
+/// second and `secs` more at `pps` new sessions a second.
+#[expect(clippy::cast_precision_loss, reason = "nanoseconds and seconds")]
+fn ns_per_session(cpu_ns: u64, pps: f64, secs: u64) -> f64 {
+    cpu_ns as f64 / (pps * (secs as f64 + 1.0)).max(1.0)
+}
+
 /// New sessions per second: every packet a new flow, both sides
 /// translating to 32 pool addresses, 1 s UDP timeouts.
 pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
@@ -241,23 +248,20 @@ pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathB
             let plain_half = plain_half?;
             let cpu_plain = d.cpu()?.since(&c0);
             d.stop()?;
-            // The window is the warm-up second and `seconds` more.
-            let per = |c: u64, pps: f64| c as f64 / (pps * (args.seconds as f64 + 1.0)).max(1.0);
-            let (p, q) = (
-                per(cpu_plain.total(), plain_half.pps),
-                per(cpu_sync.total(), half.pps),
-            );
+            let window = args.seconds;
+            let plain_ns = ns_per_session(cpu_plain.total(), plain_half.pps, window);
+            let sync_ns = ns_per_session(cpu_sync.total(), half.pps, window);
             notes.push(format!(
-                "workers={w} CPU per new session at {:.3} / {:.3} Mpps: plain {p:.0} ns (workers \
-                 {:.0}), with sync {q:.0} ns (workers {:.0}, sync thread {:.0}, other {:.0}): \
-                 {:+.1}%",
+                "workers={w} CPU per new session at {:.3} / {:.3} Mpps: plain {plain_ns:.0} ns \
+                 (workers {:.0}), with sync {sync_ns:.0} ns (workers {:.0}, sync thread {:.0}, \
+                 other {:.0}): {:+.1}%",
                 plain_half.pps / 1e6,
                 half.pps / 1e6,
-                per(cpu_plain.workers, plain_half.pps),
-                per(cpu_sync.workers, half.pps),
-                per(cpu_sync.sync, half.pps),
-                per(cpu_sync.other, half.pps),
-                (q / p.max(1.0) - 1.0) * 100.0
+                ns_per_session(cpu_plain.workers, plain_half.pps, window),
+                ns_per_session(cpu_sync.workers, half.pps, window),
+                ns_per_session(cpu_sync.sync, half.pps, window),
+                ns_per_session(cpu_sync.other, half.pps, window),
+                (sync_ns / plain_ns.max(1.0) - 1.0) * 100.0
             ));
             notes.push(format!(
                 "workers={w} sync lag (batched to acknowledged, us): at {:.3} Mpps p50 {} p99 {}; \
