@@ -17,6 +17,26 @@ const SESSION_COUNTERS: [&str; 6] = [
     "rejects_sent",
 ];
 
+/// The fast path's own counters: (JSON key, XDP verdict). The frames it
+/// forwarded are also in the interfaces' counters (`path="fast"`).
+const FAST_VERDICTS: [(&str, &str); 7] = [
+    ("forwarded", "fast_forwarded"),
+    ("forwarded_bytes", "fast_forwarded_bytes"),
+    ("punted_tcp_flags", "fast_punt_flags"),
+    ("punted_ttl", "fast_punt_ttl"),
+    ("punted_too_big", "fast_punt_too_big"),
+    ("punted_header", "fast_punt_header"),
+    ("redirect_failed", "fast_redirect_failed"),
+];
+
+/// The workers' offload counters (`tandem_worker_KEY_total`).
+const FAST_WORKER_COUNTERS: [&str; 4] = [
+    "offloads_installed",
+    "offloads_removed",
+    "offload_map_full",
+    "offload_failures",
+];
+
 /// Session gauges per worker: (JSON key, family).
 const SESSION_GAUGES: [(&str, &str); 3] = [
     ("sessions_active", "tandem_sessions_active"),
@@ -80,6 +100,7 @@ pub fn json(s: &Snapshot) -> Value {
                 .as_ref()
                 .and_then(|st| st.interfaces.iter().find(|i| &i.name == name));
             let f = [("iface", name.as_str())];
+            let fast = [("iface", name.as_str()), ("path", "fast")];
             json!({
                 "name": name,
                 "role": st.map(|i| role_str(i.role)),
@@ -91,6 +112,10 @@ pub fn json(s: &Snapshot) -> Value {
                 "rx_bytes": s.sum("tandem_iface_rx_bytes_total", &f),
                 "tx_bytes": s.sum("tandem_iface_tx_bytes_total", &f),
                 "drops": iface_drops(s, name),
+                "fast_path_rx_packets": s.sum("tandem_iface_rx_packets_total", &fast),
+                "fast_path_tx_packets": s.sum("tandem_iface_tx_packets_total", &fast),
+                "fast_path_rx_bytes": s.sum("tandem_iface_rx_bytes_total", &fast),
+                "fast_path_tx_bytes": s.sum("tandem_iface_tx_bytes_total", &fast),
             })
         })
         .collect();
@@ -138,6 +163,19 @@ pub fn json(s: &Snapshot) -> Value {
         let n = s.sum("tandem_xdp_verdicts_total", &[("verdict", &v)]);
         xdp.insert(v, json!(n));
     }
+    let mut fast = serde_json::Map::new();
+    for (key, verdict) in FAST_VERDICTS {
+        fast.insert(
+            key.into(),
+            json!(s.sum("tandem_xdp_verdicts_total", &[("verdict", verdict)])),
+        );
+    }
+    for key in FAST_WORKER_COUNTERS {
+        fast.insert(
+            key.into(),
+            json!(s.sum(&format!("tandem_worker_{key}_total"), &[])),
+        );
+    }
     let mut drops = serde_json::Map::new();
     for r in s.label_values("tandem_drops_total", "reason") {
         drops.insert(
@@ -156,6 +194,7 @@ pub fn json(s: &Snapshot) -> Value {
         "interfaces": interfaces,
         "workers": workers,
         "xdp": xdp,
+        "fast_path": fast,
         "drops": drops,
         "sessions": {
             "active": s.sum("tandem_sessions_active", &[]),
@@ -255,6 +294,40 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
             n("rx_bytes"),
             n("tx_bytes"),
             n("drops")
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nFast path (the XDP program forwarding offloaded sessions; its frames are in the \
+         interface counters above):"
+    );
+    let doc = json(s);
+    for v in doc["interfaces"].as_array().into_iter().flatten() {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "  {:<10} rx {} packets, {} bytes; tx {} packets, {} bytes",
+            v["name"].as_str().unwrap_or("--"),
+            n("fast_path_rx_packets"),
+            n("fast_path_rx_bytes"),
+            n("fast_path_tx_packets"),
+            n("fast_path_tx_bytes")
+        );
+    }
+    for (key, _) in FAST_VERDICTS {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>16}",
+            key,
+            doc["fast_path"][key].as_u64().unwrap_or(0)
+        );
+    }
+    for key in FAST_WORKER_COUNTERS {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>16}",
+            key,
+            doc["fast_path"][key].as_u64().unwrap_or(0)
         );
     }
     let _ = writeln!(o, "\nWorkers:");

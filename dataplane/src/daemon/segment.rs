@@ -15,7 +15,13 @@ use tandem_control::{
 
 use super::{DaemonError, iface::Interfaces, socket::Bound};
 use crate::{
-    counters, fib::Fib, ha, sync::thread as sync_thread, sys, sys::XskStats, xdp::loader::Loader,
+    counters::{self, IfaceCounter},
+    fib::Fib,
+    ha,
+    sync::thread as sync_thread,
+    sys,
+    sys::XskStats,
+    xdp::loader::Loader,
 };
 
 /// Slots of the counters the control loop copies from the kernel.
@@ -23,6 +29,11 @@ pub(super) struct KernelSlots {
     /// First slot of `XdpCounter::COUNT` x cpus, counter-major.
     xdp_first: u32,
     cpus: usize,
+    /// First slot of the fast path's interface counters (the four of
+    /// `IfaceCounter` per interface, interface-major), and how many
+    /// interfaces.
+    fast_first: u32,
+    ifaces: u32,
     /// (socket fd, first of 6 slots) per AF_XDP socket.
     xsk: Vec<(RawFd, u32)>,
 }
@@ -65,6 +76,20 @@ pub(super) fn create(
             xdp_first.get_or_insert(s);
         }
     }
+    // What the fast path forwarded, in the interface families beside the
+    // workers' entries (labelled path=fast), so that every sum by
+    // interface counts it.
+    let mut fast_first = None;
+    for name in &ifaces.names {
+        for c in IfaceCounter::ALL {
+            let s = schema.push(
+                &format!("tandem_iface_{}_total", c.name()),
+                &format!("iface={name},path=fast"),
+                Kind::Counter,
+            )?;
+            fast_first.get_or_insert(s);
+        }
+    }
     let mut xsk = Vec::new();
     for p in bound.iter().flat_map(|b| &b.ports) {
         let mut first = None;
@@ -105,6 +130,8 @@ pub(super) fn create(
         workers: firsts,
         kernel: KernelSlots {
             xdp_first: xdp_first.expect("xdp counters"),
+            fast_first: fast_first.expect("two interfaces"),
+            ifaces: ifaces.names.len() as u32,
             cpus,
             xsk,
         },
@@ -133,6 +160,21 @@ impl KernelSlots {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading XDP counters"),
+        }
+        match loader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fast_iface_totals(self.ifaces)
+        {
+            Ok(rows) => {
+                for (i, row) in rows.iter().enumerate() {
+                    let base = self.fast_first + (i * row.len()) as u32;
+                    for (k, v) in row.iter().enumerate() {
+                        segment.value(base + k as u32).store(*v, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the fast path's interface counters"),
         }
         for (fd, first) in &self.xsk {
             if let Ok(st) = sys::xsk_stats(*fd) {

@@ -17,8 +17,9 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use tandem_common::{
-    ArpAnswer, ControlKey, ControlPeer, FLOW_WAYS, IfaceSlot, LocalV4Key, LocalV6Key, NodeRole,
-    PROGRAM_NAME, XdpCounter, map, xsk_index,
+    ArpAnswer, ControlKey, ControlPeer, FLOW_WAYS, FastIfaceCounter, IfaceSlot, LocalV4Key,
+    LocalV6Key, MAX_IFACES, MAX_IFINDEX, NodeRole, PROGRAM_NAME, XdpCounter, fast_iface_index, map,
+    xsk_index,
 };
 use tandem_control::config;
 
@@ -72,6 +73,8 @@ pub struct Loader {
     local4: HashMap<MapData, LocalV4Key, u32>,
     local6: HashMap<MapData, LocalV6Key, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// Interface slot plus one by ifindex, for the fast path's counters.
+    ifslots: Array<MapData, u32>,
     /// The fast path's flow table; workers map it ([`Self::flow_map`]).
     flows: MapData,
     flow_slots: u32,
@@ -107,6 +110,7 @@ impl Loader {
         let local6 = HashMap::try_from(take(map::LOCAL_V6)?).map_err(map_err(map::LOCAL_V6))?;
         let counters =
             PerCpuArray::try_from(take(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        let ifslots = Array::try_from(take(map::IFSLOTS)?).map_err(map_err(map::IFSLOTS))?;
         let flows = take(map::FLOWS)?;
         let aya::maps::Map::Array(flows) = flows else {
             return Err(LoaderError::MissingMap(map::FLOWS));
@@ -135,6 +139,7 @@ impl Loader {
             local4,
             local6,
             counters,
+            ifslots,
             flows,
             flow_slots,
             flows6,
@@ -161,6 +166,17 @@ impl Loader {
         self.ifaces
             .insert(ifindex, IfaceSlot { slot, queues }, 0)
             .map_err(map_err(map::IFACES))?;
+        if ifindex < MAX_IFINDEX {
+            self.ifslots
+                .set(ifindex, slot + 1, 0)
+                .map_err(map_err(map::IFSLOTS))?;
+        } else {
+            tracing::warn!(
+                ifindex,
+                "interface index past {MAX_IFINDEX}: the fast path's frames from it are not \
+                 counted as received (they are as sent)"
+            );
+        }
         self.tx_ports
             .set(slot, ifindex, None, 0)
             .map_err(|e| match e {
@@ -395,6 +411,27 @@ impl Loader {
         let r = prog.test_run(opts)?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
+    }
+
+    /// What the fast path forwarded, per interface slot of `slots`: its
+    /// [`FastIfaceCounter`]s summed over the CPUs.
+    pub fn fast_iface_totals(
+        &self,
+        slots: u32,
+    ) -> Result<Vec<[u64; FastIfaceCounter::COUNT as usize]>, LoaderError> {
+        (0..slots.min(MAX_IFACES))
+            .map(|slot| {
+                let mut row = [0u64; FastIfaceCounter::COUNT as usize];
+                for (k, c) in FastIfaceCounter::ALL.iter().enumerate() {
+                    let per_cpu = self
+                        .counters
+                        .get(&fast_iface_index(slot, *c), 0)
+                        .map_err(map_err(map::COUNTERS))?;
+                    row[k] = per_cpu.iter().copied().fold(0, u64::wrapping_add);
+                }
+                Ok(row)
+            })
+            .collect()
     }
 
     /// The XDP verdict counters, per counter and CPU.

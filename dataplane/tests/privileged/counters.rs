@@ -16,7 +16,7 @@ use crate::{
     traffic::{ping, send_frames},
 };
 
-fn stats_json(instance: &str) -> serde_json::Value {
+pub fn stats_json(instance: &str) -> serde_json::Value {
     let o = netns::tandemstat(instance)
         .args(["statistics", "--json"])
         .output()
@@ -29,7 +29,7 @@ fn stats_json(instance: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("tandemstat JSON")
 }
 
-fn iface_counter(v: &serde_json::Value, name: &str, key: &str) -> u64 {
+pub fn iface_counter(v: &serde_json::Value, name: &str, key: &str) -> u64 {
     v["interfaces"]
         .as_array()
         .and_then(|a| a.iter().find(|i| i["name"] == name))

@@ -13,6 +13,7 @@ use libtest_mimic::Failed;
 
 use crate::{
     Test, check,
+    counters::{iface_counter, stats_json},
     netns::{self, BASE_CONFIG, CLIENT, Daemon, SERVER, Topo},
     sessions::{POOL, recording_echo_server, sessions_json},
     traffic,
@@ -25,6 +26,28 @@ fn config() -> String {
          [[service_set]]\nname = \"lab\"\noffload = true\n\
          [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-29999\"\n"
     )
+}
+
+/// Prometheus's interface counters, summed over workers and paths, by
+/// (interface, counter).
+fn prometheus_ifaces(
+    d: &Daemon,
+) -> Result<std::collections::HashMap<(&'static str, &'static str), u64>, Failed> {
+    let o = netns::tandemstat(&d.instance).arg("prometheus").output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut sums = std::collections::HashMap::new();
+    for iface in ["in0", "out0"] {
+        for key in ["rx_packets", "tx_packets", "rx_bytes", "tx_bytes"] {
+            let family = format!("tandem_iface_{key}_total{{");
+            let sum = text
+                .lines()
+                .filter(|l| l.starts_with(&family) && l.contains(&format!("iface=\"{iface}\"")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            sums.insert((iface, key), sum);
+        }
+    }
+    Ok(sums)
 }
 
 /// A UDP flow through NAT: the worker sees the first packet and the first
@@ -81,6 +104,7 @@ fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
         d.counter("xdp.fast_forwarded"),
         d.counter("xdp.fast_forwarded_bytes"),
     );
+    let (view, prom) = (stats_json(&d.instance), prometheus_ifaces(&d)?);
     // Past the 2 s UDP timeout, on the fast path only.
     for i in sent..sent + 30 {
         echo(i)?;
@@ -93,6 +117,44 @@ fn udp_flow_leaves_the_worker_and_ages_out() -> Result<(), Failed> {
         d.counter("xdp.fast_forwarded"),
         d.counter("xdp.fast_forwarded_bytes"),
     );
+    // The interfaces count the fast path's frames: 30 requests in on in0
+    // and out on out0, 30 replies the other way, each a 46-byte frame (a
+    // 32-byte datagram), in the statistics JSON and in Prometheus alike.
+    let (view2, prom2) = (stats_json(&d.instance), prometheus_ifaces(&d)?);
+    for iface in ["in0", "out0"] {
+        for (key, want) in [
+            ("rx_packets", 30),
+            ("tx_packets", 30),
+            ("rx_bytes", 30 * 46),
+            ("tx_bytes", 30 * 46),
+        ] {
+            let moved = iface_counter(&view2, iface, key) - iface_counter(&view, iface, key);
+            let fast_moved = iface_counter(&view2, iface, &format!("fast_path_{key}"))
+                - iface_counter(&view, iface, &format!("fast_path_{key}"));
+            let prom_moved = prom2[&(iface, key)] - prom[&(iface, key)];
+            check(
+                moved == want && fast_moved == want && prom_moved == want,
+                format!(
+                    "{iface} {key}: statistics moved by {moved} ({fast_moved} on the fast path), \
+                     Prometheus by {prom_moved}; want {want}"
+                ),
+            )?;
+        }
+    }
+    check(
+        view2["fast_path"]["forwarded"].as_u64() >= Some(60)
+            && view2["fast_path"]["offloads_installed"] == 1,
+        format!(
+            "the fast path in the statistics JSON: {}",
+            view2["fast_path"]
+        ),
+    )?;
+    let text = netns::tandemstat(&d.instance).output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    check(
+        text.contains("Fast path (") && text.contains("offloads_installed"),
+        format!("the statistics text shows the fast path:\n{text}"),
+    )?;
     // 4-byte payloads: 32-byte datagrams.
     check(
         fast_bytes2 - fast_bytes == 60 * 32,

@@ -41,6 +41,10 @@ pub mod map {
     /// (heartbeats, the sync listener), admitted only from the peer's
     /// address on the configured interface.
     pub const CONTROL: &str = "TND_CONTROL";
+    /// `Array<u32>` of [`super::MAX_IFINDEX`] entries: an interface's
+    /// slot plus one by ifindex (0: not tandem's), for the fast path's
+    /// per-interface counters (an array read, not a hash lookup).
+    pub const IFSLOTS: &str = "TND_IFSLOTS";
     /// `Array<u32>` (mmapable), one entry: the clock the fast path stamps
     /// `last_seen` with, `CLOCK_MONOTONIC_COARSE >> FLOW_TICK_SHIFT`, which
     /// the workers move forward as they run (see
@@ -69,6 +73,43 @@ pub const MAX_CONTROL: u32 = 64;
 /// Slots of the flow table as compiled (a power of two); the loader sizes
 /// it from the configuration.
 pub const DEFAULT_FLOWS: u32 = 65_536;
+
+/// Interfaces whose ifindex is at or past this have no fast-path
+/// receive counters (their forwarded frames still count as transmitted).
+pub const MAX_IFINDEX: u32 = 4096;
+
+/// What the fast path counts per interface slot, after the
+/// [`XdpCounter`]s in the same per-CPU array: frames and bytes it took in
+/// and sent out, the bytes being the frame's as received and as sent.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastIfaceCounter {
+    RxPackets = 0,
+    RxBytes = 1,
+    TxPackets = 2,
+    TxBytes = 3,
+}
+
+impl FastIfaceCounter {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::RxPackets,
+        Self::RxBytes,
+        Self::TxPackets,
+        Self::TxBytes,
+    ];
+}
+
+/// Entries of the per-CPU counter array: the verdicts, then
+/// [`FastIfaceCounter::COUNT`] per interface slot.
+pub const COUNTERS_LEN: u32 = XdpCounter::COUNT + MAX_IFACES * FastIfaceCounter::COUNT;
+
+/// Index of fast-path counter `c` of interface `slot` in the counter array.
+#[inline]
+#[must_use]
+pub const fn fast_iface_index(slot: u32, c: FastIfaceCounter) -> u32 {
+    XdpCounter::COUNT + slot * FastIfaceCounter::COUNT + c as u32
+}
 
 /// Index into the XSK map for an interface slot and rx queue.
 #[inline]

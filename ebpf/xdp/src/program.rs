@@ -44,15 +44,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tandem_common::{
-    ArpAnswer, ControlKey, ControlPeer, DEFAULT_FLOWS, DEFAULT_FLOWS6, FlowEntry6, FlowSlot,
-    FlowV6Key, IfaceSlot, LocalV4Key, LocalV6Key, MAX_ARP_ADDRS, MAX_CONTROL, MAX_IFACES,
-    MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole, XdpCounter, v4_mapped, xsk_index,
+    ArpAnswer, COUNTERS_LEN, ControlKey, ControlPeer, DEFAULT_FLOWS, DEFAULT_FLOWS6,
+    FastIfaceCounter, FlowEntry6, FlowSlot, FlowV6Key, IfaceSlot, LocalV4Key, LocalV6Key,
+    MAX_ARP_ADDRS, MAX_CONTROL, MAX_IFACES, MAX_IFINDEX, MAX_LOCAL_ADDRS, MAX_QUEUES, NodeRole,
+    XdpCounter, fast_iface_index, v4_mapped, xsk_index,
 };
 
 use self::fast::{Fast, fast_path, fast_path6};
 
 #[map(name = "TND_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounter::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+#[map(name = "TND_IFSLOTS")]
+static IFSLOTS: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
 #[map(name = "TND_ROLE")]
 static ROLE: Array<NodeRole> = Array::with_max_entries(1, 0);
 #[map(name = "TND_IFACES")]
@@ -130,10 +133,35 @@ fn count(c: XdpCounter) {
 
 #[inline(always)]
 fn add(c: XdpCounter, n: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+    add_at(c as u32, n);
+}
+
+#[inline(always)]
+fn add_at(i: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(i) {
         // SAFETY: the per-CPU slot belongs to this CPU for the duration of the
         // program; no other writer can run concurrently on it.
         unsafe { *p += n };
+    }
+}
+
+/// Counts a frame the fast path forwarded: received on the ingress
+/// interface (`rx_len` bytes as it came), sent out of `tx_slot` (`tx_len`
+/// bytes as it left).
+#[inline(always)]
+fn count_fast(ctx: &XdpContext, rx_len: u64, tx_slot: u32, tx_len: u64) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    if ifindex < MAX_IFINDEX
+        && let Some(&s) = IFSLOTS.get(ifindex)
+        && s > 0
+        && s <= MAX_IFACES
+    {
+        add_at(fast_iface_index(s - 1, FastIfaceCounter::RxPackets), 1);
+        add_at(fast_iface_index(s - 1, FastIfaceCounter::RxBytes), rx_len);
+    }
+    if tx_slot < MAX_IFACES {
+        add_at(fast_iface_index(tx_slot, FastIfaceCounter::TxPackets), 1);
+        add_at(fast_iface_index(tx_slot, FastIfaceCounter::TxBytes), tx_len);
     }
 }
 
@@ -186,18 +214,25 @@ fn classify(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // program is attached to tandem's interfaces only, and the table holds
     // nothing before they are registered). A punt goes the worker's way
     // below.
+    let rx_len = (ctx.data_end() - ctx.data()) as u64;
     if forward && ethertype == ETH_P_IP && l3 == ETH_HLEN {
         match fast_path(ctx, &role) {
             Fast::Miss => {}
             Fast::Punt(c) => count(c),
-            Fast::Done(v) => return Ok(v),
+            Fast::Done(v, tx_slot, tx_len) => {
+                count_fast(ctx, rx_len, tx_slot, tx_len);
+                return Ok(v);
+            }
         }
     }
     if forward && ethertype == ETH_P_IPV6 && l3 == ETH_HLEN {
         match fast_path6(ctx) {
             Fast::Miss => {}
             Fast::Punt(c) => count(c),
-            Fast::Done(v) => return Ok(v),
+            Fast::Done(v, tx_slot, tx_len) => {
+                count_fast(ctx, rx_len, tx_slot, tx_len);
+                return Ok(v);
+            }
         }
     }
     let ifindex = ctx.ingress_ifindex() as u32;

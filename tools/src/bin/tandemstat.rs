@@ -85,7 +85,8 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Data-path counters: interfaces, workers, XDP verdicts, drops, sockets.
+    /// Data-path counters: interfaces (the workers' frames and the fast
+    /// path's), the fast path, workers, XDP verdicts, drops, sockets.
     Statistics,
     /// The whole segment in Prometheus text format (node_exporter textfile ready).
     Prometheus,

@@ -27,8 +27,9 @@ pub(super) enum Fast {
     /// An offloaded session's, but the worker must see it (counter says
     /// why); the frame is untouched.
     Punt(XdpCounter),
-    /// Rewritten and redirected.
-    Done(Verdict),
+    /// Rewritten and redirected out of interface slot `.1`, `.2` bytes
+    /// long (the frame as sent).
+    Done(Verdict, u32, u64),
 }
 
 /// The fast path for offloaded IPv4 sessions: untagged, without options or
@@ -219,7 +220,11 @@ pub(super) fn fast_path6(ctx: &XdpContext) -> Fast {
         }
     }
     add(XdpCounter::FastForwardedBytes, u64::from(len));
-    Fast::Done(verdict(action, XdpCounter::FastForwarded))
+    Fast::Done(
+        verdict(action, XdpCounter::FastForwarded),
+        u32::from(tx_slot),
+        u64::from(len) + L3 as u64,
+    )
 }
 
 /// The slot holding key words `w1`/`w2` and its entry, read consistently
@@ -380,7 +385,11 @@ fn forward_flow(
         }
     }
     add(XdpCounter::FastForwardedBytes, u64::from(len));
-    Fast::Done(verdict(action, XdpCounter::FastForwarded))
+    Fast::Done(
+        verdict(action, XdpCounter::FastForwarded),
+        u32::from(f.tx_slot),
+        u64::from(len) + L3 as u64,
+    )
 }
 
 /// Whether a 20-byte IPv4 header's checksum verifies (RFC 1071: the
