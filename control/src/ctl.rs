@@ -33,6 +33,10 @@ pub enum Request {
     /// named thread panics, which must end the daemon. Refused unless
     /// tandemd started with `TANDEM_FAULT_INJECTION=1`.
     Panic(Thread),
+    /// Fault injection for tests (`debug hang workers`): every worker
+    /// stops making progress (it sleeps without looping) until tandemd
+    /// stops. Refused as `Panic` is.
+    HangWorkers,
 }
 
 /// A daemon thread that a fault can be injected into.
@@ -68,6 +72,7 @@ impl Request {
             Self::ShowProbes { from: None } => "show probes".into(),
             Self::ShowProbes { from: Some(n) } => format!("show probes from {n}"),
             Self::Panic(t) => format!("debug panic {}", t.name()),
+            Self::HangWorkers => "debug hang workers".into(),
             Self::Resync => "request resync".into(),
             Self::Mastership { acquire, force } => format!(
                 "request {}{}",
@@ -78,7 +83,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control";
+const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -105,6 +110,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 force,
             })
         }
+        ["debug", "hang", "workers"] => Ok(Request::HangWorkers),
         ["debug", "panic", t] => Thread::ALL
             .into_iter()
             .find(|x| x.name() == *t)
@@ -230,6 +236,8 @@ mod tests {
             let r = Request::Panic(t);
             assert_eq!(parse_request(&r.as_line()), Ok(r.clone()));
         }
+        let r = Request::HangWorkers;
+        assert_eq!(parse_request(&r.as_line()), Ok(r.clone()));
         assert!(
             parse_request("debug panic worker")
                 .unwrap_err()

@@ -38,6 +38,9 @@ pub struct Node {
     /// A fault injected by a test (`tandemctl debug panic`): the thread
     /// of this number ([`tandem_control::ctl::Thread`]) panics; 0 none.
     pub fault: AtomicU8,
+    /// A fault injected by a test (`tandemctl debug hang workers`): the
+    /// workers stop making progress, as a wedged data path would.
+    pub hang_workers: AtomicBool,
 }
 
 impl Node {

@@ -94,6 +94,12 @@ pub struct Node {
     /// `[redundancy]` the state machine decides and this must be unset.
     #[serde(default)]
     pub forward: Option<bool>,
+    /// Start even though the kernel forwards between the node's interfaces
+    /// (`net.ipv4.conf.IF.forwarding` or `net.ipv6.conf.IF.forwarding` is
+    /// 1). Off by default: with it on, a dead tandemd leaves a router
+    /// that forwards without the firewall and without NAT.
+    #[serde(default)]
+    pub allow_kernel_forwarding: bool,
 }
 
 /// How XDP is attached.

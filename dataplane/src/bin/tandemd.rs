@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             eprintln!("tandemd: {}", tandem_control::error_chain(&e));
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
     tracing::info!("running");

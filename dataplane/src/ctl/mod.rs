@@ -321,6 +321,16 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                         continue;
                     }
                 }
+                Ok(Request::HangWorkers) => {
+                    if std::env::var_os("TANDEM_FAULT_INJECTION").is_none_or(|v| v != "1") {
+                        "error: fault injection is off (start tandemd with TANDEM_FAULT_INJECTION=1)"
+                            .to_owned()
+                    } else {
+                        tracing::warn!("fault injected: the workers hang");
+                        ctx.node.hang_workers.store(true, Ordering::Relaxed);
+                        "ok: the workers hang".to_owned()
+                    }
+                }
                 Ok(Request::ShowProbes { from }) => {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     show_probes(from, ctx, &mut &conn)

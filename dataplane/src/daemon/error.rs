@@ -28,6 +28,12 @@ pub enum DaemonError {
         queues: u32,
     },
     #[error(
+        "{sysctl} = 1: the kernel forwards between tandem's interfaces, so a dead tandemd would \
+         leave a router with no firewall and no NAT; set it to 0 (sysctl -w {sysctl}=0; \
+         net.ipv4.ip_forward = 1 sets every interface's) or set node.allow_kernel_forwarding = true"
+    )]
+    KernelForwards { sysctl: String },
+    #[error(
         "dataplane.cores: CPU {cpu} is not one this process may run on (it may use {allowed:?})"
     )]
     NoSuchCore { cpu: u32, allowed: Vec<usize> },
@@ -66,4 +72,15 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl DaemonError {
+    /// The exit status: 2 for a start the configuration decides against
+    /// (as for a configuration error), 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::KernelForwards { .. } => 2,
+            _ => 1,
+        }
+    }
 }

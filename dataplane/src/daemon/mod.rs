@@ -78,6 +78,9 @@ pub struct Daemon {
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
     instance: String,
+    /// Each worker's `loops` counter slot: the watchdog's proof of
+    /// progress.
+    loops: Vec<u32>,
 }
 
 /// What the workers share: the rings between them and with the sync
@@ -97,6 +100,7 @@ impl Daemon {
         // running one's segment or socket.
         let ctl = ctl::bind_control_socket(instance)?;
         let ifaces = Interfaces::resolve(cfg)?;
+        check_kernel_forwarding(cfg, &ifaces.names)?;
         let mut loader = load(cfg, &ifaces)?;
         let fib = netlink::dump()?;
         let fib_handle = FibHandle::new(fib.clone());
@@ -208,6 +212,11 @@ impl Daemon {
             sync,
             ha,
             stop,
+            loops: layout
+                .workers
+                .iter()
+                .map(|first| first + counters::WorkerCounter::Loops as u32)
+                .collect(),
             segment: layout.segment,
             kernel: layout.kernel,
             instance: instance.to_owned(),
@@ -216,16 +225,48 @@ impl Daemon {
 
     /// The control loop: runs until `stop`, then shuts down and logs the
     /// final counters.
+    ///
+    /// Under systemd (`Type=notify`: `$NOTIFY_SOCKET`) it says READY=1
+    /// first: XDP is attached and every thread runs. With `WatchdogSec=`
+    /// (`$WATCHDOG_USEC`) it sends WATCHDOG=1 at half that interval, but
+    /// only while every worker has looped since the last one: a wedged
+    /// data path stops the pings, and systemd restarts the daemon.
     pub fn run_until_stopped(mut self) {
         let mut last_kernel = Instant::now();
+        if let Err(e) = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("forwarding path up"),
+        ]) {
+            tracing::warn!(error = %e, "telling the service manager READY=1");
+        }
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut fed = Instant::now();
+        let mut loops = self.worker_loops();
         while !self.stop.load(Ordering::Relaxed) {
             self.segment.heartbeat(stats::unix_ns());
             if last_kernel.elapsed() >= KERNEL_COUNTERS_EVERY {
                 self.kernel.copy(&self.loader, &self.segment);
                 last_kernel = Instant::now();
             }
-            thread::sleep(TICK);
+            if let Some(every) = watchdog
+                && fed.elapsed() >= every
+            {
+                let now = self.worker_loops();
+                let stuck: Vec<usize> = (0..now.len()).filter(|&w| now[w] == loops[w]).collect();
+                if stuck.is_empty() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!(
+                        workers = ?stuck,
+                        "workers made no progress: the service manager's watchdog is not fed"
+                    );
+                }
+                loops = now;
+                fed = Instant::now();
+            }
+            thread::sleep(watchdog.map_or(TICK, |w| w.min(TICK)));
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopping");
         // First: a master hands over before its workers stop.
         if let Some(h) = self.ha.take() {
@@ -251,6 +292,14 @@ impl Daemon {
         self.segment.heartbeat(stats::unix_ns());
         tracing::info!("final counters: {}", self.counter_line());
         // Dropping the loader closes the BPF link: XDP detaches.
+    }
+
+    /// Every worker's loop count as last published.
+    fn worker_loops(&self) -> Vec<u64> {
+        self.loops
+            .iter()
+            .map(|&slot| self.segment.value(slot).load(Ordering::Relaxed))
+            .collect()
     }
 
     /// `name=value` pairs of every counter, for the exit report and tests.
@@ -491,6 +540,31 @@ fn spawn_sync(
         t.take_requests(requests);
         t.spawn(Arc::clone(stop))
     }))
+}
+
+/// Refuses to start while the kernel forwards between the node's
+/// interfaces (IPv4 or IPv6), unless the configuration accepts it.
+fn check_kernel_forwarding(cfg: &Config, names: &[String]) -> Result<(), DaemonError> {
+    for name in names {
+        for family in ["ipv4", "ipv6"] {
+            let path = format!("/proc/sys/net/{family}/conf/{name}/forwarding");
+            let on = std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0");
+            if !on {
+                continue;
+            }
+            let sysctl = format!("net.{family}.conf.{name}.forwarding");
+            if cfg.node.allow_kernel_forwarding {
+                tracing::warn!(
+                    %sysctl,
+                    "the kernel forwards between tandem's interfaces (node.allow_kernel_forwarding): \
+                     if tandemd dies it routes with no firewall and no NAT"
+                );
+            } else {
+                return Err(DaemonError::KernelForwards { sysctl });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One thread per worker, pinned to its core in turn.

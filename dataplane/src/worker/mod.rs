@@ -197,6 +197,11 @@ impl Worker {
     pub fn run(mut self) -> Self {
         let mut lap = self.lap();
         while !self.stop.load(Ordering::Relaxed) {
+            if self.node.hang_workers.load(Ordering::Relaxed) {
+                // A test's wedged data path: no loop, no progress.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             lap.tally.add(WorkerCounter::Loops, 1);
             let now = self.now();
             self.age(now, &mut lap);

@@ -131,7 +131,141 @@ fn workers_run_on_the_configured_cores() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The kernel forwarding between the node's interfaces: tandemd refuses
+/// to start (2), naming the sysctl, unless the configuration accepts it.
+fn kernel_forwarding_is_refused_unless_accepted() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let start = |cfg: &str| -> Result<std::process::Output, Failed> {
+        let file = std::env::temp_dir().join(format!("tandem-fwd-{}.toml", std::process::id()));
+        std::fs::write(&file, cfg)?;
+        let out = topo
+            .node
+            .cmd(netns::tandemd_path().to_str().unwrap())
+            .arg("--config")
+            .arg(&file)
+            .output()?;
+        let _ = std::fs::remove_file(&file);
+        Ok(out)
+    };
+    for sysctl in [
+        "net.ipv4.conf.out0.forwarding",
+        "net.ipv6.conf.in0.forwarding",
+    ] {
+        topo.node.sysctl(&format!("{sysctl}=1"));
+        let out = start(BASE_CONFIG)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        check(
+            out.status.code() == Some(2) && err.contains(&format!("{sysctl} = 1")),
+            format!("{sysctl}=1: {:?} {err}", out.status.code()),
+        )?;
+        check(
+            !topo.xdp_attached("in0"),
+            "a refused start attaches nothing",
+        )?;
+        topo.node.sysctl(&format!("{sysctl}=0"));
+    }
+    // Accepted: it starts, with a warning, and forwards.
+    topo.node.sysctl("net.ipv4.ip_forward=1");
+    let cfg = BASE_CONFIG.replace(
+        "[dataplane]\n",
+        "[node]\nallow_kernel_forwarding = true\n[dataplane]\n",
+    );
+    let mut d = Daemon::start(&topo.node, &cfg);
+    let (ok, out) = ping(&topo, SERVER, &[]);
+    check(
+        ok,
+        format!("forwards with the kernel's forwarding accepted:\n{out}"),
+    )?;
+    d.stop();
+    topo.node.sysctl("net.ipv4.ip_forward=0");
+    Ok(())
+}
+
+/// Under systemd's protocol: READY=1 once XDP is attached and the threads
+/// run, WATCHDOG=1 at half `WATCHDOG_USEC` while the workers make
+/// progress and none once they hang, STOPPING=1 on SIGTERM. The test is
+/// the service manager: it owns `NOTIFY_SOCKET`.
+fn systemd_readiness_and_a_watchdog_fed_only_by_working_workers() -> Result<(), Failed> {
+    use std::os::unix::net::UnixDatagram;
+    let topo = Topo::new();
+    let dir = std::env::temp_dir().join(format!("tandem-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let sock = UnixDatagram::bind(dir.join("notify"))?;
+    let cfg = dir.join("t.toml");
+    std::fs::write(&cfg, BASE_CONFIG)?;
+    let instance = format!("tn{}", std::process::id());
+    let mut child = topo
+        .node
+        .cmd(netns::tandemd_path().to_str().unwrap())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--instance", &instance])
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .env("WATCHDOG_USEC", "1000000")
+        .env("TANDEM_FAULT_INJECTION", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let recv = |wait: Duration| -> Option<String> {
+        sock.set_read_timeout(Some(wait)).ok()?;
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let result = (|| -> Result<(), Failed> {
+        let first = recv(Duration::from_secs(15)).ok_or("no notification")?;
+        check(
+            first.lines().any(|l| l == "READY=1"),
+            format!("first: {first:?}"),
+        )?;
+        check(
+            topo.xdp_attached("in0") && topo.xdp_attached("out0"),
+            "READY=1 before XDP was attached",
+        )?;
+        let t0 = std::time::Instant::now();
+        let mut pings = 0;
+        while t0.elapsed() < Duration::from_millis(1800) {
+            if recv(Duration::from_millis(200)).is_some_and(|m| m.trim() == "WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+        check(pings >= 2, format!("{pings} WATCHDOG=1 in 1.8 s at 0.5 s"))?;
+        let o = std::process::Command::new(netns::tandemstat_path().with_file_name("tandemctl"))
+            .args(["--instance", &instance, "debug", "hang", "workers"])
+            .output()?;
+        check(o.status.success(), format!("debug hang workers: {o:?}"))?;
+        // One ping may be on its way; then none.
+        let _ = recv(Duration::from_millis(700));
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_millis(1500) {
+            if let Some(m) = recv(Duration::from_millis(200)) {
+                check(m.trim() != "WATCHDOG=1", "a ping while the workers hang")?;
+            }
+        }
+        Ok(())
+    })();
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
+    let stopping = recv(Duration::from_secs(10));
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    check(
+        stopping.is_some_and(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "STOPPING=1 on SIGTERM",
+    )
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "systemd_readiness_and_a_watchdog_fed_only_by_working_workers",
+        systemd_readiness_and_a_watchdog_fed_only_by_working_workers,
+    ),
+    (
+        "kernel_forwarding_is_refused_unless_accepted",
+        kernel_forwarding_is_refused_unless_accepted,
+    ),
     (
         "workers_run_on_the_configured_cores",
         workers_run_on_the_configured_cores,

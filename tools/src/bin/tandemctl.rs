@@ -57,6 +57,12 @@ enum DebugWhat {
         #[arg(value_parser = ["ha", "sync", "control"])]
         thread: String,
     },
+    /// Make every worker stop making progress (a wedged data path): the
+    /// systemd watchdog is no longer fed.
+    Hang {
+        #[arg(value_parser = ["workers"])]
+        what: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +103,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Cmd::Debug {
+            what: DebugWhat::Hang { .. },
+        } => Request::HangWorkers,
         Cmd::Clear {
             what: ClearWhat::Statistics,
         } => Request::ClearStatistics,
