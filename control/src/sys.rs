@@ -132,3 +132,38 @@ mod tests {
         assert!(t > 0 && monotonic_ns() >= t);
     }
 }
+
+/// The group whose members may read a daemon's counters and use its
+/// control socket (the segment is 0640, the socket 0660, both root's and
+/// this group's when it exists).
+pub const GROUP: &str = "tandem";
+
+/// The id of group `name`, from the system's group database; `None` when
+/// there is no such group (or it cannot be read).
+pub fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: all-zero is a valid `struct group` (pointers null).
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf` outlives it;
+    // the result is read only when the call says it filled `grp`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &raw mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &raw mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+}
+
+/// Gives `path` to group [`GROUP`] when it exists; whether it did.
+pub fn share_with_group(path: &std::path::Path) -> io::Result<bool> {
+    match group_id(GROUP) {
+        Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)).map(|()| true),
+        None => Ok(false),
+    }
+}

@@ -32,7 +32,11 @@ pub enum StatsError {
         "no stats segment for instance {instance:?} at {path} (is tandemd --instance {instance} running?)"
     )]
     Missing { instance: String, path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", if source.kind() == std::io::ErrorKind::PermissionDenied {
+        " (root and members of group tandem may read it)"
+    } else {
+        ""
+    })]
     Io {
         path: PathBuf,
         #[source]
@@ -201,9 +205,11 @@ impl SegmentWriter {
             .mode(0o640)
             .open(&tmp)
             .map_err(io(&tmp))?;
-        // The umask may have narrowed the mode; the contract is 0640.
+        // The umask may have narrowed the mode; the contract is 0640,
+        // group `tandem` when there is one (its members read counters).
         f.set_permissions(fs::Permissions::from_mode(0o640))
             .map_err(io(&tmp))?;
+        crate::sys::share_with_group(&tmp).map_err(io(&tmp))?;
         f.set_len(total as u64).map_err(io(&tmp))?;
         f.write_all(&head).map_err(io(&tmp))?;
         f.write_all(&dir).map_err(io(&tmp))?;

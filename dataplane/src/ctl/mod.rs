@@ -222,7 +222,8 @@ pub enum CtlError {
     },
 }
 
-/// Binds the instance's control socket (0660), replacing a stale one left
+/// Binds the instance's control socket (0660, group `tandem` when it
+/// exists), replacing a stale one left
 /// by a dead daemon but refusing to steal a live one.
 pub fn bind_control_socket(instance: &str) -> Result<UnixListener, CtlError> {
     use std::os::unix::{fs::PermissionsExt as _, net::UnixStream};
@@ -240,6 +241,8 @@ pub fn bind_control_socket(instance: &str) -> Result<UnixListener, CtlError> {
     let _ = std::fs::remove_file(&path);
     let l = UnixListener::bind(&path).map_err(io)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    // Group `tandem`'s members may use it (tandemctl, session listings).
+    tandem_control::sys::share_with_group(&path).map_err(io)?;
     l.set_nonblocking(true).map_err(io)?;
     Ok(l)
 }

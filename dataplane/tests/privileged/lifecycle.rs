@@ -257,7 +257,89 @@ fn systemd_readiness_and_a_watchdog_fed_only_by_working_workers() -> Result<(), 
     )
 }
 
+/// Group `tandem` reads the counters and uses the control socket: the
+/// segment is root:tandem 0640, the socket root:tandem 0660; a process of
+/// user nobody in that group runs tandemstat and tandemctl, one outside
+/// it is refused. (The group is made for the test if the box lacks it.)
+fn group_tandem_reads_counters_and_uses_the_socket() -> Result<(), Failed> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let made = tandem_control::sys::group_id("tandem").is_none();
+    if made {
+        let o = std::process::Command::new("groupadd")
+            .args(["--system", "tandem"])
+            .output()?;
+        check(o.status.success(), format!("groupadd tandem: {o:?}"))?;
+    }
+    let gid = tandem_control::sys::group_id("tandem").ok_or("no group tandem")?;
+    let topo = Topo::new();
+    let mut d = Daemon::start(&topo.node, BASE_CONFIG);
+    // The tools where user nobody may run them.
+    let bin = std::env::temp_dir().join(format!("tandem-group-{}", std::process::id()));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    for tool in ["tandemstat", "tandemctl"] {
+        std::fs::copy(
+            netns::tandemstat_path().with_file_name(tool),
+            bin.join(tool),
+        )?;
+    }
+    let as_nobody = |groups: &str, tool: &str, args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                &format!("--groups={groups}"),
+                "--",
+            ])
+            .arg(bin.join(tool))
+            .args(["--instance", &d.instance])
+            .args(args)
+            .output()
+    };
+    let result = (|| -> Result<(), Failed> {
+        let seg = std::fs::metadata(tandem_control::stats::segment_path(&d.instance))?;
+        let sock = std::fs::metadata(tandem_control::ctl::socket_path(&d.instance))?;
+        check(
+            seg.gid() == gid && seg.mode() & 0o777 == 0o640,
+            format!("segment gid {} mode {:o}", seg.gid(), seg.mode() & 0o777),
+        )?;
+        check(
+            sock.gid() == gid && sock.mode() & 0o777 == 0o660,
+            format!("socket gid {} mode {:o}", sock.gid(), sock.mode() & 0o777),
+        )?;
+        let member = gid.to_string();
+        let o = as_nobody(&member, "tandemstat", &["statistics", "--json"])?;
+        check(
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"interfaces\""),
+            format!("tandemstat as a member: {o:?}"),
+        )?;
+        let o = as_nobody(&member, "tandemctl", &["clear", "statistics"])?;
+        check(o.status.success(), format!("tandemctl as a member: {o:?}"))?;
+        let o = as_nobody("65534", "tandemstat", &["statistics"])?;
+        check(
+            !o.status.success()
+                && String::from_utf8_lossy(&o.stderr)
+                    .to_lowercase()
+                    .contains("permission denied"),
+            format!("tandemstat outside the group: {o:?}"),
+        )?;
+        Ok(())
+    })();
+    d.stop();
+    let _ = std::fs::remove_dir_all(&bin);
+    if made {
+        let _ = std::process::Command::new("groupdel")
+            .arg("tandem")
+            .output();
+    }
+    result
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "group_tandem_reads_counters_and_uses_the_socket",
+        group_tandem_reads_counters_and_uses_the_socket,
+    ),
     (
         "systemd_readiness_and_a_watchdog_fed_only_by_working_workers",
         systemd_readiness_and_a_watchdog_fed_only_by_working_workers,
