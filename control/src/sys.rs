@@ -102,37 +102,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
-#[cfg(test)]
-mod tests {
-    use std::os::fd::AsRawFd as _;
-
-    use super::*;
-
-    #[test]
-    fn a_readable_descriptor_wakes_the_poller_and_says_which() {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut p = Poller::new(&[a.as_raw_fd(), b.as_raw_fd()]);
-        assert!(!p.wait(Duration::from_millis(1)), "nothing written yet");
-        std::io::Write::write_all(&mut &a, b"x").unwrap();
-        assert!(p.wait(Duration::from_secs(1)));
-        assert!(!p.readable(0) && p.readable(1));
-        p.clear();
-        let w = p.push(a.as_raw_fd(), false, true);
-        assert!(
-            p.wait(Duration::from_secs(1)),
-            "a socket with room is writable"
-        );
-        assert!(!p.readable(w));
-    }
-
-    #[test]
-    fn random_bytes_differ_and_the_clock_moves_on() {
-        assert_ne!(random_bytes::<16>().unwrap(), random_bytes::<16>().unwrap());
-        let t = monotonic_ns();
-        assert!(t > 0 && monotonic_ns() >= t);
-    }
-}
-
 /// The group whose members may read a daemon's counters and use its
 /// control socket (the segment is 0640, the socket 0660, both root's and
 /// this group's when it exists).
@@ -165,5 +134,36 @@ pub fn share_with_group(path: &std::path::Path) -> io::Result<bool> {
     match group_id(GROUP) {
         Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)).map(|()| true),
         None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd as _;
+
+    use super::*;
+
+    #[test]
+    fn a_readable_descriptor_wakes_the_poller_and_says_which() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p = Poller::new(&[a.as_raw_fd(), b.as_raw_fd()]);
+        assert!(!p.wait(Duration::from_millis(1)), "nothing written yet");
+        std::io::Write::write_all(&mut &a, b"x").unwrap();
+        assert!(p.wait(Duration::from_secs(1)));
+        assert!(!p.readable(0) && p.readable(1));
+        p.clear();
+        let w = p.push(a.as_raw_fd(), false, true);
+        assert!(
+            p.wait(Duration::from_secs(1)),
+            "a socket with room is writable"
+        );
+        assert!(!p.readable(w));
+    }
+
+    #[test]
+    fn random_bytes_differ_and_the_clock_moves_on() {
+        assert_ne!(random_bytes::<16>().unwrap(), random_bytes::<16>().unwrap());
+        let t = monotonic_ns();
+        assert!(t > 0 && monotonic_ns() >= t);
     }
 }
