@@ -4,6 +4,7 @@
 //! `setup` only installs what is missing, so a fresh machine and a warm one
 //! run the same command.
 
+mod install;
 mod lab;
 mod setup;
 mod traffic;
@@ -47,6 +48,24 @@ enum Cmd {
         /// Arguments passed to the packet-rate harness.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Install the release binaries (built first), the systemd units, the
+    /// example configuration, the Prometheus rules, the Grafana dashboard
+    /// and the docs under DESTDIR (default /: /usr/local/sbin,
+    /// /usr/local/bin, /etc/systemd/system, /etc/tandem,
+    /// /usr/local/share/tandem, /usr/share/doc/tandem); on / it also adds
+    /// group tandem and reloads a running systemd.
+    Install {
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+        /// Install what target/release holds, without building.
+        #[arg(long)]
+        no_build: bool,
+        /// Instead: install into a scratch folder and check what landed
+        /// (modes, `tandemd --check` of the example, `systemd-analyze
+        /// verify` of the units with the installed binaries).
+        #[arg(long)]
+        check: bool,
     },
     /// Internal: traffic endpoints the lab runs inside its namespaces.
     #[command(hide = true)]
@@ -249,6 +268,19 @@ fn test(no_lint: bool) -> Result<()> {
     } else {
         totals.ignored += 2;
     }
+    // The install step into a scratch root, checked there.
+    eprintln!("xtask: install --destdir (scratch) and check");
+    let r = lab::build_release_bins().and_then(|()| install::check());
+    match r {
+        Ok(()) => {
+            println!("install: ok");
+            totals.passed += 1;
+        }
+        Err(e) => {
+            println!("install: FAILED: {e:#}");
+            totals.failed += 1;
+        }
+    }
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
@@ -334,6 +366,20 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Test { no_lint } => test(no_lint),
         Cmd::Lab { cmd } => lab::lab(cmd),
+        Cmd::Install {
+            destdir,
+            no_build,
+            check,
+        } => {
+            if check {
+                if !no_build {
+                    lab::build_release_bins()?;
+                }
+                install::check()
+            } else {
+                install::install(&destdir, !no_build)
+            }
+        }
         Cmd::Bench { args } => bench(&args),
         Cmd::Traffic { cmd } => traffic::run(&cmd),
     }
