@@ -21,6 +21,9 @@ pub enum Request {
     ClearStatistics,
     /// List (or count) sessions.
     ShowSessions(Query),
+    /// End the sessions the query matches (its level and limit aside), as
+    /// expiry ends them: `clear sessions [filters]`.
+    ClearSessions(Query),
     /// Manual switchover: `request acquire|release [force]`.
     Mastership { acquire: bool, force: bool },
     /// (Standby) ask the active for every session again: `request resync`.
@@ -69,6 +72,11 @@ impl Request {
                 w.extend(q.to_words());
                 w.join(" ")
             }
+            Self::ClearSessions(q) => {
+                let mut w = vec!["clear".to_owned(), "sessions".to_owned()];
+                w.extend(q.to_words());
+                w.join(" ")
+            }
             Self::ShowProbes { from: None } => "show probes".into(),
             Self::ShowProbes { from: Some(n) } => format!("show probes from {n}"),
             Self::Panic(t) => format!("debug panic {}", t.name()),
@@ -83,7 +91,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "clear statistics | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
+const EXPECTED: &str = "clear statistics | clear sessions [...] | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -124,16 +132,20 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             .map(|n| Request::ShowProbes { from: Some(n) })
             .map_err(|_| format!("show probes from: {n:?} is not a number")),
         ["show", "probes", ..] => Err("show probes: expected `show probes [from N]`".into()),
-        ["show", "sessions", ..] => {
+        [verb @ ("show" | "clear"), "sessions", ..] => {
             let mut args: Vec<&str> = Vec::new();
             let mut keep_case = false;
             for (w, r) in words[2..].iter().zip(&raw[2..]) {
                 args.push(if keep_case { r } else { w });
                 keep_case = matches!(*w, "service-set" | "interface");
             }
-            Query::parse(&args)
-                .map(Request::ShowSessions)
-                .map_err(|e| format!("show sessions: {e} (words: {QUERY_WORDS})"))
+            let q = Query::parse(&args)
+                .map_err(|e| format!("{verb} sessions: {e} (words: {QUERY_WORDS})"))?;
+            Ok(if *verb == "show" {
+                Request::ShowSessions(q)
+            } else {
+                Request::ClearSessions(q)
+            })
         }
         [] => Err("empty request".into()),
         ["clear", rest @ ..] => Err(format!(
@@ -171,6 +183,20 @@ mod tests {
         assert_eq!(
             parse_request(&Request::ClearStatistics.as_line()),
             Ok(Request::ClearStatistics)
+        );
+    }
+
+    #[test]
+    fn parses_clear_sessions_with_filters() {
+        let r = parse_request("clear sessions protocol udp destination-port 53").unwrap();
+        let Request::ClearSessions(q) = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(q.destination_port, Some(53));
+        assert_eq!(parse_request(&r.as_line()).unwrap(), r);
+        assert_eq!(
+            parse_request("clear sessions"),
+            Ok(Request::ClearSessions(Query::default()))
         );
     }
 

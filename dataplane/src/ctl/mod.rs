@@ -68,6 +68,7 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
         let job = Job {
             filter: filter.clone(),
             count_only,
+            clear: false,
             sets: names.len(),
             tx: tx.clone(),
             cancel: Arc::clone(&cancel),
@@ -140,6 +141,58 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
         writeln!(out, "{line}").map_err(|e| format!("writing to the client: {e}"))?;
     }
     Ok(End { matched })
+}
+
+/// Ends the sessions `q` matches on every worker (`clear sessions`), each
+/// worker a bounded chunk per loop; how many ended.
+fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
+    let names: Vec<String> = ctx
+        .cfg
+        .service_sets
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let (inside, outside) = (&ctx.cfg.interfaces.inside, &ctx.cfg.interfaces.outside);
+    let filter = Match::compile(q, &names, inside, outside)?;
+    let (tx, rx) = mpsc::sync_channel(4 * ctx.workers.max(1));
+    let cancel = Arc::new(AtomicBool::new(false));
+    for w in 0..ctx.workers {
+        let job = Job {
+            filter: filter.clone(),
+            count_only: true,
+            clear: true,
+            sets: names.len(),
+            tx: tx.clone(),
+            cancel: Arc::clone(&cancel),
+        };
+        if ctx.handoff.post_job(w, job).is_err() {
+            return Err(format!(
+                "worker {w} has too many jobs queued (the {w} before it are clearing); try again"
+            ));
+        }
+    }
+    drop(tx);
+    let (mut ended, mut done) = (0u64, 0usize);
+    while done < ctx.workers {
+        match rx.recv_timeout(WORKER_ANSWER) {
+            Ok(Chunk::Done { matched, .. }) => {
+                done += 1;
+                ended += matched;
+            }
+            Ok(Chunk::Rows { .. }) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "{} of {} workers did not finish within {WORKER_ANSWER:?} ({ended} sessions \
+                     cleared so far)",
+                    ctx.workers - done,
+                    ctx.workers
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    tracing::info!(sessions = ended, query = %Request::ClearSessions(q.clone()).as_line(), "sessions cleared");
+    Ok(ended)
 }
 
 fn row(s: &Session, worker: usize, now: u32, names: &[String], ctx: &Ctx) -> Row {
@@ -338,6 +391,10 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     show_probes(from, ctx, &mut &conn)
                 }
+                Ok(Request::ClearSessions(q)) => match clear_sessions(&q, ctx) {
+                    Ok(n) => format!("ok: {n} sessions cleared"),
+                    Err(e) => format!("error: {e}"),
+                },
                 Ok(Request::ShowSessions(q)) => {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     match list_sessions(&q, ctx, &mut &conn) {

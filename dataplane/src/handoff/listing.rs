@@ -108,6 +108,9 @@ pub enum Chunk {
 pub struct Job {
     pub filter: Match,
     pub count_only: bool,
+    /// End the matching sessions instead of listing them
+    /// (`tandemctl clear sessions`); `Done` says how many.
+    pub clear: bool,
     pub sets: usize,
     pub tx: SyncSender<Chunk>,
     /// Set by the control thread once it has what it needs (a limit).
@@ -174,6 +177,30 @@ impl Walk {
         if !self.rows.is_empty() {
             return self.gone();
         }
+        self.send_done()
+    }
+
+    /// Whether this job ends the sessions it matches.
+    pub fn clears(&self) -> bool {
+        self.job.clear
+    }
+
+    /// One bounded step of a clear: `clear(from, filter)` ends the
+    /// matching sessions of a chunk of the table from slot `from` and says
+    /// where to go on and how many ended. True when finished (its `Done`
+    /// sent).
+    pub fn step_clear(&mut self, clear: impl FnOnce(u32, &Match) -> (Option<u32>, u64)) -> bool {
+        if let Some(from) = self.cursor {
+            let (next, n) = clear(from, &self.job.filter);
+            self.matched += n;
+            self.cursor = next;
+            return false;
+        }
+        self.send_done()
+    }
+
+    /// Sends the walk's `Done`; false if the channel is full (try again).
+    fn send_done(&mut self) -> bool {
         let done = Chunk::Done {
             worker: self.worker,
             matched: self.matched,
@@ -244,6 +271,7 @@ mod tests {
             Job {
                 filter,
                 count_only,
+                clear: false,
                 sets: 2,
                 tx,
                 cancel: Arc::new(AtomicBool::new(false)),

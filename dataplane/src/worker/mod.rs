@@ -102,6 +102,9 @@ pub struct Worker {
     rewalk: Option<u32>,
 }
 
+/// Slots a clear walks per loop: bounded like a listing's step, so the
+/// data path goes on between chunks.
+const CLEAR_SLOTS: usize = 4096;
 /// How long an idle worker sleeps in poll() before re-checking `stop`.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Sessions aged per loop at most, so that a second in which many expire
@@ -211,7 +214,7 @@ impl Worker {
             let received = self.receive(now, &mut lap);
             let handed = self.take_handoffs(now, &mut lap);
             self.handoff.flush(&mut self.outbox);
-            self.step_listing(now);
+            self.step_listing(now, &mut lap.tally);
             self.follow_role(&mut lap.tally);
             let (sync_ready, syncing) = match self.services.as_mut() {
                 Some(svc) => {
@@ -400,8 +403,9 @@ impl Worker {
         }
     }
 
-    /// Takes a listing job if none is under way, and steps the one that is.
-    fn step_listing(&mut self, now: u32) {
+    /// Takes a listing job if none is under way, and steps the one that is
+    /// (a clear ends sessions, counted in `tally`).
+    fn step_listing(&mut self, now: u32, tally: &mut Tally) {
         if self.walk.is_none() {
             self.walk = self
                 .handoff
@@ -412,6 +416,9 @@ impl Worker {
             return;
         };
         let finished = match self.services.as_mut() {
+            Some(svc) if w.clears() => w.step_clear(|from, filter| {
+                svc.clear_some(from, CLEAR_SLOTS, |s| filter.matches(s), tally)
+            }),
             Some(svc) => {
                 let (table, mut flows) = svc.listing_view();
                 let now_ns = flows.as_ref().map_or(0, |f| f.now_ns());

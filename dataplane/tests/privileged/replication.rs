@@ -217,6 +217,24 @@ fn sessions_replicate_and_survive_restart_and_link_cut() -> Result<(), Failed> {
     wait_ha(&b, "B's view of 200 adds", |v| {
         v["role"] == "backup" && v["add_completed"].as_u64() >= Some(200)
     })?;
+    // An operator clears one session on A: B deletes it too. (Its
+    // connection is among the 50 closed next.)
+    let port = conns[199].local_addr()?.port().to_string();
+    let o = std::process::Command::new(crate::netns::tandemstat_path().with_file_name("tandemctl"))
+        .args([
+            "--instance",
+            &a.instance,
+            "clear",
+            "sessions",
+            "source-port",
+            &port,
+        ])
+        .output()?;
+    check(
+        String::from_utf8_lossy(&o.stdout).trim() == "ok: 1 sessions cleared",
+        format!("clear sessions on A: {o:?}"),
+    )?;
+    converge(&a, &b, 199, "one session cleared on A")?;
 
     // Closed connections are deleted on A once they age out (1 s), and B
     // follows.

@@ -354,6 +354,45 @@ fn sixty_connections_are_sixty_sessions() -> Result<(), Failed> {
             && text.contains("(1 of 60 sessions shown)"),
         format!("brief text:\n{text}"),
     )?;
+    // tandemctl clear sessions: by filter, then all; NAT bindings go too.
+    let clear = |words: &[&str]| -> Result<String, Failed> {
+        let o = std::process::Command::new(netns::tandemstat_path().with_file_name("tandemctl"))
+            .args(["--instance", &daemon.instance, "clear", "sessions"])
+            .args(words)
+            .output()?;
+        check(
+            o.status.success(),
+            format!("clear sessions {words:?}: {o:?}"),
+        )?;
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let port = conns[3].local_addr()?.port().to_string();
+    let said = clear(&["protocol", "tcp", "source-port", &port])?;
+    check(said == "ok: 1 sessions cleared", said)?;
+    let v = sessions_json(&daemon, &["count"])?;
+    check(v["count"] == 59, format!("after one cleared: {v}"))?;
+    let said = clear(&["protocol", "udp"])?;
+    check(said == "ok: 0 sessions cleared", said)?;
+    let deleted = daemon.counter("worker.sessions_deleted");
+    let said = clear(&[])?;
+    check(said == "ok: 59 sessions cleared", said)?;
+    let v = sessions_json(&daemon, &["count"])?;
+    check(v["count"] == 0, format!("after all cleared: {v}"))?;
+    check(
+        daemon.counter("worker.sessions_deleted") == deleted + 59,
+        "the cleared sessions count as deleted",
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while sum("tandem_nat_ports_in_use") != Some(0) && std::time::Instant::now() < deadline {
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check(
+        sum("tandem_nat_ports_in_use") == Some(0),
+        format!(
+            "NAT pairs in use after the clear: {:?}",
+            sum("tandem_nat_ports_in_use")
+        ),
+    )?;
     drop(conns);
     Ok(())
 }

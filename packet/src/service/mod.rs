@@ -11,6 +11,7 @@
 //! itself raises quote the untranslated packet). No allocation: the table
 //! and the port pools are sized at start.
 
+mod clear;
 mod fastpath;
 pub mod nat;
 pub mod policy;

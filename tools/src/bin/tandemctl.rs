@@ -88,7 +88,17 @@ enum RequestWhat {
 
 #[derive(Subcommand, Debug)]
 enum ClearWhat {
+    /// Counters: the views count from now (Prometheus stays monotonic).
     Statistics,
+    /// End the sessions the filters match (all, without any), as expiry
+    /// ends them: offloads taken back, NAT bindings released, the peer
+    /// told. Filters as for `tandemstat sessions`: protocol P,
+    /// source-prefix X, destination-prefix X, source-port N,
+    /// destination-port N, service-set S, interface I.
+    Sessions {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        filters: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +119,18 @@ fn main() -> ExitCode {
         Cmd::Clear {
             what: ClearWhat::Statistics,
         } => Request::ClearStatistics,
+        Cmd::Clear {
+            what: ClearWhat::Sessions { filters },
+        } => match tandem_control::ctl::parse_request(&format!(
+            "clear sessions {}",
+            filters.join(" ")
+        )) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tandemctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Cmd::Request {
             what: RequestWhat::Acquire { force },
         } => Request::Mastership {
