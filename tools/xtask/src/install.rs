@@ -152,7 +152,7 @@ pub fn check() -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
             if !out.status.success() || !said.trim().is_empty() {
-                bail!("systemd-analyze --root verify {unit}: {said}");
+                bail!("systemd-analyze verify {unit}: {said}");
             }
         }
         Ok(())
