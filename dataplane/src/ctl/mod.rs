@@ -52,7 +52,8 @@ const WORKER_ANSWER: Duration = Duration::from_secs(2);
 
 /// Streams the sessions matching `q` to `out` as JSON lines (or, for
 /// `count`, one JSON object) and returns the closing line.
-fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, String> {
+/// The service sets' names, and `q` as a filter over sessions.
+fn compile(q: &Query, ctx: &Ctx) -> Result<(Vec<String>, Match), String> {
     let names: Vec<String> = ctx
         .cfg
         .service_sets
@@ -61,6 +62,11 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
         .collect();
     let (inside, outside) = (&ctx.cfg.interfaces.inside, &ctx.cfg.interfaces.outside);
     let filter = Match::compile(q, &names, inside, outside)?;
+    Ok((names, filter))
+}
+
+fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, String> {
+    let (names, filter) = compile(q, ctx)?;
     let count_only = q.level == Level::Count;
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::sync_channel(4 * ctx.workers.max(1));
@@ -146,14 +152,7 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
 /// Ends the sessions `q` matches on every worker (`clear sessions`), each
 /// worker a bounded chunk per loop; how many ended.
 fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
-    let names: Vec<String> = ctx
-        .cfg
-        .service_sets
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
-    let (inside, outside) = (&ctx.cfg.interfaces.inside, &ctx.cfg.interfaces.outside);
-    let filter = Match::compile(q, &names, inside, outside)?;
+    let (names, filter) = compile(q, ctx)?;
     let (tx, rx) = mpsc::sync_channel(4 * ctx.workers.max(1));
     let cancel = Arc::new(AtomicBool::new(false));
     for w in 0..ctx.workers {

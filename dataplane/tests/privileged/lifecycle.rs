@@ -46,20 +46,28 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_behind() -> Result<(), Failed> {
     Ok(())
 }
 
-fn missing_interface_is_a_clear_error() -> Result<(), Failed> {
-    let topo = Topo::new();
-    let cfg = std::env::temp_dir().join(format!("tandem-noif-{}.toml", std::process::id()));
-    std::fs::write(
-        &cfg,
-        "[interfaces]\ninside = \"nope0\"\noutside = \"out0\"\n",
-    )?;
+/// tandemd started in the node's namespace with configuration `text`,
+/// run to its end (a start that must fail).
+fn start_once(topo: &Topo, tag: &str, text: &str) -> Result<std::process::Output, Failed> {
+    let file = std::env::temp_dir().join(format!("tandem-{tag}-{}.toml", std::process::id()));
+    std::fs::write(&file, text)?;
     let out = topo
         .node
         .cmd(netns::tandemd_path().to_str().unwrap())
         .arg("--config")
-        .arg(&cfg)
-        .output()?;
-    let _ = std::fs::remove_file(&cfg);
+        .arg(&file)
+        .output();
+    let _ = std::fs::remove_file(&file);
+    Ok(out?)
+}
+
+fn missing_interface_is_a_clear_error() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let out = start_once(
+        &topo,
+        "noif",
+        "[interfaces]\ninside = \"nope0\"\noutside = \"out0\"\n",
+    )?;
     let err = String::from_utf8_lossy(&out.stderr);
     check(!out.status.success(), "missing interface accepted")?;
     check(
@@ -103,18 +111,11 @@ fn workers_run_on_the_configured_cores() -> Result<(), Failed> {
     check(ok, format!("forwards from CPU {last}:\n{out}"))?;
     d.stop();
 
-    let file = std::env::temp_dir().join(format!("tandem-cores-{}.toml", std::process::id()));
-    std::fs::write(
-        &file,
-        BASE_CONFIG.replace("[dataplane]\n", &format!("[dataplane]\ncores = [{cpus}]\n")),
+    let out = start_once(
+        &topo,
+        "cores",
+        &BASE_CONFIG.replace("[dataplane]\n", &format!("[dataplane]\ncores = [{cpus}]\n")),
     )?;
-    let out = topo
-        .node
-        .cmd(netns::tandemd_path().to_str().unwrap())
-        .arg("--config")
-        .arg(&file)
-        .output()?;
-    let _ = std::fs::remove_file(&file);
     let err = String::from_utf8_lossy(&out.stderr);
     check(
         // A failed start (1), like a missing interface: the file is valid
@@ -135,24 +136,12 @@ fn workers_run_on_the_configured_cores() -> Result<(), Failed> {
 /// to start (2), naming the sysctl, unless the configuration accepts it.
 fn kernel_forwarding_is_refused_unless_accepted() -> Result<(), Failed> {
     let topo = Topo::new();
-    let start = |cfg: &str| -> Result<std::process::Output, Failed> {
-        let file = std::env::temp_dir().join(format!("tandem-fwd-{}.toml", std::process::id()));
-        std::fs::write(&file, cfg)?;
-        let out = topo
-            .node
-            .cmd(netns::tandemd_path().to_str().unwrap())
-            .arg("--config")
-            .arg(&file)
-            .output()?;
-        let _ = std::fs::remove_file(&file);
-        Ok(out)
-    };
     for sysctl in [
         "net.ipv4.conf.out0.forwarding",
         "net.ipv6.conf.in0.forwarding",
     ] {
         topo.node.sysctl(&format!("{sysctl}=1"));
-        let out = start(BASE_CONFIG)?;
+        let out = start_once(&topo, "fwd", BASE_CONFIG)?;
         let err = String::from_utf8_lossy(&out.stderr);
         check(
             out.status.code() == Some(2) && err.contains(&format!("{sysctl} = 1")),

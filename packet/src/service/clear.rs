@@ -1,17 +1,45 @@
-//! An operator's `tandemctl clear sessions [filters]`: sessions end as
-//! expiry ends them, a bounded chunk of the table at a time.
+//! How a session ends, by expiry or by an operator's `tandemctl clear
+//! sessions [filters]` (a bounded chunk of the table at a time).
 
-use super::{Services, fastpath::take_back, release, sync};
+use super::{Services, Set, fastpath::take_back, release, sync};
 use crate::{
     counters::{Tally, WorkerCounter},
+    offload::FlowTable,
     session::Session,
     sync::{ToSync, delete_record},
 };
 
+/// What follows a session out of worker `worker`'s table (of `workers`):
+/// its offload taken back (true if there was one), its NAT binding
+/// released, its stub on another worker dropped, and the peer told (the
+/// delete parked if the ring is full).
+pub(super) fn ended<F: FlowTable + ?Sized>(
+    s: &Session,
+    sets: &mut [Set],
+    flows: Option<&mut F>,
+    mut rep: Option<&mut sync::WorkerSync>,
+    (worker, workers): (usize, usize),
+) -> bool {
+    let taken = take_back(flows, &mut s.clone());
+    release(sets, s);
+    if let Some(r) = rep.as_deref() {
+        sync::unstub(r, workers, worker, s);
+        if s.is_unsent() {
+            r.ended_unsent(worker);
+        }
+    }
+    if sync::emit(rep.as_deref_mut(), worker, s.key.proto, || {
+        ToSync::Delete(delete_record(s))
+    }) && let Some(r) = rep
+    {
+        r.park(delete_record(s));
+    }
+    taken
+}
+
 impl Services {
     /// Ends the sessions `pick` chooses among at most `max_slots` slots
-    /// from `from`, as expiry would: the offload taken back, the NAT
-    /// binding released, the peer told (a delete). Returns where to go on
+    /// from `from`, as expiry would ([`ended`]). Returns where to go on
     /// (`None`: the table is done) and how many ended.
     pub fn clear_some(
         &mut self,
@@ -22,7 +50,7 @@ impl Services {
     ) -> (Option<u32>, u64) {
         let (mut n, mut taken) = (0u64, 0u64);
         let sets = &mut self.sets;
-        let (mut rep, worker, workers) = (self.sync.as_mut(), self.worker, self.workers);
+        let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.workers));
         let mut flows = self.flows.as_deref_mut();
         // Stubs are another worker's sessions: that worker clears them.
         let next = self.table.sweep(
@@ -31,21 +59,8 @@ impl Services {
             |s| s.remote == 0 && pick(s),
             |s| {
                 n += 1;
-                if take_back(flows.as_deref_mut(), &mut s.clone()) {
+                if ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), ids) {
                     taken += 1;
-                }
-                release(sets, s);
-                if let Some(r) = rep.as_deref() {
-                    sync::unstub(r, workers, worker, s);
-                    if s.is_unsent() {
-                        r.ended_unsent(worker);
-                    }
-                }
-                if sync::emit(rep.as_deref_mut(), worker, s.key.proto, || {
-                    ToSync::Delete(delete_record(s))
-                }) && let Some(r) = rep.as_deref_mut()
-                {
-                    r.park(delete_record(s));
                 }
             },
         );

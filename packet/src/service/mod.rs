@@ -27,15 +27,11 @@ use crate::{
     forward::DropReason,
     offload::{self, FlowTable},
     session::{FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, table::Aged},
-    sync::{ToSync, delete_record, record, refresh_record},
+    sync::{ToSync, record, refresh_record},
     wire::{self, Headers, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
 };
 
-use self::{
-    fastpath::{established, take_back},
-    nat::PortPool,
-    policy::Policy,
-};
+use self::{fastpath::established, nat::PortPool, policy::Policy};
 
 /// What the worker does next with a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -554,21 +550,10 @@ impl Services {
             .advance_with(now, budget, refresh, |aged, s| match aged {
                 Aged::Expired => {
                     n += 1;
-                    if take_back(flows.borrow_mut().as_deref_mut(), &mut s.clone()) {
+                    let flows = &mut *flows.borrow_mut();
+                    let ids = (worker, workers);
+                    if clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), ids) {
                         taken.set(taken.get() + 1);
-                    }
-                    release(sets, s);
-                    if let Some(r) = rep.as_deref() {
-                        sync::unstub(r, workers, worker, s);
-                        if s.is_unsent() {
-                            r.ended_unsent(worker);
-                        }
-                    }
-                    if sync::emit(rep.as_deref_mut(), worker, s.key.proto, || {
-                        ToSync::Delete(delete_record(s))
-                    }) && let Some(r) = rep.as_deref_mut()
-                    {
-                        r.park(delete_record(s));
                     }
                 }
                 Aged::Extended if s.remote != 0 => {}
