@@ -194,8 +194,8 @@ impl Hub {
     }
 
     /// Pops worker `w`'s events in place of a sync thread (tests).
-    #[doc(hidden)]
-    pub fn drain_events(&self, w: usize) -> Vec<ToSync> {
+    #[cfg(test)]
+    pub(crate) fn drain_events(&self, w: usize) -> Vec<ToSync> {
         let mut g = self.ports[w]
             .events_rx
             .lock()

@@ -279,7 +279,8 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
         "Tx bytes",
         "Drops"
     );
-    for v in json(s)["interfaces"].as_array().into_iter().flatten() {
+    let doc = json(s);
+    for v in doc["interfaces"].as_array().into_iter().flatten() {
         let t = |k: &str| v[k].as_str().unwrap_or("--").to_owned();
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
         let _ = writeln!(
@@ -301,7 +302,6 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
         "\nFast path (the XDP program forwarding offloaded sessions; its frames are in the \
          interface counters above):"
     );
-    let doc = json(s);
     for v in doc["interfaces"].as_array().into_iter().flatten() {
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
         let _ = writeln!(

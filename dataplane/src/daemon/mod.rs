@@ -547,9 +547,7 @@ fn spawn_sync(
 fn check_kernel_forwarding(cfg: &Config, names: &[String]) -> Result<(), DaemonError> {
     for name in names {
         for family in ["ipv4", "ipv6"] {
-            let path = format!("/proc/sys/net/{family}/conf/{name}/forwarding");
-            let on = std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0");
-            if !on {
+            if !sys::forwarding(family, name) {
                 continue;
             }
             let sysctl = format!("net.{family}.conf.{name}.forwarding");

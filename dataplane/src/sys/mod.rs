@@ -112,7 +112,14 @@ pub fn rx_queue_count(name: &str) -> u32 {
 /// Whether the kernel forwards IPv6 on `ifname`
 /// (`net.ipv6.conf.<ifname>.forwarding`); false when it cannot be read.
 pub fn ipv6_forwarding(ifname: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{ifname}/forwarding"))
+    forwarding("ipv6", ifname)
+}
+
+/// Whether the kernel forwards `family` ("ipv4" or "ipv6") on `ifname`
+/// (`net.<family>.conf.<ifname>.forwarding`); false when it cannot be
+/// read.
+pub fn forwarding(family: &str, ifname: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/{family}/conf/{ifname}/forwarding"))
         .is_ok_and(|v| v.trim() == "1")
 }
 

@@ -108,41 +108,39 @@ fn acquire(n: &str) -> Result<()> {
 
 struct Steps {
     t0: Instant,
-    rows: Vec<(String, u128)>,
 }
 
 impl Steps {
-    fn done(&mut self, what: String, since: Instant) {
+    fn done(&self, what: &str, since: Instant) {
         let ms = since.elapsed().as_millis();
         println!(
             "lab upgrade: +{:>6} ms  {what} ({ms} ms)",
             self.t0.elapsed().as_millis()
         );
-        self.rows.push((what, ms));
     }
 }
 
 /// Restarts node `n` on the binary in `bin` and waits until it is the
 /// Hot backup.
-fn upgrade_node(n: &str, bin: &Path, steps: &mut Steps) -> Result<()> {
+fn upgrade_node(n: &str, bin: &Path, steps: &Steps) -> Result<()> {
     let t = Instant::now();
     if let Some(pid) = read_pid(n) {
         kill_and_wait(pid);
     }
     let pid = start_daemon_from(n, bin)?;
-    steps.done(format!("node {n} restarted on this build (pid {pid})"), t);
+    steps.done(&format!("node {n} restarted on this build (pid {pid})"), t);
     let t = Instant::now();
     wait_for(
         &format!("node {n} STANDBY and Hot"),
         Duration::from_secs(15),
         || hot_backup(n),
     )?;
-    steps.done(format!("node {n} STANDBY and Hot"), t);
+    steps.done(&format!("node {n} STANDBY and Hot"), t);
     Ok(())
 }
 
 /// Node `to` takes over from `from`, which stays up as the backup.
-fn switch(from: &str, to: &str, steps: &mut Steps) -> Result<()> {
+fn switch(from: &str, to: &str, steps: &Steps) -> Result<()> {
     let t = Instant::now();
     acquire(to)?;
     wait_for(
@@ -150,14 +148,14 @@ fn switch(from: &str, to: &str, steps: &mut Steps) -> Result<()> {
         Duration::from_secs(5),
         || holds_vip(to) && !holds_vip(from),
     )?;
-    steps.done(format!("node {to} MASTER with the VIPs"), t);
+    steps.done(&format!("node {to} MASTER with the VIPs"), t);
     let t = Instant::now();
     wait_for(
         &format!("node {from} STANDBY and Hot"),
         Duration::from_secs(15),
         || hot_backup(from),
     )?;
-    steps.done(format!("node {from} STANDBY and Hot"), t);
+    steps.done(&format!("node {from} STANDBY and Hot"), t);
     Ok(())
 }
 
@@ -180,18 +178,15 @@ pub fn upgrade(from: &str) -> Result<()> {
     let (mut server, client) = held_traffic(12)?;
     // Every connection opens and replicates first.
     thread::sleep(Duration::from_secs(3));
-    let mut steps = Steps {
-        t0: Instant::now(),
-        rows: Vec::new(),
-    };
+    let steps = Steps { t0: Instant::now() };
     let r = (|| -> Result<()> {
         // An old active feeds a new backup...
-        upgrade_node("b", &new, &mut steps)?;
+        upgrade_node("b", &new, &steps)?;
         // ...a new active feeds an old backup...
-        switch("a", "b", &mut steps)?;
+        switch("a", "b", &steps)?;
         // ...and both run this build, with a failover between them.
-        upgrade_node("a", &new, &mut steps)?;
-        switch("b", "a", &mut steps)
+        upgrade_node("a", &new, &steps)?;
+        switch("b", "a", &steps)
     })();
     let out = client.wait_with_output()?;
     let _ = server.kill();
