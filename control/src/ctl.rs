@@ -28,6 +28,9 @@ pub enum Request {
     Mastership { acquire: bool, force: bool },
     /// (Standby) ask the active for every session again: `request resync`.
     Resync,
+    /// Read the configuration file again and apply what may change while
+    /// running (`reload`; SIGHUP does the same).
+    Reload,
     /// The finished probes numbered `from` on (all kept, if `None`):
     /// `show probes [from N]`, answered by JSON lines and `end N` with
     /// the number to ask from next.
@@ -82,6 +85,7 @@ impl Request {
             Self::Panic(t) => format!("debug panic {}", t.name()),
             Self::HangWorkers => "debug hang workers".into(),
             Self::Resync => "request resync".into(),
+            Self::Reload => "reload".into(),
             Self::Mastership { acquire, force } => format!(
                 "request {}{}",
                 if *acquire { "acquire" } else { "release" },
@@ -91,7 +95,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "clear statistics | clear sessions [...] | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
+const EXPECTED: &str = "reload | clear statistics | clear sessions [...] | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -102,6 +106,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     match words.as_slice() {
         ["clear", "statistics"] => Ok(Request::ClearStatistics),
         ["request", "resync"] => Ok(Request::Resync),
+        ["reload"] => Ok(Request::Reload),
         ["request", what @ ("acquire" | "release"), rest @ ..] => {
             let force = match rest {
                 [] => false,

@@ -25,6 +25,7 @@ pub mod fib;
 pub mod ha;
 pub mod handoff;
 pub mod node;
+pub mod reload;
 pub mod sync;
 pub mod sys;
 pub mod worker;

@@ -123,7 +123,8 @@ fn verify(unit: &str) -> (bool, String) {
     let text = std::fs::read_to_string(deploy().join(unit))
         .unwrap()
         .replace("/usr/local/sbin/tandemd", tandemd.to_str().unwrap())
-        .replace("/usr/local/bin/tandemstat", bin.to_str().unwrap());
+        .replace("/usr/local/bin/tandemstat", bin.to_str().unwrap())
+        .replace("/usr/local/bin/tandemctl", env!("CARGO_BIN_EXE_tandemctl"));
     let dir = std::env::temp_dir().join(format!("tandem-units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(unit.replace("@.", "@edge1."));

@@ -12,11 +12,15 @@ use std::{
 
 use serde::Deserialize;
 
+mod log;
 mod redundancy;
+mod reload;
 mod services;
 mod sync;
 
+pub use log::Log;
 pub use redundancy::{HeartbeatPath, Probe, Redundancy, Side, Vip};
+pub use reload::Changes;
 pub use services::{
     Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
     Timeouts,
@@ -69,6 +73,9 @@ pub struct Config {
     /// and `sync.role` fix the roles.
     #[serde(default)]
     pub redundancy: Option<Redundancy>,
+    /// tandemd's own log.
+    #[serde(default)]
+    pub log: Log,
 }
 
 /// The two interfaces the node forwards between.
@@ -355,6 +362,14 @@ impl Config {
                 "\"active\" or \"backup\" (or a [redundancy] section to decide it)",
                 "nothing".into(),
             ));
+        }
+        if !self.log.level_ok() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "log.level".into(),
+                expected: "error, warn, info, debug, trace or off, or target=level directives",
+                found: format!("{:?}", self.log.level),
+            });
         }
         self.validate_services(path)
     }

@@ -172,6 +172,14 @@ impl Prober {
         }
     }
 
+    /// A new failure detection time (a reload): the next probe goes out
+    /// at the new interval.
+    pub fn set_fdt(&mut self, fdt: Duration) {
+        let interval = fdt / LOST_TO_FAIL;
+        self.next_at = self.next_at.saturating_sub(self.interval) + interval;
+        self.interval = interval;
+    }
+
     pub fn state(&self) -> ProbeState {
         self.state
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use tandem_control::{
-    config::Config,
+    config::{Config, Timeouts},
     ctl::{MAX_REQUEST, Request, parse_request},
     ha::probe::ProbeRow,
     sessions::{End, Level, Query, Row},
@@ -45,6 +45,8 @@ pub struct Ctx {
     pub sync: Option<mpsc::Sender<crate::sync::thread::ResyncRequest>>,
     /// What the redundancy thread shares (the probe log).
     pub node: Arc<Node>,
+    /// Reloads the configuration; holds the running one.
+    pub reload: Arc<crate::reload::Reloader>,
 }
 
 /// How long a listing waits for a worker's next chunk.
@@ -88,6 +90,7 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
     }
     drop(tx);
     let now = u32::try_from(ctx.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+    let timeouts = ctx.reload.live().config().sessions.timeouts;
     let limit = q.limit.unwrap_or(u64::MAX);
     let (mut written, mut matched, mut done) = (0u64, 0u64, 0usize);
     let mut by_set = vec![0u64; names.len()];
@@ -102,7 +105,7 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
                     .iter()
                     .take((limit - written).try_into().unwrap_or(usize::MAX))
                 {
-                    let row = row(s, worker, now, &names, ctx);
+                    let row = row(s, worker, now, &names, &timeouts, ctx);
                     let line = serde_json::to_string(&row).map_err(|e| e.to_string())?;
                     if let Err(e) = writeln!(out, "{line}") {
                         failed = Some(format!("writing to the client: {e}"));
@@ -194,7 +197,14 @@ fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
     Ok(ended)
 }
 
-fn row(s: &Session, worker: usize, now: u32, names: &[String], ctx: &Ctx) -> Row {
+fn row(
+    s: &Session,
+    worker: usize,
+    now: u32,
+    names: &[String],
+    timeouts: &Timeouts,
+    ctx: &Ctx,
+) -> Row {
     let nat = s.nat();
     let (interface, direction) = match s.origin() {
         Origin::Inside => (&ctx.cfg.interfaces.inside, "I"),
@@ -224,7 +234,7 @@ fn row(s: &Session, worker: usize, now: u32, names: &[String], ctx: &Ctx) -> Row
         bytes_responder: s.bytes[1],
         age_s: now.saturating_sub(s.created),
         idle_s: idle,
-        timeout_s: timeout(&ctx.cfg.sessions.timeouts, s).saturating_sub(idle),
+        timeout_s: timeout(timeouts, s).saturating_sub(idle),
         worker,
         offload: s.is_offloaded(),
     }
@@ -362,6 +372,10 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                             }
                         }
                     }
+                },
+                Ok(Request::Reload) => match ctx.reload.reload() {
+                    Ok(m) => format!("ok: {m}"),
+                    Err(e) => format!("error: {e}"),
                 },
                 Ok(Request::Panic(t)) => {
                     if std::env::var_os("TANDEM_FAULT_INJECTION").is_none_or(|v| v != "1") {

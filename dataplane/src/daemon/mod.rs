@@ -20,6 +20,7 @@ mod state;
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -50,6 +51,7 @@ use crate::{
     handoff::Handoff,
     node::{MastershipRequest, Node},
     offload,
+    reload::{Live, Reloader, SetLog},
     service::Services,
     sync::{Hub, thread::SyncThread},
     sys::{self, PuntSocket, SyscallError},
@@ -81,6 +83,9 @@ pub struct Daemon {
     /// Each worker's `loops` counter slot: the watchdog's proof of
     /// progress.
     loops: Vec<u32>,
+    reloader: Arc<Reloader>,
+    /// Set by SIGHUP: the control loop reloads.
+    reload: Arc<AtomicBool>,
 }
 
 /// What the workers share: the rings between them and with the sync
@@ -90,6 +95,7 @@ struct Shared {
     hub: Arc<Hub>,
     node: Arc<Node>,
     epoch: Instant,
+    live: Arc<Live>,
 }
 
 impl Daemon {
@@ -118,7 +124,13 @@ impl Daemon {
             hub: Arc::new(Hub::new(ifaces.worker_count())),
             node: Arc::new(Node::default()),
             epoch: Instant::now(),
+            live: Arc::new(Live::new(
+                cfg,
+                ifaces.worker_count(),
+                cfg.redundancy.is_some(),
+            )),
         };
+        let reloader = Arc::new(Reloader::new(Arc::clone(&shared.live)));
         shared.node.set_forward(cfg.forward_at_start());
         let built = build_workers(
             cfg,
@@ -159,6 +171,7 @@ impl Daemon {
                     fib: ha_fib,
                     loader: Arc::clone(&loader),
                     node: Arc::clone(&shared.node),
+                    live: Arc::clone(&shared.live),
                     segment: Arc::clone(&layout.segment),
                     slots,
                     requests,
@@ -189,6 +202,7 @@ impl Daemon {
             Requests {
                 ha: ha.is_some().then_some(requests_tx),
                 sync: sync.is_some().then_some(resync_tx),
+                reload: Arc::clone(&reloader),
             },
             &ifaces,
             &layout,
@@ -220,7 +234,29 @@ impl Daemon {
             segment: layout.segment,
             kernel: layout.kernel,
             instance: instance.to_owned(),
+            reloader,
+            reload: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Reload from `path` when `flag` is set (tandemd sets it on SIGHUP)
+    /// or on `tandemctl reload`; `set_log` applies `log.level`.
+    pub fn reload_from(&mut self, path: PathBuf, flag: Arc<AtomicBool>, set_log: Option<SetLog>) {
+        self.reloader.configure(path, set_log);
+        self.reload = flag;
+    }
+
+    /// Reads the configuration again (SIGHUP), telling the service
+    /// manager (RELOADING=1, then READY=1) and the log how it went.
+    fn reload(&self) {
+        let mut state = vec![sd_notify::NotifyState::Reloading];
+        state.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+        let _ = sd_notify::notify(&state);
+        match self.reloader.reload() {
+            Ok(what) => tracing::info!("reload: {what}"),
+            Err(why) => tracing::error!("reload: {why}"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 
     /// The control loop: runs until `stop`, then shuts down and logs the
@@ -244,6 +280,9 @@ impl Daemon {
         let mut loops = self.worker_loops();
         while !self.stop.load(Ordering::Relaxed) {
             self.segment.heartbeat(stats::unix_ns());
+            if self.reload.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
             if last_kernel.elapsed() >= KERNEL_COUNTERS_EVERY {
                 self.kernel.copy(&self.loader, &self.segment);
                 last_kernel = Instant::now();
@@ -376,6 +415,7 @@ fn build_workers(
             workers,
             epoch: shared.epoch,
             node: Arc::clone(&shared.node),
+            live: Arc::clone(&shared.live),
         });
         worker.prime(d.fill_ring as usize);
         built.push(worker);
@@ -473,6 +513,7 @@ fn admit_control(cfg: &Config, fib: &Fib, loader: &mut Loader) -> Result<(), Dae
 struct Requests {
     ha: Option<mpsc::Sender<MastershipRequest>>,
     sync: Option<mpsc::Sender<crate::sync::thread::ResyncRequest>>,
+    reload: Arc<Reloader>,
 }
 
 fn spawn_control(
@@ -494,6 +535,7 @@ fn spawn_control(
         workers: ifaces.worker_count(),
         cfg: cfg.clone(),
         epoch: shared.epoch,
+        reload: requests.reload,
     };
     thread::Builder::new()
         .name("tandem-ctl".into())

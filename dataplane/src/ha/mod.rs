@@ -57,6 +57,7 @@ pub use self::{
 use crate::{
     fib::FibReader,
     node::{MastershipRequest, Node},
+    reload::Live,
     sys::{FrameSocket, IcmpSocket, poll_readable, random_bytes},
     xdp::{flow::FlowMap, loader::Loader},
 };
@@ -127,6 +128,9 @@ pub struct HaThread {
     fdt_ms: u32,
     /// The XDP flow map, cleared when this node stops forwarding.
     flows: Option<FlowMap>,
+    /// The running configuration, and the generation of it applied here.
+    live: Arc<Live>,
+    generation: u64,
 }
 
 /// What the daemon hands the thread.
@@ -134,6 +138,7 @@ pub struct Parts {
     pub fib: FibReader,
     pub loader: Arc<Mutex<Loader>>,
     pub node: Arc<Node>,
+    pub live: Arc<Live>,
     pub segment: Arc<SegmentWriter>,
     pub slots: Slots,
     pub requests: mpsc::Receiver<MastershipRequest>,
@@ -277,6 +282,8 @@ impl HaThread {
             probes,
             fdt_ms: r.failure_detection_ms,
             flows: Some(flows),
+            generation: p.live.generation(),
+            live: p.live,
         };
         t.release();
         Ok(t)
@@ -347,6 +354,27 @@ impl HaThread {
         if before != after {
             self.publish();
         }
+    }
+
+    /// Applies a reloaded configuration: the probes' failure detection
+    /// time (all else here is fixed while running).
+    fn follow_config(&mut self) {
+        let generation = self.live.generation();
+        if generation == self.generation {
+            return;
+        }
+        let cfg = self.live.config();
+        if let Some(r) = &cfg.redundancy
+            && r.failure_detection_ms != self.fdt_ms
+        {
+            self.fdt_ms = r.failure_detection_ms;
+            let fdt = Duration::from_millis(r.failure_detection_ms.into());
+            for p in &mut self.probes {
+                p.prober.set_fdt(fdt);
+            }
+        }
+        self.generation = generation;
+        self.live.applied(self.live.ha_index(), generation);
     }
 
     fn turn(&mut self) {
@@ -441,6 +469,7 @@ impl HaThread {
         while let Ok(r) = self.requests.try_recv() {
             let _ = r.reply.send(self.request(r.acquire, r.force));
         }
+        self.follow_config();
         if Instant::now() >= self.next_send {
             self.send_heartbeats();
         }

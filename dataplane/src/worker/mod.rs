@@ -46,6 +46,7 @@ use crate::{
     hint,
     node::Node,
     offload,
+    reload::Live,
     service::Services,
     sys::{Poller, PuntSocket},
 };
@@ -72,6 +73,8 @@ pub struct WorkerParts {
     /// Time zero of the session clock (seconds), shared by all workers.
     pub epoch: Instant,
     pub node: Arc<Node>,
+    /// The running configuration, which a reload replaces.
+    pub live: Arc<Live>,
 }
 
 /// Everything a worker thread owns.
@@ -100,6 +103,9 @@ pub struct Worker {
     role: u64,
     /// The next slot of a pass over the table after a role change.
     rewalk: Option<u32>,
+    live: Arc<Live>,
+    /// The configuration generation this worker runs.
+    generation: u64,
 }
 
 /// Slots a clear walks per loop: bounded like a listing's step, so the
@@ -160,6 +166,8 @@ impl Worker {
             walk: None,
             node: p.node,
             rewalk: None,
+            generation: p.live.generation(),
+            live: p.live,
         }
     }
 
@@ -216,6 +224,7 @@ impl Worker {
             self.handoff.flush(&mut self.outbox);
             self.step_listing(now, &mut lap.tally);
             self.follow_role(&mut lap.tally);
+            self.follow_config();
             let (sync_ready, syncing) = match self.services.as_mut() {
                 Some(svc) => {
                     svc.sync_step(now);
@@ -455,6 +464,24 @@ impl Worker {
         };
         self.rewalk =
             svc.reoffload_step(from, Node::forwards(role), |dst| routes.toward(dst), tally);
+    }
+
+    /// Applies a reloaded configuration: rules, timeouts and rate limits
+    /// (between packets; sessions and offloads stay as they are).
+    fn follow_config(&mut self) {
+        let generation = self.live.generation();
+        if generation == self.generation {
+            return;
+        }
+        let cfg = self.live.config();
+        self.limits.icmp.set_rate(cfg.dataplane.icmp_errors_per_sec);
+        self.limits.punt.set_rate(cfg.dataplane.punts_per_sec);
+        self.limits.reject.set_rate(cfg.sessions.rejects_per_sec);
+        if let Some(svc) = self.services.as_mut() {
+            svc.reconfigure(&cfg);
+        }
+        self.generation = generation;
+        self.live.applied(self.id, generation);
     }
 
     fn now(&self) -> u32 {

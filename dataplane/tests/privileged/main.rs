@@ -15,6 +15,7 @@ mod frame;
 mod lifecycle;
 mod netns;
 mod offload;
+mod reload;
 mod replication;
 mod sessions;
 mod traffic;
@@ -72,6 +73,7 @@ fn main() {
         forwarding::TESTS,
         lifecycle::TESTS,
         offload::TESTS,
+        reload::TESTS,
         replication::TESTS,
         sessions::TESTS,
         sessions::MORE,

@@ -222,6 +222,12 @@ pub const BASE_CONFIG: &str = "[interfaces]\ninside = \"in0\"\noutside = \"out0\
 
 impl Daemon {
     pub fn start(ns: &Ns, config: &str) -> Self {
+        Self::start_logging(ns, config, Some("info"))
+    }
+
+    /// [`Self::start`] with `RUST_LOG` set to `rust_log`, or unset (the
+    /// configuration's `log.level` then decides).
+    pub fn start_logging(ns: &Ns, config: &str, rust_log: Option<&str>) -> Self {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir();
         let cfg = dir.join(format!("tandem-test-{}-{n}.toml", std::process::id()));
@@ -229,13 +235,16 @@ impl Daemon {
         fs::write(&cfg, config).expect("write config");
         let f = fs::File::create(&log).expect("log file");
         let instance = format!("tt{}-{n}", std::process::id());
-        let child = ns
-            .cmd(tandemd_path().to_str().expect("utf-8 path"))
+        let mut cmd = ns.cmd(tandemd_path().to_str().expect("utf-8 path"));
+        match rust_log {
+            Some(l) => cmd.env("RUST_LOG", l),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .args(["--instance", &instance])
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
             // `tandemctl debug panic` is refused without it.
             .env("TANDEM_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
@@ -291,6 +300,11 @@ impl Daemon {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The configuration file it was started with (a reload reads it).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.cfg
     }
 
     pub fn pid(&self) -> i32 {

@@ -19,6 +19,12 @@ impl RateLimit {
         }
     }
 
+    /// A new rate from now on; the tokens left stay within it.
+    pub fn set_rate(&mut self, rate: u32) {
+        self.rate = rate;
+        self.tokens = self.tokens.min(rate);
+    }
+
     pub fn allow(&mut self) -> bool {
         self.allow_at(Instant::now())
     }

@@ -164,6 +164,20 @@ impl Services {
         }))
     }
 
+    /// Applies a reloaded configuration (whose service sets are those this
+    /// was built with: names, pools and offload cannot change live): the
+    /// firewall rules decide new flows from now on, and the timeouts
+    /// apply from each session's next packet or current deadline.
+    /// Sessions keep the decision their first packet got.
+    pub fn reconfigure(&mut self, cfg: &config::Config) {
+        for (set, s) in self.sets.iter_mut().zip(&cfg.service_sets) {
+            if set.policy.firewall() != &s.firewall {
+                set.policy = Policy::new(&s.firewall);
+            }
+        }
+        self.table.set_timeouts(cfg.sessions.timeouts);
+    }
+
     /// The session in `slot`.
     pub fn session(&self, slot: u32) -> &Session {
         self.table.get(slot)

@@ -15,6 +15,11 @@ impl Policy {
         Self { fw: fw.clone() }
     }
 
+    /// The rules it was compiled from.
+    pub fn firewall(&self) -> &Firewall {
+        &self.fw
+    }
+
     /// The action for a new flow whose first packet is `k` (before NAT),
     /// started from `origin`, and the index of the rule that decided it
     /// (`None`: the default for its origin).

@@ -192,6 +192,14 @@ impl Table {
         &self.timeouts
     }
 
+    /// Idle timeouts from now on: a session's deadline moves to them at
+    /// its next packet, or when its current deadline comes round (a
+    /// shorter timeout ends an idle session no later than the old one
+    /// would have).
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
     /// Sets how long synced sessions outlive their timeouts.
     pub fn set_grace(&mut self, seconds: u32) {
         self.grace = seconds;

@@ -23,6 +23,15 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Read the configuration file again and apply what may change while
+    /// tandemd runs: firewall rules, session timeouts, rate limits
+    /// (rejects, ICMP errors, punts), the probes' failure detection time
+    /// and log.level. Sessions and offloads stay; new flows meet the new
+    /// rules. A file that does not parse, or that changes anything else
+    /// (interfaces, workers, rings, tables, NAT pools, sync, redundancy),
+    /// changes nothing: the answer names the keys and exit status is 1.
+    /// SIGHUP and `systemctl reload tandemd@NAME` do the same.
+    Reload,
     /// Reset counters as shown by tandemstat's views (Prometheus keeps the
     /// raw monotonic values).
     Clear {
@@ -146,6 +155,7 @@ fn main() -> ExitCode {
         Cmd::Request {
             what: RequestWhat::Resync,
         } => Request::Resync,
+        Cmd::Reload => Request::Reload,
     };
     let path = socket_path(&args.instance);
     let mut s = match UnixStream::connect(&path) {
