@@ -21,6 +21,7 @@
 
 pub mod ctl;
 pub mod daemon;
+pub mod events;
 pub mod fib;
 pub mod ha;
 pub mod handoff;

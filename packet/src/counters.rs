@@ -64,10 +64,12 @@ pub enum WorkerCounter {
     OffloadMapFull = 22,
     /// ... because writing the flow map failed otherwise.
     OffloadFailures = 23,
+    /// Session and NAT events the event log's ring had no room for.
+    EventsDropped = 24,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 25;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -93,6 +95,7 @@ impl WorkerCounter {
         Self::OffloadsRemoved,
         Self::OffloadMapFull,
         Self::OffloadFailures,
+        Self::EventsDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -121,6 +124,7 @@ impl WorkerCounter {
             Self::OffloadsRemoved => "offloads_removed",
             Self::OffloadMapFull => "offload_map_full",
             Self::OffloadFailures => "offload_failures",
+            Self::EventsDropped => "events_dropped",
         }
     }
 }

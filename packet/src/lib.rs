@@ -16,6 +16,7 @@
 //! is fuzzed on its own.
 
 pub mod counters;
+pub mod events;
 pub mod fib;
 pub mod forward;
 pub mod hint;

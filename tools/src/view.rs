@@ -176,6 +176,26 @@ pub fn json(s: &Snapshot) -> Value {
             json!(s.sum(&format!("tandem_worker_{key}_total"), &[])),
         );
     }
+    let mut events = serde_json::Map::new();
+    for sink in ["syslog", "ipfix"] {
+        let f = [("sink", sink)];
+        events.insert(
+            format!("{sink}_sent"),
+            json!(s.sum("tandem_events_sent_total", &f)),
+        );
+        events.insert(
+            format!("{sink}_send_errors"),
+            json!(s.sum("tandem_events_send_errors_total", &f)),
+        );
+    }
+    events.insert(
+        "ipfix_messages".into(),
+        json!(s.sum("tandem_events_ipfix_messages_total", &[])),
+    );
+    events.insert(
+        "dropped".into(),
+        json!(s.sum("tandem_worker_events_dropped_total", &[])),
+    );
     let mut drops = serde_json::Map::new();
     for r in s.label_values("tandem_drops_total", "reason") {
         drops.insert(
@@ -195,6 +215,7 @@ pub fn json(s: &Snapshot) -> Value {
         "workers": workers,
         "xdp": xdp,
         "fast_path": fast,
+        "events": events,
         "drops": drops,
         "sessions": {
             "active": s.sum("tandem_sessions_active", &[]),
@@ -328,6 +349,25 @@ pub fn text(s: &Snapshot, rates: bool) -> String {
             "  {:<24} {:>16}",
             key,
             doc["fast_path"][key].as_u64().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nEvent log (session and NAT events; dropped: no room in a worker's ring):"
+    );
+    for key in [
+        "syslog_sent",
+        "syslog_send_errors",
+        "ipfix_sent",
+        "ipfix_send_errors",
+        "ipfix_messages",
+        "dropped",
+    ] {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>16}",
+            key,
+            doc["events"][key].as_u64().unwrap_or(0)
         );
     }
     let _ = writeln!(o, "\nWorkers:");

@@ -18,7 +18,7 @@ mod reload;
 mod services;
 mod sync;
 
-pub use log::Log;
+pub use log::{Events, Log};
 pub use redundancy::{HeartbeatPath, Probe, Redundancy, Side, Vip};
 pub use reload::Changes;
 pub use services::{
@@ -363,12 +363,12 @@ impl Config {
                 "nothing".into(),
             ));
         }
-        if !self.log.level_ok() {
+        if let Some((key, expected, found)) = self.log.invalid() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
-                key: "log.level".into(),
-                expected: "error, warn, info, debug, trace or off, or target=level directives",
-                found: format!("{:?}", self.log.level),
+                key: key.into(),
+                expected,
+                found,
             });
         }
         self.validate_services(path)

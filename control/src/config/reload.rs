@@ -258,8 +258,34 @@ impl Config {
             }
             (o, n) => ch.note(FIXED, "redundancy", o.is_some() != n.is_some()),
         }
-        let Log { level } = log;
+        let Log { level, events } = log;
         ch.note(LIVE, "log.level", *level != self.log.level);
+        let super::Events {
+            syslog: _,
+            facility: _,
+            hostname: _,
+            ipfix: _,
+            observation_domain: _,
+            template_every_s: _,
+            ring: _,
+        } = events;
+        let e = &self.log.events;
+        fields!(
+            ch,
+            LIVE,
+            "log.events",
+            e,
+            events,
+            [
+                syslog,
+                facility,
+                hostname,
+                ipfix,
+                observation_domain,
+                template_every_s,
+            ]
+        );
+        fields!(ch, FIXED, "log.events", e, events, [ring]);
         ch
     }
 }

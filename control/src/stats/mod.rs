@@ -107,6 +107,16 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_worker_offload_failures_total" => {
             "Sessions kept on the worker path because writing the XDP flow map failed."
         }
+        "tandem_worker_events_dropped_total" => {
+            "Session and NAT events dropped because the event log's ring was full."
+        }
+        "tandem_events_sent_total" => {
+            "Session and NAT events handed to the collector's socket (syslog messages, IPFIX records)."
+        }
+        "tandem_events_send_errors_total" => {
+            "Session and NAT events lost because the collector's socket refused them."
+        }
+        "tandem_events_ipfix_messages_total" => "IPFIX messages sent to the collector.",
         "tandem_worker_loops_total" => {
             "Iterations of a worker's loop; the stall detector watches it."
         }
@@ -304,6 +314,11 @@ pub fn flat_totals(reader: &SegmentReader) -> Vec<(String, u64)> {
             add(format!("handoff.{}.{}", l("worker"), l("to")), v);
         } else if let Some(c) = stem.strip_prefix("sync_") {
             add(format!("sync.{c}"), v);
+        } else if let Some(c) = stem.strip_prefix("events_") {
+            match e.label("sink") {
+                Some(sink) => add(format!("events.{sink}.{c}"), v),
+                None => add(format!("events.{c}"), v),
+            }
         } else if let Some(t) = stem
             .strip_prefix("ha_")
             .and_then(|x| x.strip_suffix("_events"))

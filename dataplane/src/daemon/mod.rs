@@ -45,6 +45,7 @@ use self::{
 use crate::{
     counters::{self, WorkerStats},
     ctl,
+    events::{self, EventLog, EventSink, EventsRx},
     fib::{Fib, FibHandle, netlink},
     forward::{Limits, RateLimit},
     ha::{self, HaThread},
@@ -76,6 +77,7 @@ pub struct Daemon {
     control: Option<thread::JoinHandle<()>>,
     sync: Option<thread::JoinHandle<()>>,
     ha: Option<thread::JoinHandle<()>>,
+    events: Option<thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     segment: Arc<SegmentWriter>,
     kernel: KernelSlots,
@@ -132,7 +134,7 @@ impl Daemon {
         };
         let reloader = Arc::new(Reloader::new(Arc::clone(&shared.live)));
         shared.node.set_forward(cfg.forward_at_start());
-        let built = build_workers(
+        let (built, rings) = build_workers(
             cfg,
             &ifaces,
             bound,
@@ -142,6 +144,14 @@ impl Daemon {
             &fib_handle,
             &stop,
         )?;
+        let events = EventLog::new(
+            cfg,
+            rings,
+            Arc::clone(&shared.live),
+            shared.epoch,
+            Arc::clone(&layout.segment),
+            layout.events,
+        );
         let modes = attach(cfg, &ifaces, &mut loader)?;
         answer_arp_for_pools(cfg, &ifaces, &fib, &mut loader)?;
         for v in cfg.redundancy.iter().flat_map(|r| &r.vip) {
@@ -213,6 +223,7 @@ impl Daemon {
         // not forwarding, so the order does not matter; the redundancy
         // thread starts last so its first heartbeat goes out with
         // everything running.
+        let events = events.spawn(Arc::clone(&stop));
         let workers = spawn_workers(built, &ifaces);
         let ha = ha.map(|t| {
             tracing::info!("redundancy state machine starting");
@@ -225,6 +236,7 @@ impl Daemon {
             control: Some(control),
             sync,
             ha,
+            events: Some(events),
             stop,
             loops: layout
                 .workers
@@ -327,6 +339,9 @@ impl Daemon {
         if let Some(s) = self.sync.take() {
             let _ = s.join();
         }
+        if let Some(e) = self.events.take() {
+            let _ = e.join();
+        }
         let _ = std::fs::remove_file(tandem_control::ctl::socket_path(&self.instance));
         self.segment.heartbeat(stats::unix_ns());
         tracing::info!("final counters: {}", self.counter_line());
@@ -364,9 +379,9 @@ fn load(cfg: &Config, ifaces: &Interfaces) -> Result<Loader, DaemonError> {
     Ok(loader)
 }
 
-/// A worker per bound UMEM, with its services (flow map and replication
-/// attached when configured), its counters' block, and its fill rings
-/// primed.
+/// A worker per bound UMEM, with its services (flow map, replication and
+/// the event log's ring attached), its counters' block, and its fill
+/// rings primed; and the event rings' consumer ends.
 #[expect(
     clippy::too_many_arguments,
     reason = "one start-up step: what every worker is built from"
@@ -380,12 +395,21 @@ fn build_workers(
     loader: &Loader,
     fib: &Arc<FibHandle>,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<Worker>, DaemonError> {
+) -> Result<(Vec<Worker>, Vec<EventsRx>), DaemonError> {
     let d = &cfg.dataplane;
     let workers = ifaces.worker_count();
     let mut built = Vec::new();
+    let mut rings = Vec::new();
     for (w, b) in bound.into_iter().enumerate() {
         let mut services = Services::new(cfg, w, workers, ifaces.indexes[0], 0)?;
+        if let Some(svc) = services.as_mut() {
+            let (tx, rx) = events::ring(cfg.log.events.ring as usize);
+            let mut sink = EventSink::new(tx);
+            sink.wanted = cfg.log.events.wanted();
+            sink.active = cfg.forward_at_start();
+            svc.attach_events(sink);
+            rings.push(rx);
+        }
         if let Some(svc) = services.as_mut()
             && Services::offloads(cfg)
         {
@@ -420,7 +444,7 @@ fn build_workers(
         worker.prime(d.fill_ring as usize);
         built.push(worker);
     }
-    Ok(built)
+    Ok((built, rings))
 }
 
 /// Attaches the program to both interfaces and sets its first role; the

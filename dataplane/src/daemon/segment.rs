@@ -16,6 +16,7 @@ use tandem_control::{
 use super::{DaemonError, iface::Interfaces, socket::Bound};
 use crate::{
     counters::{self, IfaceCounter},
+    events,
     fib::Fib,
     ha,
     sync::thread as sync_thread,
@@ -46,6 +47,7 @@ pub(super) struct Layout {
     pub kernel: KernelSlots,
     pub sync: Option<sync_thread::Slots>,
     pub ha: Option<ha::Slots>,
+    pub events: events::Slots,
 }
 
 /// Names every entry (worker blocks, XDP verdicts per CPU, socket
@@ -117,6 +119,7 @@ pub(super) fn create(
         None => None,
     };
     let ha = ha::register(&mut schema, cfg, fib, &ifaces.names, workers)?;
+    let events = events::register(&mut schema)?;
     let segment = Arc::new(SegmentWriter::create(
         &stats::segment_path(instance),
         &schema,
@@ -137,6 +140,7 @@ pub(super) fn create(
         },
         sync,
         ha,
+        events,
     })
 }
 

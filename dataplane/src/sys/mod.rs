@@ -138,3 +138,67 @@ pub fn raise_memlock() {
         );
     }
 }
+
+/// Sends each of `msgs` as one datagram on the connected socket `fd`
+/// with as few `sendmmsg(2)` calls as the kernel allows (one, unless it
+/// stops early); how many went. A message the kernel refuses (a full
+/// buffer, an unreachable collector) is skipped, not retried.
+pub fn send_many(fd: RawFd, msgs: &[&[u8]]) -> usize {
+    const MAX: usize = 64;
+    let mut sent = 0;
+    let mut at = 0;
+    while at < msgs.len() {
+        let chunk = &msgs[at..msgs.len().min(at + MAX)];
+        let mut iov: [libc::iovec; MAX] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX];
+        // SAFETY: zeroed msghdrs are valid (no name, no control data).
+        let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+        for (i, m) in chunk.iter().enumerate() {
+            iov[i] = libc::iovec {
+                iov_base: m.as_ptr().cast_mut().cast(),
+                iov_len: m.len(),
+            };
+            hdrs[i].msg_hdr.msg_iov = &raw mut iov[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `hdrs[..chunk.len()]` point at iovecs over live buffers
+        // that the kernel only reads.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                chunk.len() as u32,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            if matches!(e, Some(libc::EAGAIN | libc::ENOBUFS)) {
+                // The socket's buffer is full: the rest are lost too.
+                break;
+            }
+            // Another error (an earlier datagram's port unreachable, say)
+            // cost the first message: skip it and go on.
+            at += 1;
+            continue;
+        }
+        let n = n.unsigned_abs() as usize;
+        sent += n;
+        at += n;
+    }
+    sent
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+pub fn nice_this_thread(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid(2) and setpriority(2) on this thread's id, which
+    // PRIO_PROCESS takes on Linux.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid().cast_unsigned(), nice) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

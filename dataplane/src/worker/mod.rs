@@ -264,6 +264,9 @@ impl Worker {
             let created = t.get(WorkerCounter::SessionsCreated);
             let deleted = t.get(WorkerCounter::SessionsDeleted);
             t.set(WorkerGauge::SessionsActive, svc.table.len() as u64);
+            if let Some(e) = svc.events() {
+                t.add(WorkerCounter::EventsDropped, e.take_dropped());
+            }
             t.set(WorkerGauge::SessionsCapacity, svc.table.capacity() as u64);
             let (bound, ports) = svc.nat_ports();
             t.set(WorkerGauge::NatPortsInUse, bound as u64);
@@ -453,6 +456,10 @@ impl Worker {
         if role != self.role {
             self.role = role;
             self.rewalk = Some(0);
+            // Only the node that forwards logs session events.
+            if let Some(e) = self.services.as_mut().and_then(Services::events) {
+                e.active = Node::forwards(role);
+            }
         }
         let (Some(from), Some(svc)) = (self.rewalk, self.services.as_mut()) else {
             self.rewalk = None;
@@ -479,6 +486,9 @@ impl Worker {
         self.limits.reject.set_rate(cfg.sessions.rejects_per_sec);
         if let Some(svc) = self.services.as_mut() {
             svc.reconfigure(&cfg);
+            if let Some(e) = svc.events() {
+                e.wanted = cfg.log.events.wanted();
+            }
         }
         self.generation = generation;
         self.live.applied(self.id, generation);

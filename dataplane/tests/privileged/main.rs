@@ -9,6 +9,7 @@
 )]
 
 mod counters;
+mod events;
 mod failover;
 mod forwarding;
 mod frame;
@@ -69,6 +70,7 @@ fn main() {
     let in_ci = std::env::var_os("CI").is_some();
     let all = [
         counters::TESTS,
+        events::TESTS,
         failover::TESTS,
         forwarding::TESTS,
         lifecycle::TESTS,

@@ -397,10 +397,11 @@ fn sixty_connections_are_sixty_sessions() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A SYN from `sport` to the server, as the client would send it.
-fn syn_frame(topo: &Topo, sport: u16) -> Vec<u8> {
+/// A SYN from `sport` to the server, as the client (`macs`: its own, the
+/// node's) would send it.
+fn syn_frame(macs: ([u8; 6], [u8; 6]), sport: u16) -> Vec<u8> {
     let mut f = Vec::new();
-    etherparse::PacketBuilder::ethernet2(topo.client.mac("c0"), topo.node.mac("in0"))
+    etherparse::PacketBuilder::ethernet2(macs.0, macs.1)
         .ipv4([198, 18, 1, 10], [198, 18, 2, 10], 64)
         .tcp(sport, 7400, 1, 1000)
         .syn()
@@ -415,7 +416,8 @@ fn syn_flood_beyond_capacity_is_refused() -> Result<(), Failed> {
     let (_peers, _server) = recording_echo_server(&topo, 7400, 10);
     let mut conns = open_connections(&topo, 7400, 10)?;
     // 2000 SYNs from ports the client's kernel does not use.
-    let flood: Vec<Vec<u8>> = (0..2000u16).map(|i| syn_frame(&topo, 50000 + i)).collect();
+    let macs = (topo.client.mac("c0"), topo.node.mac("in0"));
+    let flood: Vec<Vec<u8>> = (0..2000u16).map(|i| syn_frame(macs, 50000 + i)).collect();
     send_frames(&topo.client, "c0", flood);
     thread::sleep(Duration::from_millis(300));
     let v = sessions_json(&d, &["count"])?;

@@ -4,6 +4,7 @@
 use super::{Services, Set, fastpath::take_back, release, sync};
 use crate::{
     counters::{Tally, WorkerCounter},
+    events::{EventKind, EventSink},
     offload::FlowTable,
     session::Session,
     sync::{ToSync, delete_record},
@@ -11,16 +12,22 @@ use crate::{
 
 /// What follows a session out of worker `worker`'s table (of `workers`):
 /// its offload taken back (true if there was one), its NAT binding
-/// released, its stub on another worker dropped, and the peer told (the
-/// delete parked if the ring is full).
+/// released, its stub on another worker dropped, the peer told (the
+/// delete parked if the ring is full), and the event log told why, with
+/// its final counts (the fast path's included).
 pub(super) fn ended<F: FlowTable + ?Sized>(
     s: &Session,
     sets: &mut [Set],
     flows: Option<&mut F>,
     mut rep: Option<&mut sync::WorkerSync>,
+    log: Option<(&mut EventSink, EventKind)>,
     (worker, workers): (usize, usize),
 ) -> bool {
-    let taken = take_back(flows, &mut s.clone());
+    let mut last = *s;
+    let taken = take_back(flows, &mut last);
+    if let Some((sink, why)) = log {
+        sink.push(why, &last);
+    }
     release(sets, s);
     if let Some(r) = rep.as_deref() {
         sync::unstub(r, workers, worker, s);
@@ -52,6 +59,7 @@ impl Services {
         let sets = &mut self.sets;
         let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.workers));
         let mut flows = self.flows.as_deref_mut();
+        let mut events = self.events.as_mut();
         // Stubs are another worker's sessions: that worker clears them.
         let next = self.table.sweep(
             from,
@@ -59,7 +67,8 @@ impl Services {
             |s| s.remote == 0 && pick(s),
             |s| {
                 n += 1;
-                if ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), ids) {
+                let log = events.as_deref_mut().map(|e| (e, EventKind::Cleared));
+                if ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids) {
                     taken += 1;
                 }
             },

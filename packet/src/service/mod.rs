@@ -24,6 +24,7 @@ use tandem_control::{
 
 use crate::{
     counters::{Tally, WorkerCounter},
+    events::{EventKind, EventSink},
     forward::DropReason,
     offload::{self, FlowTable},
     session::{FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, table::Aged},
@@ -95,6 +96,8 @@ pub struct Services {
     /// side that packet came from). The worker installs it once it has
     /// routed the packet.
     offer: Option<(u32, Side)>,
+    /// The event log's ring, when attached.
+    events: Option<EventSink>,
 }
 
 /// Why a worker's services could not be built.
@@ -161,6 +164,7 @@ impl Services {
             sync: None,
             flows: None,
             offer: None,
+            events: None,
         }))
     }
 
@@ -176,6 +180,16 @@ impl Services {
             }
         }
         self.table.set_timeouts(cfg.sessions.timeouts);
+    }
+
+    /// Sends session and NAT events to the event log's ring.
+    pub fn attach_events(&mut self, sink: EventSink) {
+        self.events = Some(sink);
+    }
+
+    /// The event log's ring, when attached.
+    pub fn events(&mut self) -> Option<&mut EventSink> {
+        self.events.as_mut()
     }
 
     /// The session in `slot`.
@@ -438,6 +452,9 @@ impl Services {
             if translate {
                 let Some((addr, port)) = pool.alloc() else {
                     tally.add(WorkerCounter::NatAllocFailures, 1);
+                    if let Some(e) = self.events.as_mut() {
+                        e.exhausted(&s, now);
+                    }
                     return Verdict::Drop(DropReason::NatFailed);
                 };
                 s.set_nat(addr, port);
@@ -468,6 +485,9 @@ impl Services {
         });
         if lost && let Some(r) = self.sync.as_mut() {
             r.mark(self.table.get_mut(slot));
+        }
+        if let Some(e) = self.events.as_mut() {
+            e.push(EventKind::Create, &s);
         }
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
@@ -548,6 +568,7 @@ impl Services {
         let mut n = 0;
         let sets = &mut self.sets;
         let (mut rep, worker, workers) = (self.sync.as_mut(), self.worker, self.workers);
+        let mut events = self.events.as_mut();
         // Read by both closures below, one at a time.
         let now_ns = self.flows.as_ref().map_or(0, |f| f.now_ns());
         let flows = std::cell::RefCell::new(self.flows.as_deref_mut());
@@ -566,7 +587,8 @@ impl Services {
                     n += 1;
                     let flows = &mut *flows.borrow_mut();
                     let ids = (worker, workers);
-                    if clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), ids) {
+                    let log = events.as_deref_mut().map(|e| (e, EventKind::Expired));
+                    if clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids) {
                         taken.set(taken.get() + 1);
                     }
                 }

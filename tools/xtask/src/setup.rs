@@ -29,6 +29,9 @@ const PACKAGES: &[&str] = &[
     // promtool checks the Prometheus text (its service is not started:
     // without systemd, invoke-rc.d's policy denies it).
     "prometheus",
+    // The event log's test sends RFC 5424 syslog to a real rsyslogd
+    // (started by the test; the packaged service is not).
+    "rsyslog",
 ];
 
 /// bpf-linker release known to work with LLVM 22 and rustc 1.95 / nightly 1.97.
@@ -128,24 +131,34 @@ fn bpf_linker() -> Result<()> {
         .arg(format!("llvm-{want}")))
 }
 
-/// The Python Prometheus client: its parser checks `tandemstat prometheus`.
-fn prometheus_client() -> Result<()> {
-    let have = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if have {
-        return Ok(());
+/// Python packages from PyPI, (module, requirement): the Prometheus
+/// client, whose parser checks `tandemstat prometheus`, and `netflow`,
+/// the IPFIX decoder of the event log's test.
+const PYPI: &[(&str, &str)] = &[
+    ("prometheus_client", "prometheus_client"),
+    ("netflow", "netflow==0.12.2"),
+];
+
+fn python_packages() -> Result<()> {
+    for (module, requirement) in PYPI {
+        let have = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if have {
+            continue;
+        }
+        eprintln!("xtask setup: installing {requirement} from PyPI");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--root-user-action=ignore",
+            requirement,
+        ]))?;
     }
-    eprintln!("xtask setup: installing prometheus_client from PyPI");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--root-user-action=ignore",
-        "prometheus_client",
-    ]))
+    Ok(())
 }
 
 /// cargo-fuzz release the fuzz targets (fuzz/) are built with.
@@ -169,7 +182,7 @@ fn cargo_fuzz() -> Result<()> {
 
 pub fn setup() -> Result<()> {
     install_packages()?;
-    prometheus_client()?;
+    python_packages()?;
     nightly_components()?;
     bpf_linker()?;
     cargo_fuzz()?;

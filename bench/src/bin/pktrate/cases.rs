@@ -160,6 +160,145 @@ fn ns_per_session(cpu_ns: u64, pps: f64, secs: u64) -> f64 {
 
 /// New sessions per second: every packet a new flow, both sides
 /// translating to 32 pool addresses, 1 s UDP timeouts.
+/// UDP receivers in the node's namespace that count datagrams.
+struct Collectors {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<thread::JoinHandle<Result<u64>>>,
+}
+
+impl Collectors {
+    fn start(ports: &[u16]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = ports
+            .iter()
+            .map(|&port| {
+                let stop = std::sync::Arc::clone(&stop);
+                thread::spawn(move || -> Result<u64> {
+                    generate::enter_ns(DUT)?;
+                    let s = std::net::UdpSocket::bind(("127.0.0.1", port))?;
+                    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                    let mut buf = [0u8; 2048];
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if s.recv(&mut buf).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Datagrams each received.
+    fn stop(self) -> Result<Vec<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("collector thread"))?)
+            .collect()
+    }
+}
+
+/// The event log's cost: `--rounds` alternating runs of tandemd with and
+/// without it (the same pool and rate), with collectors in the node's
+/// namespace counting the datagrams they receive.
+#[expect(clippy::cast_precision_loss, reason = "rates and means")]
+fn event_log(
+    args: &Args,
+    bpf: &Bpf,
+    frame: &[u8],
+    tandemd: &PathBuf,
+    w: u32,
+    services: &str,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    const SYSLOG: u16 = 5514;
+    const IPFIX: u16 = 4739;
+    let with = format!(
+        "{services}[log.events]\nsyslog = \"127.0.0.1:{SYSLOG}\"\nipfix = \"127.0.0.1:{IPFIX}\"\n"
+    );
+    let (mut plain, mut logged) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let d = start_tandemd_with(tandemd, w, services)?;
+        let c0 = d.cpu()?;
+        plain.push(measure_with(bpf, frame, 1, w, args.seconds, true)?.pps);
+        let cpu_plain = d.cpu()?.since(&c0);
+        d.stop()?;
+        let collectors = Collectors::start(&[SYSLOG, IPFIX]);
+        thread::sleep(Duration::from_millis(200));
+        let d = start_tandemd_with(tandemd, w, &with)?;
+        let c0 = d.cpu()?;
+        logged.push(measure_with(bpf, frame, 1, w, args.seconds, true)?.pps);
+        let cpu_log = d.cpu()?.since(&c0);
+        let report = d.stop()?;
+        let got = collectors.stop()?;
+        notes.push(format!(
+            "workers={w} event log round {round}: {:.3} Mpps plain, {:.3} with the log; \
+             created {} deleted {}; syslog sent {} (refused {}, received {}); IPFIX records {} \
+             in {} messages (refused {}, received {} messages); dropped at the ring {}; \
+             workers' CPU per session {:.0} ns plain, {:.0} ns with the log; the log thread \
+             {:.0} ns per event sent",
+            plain[plain.len() - 1] / 1e6,
+            logged[logged.len() - 1] / 1e6,
+            counter(&report, "worker.sessions_created"),
+            counter(&report, "worker.sessions_deleted"),
+            counter(&report, "events.syslog.sent"),
+            counter(&report, "events.syslog.send_errors"),
+            got[0],
+            counter(&report, "events.ipfix.sent"),
+            counter(&report, "events.ipfix_messages"),
+            counter(&report, "events.ipfix.send_errors"),
+            got[1],
+            counter(&report, "worker.events_dropped"),
+            ns_per_session(cpu_plain.workers, plain[plain.len() - 1], args.seconds),
+            ns_per_session(cpu_log.workers, logged[logged.len() - 1], args.seconds),
+            cpu_log.log as f64 / (counter(&report, "events.syslog.sent") as f64).max(1.0),
+        ));
+    }
+    // Paced below the ceiling: where the log keeps up with every event.
+    for pace in [25_000u64, 50_000, 100_000] {
+        let collectors = Collectors::start(&[SYSLOG, IPFIX]);
+        thread::sleep(Duration::from_millis(200));
+        let d = start_tandemd_with(tandemd, w, &with)?;
+        generate::PACE.store(pace / u64::from(w), Ordering::Relaxed);
+        let c0 = d.cpu()?;
+        let r = measure_with(bpf, frame, 1, w, args.seconds, true);
+        generate::PACE.store(0, Ordering::Relaxed);
+        let r = r?;
+        let cpu = d.cpu()?.since(&c0);
+        let report = d.stop()?;
+        let got = collectors.stop()?;
+        let sent = counter(&report, "events.syslog.sent");
+        notes.push(format!(
+            "workers={w} event log at {:.3} Mpps paced: {} events, syslog sent {sent} \
+             (refused {}, received {}), IPFIX records {} (refused {}, {} messages received), \
+             dropped at the ring {}; the log thread {:.0} ns per event, {:.0}% of a CPU",
+            r.pps / 1e6,
+            counter(&report, "worker.sessions_created")
+                + counter(&report, "worker.sessions_deleted"),
+            counter(&report, "events.syslog.send_errors"),
+            got[0],
+            counter(&report, "events.ipfix.sent"),
+            counter(&report, "events.ipfix.send_errors"),
+            got[1],
+            counter(&report, "worker.events_dropped"),
+            cpu.log as f64 / (sent as f64).max(1.0),
+            cpu.log as f64 / ((args.seconds + 1) as f64 * 1e9) * 100.0,
+        ));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    notes.push(format!(
+        "workers={w} event log: with / without = {:.3} / {:.3} Mpps, ratio {:.2} ({} rounds)",
+        mean(&logged) / 1e6,
+        mean(&plain) / 1e6,
+        mean(&logged) / mean(&plain).max(1.0),
+        args.rounds
+    ));
+    Ok(())
+}
+
 pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
     println!(
         "pktrate --new-sessions: every 64-byte UDP packet a new flow, {} s per case; new sessions/s (Mpps at the sink)",
@@ -199,6 +338,9 @@ pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathB
             t.pps / k.pps.max(1.0)
         );
         notes.push(format!("workers={w}: {}", interesting(&report)));
+        if args.events {
+            event_log(args, bpf, frame, tandemd, w, &services, &mut notes)?;
+        }
         if args.sync {
             let base = format!("[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n{services}");
             let peer = Peer::start(&base)?;

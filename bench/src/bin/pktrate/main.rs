@@ -93,6 +93,13 @@ struct Args {
     /// on), and report its rate beside the unreplicated one.
     #[arg(long)]
     sync: bool,
+    /// With --new-sessions: also run tandemd with the event log on (RFC
+    /// 5424 syslog and IPFIX NAT events for every session to collectors
+    /// on the node's loopback that count what they receive), alternating
+    /// --rounds times with runs without, and report the ratio and where
+    /// every event went.
+    #[arg(long)]
+    events: bool,
     /// With --offload: the session capacity per worker tandemd is given
     /// (`sessions.per_worker`), which sizes its flow table (4 slots of 64
     /// bytes per session and worker, rounded up to a power of two, at most

@@ -243,24 +243,27 @@ pub(crate) fn start_tandemd_in(
 }
 
 /// CPU time a process's threads have run, in ns, by role: workers
-/// (`tandem-w*`), the sync thread, and the rest (redundancy, netlink,
-/// main).
+/// (`tandem-w*`), the sync thread, the event log's, and the rest
+/// (redundancy, netlink, main).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Cpu {
     pub(crate) workers: u64,
     pub(crate) sync: u64,
+    /// The event log's thread.
+    pub(crate) log: u64,
     pub(crate) other: u64,
 }
 
 impl Cpu {
     pub(crate) fn total(&self) -> u64 {
-        self.workers + self.sync + self.other
+        self.workers + self.sync + self.log + self.other
     }
 
     pub(crate) fn since(&self, before: &Self) -> Self {
         Self {
             workers: self.workers.saturating_sub(before.workers),
             sync: self.sync.saturating_sub(before.sync),
+            log: self.log.saturating_sub(before.log),
             other: self.other.saturating_sub(before.other),
         }
     }
@@ -288,6 +291,7 @@ impl Tandemd {
             match comm.trim() {
                 n if n.starts_with("tandem-w") => c.workers += ns,
                 "tandem-sync" => c.sync += ns,
+                "tandem-log" => c.log += ns,
                 _ => c.other += ns,
             }
         }
