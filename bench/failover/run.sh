@@ -10,7 +10,8 @@
 #   bench/failover/run.sh [REPS] [SYSTEMS]    (as root; default 10, "tandem kernel")
 # Cases: kill (SIGKILL of the master's daemons), box (its in0, out0 and
 # sync0 down at once), switch (manual switchover), link (its out0 down).
-# Raw lines go to target/bench-failover/raw.txt, the summary to stdout.
+# Raw lines go to target/bench-failover/raw.txt, the summary to stdout, and
+# a timeline picture of every tandem run to target/bench-failover/tandem-CASE-REP.png.
 set -u
 REPS=${1:-10}
 SYSTEMS=${2:-tandem kernel}
@@ -33,7 +34,7 @@ tandem() {
 	cargo xtask lab up >/dev/null || return 1
 	for c in kill box switch link; do
 		for r in $(seq "$REPS"); do
-			out=$(cargo xtask lab failover $c 2>&1)
+			out=$(cargo xtask lab failover $c --picture "$OUT/tandem-$c-$r.png" 2>&1)
 			kept=$(sed -n 's/.*kept \([0-9]*\)\/[0-9]*, longest gap.*/\1/p' <<<"$out" | tail -1)
 			gap=$(sed -n 's/.*longest gap \([0-9]*\) ms$/\1/p' <<<"$out" | tail -1)
 			vip=$(sed -n 's/.*holds the VIPs \([0-9]*\) ms after.*/\1/p' <<<"$out" | tail -1)

@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     // The event log's test sends RFC 5424 syslog to a real rsyslogd
     // (started by the test; the packaged service is not).
     "rsyslog",
+    // The text of the lab's failover pictures.
+    "fonts-dejavu-core",
 ];
 
 /// bpf-linker release known to work with LLVM 22 and rustc 1.95 / nightly 1.97.

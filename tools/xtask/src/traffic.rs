@@ -60,6 +60,11 @@ pub enum TrafficCmd {
         interval_ms: u64,
         #[arg(long, default_value_t = 5)]
         udp_interval_ms: u64,
+        /// Write every answered echo's time to FILE (JSON: the start in
+        /// Unix ms, then per connection and for the UDP stream the ms
+        /// since it), for a timeline picture.
+        #[arg(long)]
+        timeline: Option<std::path::PathBuf>,
     },
     /// Send junk UDP datagrams (128 bytes) to each TARGET (addr:port) in
     /// turn, as fast as one thread can, for SECONDS; print how many.
@@ -95,16 +100,33 @@ pub fn run(cmd: &TrafficCmd) -> Result<()> {
             seconds,
             interval_ms,
             udp_interval_ms,
+            ref timeline,
         } => {
             let to = SocketAddr::new(server, port);
             let life = Duration::from_secs(seconds);
+            let (start, start_unix_ms) = (Instant::now(), unix_ms());
             let stream = (udp_interval_ms > 0).then(|| {
                 let every = Duration::from_millis(udp_interval_ms);
-                thread::spawn(move || udp_stream(to, life, every))
+                thread::spawn(move || udp_stream(to, life, every, start))
             });
-            let mut h = hold(to, conns, life, Duration::from_millis(interval_ms));
+            let mut h = hold(to, conns, life, Duration::from_millis(interval_ms), start);
             if let Some(s) = stream {
                 h.udp = Some(s.join().unwrap_or_else(|_| Err("panicked".into())));
+            }
+            if let Some(path) = timeline {
+                let udp = match &h.udp {
+                    Some(Ok(s)) => s.echoes.clone(),
+                    _ => Vec::new(),
+                };
+                let doc = serde_json::json!({
+                    "start_unix_ms": start_unix_ms,
+                    "interval_ms": interval_ms,
+                    "udp_interval_ms": udp_interval_ms,
+                    "tcp": h.echoes,
+                    "udp": udp,
+                });
+                std::fs::write(path, doc.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{}", h.line());
             println!("{}", h.json());
@@ -136,16 +158,34 @@ pub fn run(cmd: &TrafficCmd) -> Result<()> {
 
 /// A UDP stream's outcome: datagrams sent, echoes lost, and the longest
 /// gap between two echoes (ms).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Stream {
     pub sent: u64,
     pub lost: u64,
     pub max_gap_ms: u64,
+    /// When each echo came back: ms since the run's start.
+    pub echoes: Vec<u32>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ms_since(start: Instant) -> u32 {
+    u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX)
 }
 
 /// Sends a numbered datagram to `to` every `every` for `life` and counts
 /// the echoes that come back (within half a second of the last send).
-fn udp_stream(to: SocketAddr, life: Duration, every: Duration) -> Result<Stream, String> {
+fn udp_stream(
+    to: SocketAddr,
+    life: Duration,
+    every: Duration,
+    start: Instant,
+) -> Result<Stream, String> {
     let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
         .map_err(|e| e.to_string())?;
     s.connect(to).map_err(|e| e.to_string())?;
@@ -159,6 +199,7 @@ fn udp_stream(to: SocketAddr, life: Duration, every: Duration) -> Result<Stream,
     let mut next = Instant::now();
     let mut buf = [0u8; 64];
     let drain = end + Duration::from_millis(500);
+    let mut echoes = Vec::new();
     while Instant::now() < drain {
         let now = Instant::now();
         if now < end && now >= next {
@@ -176,6 +217,7 @@ fn udp_stream(to: SocketAddr, life: Duration, every: Duration) -> Result<Stream,
             {
                 *slot = true;
                 got += 1;
+                echoes.push(ms_since(start));
                 let now = Instant::now();
                 worst = worst.max(now - last);
                 last = now;
@@ -186,6 +228,7 @@ fn udp_stream(to: SocketAddr, life: Duration, every: Duration) -> Result<Stream,
         sent,
         lost: sent - got,
         max_gap_ms: u64::try_from(worst.as_millis()).unwrap_or(u64::MAX),
+        echoes,
     })
 }
 
@@ -199,6 +242,8 @@ pub struct Held {
     pub gaps: Vec<Result<u64, String>>,
     /// The UDP stream beside them, if one ran.
     pub udp: Option<Result<Stream, String>>,
+    /// Per connection, when each echo came back: ms since the start.
+    pub echoes: Vec<Vec<u32>>,
 }
 
 impl Held {
@@ -241,7 +286,14 @@ impl Held {
     }
 }
 
-fn hold_one(server: SocketAddr, id: usize, end: Instant, every: Duration) -> Result<u64, String> {
+fn hold_one(
+    server: SocketAddr,
+    id: usize,
+    end: Instant,
+    every: Duration,
+    start: Instant,
+    echoes: &mut Vec<u32>,
+) -> Result<u64, String> {
     let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
     // Longer than any failover: TCP's retransmissions carry the gap.
@@ -263,6 +315,7 @@ fn hold_one(server: SocketAddr, id: usize, end: Instant, every: Duration) -> Res
             return Err(format!("round {round}: echo mismatch"));
         }
         let now = Instant::now();
+        echoes.push(ms_since(start));
         worst = worst.max(now - last);
         last = now;
         round += 1;
@@ -271,21 +324,38 @@ fn hold_one(server: SocketAddr, id: usize, end: Instant, every: Duration) -> Res
     Ok(u64::try_from(worst.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Holds `conns` echoing connections for `life`.
-pub fn hold(server: SocketAddr, conns: usize, life: Duration, every: Duration) -> Held {
+/// Holds `conns` echoing connections for `life`; echo times count from
+/// `start`.
+pub fn hold(
+    server: SocketAddr,
+    conns: usize,
+    life: Duration,
+    every: Duration,
+    start: Instant,
+) -> Held {
     let end = Instant::now() + life;
     let handles: Vec<_> = (0..conns)
-        .map(|id| thread::spawn(move || hold_one(server, id, end, every)))
+        .map(|id| {
+            thread::spawn(move || {
+                let mut echoes = Vec::new();
+                let r = hold_one(server, id, end, every, start, &mut echoes);
+                (r, echoes)
+            })
+        })
         .collect();
-    let gaps: Vec<Result<u64, String>> = handles
+    let (gaps, echoes): (Vec<Result<u64, String>>, Vec<Vec<u32>>) = handles
         .into_iter()
-        .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
-        .collect();
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| (Err("panicked".into()), Vec::new()))
+        })
+        .unzip();
     Held {
         conns,
         kept: gaps.iter().filter(|g| g.is_ok()).count(),
         gaps,
         udp: None,
+        echoes,
     }
 }
 

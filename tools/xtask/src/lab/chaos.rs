@@ -26,13 +26,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use plotters::style::RGBColor;
 use serde_json::{Value, json};
 
 use super::{
-    NAMESPACES, SERVER, ha_json, held_traffic, ip, master, ns_exists, read_pid, start_daemon, up,
-    wait_for,
+    NAMESPACES, SERVER,
+    failover::holds_vip,
+    ha_json, held_traffic, ip, master, ns_exists,
+    picture::{self, Mark, Timeline},
+    read_pid, start_daemon, up, wait_for,
 };
-use crate::root;
+use crate::{root, traffic::unix_ms};
 
 /// The fault kinds, in catalogue order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -436,16 +440,25 @@ fn apply(f: Fault, m: &'static str, rng: &mut Rng) -> Result<(String, Vec<String
 fn run_one(f: Fault, rng: &mut Rng) -> Result<Outcome> {
     let m = whole(Duration::from_secs(30))?;
     let life = if f == Fault::Freeze { 18 } else { 9 };
-    let (mut server, client) = held_traffic(life)?;
+    let png = root().join(format!("target/lab/chaos-{}.png", f.name()));
+    std::fs::create_dir_all(png.parent().expect("a directory"))?;
+    let timeline = png.with_extension("json");
+    let (mut server, client) = held_traffic(life, Some(&timeline))?;
     thread::sleep(Duration::from_secs(2));
-    // Two MASTERs count while both daemons run.
+    // Two MASTERs count while both daemons run; the VIPs' move to the
+    // other node is timed for the picture.
     let stop = Arc::new(AtomicBool::new(false));
     let dual = Arc::new(AtomicU64::new(0));
+    let moved_at = Arc::new(AtomicU64::new(0));
+    let other = if m == "a" { "b" } else { "a" };
     let watch = {
-        let (stop, dual) = (Arc::clone(&stop), Arc::clone(&dual));
+        let (stop, dual, moved_at) = (Arc::clone(&stop), Arc::clone(&dual), Arc::clone(&moved_at));
         thread::spawn(move || {
             let mut since: Option<Instant> = None;
             while !stop.load(Ordering::Relaxed) {
+                if moved_at.load(Ordering::Relaxed) == 0 && holds_vip(other) {
+                    moved_at.store(unix_ms(), Ordering::Relaxed);
+                }
                 let both = states().iter().all(|(st, run)| *st == Some(2) && *run);
                 match (both, since) {
                     (true, None) => since = Some(Instant::now()),
@@ -460,6 +473,7 @@ fn run_one(f: Fault, rng: &mut Rng) -> Result<Outcome> {
             }
         })
     };
+    let fault_unix_ms = unix_ms();
     let applied = apply(f, m, rng);
     let out = client.wait_with_output()?;
     let _ = server.kill();
@@ -472,6 +486,42 @@ fn run_one(f: Fault, rng: &mut Rng) -> Result<Outcome> {
     let summary: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
         .with_context(|| format!("no summary from traffic hold: {text}"))?;
     let num = |k: &str| summary[k].as_u64().unwrap_or(0);
+    let t = Timeline::load(&timeline)?;
+    let fault = t.at(fault_unix_ms);
+    let mut marks = vec![Mark {
+        at_ms: fault,
+        label: format!("fault: {}", f.name()),
+        color: RGBColor(200, 30, 30),
+    }];
+    let moved = moved_at.load(Ordering::Relaxed);
+    if moved != 0 {
+        marks.push(Mark {
+            at_ms: t.at(moved),
+            label: format!("VIPs on node {other}"),
+            color: RGBColor(30, 80, 200),
+        });
+    }
+    if let Some(r) = t.recovered_ms(fault) {
+        marks.push(Mark {
+            at_ms: r,
+            label: "every connection answering again".into(),
+            color: RGBColor(20, 130, 50),
+        });
+    }
+    picture::draw(
+        &t,
+        &marks,
+        &format!(
+            "lab chaos {} ({detail}): {}/{} connections kept, longest gap {} ms, UDP {} of {} lost",
+            f.name(),
+            num("kept"),
+            num("conns"),
+            num("max_gap_ms"),
+            num("udp_lost"),
+            num("udp_sent")
+        ),
+        &png,
+    )?;
     let outcome = Outcome {
         fault: f,
         detail,

@@ -2,6 +2,7 @@
 //! undo the failure, and say what survived and how long each step took.
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -9,11 +10,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use plotters::style::RGBColor;
+
+use super::picture::{self, Mark, Timeline};
 use super::{
     How, NAMESPACES, Node, ha_json, held_traffic, ip, kill_and_wait, master, ns_exists, pid_alive,
     read_pid, start_daemon, wait_for,
 };
-use crate::{cargo, output, root, run};
+use crate::{cargo, output, root, run, traffic::unix_ms};
 
 /// What one failover run measured.
 pub struct Outcome {
@@ -29,8 +33,9 @@ pub struct Outcome {
 }
 
 /// Fails the master while 100 connections echo, restores what the case
-/// broke and waits for the old master to be STANDBY and Hot again.
-pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
+/// broke and waits for the old master to be STANDBY and Hot again; draws
+/// the run's timeline into `picture` if given.
+pub fn failover_once(how: How, quiet: bool, picture: Option<&Path>) -> Result<Outcome> {
     for ns in NAMESPACES {
         if !ns_exists(ns) {
             bail!("lab is not up (namespace {ns} missing); run `cargo xtask lab up`");
@@ -48,10 +53,12 @@ pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
             println!("{m}");
         }
     };
-    let (mut server, client) = held_traffic(8)?;
+    let timeline = picture.map(|p| p.with_extension("json"));
+    let (mut server, client) = held_traffic(8, timeline.as_deref())?;
     // Let every connection open and settle (and replicate) first.
     thread::sleep(Duration::from_secs(3));
     let t0 = Instant::now();
+    let fault_unix_ms = unix_ms();
     let old_ns = format!("tnd-{old}");
     match how {
         How::Kill => {
@@ -90,6 +97,7 @@ pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
         holds_vip(new) && (how == How::Kill || !holds_vip(old))
     })
     .map(|_| t0.elapsed());
+    let moved_unix_ms = unix_ms();
     let out = client.wait_with_output()?;
     let _ = server.kill();
     let _ = server.wait();
@@ -136,6 +144,41 @@ pub fn failover_once(how: How, quiet: bool) -> Result<Outcome> {
     let v: serde_json::Value = serde_json::from_str(summary)
         .with_context(|| format!("no summary from traffic hold: {text}"))?;
     let num = |k: &str| v[k].as_u64().unwrap_or(0);
+    if let (Some(png), Some(json)) = (picture, &timeline) {
+        let t = Timeline::load(json)?;
+        let fault = t.at(fault_unix_ms);
+        let mut marks = vec![Mark {
+            at_ms: fault,
+            label: format!("fault: {}", how.describe(old)),
+            color: RGBColor(200, 30, 30),
+        }];
+        if moved.is_ok() {
+            marks.push(Mark {
+                at_ms: t.at(moved_unix_ms),
+                label: format!("VIPs on node {new}"),
+                color: RGBColor(30, 80, 200),
+            });
+        }
+        if let Some(r) = t.recovered_ms(fault) {
+            marks.push(Mark {
+                at_ms: r,
+                label: "every connection answering again".into(),
+                color: RGBColor(20, 130, 50),
+            });
+        }
+        let title = format!(
+            "lab failover {}: node {old} -> {new}; {}/{} connections kept, longest gap {} ms, \
+             UDP {} of {} lost",
+            format!("{how:?}").to_lowercase(),
+            num("kept"),
+            num("conns"),
+            num("max_gap_ms"),
+            num("udp_lost"),
+            num("udp_sent")
+        );
+        picture::draw(&t, &marks, &title, png)?;
+        say(format!("failover: timeline picture {}", png.display()));
+    }
     let ms = |d: &Result<Duration>| {
         d.as_ref()
             .ok()
@@ -181,9 +224,21 @@ pub(super) fn holds_vip(n: &str) -> bool {
         .is_ok_and(|t| t.contains("inet 198.18.1.1/"))
 }
 
-pub(super) fn failover(how: How) -> Result<()> {
+pub(super) fn failover(how: How, picture: Option<&Path>) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "tandem-tools"]))?;
-    let o = failover_once(how, false)?;
+    let png = picture.map_or_else(
+        || {
+            root().join("target/lab").join(format!(
+                "failover-{}.png",
+                format!("{how:?}").to_lowercase()
+            ))
+        },
+        Path::to_path_buf,
+    );
+    if let Some(dir) = png.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let o = failover_once(how, false, Some(&png))?;
     println!(
         "failover {how:?}: {} -> {}: kept {}/{}, longest gap {} ms",
         o.from, o.to, o.kept, o.conns, o.max_gap_ms

@@ -16,7 +16,7 @@
 use std::{
     fs,
     os::unix::process::CommandExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -27,6 +27,7 @@ use clap::Subcommand;
 
 mod chaos;
 mod failover;
+mod picture;
 mod upgrade;
 pub use self::upgrade::PREVIOUS;
 
@@ -54,9 +55,13 @@ pub enum LabCmd {
     /// sync0 down; `switch`: `tandemctl request acquire` on the standby;
     /// `link`: set its out0 down. Then undo the failure (restart, links up)
     /// and wait until the old master is STANDBY with its sync Hot.
+    /// A timeline picture of the run goes to PICTURE (default
+    /// target/lab/failover-HOW.png).
     Failover {
         #[arg(value_enum, default_value = "kill")]
         how: How,
+        #[arg(long)]
+        picture: Option<PathBuf>,
     },
     /// Apply FAULTS faults drawn with SEED from a catalogue (kill, box,
     /// freeze, link, sync-cut, partition, standby-restart[-load],
@@ -98,6 +103,18 @@ pub enum How {
     Switch,
     /// The master's monitored out0 goes down; up afterwards.
     Link,
+}
+
+impl How {
+    /// What the fault does to node `old`, for a picture's label.
+    pub fn describe(self, old: &str) -> String {
+        match self {
+            Self::Kill => format!("SIGKILL to node {old}'s tandemd"),
+            Self::Box => format!("node {old}'s links down"),
+            Self::Switch => "switchover requested".to_owned(),
+            Self::Link => format!("node {old}'s out0 down"),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -398,8 +415,12 @@ fn up() -> Result<()> {
 
 /// The echo server (for `seconds` and 10 more) and, once it listens,
 /// `traffic hold` of 100 connections and a UDP stream from the client for
-/// `seconds`, its report on the returned child's stdout.
-fn held_traffic(seconds: u64) -> Result<(std::process::Child, std::process::Child)> {
+/// `seconds`, its report on the returned child's stdout (and every
+/// echo's time in `timeline`, if given).
+fn held_traffic(
+    seconds: u64,
+    timeline: Option<&Path>,
+) -> Result<(std::process::Child, std::process::Child)> {
     let xtask = std::env::current_exe()?;
     let server = Command::new("ip")
         .args(["netns", "exec", "tnd-server"])
@@ -424,6 +445,7 @@ fn held_traffic(seconds: u64) -> Result<(std::process::Child, std::process::Chil
             "--seconds",
         ])
         .arg(seconds.to_string())
+        .args(timeline.map(|p| format!("--timeline={}", p.display())))
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the held connections")?;
@@ -638,7 +660,7 @@ pub fn lab(cmd: Option<LabCmd>) -> Result<()> {
             Ok(())
         }
         Some(LabCmd::Traffic) => traffic(),
-        Some(LabCmd::Failover { how }) => failover(how),
+        Some(LabCmd::Failover { how, ref picture }) => failover(how, picture.as_deref()),
         Some(LabCmd::Upgrade { from }) => upgrade::upgrade(&from),
         Some(LabCmd::Chaos { faults, seed, json }) => {
             // It builds its own lab: a fresh machine needs the toolchain.

@@ -175,7 +175,7 @@ pub fn upgrade(from: &str) -> Result<()> {
         hot_backup("b")
     })?;
     println!("lab upgrade: both nodes run {from}; a is MASTER, b STANDBY and Hot");
-    let (mut server, client) = held_traffic(12)?;
+    let (mut server, client) = held_traffic(12, None)?;
     // Every connection opens and replicates first.
     thread::sleep(Duration::from_secs(3));
     let steps = Steps { t0: Instant::now() };
