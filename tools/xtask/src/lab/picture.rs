@@ -16,6 +16,8 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 /// Width of a liveness mark and of a rate bin.
 const MARK_MS: u32 = 20;
 const RATE_MS: u32 = 50;
+/// A gap between two echoes (sent every 10 ms) this long is an outage.
+const OUTAGE_MS: i64 = 100;
 
 /// One run's echoes (see the module's notes).
 pub struct Timeline {
@@ -61,22 +63,23 @@ impl Timeline {
     /// answered before `fault_ms` answered again after its outage, the
     /// longest gap between two of its echoes that ends after the fault
     /// (echoes in flight when the fault struck land inside it). `None` if
-    /// a connection never answered after the fault.
+    /// a connection never answered after the fault, or if none went
+    /// [`OUTAGE_MS`] without an answer (nothing to recover from).
     pub fn recovered_ms(&self, fault_ms: i64) -> Option<i64> {
-        let mut last = None;
+        let (mut last, mut worst) = (None, 0);
         for e in &self.tcp {
             let e: Vec<i64> = e.iter().map(|&t| i64::from(t)).collect();
             if !e.iter().any(|&t| t < fault_ms) {
                 continue;
             }
-            let end = e
+            let w = e
                 .windows(2)
                 .filter(|w| w[1] > fault_ms)
-                .max_by_key(|w| w[1] - w[0])
-                .map(|w| w[1])?;
-            last = last.max(Some(end));
+                .max_by_key(|w| w[1] - w[0])?;
+            worst = worst.max(w[1] - w[0]);
+            last = last.max(Some(w[1]));
         }
-        last
+        last.filter(|_| worst >= OUTAGE_MS)
     }
 }
 
@@ -282,6 +285,13 @@ mod tests {
         };
         assert_eq!(t.at(1100), 100);
         assert_eq!(t.recovered_ms(100), Some(400));
+        // No outage: nothing to mark.
+        let calm = Timeline {
+            start_unix_ms: 0,
+            tcp: vec![vec![10, 20, 30, 40]],
+            udp: vec![],
+        };
+        assert_eq!(calm.recovered_ms(25), None);
         // A connection that never answered again: no recovery.
         let t = Timeline {
             tcp: vec![vec![10, 20]],
