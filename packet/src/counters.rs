@@ -172,10 +172,12 @@ pub enum WorkerGauge {
     /// and in all.
     NatPortsInUse = 4,
     NatPorts = 5,
+    /// Pairs released and waiting out the reuse delay.
+    NatPortsCooling = 6,
 }
 
 impl WorkerGauge {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [Self; Self::COUNT] = [
         Self::SessionsActive,
         Self::CreatedPerSecond,
@@ -183,6 +185,7 @@ impl WorkerGauge {
         Self::SessionsCapacity,
         Self::NatPortsInUse,
         Self::NatPorts,
+        Self::NatPortsCooling,
     ];
 
     pub const fn family(self) -> &'static str {
@@ -193,6 +196,7 @@ impl WorkerGauge {
             Self::SessionsCapacity => "tandem_sessions_capacity",
             Self::NatPortsInUse => "tandem_nat_ports_in_use",
             Self::NatPorts => "tandem_nat_ports",
+            Self::NatPortsCooling => "tandem_nat_ports_cooling",
         }
     }
 }

@@ -222,6 +222,14 @@ pub struct Nat {
     pub pool: Vec<Ipv4Addr>,
     #[serde(default = "default_nat_ports")]
     pub ports: PortRange,
+    /// Seconds a released (address, port) waits before a new mapping may
+    /// take it (RFC 6888 REQ-8); 0 reuses at once.
+    #[serde(default = "default_port_reuse_delay_s")]
+    pub port_reuse_delay_s: u32,
+}
+
+const fn default_port_reuse_delay_s() -> u32 {
+    120
 }
 
 const fn default_offload() -> bool {

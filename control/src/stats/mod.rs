@@ -89,6 +89,9 @@ pub fn help(family: &str) -> Option<&'static str> {
             "NAT (address, port) pairs of a worker's pool shares bound to a session."
         }
         "tandem_nat_ports" => "NAT (address, port) pairs of a worker's pool shares.",
+        "tandem_nat_ports_cooling" => {
+            "NAT (address, port) pairs released and waiting out the reuse delay before a new mapping may take them."
+        }
         "tandem_sessions_created_per_second" => "Sessions a worker created in the last second.",
         "tandem_sessions_deleted_per_second" => "Sessions a worker removed in the last second.",
         "tandem_worker_punted_total" => {

@@ -271,6 +271,7 @@ impl Worker {
             let (bound, ports) = svc.nat_ports();
             t.set(WorkerGauge::NatPortsInUse, bound as u64);
             t.set(WorkerGauge::NatPorts, ports as u64);
+            t.set(WorkerGauge::NatPortsCooling, svc.nat_cooling() as u64);
             t.set(WorkerGauge::CreatedPerSecond, created - lap.created_before);
             t.set(WorkerGauge::DeletedPerSecond, deleted - lap.deleted_before);
             (lap.created_before, lap.deleted_before) = (created, deleted);

@@ -393,6 +393,15 @@ fn sixty_connections_are_sixty_sessions() -> Result<(), Failed> {
             sum("tandem_nat_ports_in_use")
         ),
     )?;
+    // ...and wait out the reuse delay (120 s) before a new mapping may
+    // take them: 60 cooling, none free yet of those.
+    check(
+        sum("tandem_nat_ports_cooling") == Some(60),
+        format!(
+            "NAT pairs cooling after the clear: {:?}",
+            sum("tandem_nat_ports_cooling")
+        ),
+    )?;
     drop(conns);
     Ok(())
 }

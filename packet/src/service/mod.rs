@@ -111,14 +111,32 @@ pub struct ServiceError {
 
 impl Services {
     /// (bound, all) (address, port) pairs of this worker's NAT pool
-    /// shares, over every service set.
+    /// shares, over every service set (cooling pairs are neither bound
+    /// nor free: [`Self::nat_cooling`]).
     pub fn nat_ports(&self) -> (usize, usize) {
         self.sets
             .iter()
             .filter_map(|s| s.nat.as_ref())
             .fold((0, 0), |(u, t), p| {
-                (u + p.size() - p.available(), t + p.size())
+                (u + p.size() - p.available() - p.cooling(), t + p.size())
             })
+    }
+
+    /// Every pool hands out its lowest free pair (unit tests name ports).
+    #[cfg(test)]
+    pub(crate) fn lowest_ports_first(&mut self) {
+        for p in self.sets.iter_mut().filter_map(|s| s.nat.as_mut()) {
+            p.lowest_first();
+        }
+    }
+
+    /// Pairs of this worker's NAT pool shares waiting out the reuse delay.
+    pub fn nat_cooling(&self) -> usize {
+        self.sets
+            .iter()
+            .filter_map(|s| s.nat.as_ref())
+            .map(nat::PortPool::cooling)
+            .sum()
     }
 
     /// Worker `worker`'s services, or `None` when no service set is
@@ -471,12 +489,12 @@ impl Services {
         if !self.table.keys_free(&s) {
             // The reply key collides with a live session (e.g. an outside
             // host reusing a translated port as its source): refuse.
-            release(&mut self.sets, &s);
+            unalloc(&mut self.sets, &s);
             return Verdict::Drop(DropReason::NoSession);
         }
         s.count(Side::Initiator, p.ip.datagram_len(), now);
         let Ok(slot) = self.table.insert(s) else {
-            release(&mut self.sets, &s);
+            unalloc(&mut self.sets, &s);
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         };
@@ -565,6 +583,9 @@ impl Services {
     /// expired, and whether the table has reached `now` (if not, the
     /// worker calls again before it sleeps).
     pub fn expire_some(&mut self, now: u32, budget: usize, tally: &mut Tally) -> (usize, bool) {
+        for pool in self.sets.iter_mut().filter_map(|s| s.nat.as_mut()) {
+            pool.tick(now);
+        }
         let mut n = 0;
         let sets = &mut self.sets;
         let (mut rep, worker, workers) = (self.sync.as_mut(), self.worker, self.workers);
@@ -617,6 +638,17 @@ fn release(sets: &mut [Set], s: &Session) {
             .and_then(|x| x.nat.as_mut())
     {
         pool.release(addr, port);
+    }
+}
+
+/// Returns the NAT binding just made for `s`, which was then refused.
+fn unalloc(sets: &mut [Set], s: &Session) {
+    if let Some((addr, port)) = s.nat()
+        && let Some(pool) = sets
+            .get_mut(usize::from(s.service_set))
+            .and_then(|x| x.nat.as_mut())
+    {
+        pool.unalloc(addr, port);
     }
 }
 

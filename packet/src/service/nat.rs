@@ -4,12 +4,16 @@
 //! the same slice on every pool address, so the owner of a translated flow
 //! follows from its port alone: return traffic is handed to that worker.
 //! Each worker keeps a bitmap of its (address, port) pairs, allocated once
-//! at start. Allocation searches from where the last one ended, so a
-//! released port is reused as late as possible; a standby marks the
-//! bindings its peer replicates with [`PortPool::reserve`], so it never
-//! hands them out again after a failover.
+//! at start. Allocation starts its search at a random pair (RFC 6056's
+//! simple randomization: an off-path attacker cannot guess the next
+//! port), and a released pair waits out the reuse delay (RFC 6888 REQ-8,
+//! 120 s by default) in a queue before it is free again, so a new
+//! mapping never gets a port whose last flow's stragglers may still
+//! arrive. A standby marks the bindings its peer replicates with
+//! [`PortPool::reserve`], so it never hands them out again after a
+//! failover, and its own releases wait out the delay too.
 
-use std::net::Ipv4Addr;
+use std::{collections::VecDeque, net::Ipv4Addr};
 
 use tandem_control::config::Nat;
 
@@ -29,9 +33,18 @@ pub struct PortPool {
     /// newer binding from the peer can evict a stale one (`u32::MAX`: none
     /// recorded).
     holders: Vec<u32>,
-    /// Bit where the next search starts.
-    cursor: usize,
     free: usize,
+    /// Set while a released pair waits out the reuse delay (its `used`
+    /// bit stays set meanwhile).
+    cooling: Vec<u64>,
+    /// The waiting pairs, oldest first: (bit, second of the release).
+    /// Room for every pair, allocated once (a pair is in it at most once).
+    queue: VecDeque<(u32, u32)>,
+    delay: u32,
+    /// The session clock's second, as [`Self::tick`] last set it.
+    now: u32,
+    /// xorshift64 state for the search's random start.
+    rng: u64,
 }
 
 /// Why a worker's share of a NAT pool could not be made.
@@ -45,6 +58,7 @@ impl PortPool {
     /// Worker `worker` of `workers`'s share of `nat`. Errs when the range
     /// has fewer ports than workers.
     pub fn new(nat: &Nat, worker: usize, workers: usize) -> Result<Self, PoolError> {
+        use std::hash::BuildHasher as _;
         let span = nat.ports.len() / workers as u32;
         if span == 0 {
             return Err(PoolError::TooFewPorts {
@@ -67,9 +81,54 @@ impl PortPool {
             first: first as u16,
             used,
             holders: vec![u32::MAX; pairs],
-            cursor: 0,
             free: pairs,
+            cooling: vec![0u64; pairs.div_ceil(64)],
+            queue: VecDeque::with_capacity(pairs),
+            delay: nat.port_reuse_delay_s,
+            now: 0,
+            // Per process and worker: a random seed (never 0).
+            rng: std::collections::hash_map::RandomState::new().hash_one(worker) | 1,
         })
+    }
+
+    /// Moves the pool's clock to `now` (seconds): pairs whose reuse delay
+    /// has passed are free again.
+    pub fn tick(&mut self, now: u32) {
+        self.now = now;
+        while let Some(&(bit, at)) = self.queue.front() {
+            if now.saturating_sub(at) < self.delay {
+                break;
+            }
+            self.queue.pop_front();
+            let (w, m) = (bit as usize / 64, 1u64 << (bit % 64));
+            // A pair the peer bound meanwhile is no longer cooling.
+            if self.cooling[w] & m != 0 {
+                self.cooling[w] &= !m;
+                self.used[w] &= !m;
+                self.free += 1;
+            }
+        }
+    }
+
+    /// Pairs waiting out the reuse delay.
+    pub fn cooling(&self) -> usize {
+        self.cooling.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The search starts at the first pair: the lowest free one goes
+    /// first (a zero xorshift state stays zero).
+    #[cfg(test)]
+    pub(crate) fn lowest_first(&mut self) {
+        self.rng = 0;
+    }
+
+    fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
     }
 
     pub fn is_pool_address(&self, a: [u8; 4]) -> bool {
@@ -93,12 +152,14 @@ impl PortPool {
         Some(a * self.span as usize + off as usize)
     }
 
+    /// A free pair, searched for from a random one on.
     pub fn alloc(&mut self) -> Option<([u8; 4], u16)> {
         if self.free == 0 {
             return None;
         }
         let words = self.used.len();
-        let (start, skip) = (self.cursor / 64, self.cursor % 64);
+        let from = (self.random() % self.holders.len() as u64) as usize;
+        let (start, skip) = (from / 64, from % 64);
         // The start word twice: first its bits from the cursor on, last
         // the ones before it.
         for i in 0..=words {
@@ -111,7 +172,6 @@ impl PortPool {
                 let b = word.trailing_ones() as usize;
                 self.used[w] |= 1 << b;
                 let pair = w * 64 + b;
-                self.cursor = pair + 1;
                 self.free -= 1;
                 let span = self.span as usize;
                 let port = u32::from(self.first) + (pair % span) as u32;
@@ -128,6 +188,11 @@ impl PortPool {
             return false;
         };
         let (w, m) = (bit / 64, 1u64 << (bit % 64));
+        if self.cooling[w] & m != 0 {
+            // Released here, bound again by the peer: its binding wins.
+            self.cooling[w] &= !m;
+            return true;
+        }
         if self.used[w] & m != 0 {
             return false;
         }
@@ -150,12 +215,31 @@ impl PortPool {
         (h != u32::MAX && self.used[bit / 64] & 1 << (bit % 64) != 0).then_some(h)
     }
 
-    /// Returns a pair [`Self::alloc`] handed out or [`Self::reserve`] took.
+    /// Returns a pair [`Self::alloc`] handed out or [`Self::reserve`]
+    /// took: free again once the reuse delay has passed.
     pub fn release(&mut self, addr: [u8; 4], port: u16) {
         if let Some(bit) = self.bit(addr, port) {
             self.holders[bit] = u32::MAX;
             let (w, m) = (bit / 64, 1u64 << (bit % 64));
-            if self.used[w] & m != 0 {
+            if self.used[w] & m == 0 || self.cooling[w] & m != 0 {
+                return;
+            }
+            if self.delay == 0 {
+                self.used[w] &= !m;
+                self.free += 1;
+            } else {
+                self.cooling[w] |= m;
+                self.queue.push_back((bit as u32, self.now));
+            }
+        }
+    }
+
+    /// Returns a pair [`Self::alloc`] just handed out for a flow that was
+    /// then refused (it never carried a packet): free at once.
+    pub fn unalloc(&mut self, addr: [u8; 4], port: u16) {
+        if let Some(bit) = self.bit(addr, port) {
+            let (w, m) = (bit / 64, 1u64 << (bit % 64));
+            if self.used[w] & m != 0 && self.cooling[w] & m == 0 {
                 self.used[w] &= !m;
                 self.free += 1;
             }
@@ -184,6 +268,7 @@ mod tests {
                 .map(|i| Ipv4Addr::new(198, 18, 2, 100 + i as u8))
                 .collect(),
             ports: PortRange { lo, hi },
+            port_reuse_delay_s: 0,
         }
     }
 
@@ -207,6 +292,7 @@ mod tests {
     #[test]
     fn released_ports_come_back_and_foreign_ones_do_not() {
         let mut p = PortPool::new(&nat(2000, 2003, 1), 1, 2).unwrap();
+        p.lowest_first();
         assert_eq!(p.available(), 2);
         let (a, port) = p.alloc().unwrap();
         assert_eq!(port, 2002);
@@ -244,11 +330,36 @@ mod tests {
     }
 
     #[test]
-    fn a_released_port_is_reused_last() {
-        let mut p = PortPool::new(&nat(4000, 4199, 1), 0, 1).unwrap();
-        let (a, first) = p.alloc().unwrap();
-        p.release(a, first);
-        let next: Vec<u16> = (0..100).map(|_| p.alloc().unwrap().1).collect();
-        assert!(!next.contains(&first), "{first} came back early");
+    fn a_released_port_waits_out_the_reuse_delay() {
+        let mut n = nat(4000, 4003, 1);
+        n.port_reuse_delay_s = 120;
+        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        p.tick(10);
+        let all: Vec<_> = (0..4).map(|_| p.alloc().unwrap()).collect();
+        assert_eq!(p.alloc(), None);
+        p.release(all[1].0, all[1].1);
+        p.release(all[1].0, all[1].1); // twice: queued once
+        assert_eq!((p.available(), p.cooling()), (0, 1));
+        p.tick(129);
+        assert_eq!(p.alloc(), None, "119 s after its release");
+        p.tick(130);
+        assert_eq!(p.alloc(), Some(all[1]), "free after 120 s");
+        // A pair refused before it carried a packet is free at once.
+        p.unalloc(all[1].0, all[1].1);
+        assert_eq!(p.alloc(), Some(all[1]));
+        // The peer binding a cooling pair takes it over: it stays bound.
+        p.release(all[2].0, all[2].1);
+        assert!(p.reserve(all[2].0, all[2].1));
+        p.tick(400);
+        assert_eq!((p.available(), p.cooling()), (0, 0));
+        assert!(!p.reserve(all[2].0, all[2].1), "still bound");
+    }
+
+    #[test]
+    fn ports_are_not_handed_out_in_sequence() {
+        let mut p = PortPool::new(&nat(10000, 29999, 1), 0, 1).unwrap();
+        let ports: Vec<u16> = (0..50).map(|_| p.alloc().unwrap().1).collect();
+        let ascending = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(ascending < 5, "{ports:?}");
     }
 }

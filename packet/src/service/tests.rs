@@ -23,16 +23,20 @@ fn config(extra: &str) -> Config {
             "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n\
              [sessions]\nper_worker = 4\n\
              [[service_set]]\nname = \"lab\"\n[service_set.nat]\npool = [\"198.18.2.100\"]\n\
-             ports = \"1024-1031\"\n{extra}"
+             ports = \"1024-1031\"\nport_reuse_delay_s = 0\n{extra}"
         ),
     )
     .unwrap()
 }
 
+/// Services whose pools hand out their lowest free port (the tests name
+/// ports), with no reuse delay.
 fn services(worker: usize, workers: usize, extra: &str) -> Services {
-    Services::new(&config(extra), worker, workers, IN, 0)
+    let mut s = Services::new(&config(extra), worker, workers, IN, 0)
         .unwrap()
-        .unwrap()
+        .unwrap();
+    s.lowest_ports_first();
+    s
 }
 
 fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: &str) -> Vec<u8> {

@@ -26,14 +26,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use plotters::style::RGBColor;
 use serde_json::{Value, json};
 
 use super::{
     NAMESPACES, SERVER,
     failover::holds_vip,
     ha_json, held_traffic, ip, master, ns_exists,
-    picture::{self, Mark, Timeline},
+    picture::{self, Timeline},
     read_pid, start_daemon, up, wait_for,
 };
 use crate::{root, traffic::unix_ms};
@@ -487,27 +486,13 @@ fn run_one(f: Fault, rng: &mut Rng) -> Result<Outcome> {
         .with_context(|| format!("no summary from traffic hold: {text}"))?;
     let num = |k: &str| summary[k].as_u64().unwrap_or(0);
     let t = Timeline::load(&timeline)?;
-    let fault = t.at(fault_unix_ms);
-    let mut marks = vec![Mark {
-        at_ms: fault,
-        label: format!("fault: {}", f.name()),
-        color: RGBColor(200, 30, 30),
-    }];
     let moved = moved_at.load(Ordering::Relaxed);
-    if moved != 0 {
-        marks.push(Mark {
-            at_ms: t.at(moved),
-            label: format!("VIPs on node {other}"),
-            color: RGBColor(30, 80, 200),
-        });
-    }
-    if let Some(r) = t.recovered_ms(fault) {
-        marks.push(Mark {
-            at_ms: r,
-            label: "every connection answering again".into(),
-            color: RGBColor(20, 130, 50),
-        });
-    }
+    let marks = picture::marks(
+        &t,
+        (fault_unix_ms, format!("fault: {}", f.name())),
+        (moved != 0).then_some(moved),
+        other,
+    );
     picture::draw(
         &t,
         &marks,

@@ -10,9 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use plotters::style::RGBColor;
-
-use super::picture::{self, Mark, Timeline};
+use super::picture::{self, Timeline};
 use super::{
     How, NAMESPACES, Node, ha_json, held_traffic, ip, kill_and_wait, master, ns_exists, pid_alive,
     read_pid, start_daemon, wait_for,
@@ -146,26 +144,12 @@ pub fn failover_once(how: How, quiet: bool, picture: Option<&Path>) -> Result<Ou
     let num = |k: &str| v[k].as_u64().unwrap_or(0);
     if let (Some(png), Some(json)) = (picture, &timeline) {
         let t = Timeline::load(json)?;
-        let fault = t.at(fault_unix_ms);
-        let mut marks = vec![Mark {
-            at_ms: fault,
-            label: format!("fault: {}", how.describe(old)),
-            color: RGBColor(200, 30, 30),
-        }];
-        if moved.is_ok() {
-            marks.push(Mark {
-                at_ms: t.at(moved_unix_ms),
-                label: format!("VIPs on node {new}"),
-                color: RGBColor(30, 80, 200),
-            });
-        }
-        if let Some(r) = t.recovered_ms(fault) {
-            marks.push(Mark {
-                at_ms: r,
-                label: "every connection answering again".into(),
-                color: RGBColor(20, 130, 50),
-            });
-        }
+        let marks = picture::marks(
+            &t,
+            (fault_unix_ms, format!("fault: {}", how.describe(old))),
+            moved.is_ok().then_some(moved_unix_ms),
+            new,
+        );
         let title = format!(
             "lab failover {}: node {old} -> {new}; {}/{} connections kept, longest gap {} ms, \
              UDP {} of {} lost",

@@ -91,6 +91,33 @@ pub struct Mark {
     pub color: RGBColor,
 }
 
+/// The marks of a run: the fault (`(Unix ms, label)`, time zero), the
+/// VIPs' arrival on node `to` (Unix ms) if they moved, and the recovery
+/// if there was an outage to recover from.
+pub fn marks(t: &Timeline, fault: (u64, String), moved: Option<u64>, to: &str) -> Vec<Mark> {
+    let at = t.at(fault.0);
+    let mut marks = vec![Mark {
+        at_ms: at,
+        label: fault.1,
+        color: RGBColor(200, 30, 30),
+    }];
+    if let Some(m) = moved {
+        marks.push(Mark {
+            at_ms: t.at(m),
+            label: format!("VIPs on node {to}"),
+            color: RGBColor(30, 80, 200),
+        });
+    }
+    if let Some(r) = t.recovered_ms(at) {
+        marks.push(Mark {
+            at_ms: r,
+            label: "every connection answering again".into(),
+            color: RGBColor(20, 130, 50),
+        });
+    }
+    marks
+}
+
 fn font() -> Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
