@@ -66,10 +66,13 @@ pub enum WorkerCounter {
     OffloadFailures = 23,
     /// Session and NAT events the event log's ring had no room for.
     EventsDropped = 24,
+    /// Sessions that never saw an answer, ended to make room for a new
+    /// one in a full table (counted in `sessions_deleted` too).
+    SessionsEarlyDropped = 25,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 26;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -96,6 +99,7 @@ impl WorkerCounter {
         Self::OffloadMapFull,
         Self::OffloadFailures,
         Self::EventsDropped,
+        Self::SessionsEarlyDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -125,6 +129,7 @@ impl WorkerCounter {
             Self::OffloadMapFull => "offload_map_full",
             Self::OffloadFailures => "offload_failures",
             Self::EventsDropped => "events_dropped",
+            Self::SessionsEarlyDropped => "sessions_early_dropped",
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum EventKind {
     Expired,
     /// A session ended: an operator cleared it.
     Cleared,
+    /// A session that never saw an answer ended to make room in a full
+    /// table (early drop).
+    EarlyDropped,
     /// A new translated flow found no free port in this worker's share of
     /// its service set's pool (at most one a second per worker).
     PortsExhausted,

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use crate::{
     counters::{Tally, WorkerCounter},
-    fib::{Fib, NextHop},
+    fib::{Fib, Miss, NextHop},
     forward::{self, Action, DropReason, Limits},
     offload::Egress,
     service::{Services, Verdict},
@@ -77,6 +77,20 @@ impl Routes<'_> {
         self.egress(hop.oif, hop.dst_mac, hop.src_mac)
     }
 
+    /// Whether traffic to `dst` leaves through an interface this node
+    /// forwards on (its next hop resolved or not).
+    pub fn forwards_to(self, dst: IpAddr) -> bool {
+        let hop = match dst {
+            IpAddr::V4(a) => self.fib.lookup4(a),
+            IpAddr::V6(a) => self.fib.lookup6(a),
+        };
+        match hop {
+            Ok(h) => self.slot_of(h.oif).is_some(),
+            Err(Miss::NoNeighbour { oif }) => self.slot_of(oif).is_some(),
+            Err(Miss::NoRoute) => false,
+        }
+    }
+
     /// The interface slot of `oif`, if this node forwards on it.
     pub fn slot_of(self, oif: u32) -> Option<usize> {
         self.slots.iter().position(|i| *i == oif)
@@ -135,9 +149,11 @@ pub fn decide(
         Ok(h) => forward::untag(buf, h),
         Err(e) => return Decision::Act(Action::Drop(e.into())),
     };
+    let routes = cx.routes;
     let verdict = match cx.services.as_deref_mut() {
-        Some(svc) if at.handed => svc.process_handed(buf, &h, at.ingress, now, tally),
-        Some(svc) => svc.process_headers(buf, &h, at.ingress, now, tally),
+        Some(svc) => svc.process_routed(buf, &h, (at.ingress, at.handed), now, tally, &|dst| {
+            routes.forwards_to(dst)
+        }),
         None => Verdict::Pass { snat: None },
     };
     let fib = cx.routes.fib;

@@ -110,6 +110,9 @@ pub fn help(family: &str) -> Option<&'static str> {
         "tandem_worker_offload_failures_total" => {
             "Sessions kept on the worker path because writing the XDP flow map failed."
         }
+        "tandem_worker_sessions_early_dropped_total" => {
+            "Sessions that never saw an answer, ended to make room in a full table (early drop)."
+        }
         "tandem_worker_events_dropped_total" => {
             "Session and NAT events dropped because the event log's ring was full."
         }

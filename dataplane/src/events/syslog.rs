@@ -63,7 +63,7 @@ pub fn format(
     out.clear();
     let msgid = match kind {
         EventKind::Create => "SESSION_CREATE",
-        EventKind::Expired | EventKind::Cleared => "SESSION_DELETE",
+        EventKind::Expired | EventKind::Cleared | EventKind::EarlyDropped => "SESSION_DELETE",
         EventKind::PortsExhausted => "NAT_PORTS_EXHAUSTED",
     };
     let pri = u16::from(h.facility) * 8 + u16::from(SEVERITY);
@@ -99,12 +99,15 @@ pub fn format(
             std::net::Ipv4Addr::from(a)
         );
     }
-    let ended = matches!(kind, EventKind::Expired | EventKind::Cleared);
+    let ended = matches!(
+        kind,
+        EventKind::Expired | EventKind::Cleared | EventKind::EarlyDropped
+    );
     if ended {
-        let why = if kind == EventKind::Expired {
-            "idle-timeout"
-        } else {
-            "cleared"
+        let why = match kind {
+            EventKind::Expired => "idle-timeout",
+            EventKind::Cleared => "cleared",
+            _ => "early-drop",
         };
         let _ = write!(
             out,
@@ -124,6 +127,13 @@ pub fn format(
         EventKind::Create => write!(out, "session {} created: {proto}", s.id),
         EventKind::Expired => write!(out, "session {} ended (idle timeout): {proto}", s.id),
         EventKind::Cleared => write!(out, "session {} ended (cleared): {proto}", s.id),
+        EventKind::EarlyDropped => {
+            write!(
+                out,
+                "session {} ended (early drop, table full): {proto}",
+                s.id
+            )
+        }
         EventKind::PortsExhausted => write!(out, "no NAT port free for a new flow: {proto}"),
     };
     let _ = write!(

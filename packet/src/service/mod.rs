@@ -98,6 +98,8 @@ pub struct Services {
     offer: Option<(u32, Side)>,
     /// The event log's ring, when attached.
     events: Option<EventSink>,
+    /// Where the next early-drop search starts.
+    early_cursor: u32,
 }
 
 /// Why a worker's services could not be built.
@@ -183,6 +185,7 @@ impl Services {
             flows: None,
             offer: None,
             events: None,
+            early_cursor: 0,
         }))
     }
 
@@ -287,7 +290,24 @@ impl Services {
         now: u32,
         tally: &mut Tally,
     ) -> Verdict {
-        self.process_as(frame, headers, ingress, now, tally, false)
+        self.process_as(frame, headers, (ingress, false), now, tally, &|_| true)
+    }
+
+    /// [`Self::process_headers`] (or, if `handed`, [`Self::process_handed`])
+    /// that creates a session only for a flow `routable` says leaves
+    /// through an interface this node forwards on: a packet the router
+    /// will drop (no route, the sync link, a management port) makes no
+    /// session and takes no NAT binding.
+    pub fn process_routed(
+        &mut self,
+        frame: &mut [u8],
+        headers: &Headers,
+        (ingress, handed): (u32, bool),
+        now: u32,
+        tally: &mut Tally,
+        routable: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> Verdict {
+        self.process_as(frame, headers, (ingress, handed), now, tally, routable)
     }
 
     /// [`Self::process_headers`] for a frame another worker handed over:
@@ -301,17 +321,17 @@ impl Services {
         now: u32,
         tally: &mut Tally,
     ) -> Verdict {
-        self.process_as(frame, headers, ingress, now, tally, true)
+        self.process_as(frame, headers, (ingress, true), now, tally, &|_| true)
     }
 
     fn process_as(
         &mut self,
         frame: &mut [u8],
         headers: &Headers,
-        ingress: u32,
+        (ingress, handed): (u32, bool),
         now: u32,
         tally: &mut Tally,
-        handed: bool,
+        routable: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> Verdict {
         self.offer = None;
         let ip = &headers.ip;
@@ -347,7 +367,7 @@ impl Services {
             }
             return self.existing(&mut p, found, tally);
         }
-        self.first_packet(&p, key, origin, tally)
+        self.first_packet(&p, key, origin, tally, routable)
     }
 
     /// A packet of the session in `slot`, from its `side`.
@@ -428,6 +448,7 @@ impl Services {
         key: FlowKey,
         origin: Origin,
         tally: &mut Tally,
+        routable: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> Verdict {
         let (l4, now) = (&p.l4, p.now);
         // Only a flow's opening packet may create its session.
@@ -455,6 +476,13 @@ impl Services {
             RuleAction::Forward => {}
             RuleAction::Drop => return Verdict::Drop(DropReason::Policy),
             RuleAction::Reject => return Verdict::Reject(*l4),
+        }
+        if !routable(key.dst_ip()) {
+            // The router drops it (no route: an unreachable; an egress
+            // this node does not forward on: `foreign_egress`), from the
+            // same FIB snapshot: no session, no binding, and nothing
+            // leaves untranslated.
+            return Verdict::Pass { snat: None };
         }
         // Unique per node and small: the sequence interleaved across workers.
         let id = self.next_id * self.workers as u64 + self.worker as u64 + 1;
@@ -493,7 +521,14 @@ impl Services {
             return Verdict::Drop(DropReason::NoSession);
         }
         s.count(Side::Initiator, p.ip.datagram_len(), now);
-        let Ok(slot) = self.table.insert(s) else {
+        let inserted = self.table.insert(s).or_else(|full| {
+            if self.early_drop(tally) {
+                self.table.insert(s)
+            } else {
+                Err(full)
+            }
+        });
+        let Ok(slot) = inserted else {
             unalloc(&mut self.sets, &s);
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
@@ -510,6 +545,43 @@ impl Services {
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
         Verdict::Pass { snat }
+    }
+
+    /// The table is full: ends one session that never saw an answer (or a
+    /// TCP session a reset closed), found within [`EARLY_DROP_SLOTS`]
+    /// slots from where the last search stopped, as conntrack's early drop
+    /// does, so that a flood of unanswered flows cannot lock out new
+    /// users; established sessions are never taken. Whether one went.
+    fn early_drop(&mut self, tally: &mut Tally) -> bool {
+        let found = std::cell::Cell::new(false);
+        let sets = &mut self.sets;
+        let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.workers));
+        let mut flows = self.flows.as_deref_mut();
+        let mut events = self.events.as_mut();
+        let from = self.early_cursor;
+        let next = self.table.sweep(
+            from,
+            EARLY_DROP_SLOTS,
+            |s| {
+                let unanswered = s.packets[1] == 0 && !s.is_offloaded();
+                let reset = s.tcp_state() == Some(TcpState::Closed);
+                let take = !found.get() && s.remote == 0 && (unanswered || reset);
+                if take {
+                    found.set(true);
+                }
+                take
+            },
+            |s| {
+                let log = events.as_deref_mut().map(|e| (e, EventKind::EarlyDropped));
+                clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids);
+            },
+        );
+        self.early_cursor = next.unwrap_or(0);
+        if found.get() {
+            tally.add(WorkerCounter::SessionsDeleted, 1);
+            tally.add(WorkerCounter::SessionsEarlyDropped, 1);
+        }
+        found.get()
     }
 
     /// An ICMP error belongs to the session of the datagram it quotes; the
@@ -628,6 +700,9 @@ impl Services {
         (n, done)
     }
 }
+
+/// Slots an early drop searches for a session to end.
+const EARLY_DROP_SLOTS: usize = 64;
 
 /// Returns the NAT binding of `s`, if any, to its set's pool.
 fn release(sets: &mut [Set], s: &Session) {

@@ -142,12 +142,19 @@ fn unsolicited_traffic_is_dropped() {
 fn full_table_refuses_and_returns_the_port() {
     let mut s = services(0, 1, "");
     let mut t = Tally::new(1);
+    // Four answered sessions: nothing for an early drop to take.
     for p in 0..4 {
         let mut f = udp(CLIENT, SERVER, 5000 + p, 53);
         assert!(matches!(
             run(&mut s, &mut f, IN, 0, &mut t),
             Verdict::Pass { .. }
         ));
+        let (_, port, _, _) = endpoints(&f);
+        let mut reply = udp(SERVER, POOL, 53, port);
+        assert_eq!(
+            run(&mut s, &mut reply, OUT, 0, &mut t),
+            Verdict::Pass { snat: None }
+        );
     }
     let mut f = udp(CLIENT, SERVER, 6000, 53);
     assert_eq!(
@@ -159,6 +166,81 @@ fn full_table_refuses_and_returns_the_port() {
     assert_eq!(s.expire(1000, &mut t), 4);
     assert_eq!(t.get(WorkerCounter::SessionsDeleted), 4);
     assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 8);
+}
+
+#[test]
+fn a_full_table_ends_an_unanswered_session_for_a_new_one() {
+    let mut s = services(0, 1, "");
+    let mut t = Tally::new(1);
+    // Three answered sessions and one that never heard back.
+    for p in 0..4 {
+        let mut f = udp(CLIENT, SERVER, 5000 + p, 53);
+        run(&mut s, &mut f, IN, 0, &mut t);
+        if p != 2 {
+            let (_, port, _, _) = endpoints(&f);
+            run(&mut s, &mut udp(SERVER, POOL, 53, port), OUT, 0, &mut t);
+        }
+    }
+    let mut f = udp(CLIENT, SERVER, 6000, 53);
+    assert!(matches!(
+        run(&mut s, &mut f, IN, 1, &mut t),
+        Verdict::Pass { snat: Some(_) }
+    ));
+    assert_eq!(t.get(WorkerCounter::SessionsEarlyDropped), 1);
+    assert_eq!(t.get(WorkerCounter::SessionsDeleted), 1);
+    assert_eq!(t.get(WorkerCounter::SessionsRefused), 0);
+    assert!(
+        s.table
+            .lookup(&FlowKey::v4(CLIENT, SERVER, 5002, 53, 17))
+            .is_none(),
+        "the unanswered session went"
+    );
+    for p in [5000, 5001, 5003, 6000] {
+        assert!(
+            s.table
+                .lookup(&FlowKey::v4(CLIENT, SERVER, p, 53, 17))
+                .is_some(),
+            "{p} stayed"
+        );
+    }
+    // Now only answered ones and the new one: the next new flow takes
+    // the new one (unanswered too), never an answered session.
+    let mut g = udp(CLIENT, SERVER, 6001, 53);
+    assert!(matches!(
+        run(&mut s, &mut g, IN, 1, &mut t),
+        Verdict::Pass { .. }
+    ));
+    assert_eq!(t.get(WorkerCounter::SessionsEarlyDropped), 2);
+    for p in [5000, 5001, 5003, 6001] {
+        assert!(
+            s.table
+                .lookup(&FlowKey::v4(CLIENT, SERVER, p, 53, 17))
+                .is_some()
+        );
+    }
+}
+
+#[test]
+fn a_flow_the_router_will_drop_makes_no_session_and_no_binding() {
+    let mut s = services(0, 1, "");
+    let mut t = Tally::new(1);
+    let mut f = udp(CLIENT, SERVER, 5000, 53);
+    let h = crate::wire::Headers::parse(&f).unwrap();
+    let nowhere = |_: std::net::IpAddr| false;
+    assert_eq!(
+        s.process_routed(&mut f, &h, (IN, false), 0, &mut t, &nowhere),
+        Verdict::Pass { snat: None },
+        "routed on, to be dropped there"
+    );
+    assert!(s.table.is_empty());
+    assert_eq!(t.get(WorkerCounter::SessionsCreated), 0);
+    assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 8);
+    let anywhere = |_: std::net::IpAddr| true;
+    assert!(matches!(
+        s.process_routed(&mut f, &h, (IN, false), 0, &mut t, &anywhere),
+        Verdict::Pass { snat: Some(_) }
+    ));
+    assert_eq!(s.table.len(), 1);
 }
 
 #[test]
