@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use crate::{
     counters::{Tally, WorkerCounter},
-    fib::{Fib, Miss, NextHop},
+    fib::{Fib, NextHop, RouteKind},
     forward::{self, Action, DropReason, Limits},
     offload::Egress,
     service::{Services, Verdict},
@@ -77,18 +77,23 @@ impl Routes<'_> {
         self.egress(hop.oif, hop.dst_mac, hop.src_mac)
     }
 
-    /// Whether traffic to `dst` leaves through an interface this node
-    /// forwards on (its next hop resolved or not).
+    /// Whether traffic to `dst` has a route out of an interface this node
+    /// forwards on (the route only: whether its next hop is resolved does
+    /// not matter here, and the neighbour lookup is left to routing).
     pub fn forwards_to(self, dst: IpAddr) -> bool {
-        let hop = match dst {
-            IpAddr::V4(a) => self.fib.lookup4(a),
-            IpAddr::V6(a) => self.fib.lookup6(a),
+        let oif = match dst {
+            IpAddr::V4(a) => self
+                .fib
+                .route4(a)
+                .filter(|r| r.kind != RouteKind::Reject)
+                .map(|r| r.oif),
+            IpAddr::V6(a) => self
+                .fib
+                .route6(a)
+                .filter(|r| r.kind != RouteKind::Reject)
+                .map(|r| r.oif),
         };
-        match hop {
-            Ok(h) => self.slot_of(h.oif).is_some(),
-            Err(Miss::NoNeighbour { oif }) => self.slot_of(oif).is_some(),
-            Err(Miss::NoRoute) => false,
-        }
+        oif.is_some_and(|o| self.slot_of(o).is_some())
     }
 
     /// The interface slot of `oif`, if this node forwards on it.

@@ -45,6 +45,10 @@ pub struct PortPool {
     now: u32,
     /// xorshift64 state for the search's random start.
     rng: u64,
+    /// Where the next search starts, drawn (and its bitmap word
+    /// prefetched) when the last one ended: the random start's cache
+    /// miss overlaps the packets in between.
+    next_from: usize,
 }
 
 /// Why a worker's share of a NAT pool could not be made.
@@ -88,6 +92,11 @@ impl PortPool {
             now: 0,
             // Per process and worker: a random seed (never 0).
             rng: std::collections::hash_map::RandomState::new().hash_one(worker) | 1,
+            next_from: 0,
+        })
+        .map(|mut p: Self| {
+            p.next_from = p.draw();
+            p
         })
     }
 
@@ -120,15 +129,18 @@ impl PortPool {
     #[cfg(test)]
     pub(crate) fn lowest_first(&mut self) {
         self.rng = 0;
+        self.next_from = 0;
     }
 
-    fn random(&mut self) -> u64 {
+    /// A random pair (xorshift64, scaled to the pairs without a
+    /// division).
+    fn draw(&mut self) -> usize {
         let mut x = self.rng;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         self.rng = x;
-        x
+        ((x >> 32) * self.holders.len() as u64 >> 32) as usize
     }
 
     pub fn is_pool_address(&self, a: [u8; 4]) -> bool {
@@ -158,7 +170,9 @@ impl PortPool {
             return None;
         }
         let words = self.used.len();
-        let from = (self.random() % self.holders.len() as u64) as usize;
+        let from = self.next_from;
+        self.next_from = self.draw();
+        crate::hint::prefetch(std::ptr::from_ref(&self.used[self.next_from / 64]).cast());
         let (start, skip) = (from / 64, from % 64);
         // The start word twice: first its bits from the cursor on, last
         // the ones before it.

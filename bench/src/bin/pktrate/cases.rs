@@ -46,21 +46,20 @@ pub(crate) fn stat_poll(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf)
 }
 
 /// The lab's service set for the DUT: default firewall, NAPT44 to `pool`.
-/// The benches' service set: NAPT44 to `pool`. Ports are reused at once
-/// (`port_reuse_delay_s = 0`, as the kernel's conntrack does): with the
-/// product's 120 s a new-sessions run at ~0.4 M/s would drain the 2 M
-/// pairs of a 32-address pool within its 6 s; `--new-sessions
-/// --port-reuse-delay 120` measures the delay's cost on a shorter run.
+/// The benches' service set: NAPT44 to `pool`, with tandemd's default
+/// port reuse delay.
 pub(crate) fn service_set(pool: &[String], udp_timeout: u32, per_worker: u32) -> String {
-    service_set_delay(pool, udp_timeout, per_worker, 0)
+    service_set_delay(pool, udp_timeout, per_worker, None)
 }
 
+/// [`service_set`] with `port_reuse_delay_s` set, if given.
 pub(crate) fn service_set_delay(
     pool: &[String],
     udp_timeout: u32,
     per_worker: u32,
-    reuse_delay_s: u32,
+    reuse_delay_s: Option<u32>,
 ) -> String {
+    let delay = reuse_delay_s.map_or_else(String::new, |d| format!("port_reuse_delay_s = {d}\n"));
     let pool = pool
         .iter()
         .map(|a| format!("\"{a}\""))
@@ -68,8 +67,7 @@ pub(crate) fn service_set_delay(
         .join(", ");
     format!(
         "[sessions]\nper_worker = {per_worker}\n[sessions.timeouts]\nudp = {udp_timeout}\n\
-         [[service_set]]\nname = \"bench\"\n[service_set.nat]\npool = [{pool}]\n\
-         port_reuse_delay_s = {reuse_delay_s}\n"
+         [[service_set]]\nname = \"bench\"\n[service_set.nat]\npool = [{pool}]\n{delay}"
     )
 }
 

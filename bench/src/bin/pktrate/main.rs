@@ -100,12 +100,13 @@ struct Args {
     /// every event went.
     #[arg(long)]
     events: bool,
-    /// With --new-sessions: the NAT pool's `port_reuse_delay_s` (the
-    /// product's default is 120; at 0 ports are reused at once, as the
-    /// kernel's conntrack reuses them). Keep --seconds short with a delay:
-    /// the 32-address pool holds about 2 M pairs.
-    #[arg(long, default_value_t = 0)]
-    port_reuse_delay: u32,
+    /// With --new-sessions: the NAT pool's `port_reuse_delay_s` (unset:
+    /// tandemd's own default, 120 s; at 0 ports are reused at once, as the
+    /// kernel's conntrack reuses them). The 32-address pool holds about
+    /// 2 M pairs: with the delay, runs past ~4 s at full rate run out of
+    /// ports.
+    #[arg(long)]
+    port_reuse_delay: Option<u32>,
     /// With --offload: the session capacity per worker tandemd is given
     /// (`sessions.per_worker`), which sizes its flow table (4 slots of 64
     /// bytes per session and worker, rounded up to a power of two, at most
