@@ -140,7 +140,7 @@ impl PortPool {
         x ^= x >> 7;
         x ^= x << 17;
         self.rng = x;
-        ((x >> 32) * self.holders.len() as u64 >> 32) as usize
+        (((x >> 32) * self.holders.len() as u64) >> 32) as usize
     }
 
     pub fn is_pool_address(&self, a: [u8; 4]) -> bool {
