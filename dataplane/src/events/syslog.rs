@@ -7,6 +7,9 @@
 //!   dport="7200" natSrc="198.18.2.100" natSport="25000"] session 2 created: tcp ...
 //! ```
 //!
+//! Timestamps are the logging thread's (milliseconds); a delete's `start`
+//! is the session's creation at the session clock's one-second resolution.
+//!
 //! The SD-ID's enterprise number is 32473, the one RFC 5612 reserves for
 //! documentation: tandem has none of its own.
 
