@@ -89,9 +89,9 @@ impl Settings {
         let mut out = Self::new(s.node_id, s.group, workers, role);
         out.services = cfg.service_sets.len();
         // What a peer without CAP_CONTRACT compares: the parsed form of
-        // every service set (it hashes the same on the same build).
+        // every service set as that version printed it.
         out.services_hash = crate::stats::layout::fnv1a(
-            format!("{:?}", cfg.service_sets).as_bytes(),
+            legacy_services(&cfg.service_sets).as_bytes(),
             crate::stats::layout::FNV_OFFSET,
         );
         out.key = s.key.as_ref().map(|k| k.as_bytes().to_vec());
@@ -128,5 +128,45 @@ impl Settings {
             contract: Vec::new(),
             capabilities: super::wire::CAP_DIGEST | super::wire::CAP_CONTRACT,
         }
+    }
+}
+
+/// The service sets' `Debug` form as a node of the last version without
+/// `CAP_CONTRACT` (b62a8f0) printed and hashed it: the fields added since
+/// (`nat.port_reuse_delay_s`) are left out, so that adding one does not
+/// break a rolling upgrade from that version.
+pub fn legacy_services(sets: &[crate::config::ServiceSet]) -> String {
+    const ADDED: [&str; 1] = [", port_reuse_delay_s: "];
+    let mut text = format!("{sets:?}");
+    for field in ADDED {
+        while let Some(at) = text.find(field) {
+            let value = text[at + field.len()..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len() - at - field.len());
+            text.replace_range(at..at + field.len() + value, "");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    #[test]
+    fn the_services_hash_leaves_out_fields_added_since_contracts() {
+        let cfg = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[interfaces]\ninside = \"a\"\noutside = \"b\"\n[[service_set]]\nname = \"s\"\n\
+             [service_set.nat]\npool = [\"192.0.2.1\"]\nports = \"1024-2047\"\n\
+             port_reuse_delay_s = 30\n",
+        )
+        .unwrap();
+        let text = super::legacy_services(&cfg.service_sets);
+        assert!(
+            text.contains(
+                "nat: Some(Nat { pool: [192.0.2.1], ports: PortRange { lo: 1024, hi: 2047 } })"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("port_reuse_delay_s"));
     }
 }
