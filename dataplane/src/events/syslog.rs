@@ -125,7 +125,7 @@ pub fn format(
         );
     }
     out.push_str("] ");
-    let proto = proto_name(k.proto).map_or_else(|| format!("protocol {}", k.proto), str::to_owned);
+    let proto = Proto(k.proto);
     let _ = match kind {
         EventKind::Create => write!(out, "session {} created: {proto}", s.id),
         EventKind::Expired => write!(out, "session {} ended (idle timeout): {proto}", s.id),
@@ -141,37 +141,36 @@ pub fn format(
     };
     let _ = write!(
         out,
-        " {}",
-        Flow {
-            s,
-            nat: nat.filter(|_| kind != EventKind::PortsExhausted)
-        }
+        " {} -> {}",
+        At(k.src_ip(), k.sport),
+        At(k.dst_ip(), k.dport)
     );
+    if let Some((a, p)) = nat {
+        let _ = write!(out, " as {}:{p}", std::net::Ipv4Addr::from(a));
+    }
 }
 
-/// `src:sport -> dst:dport [as nat:port]`.
-struct Flow<'a> {
-    s: &'a Session,
-    nat: Option<([u8; 4], u16)>,
-}
+/// A protocol by its common name, or `protocol N`; written in place.
+struct Proto(u8);
 
-impl std::fmt::Display for Flow<'_> {
+impl std::fmt::Display for Proto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let k = &self.s.key;
-        let at = |ip: std::net::IpAddr, port: u16| match ip {
-            std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-            std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-        };
-        write!(
-            f,
-            "{} -> {}",
-            at(k.src_ip(), k.sport),
-            at(k.dst_ip(), k.dport)
-        )?;
-        if let Some((a, p)) = self.nat {
-            write!(f, " as {}:{p}", std::net::Ipv4Addr::from(a))?;
+        match proto_name(self.0) {
+            Some(n) => f.write_str(n),
+            None => write!(f, "protocol {}", self.0),
         }
-        Ok(())
+    }
+}
+
+/// `address:port`, an IPv6 address in brackets; written in place.
+struct At(std::net::IpAddr, u16);
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            std::net::IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
+            std::net::IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
+        }
     }
 }
 
