@@ -47,8 +47,8 @@ pub enum WorkerCounter {
     SessionsDeleted = 14,
     /// New sessions refused because the table was full.
     SessionsRefused = 15,
-    /// New translated sessions refused because this worker's share of the
-    /// NAT pool had no free port.
+    /// New translated sessions refused: no mapping for them, for any of
+    /// the four reasons counted below.
     NatAllocFailures = 16,
     /// Frames other workers handed to this one (it owns their flows).
     HandoffsReceived = 17,
@@ -69,10 +69,19 @@ pub enum WorkerCounter {
     /// Sessions that never saw an answer, ended to make room for a new
     /// one in a full table (counted in `sessions_deleted` too).
     SessionsEarlyDropped = 25,
+    /// No port block left for a subscriber (on its pool address, once it
+    /// has one).
+    NatPoolExhausted = 26,
+    /// A subscriber's blocks were all full and it may hold no more.
+    NatSubscriberPorts = 27,
+    /// A subscriber had its most sessions.
+    NatSubscriberSessions = 28,
+    /// A subscriber opened its most new sessions in a second.
+    NatSubscriberRate = 29,
 }
 
 impl WorkerCounter {
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 30;
     pub const ALL: [Self; Self::COUNT] = [
         Self::RxPackets,
         Self::RxBytes,
@@ -100,6 +109,10 @@ impl WorkerCounter {
         Self::OffloadFailures,
         Self::EventsDropped,
         Self::SessionsEarlyDropped,
+        Self::NatPoolExhausted,
+        Self::NatSubscriberPorts,
+        Self::NatSubscriberSessions,
+        Self::NatSubscriberRate,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -130,6 +143,10 @@ impl WorkerCounter {
             Self::OffloadFailures => "offload_failures",
             Self::EventsDropped => "events_dropped",
             Self::SessionsEarlyDropped => "sessions_early_dropped",
+            Self::NatPoolExhausted => "nat_pool_exhausted",
+            Self::NatSubscriberPorts => "nat_subscriber_ports_exceeded",
+            Self::NatSubscriberSessions => "nat_subscriber_sessions_exceeded",
+            Self::NatSubscriberRate => "nat_subscriber_rate_exceeded",
         }
     }
 }
@@ -179,10 +196,15 @@ pub enum WorkerGauge {
     NatPorts = 5,
     /// Pairs released and waiting out the reuse delay.
     NatPortsCooling = 6,
+    /// Port blocks held by subscribers, and blocks in all.
+    NatBlocksInUse = 7,
+    NatBlocks = 8,
+    /// Subscribers with a mapping or a session.
+    NatSubscribers = 9,
 }
 
 impl WorkerGauge {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 10;
     pub const ALL: [Self; Self::COUNT] = [
         Self::SessionsActive,
         Self::CreatedPerSecond,
@@ -191,6 +213,9 @@ impl WorkerGauge {
         Self::NatPortsInUse,
         Self::NatPorts,
         Self::NatPortsCooling,
+        Self::NatBlocksInUse,
+        Self::NatBlocks,
+        Self::NatSubscribers,
     ];
 
     pub const fn family(self) -> &'static str {
@@ -202,6 +227,9 @@ impl WorkerGauge {
             Self::NatPortsInUse => "tandem_nat_ports_in_use",
             Self::NatPorts => "tandem_nat_ports",
             Self::NatPortsCooling => "tandem_nat_ports_cooling",
+            Self::NatBlocksInUse => "tandem_nat_blocks_in_use",
+            Self::NatBlocks => "tandem_nat_blocks",
+            Self::NatSubscribers => "tandem_nat_subscribers",
         }
     }
 }

@@ -196,11 +196,27 @@ pub fn decide(
                 Action::Drop(DropReason::Policy)
             } else if l4.proto == PROTO_TCP {
                 match wire::tcp_reset(buf, &h.ip, &l4) {
-                    Some(rst) => as_reply(forward::route(buf, rst, at.ingress, fib, cx.limits)),
+                    Some(rst) => as_reply(
+                        forward::route(buf, rst, at.ingress, fib, cx.limits),
+                        DropReason::Policy,
+                    ),
                     None => Action::Drop(DropReason::Policy),
                 }
             } else {
-                as_reply(forward::reject_icmp(buf, h.ip, at.ingress, fib, cx.limits))
+                as_reply(
+                    forward::reject_icmp(buf, h.ip, at.ingress, fib, cx.limits),
+                    DropReason::Policy,
+                )
+            }
+        }
+        Verdict::Unreachable(reason) => {
+            if cx.limits.reject.allow() {
+                as_reply(
+                    forward::reject_icmp(buf, h.ip, at.ingress, fib, cx.limits),
+                    reason,
+                )
+            } else {
+                Action::Drop(reason)
             }
         }
         Verdict::Drop(r) => Action::Drop(r),
@@ -247,9 +263,9 @@ pub fn account(action: Action, slot: usize, tally: &mut Tally) -> Option<(u32, u
 
 /// A routed reject (reset or unreachable) becomes a reply, transmitted or
 /// punted to the kernel to resolve its next hop; one that could not be
-/// routed leaves the original dropped for policy.
-fn as_reply(a: Action) -> Action {
-    let reason = DropReason::Policy;
+/// routed leaves the original dropped. Either way the original counts
+/// as a drop for `reason`.
+fn as_reply(a: Action, reason: DropReason) -> Action {
     match a {
         Action::Forward { oif, len } | Action::IcmpError { oif, len, .. } => {
             Action::Reply { oif, len, reason }

@@ -316,6 +316,7 @@ pub fn session(r: &SessionRecord, now: u32) -> Session {
 #[derive(Clone, Debug)]
 pub struct Ownership {
     workers: usize,
+    place: crate::session::Placement,
     /// Per service set: the NAT port range's first port and ports per
     /// worker, if the set translates.
     nat: Vec<Option<(u16, u32)>>,
@@ -325,6 +326,7 @@ impl Ownership {
     pub fn new(cfg: &Config, workers: usize) -> Self {
         Self {
             workers,
+            place: crate::session::Placement::new(cfg, workers),
             nat: cfg
                 .service_sets
                 .iter()
@@ -338,13 +340,18 @@ impl Ownership {
     }
 
     /// Where a peer's session goes here: `(holder, stub)`. The holder is
-    /// the worker that owns the flow's hash, or, for a translated session,
+    /// the worker its flow is placed on, or, for a translated session,
     /// the worker whose share holds its port (return traffic finds it
     /// there). When the two differ (the peer runs another number of
     /// workers), the hash's worker gets a stub that hands the flow on.
     /// `NatConflict` when the port is in no share here.
     pub fn owner(&self, r: &SessionRecord) -> Result<(usize, Option<usize>), NackReason> {
-        let w = self.of_key(&r.key);
+        let origin = if r.flags & wire::REC_OUTSIDE != 0 {
+            Origin::Outside
+        } else {
+            Origin::Inside
+        };
+        let w = self.place.of(&flow_key(&r.key), origin);
         if r.flags & wire::REC_NAT == 0 {
             return Ok((w, None));
         }
@@ -362,9 +369,12 @@ impl Ownership {
         Ok((holder, (holder != w).then_some(w)))
     }
 
-    /// The owner of the flow whose initiator key is `k`.
+    /// The first worker to ask about the session whose initiator key is
+    /// `k` (a delete, a refresh or a nack names no origin): its worker
+    /// were it inside-initiated. That worker passes the command on when
+    /// the session is not there (see `Services::elsewhere`).
     pub fn of_key(&self, k: &WireKey) -> usize {
-        (flow_key(k).owner_hash() % self.workers as u64) as usize
+        self.place.of(&flow_key(k), Origin::Inside)
     }
 }
 

@@ -22,8 +22,8 @@ pub use log::{Events, Log};
 pub use redundancy::{HeartbeatPath, Probe, Redundancy, Side, Vip};
 pub use reload::Changes;
 pub use services::{
-    Direction, Firewall, Nat, PortRange, Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions,
-    Timeouts,
+    Direction, Firewall, MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat, PortRange, Prefix, Protocol,
+    Rule, RuleAction, ServiceSet, Sessions, Timeouts,
 };
 pub use sync::{Sync, SyncRole};
 
@@ -466,6 +466,21 @@ impl Config {
                         at("nat.ports"),
                         "a range within 1-65535",
                         format!("{}-{}", nat.ports.lo, nat.ports.hi),
+                    ));
+                }
+                if nat.block_size == 0 {
+                    return Err(invalid(
+                        at("nat.block_size"),
+                        "1 to 65535 ports",
+                        "0".into(),
+                    ));
+                }
+                let max = services::MAX_BLOCKS_PER_SUBSCRIBER;
+                if nat.blocks_per_subscriber == 0 || nat.blocks_per_subscriber > max {
+                    return Err(invalid(
+                        at("nat.blocks_per_subscriber"),
+                        "1 to 32 blocks",
+                        nat.blocks_per_subscriber.to_string(),
                     ));
                 }
                 for a in &nat.pool {

@@ -226,10 +226,62 @@ pub struct Nat {
     /// take it (RFC 6888 REQ-8); 0 reuses at once.
     #[serde(default = "default_port_reuse_delay_s")]
     pub port_reuse_delay_s: u32,
+    /// How an inside endpoint's flows share external (address, port)
+    /// pairs (RFC 4787 section 4.1).
+    #[serde(default)]
+    pub mapping: Mapping,
+    /// Ports per block: a subscriber (inside address) takes the pool's
+    /// ports a block at a time, all on one pool address (paired pooling),
+    /// so a log line per block tells who held a port when.
+    #[serde(default = "default_block_size")]
+    pub block_size: u16,
+    /// Blocks one subscriber may hold: its port limit is
+    /// `block_size * blocks_per_subscriber` (RFC 6888 REQ-4).
+    #[serde(default = "default_blocks_per_subscriber")]
+    pub blocks_per_subscriber: u16,
+    /// Sessions one subscriber may have at once (many share a mapping
+    /// under endpoint-independent mapping); 0: no limit of its own.
+    #[serde(default = "default_sessions_per_subscriber")]
+    pub sessions_per_subscriber: u32,
+    /// New sessions one subscriber may open per second (a burst of as
+    /// many is allowed); 0: no limit.
+    #[serde(default = "default_subscriber_sessions_per_sec")]
+    pub subscriber_sessions_per_sec: u32,
 }
+
+/// RFC 4787 mapping behaviour.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// One external (address, port) per inside (address, port, protocol),
+    /// whatever the destination (REQ-1; RFC 5382 REQ-1 for TCP).
+    #[default]
+    EndpointIndependent,
+    /// A new external pair for every session.
+    AddressAndPortDependent,
+}
+
+/// Blocks a subscriber holds at most.
+pub const MAX_BLOCKS_PER_SUBSCRIBER: u16 = 32;
 
 const fn default_port_reuse_delay_s() -> u32 {
     120
+}
+
+const fn default_block_size() -> u16 {
+    256
+}
+
+const fn default_blocks_per_subscriber() -> u16 {
+    8
+}
+
+const fn default_sessions_per_subscriber() -> u32 {
+    8192
+}
+
+const fn default_subscriber_sessions_per_sec() -> u32 {
+    2000
 }
 
 const fn default_offload() -> bool {

@@ -72,7 +72,19 @@ pub fn help(family: &str) -> Option<&'static str> {
             "New sessions refused because the worker's table was full."
         }
         "tandem_worker_nat_alloc_failures_total" => {
-            "New translated sessions refused: no free port in the worker's share of the pool."
+            "New translated sessions refused: no mapping for them (the four reasons below, in all)."
+        }
+        "tandem_worker_nat_pool_exhausted_total" => {
+            "New translated sessions refused: no port block left for the subscriber (on its pool address)."
+        }
+        "tandem_worker_nat_subscriber_ports_exceeded_total" => {
+            "New translated sessions refused: the subscriber's blocks were full and it may hold no more."
+        }
+        "tandem_worker_nat_subscriber_sessions_exceeded_total" => {
+            "New translated sessions refused: the subscriber had sessions_per_subscriber sessions."
+        }
+        "tandem_worker_nat_subscriber_rate_exceeded_total" => {
+            "New translated sessions refused: the subscriber opened subscriber_sessions_per_sec this second."
         }
         "tandem_worker_handoffs_received_total" => {
             "Frames handed to this worker by others because it owns their flows."
@@ -89,6 +101,13 @@ pub fn help(family: &str) -> Option<&'static str> {
             "NAT (address, port) pairs of a worker's pool shares bound to a session."
         }
         "tandem_nat_ports" => "NAT (address, port) pairs of a worker's pool shares.",
+        "tandem_nat_blocks_in_use" => {
+            "NAT port blocks of a worker's pool shares held by a subscriber."
+        }
+        "tandem_nat_blocks" => "NAT port blocks of a worker's pool shares.",
+        "tandem_nat_subscribers" => {
+            "Subscribers (inside addresses) with a NAT mapping or session on a worker."
+        }
         "tandem_nat_ports_cooling" => {
             "NAT (address, port) pairs released and waiting out the reuse delay before a new mapping may take them."
         }

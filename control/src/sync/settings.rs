@@ -133,15 +133,24 @@ impl Settings {
 
 /// The service sets' `Debug` form as a node of the last version without
 /// `CAP_CONTRACT` (b62a8f0) printed and hashed it: the fields added since
-/// (`nat.port_reuse_delay_s`) are left out, so that adding one does not
-/// break a rolling upgrade from that version.
+/// (`nat.port_reuse_delay_s` and the subscriber fields after it) are left
+/// out, so that adding one does not break a rolling upgrade from that
+/// version. Each is a number or a unit variant: its value ends at the next
+/// `,` or space.
 pub fn legacy_services(sets: &[crate::config::ServiceSet]) -> String {
-    const ADDED: [&str; 1] = [", port_reuse_delay_s: "];
+    const ADDED: [&str; 6] = [
+        ", port_reuse_delay_s: ",
+        ", mapping: ",
+        ", block_size: ",
+        ", blocks_per_subscriber: ",
+        ", sessions_per_subscriber: ",
+        ", subscriber_sessions_per_sec: ",
+    ];
     let mut text = format!("{sets:?}");
     for field in ADDED {
         while let Some(at) = text.find(field) {
             let value = text[at + field.len()..]
-                .find(|c: char| !c.is_ascii_digit())
+                .find([',', ' '])
                 .unwrap_or(text.len() - at - field.len());
             text.replace_range(at..at + field.len() + value, "");
         }
@@ -157,7 +166,8 @@ mod legacy_tests {
             std::path::Path::new("t.toml"),
             "[interfaces]\ninside = \"a\"\noutside = \"b\"\n[[service_set]]\nname = \"s\"\n\
              [service_set.nat]\npool = [\"192.0.2.1\"]\nports = \"1024-2047\"\n\
-             port_reuse_delay_s = 30\n",
+             port_reuse_delay_s = 30\nmapping = \"address-and-port-dependent\"\n\
+             block_size = 64\n",
         )
         .unwrap();
         let text = super::legacy_services(&cfg.service_sets);
@@ -168,5 +178,6 @@ mod legacy_tests {
             "{text}"
         );
         assert!(!text.contains("port_reuse_delay_s"));
+        assert!(!text.contains("subscriber"));
     }
 }

@@ -272,6 +272,10 @@ impl Worker {
             t.set(WorkerGauge::NatPortsInUse, bound as u64);
             t.set(WorkerGauge::NatPorts, ports as u64);
             t.set(WorkerGauge::NatPortsCooling, svc.nat_cooling() as u64);
+            let (held, blocks, subscribers) = svc.nat_blocks();
+            t.set(WorkerGauge::NatBlocksInUse, held as u64);
+            t.set(WorkerGauge::NatBlocks, blocks as u64);
+            t.set(WorkerGauge::NatSubscribers, subscribers as u64);
             t.set(WorkerGauge::CreatedPerSecond, created - lap.created_before);
             t.set(WorkerGauge::DeletedPerSecond, deleted - lap.deleted_before);
             (lap.created_before, lap.deleted_before) = (created, deleted);
@@ -305,7 +309,7 @@ impl Worker {
                     let frame = unsafe { self.umem.data(desc) }.contents();
                     *h = Headers::parse(frame);
                     if let Ok(h) = h {
-                        svc.prefetch(frame, h);
+                        svc.prefetch(frame, h, Some(ingress));
                     }
                 }
             }
@@ -355,7 +359,7 @@ impl Worker {
                 for ((_, frame), h) in batch.frames().zip(&mut lap.headers) {
                     *h = Headers::parse(frame);
                     if let Ok(h) = h {
-                        svc.prefetch(frame, h);
+                        svc.prefetch(frame, h, None);
                     }
                 }
             }

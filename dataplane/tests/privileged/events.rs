@@ -32,7 +32,8 @@ fn config(extra: &str) -> String {
          [log.events]\nsyslog = \"127.0.0.1:{SYSLOG_PORT}\"\nipfix = \"127.0.0.1:{IPFIX_PORT}\"\n\
          hostname = \"node-a\"\ntemplate_every_s = 1\n{extra}\
          [[service_set]]\nname = \"lab\"\n\
-         [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-29999\"\n"
+         [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-29999\"\n\
+         blocks_per_subscriber = 32\nsubscriber_sessions_per_sec = 0\n"
     )
 }
 

@@ -8,6 +8,7 @@
     reason = "the privileged tests enter namespaces, signal and ptrace daemons directly"
 )]
 
+mod cgnat;
 mod counters;
 mod events;
 mod failover;
@@ -69,6 +70,7 @@ fn main() {
     let privileged = netns::privileged();
     let in_ci = std::env::var_os("CI").is_some();
     let all = [
+        cgnat::TESTS,
         counters::TESTS,
         events::TESTS,
         failover::TESTS,

@@ -481,7 +481,7 @@ fn service_counters_move() -> Result<(), Failed> {
          destination_ports = 23\naction = \"reject\"\n\
          [[service_set.firewall.rules]]\nname = \"no-tftp\"\nprotocol = \"udp\"\n\
          destination_ports = 69\naction = \"reject\"\n\
-         [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-20003\"\n"
+         [service_set.nat]\npool = [\"{POOL}\"]\nports = \"20000-20007\"\n"
     );
     let mut d = Daemon::start(&topo.node, &cfg);
     // Reject: a reset, so the connection is refused at once.
@@ -505,9 +505,13 @@ fn service_counters_move() -> Result<(), Failed> {
         !ok,
         "fragmented pings crossed a node that does not reassemble",
     )?;
-    // Four ports for two workers: the fifth flow of a worker has none.
+    // Eight ports for two workers: the client's worker has four (the
+    // echo's and three sockets'), so its fifth mapping has none.
     for p in 0..12u16 {
-        cli.send_to(b"x", (SERVER, 7500 + p))?;
+        let s = topo
+            .client
+            .enter(|| UdpSocket::bind((CLIENT, 0)).expect("bind"));
+        s.send_to(b"x", (SERVER, 7500 + p))?;
     }
     // The gauges are refreshed each second.
     thread::sleep(Duration::from_millis(1300));

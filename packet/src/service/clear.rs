@@ -6,7 +6,7 @@ use crate::{
     counters::{Tally, WorkerCounter},
     events::{EventKind, EventSink},
     offload::FlowTable,
-    session::Session,
+    session::{Placement, Session},
     sync::{ToSync, delete_record},
 };
 
@@ -21,7 +21,7 @@ pub(super) fn ended<F: FlowTable + ?Sized>(
     flows: Option<&mut F>,
     mut rep: Option<&mut sync::WorkerSync>,
     log: Option<(&mut EventSink, EventKind)>,
-    (worker, workers): (usize, usize),
+    (worker, place): (usize, Placement),
 ) -> bool {
     let mut last = *s;
     let taken = take_back(flows, &mut last);
@@ -30,7 +30,7 @@ pub(super) fn ended<F: FlowTable + ?Sized>(
     }
     release(sets, s);
     if let Some(r) = rep.as_deref() {
-        sync::unstub(r, workers, worker, s);
+        sync::unstub(r, place, worker, s);
         if s.is_unsent() {
             r.ended_unsent(worker);
         }
@@ -57,7 +57,7 @@ impl Services {
     ) -> (Option<u32>, u64) {
         let (mut n, mut taken) = (0u64, 0u64);
         let sets = &mut self.sets;
-        let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.workers));
+        let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.placement));
         let mut flows = self.flows.as_deref_mut();
         let mut events = self.events.as_mut();
         // Stubs are another worker's sessions: that worker clears them.

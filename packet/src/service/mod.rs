@@ -27,12 +27,18 @@ use crate::{
     events::{EventKind, EventSink},
     forward::DropReason,
     offload::{self, FlowTable},
-    session::{FlowKey, Origin, Session, SessionAction, Side, Table, TcpState, table::Aged},
+    session::{
+        FlowKey, Origin, Placement, Session, SessionAction, Side, Table, TcpState, table::Aged,
+    },
     sync::{ToSync, record, refresh_record},
     wire::{self, Headers, Ip, Kind, L4, Rewrite, TCP_ACK, TCP_SYN},
 };
 
-use self::{fastpath::established, nat::PortPool, policy::Policy};
+use self::{
+    fastpath::established,
+    nat::{PortPool, Refusal},
+    policy::Policy,
+};
 
 /// What the worker does next with a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +52,10 @@ pub enum Verdict {
     /// Answer with a reset (TCP) or an administratively-prohibited
     /// unreachable (anything else); the datagram itself is dropped.
     Reject(L4),
+    /// Answer with an administratively-prohibited unreachable whatever
+    /// the protocol (RFC 5508 REQ-8: the NAT could not map the flow) and
+    /// drop the datagram, counted as this.
+    Unreachable(DropReason),
     Drop(DropReason),
 }
 
@@ -83,6 +93,7 @@ struct Set {
 pub struct Services {
     worker: usize,
     workers: usize,
+    placement: Placement,
     inside_ifindex: u32,
     sets: Vec<Set>,
     names: Vec<String>,
@@ -132,6 +143,18 @@ impl Services {
         }
     }
 
+    /// (held, all) port blocks and the subscribers of this worker's NAT
+    /// pool shares, over every service set.
+    pub fn nat_blocks(&self) -> (usize, usize, usize) {
+        self.sets
+            .iter()
+            .filter_map(|s| s.nat.as_ref())
+            .fold((0, 0, 0), |(h, t, n), p| {
+                let (held, all) = p.blocks();
+                (h + held, t + all, n + p.subscribers())
+            })
+    }
+
     /// Pairs of this worker's NAT pool shares waiting out the reuse delay.
     pub fn nat_cooling(&self) -> usize {
         self.sets
@@ -176,6 +199,7 @@ impl Services {
         Ok(Some(Self {
             worker,
             workers,
+            placement: Placement::new(cfg, workers),
             inside_ifindex,
             sets,
             names: cfg.service_sets.iter().map(|s| s.name.clone()).collect(),
@@ -233,8 +257,9 @@ impl Services {
 
     /// The worker that owns the flow of a packet with key `k` arriving on
     /// `origin`'s side: by the translated port for traffic to a pool
-    /// address, else by the ownership hash.
-    fn owner(&self, k: &FlowKey) -> usize {
+    /// address, else by [`Placement`] (the subscriber, on a node that
+    /// translates).
+    fn owner(&self, k: &FlowKey, origin: Origin) -> usize {
         if let Some(dst) = k.dst_v4()
             && let Some(pool) = self.pool_of(dst)
         {
@@ -242,15 +267,24 @@ impl Services {
                 .owner_of_port(k.dport, self.workers)
                 .unwrap_or(self.worker);
         }
-        (k.owner_hash() % self.workers as u64) as usize
+        self.placement.of(k, origin)
+    }
+
+    fn origin(&self, ingress: u32) -> Origin {
+        if ingress == self.inside_ifindex {
+            Origin::Inside
+        } else {
+            Origin::Outside
+        }
     }
 
     /// Starts loading the index entries [`Services::process`] will read for
-    /// the frame `frame` (as received: tagged or not), if this worker owns
-    /// its flow. Reads the frame, changes nothing: a batch calls it for
-    /// every frame first, so that the lookups' cache misses overlap.
+    /// the frame `frame` (as received: tagged or not) that arrived on
+    /// `ingress` (`None`: another worker handed it over), if this worker
+    /// owns its flow. Reads the frame, changes nothing: a batch calls it
+    /// for every frame first, so that the lookups' cache misses overlap.
     #[inline]
-    pub fn prefetch(&self, frame: &[u8], headers: &Headers) {
+    pub fn prefetch(&self, frame: &[u8], headers: &Headers, ingress: Option<u32>) {
         let Ok(l4) = headers.l4 else {
             return;
         };
@@ -258,7 +292,7 @@ impl Services {
             return;
         }
         let key = flow_key(frame, &headers.ip, &l4);
-        if self.owner(&key) == self.worker {
+        if ingress.is_none_or(|i| self.owner(&key, self.origin(i)) == self.worker) {
             self.table.prefetch(key.table_hash());
         }
     }
@@ -342,16 +376,12 @@ impl Services {
         if l4.kind == Kind::Fragment {
             return Verdict::Drop(DropReason::Fragment);
         }
-        let origin = if ingress == self.inside_ifindex {
-            Origin::Inside
-        } else {
-            Origin::Outside
-        };
+        let origin = self.origin(ingress);
         if let Kind::Error { inner } = l4.kind {
-            return self.icmp_error(frame, ip, &l4, inner, handed);
+            return self.icmp_error(frame, ip, &l4, inner, (origin, handed));
         }
         let key = flow_key(frame, ip, &l4);
-        let owner = self.owner(&key);
+        let owner = self.owner(&key, origin);
         if owner != self.worker && !handed {
             return Verdict::Handoff(owner);
         }
@@ -496,12 +526,27 @@ impl Services {
         let mut snat = None;
         if let Some(pool) = self.sets[set_idx].nat.as_mut() {
             if translate {
-                let Some((addr, port)) = pool.alloc() else {
-                    tally.add(WorkerCounter::NatAllocFailures, 1);
-                    if let Some(e) = self.events.as_mut() {
-                        e.exhausted(&s, now);
+                let ep = mapping_endpoint(&s);
+                let (addr, port) = match pool.bind(ep, now) {
+                    Ok(pair) => pair,
+                    Err(why) => {
+                        tally.add(WorkerCounter::NatAllocFailures, 1);
+                        tally.add(
+                            match why {
+                                Refusal::PoolExhausted => WorkerCounter::NatPoolExhausted,
+                                Refusal::SubscriberPorts => WorkerCounter::NatSubscriberPorts,
+                                Refusal::SubscriberSessions => WorkerCounter::NatSubscriberSessions,
+                                Refusal::SubscriberRate => WorkerCounter::NatSubscriberRate,
+                            },
+                            1,
+                        );
+                        if why == Refusal::PoolExhausted
+                            && let Some(e) = self.events.as_mut()
+                        {
+                            e.exhausted(&s, now);
+                        }
+                        return Verdict::Unreachable(DropReason::NatFailed);
                     }
-                    return Verdict::Drop(DropReason::NatFailed);
                 };
                 s.set_nat(addr, port);
                 snat = Some(Snat {
@@ -555,7 +600,7 @@ impl Services {
     fn early_drop(&mut self, tally: &mut Tally) -> bool {
         let found = std::cell::Cell::new(false);
         let sets = &mut self.sets;
-        let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.workers));
+        let (mut rep, ids) = (self.sync.as_mut(), (self.worker, self.placement));
         let mut flows = self.flows.as_deref_mut();
         let mut events = self.events.as_mut();
         let from = self.early_cursor;
@@ -593,7 +638,7 @@ impl Services {
         ip: &Ip,
         l4: &L4,
         inner: usize,
-        handed: bool,
+        (origin, handed): (Origin, bool),
     ) -> Verdict {
         let end = ip.l3() + ip.datagram_len();
         let quoted = match ip {
@@ -613,7 +658,7 @@ impl Services {
             },
         };
         let key = quoted.reversed();
-        let owner = self.owner(&key);
+        let owner = self.owner(&key, origin);
         if owner != self.worker && !handed {
             return Verdict::Handoff(owner);
         }
@@ -660,7 +705,7 @@ impl Services {
         }
         let mut n = 0;
         let sets = &mut self.sets;
-        let (mut rep, worker, workers) = (self.sync.as_mut(), self.worker, self.workers);
+        let (mut rep, worker, place) = (self.sync.as_mut(), self.worker, self.placement);
         let mut events = self.events.as_mut();
         // Read by both closures below, one at a time.
         let now_ns = self.flows.as_ref().map_or(0, |f| f.now_ns());
@@ -679,7 +724,7 @@ impl Services {
                 Aged::Expired => {
                     n += 1;
                     let flows = &mut *flows.borrow_mut();
-                    let ids = (worker, workers);
+                    let ids = (worker, place);
                     let log = events.as_deref_mut().map(|e| (e, EventKind::Expired));
                     if clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids) {
                         taken.set(taken.get() + 1);
@@ -704,7 +749,14 @@ impl Services {
 /// Slots an early drop searches for a session to end.
 const EARLY_DROP_SLOTS: usize = 64;
 
-/// Returns the NAT binding of `s`, if any, to its set's pool.
+/// The inside endpoint of a translated session's mapping (an echo's
+/// identifier is its port).
+fn mapping_endpoint(s: &Session) -> u64 {
+    nat::endpoint(s.key.src_v4().unwrap_or_default(), s.key.sport, s.key.proto)
+}
+
+/// A session that held a NAT binding ended: its mapping loses a user
+/// (see [`PortPool::unbind`]).
 fn release(sets: &mut [Set], s: &Session) {
     if s.remote == 0
         && let Some((addr, port)) = s.nat()
@@ -712,7 +764,7 @@ fn release(sets: &mut [Set], s: &Session) {
             .get_mut(usize::from(s.service_set))
             .and_then(|x| x.nat.as_mut())
     {
-        pool.release(addr, port);
+        pool.unbind(addr, port, mapping_endpoint(s), false);
     }
 }
 
@@ -723,7 +775,7 @@ fn unalloc(sets: &mut [Set], s: &Session) {
             .get_mut(usize::from(s.service_set))
             .and_then(|x| x.nat.as_mut())
     {
-        pool.unalloc(addr, port);
+        pool.unbind(addr, port, mapping_endpoint(s), true);
     }
 }
 

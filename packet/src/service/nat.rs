@@ -1,21 +1,115 @@
-//! NAPT44 port pools, partitioned across workers.
+//! NAPT44 port pools, partitioned across workers, handed out to
+//! subscribers in blocks.
 //!
 //! Design: a pool's port range is cut into one contiguous slice per worker,
 //! the same slice on every pool address, so the owner of a translated flow
 //! follows from its port alone: return traffic is handed to that worker.
+//! A subscriber (inside address) lives on one worker
+//! ([`crate::session::Placement`]) and takes that worker's slice a block
+//! of `block_size` ports at a time, up to `blocks_per_subscriber` blocks,
+//! all on one pool address (paired pooling: the first block picks it).
+//! Its mappings take ports of its blocks only, so a subscriber flooding
+//! new flows exhausts its own blocks, never another's (RFC 6888 REQ-4),
+//! and a block's allocation and release is one log line for all its
+//! ports. Under endpoint-independent mapping (RFC 4787 REQ-1) an inside
+//! (address, port, protocol) keeps one external pair for all its
+//! sessions: a mapping, counted by the sessions that use it.
+//!
 //! Each worker keeps a bitmap of its (address, port) pairs, allocated once
-//! at start. Allocation starts its search at a random pair (RFC 6056's
+//! at start, and per pair the mapping's inside endpoint and use count.
+//! A port is searched for from a random place in a block (RFC 6056's
 //! simple randomization: an off-path attacker cannot guess the next
 //! port), and a released pair waits out the reuse delay (RFC 6888 REQ-8,
 //! 120 s by default) in a queue before it is free again, so a new
 //! mapping never gets a port whose last flow's stragglers may still
-//! arrive. A standby marks the bindings its peer replicates with
-//! [`PortPool::reserve`], so it never hands them out again after a
-//! failover, and its own releases wait out the delay too.
+//! arrive. A block goes back to the pool when its last mapping ends; it
+//! is handed out again only once none of its ports is bound or cooling.
+//! A standby marks the bindings its peer replicates with
+//! [`PortPool::reserve`] (rebuilding the mappings, blocks and counts from
+//! them), so it never hands them out again after a failover. Nothing here
+//! allocates after start.
 
 use std::{collections::VecDeque, net::Ipv4Addr};
 
-use tandem_control::config::Nat;
+use hashbrown::HashMap;
+use tandem_control::config::{MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat};
+
+/// An inside endpoint, packed: protocol (bits 48-55), port (32-47),
+/// address (0-31). Never 0 for a translated flow (its protocol is not).
+pub fn endpoint(addr: [u8; 4], port: u16, proto: u8) -> u64 {
+    u64::from(proto) << 48 | u64::from(port) << 32 | u64::from(u32::from_be_bytes(addr))
+}
+
+/// The subscriber (inside address) of an endpoint.
+fn subscriber_of(ep: u64) -> u32 {
+    ep as u32
+}
+
+/// Why a new flow got no mapping: each has its own counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No block left for the subscriber (on its pool address, once it
+    /// has one), or no room for another subscriber.
+    PoolExhausted,
+    /// The subscriber holds all its blocks and every port of them is
+    /// bound or cooling.
+    SubscriberPorts,
+    /// The subscriber has `sessions_per_subscriber` sessions.
+    SubscriberSessions,
+    /// The subscriber opened `subscriber_sessions_per_sec` this second.
+    SubscriberRate,
+}
+
+/// One subscriber's share: its blocks and counts.
+#[derive(Clone, Copy, Debug)]
+struct Subscriber {
+    blocks: [u32; MAX_BLOCKS_PER_SUBSCRIBER as usize],
+    n: u8,
+    /// Its pool address (index), while it holds a block.
+    addr: u8,
+    /// Mappings (bound pairs) and sessions it has.
+    ports: u32,
+    sessions: u32,
+    /// New sessions left this second, and the second.
+    tokens: u32,
+    second: u32,
+}
+
+impl Subscriber {
+    fn new(now: u32, rate: u32) -> Self {
+        Self {
+            blocks: [0; MAX_BLOCKS_PER_SUBSCRIBER as usize],
+            n: 0,
+            addr: 0,
+            ports: 0,
+            sessions: 0,
+            tokens: rate,
+            second: now,
+        }
+    }
+
+    fn remove_block(&mut self, b: u32) {
+        let n = usize::from(self.n);
+        if let Some(i) = self.blocks[..n].iter().position(|&x| x == b) {
+            self.blocks[i] = self.blocks[n - 1];
+            self.n -= 1;
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.n == 0 && self.sessions == 0 && self.ports == 0
+    }
+}
+
+/// One subscriber as views show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriberView {
+    pub inside: [u8; 4],
+    pub pool_addr: [u8; 4],
+    pub blocks: u32,
+    pub ports: u32,
+    pub sessions: u32,
+}
 
 /// One worker's share of a NAT pool.
 #[derive(Debug, Clone)]
@@ -26,13 +120,17 @@ pub struct PortPool {
     span: u32,
     /// This worker's first port.
     first: u16,
-    /// Bit `a * span + (port - first)` is set while that pair is bound;
-    /// the bits past the last pair are set for good.
+    /// Bit `a * span + (port - first)` is set while that pair is bound
+    /// or cooling; the bits past the last pair are set for good.
     used: Vec<u64>,
-    /// Per pair: the table slot of the synced session holding it, so a
+    /// Per pair: the table slot of a synced session holding it, so a
     /// newer binding from the peer can evict a stale one (`u32::MAX`: none
     /// recorded).
     holders: Vec<u32>,
+    /// Per pair: the inside endpoint of its mapping (0: none), and the
+    /// sessions using it.
+    ep: Vec<u64>,
+    refs: Vec<u32>,
     free: usize,
     /// Set while a released pair waits out the reuse delay (its `used`
     /// bit stays set meanwhile).
@@ -43,12 +141,25 @@ pub struct PortPool {
     delay: u32,
     /// The session clock's second, as [`Self::tick`] last set it.
     now: u32,
-    /// xorshift64 state for the search's random start.
+    /// xorshift64 state for the searches' random starts.
     rng: u64,
-    /// Where the next search starts, drawn (and its bitmap word
-    /// prefetched) when the last one ended: the random start's cache
-    /// miss overlaps the packets in between.
-    next_from: usize,
+    /// Endpoint-independent mapping: inside endpoint to pair.
+    eim: bool,
+    mappings: HashMap<u64, u32, foldhash::fast::RandomState>,
+    /// Ports per block, and blocks per pool address (the last one of an
+    /// address may be shorter).
+    block: u32,
+    per_addr: u32,
+    /// Per block (`a * per_addr + b`): the subscriber holding it (0: none)
+    /// and the mappings bound in it.
+    block_owner: Vec<u32>,
+    block_maps: Vec<u32>,
+    blocks_held: usize,
+    subs: HashMap<u32, Subscriber, foldhash::fast::RandomState>,
+    subs_cap: usize,
+    max_blocks: u8,
+    max_sessions: u32,
+    rate: u32,
 }
 
 /// Why a worker's share of a NAT pool could not be made.
@@ -56,6 +167,42 @@ pub struct PortPool {
 pub enum PoolError {
     #[error("NAT port range {lo}-{hi} has fewer ports than the {workers} workers")]
     TooFewPorts { lo: u16, hi: u16, workers: usize },
+}
+
+/// The first clear bit of `used` in `from..to`.
+fn first_clear(used: &[u64], from: usize, to: usize) -> Option<usize> {
+    let mut i = from;
+    while i < to {
+        let w = i / 64;
+        let end = (w + 1) * 64;
+        let mut word = used[w] | ((1u64 << (i % 64)) - 1);
+        if to < end {
+            word |= !0u64 << (to % 64);
+        }
+        if word != !0 {
+            return Some(w * 64 + word.trailing_ones() as usize);
+        }
+        i = end;
+    }
+    None
+}
+
+/// Whether every bit of `used` in `from..to` is clear.
+fn all_clear(used: &[u64], from: usize, to: usize) -> bool {
+    let mut i = from;
+    while i < to {
+        let w = i / 64;
+        let end = (w + 1) * 64;
+        let mut mask = !((1u64 << (i % 64)) - 1);
+        if to < end {
+            mask &= (1u64 << (to % 64)) - 1;
+        }
+        if used[w] & mask != 0 {
+            return false;
+        }
+        i = end;
+    }
+    true
 }
 
 impl PortPool {
@@ -78,6 +225,11 @@ impl PortPool {
         if !pairs.is_multiple_of(64) {
             *used.last_mut().expect("at least one word") = !0u64 << (pairs % 64);
         }
+        let block = u32::from(nat.block_size.max(1)).min(span);
+        let per_addr = span.div_ceil(block);
+        let blocks = addrs.len() * per_addr as usize;
+        let hasher = foldhash::fast::RandomState::default;
+        let eim = nat.mapping == Mapping::EndpointIndependent;
         Ok(Self {
             addrs,
             lo: nat.ports.lo,
@@ -85,6 +237,8 @@ impl PortPool {
             first: first as u16,
             used,
             holders: vec![u32::MAX; pairs],
+            ep: vec![0; pairs],
+            refs: vec![0; pairs],
             free: pairs,
             cooling: vec![0u64; pairs.div_ceil(64)],
             queue: VecDeque::with_capacity(pairs),
@@ -92,11 +246,20 @@ impl PortPool {
             now: 0,
             // Per process and worker: a random seed (never 0).
             rng: std::collections::hash_map::RandomState::new().hash_one(worker) | 1,
-            next_from: 0,
-        })
-        .map(|mut p: Self| {
-            p.next_from = p.draw();
-            p
+            eim,
+            mappings: HashMap::with_capacity_and_hasher(if eim { pairs } else { 0 }, hasher()),
+            block,
+            per_addr,
+            block_owner: vec![0; blocks],
+            block_maps: vec![0; blocks],
+            blocks_held: 0,
+            // Each subscriber holds a block while it has a mapping; a few
+            // more for a standby's records that name a block another holds.
+            subs: HashMap::with_capacity_and_hasher(blocks + 64, hasher()),
+            subs_cap: blocks + 64,
+            max_blocks: nat.blocks_per_subscriber.min(MAX_BLOCKS_PER_SUBSCRIBER) as u8,
+            max_sessions: nat.sessions_per_subscriber,
+            rate: nat.subscriber_sessions_per_sec,
         })
     }
 
@@ -124,23 +287,21 @@ impl PortPool {
         self.cooling.iter().map(|w| w.count_ones() as usize).sum()
     }
 
-    /// The search starts at the first pair: the lowest free one goes
-    /// first (a zero xorshift state stays zero).
+    /// Searches start at the first pair of a block and blocks are taken
+    /// lowest first (a zero xorshift state stays zero).
     #[cfg(test)]
     pub(crate) fn lowest_first(&mut self) {
         self.rng = 0;
-        self.next_from = 0;
     }
 
-    /// A random pair (xorshift64, scaled to the pairs without a
-    /// division).
-    fn draw(&mut self) -> usize {
+    /// A random number below `n` (xorshift64, scaled without a division).
+    fn draw(&mut self, n: usize) -> usize {
         let mut x = self.rng;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         self.rng = x;
-        (((x >> 32) * self.holders.len() as u64) >> 32) as usize
+        (((x >> 32) * n as u64) >> 32) as usize
     }
 
     pub fn is_pool_address(&self, a: [u8; 4]) -> bool {
@@ -164,40 +325,215 @@ impl PortPool {
         Some(a * self.span as usize + off as usize)
     }
 
-    /// A free pair, searched for from a random one on.
-    pub fn alloc(&mut self) -> Option<([u8; 4], u16)> {
-        if self.free == 0 {
+    fn pair(&self, bit: usize) -> ([u8; 4], u16) {
+        let span = self.span as usize;
+        let port = u32::from(self.first) + (bit % span) as u32;
+        (self.addrs[bit / span], port as u16)
+    }
+
+    /// The block of a pair's bit.
+    fn block_of(&self, bit: usize) -> usize {
+        let span = self.span as usize;
+        (bit / span) * self.per_addr as usize + (bit % span) / self.block as usize
+    }
+
+    /// The bits of block `b`.
+    fn block_bits(&self, b: usize) -> (usize, usize) {
+        let per = self.per_addr as usize;
+        let (a, i) = (b / per, b % per);
+        let base = a * self.span as usize;
+        let lo = base + i * self.block as usize;
+        (
+            lo,
+            (lo + self.block as usize).min(base + self.span as usize),
+        )
+    }
+
+    /// A free block on pool address `addr` (any, if `None`), from a
+    /// random one on: held by nobody, none of its ports bound or cooling.
+    fn free_block(&mut self, addr: Option<usize>) -> Option<usize> {
+        let per = self.per_addr as usize;
+        let (base, n) = match addr {
+            Some(a) => (a * per, per),
+            None => (0, self.block_owner.len()),
+        };
+        if self.blocks_held == self.block_owner.len() {
             return None;
         }
-        let words = self.used.len();
-        let from = self.next_from;
-        self.next_from = self.draw();
-        crate::hint::prefetch(std::ptr::from_ref(&self.used[self.next_from / 64]).cast());
-        let (start, skip) = (from / 64, from % 64);
-        // The start word twice: first its bits from the cursor on, last
-        // the ones before it.
-        for i in 0..=words {
-            let w = (start + i) % words;
-            let mut word = self.used[w];
-            if i == 0 {
-                word |= (1u64 << skip) - 1;
+        let start = self.draw(n);
+        (0..n).map(|i| base + (start + i) % n).find(|&b| {
+            let (lo, hi) = self.block_bits(b);
+            self.block_owner[b] == 0 && all_clear(&self.used, lo, hi)
+        })
+    }
+
+    /// A mapping for the inside endpoint `ep` (see [`endpoint`]) of a new
+    /// session at `now`: its existing one under endpoint-independent
+    /// mapping, else a free pair of the subscriber's blocks (a new block
+    /// when they are full and it may hold another). Counts the session
+    /// against the subscriber's limits.
+    pub fn bind(&mut self, ep: u64, now: u32) -> Result<([u8; 4], u16), Refusal> {
+        let who = subscriber_of(ep);
+        let mut sub = match self.subs.get(&who) {
+            Some(s) => *s,
+            None if self.subs.len() >= self.subs_cap => return Err(Refusal::PoolExhausted),
+            None => Subscriber::new(now, self.rate),
+        };
+        if self.max_sessions != 0 && sub.sessions >= self.max_sessions {
+            return Err(Refusal::SubscriberSessions);
+        }
+        if self.rate != 0 {
+            if sub.second != now {
+                sub.second = now;
+                sub.tokens = self.rate;
             }
-            if word != !0 {
-                let b = word.trailing_ones() as usize;
-                self.used[w] |= 1 << b;
-                let pair = w * 64 + b;
-                self.free -= 1;
-                let span = self.span as usize;
-                let port = u32::from(self.first) + (pair % span) as u32;
-                return Some((self.addrs[pair / span], port as u16));
+            if sub.tokens == 0 {
+                self.subs.insert(who, sub);
+                return Err(Refusal::SubscriberRate);
+            }
+        }
+        if self.eim
+            && let Some(&bit) = self.mappings.get(&ep)
+        {
+            let bit = bit as usize;
+            self.refs[bit] += 1;
+            sub.sessions += 1;
+            sub.tokens = sub.tokens.saturating_sub(1);
+            self.subs.insert(who, sub);
+            return Ok(self.pair(bit));
+        }
+        let found = self.search(&sub);
+        let bit = match found {
+            Some(bit) => bit,
+            None if sub.n >= self.max_blocks => {
+                self.subs.insert(who, sub);
+                return Err(Refusal::SubscriberPorts);
+            }
+            None => {
+                let on = (sub.n > 0).then_some(usize::from(sub.addr));
+                let Some(b) = self.free_block(on) else {
+                    if !sub.idle() {
+                        self.subs.insert(who, sub);
+                    }
+                    return Err(Refusal::PoolExhausted);
+                };
+                self.block_owner[b] = who;
+                self.blocks_held += 1;
+                sub.blocks[usize::from(sub.n)] = b as u32;
+                sub.n += 1;
+                sub.addr = (b / self.per_addr as usize) as u8;
+                let (lo, hi) = self.block_bits(b);
+                let off = self.draw(hi - lo);
+                first_clear(&self.used, lo + off, hi)
+                    .or_else(|| first_clear(&self.used, lo, lo + off))
+                    .expect("a free block has free ports")
+            }
+        };
+        self.take(bit, ep);
+        sub.ports += 1;
+        sub.sessions += 1;
+        sub.tokens = sub.tokens.saturating_sub(1);
+        self.subs.insert(who, sub);
+        Ok(self.pair(bit))
+    }
+
+    /// A free pair in `sub`'s blocks, from a random block and port on.
+    fn search(&mut self, sub: &Subscriber) -> Option<usize> {
+        let n = usize::from(sub.n);
+        if n == 0 {
+            return None;
+        }
+        let start = self.draw(n);
+        for i in 0..n {
+            let b = sub.blocks[(start + i) % n] as usize;
+            let (lo, hi) = self.block_bits(b);
+            let off = self.draw(hi - lo);
+            let found = first_clear(&self.used, lo + off, hi)
+                .or_else(|| first_clear(&self.used, lo, lo + off));
+            if found.is_some() {
+                return found;
             }
         }
         None
     }
 
-    /// Marks a binding made elsewhere (by the peer) as taken; false when
-    /// the pair is not in this share or is already bound here.
-    pub fn reserve(&mut self, addr: [u8; 4], port: u16) -> bool {
+    /// Binds the free pair `bit` to the mapping of `ep`.
+    fn take(&mut self, bit: usize, ep: u64) {
+        self.used[bit / 64] |= 1 << (bit % 64);
+        self.free -= 1;
+        self.ep[bit] = ep;
+        self.refs[bit] = 1;
+        if self.eim {
+            self.mappings.insert(ep, bit as u32);
+        }
+        let b = self.block_of(bit);
+        self.block_maps[b] += 1;
+    }
+
+    /// A session of `ep` on (`addr`, `port`) ended (or, if `refused`, was
+    /// refused before it carried a packet): the mapping loses a user; the
+    /// last one's end releases the pair (at once if `refused`, else after
+    /// the reuse delay), and a block whose last mapping went goes back to
+    /// the pool.
+    pub fn unbind(&mut self, addr: [u8; 4], port: u16, ep: u64, refused: bool) {
+        let who = subscriber_of(ep);
+        if let Some(s) = self.subs.get_mut(&who) {
+            s.sessions = s.sessions.saturating_sub(1);
+        }
+        let Some(bit) = self.bit(addr, port) else {
+            self.forget_if_idle(who);
+            return;
+        };
+        if self.ep[bit] != ep || self.refs[bit] == 0 {
+            // The pair went to a newer binding from the peer meanwhile.
+            self.forget_if_idle(who);
+            return;
+        }
+        self.refs[bit] -= 1;
+        if self.refs[bit] > 0 {
+            return;
+        }
+        self.ep[bit] = 0;
+        self.holders[bit] = u32::MAX;
+        if self.mappings.get(&ep) == Some(&(bit as u32)) {
+            self.mappings.remove(&ep);
+        }
+        if let Some(s) = self.subs.get_mut(&who) {
+            s.ports = s.ports.saturating_sub(1);
+        }
+        let (w, m) = (bit / 64, 1u64 << (bit % 64));
+        if refused || self.delay == 0 {
+            self.used[w] &= !m;
+            self.free += 1;
+        } else {
+            self.cooling[w] |= m;
+            self.queue.push_back((bit as u32, self.now));
+        }
+        let b = self.block_of(bit);
+        self.block_maps[b] -= 1;
+        if self.block_maps[b] == 0 && self.block_owner[b] != 0 {
+            let owner = self.block_owner[b];
+            self.block_owner[b] = 0;
+            self.blocks_held -= 1;
+            if let Some(s) = self.subs.get_mut(&owner) {
+                s.remove_block(b as u32);
+            }
+            self.forget_if_idle(owner);
+        }
+        self.forget_if_idle(who);
+    }
+
+    fn forget_if_idle(&mut self, who: u32) {
+        if self.subs.get(&who).is_some_and(Subscriber::idle) {
+            self.subs.remove(&who);
+        }
+    }
+
+    /// Marks a binding the peer made (a replicated session of `ep` on
+    /// (`addr`, `port`)) as taken, with its mapping, block and counts;
+    /// false when the pair is not in this share or another endpoint's
+    /// mapping holds it here (see [`Self::steal`]).
+    pub fn reserve(&mut self, addr: [u8; 4], port: u16, ep: u64) -> bool {
         let Some(bit) = self.bit(addr, port) else {
             return false;
         };
@@ -205,14 +541,75 @@ impl PortPool {
         if self.cooling[w] & m != 0 {
             // Released here, bound again by the peer: its binding wins.
             self.cooling[w] &= !m;
+            self.used[w] &= !m;
+            self.free += 1;
+        } else if self.refs[bit] > 0 && self.ep[bit] == ep {
+            self.refs[bit] += 1;
+            self.count_session(ep, None);
             return true;
-        }
-        if self.used[w] & m != 0 {
+        } else if self.used[w] & m != 0 {
             return false;
         }
-        self.used[w] |= m;
-        self.free -= 1;
+        self.take(bit, ep);
+        self.count_session(ep, Some(bit));
         true
+    }
+
+    /// Gives the pair (`addr`, `port`), held here by another endpoint's
+    /// mapping (a stale copy: the peer's binding wins), to `ep`'s. The
+    /// sessions left on the old mapping no longer release it.
+    pub fn steal(&mut self, addr: [u8; 4], port: u16, ep: u64) -> bool {
+        let Some(bit) = self.bit(addr, port) else {
+            return false;
+        };
+        let old = self.ep[bit];
+        if old == 0 {
+            return self.reserve(addr, port, ep);
+        }
+        if self.mappings.get(&old) == Some(&(bit as u32)) {
+            self.mappings.remove(&old);
+        }
+        if let Some(s) = self.subs.get_mut(&subscriber_of(old)) {
+            s.ports = s.ports.saturating_sub(1);
+        }
+        self.forget_if_idle(subscriber_of(old));
+        self.ep[bit] = ep;
+        self.refs[bit] = 1;
+        if self.eim {
+            self.mappings.insert(ep, bit as u32);
+        }
+        self.count_session(ep, Some(bit));
+        true
+    }
+
+    /// Counts a replicated session of `ep` (and, if `bit` is set, its new
+    /// mapping) against its subscriber, which takes the pair's block if
+    /// nobody holds it.
+    fn count_session(&mut self, ep: u64, bit: Option<usize>) {
+        use hashbrown::hash_map::Entry;
+        let who = subscriber_of(ep);
+        let (now, rate) = (self.now, self.rate);
+        let block = bit.map(|b| (self.block_of(b), b / self.span as usize));
+        let claim = block.is_some_and(|(b, _)| self.block_owner[b] == 0);
+        let sub = match self.subs.entry(who) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Subscriber::new(now, rate)),
+        };
+        sub.sessions += 1;
+        if bit.is_some() {
+            sub.ports += 1;
+        }
+        if let Some((b, a)) = block
+            && claim
+        {
+            if usize::from(sub.n) < sub.blocks.len() {
+                sub.blocks[usize::from(sub.n)] = b as u32;
+                sub.n += 1;
+                sub.addr = a as u8;
+            }
+            self.block_owner[b] = who;
+            self.blocks_held += 1;
+        }
     }
 
     /// Records the table slot of the synced session that holds a pair.
@@ -226,38 +623,7 @@ impl PortPool {
     pub fn holder(&self, addr: [u8; 4], port: u16) -> Option<u32> {
         let bit = self.bit(addr, port)?;
         let h = self.holders[bit];
-        (h != u32::MAX && self.used[bit / 64] & 1 << (bit % 64) != 0).then_some(h)
-    }
-
-    /// Returns a pair [`Self::alloc`] handed out or [`Self::reserve`]
-    /// took: free again once the reuse delay has passed.
-    pub fn release(&mut self, addr: [u8; 4], port: u16) {
-        if let Some(bit) = self.bit(addr, port) {
-            self.holders[bit] = u32::MAX;
-            let (w, m) = (bit / 64, 1u64 << (bit % 64));
-            if self.used[w] & m == 0 || self.cooling[w] & m != 0 {
-                return;
-            }
-            if self.delay == 0 {
-                self.used[w] &= !m;
-                self.free += 1;
-            } else {
-                self.cooling[w] |= m;
-                self.queue.push_back((bit as u32, self.now));
-            }
-        }
-    }
-
-    /// Returns a pair [`Self::alloc`] just handed out for a flow that was
-    /// then refused (it never carried a packet): free at once.
-    pub fn unalloc(&mut self, addr: [u8; 4], port: u16) {
-        if let Some(bit) = self.bit(addr, port) {
-            let (w, m) = (bit / 64, 1u64 << (bit % 64));
-            if self.used[w] & m != 0 && self.cooling[w] & m == 0 {
-                self.used[w] &= !m;
-                self.free += 1;
-            }
-        }
+        (h != u32::MAX && self.refs[bit] > 0).then_some(h)
     }
 
     pub fn available(&self) -> usize {
@@ -267,6 +633,36 @@ impl PortPool {
     /// The (address, port) pairs of this share.
     pub fn size(&self) -> usize {
         self.holders.len()
+    }
+
+    /// Blocks held by a subscriber, and blocks in all.
+    pub fn blocks(&self) -> (usize, usize) {
+        (self.blocks_held, self.block_owner.len())
+    }
+
+    /// Subscribers with a mapping or a session here.
+    pub fn subscribers(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Mappings (bound pairs) in use.
+    pub fn mappings(&self) -> usize {
+        self.refs.iter().filter(|&&r| r > 0).count()
+    }
+
+    /// The subscribers, for views.
+    pub fn subscriber_views(&self) -> impl Iterator<Item = SubscriberView> + '_ {
+        self.subs.iter().map(|(&who, s)| SubscriberView {
+            inside: who.to_be_bytes(),
+            pool_addr: if s.n > 0 {
+                self.addrs[usize::from(s.addr)]
+            } else {
+                [0; 4]
+            },
+            blocks: u32::from(s.n),
+            ports: s.ports,
+            sessions: s.sessions,
+        })
     }
 }
 
@@ -283,18 +679,34 @@ mod tests {
                 .collect(),
             ports: PortRange { lo, hi },
             port_reuse_delay_s: 0,
+            mapping: Mapping::EndpointIndependent,
+            block_size: 4,
+            blocks_per_subscriber: 2,
+            sessions_per_subscriber: 0,
+            subscriber_sessions_per_sec: 0,
         }
+    }
+
+    /// Endpoint `port` of inside host 10.0.0.`host`, UDP.
+    fn ep(host: u8, port: u16) -> u64 {
+        endpoint([10, 0, 0, host], port, 17)
     }
 
     #[test]
     fn shares_are_disjoint_and_owned() {
-        let n = nat(1024, 1033, 2);
+        let mut n = nat(1024, 1033, 2);
+        n.blocks_per_subscriber = 32;
         let mut pools: Vec<_> = (0..3).map(|w| PortPool::new(&n, w, 3).unwrap()).collect();
         let mut seen = std::collections::HashSet::new();
         for (w, p) in pools.iter_mut().enumerate() {
-            while let Some((a, port)) = p.alloc() {
-                assert!(seen.insert((a, port)), "{a:?}:{port} twice");
-                assert_eq!(p.owner_of_port(port, 3), Some(w));
+            // One host per address (paired pooling keeps a host on one).
+            for host in 1..=2 {
+                let mut port = 0;
+                while let Ok((a, pt)) = p.bind(ep(host, port), 0) {
+                    assert!(seen.insert((a, pt)), "{a:?}:{pt} twice");
+                    assert_eq!(p.owner_of_port(pt, 3), Some(w));
+                    port += 1;
+                }
             }
         }
         // 10 ports / 3 workers = 3 each (1033 is left over), on 2 addresses.
@@ -304,16 +716,98 @@ mod tests {
     }
 
     #[test]
-    fn released_ports_come_back_and_foreign_ones_do_not() {
-        let mut p = PortPool::new(&nat(2000, 2003, 1), 1, 2).unwrap();
-        p.lowest_first();
-        assert_eq!(p.available(), 2);
-        let (a, port) = p.alloc().unwrap();
-        assert_eq!(port, 2002);
-        p.release(a, port);
-        p.release(a, 2000); // worker 0's port
-        p.release([1, 2, 3, 4], 2003);
-        assert_eq!(p.available(), 2);
+    fn an_endpoint_keeps_its_mapping_and_the_last_session_releases_it() {
+        let mut p = PortPool::new(&nat(2000, 2099, 1), 0, 1).unwrap();
+        let a = p.bind(ep(1, 5000), 0).unwrap();
+        assert_eq!(
+            p.bind(ep(1, 5000), 0),
+            Ok(a),
+            "a second session, same mapping"
+        );
+        let b = p.bind(ep(1, 5001), 0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(p.mappings(), 2);
+        p.unbind(a.0, a.1, ep(1, 5000), false);
+        assert_eq!(p.mappings(), 2, "one session left on it");
+        p.unbind(a.0, a.1, ep(1, 5000), false);
+        assert_eq!(p.mappings(), 1);
+        // A session of another endpoint does not release the pair.
+        p.unbind(b.0, b.1, ep(1, 9999), false);
+        assert_eq!(p.mappings(), 1);
+        p.unbind(b.0, b.1, ep(1, 5001), false);
+        assert_eq!((p.mappings(), p.subscribers(), p.blocks().0), (0, 0, 0));
+        assert_eq!(p.available(), 100);
+    }
+
+    #[test]
+    fn address_and_port_dependent_mapping_takes_a_pair_per_session() {
+        let mut n = nat(2000, 2099, 1);
+        n.mapping = Mapping::AddressAndPortDependent;
+        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let a = p.bind(ep(1, 5000), 0).unwrap();
+        assert_ne!(p.bind(ep(1, 5000), 0).unwrap(), a);
+    }
+
+    #[test]
+    fn a_subscriber_stays_within_its_blocks_and_others_are_not_hurt() {
+        // Blocks of 4 ports, 2 per subscriber, on 2 addresses.
+        let mut p = PortPool::new(&nat(3000, 3015, 2), 0, 1).unwrap();
+        let mut mine = Vec::new();
+        for port in 0..8 {
+            mine.push(p.bind(ep(1, port), 0).unwrap());
+        }
+        assert_eq!(p.bind(ep(1, 8), 0), Err(Refusal::SubscriberPorts));
+        // Paired pooling: one address for all of them.
+        assert!(mine.iter().all(|(a, _)| *a == mine[0].0), "{mine:?}");
+        // Its two blocks: 8 ports in two aligned runs of 4.
+        let mut blocks: Vec<u16> = mine.iter().map(|(_, pt)| (pt - 3000) / 4).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        assert_eq!(blocks.len(), 2);
+        // Three more subscribers: the other 6 blocks of 8 ports... two
+        // blocks for 2, then the pool runs out.
+        for host in 2..=4 {
+            for port in 0..8 {
+                let r = p.bind(ep(host, port), 0);
+                assert!(r.is_ok(), "host {host} port {port}: {r:?}");
+            }
+        }
+        assert_eq!(p.bind(ep(5, 0), 0), Err(Refusal::PoolExhausted));
+        assert_eq!(p.blocks(), (8, 8));
+        assert_eq!(p.subscribers(), 4);
+        // Host 1 lets go of one block's ports: that block is free again,
+        // and another subscriber may take it.
+        for (i, &(a, pt)) in mine.iter().enumerate() {
+            if (pt - 3000) / 4 == blocks[0] {
+                p.unbind(a, pt, ep(1, i as u16), false);
+            }
+        }
+        assert_eq!(p.blocks(), (7, 8));
+        assert!(p.bind(ep(5, 0), 0).is_ok());
+    }
+
+    #[test]
+    fn subscriber_session_and_rate_limits() {
+        let mut n = nat(4000, 4099, 1);
+        n.sessions_per_subscriber = 3;
+        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        for _ in 0..3 {
+            p.bind(ep(1, 1), 10).unwrap();
+        }
+        assert_eq!(p.bind(ep(1, 2), 10), Err(Refusal::SubscriberSessions));
+        assert!(p.bind(ep(2, 2), 10).is_ok(), "another subscriber");
+        n.sessions_per_subscriber = 0;
+        n.subscriber_sessions_per_sec = 5;
+        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        // Five sessions this second: the sixth waits for the next second,
+        // on a new mapping or on an existing one.
+        for port in 1..=5 {
+            p.bind(ep(2, port), 10).unwrap();
+        }
+        assert_eq!(p.bind(ep(2, 1), 10), Err(Refusal::SubscriberRate));
+        assert_eq!(p.bind(ep(2, 6), 10), Err(Refusal::SubscriberRate));
+        assert!(p.bind(ep(3, 6), 10).is_ok(), "another subscriber");
+        assert!(p.bind(ep(2, 6), 11).is_ok(), "the next second");
     }
 
     #[test]
@@ -322,25 +816,33 @@ mod tests {
     }
 
     #[test]
-    fn reserved_pairs_are_never_handed_out() {
-        // 130 pairs: three bitmap words, the last one partial.
-        let mut p = PortPool::new(&nat(3000, 3064, 2), 0, 1).unwrap();
-        assert_eq!(p.available(), 130);
-        assert!(p.reserve([198, 18, 2, 100], 3001));
-        assert!(!p.reserve([198, 18, 2, 100], 3001), "twice");
-        assert!(!p.reserve([198, 18, 2, 100], 2999), "outside the range");
-        assert!(!p.reserve([1, 2, 3, 4], 3002), "not a pool address");
-        assert!(p.reserve([198, 18, 2, 101], 3064));
-        let mut seen = std::collections::HashSet::new();
-        while let Some(pair) = p.alloc() {
-            assert!(seen.insert(pair));
-        }
-        assert_eq!(seen.len(), 128);
-        assert!(!seen.contains(&([198, 18, 2, 100], 3001)));
-        assert!(!seen.contains(&([198, 18, 2, 101], 3064)));
-        p.release([198, 18, 2, 100], 3001);
-        assert_eq!(p.alloc(), Some(([198, 18, 2, 100], 3001)));
-        assert_eq!(p.available(), 0);
+    fn reserved_pairs_are_never_handed_out_and_rebuild_the_mappings() {
+        let mut n = nat(3000, 3063, 1);
+        n.block_size = 64;
+        n.blocks_per_subscriber = 1;
+        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let pool = [198, 18, 2, 100];
+        assert!(p.reserve(pool, 3001, ep(1, 7)));
+        assert!(
+            p.reserve(pool, 3001, ep(1, 7)),
+            "a second session of the mapping"
+        );
+        assert!(!p.reserve(pool, 3001, ep(2, 7)), "another endpoint's");
+        assert!(!p.reserve(pool, 2999, ep(1, 8)), "outside the range");
+        assert!(
+            !p.reserve([1, 2, 3, 4], 3002, ep(1, 8)),
+            "not a pool address"
+        );
+        assert_eq!((p.mappings(), p.subscribers(), p.blocks().0), (1, 1, 1));
+        // After a failover the endpoint keeps its pair.
+        assert_eq!(p.bind(ep(1, 7), 0), Ok((pool, 3001)));
+        // Host 2's first binding needs a block: host 1 holds the only one.
+        assert_eq!(p.bind(ep(2, 1), 0), Err(Refusal::PoolExhausted));
+        // A stale copy loses to the peer's newer binding.
+        assert!(p.steal(pool, 3001, ep(2, 7)));
+        assert_eq!(p.bind(ep(2, 7), 0), Ok((pool, 3001)));
+        p.unbind(pool, 3001, ep(1, 7), false);
+        assert_eq!(p.mappings(), 1, "host 1's sessions no longer release it");
     }
 
     #[test]
@@ -349,31 +851,47 @@ mod tests {
         n.port_reuse_delay_s = 120;
         let mut p = PortPool::new(&n, 0, 1).unwrap();
         p.tick(10);
-        let all: Vec<_> = (0..4).map(|_| p.alloc().unwrap()).collect();
-        assert_eq!(p.alloc(), None);
-        p.release(all[1].0, all[1].1);
-        p.release(all[1].0, all[1].1); // twice: queued once
+        let all: Vec<_> = (0..4).map(|i| p.bind(ep(1, i), 10).unwrap()).collect();
+        assert!(p.bind(ep(1, 9), 10).is_err());
+        p.unbind(all[1].0, all[1].1, ep(1, 1), false);
+        p.unbind(all[1].0, all[1].1, ep(1, 1), false); // twice: queued once
         assert_eq!((p.available(), p.cooling()), (0, 1));
         p.tick(129);
-        assert_eq!(p.alloc(), None, "119 s after its release");
+        assert!(p.bind(ep(1, 9), 129).is_err(), "119 s after its release");
         p.tick(130);
-        assert_eq!(p.alloc(), Some(all[1]), "free after 120 s");
+        assert_eq!(p.bind(ep(1, 9), 130), Ok(all[1]), "free after 120 s");
         // A pair refused before it carried a packet is free at once.
-        p.unalloc(all[1].0, all[1].1);
-        assert_eq!(p.alloc(), Some(all[1]));
+        p.unbind(all[1].0, all[1].1, ep(1, 9), true);
+        assert_eq!(p.bind(ep(1, 10), 130), Ok(all[1]));
         // The peer binding a cooling pair takes it over: it stays bound.
-        p.release(all[2].0, all[2].1);
-        assert!(p.reserve(all[2].0, all[2].1));
+        p.unbind(all[2].0, all[2].1, ep(1, 2), false);
+        assert!(p.reserve(all[2].0, all[2].1, ep(3, 3)));
         p.tick(400);
         assert_eq!((p.available(), p.cooling()), (0, 0));
-        assert!(!p.reserve(all[2].0, all[2].1), "still bound");
+        assert!(!p.reserve(all[2].0, all[2].1, ep(4, 4)), "still bound");
     }
 
     #[test]
     fn ports_are_not_handed_out_in_sequence() {
-        let mut p = PortPool::new(&nat(10000, 29999, 1), 0, 1).unwrap();
-        let ports: Vec<u16> = (0..50).map(|_| p.alloc().unwrap().1).collect();
+        let mut n = nat(10000, 29999, 1);
+        n.block_size = 4096;
+        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let ports: Vec<u16> = (0..50).map(|i| p.bind(ep(1, i), 0).unwrap().1).collect();
         let ascending = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
         assert!(ascending < 5, "{ports:?}");
+    }
+
+    #[test]
+    fn bit_range_helpers() {
+        let used = [0b1011u64, !0, 0];
+        assert_eq!(first_clear(&used, 0, 192), Some(2));
+        assert_eq!(first_clear(&used, 3, 192), Some(4));
+        assert_eq!(first_clear(&[!0, !0, 0], 3, 192), Some(128));
+        assert_eq!(first_clear(&[!0, !0, 0], 3, 100), None);
+        assert_eq!(first_clear(&used, 4, 5), Some(4));
+        assert!(all_clear(&used, 4, 64));
+        assert!(!all_clear(&used, 3, 64));
+        assert!(all_clear(&used, 128, 192));
+        assert!(!all_clear(&used, 60, 130));
     }
 }

@@ -19,9 +19,9 @@ use std::sync::{Arc, atomic::Ordering};
 
 use tandem_control::sync::{DeleteRecord, NackReason, Op, SessionRecord, WireKey, wire::PROTOCOLS};
 
-use super::{Services, release};
+use super::{Services, mapping_endpoint, release};
 use crate::{
-    session::Side,
+    session::{Origin, Placement, Side},
     sync::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
 };
 
@@ -90,11 +90,11 @@ pub(super) fn emit(
     false
 }
 
-/// A session held by worker `me` whose flow's hash picks another worker
-/// (of `workers`) has a stub there (see [`ToWorker::Stub`]): it goes with
-/// the session.
-pub(super) fn unstub(r: &WorkerSync, workers: usize, me: usize, s: &crate::session::Session) {
-    let h = (s.key.owner_hash() % workers as u64) as usize;
+/// A session held by worker `me` whose flow the placement gives another
+/// worker has a stub there (see [`ToWorker::Stub`]): it goes with the
+/// session.
+pub(super) fn unstub(r: &WorkerSync, place: Placement, me: usize, s: &crate::session::Session) {
+    let h = place.of(&s.key, s.origin());
     if h != me && s.is_synced() && s.remote == 0 {
         forward(
             &r.hub,
@@ -257,7 +257,7 @@ impl Services {
         counts.digest_hash.store(digest.hash, Ordering::Relaxed);
         if let Some((keep, from)) = r.sweep {
             let sets = &mut self.sets;
-            let (workers, me) = (self.workers, self.worker);
+            let (place, me) = (self.placement, self.worker);
             let mut n = 0;
             let next = self.table.sweep(
                 from,
@@ -268,7 +268,7 @@ impl Services {
                         n += 1;
                     }
                     release(sets, s);
-                    unstub(&r, workers, me, s);
+                    unstub(&r, place, me, s);
                 },
             );
             bump(&r.hub.ports[w].counts.swept, n);
@@ -382,10 +382,13 @@ impl Services {
                     } else {
                         release(&mut self.sets, &s);
                         bump(&r.hub.ports[w].counts.removed, 1);
-                        unstub(r, self.workers, w, &s);
+                        unstub(r, self.placement, w, &s);
                     }
                 }
-                None => bump(&r.hub.ports[w].counts.not_found, 1),
+                None => match self.elsewhere(&rec.key) {
+                    Some(other) => forward(&r.hub, w, other, cmd),
+                    None => bump(&r.hub.ports[w].counts.not_found, 1),
+                },
             },
             ToWorker::Stub {
                 generation,
@@ -417,6 +420,9 @@ impl Services {
                     s.generation = generation;
                     self.table.reschedule(slot);
                 }
+                None if let Some(other) = self.elsewhere(&rec.key) => {
+                    forward(&r.hub, w, other, cmd);
+                }
                 None => {
                     let _ = r.push(
                         w,
@@ -433,6 +439,12 @@ impl Services {
                 if let Some(h) = self.stub_at(&key) =>
             {
                 forward(&r.hub, w, h, cmd);
+            }
+            ToWorker::Resend { key } | ToWorker::Mark { key, .. }
+                if self.table.lookup(&sync::flow_key(&key)).is_none()
+                    && let Some(other) = self.elsewhere(&key) =>
+            {
+                forward(&r.hub, w, other, cmd);
             }
             ToWorker::Resend { key } => {
                 if let Some((slot, Side::Initiator)) = self.table.lookup(&sync::flow_key(&key)) {
@@ -467,6 +479,19 @@ impl Services {
             }
             ToWorker::Sweep { generation } => r.sweep = Some((generation, 0)),
         }
+    }
+
+    /// A command that names a session by its key alone goes first to the
+    /// worker that would hold it were it inside-initiated
+    /// ([`crate::sync::Ownership::of_key`]); one that finds no session
+    /// there is passed on, once, to the worker that would hold it were it
+    /// outside-initiated (the two differ only for IPv4 flows placed by
+    /// subscriber).
+    fn elsewhere(&self, k: &WireKey) -> Option<usize> {
+        let key = sync::flow_key(k);
+        let other = self.placement.of(&key, Origin::Outside);
+        (self.placement.of(&key, Origin::Inside) == self.worker && other != self.worker)
+            .then_some(other)
     }
 
     /// The worker a stub here for the initiator key `k` stands for.
@@ -538,13 +563,14 @@ impl Services {
         }
         if let Some((addr, port)) = s.nat() {
             let set = usize::from(s.service_set);
+            let ep = mapping_endpoint(&s);
             let Some(pool) = self.sets[set].nat.as_mut() else {
                 return Err(NackReason::NatConflict);
             };
-            if !pool.reserve(addr, port) {
-                // A synced session still holding the binding is stale (its
-                // delete was lost, or it went while the link was down):
-                // the peer's newer binding wins.
+            if !pool.reserve(addr, port, ep) {
+                // A synced session still holding the binding for another
+                // endpoint is stale (its delete was lost, or it went while
+                // the link was down): the peer's newer binding wins.
                 let stale = pool.holder(addr, port).filter(|&h| {
                     let x = self.table.get(h);
                     x.is_live() && x.is_synced() && x.nat() == Some((addr, port))
@@ -555,7 +581,7 @@ impl Services {
                 let old = self.table.remove(h);
                 release(&mut self.sets, &old);
                 let pool = self.sets[set].nat.as_mut().expect("checked above");
-                if !pool.reserve(addr, port) {
+                if !pool.steal(addr, port, ep) {
                     return Err(NackReason::NatConflict);
                 }
             }

@@ -257,9 +257,10 @@ fn port_exhaustion_is_counted() {
     let mut f = udp(CLIENT, SERVER, 7000, 53);
     assert_eq!(
         run(&mut s, &mut f, IN, 0, &mut t),
-        Verdict::Drop(DropReason::NatFailed)
+        Verdict::Unreachable(DropReason::NatFailed)
     );
     assert_eq!(t.get(WorkerCounter::NatAllocFailures), 1);
+    assert_eq!(t.get(WorkerCounter::NatPoolExhausted), 1);
 }
 
 #[test]
@@ -267,11 +268,10 @@ fn flows_are_handed_to_their_owner() {
     let mut w0 = services(0, 2, "");
     let mut w1 = services(1, 2, "");
     let mut t = Tally::new(2);
-    // Find a flow worker 1 owns; worker 0 must hand it over.
-    let sport = (1000..2000)
-        .find(|p| FlowKey::v4(CLIENT, SERVER, *p, 53, 17).owner_hash() % 2 == 1)
-        .unwrap();
-    let mut f = udp(CLIENT, SERVER, sport, 53);
+    // A subscriber worker 1 owns; worker 0 must hand its flows over.
+    let client = client_of(1, 2);
+    let sport = 1000;
+    let mut f = udp(client, SERVER, sport, 53);
     assert_eq!(run(&mut w0, &mut f, IN, 0, &mut t), Verdict::Handoff(1));
     assert!(matches!(
         run(&mut w1, &mut f, IN, 0, &mut t),
@@ -290,7 +290,19 @@ fn flows_are_handed_to_their_owner() {
         run(&mut w1, &mut reply, OUT, 0, &mut t),
         Verdict::Pass { snat: None }
     );
-    assert_eq!(endpoints(&reply), (SERVER, 53, CLIENT, sport));
+    assert_eq!(endpoints(&reply), (SERVER, 53, client, sport));
+}
+
+/// An inside host whose flows worker `w` of `workers` owns.
+fn client_of(w: usize, workers: usize) -> [u8; 4] {
+    let place = Placement {
+        workers,
+        by_subscriber: true,
+    };
+    (10..250)
+        .map(|i| [198, 18, 1, i])
+        .find(|&c| place.of_subscriber(c) == w)
+        .unwrap()
 }
 
 #[test]
@@ -953,11 +965,11 @@ mod replication {
             })
             .collect();
         let own = sync::Ownership::new(&config(""), 2);
-        // A flow whose hash picks worker 1 here, translated to port 1024.
-        let sport = (5000..6000u16)
-            .find(|p| FlowKey::v4(CLIENT, SERVER, *p, 53, 17).owner_hash() % 2 == 1)
-            .unwrap();
-        let r = rec(sport, 1024);
+        // A subscriber worker 1 holds here, translated to port 1024.
+        let client = client_of(1, 2);
+        let sport = 5000;
+        let mut r = rec(sport, 1024);
+        r.key.src = sync::wire_key(&FlowKey::v4(client, SERVER, sport, 53, 17)).src;
         assert_eq!(own.owner(&r), Ok((0, Some(1))));
         let install = |hub: &Hub| {
             hub.ports[0]
@@ -986,7 +998,7 @@ mod replication {
         // The flow's packets reach worker 1 by its hash: handed to worker 0,
         // which translates them; replies reach worker 0 by their port.
         let mut t = Tally::new(2);
-        let mut out = udp(CLIENT, SERVER, sport, 53);
+        let mut out = udp(client, SERVER, sport, 53);
         assert_eq!(run(&mut w[1], &mut out, IN, 2, &mut t), Verdict::Handoff(0));
         let h = crate::wire::Headers::parse(&out).unwrap();
         let v = w[0].process_handed(&mut out, &h, IN, 2, &mut t);

@@ -147,6 +147,47 @@ impl FlowKey {
     }
 }
 
+/// Which worker holds a flow's session. On a node that translates, an
+/// IPv4 flow goes by its subscriber, the inside address (the source of a
+/// packet from the inside, the destination of one from the outside), so
+/// one worker holds all of a subscriber's mappings, port blocks and
+/// limits (its blocks come from that worker's share of the pool, so
+/// return traffic to a pool port reaches it too). Every other flow goes
+/// by [`FlowKey::owner_hash`]. Node-local: a peer that places otherwise
+/// (an older version, another number of workers) is bridged by stubs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub workers: usize,
+    pub by_subscriber: bool,
+}
+
+impl Placement {
+    pub fn new(cfg: &tandem_control::config::Config, workers: usize) -> Self {
+        Self {
+            workers,
+            by_subscriber: cfg.service_sets.iter().any(|s| s.nat.is_some()),
+        }
+    }
+
+    /// The worker of a packet keyed `k` that arrived from `from`'s side,
+    /// or of a session whose initiator key is `k` and origin `from`.
+    #[inline]
+    pub fn of(&self, k: &FlowKey, from: super::Origin) -> usize {
+        if self.by_subscriber
+            && let (Some(s), Some(d)) = (k.src_v4(), k.dst_v4())
+        {
+            return self.of_subscriber(if from == super::Origin::Inside { s } else { d });
+        }
+        (k.owner_hash() % self.workers as u64) as usize
+    }
+
+    /// The worker of the subscriber (inside IPv4 address) `a`.
+    #[inline]
+    pub fn of_subscriber(&self, a: [u8; 4]) -> usize {
+        (fmix64(u64::from(u32::from_be_bytes(a)) ^ OWNER_SEED) % self.workers as u64) as usize
+    }
+}
+
 /// The ownership hash's starting value: "tandem", then the hash's
 /// version (1).
 pub const OWNER_SEED: u64 = 0x7461_6e64_656d_0001;

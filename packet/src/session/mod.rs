@@ -11,7 +11,7 @@ pub mod key;
 pub mod table;
 pub mod tcp;
 
-pub use key::FlowKey;
+pub use key::{FlowKey, Placement};
 pub use table::{Table, TableFull};
 pub use tandem_control::config::Timeouts;
 pub use tcp::{Side, TcpState};

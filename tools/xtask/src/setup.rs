@@ -34,6 +34,9 @@ const PACKAGES: &[&str] = &[
     "rsyslog",
     // The text of the lab's failover pictures.
     "fonts-dejavu-core",
+    // The CGNAT test floods new UDP flows from one inside host as an
+    // operator would try it.
+    "hping3",
 ];
 
 /// bpf-linker release known to work with LLVM 22 and rustc 1.95 / nightly 1.97.
