@@ -1,7 +1,7 @@
 //! How a session ends, by expiry or by an operator's `tandemctl clear
 //! sessions [filters]` (a bounded chunk of the table at a time).
 
-use super::{Services, Set, fastpath::take_back, release, sync};
+use super::{Releases, Services, Set, fastpath::take_back, release, sync};
 use crate::{
     counters::{Tally, WorkerCounter},
     events::{EventKind, EventSink},
@@ -12,12 +12,13 @@ use crate::{
 
 /// What follows a session out of worker `worker`'s table (of `workers`):
 /// its offload taken back (true if there was one), its NAT binding
-/// released, its stub on another worker dropped, the peer told (the
-/// delete parked if the ring is full), and the event log told why, with
-/// its final counts (the fast path's included).
+/// released (or queued in `defer`, to be released with others), its stub
+/// on another worker dropped, the peer told (the delete parked if the ring
+/// is full), and the event log told why, with its final counts (the fast
+/// path's included).
 pub(super) fn ended<F: FlowTable + ?Sized>(
     s: &Session,
-    sets: &mut [Set],
+    (sets, defer): (&mut [Set], Option<&mut Releases>),
     flows: Option<&mut F>,
     mut rep: Option<&mut sync::WorkerSync>,
     log: Option<(&mut EventSink, EventKind)>,
@@ -28,7 +29,10 @@ pub(super) fn ended<F: FlowTable + ?Sized>(
     if let Some((sink, why)) = log {
         sink.push(why, &last);
     }
-    release(sets, s);
+    match defer {
+        Some(d) => d.push(sets, s),
+        None => release(sets, s),
+    }
     if let Some(r) = rep.as_deref() {
         sync::unstub(r, place, worker, s);
         if s.is_unsent() {
@@ -68,6 +72,7 @@ impl Services {
             |s| {
                 n += 1;
                 let log = events.as_deref_mut().map(|e| (e, EventKind::Cleared));
+                let sets = (&mut sets[..], None);
                 if ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids) {
                     taken += 1;
                 }

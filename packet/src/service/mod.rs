@@ -111,6 +111,50 @@ pub struct Services {
     events: Option<EventSink>,
     /// Where the next early-drop search starts.
     early_cursor: u32,
+    /// Bindings of sessions that expired in this aging step, released
+    /// together at its end (their mappings prefetched when they went in).
+    releases: Releases,
+}
+
+/// NAT bindings to release, at most [`Releases::MAX`]: (service set,
+/// pool address, port, inside endpoint).
+struct Releases {
+    pending: [(u8, [u8; 4], u16, u64); Self::MAX],
+    len: usize,
+}
+
+impl Releases {
+    const MAX: usize = 32;
+
+    /// Queues the binding of `s`, which ended, after prefetching its
+    /// mapping; when the queue is full, releases what it holds first.
+    fn push(&mut self, sets: &mut [Set], s: &Session) {
+        let Some((addr, port)) = s.nat().filter(|_| s.remote == 0) else {
+            return;
+        };
+        let set = usize::from(s.service_set);
+        if sets.get(set).is_none_or(|x| x.nat.is_none()) {
+            return;
+        }
+        if self.len == Self::MAX {
+            self.flush(sets);
+        }
+        let ep = mapping_endpoint(s);
+        if let Some(pool) = sets[set].nat.as_ref() {
+            pool.prefetch(ep);
+        }
+        self.pending[self.len] = (s.service_set, addr, port, ep);
+        self.len += 1;
+    }
+
+    fn flush(&mut self, sets: &mut [Set]) {
+        for &(set, addr, port, ep) in &self.pending[..self.len] {
+            if let Some(pool) = sets.get_mut(usize::from(set)).and_then(|x| x.nat.as_mut()) {
+                pool.unbind(addr, port, ep, false);
+            }
+        }
+        self.len = 0;
+    }
 }
 
 /// Why a worker's services could not be built.
@@ -179,14 +223,14 @@ impl Services {
         let mut sets = Vec::new();
         for s in &cfg.service_sets {
             let nat = match &s.nat {
-                Some(n) => {
-                    Some(
-                        PortPool::new(n, worker, workers).map_err(|source| ServiceError {
+                Some(n) => Some(
+                    PortPool::new(n, worker, workers, cfg.sessions.per_worker as usize).map_err(
+                        |source| ServiceError {
                             set: s.name.clone(),
                             source,
-                        })?,
-                    )
-                }
+                        },
+                    )?,
+                ),
                 None => None,
             };
             sets.push(Set {
@@ -210,6 +254,10 @@ impl Services {
             offer: None,
             events: None,
             early_cursor: 0,
+            releases: Releases {
+                pending: [(0, [0; 4], 0, 0); Releases::MAX],
+                len: 0,
+            },
         }))
     }
 
@@ -292,8 +340,25 @@ impl Services {
             return;
         }
         let key = flow_key(frame, &headers.ip, &l4);
-        if ingress.is_none_or(|i| self.owner(&key, self.origin(i)) == self.worker) {
+        let origin = ingress.map(|i| self.origin(i));
+        if origin.is_none_or(|o| self.owner(&key, o) == self.worker) {
             self.table.prefetch(key.table_hash());
+            // A new inside flow looks its mapping up too.
+            let opens = match l4.kind {
+                Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                Kind::Echo { request } => request,
+                Kind::Udp => true,
+                _ => false,
+            };
+            if opens
+                && origin != Some(Origin::Outside)
+                && let Some(src) = key.src_v4()
+            {
+                let ep = nat::endpoint(src, key.sport, key.proto);
+                for pool in self.sets.iter().filter_map(|s| s.nat.as_ref()) {
+                    pool.prefetch(ep);
+                }
+            }
         }
     }
 
@@ -618,6 +683,7 @@ impl Services {
             },
             |s| {
                 let log = events.as_deref_mut().map(|e| (e, EventKind::EarlyDropped));
+                let sets = (&mut sets[..], None);
                 clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids);
             },
         );
@@ -704,7 +770,7 @@ impl Services {
             pool.tick(now);
         }
         let mut n = 0;
-        let sets = &mut self.sets;
+        let (sets, releases) = (&mut self.sets, &mut self.releases);
         let (mut rep, worker, place) = (self.sync.as_mut(), self.worker, self.placement);
         let mut events = self.events.as_mut();
         // Read by both closures below, one at a time.
@@ -726,6 +792,7 @@ impl Services {
                     let flows = &mut *flows.borrow_mut();
                     let ids = (worker, place);
                     let log = events.as_deref_mut().map(|e| (e, EventKind::Expired));
+                    let sets = (&mut sets[..], Some(&mut *releases));
                     if clear::ended(s, sets, flows.as_deref_mut(), rep.as_deref_mut(), log, ids) {
                         taken.set(taken.get() + 1);
                     }
@@ -740,6 +807,7 @@ impl Services {
                     }
                 }
             });
+        self.releases.flush(&mut self.sets);
         tally.add(WorkerCounter::SessionsDeleted, n as u64);
         tally.add(WorkerCounter::OffloadsRemoved, taken.get());
         (n, done)

@@ -31,8 +31,10 @@
 
 use std::{collections::VecDeque, net::Ipv4Addr};
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 use tandem_control::config::{MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat};
+
+use crate::session::table::Remembered;
 
 /// An inside endpoint, packed: protocol (bits 48-55), port (32-47),
 /// address (0-31). Never 0 for a translated flow (its protocol is not).
@@ -63,6 +65,8 @@ pub enum Refusal {
 /// One subscriber's share: its blocks and counts.
 #[derive(Clone, Copy, Debug)]
 struct Subscriber {
+    /// Its inside address.
+    who: u32,
     blocks: [u32; MAX_BLOCKS_PER_SUBSCRIBER as usize],
     n: u8,
     /// Its pool address (index), while it holds a block.
@@ -76,8 +80,9 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn new(now: u32, rate: u32) -> Self {
+    const fn new(who: u32, now: u32, rate: u32) -> Self {
         Self {
+            who,
             blocks: [0; MAX_BLOCKS_PER_SUBSCRIBER as usize],
             n: 0,
             addr: 0,
@@ -111,8 +116,37 @@ pub struct SubscriberView {
     pub sessions: u32,
 }
 
+/// What a pair of the share knows of its mapping: one 16-byte entry, so
+/// binding and releasing touch one cache line of it.
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    /// The mapping's inside endpoint (0: none).
+    ep: u64,
+    /// Sessions using the mapping (under endpoint-independent mapping, 1
+    /// while bound: the count is the map's).
+    refs: u32,
+    /// The table slot of a synced session holding it, so a newer binding
+    /// from the peer can evict a stale one (`u32::MAX`: none recorded).
+    holder: u32,
+}
+
+/// An endpoint-independent mapping: its inside endpoint, its pair's bit
+/// and the sessions using it (the count lives here, beside the key a
+/// session's end looks up, so releasing one reads one cache line).
+#[derive(Clone, Copy, Debug)]
+struct Mapped {
+    ep: u64,
+    bit: u32,
+    refs: u32,
+}
+
+const NO_PAIR: Pair = Pair {
+    ep: 0,
+    refs: 0,
+    holder: u32::MAX,
+};
+
 /// One worker's share of a NAT pool.
-#[derive(Debug, Clone)]
 pub struct PortPool {
     addrs: Vec<[u8; 4]>,
     lo: u16,
@@ -123,14 +157,8 @@ pub struct PortPool {
     /// Bit `a * span + (port - first)` is set while that pair is bound
     /// or cooling; the bits past the last pair are set for good.
     used: Vec<u64>,
-    /// Per pair: the table slot of a synced session holding it, so a
-    /// newer binding from the peer can evict a stale one (`u32::MAX`: none
-    /// recorded).
-    holders: Vec<u32>,
-    /// Per pair: the inside endpoint of its mapping (0: none), and the
-    /// sessions using it.
-    ep: Vec<u64>,
-    refs: Vec<u32>,
+    /// Per pair (by bit).
+    pairs: Vec<Pair>,
     free: usize,
     /// Set while a released pair waits out the reuse delay (its `used`
     /// bit stays set meanwhile).
@@ -143,20 +171,27 @@ pub struct PortPool {
     now: u32,
     /// xorshift64 state for the searches' random starts.
     rng: u64,
-    /// Endpoint-independent mapping: inside endpoint to pair.
+    /// Endpoint-independent mapping: the mappings by inside endpoint,
+    /// hashed once per lookup with a per-process seed.
     eim: bool,
-    mappings: HashMap<u64, u32, foldhash::fast::RandomState>,
+    mappings: HashTable<Mapped, Remembered>,
+    hasher: foldhash::fast::RandomState,
     /// Ports per block, and blocks per pool address (the last one of an
     /// address may be shorter).
     block: u32,
     per_addr: u32,
-    /// Per block (`a * per_addr + b`): the subscriber holding it (0: none)
-    /// and the mappings bound in it.
+    /// Per block (`a * per_addr + b`): the subscriber slot holding it
+    /// plus one (0: none), and the mappings bound in it.
     block_owner: Vec<u32>,
     block_maps: Vec<u32>,
+    /// Per block: its pairs neither bound nor cooling.
+    block_free: Vec<u32>,
     blocks_held: usize,
-    subs: HashMap<u32, Subscriber, foldhash::fast::RandomState>,
-    subs_cap: usize,
+    /// Inside address to subscriber slot; the slots, allocated once, and
+    /// the free ones.
+    subs: HashMap<u32, u32, foldhash::fast::RandomState>,
+    slab: Vec<Subscriber>,
+    spare: Vec<u32>,
     max_blocks: u8,
     max_sessions: u32,
     rate: u32,
@@ -187,28 +222,16 @@ fn first_clear(used: &[u64], from: usize, to: usize) -> Option<usize> {
     None
 }
 
-/// Whether every bit of `used` in `from..to` is clear.
-fn all_clear(used: &[u64], from: usize, to: usize) -> bool {
-    let mut i = from;
-    while i < to {
-        let w = i / 64;
-        let end = (w + 1) * 64;
-        let mut mask = !((1u64 << (i % 64)) - 1);
-        if to < end {
-            mask &= (1u64 << (to % 64)) - 1;
-        }
-        if used[w] & mask != 0 {
-            return false;
-        }
-        i = end;
-    }
-    true
-}
-
 impl PortPool {
-    /// Worker `worker` of `workers`'s share of `nat`. Errs when the range
-    /// has fewer ports than workers.
-    pub fn new(nat: &Nat, worker: usize, workers: usize) -> Result<Self, PoolError> {
+    /// Worker `worker` of `workers`'s share of `nat`, for a table of
+    /// `sessions` sessions (a mapping has at least one). Errs when the
+    /// range has fewer ports than workers.
+    pub fn new(
+        nat: &Nat,
+        worker: usize,
+        workers: usize,
+        sessions: usize,
+    ) -> Result<Self, PoolError> {
         use std::hash::BuildHasher as _;
         let span = nat.ports.len() / workers as u32;
         if span == 0 {
@@ -228,17 +251,17 @@ impl PortPool {
         let block = u32::from(nat.block_size.max(1)).min(span);
         let per_addr = span.div_ceil(block);
         let blocks = addrs.len() * per_addr as usize;
-        let hasher = foldhash::fast::RandomState::default;
         let eim = nat.mapping == Mapping::EndpointIndependent;
+        // Each subscriber holds a block while it has a mapping; a few more
+        // for a standby's records that name a block another holds.
+        let subs = blocks + 64;
         Ok(Self {
             addrs,
             lo: nat.ports.lo,
             span,
             first: first as u16,
             used,
-            holders: vec![u32::MAX; pairs],
-            ep: vec![0; pairs],
-            refs: vec![0; pairs],
+            pairs: vec![NO_PAIR; pairs],
             free: pairs,
             cooling: vec![0u64; pairs.div_ceil(64)],
             queue: VecDeque::with_capacity(pairs),
@@ -247,16 +270,25 @@ impl PortPool {
             // Per process and worker: a random seed (never 0).
             rng: std::collections::hash_map::RandomState::new().hash_one(worker) | 1,
             eim,
-            mappings: HashMap::with_capacity_and_hasher(if eim { pairs } else { 0 }, hasher()),
+            mappings: HashTable::with_capacity_in(
+                if eim { pairs.min(sessions) } else { 0 },
+                Remembered::default(),
+            ),
+            hasher: foldhash::fast::RandomState::default(),
             block,
             per_addr,
             block_owner: vec![0; blocks],
             block_maps: vec![0; blocks],
+            block_free: (0..blocks)
+                .map(|b| {
+                    let i = b as u32 % per_addr;
+                    (span - i * block).min(block)
+                })
+                .collect(),
             blocks_held: 0,
-            // Each subscriber holds a block while it has a mapping; a few
-            // more for a standby's records that name a block another holds.
-            subs: HashMap::with_capacity_and_hasher(blocks + 64, hasher()),
-            subs_cap: blocks + 64,
+            subs: HashMap::with_capacity_and_hasher(subs, foldhash::fast::RandomState::default()),
+            slab: vec![Subscriber::new(0, 0, 0); subs],
+            spare: (0..subs as u32).rev().collect(),
             max_blocks: nat.blocks_per_subscriber.min(MAX_BLOCKS_PER_SUBSCRIBER) as u8,
             max_sessions: nat.sessions_per_subscriber,
             rate: nat.subscriber_sessions_per_sec,
@@ -276,10 +308,17 @@ impl PortPool {
             // A pair the peer bound meanwhile is no longer cooling.
             if self.cooling[w] & m != 0 {
                 self.cooling[w] &= !m;
-                self.used[w] &= !m;
-                self.free += 1;
+                self.set_free(bit as usize);
             }
         }
+    }
+
+    /// The bound or cooling pair `bit` is free again.
+    fn set_free(&mut self, bit: usize) {
+        self.used[bit / 64] &= !(1u64 << (bit % 64));
+        self.free += 1;
+        let b = self.block_of(bit);
+        self.block_free[b] += 1;
     }
 
     /// Pairs waiting out the reuse delay.
@@ -363,8 +402,44 @@ impl PortPool {
         let start = self.draw(n);
         (0..n).map(|i| base + (start + i) % n).find(|&b| {
             let (lo, hi) = self.block_bits(b);
-            self.block_owner[b] == 0 && all_clear(&self.used, lo, hi)
+            self.block_owner[b] == 0 && self.block_free[b] as usize == hi - lo
         })
+    }
+
+    fn hash(&self, ep: u64) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.hasher.hash_one(ep)
+    }
+
+    /// Starts loading where the mapping of `ep` is looked up (its probe
+    /// group's control byte and first entry), for a bind or an unbind a
+    /// little later: a batch's lookups then overlap their cache misses.
+    #[inline]
+    pub fn prefetch(&self, ep: u64) {
+        if self.eim {
+            self.mappings.allocator().prefetch::<Mapped>(self.hash(ep));
+        }
+    }
+
+    /// The slot of subscriber `who`, made if it has none and there is
+    /// room.
+    fn slot_of(&mut self, who: u32, now: u32) -> Option<usize> {
+        if let Some(&i) = self.subs.get(&who) {
+            return Some(i as usize);
+        }
+        let i = self.spare.pop()?;
+        self.slab[i as usize] = Subscriber::new(who, now, self.rate);
+        self.subs.insert(who, i);
+        Some(i as usize)
+    }
+
+    /// Lets slot `i` go if its subscriber has nothing left.
+    fn forget_if_idle(&mut self, i: usize) {
+        let s = &self.slab[i];
+        if s.idle() && self.subs.get(&s.who) == Some(&(i as u32)) {
+            self.subs.remove(&s.who);
+            self.spare.push(i as u32);
+        }
     }
 
     /// A mapping for the inside endpoint `ep` (see [`endpoint`]) of a new
@@ -373,55 +448,53 @@ impl PortPool {
     /// when they are full and it may hold another). Counts the session
     /// against the subscriber's limits.
     pub fn bind(&mut self, ep: u64, now: u32) -> Result<([u8; 4], u16), Refusal> {
-        let who = subscriber_of(ep);
-        let mut sub = match self.subs.get(&who) {
-            Some(s) => *s,
-            None if self.subs.len() >= self.subs_cap => return Err(Refusal::PoolExhausted),
-            None => Subscriber::new(now, self.rate),
+        let Some(i) = self.slot_of(subscriber_of(ep), now) else {
+            return Err(Refusal::PoolExhausted);
         };
-        if self.max_sessions != 0 && sub.sessions >= self.max_sessions {
+        let (max_sessions, rate) = (self.max_sessions, self.rate);
+        let sub = &mut self.slab[i];
+        if max_sessions != 0 && sub.sessions >= max_sessions {
             return Err(Refusal::SubscriberSessions);
         }
-        if self.rate != 0 {
+        if rate != 0 {
             if sub.second != now {
                 sub.second = now;
-                sub.tokens = self.rate;
+                sub.tokens = rate;
             }
             if sub.tokens == 0 {
-                self.subs.insert(who, sub);
                 return Err(Refusal::SubscriberRate);
             }
         }
+        let hash = self.hash(ep);
         if self.eim
-            && let Some(&bit) = self.mappings.get(&ep)
+            && let Some(m) = self.mappings.find_mut(hash, |m| m.ep == ep)
         {
-            let bit = bit as usize;
-            self.refs[bit] += 1;
+            m.refs += 1;
+            let bit = m.bit as usize;
+            let sub = &mut self.slab[i];
             sub.sessions += 1;
             sub.tokens = sub.tokens.saturating_sub(1);
-            self.subs.insert(who, sub);
             return Ok(self.pair(bit));
         }
-        let found = self.search(&sub);
-        let bit = match found {
+        let bit = match self.search(i) {
             Some(bit) => bit,
-            None if sub.n >= self.max_blocks => {
-                self.subs.insert(who, sub);
+            None if self.slab[i].n >= self.max_blocks => {
                 return Err(Refusal::SubscriberPorts);
             }
             None => {
+                let sub = self.slab[i];
                 let on = (sub.n > 0).then_some(usize::from(sub.addr));
                 let Some(b) = self.free_block(on) else {
-                    if !sub.idle() {
-                        self.subs.insert(who, sub);
-                    }
+                    self.forget_if_idle(i);
                     return Err(Refusal::PoolExhausted);
                 };
-                self.block_owner[b] = who;
+                self.block_owner[b] = i as u32 + 1;
                 self.blocks_held += 1;
+                let a = (b / self.per_addr as usize) as u8;
+                let sub = &mut self.slab[i];
                 sub.blocks[usize::from(sub.n)] = b as u32;
                 sub.n += 1;
-                sub.addr = (b / self.per_addr as usize) as u8;
+                sub.addr = a;
                 let (lo, hi) = self.block_bits(b);
                 let off = self.draw(hi - lo);
                 first_clear(&self.used, lo + off, hi)
@@ -429,23 +502,27 @@ impl PortPool {
                     .expect("a free block has free ports")
             }
         };
-        self.take(bit, ep);
+        self.take(bit, ep, hash);
+        let sub = &mut self.slab[i];
         sub.ports += 1;
         sub.sessions += 1;
         sub.tokens = sub.tokens.saturating_sub(1);
-        self.subs.insert(who, sub);
         Ok(self.pair(bit))
     }
 
-    /// A free pair in `sub`'s blocks, from a random block and port on.
-    fn search(&mut self, sub: &Subscriber) -> Option<usize> {
-        let n = usize::from(sub.n);
+    /// A free pair in subscriber slot `i`'s blocks, from a random block
+    /// and port on.
+    fn search(&mut self, i: usize) -> Option<usize> {
+        let n = usize::from(self.slab[i].n);
         if n == 0 {
             return None;
         }
         let start = self.draw(n);
-        for i in 0..n {
-            let b = sub.blocks[(start + i) % n] as usize;
+        for k in 0..n {
+            let b = self.slab[i].blocks[(start + k) % n] as usize;
+            if self.block_free[b] == 0 {
+                continue;
+            }
             let (lo, hi) = self.block_bits(b);
             let off = self.draw(hi - lo);
             let found = first_clear(&self.used, lo + off, hi)
@@ -457,17 +534,66 @@ impl PortPool {
         None
     }
 
-    /// Binds the free pair `bit` to the mapping of `ep`.
-    fn take(&mut self, bit: usize, ep: u64) {
+    /// Binds the free pair `bit` to the mapping of `ep` (whose hash is
+    /// `hash`).
+    fn take(&mut self, bit: usize, ep: u64, hash: u64) {
         self.used[bit / 64] |= 1 << (bit % 64);
         self.free -= 1;
-        self.ep[bit] = ep;
-        self.refs[bit] = 1;
-        if self.eim {
-            self.mappings.insert(ep, bit as u32);
-        }
+        let b = self.block_of(bit);
+        self.block_free[b] -= 1;
+        self.pairs[bit] = Pair {
+            ep,
+            refs: 1,
+            holder: u32::MAX,
+        };
+        self.map(ep, bit, hash);
         let b = self.block_of(bit);
         self.block_maps[b] += 1;
+    }
+
+    /// Enters `ep`'s new mapping on `bit` (hash `hash`) in the map.
+    fn map(&mut self, ep: u64, bit: usize, hash: u64) {
+        if self.eim {
+            let hasher = &self.hasher;
+            let m = Mapped {
+                ep,
+                bit: bit as u32,
+                refs: 1,
+            };
+            self.mappings.insert_unique(hash, m, |m| {
+                use std::hash::BuildHasher as _;
+                hasher.hash_one(m.ep)
+            });
+        }
+    }
+
+    /// One more session on `ep`'s mapping, bound to `bit`.
+    fn add_user(&mut self, ep: u64, bit: usize) {
+        if self.eim {
+            let hash = self.hash(ep);
+            if let Some(m) = self
+                .mappings
+                .find_mut(hash, |m| m.ep == ep && m.bit == bit as u32)
+            {
+                m.refs += 1;
+            }
+        } else {
+            self.pairs[bit].refs += 1;
+        }
+    }
+
+    /// Drops `ep`'s entry in the mapping map if it names `bit`.
+    fn unmap(&mut self, ep: u64, bit: usize) {
+        if !self.eim {
+            return;
+        }
+        let hash = self.hash(ep);
+        if let Ok(e) = self
+            .mappings
+            .find_entry(hash, |m| m.ep == ep && m.bit == bit as u32)
+        {
+            e.remove();
+        }
     }
 
     /// A session of `ep` on (`addr`, `port`) ended (or, if `refused`, was
@@ -476,35 +602,58 @@ impl PortPool {
     /// the reuse delay), and a block whose last mapping went goes back to
     /// the pool.
     pub fn unbind(&mut self, addr: [u8; 4], port: u16, ep: u64, refused: bool) {
-        let who = subscriber_of(ep);
-        if let Some(s) = self.subs.get_mut(&who) {
+        let sub = self.subs.get(&subscriber_of(ep)).map(|&i| i as usize);
+        if let Some(i) = sub {
+            let s = &mut self.slab[i];
             s.sessions = s.sessions.saturating_sub(1);
         }
-        let Some(bit) = self.bit(addr, port) else {
-            self.forget_if_idle(who);
+        // The mapping's users, from the map (one probe: the entry, its
+        // count and its removal share a cache line) or the pair.
+        let bit = self.bit(addr, port);
+        let last = match bit {
+            Some(bit) if self.eim => {
+                let hash = self.hash(ep);
+                match self
+                    .mappings
+                    .find_entry(hash, |m| m.ep == ep && m.bit == bit as u32)
+                {
+                    Ok(mut e) => {
+                        e.get_mut().refs -= 1;
+                        if e.get().refs == 0 {
+                            e.remove();
+                            Some(true)
+                        } else {
+                            Some(false)
+                        }
+                    }
+                    Err(_) => None,
+                }
+            }
+            Some(bit) if self.pairs[bit].ep == ep && self.pairs[bit].refs > 0 => {
+                self.pairs[bit].refs -= 1;
+                Some(self.pairs[bit].refs == 0)
+            }
+            _ => None,
+        };
+        let (Some(bit), Some(last)) = (bit, last) else {
+            // Not this share's, or the pair went to a newer binding from
+            // the peer meanwhile.
+            if let Some(i) = sub {
+                self.forget_if_idle(i);
+            }
             return;
         };
-        if self.ep[bit] != ep || self.refs[bit] == 0 {
-            // The pair went to a newer binding from the peer meanwhile.
-            self.forget_if_idle(who);
+        if !last {
             return;
         }
-        self.refs[bit] -= 1;
-        if self.refs[bit] > 0 {
-            return;
-        }
-        self.ep[bit] = 0;
-        self.holders[bit] = u32::MAX;
-        if self.mappings.get(&ep) == Some(&(bit as u32)) {
-            self.mappings.remove(&ep);
-        }
-        if let Some(s) = self.subs.get_mut(&who) {
+        self.pairs[bit] = NO_PAIR;
+        if let Some(i) = sub {
+            let s = &mut self.slab[i];
             s.ports = s.ports.saturating_sub(1);
         }
         let (w, m) = (bit / 64, 1u64 << (bit % 64));
         if refused || self.delay == 0 {
-            self.used[w] &= !m;
-            self.free += 1;
+            self.set_free(bit);
         } else {
             self.cooling[w] |= m;
             self.queue.push_back((bit as u32, self.now));
@@ -512,20 +661,14 @@ impl PortPool {
         let b = self.block_of(bit);
         self.block_maps[b] -= 1;
         if self.block_maps[b] == 0 && self.block_owner[b] != 0 {
-            let owner = self.block_owner[b];
+            let owner = self.block_owner[b] as usize - 1;
             self.block_owner[b] = 0;
             self.blocks_held -= 1;
-            if let Some(s) = self.subs.get_mut(&owner) {
-                s.remove_block(b as u32);
-            }
+            self.slab[owner].remove_block(b as u32);
             self.forget_if_idle(owner);
         }
-        self.forget_if_idle(who);
-    }
-
-    fn forget_if_idle(&mut self, who: u32) {
-        if self.subs.get(&who).is_some_and(Subscriber::idle) {
-            self.subs.remove(&who);
+        if let Some(i) = sub {
+            self.forget_if_idle(i);
         }
     }
 
@@ -541,16 +684,15 @@ impl PortPool {
         if self.cooling[w] & m != 0 {
             // Released here, bound again by the peer: its binding wins.
             self.cooling[w] &= !m;
-            self.used[w] &= !m;
-            self.free += 1;
-        } else if self.refs[bit] > 0 && self.ep[bit] == ep {
-            self.refs[bit] += 1;
+            self.set_free(bit);
+        } else if self.pairs[bit].refs > 0 && self.pairs[bit].ep == ep {
+            self.add_user(ep, bit);
             self.count_session(ep, None);
             return true;
         } else if self.used[w] & m != 0 {
             return false;
         }
-        self.take(bit, ep);
+        self.take(bit, ep, self.hash(ep));
         self.count_session(ep, Some(bit));
         true
     }
@@ -562,39 +704,37 @@ impl PortPool {
         let Some(bit) = self.bit(addr, port) else {
             return false;
         };
-        let old = self.ep[bit];
+        let old = self.pairs[bit].ep;
         if old == 0 {
             return self.reserve(addr, port, ep);
         }
-        if self.mappings.get(&old) == Some(&(bit as u32)) {
-            self.mappings.remove(&old);
-        }
-        if let Some(s) = self.subs.get_mut(&subscriber_of(old)) {
+        self.unmap(old, bit);
+        if let Some(&i) = self.subs.get(&subscriber_of(old)) {
+            let s = &mut self.slab[i as usize];
             s.ports = s.ports.saturating_sub(1);
+            self.forget_if_idle(i as usize);
         }
-        self.forget_if_idle(subscriber_of(old));
-        self.ep[bit] = ep;
-        self.refs[bit] = 1;
-        if self.eim {
-            self.mappings.insert(ep, bit as u32);
-        }
+        self.pairs[bit] = Pair {
+            ep,
+            refs: 1,
+            holder: u32::MAX,
+        };
+        self.map(ep, bit, self.hash(ep));
         self.count_session(ep, Some(bit));
         true
     }
 
     /// Counts a replicated session of `ep` (and, if `bit` is set, its new
     /// mapping) against its subscriber, which takes the pair's block if
-    /// nobody holds it.
+    /// nobody holds it. With no room for another subscriber it goes
+    /// uncounted (the pair is bound all the same).
     fn count_session(&mut self, ep: u64, bit: Option<usize>) {
-        use hashbrown::hash_map::Entry;
-        let who = subscriber_of(ep);
-        let (now, rate) = (self.now, self.rate);
+        let Some(i) = self.slot_of(subscriber_of(ep), self.now) else {
+            return;
+        };
         let block = bit.map(|b| (self.block_of(b), b / self.span as usize));
         let claim = block.is_some_and(|(b, _)| self.block_owner[b] == 0);
-        let sub = match self.subs.entry(who) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Subscriber::new(now, rate)),
-        };
+        let sub = &mut self.slab[i];
         sub.sessions += 1;
         if bit.is_some() {
             sub.ports += 1;
@@ -607,7 +747,7 @@ impl PortPool {
                 sub.n += 1;
                 sub.addr = a as u8;
             }
-            self.block_owner[b] = who;
+            self.block_owner[b] = i as u32 + 1;
             self.blocks_held += 1;
         }
     }
@@ -615,15 +755,14 @@ impl PortPool {
     /// Records the table slot of the synced session that holds a pair.
     pub fn set_holder(&mut self, addr: [u8; 4], port: u16, slot: u32) {
         if let Some(bit) = self.bit(addr, port) {
-            self.holders[bit] = slot;
+            self.pairs[bit].holder = slot;
         }
     }
 
     /// The slot recorded by [`Self::set_holder`] for a bound pair.
     pub fn holder(&self, addr: [u8; 4], port: u16) -> Option<u32> {
-        let bit = self.bit(addr, port)?;
-        let h = self.holders[bit];
-        (h != u32::MAX && self.refs[bit] > 0).then_some(h)
+        let p = self.pairs[self.bit(addr, port)?];
+        (p.holder != u32::MAX && p.refs > 0).then_some(p.holder)
     }
 
     pub fn available(&self) -> usize {
@@ -632,7 +771,19 @@ impl PortPool {
 
     /// The (address, port) pairs of this share.
     pub fn size(&self) -> usize {
-        self.holders.len()
+        self.pairs.len()
+    }
+
+    /// Whether the per-block free counts match the bitmap.
+    #[cfg(test)]
+    fn consistent(&self) -> bool {
+        (0..self.block_owner.len()).all(|b| {
+            let (lo, hi) = self.block_bits(b);
+            let clear = (lo..hi)
+                .filter(|&i| self.used[i / 64] & 1 << (i % 64) == 0)
+                .count();
+            clear == self.block_free[b] as usize
+        })
     }
 
     /// Blocks held by a subscriber, and blocks in all.
@@ -647,21 +798,24 @@ impl PortPool {
 
     /// Mappings (bound pairs) in use.
     pub fn mappings(&self) -> usize {
-        self.refs.iter().filter(|&&r| r > 0).count()
+        self.pairs.iter().filter(|p| p.refs > 0).count()
     }
 
     /// The subscribers, for views.
     pub fn subscriber_views(&self) -> impl Iterator<Item = SubscriberView> + '_ {
-        self.subs.iter().map(|(&who, s)| SubscriberView {
-            inside: who.to_be_bytes(),
-            pool_addr: if s.n > 0 {
-                self.addrs[usize::from(s.addr)]
-            } else {
-                [0; 4]
-            },
-            blocks: u32::from(s.n),
-            ports: s.ports,
-            sessions: s.sessions,
+        self.subs.values().map(|&i| {
+            let s = &self.slab[i as usize];
+            SubscriberView {
+                inside: s.who.to_be_bytes(),
+                pool_addr: if s.n > 0 {
+                    self.addrs[usize::from(s.addr)]
+                } else {
+                    [0; 4]
+                },
+                blocks: u32::from(s.n),
+                ports: s.ports,
+                sessions: s.sessions,
+            }
         })
     }
 }
@@ -696,7 +850,9 @@ mod tests {
     fn shares_are_disjoint_and_owned() {
         let mut n = nat(1024, 1033, 2);
         n.blocks_per_subscriber = 32;
-        let mut pools: Vec<_> = (0..3).map(|w| PortPool::new(&n, w, 3).unwrap()).collect();
+        let mut pools: Vec<_> = (0..3)
+            .map(|w| PortPool::new(&n, w, 3, 1 << 20).unwrap())
+            .collect();
         let mut seen = std::collections::HashSet::new();
         for (w, p) in pools.iter_mut().enumerate() {
             // One host per address (paired pooling keeps a host on one).
@@ -717,7 +873,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_keeps_its_mapping_and_the_last_session_releases_it() {
-        let mut p = PortPool::new(&nat(2000, 2099, 1), 0, 1).unwrap();
+        let mut p = PortPool::new(&nat(2000, 2099, 1), 0, 1, 1 << 20).unwrap();
         let a = p.bind(ep(1, 5000), 0).unwrap();
         assert_eq!(
             p.bind(ep(1, 5000), 0),
@@ -743,7 +899,7 @@ mod tests {
     fn address_and_port_dependent_mapping_takes_a_pair_per_session() {
         let mut n = nat(2000, 2099, 1);
         n.mapping = Mapping::AddressAndPortDependent;
-        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
         let a = p.bind(ep(1, 5000), 0).unwrap();
         assert_ne!(p.bind(ep(1, 5000), 0).unwrap(), a);
     }
@@ -751,7 +907,7 @@ mod tests {
     #[test]
     fn a_subscriber_stays_within_its_blocks_and_others_are_not_hurt() {
         // Blocks of 4 ports, 2 per subscriber, on 2 addresses.
-        let mut p = PortPool::new(&nat(3000, 3015, 2), 0, 1).unwrap();
+        let mut p = PortPool::new(&nat(3000, 3015, 2), 0, 1, 1 << 20).unwrap();
         let mut mine = Vec::new();
         for port in 0..8 {
             mine.push(p.bind(ep(1, port), 0).unwrap());
@@ -784,13 +940,14 @@ mod tests {
         }
         assert_eq!(p.blocks(), (7, 8));
         assert!(p.bind(ep(5, 0), 0).is_ok());
+        assert!(p.consistent());
     }
 
     #[test]
     fn subscriber_session_and_rate_limits() {
         let mut n = nat(4000, 4099, 1);
         n.sessions_per_subscriber = 3;
-        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
         for _ in 0..3 {
             p.bind(ep(1, 1), 10).unwrap();
         }
@@ -798,7 +955,7 @@ mod tests {
         assert!(p.bind(ep(2, 2), 10).is_ok(), "another subscriber");
         n.sessions_per_subscriber = 0;
         n.subscriber_sessions_per_sec = 5;
-        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
         // Five sessions this second: the sixth waits for the next second,
         // on a new mapping or on an existing one.
         for port in 1..=5 {
@@ -812,7 +969,7 @@ mod tests {
 
     #[test]
     fn too_few_ports_for_the_workers_is_an_error() {
-        assert!(PortPool::new(&nat(5000, 5000, 1), 0, 2).is_err());
+        assert!(PortPool::new(&nat(5000, 5000, 1), 0, 2, 1 << 20).is_err());
     }
 
     #[test]
@@ -820,7 +977,7 @@ mod tests {
         let mut n = nat(3000, 3063, 1);
         n.block_size = 64;
         n.blocks_per_subscriber = 1;
-        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
         let pool = [198, 18, 2, 100];
         assert!(p.reserve(pool, 3001, ep(1, 7)));
         assert!(
@@ -849,7 +1006,7 @@ mod tests {
     fn a_released_port_waits_out_the_reuse_delay() {
         let mut n = nat(4000, 4003, 1);
         n.port_reuse_delay_s = 120;
-        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
         p.tick(10);
         let all: Vec<_> = (0..4).map(|i| p.bind(ep(1, i), 10).unwrap()).collect();
         assert!(p.bind(ep(1, 9), 10).is_err());
@@ -867,6 +1024,7 @@ mod tests {
         p.unbind(all[2].0, all[2].1, ep(1, 2), false);
         assert!(p.reserve(all[2].0, all[2].1, ep(3, 3)));
         p.tick(400);
+        assert!(p.consistent());
         assert_eq!((p.available(), p.cooling()), (0, 0));
         assert!(!p.reserve(all[2].0, all[2].1, ep(4, 4)), "still bound");
     }
@@ -875,10 +1033,58 @@ mod tests {
     fn ports_are_not_handed_out_in_sequence() {
         let mut n = nat(10000, 29999, 1);
         n.block_size = 4096;
-        let mut p = PortPool::new(&n, 0, 1).unwrap();
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
         let ports: Vec<u16> = (0..50).map(|i| p.bind(ep(1, i), 0).unwrap().1).collect();
         let ascending = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
         assert!(ascending < 5, "{ports:?}");
+    }
+
+    #[test]
+    fn memory_is_stated() {
+        // docs/architecture.md ("NAPT44", Memory); keep it honest.
+        assert_eq!(size_of::<Mapped>(), 16, "a mapping map entry");
+        assert_eq!(size_of::<Subscriber>(), 152, "a subscriber slot");
+        assert_eq!(
+            size_of::<(u32, u32)>() + size_of::<Pair>(),
+            24,
+            "an index entry, a pair"
+        );
+        let mut n = nat(1024, 65535, 1);
+        n.block_size = 256;
+        let p = PortPool::new(&n, 0, 2, 1 << 20).unwrap();
+        assert_eq!((p.size(), p.blocks().1), (32256, 126), "the lab's share");
+        assert!(p.mappings.capacity() >= p.size() && p.queue.capacity() >= p.size());
+        assert!(p.subs.capacity() >= 126 + 64 && p.slab.len() == 126 + 64);
+    }
+
+    /// The prefetch hits what a lookup reads: if a hashbrown update moves
+    /// its entries or probe start, this fails and `probe_start` must
+    /// follow.
+    #[test]
+    fn prefetch_covers_the_mappings_lookups_read() {
+        use crate::session::table::{GROUP, probe_start};
+        let mut n = nat(1024, 65535, 1);
+        n.blocks_per_subscriber = 32;
+        n.block_size = 4096;
+        let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
+        for port in 0..2000 {
+            p.bind(ep(1, port), 0).unwrap();
+        }
+        let (base, size) = p.mappings.allocator().block();
+        let (mut covered, mut keys) = (0, 0);
+        for port in 0..2000 {
+            let e = ep(1, port);
+            let h = p.hash(e);
+            let found = p.mappings.find(h, |m| m.ep == e).unwrap();
+            let at = std::ptr::from_ref(found) as usize;
+            let (_, first) =
+                probe_start(base, size, h, size_of::<Mapped>()).expect("hashbrown's shape");
+            keys += 1;
+            if (first - (GROUP - 1) * size_of::<Mapped>()..=first).contains(&at) {
+                covered += 1;
+            }
+        }
+        assert!(covered * 100 >= keys * 95, "{covered} of {keys} covered");
     }
 
     #[test]
@@ -889,9 +1095,5 @@ mod tests {
         assert_eq!(first_clear(&[!0, !0, 0], 3, 192), Some(128));
         assert_eq!(first_clear(&[!0, !0, 0], 3, 100), None);
         assert_eq!(first_clear(&used, 4, 5), Some(4));
-        assert!(all_clear(&used, 4, 64));
-        assert!(!all_clear(&used, 3, 64));
-        assert!(all_clear(&used, 128, 192));
-        assert!(!all_clear(&used, 60, 130));
     }
 }

@@ -87,7 +87,7 @@ fn side_bit(side: Side) -> u32 {
 /// that [`Table::prefetch`] can find a key's probe group without reading
 /// the table. The index allocates once (see the module's notes).
 #[derive(Default)]
-struct Remembered {
+pub(crate) struct Remembered {
     /// Address and size of the newest block; (0, 0) before the first.
     block: Cell<(usize, usize)>,
 }
@@ -112,22 +112,49 @@ unsafe impl Allocator for Remembered {
 }
 
 /// Control bytes hashbrown compares at once (its SSE2 group on x86_64).
-const GROUP: usize = 16;
+pub(crate) const GROUP: usize = 16;
+
+impl Remembered {
+    /// Address and size of the block the table lives in.
+    #[cfg(test)]
+    pub(crate) fn block(&self) -> (usize, usize) {
+        self.block.get()
+    }
+
+    /// Starts loading the control byte and the entry where a probe for
+    /// `hash` starts in the table this allocator holds, whose entries are
+    /// `T`s (see [`probe_start`]). A hint only: a table of another shape
+    /// gets none.
+    #[inline]
+    pub(crate) fn prefetch<T>(&self, hash: u64) {
+        let (base, size) = self.block.get();
+        if let Some((ctrl, entry)) = probe_start(base, size, hash, size_of::<T>()) {
+            crate::hint::prefetch(ctrl as *const u8);
+            crate::hint::prefetch(entry as *const u8);
+        }
+    }
+}
 
 /// Where hashbrown 0.15 keeps the probe group a hash starts at, in a
-/// block of `size` bytes at `base` holding `u32` entries: the entries
-/// (`buckets` of them, the last at the lowest address) sit right below the
-/// control bytes (`buckets` + [`GROUP`]); a hash starts at bucket
-/// `hash & (buckets - 1)`. Returns the address of that bucket's control
-/// byte and of its entry, or `None` if the block does not have that shape.
-fn probe_start(base: usize, size: usize, hash: u64) -> Option<(usize, usize)> {
-    let buckets = size.checked_sub(GROUP)? / (size_of::<u32>() + 1);
+/// block of `size` bytes at `base` holding entries of `entry` bytes (a
+/// multiple of 4, at most 16): the entries (`buckets` of them, the last
+/// at the lowest address) sit right below the control bytes (`buckets` +
+/// [`GROUP`]); a hash starts at bucket `hash & (buckets - 1)`. Returns the
+/// address of that bucket's control byte and of its entry, or `None` if
+/// the block does not have that shape.
+pub(crate) fn probe_start(
+    base: usize,
+    size: usize,
+    hash: u64,
+    entry: usize,
+) -> Option<(usize, usize)> {
+    let buckets = size.checked_sub(GROUP)? / (entry + 1);
     if base == 0 || !buckets.is_power_of_two() || buckets < GROUP {
         return None;
     }
-    let ctrl = base + buckets * size_of::<u32>();
+    let ctrl = base + buckets * entry;
     let pos = hash as usize & (buckets - 1);
-    Some((ctrl + pos, ctrl - (pos + 1) * size_of::<u32>()))
+    Some((ctrl + pos, ctrl - (pos + 1) * entry))
 }
 
 fn key_of(slots: &[Session], e: u32) -> FlowKey {
@@ -229,7 +256,7 @@ impl Table {
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         let (base, size) = self.index.allocator().block.get();
-        if let Some((ctrl, entry)) = probe_start(base, size, hash) {
+        if let Some((ctrl, entry)) = probe_start(base, size, hash, size_of::<u32>()) {
             crate::hint::prefetch(ctrl as *const u8);
             crate::hint::prefetch(entry as *const u8);
             // The group's last entry, 15 below its first.

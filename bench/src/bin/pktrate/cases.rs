@@ -71,6 +71,16 @@ pub(crate) fn service_set_delay(
     )
 }
 
+/// The subscriber keys the new-sessions bench adds for this build: its 240
+/// inside hosts each open ~1.7 k flows a second, and with the reuse delay
+/// a run holds ~5 k pairs per host, so each may hold 32 blocks of 1024
+/// ports with no session or rate limit of its own (the mechanism's cost
+/// is measured, not the defaults' refusals). Mapping: endpoint-independent
+/// (the default; every flow is a new endpoint, so each looks its mapping
+/// up, misses and makes one).
+pub(crate) const BENCH_SUBSCRIBERS: &str = "block_size = 1024\nblocks_per_subscriber = 32\n\
+     sessions_per_subscriber = 0\nsubscriber_sessions_per_sec = 0\n";
+
 /// The kernel's equivalent: forward only what the inside started (or its
 /// replies), SNAT to the pool.
 pub(crate) fn nft_ruleset(first: &str, last: &str) -> String {
@@ -312,6 +322,45 @@ fn event_log(
     Ok(())
 }
 
+/// This build (`services`: with the subscriber keys) and a baseline
+/// tandemd (`plain`), alternating `--rounds` times: new sessions a second
+/// of each, and the ratio of the means.
+fn baseline(
+    args: &Args,
+    bpf: &Bpf,
+    frame: &[u8],
+    (tandemd, old): (&PathBuf, &PathBuf),
+    w: u32,
+    (services, plain): (&str, &str),
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let (mut base, mut this) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        let d = start_tandemd_with(old, w, plain)?;
+        base.push(measure_with(bpf, frame, 1, w, args.seconds, true)?.pps);
+        d.stop()?;
+        let d = start_tandemd_with(tandemd, w, services)?;
+        this.push(measure_with(bpf, frame, 1, w, args.seconds, true)?.pps);
+        let report = d.stop()?;
+        notes.push(format!(
+            "workers={w} baseline round: {:.3} Mpps baseline, {:.3} this build ({})",
+            base[base.len() - 1] / 1e6,
+            this[this.len() - 1] / 1e6,
+            interesting(&report)
+        ));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    notes.push(format!(
+        "workers={w} this build / baseline ({}) = {:.3} / {:.3} Mpps, ratio {:.2} ({} rounds)",
+        old.display(),
+        mean(&this) / 1e6,
+        mean(&base) / 1e6,
+        mean(&this) / mean(&base).max(1.0),
+        args.rounds
+    ));
+    Ok(())
+}
+
 pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathBuf) -> Result<()> {
     println!(
         "pktrate --new-sessions: every 64-byte UDP packet a new flow, {} s per case; new sessions/s (Mpps at the sink)",
@@ -336,10 +385,22 @@ pub(crate) fn new_sessions(args: &Args, bpf: &Bpf, frame: &[u8], tandemd: &PathB
     .ok();
     let mut notes = Vec::new();
     for &w in &args.workers {
+        let plain = service_set_delay(&pool, 1, 4_000_000 / w, args.port_reuse_delay);
+        let services = format!("{plain}{BENCH_SUBSCRIBERS}");
+        if let Some(old) = &args.baseline {
+            baseline(
+                args,
+                bpf,
+                frame,
+                (tandemd, old),
+                w,
+                (&services, &plain),
+                &mut notes,
+            )?;
+        }
         kernel_nft_on("198.18.2.100", "198.18.2.131")?;
         let k = measure_with(bpf, frame, 1, w, args.seconds, true)?;
         kernel_nft_off()?;
-        let services = service_set_delay(&pool, 1, 4_000_000 / w, args.port_reuse_delay);
         let d = start_tandemd_with(tandemd, w, &services)?;
         let t = measure_with(bpf, frame, 1, w, args.seconds, true)?;
         let report = d.stop()?;

@@ -107,6 +107,12 @@ struct Args {
     /// ports.
     #[arg(long)]
     port_reuse_delay: Option<u32>,
+    /// With --new-sessions: also run this (older) tandemd, given the
+    /// service set without the subscriber keys it may not know
+    /// (`mapping`, `block_size`, ...), alternating --rounds times with
+    /// this build's, and report this build's rate as a ratio of it.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// With --offload: the session capacity per worker tandemd is given
     /// (`sessions.per_worker`), which sizes its flow table (4 slots of 64
     /// bytes per session and worker, rounded up to a power of two, at most
@@ -144,8 +150,9 @@ fn counter(report: &str, key: &str) -> u64 {
 }
 
 fn interesting(report: &str) -> String {
-    const KEYS: [&str; 17] = [
+    const KEYS: [&str; 18] = [
         "worker.sessions_created=",
+        "worker.nat_alloc_failures=",
         "worker.sessions_refused=",
         "worker.handoffs_received=",
         "drop.handoff_full=",

@@ -44,7 +44,8 @@ fn prefetch_covers_the_entries_lookups_read() {
             let slots = &t.slots;
             let found = t.index.find(h, |&e| key_of(slots, e) == k).unwrap();
             let at = std::ptr::from_ref(found) as usize;
-            let (_, first) = probe_start(base, size, h).expect("hashbrown's shape");
+            let (_, first) =
+                probe_start(base, size, h, size_of::<u32>()).expect("hashbrown's shape");
             keys += 1;
             // The group's entries: the first and the 15 below it.
             if (first - (GROUP - 1) * size_of::<u32>()..=first).contains(&at) {
