@@ -116,20 +116,6 @@ pub struct SubscriberView {
     pub sessions: u32,
 }
 
-/// What a pair of the share knows of its mapping: one 16-byte entry, so
-/// binding and releasing touch one cache line of it.
-#[derive(Clone, Copy, Debug)]
-struct Pair {
-    /// The mapping's inside endpoint (0: none).
-    ep: u64,
-    /// Sessions using the mapping (under endpoint-independent mapping, 1
-    /// while bound: the count is the map's).
-    refs: u32,
-    /// The table slot of a synced session holding it, so a newer binding
-    /// from the peer can evict a stale one (`u32::MAX`: none recorded).
-    holder: u32,
-}
-
 /// An endpoint-independent mapping: its inside endpoint, its pair's bit
 /// and the sessions using it (the count lives here, beside the key a
 /// session's end looks up, so releasing one reads one cache line).
@@ -139,12 +125,6 @@ struct Mapped {
     bit: u32,
     refs: u32,
 }
-
-const NO_PAIR: Pair = Pair {
-    ep: 0,
-    refs: 0,
-    holder: u32::MAX,
-};
 
 /// One worker's share of a NAT pool.
 pub struct PortPool {
@@ -157,8 +137,15 @@ pub struct PortPool {
     /// Bit `a * span + (port - first)` is set while that pair is bound
     /// or cooling; the bits past the last pair are set for good.
     used: Vec<u64>,
-    /// Per pair (by bit).
-    pairs: Vec<Pair>,
+    /// Per pair, under address-and-port-dependent mapping: the inside
+    /// endpoint of its one session (0: none). Endpoint-independent
+    /// mappings keep theirs in the map only, so binding and releasing
+    /// one touches no per-pair line beyond the bitmaps.
+    eps: Vec<u64>,
+    /// Per pair: the table slot of a synced session holding it, so a
+    /// newer binding from the peer can evict a stale one (written by a
+    /// standby's installs only; `u32::MAX`: none recorded).
+    holders: Vec<u32>,
     free: usize,
     /// Set while a released pair waits out the reuse delay (its `used`
     /// bit stays set meanwhile).
@@ -186,6 +173,8 @@ pub struct PortPool {
     block_maps: Vec<u32>,
     /// Per block: its pairs neither bound nor cooling.
     block_free: Vec<u32>,
+    /// Per pool address: its blocks held by nobody with every pair free.
+    ready: Vec<u32>,
     blocks_held: usize,
     /// Inside address to subscriber slot; the slots, allocated once, and
     /// the free ones.
@@ -249,6 +238,7 @@ impl PortPool {
             *used.last_mut().expect("at least one word") = !0u64 << (pairs % 64);
         }
         let block = u32::from(nat.block_size.max(1)).min(span);
+        let n_addrs = addrs.len();
         let per_addr = span.div_ceil(block);
         let blocks = addrs.len() * per_addr as usize;
         let eim = nat.mapping == Mapping::EndpointIndependent;
@@ -261,7 +251,8 @@ impl PortPool {
             span,
             first: first as u16,
             used,
-            pairs: vec![NO_PAIR; pairs],
+            eps: if eim { Vec::new() } else { vec![0; pairs] },
+            holders: vec![u32::MAX; pairs],
             free: pairs,
             cooling: vec![0u64; pairs.div_ceil(64)],
             queue: VecDeque::with_capacity(pairs),
@@ -285,6 +276,7 @@ impl PortPool {
                     (span - i * block).min(block)
                 })
                 .collect(),
+            ready: vec![per_addr; n_addrs],
             blocks_held: 0,
             subs: HashMap::with_capacity_and_hasher(subs, foldhash::fast::RandomState::default()),
             slab: vec![Subscriber::new(0, 0, 0); subs],
@@ -319,6 +311,33 @@ impl PortPool {
         self.free += 1;
         let b = self.block_of(bit);
         self.block_free[b] += 1;
+        if self.block_owner[b] == 0 && self.whole(b) {
+            self.ready[b / self.per_addr as usize] += 1;
+        }
+    }
+
+    /// Whether none of block `b`'s pairs is bound or cooling.
+    fn whole(&self, b: usize) -> bool {
+        let (lo, hi) = self.block_bits(b);
+        self.block_free[b] as usize == hi - lo
+    }
+
+    /// Subscriber slot `i` takes block `b`.
+    fn hand_block(&mut self, b: usize, i: usize) {
+        if self.whole(b) {
+            self.ready[b / self.per_addr as usize] -= 1;
+        }
+        self.block_owner[b] = i as u32 + 1;
+        self.blocks_held += 1;
+    }
+
+    /// Block `b` goes back to the pool.
+    fn return_block(&mut self, b: usize) {
+        self.block_owner[b] = 0;
+        self.blocks_held -= 1;
+        if self.whole(b) {
+            self.ready[b / self.per_addr as usize] += 1;
+        }
     }
 
     /// Pairs waiting out the reuse delay.
@@ -388,22 +407,28 @@ impl PortPool {
         )
     }
 
-    /// A free block on pool address `addr` (any, if `None`), from a
-    /// random one on: held by nobody, none of its ports bound or cooling.
+    /// A free block (held by nobody, none of its ports bound or cooling)
+    /// on pool address `addr`, or, for a subscriber's first, on the
+    /// address with the most of them (paired pooling spreads subscribers
+    /// over the addresses), from a random one on.
     fn free_block(&mut self, addr: Option<usize>) -> Option<usize> {
-        let per = self.per_addr as usize;
-        let (base, n) = match addr {
-            Some(a) => (a * per, per),
-            None => (0, self.block_owner.len()),
+        let a = if let Some(a) = addr {
+            a
+        } else {
+            let n = self.addrs.len();
+            let start = self.draw(n);
+            (0..n)
+                .map(|k| (start + k) % n)
+                .max_by_key(|&a| self.ready[a])?
         };
-        if self.blocks_held == self.block_owner.len() {
+        if self.ready[a] == 0 {
             return None;
         }
-        let start = self.draw(n);
-        (0..n).map(|i| base + (start + i) % n).find(|&b| {
-            let (lo, hi) = self.block_bits(b);
-            self.block_owner[b] == 0 && self.block_free[b] as usize == hi - lo
-        })
+        let per = self.per_addr as usize;
+        let start = self.draw(per);
+        (0..per)
+            .map(|k| a * per + (start + k) % per)
+            .find(|&b| self.block_owner[b] == 0 && self.whole(b))
     }
 
     fn hash(&self, ep: u64) -> u64 {
@@ -488,8 +513,7 @@ impl PortPool {
                     self.forget_if_idle(i);
                     return Err(Refusal::PoolExhausted);
                 };
-                self.block_owner[b] = i as u32 + 1;
-                self.blocks_held += 1;
+                self.hand_block(b, i);
                 let a = (b / self.per_addr as usize) as u8;
                 let sub = &mut self.slab[i];
                 sub.blocks[usize::from(sub.n)] = b as u32;
@@ -540,18 +564,23 @@ impl PortPool {
         self.used[bit / 64] |= 1 << (bit % 64);
         self.free -= 1;
         let b = self.block_of(bit);
+        if self.block_owner[b] == 0 && self.whole(b) {
+            // A standby binding the peer's pair in a block nobody holds.
+            self.ready[b / self.per_addr as usize] -= 1;
+        }
         self.block_free[b] -= 1;
-        self.pairs[bit] = Pair {
-            ep,
-            refs: 1,
-            holder: u32::MAX,
-        };
-        self.map(ep, bit, hash);
-        let b = self.block_of(bit);
         self.block_maps[b] += 1;
+        self.map(ep, bit, hash);
     }
 
-    /// Enters `ep`'s new mapping on `bit` (hash `hash`) in the map.
+    /// Whether pair `bit` is bound to a mapping (not free, not cooling).
+    fn bound(&self, bit: usize) -> bool {
+        let (w, m) = (bit / 64, 1u64 << (bit % 64));
+        self.used[w] & m != 0 && self.cooling[w] & m == 0
+    }
+
+    /// Enters `ep`'s new mapping on `bit` (hash `hash`) in the map (or,
+    /// under address-and-port-dependent mapping, beside the pair).
     fn map(&mut self, ep: u64, bit: usize, hash: u64) {
         if self.eim {
             let hasher = &self.hasher;
@@ -564,27 +593,31 @@ impl PortPool {
                 use std::hash::BuildHasher as _;
                 hasher.hash_one(m.ep)
             });
+        } else {
+            self.eps[bit] = ep;
         }
     }
 
-    /// One more session on `ep`'s mapping, bound to `bit`.
-    fn add_user(&mut self, ep: u64, bit: usize) {
-        if self.eim {
-            let hash = self.hash(ep);
-            if let Some(m) = self
-                .mappings
-                .find_mut(hash, |m| m.ep == ep && m.bit == bit as u32)
-            {
-                m.refs += 1;
-            }
-        } else {
-            self.pairs[bit].refs += 1;
+    /// One more session on `ep`'s mapping, bound to `bit`; false when
+    /// the pair is not `ep`'s (or, under address-and-port-dependent
+    /// mapping, serves its one session already).
+    fn add_user(&mut self, ep: u64, bit: usize) -> bool {
+        if !self.eim {
+            return false;
         }
+        let hash = self.hash(ep);
+        self.mappings
+            .find_mut(hash, |m| m.ep == ep && m.bit == bit as u32)
+            .map(|m| m.refs += 1)
+            .is_some()
     }
 
     /// Drops `ep`'s entry in the mapping map if it names `bit`.
     fn unmap(&mut self, ep: u64, bit: usize) {
         if !self.eim {
+            if self.eps[bit] == ep {
+                self.eps[bit] = 0;
+            }
             return;
         }
         let hash = self.hash(ep);
@@ -629,9 +662,9 @@ impl PortPool {
                     Err(_) => None,
                 }
             }
-            Some(bit) if self.pairs[bit].ep == ep && self.pairs[bit].refs > 0 => {
-                self.pairs[bit].refs -= 1;
-                Some(self.pairs[bit].refs == 0)
+            Some(bit) if self.eps[bit] == ep && self.bound(bit) => {
+                self.eps[bit] = 0;
+                Some(true)
             }
             _ => None,
         };
@@ -646,7 +679,6 @@ impl PortPool {
         if !last {
             return;
         }
-        self.pairs[bit] = NO_PAIR;
         if let Some(i) = sub {
             let s = &mut self.slab[i];
             s.ports = s.ports.saturating_sub(1);
@@ -662,8 +694,7 @@ impl PortPool {
         self.block_maps[b] -= 1;
         if self.block_maps[b] == 0 && self.block_owner[b] != 0 {
             let owner = self.block_owner[b] as usize - 1;
-            self.block_owner[b] = 0;
-            self.blocks_held -= 1;
+            self.return_block(b);
             self.slab[owner].remove_block(b as u32);
             self.forget_if_idle(owner);
         }
@@ -685,27 +716,26 @@ impl PortPool {
             // Released here, bound again by the peer: its binding wins.
             self.cooling[w] &= !m;
             self.set_free(bit);
-        } else if self.pairs[bit].refs > 0 && self.pairs[bit].ep == ep {
-            self.add_user(ep, bit);
+        } else if self.used[w] & m != 0 {
+            if !self.add_user(ep, bit) {
+                return false;
+            }
             self.count_session(ep, None);
             return true;
-        } else if self.used[w] & m != 0 {
-            return false;
         }
         self.take(bit, ep, self.hash(ep));
         self.count_session(ep, Some(bit));
         true
     }
 
-    /// Gives the pair (`addr`, `port`), held here by another endpoint's
-    /// mapping (a stale copy: the peer's binding wins), to `ep`'s. The
-    /// sessions left on the old mapping no longer release it.
-    pub fn steal(&mut self, addr: [u8; 4], port: u16, ep: u64) -> bool {
+    /// Gives the pair (`addr`, `port`), held here by the mapping of `old`
+    /// (a stale copy: the peer's binding wins), to `ep`'s. The sessions
+    /// left on the old mapping no longer release it.
+    pub fn steal(&mut self, addr: [u8; 4], port: u16, ep: u64, old: u64) -> bool {
         let Some(bit) = self.bit(addr, port) else {
             return false;
         };
-        let old = self.pairs[bit].ep;
-        if old == 0 {
+        if !self.bound(bit) {
             return self.reserve(addr, port, ep);
         }
         self.unmap(old, bit);
@@ -714,11 +744,6 @@ impl PortPool {
             s.ports = s.ports.saturating_sub(1);
             self.forget_if_idle(i as usize);
         }
-        self.pairs[bit] = Pair {
-            ep,
-            refs: 1,
-            holder: u32::MAX,
-        };
         self.map(ep, bit, self.hash(ep));
         self.count_session(ep, Some(bit));
         true
@@ -747,22 +772,22 @@ impl PortPool {
                 sub.n += 1;
                 sub.addr = a as u8;
             }
-            self.block_owner[b] = i as u32 + 1;
-            self.blocks_held += 1;
+            self.hand_block(b, i);
         }
     }
 
     /// Records the table slot of the synced session that holds a pair.
     pub fn set_holder(&mut self, addr: [u8; 4], port: u16, slot: u32) {
         if let Some(bit) = self.bit(addr, port) {
-            self.pairs[bit].holder = slot;
+            self.holders[bit] = slot;
         }
     }
 
     /// The slot recorded by [`Self::set_holder`] for a bound pair.
     pub fn holder(&self, addr: [u8; 4], port: u16) -> Option<u32> {
-        let p = self.pairs[self.bit(addr, port)?];
-        (p.holder != u32::MAX && p.refs > 0).then_some(p.holder)
+        let bit = self.bit(addr, port)?;
+        let h = self.holders[bit];
+        (h != u32::MAX && self.bound(bit)).then_some(h)
     }
 
     pub fn available(&self) -> usize {
@@ -771,7 +796,7 @@ impl PortPool {
 
     /// The (address, port) pairs of this share.
     pub fn size(&self) -> usize {
-        self.pairs.len()
+        self.holders.len()
     }
 
     /// Whether the per-block free counts match the bitmap.
@@ -783,6 +808,12 @@ impl PortPool {
                 .filter(|&i| self.used[i / 64] & 1 << (i % 64) == 0)
                 .count();
             clear == self.block_free[b] as usize
+        }) && (0..self.addrs.len()).all(|a| {
+            let per = self.per_addr as usize;
+            let ready = (a * per..(a + 1) * per)
+                .filter(|&b| self.block_owner[b] == 0 && self.whole(b))
+                .count();
+            ready == self.ready[a] as usize
         })
     }
 
@@ -798,7 +829,11 @@ impl PortPool {
 
     /// Mappings (bound pairs) in use.
     pub fn mappings(&self) -> usize {
-        self.pairs.iter().filter(|p| p.refs > 0).count()
+        if self.eim {
+            self.mappings.len()
+        } else {
+            self.eps.iter().filter(|&&e| e != 0).count()
+        }
     }
 
     /// The subscribers, for views.
@@ -996,10 +1031,11 @@ mod tests {
         // Host 2's first binding needs a block: host 1 holds the only one.
         assert_eq!(p.bind(ep(2, 1), 0), Err(Refusal::PoolExhausted));
         // A stale copy loses to the peer's newer binding.
-        assert!(p.steal(pool, 3001, ep(2, 7)));
+        assert!(p.steal(pool, 3001, ep(2, 7), ep(1, 7)));
         assert_eq!(p.bind(ep(2, 7), 0), Ok((pool, 3001)));
         p.unbind(pool, 3001, ep(1, 7), false);
         assert_eq!(p.mappings(), 1, "host 1's sessions no longer release it");
+        assert!(p.consistent());
     }
 
     #[test]
@@ -1044,11 +1080,7 @@ mod tests {
         // docs/architecture.md ("NAPT44", Memory); keep it honest.
         assert_eq!(size_of::<Mapped>(), 16, "a mapping map entry");
         assert_eq!(size_of::<Subscriber>(), 152, "a subscriber slot");
-        assert_eq!(
-            size_of::<(u32, u32)>() + size_of::<Pair>(),
-            24,
-            "an index entry, a pair"
-        );
+        assert_eq!(size_of::<(u32, u32)>(), 8, "a subscriber index entry");
         let mut n = nat(1024, 65535, 1);
         n.block_size = 256;
         let p = PortPool::new(&n, 0, 2, 1 << 20).unwrap();
@@ -1085,6 +1117,49 @@ mod tests {
             }
         }
         assert!(covered * 100 >= keys * 95, "{covered} of {keys} covered");
+    }
+
+    proptest::proptest! {
+        /// Any mix of binds, releases, the peer's bindings and time keeps
+        /// the counts true to the bitmaps and never hands out a pair twice.
+        #[test]
+        fn counts_stay_true(ops in proptest::collection::vec((0u8..5, 1u8..6, 0u16..12), 1..300)) {
+            let mut n = nat(6000, 6047, 2);
+            n.port_reuse_delay_s = 3;
+            let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
+            let mut live: Vec<(([u8; 4], u16), u64)> = Vec::new();
+            let mut now = 0;
+            for (op, host, port) in ops {
+                let e = ep(host, port);
+                match op {
+                    0 | 1 => {
+                        if let Ok(pair) = p.bind(e, now) {
+                            if let Some(other) = live.iter().find(|(q, f)| *q == pair && *f != e) {
+                                proptest::prop_assert!(false, "{pair:?} for {e} and {}", other.1);
+                            }
+                            live.push((pair, e));
+                        }
+                    }
+                    2 if !live.is_empty() => {
+                        let (pair, e) = live.swap_remove(usize::from(port) % live.len());
+                        p.unbind(pair.0, pair.1, e, port % 3 == 0);
+                    }
+                    3 => {
+                        let pair = ([198, 18, 2, 100 + host % 2], 6000 + port * 4);
+                        if p.reserve(pair.0, pair.1, e) {
+                            live.push((pair, e));
+                        }
+                    }
+                    _ => {
+                        now += 1;
+                        p.tick(now);
+                    }
+                }
+                proptest::prop_assert!(p.consistent());
+                let bound = p.size() - p.available() - p.cooling();
+                proptest::prop_assert_eq!(bound, p.mappings());
+            }
+        }
     }
 
     #[test]

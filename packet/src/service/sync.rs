@@ -581,7 +581,9 @@ impl Services {
                 let old = self.table.remove(h);
                 release(&mut self.sets, &old);
                 let pool = self.sets[set].nat.as_mut().expect("checked above");
-                if !pool.steal(addr, port, ep) {
+                if !pool.reserve(addr, port, ep)
+                    && !pool.steal(addr, port, ep, mapping_endpoint(&old))
+                {
                     return Err(NackReason::NatConflict);
                 }
             }
