@@ -128,12 +128,15 @@ fn a_flooding_host_stays_within_its_limit_and_others_get_in() -> Result<(), Fail
                     let s =
                         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
                     s.bind(&format!("{CLIENT2}:0").parse::<SocketAddr>().unwrap().into())?;
+                    // The flood overruns the node's receive rings, which
+                    // drop frames whoever sent them: a SYN may need its
+                    // retransmissions (1, 3 and 7 s on).
                     s.connect_timeout(
                         &format!("{SERVER}:7500")
                             .parse::<SocketAddr>()
                             .unwrap()
                             .into(),
-                        Duration::from_secs(3),
+                        Duration::from_secs(10),
                     )?;
                     Ok::<TcpStream, std::io::Error>(s.into())
                 })

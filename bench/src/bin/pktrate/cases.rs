@@ -325,6 +325,7 @@ fn event_log(
 /// This build (`services`: with the subscriber keys) and a baseline
 /// tandemd (`plain`), alternating `--rounds` times: new sessions a second
 /// of each, and the ratio of the means.
+#[expect(clippy::cast_precision_loss, reason = "rates and means")]
 fn baseline(
     args: &Args,
     bpf: &Bpf,
