@@ -1802,13 +1802,6 @@ fn a_rolling_rule_change_keeps_sync_and_a_pool_change_is_refused() -> Result<(),
         gauge(&b, "tandem_ha_peer_sync_state") == Some(2)
     })?;
     let o = ctl(&b, &["release"]);
-    if !o.status.success() {
-        eprintln!(
-            "TEMP A LOG:\n{}\nTEMP B LOG:\n{}",
-            a.log_text(),
-            b.log_text()
-        );
-    }
     check(o.status.success(), format!("plain release on B: {o:?}"))?;
     wait("A MASTER again", || {
         state(&a) == Some(2) && holds_vip(&lab.a)
