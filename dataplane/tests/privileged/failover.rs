@@ -29,6 +29,10 @@ pub const TESTS: &[(&str, Test)] = &[
         sigkill_of_the_master_keeps_connections_and_it_rejoins_standby,
     ),
     (
+        "failover_an_endpoint_keeps_its_mapping",
+        an_endpoint_keeps_its_mapping,
+    ),
+    (
         "failover_manual_switchover_and_back",
         manual_switchover_and_back,
     ),
@@ -1879,5 +1883,84 @@ fn worker_counts_may_differ() -> Result<(), Failed> {
     let gap = survivors(conns)?;
     let _ = server.join();
     eprintln!("1 and 2 workers, two failovers: longest gap {gap:?}");
+    Ok(())
+}
+
+/// A UDP echo server in the lab's server at `addr:9100` that answers
+/// every datagram and records its source, until `stop`.
+fn udp_echo(
+    lab: &Lab,
+    addr: &'static str,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    thread::JoinHandle<()>,
+) {
+    let s = lab
+        .server
+        .enter(move || std::net::UdpSocket::bind((addr, 9100)).expect("bind"));
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let h = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                log.lock().unwrap().push(from);
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    });
+    (seen, h)
+}
+
+/// Endpoint-independent mappings reach the standby with their sessions:
+/// after A is killed, one inside socket's new session on B (toward a
+/// second server) leaves from the external address and port A mapped the
+/// socket to, and its first session goes on from the same pair.
+fn an_endpoint_keeps_its_mapping() -> Result<(), Failed> {
+    let lab = Lab::new();
+    ipw(&format!(
+        "-n {} addr add 198.18.2.11/24 dev eth0",
+        lab.server.name
+    ));
+    let (mut a, b) = lab.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen1, h1) = udp_echo(&lab, SERVER, Arc::clone(&stop));
+    let (seen2, h2) = udp_echo(&lab, "198.18.2.11", Arc::clone(&stop));
+    let cli = lab
+        .client
+        .enter(|| std::net::UdpSocket::bind("198.18.1.10:40000").expect("bind"));
+    cli.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let echo = |to: &str| -> Result<(), Failed> {
+        // A few tries: the first may meet a failover in progress.
+        for _ in 0..10 {
+            cli.send_to(b"ping", (to, 9100))?;
+            let mut buf = [0u8; 64];
+            if cli.recv_from(&mut buf).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(format!("no echo from {to}").into())
+    };
+    echo(SERVER)?;
+    wait("B holds the session", || count(&b).is_ok_and(|c| c >= 1))?;
+    let _ = a.signal_and_wait(libc::SIGKILL);
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    echo("198.18.2.11")?;
+    echo(SERVER)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = (h1.join(), h2.join());
+    let (first, second) = (seen1.lock().unwrap().clone(), seen2.lock().unwrap().clone());
+    let pairs: std::collections::BTreeSet<_> = first.iter().chain(&second).collect();
+    check(
+        first.len() >= 2
+            && !second.is_empty()
+            && pairs.len() == 1
+            && first[0].ip().to_string() == POOL,
+        format!("the servers saw {first:?} (before and after) and {second:?} (after)"),
+    )?;
+    eprintln!("mapping across a failover: {first:?} and {second:?}");
     Ok(())
 }
