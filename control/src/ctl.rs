@@ -21,6 +21,9 @@ pub enum Request {
     ClearStatistics,
     /// List (or count) sessions.
     ShowSessions(Query),
+    /// The NAT pools' use per address and their busiest subscribers, as
+    /// one JSON line and `end N` (N: the NAT service sets): `show nat`.
+    ShowNat,
     /// End the sessions the query matches (its level and limit aside), as
     /// expiry ends them: `clear sessions [filters]`.
     ClearSessions(Query),
@@ -80,6 +83,7 @@ impl Request {
                 w.extend(q.to_words());
                 w.join(" ")
             }
+            Self::ShowNat => "show nat".into(),
             Self::ShowProbes { from: None } => "show probes".into(),
             Self::ShowProbes { from: Some(n) } => format!("show probes from {n}"),
             Self::Panic(t) => format!("debug panic {}", t.name()),
@@ -95,7 +99,7 @@ impl Request {
     }
 }
 
-const EXPECTED: &str = "reload | clear statistics | clear sessions [...] | show sessions [...] | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
+const EXPECTED: &str = "reload | clear statistics | clear sessions [...] | show sessions [...] | show nat | show probes [from N] | request acquire|release [force] | request resync | debug panic ha|sync|control | debug hang workers";
 
 /// Parses one request line (whitespace-insensitive, case-insensitive).
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -131,6 +135,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             .ok_or_else(|| {
                 format!("debug panic: unknown thread {t:?} (expected ha, sync or control)")
             }),
+        ["show", "nat"] => Ok(Request::ShowNat),
         ["show", "probes"] => Ok(Request::ShowProbes { from: None }),
         ["show", "probes", "from", n] => n
             .parse()

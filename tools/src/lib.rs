@@ -5,6 +5,7 @@
 pub mod ha;
 pub mod ipmp;
 pub mod model;
+pub mod nat;
 pub mod prom;
 pub mod redundancy;
 pub mod sessions;

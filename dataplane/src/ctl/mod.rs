@@ -77,6 +77,7 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
             filter: filter.clone(),
             count_only,
             clear: false,
+            nat: false,
             sets: names.len(),
             tx: tx.clone(),
             cancel: Arc::clone(&cancel),
@@ -99,6 +100,7 @@ fn list_sessions(q: &Query, ctx: &Ctx, out: &mut impl Write) -> Result<End, Stri
             break Ok(());
         }
         match rx.recv_timeout(WORKER_ANSWER) {
+            Ok(Chunk::Nat { .. }) => {}
             Ok(Chunk::Rows { worker, sessions }) => {
                 let mut failed = None;
                 for s in sessions
@@ -163,6 +165,7 @@ fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
             filter: filter.clone(),
             count_only: true,
             clear: true,
+            nat: false,
             sets: names.len(),
             tx: tx.clone(),
             cancel: Arc::clone(&cancel),
@@ -181,7 +184,7 @@ fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
                 done += 1;
                 ended += matched;
             }
-            Ok(Chunk::Rows { .. }) => {}
+            Ok(Chunk::Rows { .. } | Chunk::Nat { .. }) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(format!(
                     "{} of {} workers did not finish within {WORKER_ANSWER:?} ({ended} sessions \
@@ -195,6 +198,126 @@ fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
     }
     tracing::info!(sessions = ended, query = %Request::ClearSessions(q.clone()).as_line(), "sessions cleared");
     Ok(ended)
+}
+
+/// Subscribers `show nat` names per service set.
+const NAT_TOP: usize = 10;
+
+/// Writes the NAT service sets' pools as one JSON line, gathered from
+/// every worker: per pool address its ports and blocks (in use, cooling,
+/// in all), the subscribers and the busiest ones. Returns how many NAT
+/// service sets there are.
+fn show_nat(ctx: &Ctx, out: &mut impl Write) -> Result<usize, String> {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    let (tx, rx) = mpsc::sync_channel(4 * ctx.workers.max(1));
+    let cancel = Arc::new(AtomicBool::new(false));
+    for w in 0..ctx.workers {
+        let job = Job {
+            filter: Match::default(),
+            count_only: true,
+            clear: false,
+            nat: true,
+            sets: ctx.cfg.service_sets.len(),
+            tx: tx.clone(),
+            cancel: Arc::clone(&cancel),
+        };
+        if ctx.handoff.post_job(w, job).is_err() {
+            return Err(format!("worker {w} has too many jobs queued; try again"));
+        }
+    }
+    drop(tx);
+    // Per set: per address (ports, in use, cooling, blocks, in use), the
+    // subscribers, and every worker's busiest.
+    let mut sets: BTreeMap<u8, (BTreeMap<[u8; 4], [u64; 5]>, u64, Vec<serde_json::Value>)> =
+        BTreeMap::new();
+    let mut done = 0;
+    while done < ctx.workers {
+        match rx.recv_timeout(WORKER_ANSWER) {
+            Ok(Chunk::Nat {
+                worker,
+                sets: views,
+            }) => {
+                for v in views {
+                    let (addrs, subs, top) = sets.entry(v.set).or_default();
+                    *subs += v.subscribers as u64;
+                    for a in v.addresses {
+                        let t = addrs.entry(a.addr).or_default();
+                        for (x, y) in t.iter_mut().zip([
+                            a.ports,
+                            a.ports_in_use,
+                            a.ports_cooling,
+                            a.blocks,
+                            a.blocks_in_use,
+                        ]) {
+                            *x += u64::from(y);
+                        }
+                    }
+                    top.extend(v.top.iter().map(|s| {
+                        serde_json::json!({
+                            "inside": Ipv4Addr::from(s.inside).to_string(),
+                            "pool_address": Ipv4Addr::from(s.pool_addr).to_string(),
+                            "blocks": s.blocks,
+                            "ports": s.ports,
+                            "sessions": s.sessions,
+                            "worker": worker,
+                        })
+                    }));
+                }
+            }
+            Ok(Chunk::Done { .. }) => done += 1,
+            Ok(Chunk::Rows { .. }) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "{} of {} workers did not answer within {WORKER_ANSWER:?}",
+                    ctx.workers - done,
+                    ctx.workers
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let mut list = Vec::new();
+    for (i, s) in ctx.cfg.service_sets.iter().enumerate() {
+        let Some(nat) = &s.nat else { continue };
+        let (addrs, subs, mut top) = sets.remove(&(i as u8)).unwrap_or_default();
+        top.sort_by_key(|t| std::cmp::Reverse((t["ports"].as_u64(), t["sessions"].as_u64())));
+        top.truncate(NAT_TOP);
+        let addresses: Vec<serde_json::Value> = addrs
+            .iter()
+            .map(|(a, t)| {
+                serde_json::json!({
+                    "address": Ipv4Addr::from(*a).to_string(),
+                    "ports": t[0],
+                    "ports_in_use": t[1],
+                    "ports_cooling": t[2],
+                    "blocks": t[3],
+                    "blocks_in_use": t[4],
+                })
+            })
+            .collect();
+        list.push(serde_json::json!({
+            "name": s.name,
+            "mapping": match nat.mapping {
+                tandem_control::config::Mapping::EndpointIndependent => "endpoint-independent",
+                tandem_control::config::Mapping::AddressAndPortDependent => {
+                    "address-and-port-dependent"
+                }
+            },
+            "block_size": nat.block_size,
+            "blocks_per_subscriber": nat.blocks_per_subscriber,
+            "sessions_per_subscriber": nat.sessions_per_subscriber,
+            "subscriber_sessions_per_sec": nat.subscriber_sessions_per_sec,
+            "port_reuse_delay_s": nat.port_reuse_delay_s,
+            "subscribers": subs,
+            "addresses": addresses,
+            "top_subscribers": top,
+        }));
+    }
+    let n = list.len();
+    let line = serde_json::json!({ "service_sets": list });
+    writeln!(out, "{line}").map_err(|e| format!("writing to the client: {e}"))?;
+    Ok(n)
 }
 
 fn row(
@@ -408,6 +531,13 @@ pub fn serve_control(l: &UnixListener, ctx: &Ctx) {
                     Ok(n) => format!("ok: {n} sessions cleared"),
                     Err(e) => format!("error: {e}"),
                 },
+                Ok(Request::ShowNat) => {
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                    match show_nat(ctx, &mut &conn) {
+                        Ok(sets) => format!("end {sets}"),
+                        Err(e) => format!("error: {e}"),
+                    }
+                }
                 Ok(Request::ShowSessions(q)) => {
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
                     match list_sessions(&q, ctx, &mut &conn) {

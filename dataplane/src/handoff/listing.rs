@@ -14,7 +14,10 @@ use std::sync::{
 
 use tandem_control::{config::Prefix, sessions::Query};
 
-use crate::session::{Origin, Session, Table};
+use crate::{
+    service::NatView,
+    session::{Origin, Session, Table},
+};
 
 /// Slots a worker scans per loop iteration.
 const SCAN_SLOTS: usize = 4096;
@@ -96,6 +99,8 @@ pub enum Chunk {
         worker: usize,
         sessions: Vec<Session>,
     },
+    /// The worker's NAT pools (a `nat` job's one answer, before `Done`).
+    Nat { worker: usize, sets: Vec<NatView> },
     /// The worker's walk is over: `matched` sessions, per service set.
     Done {
         worker: usize,
@@ -111,6 +116,9 @@ pub struct Job {
     /// End the matching sessions instead of listing them
     /// (`tandemctl clear sessions`); `Done` says how many.
     pub clear: bool,
+    /// Describe the worker's NAT pools instead (`show nat`): one
+    /// [`Chunk::Nat`], then `Done`.
+    pub nat: bool,
     pub sets: usize,
     pub tx: SyncSender<Chunk>,
     /// Set by the control thread once it has what it needs (a limit).
@@ -183,6 +191,27 @@ impl Walk {
     /// Whether this job ends the sessions it matches.
     pub fn clears(&self) -> bool {
         self.job.clear
+    }
+
+    /// Whether this job asks for the worker's NAT pools.
+    pub fn describes_nat(&self) -> bool {
+        self.job.nat
+    }
+
+    /// One step of a `nat` job: sends what `view` describes (once), then
+    /// `Done`. True when finished; a full channel waits for the next step.
+    pub fn step_nat(&mut self, view: impl FnOnce() -> Vec<NatView>) -> bool {
+        if self.cursor.is_some() {
+            let chunk = Chunk::Nat {
+                worker: self.worker,
+                sets: view(),
+            };
+            match self.job.tx.try_send(chunk) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => self.cursor = None,
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+        self.send_done()
     }
 
     /// One bounded step of a clear: `clear(from, filter)` ends the
@@ -272,6 +301,7 @@ mod tests {
                 filter,
                 count_only,
                 clear: false,
+                nat: false,
                 sets: 2,
                 tx,
                 cancel: Arc::new(AtomicBool::new(false)),
@@ -287,6 +317,7 @@ mod tests {
                 match c {
                     Chunk::Rows { sessions, .. } => ids.extend(sessions.iter().map(|s| s.id)),
                     Chunk::Done { matched: m, .. } => matched = Some(m),
+                    Chunk::Nat { .. } => panic!("a listing answers no NAT view"),
                 }
             }
             if finished && matched.is_some() {

@@ -117,6 +117,9 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// is spread over loops instead of stopping the rings (a few
 /// microseconds per loop).
 const AGING_STEP: usize = 256;
+/// Subscribers a worker names per NAT service set in `show nat`.
+const NAT_TOP: usize = 10;
+
 /// How long an otherwise idle worker waits between listing steps.
 const WALK_POLL: Duration = Duration::from_millis(1);
 
@@ -433,6 +436,11 @@ impl Worker {
             return;
         };
         let finished = match self.services.as_mut() {
+            _ if w.describes_nat() => w.step_nat(|| {
+                self.services
+                    .as_ref()
+                    .map_or_else(Vec::new, |svc| svc.nat_view(NAT_TOP))
+            }),
             Some(svc) if w.clears() => w.step_clear(|from, filter| {
                 svc.clear_some(from, CLEAR_SLOTS, |s| filter.matches(s), tally)
             }),

@@ -152,6 +152,7 @@ fn a_flooding_host_stays_within_its_limit_and_others_get_in() -> Result<(), Fail
         .filter_map(|r| r.as_ref().err().map(ToString::to_string))
         .collect();
     let flooder = sessions_json(&d, &["source-prefix", "198.18.1.10/32", "count"])?;
+    let nat = nat_json(&d)?;
     let c = d.stop();
     check(
         failed.is_empty(),
@@ -180,11 +181,49 @@ fn a_flooding_host_stays_within_its_limit_and_others_get_in() -> Result<(), Fail
         c.get("worker.rejects_sent") > 0,
         format!("no ICMP unreachable for the refused flows: {c:?}"),
     )?;
+    // tandemstat nat: the flooding host heads the list, within its 8
+    // blocks and 2048 ports, on one pool address; the other host has its
+    // own block; the refusals match the counters.
+    let set = &nat["service_sets"][0];
+    let top = &set["top_subscribers"];
+    check(
+        top[0]["inside"] == CLIENT
+            && top[0]["blocks"].as_u64() <= Some(8)
+            && top[0]["ports"].as_u64() <= Some(2048)
+            && top[0]["ports"].as_u64() >= Some(256)
+            && top[0]["pool_address"] == POOL
+            && top.as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|s| s["inside"] == CLIENT2 && s["blocks"] == 1 && s["ports"] == 20)
+            })
+            && set["subscribers"] == 2
+            && set["addresses"][0]["blocks_in_use"].as_u64() <= Some(9),
+        format!("tandemstat nat: {nat}"),
+    )?;
+    check(
+        nat["failures"]["total"].as_u64() > Some(0)
+            && nat["failures"]["subscriber_ports_exceeded"].as_u64()
+                <= Some(c.get("worker.nat_subscriber_ports_exceeded")),
+        format!("tandemstat nat failures: {}", nat["failures"]),
+    )?;
     eprintln!(
         "flood: {sessions} sessions for the flooding host, {refused} refused; 20 connections in {took:?}"
     );
     drop(opened);
     Ok(())
+}
+
+/// `tandemstat --instance I nat --json`, parsed.
+fn nat_json(d: &Daemon) -> Result<serde_json::Value, String> {
+    let o = crate::netns::tandemstat(&d.instance)
+        .args(["nat", "--json"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    serde_json::from_slice(&o.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 /// hping3 runs: the flood test needs it.

@@ -116,6 +116,15 @@ pub struct Services {
     releases: Releases,
 }
 
+/// One worker's view of one NAT service set's pool.
+#[derive(Clone, Debug)]
+pub struct NatView {
+    pub set: u8,
+    pub addresses: Vec<nat::AddressUse>,
+    pub subscribers: usize,
+    pub top: Vec<nat::SubscriberView>,
+}
+
 /// NAT bindings to release, at most [`Releases::MAX`]: (service set,
 /// pool address, port, inside endpoint).
 struct Releases {
@@ -197,6 +206,24 @@ impl Services {
                 let (held, all) = p.blocks();
                 (h + held, t + all, n + p.subscribers())
             })
+    }
+
+    /// Per NAT service set (by index): its pool addresses' use, its
+    /// subscribers and the `top` with the most ports, for views.
+    pub fn nat_view(&self, top: usize) -> Vec<NatView> {
+        self.sets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let p = s.nat.as_ref()?;
+                Some(NatView {
+                    set: i as u8,
+                    addresses: p.address_use(),
+                    subscribers: p.subscribers(),
+                    top: p.top_subscribers(top),
+                })
+            })
+            .collect()
     }
 
     /// Pairs of this worker's NAT pool shares waiting out the reuse delay.

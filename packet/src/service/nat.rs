@@ -106,6 +106,17 @@ impl Subscriber {
     }
 }
 
+/// One pool address's use in a worker's share, as views show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressUse {
+    pub addr: [u8; 4],
+    pub ports: u32,
+    pub ports_in_use: u32,
+    pub ports_cooling: u32,
+    pub blocks: u32,
+    pub blocks_in_use: u32,
+}
+
 /// One subscriber as views show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberView {
@@ -836,6 +847,42 @@ impl PortPool {
         }
     }
 
+    /// Each pool address's ports and blocks in this share, for views (a
+    /// walk of the bitmaps: for an operator's request, not per packet).
+    pub fn address_use(&self) -> Vec<AddressUse> {
+        let (span, per) = (self.span as usize, self.per_addr as usize);
+        let bit = |v: &[u64], i: usize| v[i / 64] & 1 << (i % 64) != 0;
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(a, &addr)| {
+                let bits = a * span..(a + 1) * span;
+                let cooling = bits.clone().filter(|&i| bit(&self.cooling, i)).count();
+                let used = bits.filter(|&i| bit(&self.used, i)).count();
+                let held = self.block_owner[a * per..(a + 1) * per]
+                    .iter()
+                    .filter(|&&o| o != 0)
+                    .count();
+                AddressUse {
+                    addr,
+                    ports: span as u32,
+                    ports_in_use: (used - cooling) as u32,
+                    ports_cooling: cooling as u32,
+                    blocks: per as u32,
+                    blocks_in_use: held as u32,
+                }
+            })
+            .collect()
+    }
+
+    /// The `n` subscribers with the most ports (then sessions), for views.
+    pub fn top_subscribers(&self, n: usize) -> Vec<SubscriberView> {
+        let mut all: Vec<SubscriberView> = self.subscriber_views().collect();
+        all.sort_unstable_by_key(|s| std::cmp::Reverse((s.ports, s.sessions)));
+        all.truncate(n);
+        all
+    }
+
     /// The subscribers, for views.
     pub fn subscriber_views(&self) -> impl Iterator<Item = SubscriberView> + '_ {
         self.subs.values().map(|&i| {
@@ -976,6 +1023,20 @@ mod tests {
         assert_eq!(p.blocks(), (7, 8));
         assert!(p.bind(ep(5, 0), 0).is_ok());
         assert!(p.consistent());
+        let used: Vec<(u32, u32)> = p
+            .address_use()
+            .iter()
+            .map(|a| (a.ports_in_use, a.blocks_in_use))
+            .collect();
+        assert_eq!(
+            used.iter().map(|u| u.0).sum::<u32>(),
+            29,
+            "32 bound, 4 released, 1 new"
+        );
+        assert_eq!(used.iter().map(|u| u.1).sum::<u32>(), 8);
+        let top = p.top_subscribers(2);
+        assert_eq!(top.len(), 2);
+        assert_eq!((top[0].ports, top[0].blocks), (8, 2));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{
 
 use clap::{ArgGroup, Parser, Subcommand};
 use tandem_control::sessions::Query;
-use tandem_tools::{ha, ipmp, model::Snapshot, prom, redundancy, sessions, view};
+use tandem_tools::{ha, ipmp, model::Snapshot, nat, prom, redundancy, sessions, view};
 
 /// Read-only readout of a tandem instance's counters (from
 /// /dev/shm/tandem/NAME.stats, or $TANDEM_STATS_DIR/NAME.stats; never talks
@@ -123,6 +123,11 @@ enum Cmd {
         /// terse | brief | extensive
         level: Option<String>,
     },
+    /// The NAT pools (asked of the daemon): per service set its mapping
+    /// and limits, per pool address the ports in use and cooling and the
+    /// port blocks in use, the subscribers and the ten with the most
+    /// ports; and the translations refused, by reason (from the counters).
+    Nat,
     /// The peer as the heartbeats see it: its state, health and priority,
     /// and per path sent, received, echoed, missed and rejected heartbeats,
     /// path-down count and round trips (last, smoothed, deviation, worst).
@@ -387,6 +392,26 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         };
+    }
+    if let Some(Cmd::Nat) = &args.cmd {
+        if args.watch.is_some() {
+            return fail("-w applies to counters, not to the NAT pools");
+        }
+        let answer = match nat::fetch(&args.instance) {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let snap = match Snapshot::take(&args.instance) {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        let v = nat::json(&answer, &snap);
+        if args.json {
+            println!("{v}");
+        } else {
+            print!("{}", nat::text(&v));
+        }
+        return ExitCode::SUCCESS;
     }
     if let Some(Cmd::Serve { listen }) = &args.cmd {
         return match prom::serve(listen, &args.instance) {
