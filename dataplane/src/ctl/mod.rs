@@ -203,6 +203,15 @@ fn clear_sessions(q: &Query, ctx: &Ctx) -> Result<u64, String> {
 /// Subscribers `show nat` names per service set.
 const NAT_TOP: usize = 10;
 
+/// One NAT service set summed over the workers: per pool address (ports,
+/// in use, cooling, blocks, blocks in use), the subscribers, and every
+/// worker's busiest.
+type NatSum = (
+    std::collections::BTreeMap<[u8; 4], [u64; 5]>,
+    u64,
+    Vec<serde_json::Value>,
+);
+
 /// Writes the NAT service sets' pools as one JSON line, gathered from
 /// every worker: per pool address its ports and blocks (in use, cooling,
 /// in all), the subscribers and the busiest ones. Returns how many NAT
@@ -227,10 +236,7 @@ fn show_nat(ctx: &Ctx, out: &mut impl Write) -> Result<usize, String> {
         }
     }
     drop(tx);
-    // Per set: per address (ports, in use, cooling, blocks, in use), the
-    // subscribers, and every worker's busiest.
-    let mut sets: BTreeMap<u8, (BTreeMap<[u8; 4], [u64; 5]>, u64, Vec<serde_json::Value>)> =
-        BTreeMap::new();
+    let mut sets: BTreeMap<u8, NatSum> = BTreeMap::new();
     let mut done = 0;
     while done < ctx.workers {
         match rx.recv_timeout(WORKER_ANSWER) {
