@@ -25,6 +25,13 @@ pub enum EventKind {
     /// A new translated flow found no free port in this worker's share of
     /// its service set's pool (at most one a second per worker).
     PortsExhausted,
+    /// A subscriber took a port block: the event's session names the
+    /// subscriber (`key.src`), the pool address and first port (its NAT
+    /// binding) and the last port (`key.dport`).
+    BlockAllocated,
+    /// A subscriber's port block went back to the pool (its last mapping
+    /// ended); as [`EventKind::BlockAllocated`].
+    BlockReleased,
 }
 
 /// One event: the session at that moment.
@@ -78,6 +85,37 @@ impl EventSink {
         }
     }
 
+    /// A port block of service set `set` went to (`allocated`) or came
+    /// back from subscriber `inside`: ports `first..=last` of `pool`.
+    pub fn block(
+        &mut self,
+        allocated: bool,
+        set: u8,
+        inside: [u8; 4],
+        pool: [u8; 4],
+        (first, last): (u16, u16),
+    ) {
+        if !(self.wanted && self.active) {
+            return;
+        }
+        let mut s = Session::new(
+            crate::session::FlowKey::v4(inside, [0; 4], first, last, 0),
+            0,
+            crate::session::Origin::Inside,
+            set,
+            0,
+        );
+        s.set_nat(pool, first);
+        let kind = if allocated {
+            EventKind::BlockAllocated
+        } else {
+            EventKind::BlockReleased
+        };
+        if self.tx.push(Event { kind, session: s }).is_err() {
+            self.dropped += 1;
+        }
+    }
+
     /// [`EventKind::PortsExhausted`] for a flow like `s`, at most once in
     /// second `now`.
     pub fn exhausted(&mut self, s: &Session, now: u32) {
@@ -85,6 +123,11 @@ impl EventSink {
             self.exhausted_at = Some(now);
             self.push(EventKind::PortsExhausted, s);
         }
+    }
+
+    /// Counts `n` events lost before they reached the ring.
+    pub fn lost(&mut self, n: u64) {
+        self.dropped += n;
     }
 
     /// Events dropped since the last call.

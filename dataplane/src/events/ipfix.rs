@@ -1,6 +1,7 @@
 //! NAT events as IPFIX (RFC 7011 over UDP) in the record layouts of
-//! RFC 8158: NAT44 session create and delete (natEvent 1 and 2) and NAT
-//! addresses exhausted (natEvent 3).
+//! RFC 8158: NAT44 session create and delete (natEvent 4 and 5), NAT
+//! addresses exhausted (natEvent 3), and port block allocation and
+//! de-allocation (natEvent 16 and 17).
 //!
 //! Design: one message is built in a buffer sized once; records go into
 //! a data set of their template, and a message is sent when the next
@@ -14,11 +15,16 @@ pub const MAX_MESSAGE: usize = 1400;
 pub const NAT44_SESSION: u16 = 256;
 /// The NAT addresses exhausted template.
 pub const NAT_EXHAUSTED: u16 = 257;
+/// The port block template (allocation and de-allocation).
+pub const PORT_BLOCK: u16 = 258;
 
-/// natEvent values (RFC 8158, IANA "NAT Event Type").
-pub const NAT44_CREATE: u8 = 1;
-pub const NAT44_DELETE: u8 = 2;
+/// natEvent values (RFC 8158 section 4.1, IANA "NAT Event Type"; 1 and 2
+/// are the historic translation create and delete).
+pub const NAT44_CREATE: u8 = 4;
+pub const NAT44_DELETE: u8 = 5;
 pub const ADDRESSES_EXHAUSTED: u8 = 3;
+pub const BLOCK_ALLOCATED: u8 = 16;
+pub const BLOCK_RELEASED: u8 = 17;
 
 /// (information element, length) of the session template, in order.
 const SESSION_FIELDS: [(u16, u16); 12] = [
@@ -40,6 +46,28 @@ const EXHAUSTED_FIELDS: [(u16, u16); 3] = [
     (230, 1), // natEvent
     (283, 4), // natPoolId
 ];
+/// RFC 8158's port block allocation and de-allocation record.
+const BLOCK_FIELDS: [(u16, u16); 8] = [
+    (323, 8), // observationTimeMilliseconds
+    (230, 1), // natEvent
+    (8, 4),   // sourceIPv4Address
+    (225, 4), // postNATSourceIPv4Address
+    (361, 2), // portRangeStart
+    (362, 2), // portRangeEnd
+    (363, 2), // portRangeStepSize
+    (364, 2), // portRangeNumPorts
+];
+
+/// A port block event.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub unix_ms: u64,
+    pub event: u8,
+    pub inside: [u8; 4],
+    pub pool: [u8; 4],
+    pub first: u16,
+    pub last: u16,
+}
 
 const HEADER: usize = 16;
 const SET_HEADER: usize = 4;
@@ -103,10 +131,10 @@ impl Exporter {
 
     /// Whether a record of `template` fits in the message being built.
     pub fn fits(&self, template: u16) -> bool {
-        let len = if template == NAT44_SESSION {
-            record_len(&SESSION_FIELDS)
-        } else {
-            record_len(&EXHAUSTED_FIELDS)
+        let len = match template {
+            NAT44_SESSION => record_len(&SESSION_FIELDS),
+            PORT_BLOCK => record_len(&BLOCK_FIELDS),
+            _ => record_len(&EXHAUSTED_FIELDS),
         };
         let set = if self.set.is_some_and(|(_, t)| t == template) {
             0
@@ -132,6 +160,21 @@ impl Exporter {
         b.extend_from_slice(&r.nat_sport.to_be_bytes());
         b.extend_from_slice(&r.dport.to_be_bytes());
         b.extend_from_slice(&r.dport.to_be_bytes());
+        self.records += 1;
+    }
+
+    /// Appends a port block record (the caller checked [`Self::fits`]).
+    pub fn block(&mut self, r: &Block) {
+        self.open(PORT_BLOCK);
+        let b = &mut self.buf;
+        b.extend_from_slice(&r.unix_ms.to_be_bytes());
+        b.push(r.event);
+        b.extend_from_slice(&r.inside);
+        b.extend_from_slice(&r.pool);
+        b.extend_from_slice(&r.first.to_be_bytes());
+        b.extend_from_slice(&r.last.to_be_bytes());
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.extend_from_slice(&(r.last - r.first + 1).to_be_bytes());
         self.records += 1;
     }
 
@@ -179,6 +222,7 @@ impl Exporter {
             for (id, fields) in [
                 (NAT44_SESSION, &SESSION_FIELDS[..]),
                 (NAT_EXHAUSTED, &EXHAUSTED_FIELDS[..]),
+                (PORT_BLOCK, &BLOCK_FIELDS[..]),
             ] {
                 self.buf.extend_from_slice(&id.to_be_bytes());
                 self.buf
@@ -253,25 +297,38 @@ mod tests {
         e.nat44(&rec(0));
         e.nat44(&rec(1));
         e.exhausted(1_796_292_000_500, 0);
+        e.block(&Block {
+            unix_ms: 1_796_292_000_600,
+            event: BLOCK_ALLOCATED,
+            inside: [198, 18, 1, 10],
+            pool: [198, 18, 2, 100],
+            first: 20224,
+            last: 20479,
+        });
         let m = e.finish(1_796_292_000).to_vec();
         assert_eq!(u32::from_be_bytes(m[12..16].try_into().unwrap()), 7);
         assert_eq!(u32::from_be_bytes(m[8..12].try_into().unwrap()), 0);
-        // Templates: 4 + (4 + 12 * 4) + (4 + 3 * 4) bytes.
+        // Templates: 4 + (4 + 12 * 4) + (4 + 3 * 4) + (4 + 8 * 4) bytes.
         assert_eq!(
             sets(&m),
             [
-                (2, 72),
+                (2, 108),
                 (NAT44_SESSION, 4 + 2 * 38),
-                (NAT_EXHAUSTED, 4 + 13)
+                (NAT_EXHAUSTED, 4 + 13),
+                (PORT_BLOCK, 4 + 25)
             ]
         );
+        // The block record: its range, step 1, 256 ports.
+        let r = &m[m.len() - 25..];
+        assert_eq!(r[8], BLOCK_ALLOCATED);
+        assert_eq!(&r[17..25], &[0x4f, 0x00, 0x4f, 0xff, 0, 1, 1, 0]);
         e.clear();
         e.nat44(&rec(2));
         let m = e.finish(1_796_292_001).to_vec();
         assert_eq!(sets(&m), [(NAT44_SESSION, 4 + 38)]);
         assert_eq!(
             u32::from_be_bytes(m[8..12].try_into().unwrap()),
-            3,
+            4,
             "the sequence counts the records sent before"
         );
     }

@@ -283,8 +283,13 @@ impl EventLog {
             }
         }
         if self.sinks.ipfix.is_some() {
+            let block = matches!(
+                ev.kind,
+                EventKind::BlockAllocated | EventKind::BlockReleased
+            );
             let (template, record) = match (ev.kind, s.nat(), s.key.src_v4(), s.key.dst_v4()) {
                 (EventKind::PortsExhausted, ..) => (ipfix::NAT_EXHAUSTED, None),
+                _ if block => (ipfix::PORT_BLOCK, None),
                 (kind, Some((nat_src, nat_sport)), Some(src), Some(dst)) => (
                     ipfix::NAT44_SESSION,
                     Some(ipfix::Nat44 {
@@ -317,6 +322,21 @@ impl EventLog {
             let (_, exp, _) = self.sinks.ipfix.as_mut().expect("checked");
             match record {
                 Some(r) => exp.nat44(&r),
+                None if block => {
+                    let (pool, first) = s.nat().unwrap_or_default();
+                    exp.block(&ipfix::Block {
+                        unix_ms: now_ms,
+                        event: if ev.kind == EventKind::BlockAllocated {
+                            ipfix::BLOCK_ALLOCATED
+                        } else {
+                            ipfix::BLOCK_RELEASED
+                        },
+                        inside: s.key.src_v4().unwrap_or_default(),
+                        pool,
+                        first,
+                        last: s.key.dport,
+                    });
+                }
                 None => exp.exhausted(now_ms, u32::from(s.service_set)),
             }
             self.ipfix_since.get_or_insert_with(Instant::now);

@@ -68,6 +68,9 @@ pub fn format(
         EventKind::Create => "SESSION_CREATE",
         EventKind::Expired | EventKind::Cleared | EventKind::EarlyDropped => "SESSION_DELETE",
         EventKind::PortsExhausted => "NAT_PORTS_EXHAUSTED",
+        EventKind::BlockAllocated | EventKind::BlockReleased => {
+            return block(out, h, kind, s, stamp, set);
+        }
     };
     let pri = u16::from(h.facility) * 8 + u16::from(SEVERITY);
     let _ = write!(
@@ -138,6 +141,7 @@ pub fn format(
             )
         }
         EventKind::PortsExhausted => write!(out, "no NAT port free for a new flow: {proto}"),
+        EventKind::BlockAllocated | EventKind::BlockReleased => Ok(()),
     };
     let _ = write!(
         out,
@@ -148,6 +152,31 @@ pub fn format(
     if let Some((a, p)) = nat {
         let _ = write!(out, " as {}:{p}", std::net::Ipv4Addr::from(a));
     }
+}
+
+/// A port block event: MSGID `NAT_BLOCK_ALLOC` or `NAT_BLOCK_RELEASE`,
+/// the subscriber, the pool address and the block's ports (its first in
+/// the session's NAT binding, its last in `key.dport`).
+fn block(out: &mut String, h: &Header, kind: EventKind, s: &Session, stamp: &str, set: &str) {
+    let (msgid, what) = if kind == EventKind::BlockAllocated {
+        ("NAT_BLOCK_ALLOC", "allocated to")
+    } else {
+        ("NAT_BLOCK_RELEASE", "released by")
+    };
+    let pri = u16::from(h.facility) * 8 + u16::from(SEVERITY);
+    let (pool, first) = s.nat().unwrap_or_default();
+    let (pool, last, inside) = (std::net::Ipv4Addr::from(pool), s.key.dport, s.key.src_ip());
+    let _ = write!(
+        out,
+        "<{pri}>1 {stamp} {} tandemd {} {msgid} [{SD_ID} set=\"",
+        h.hostname, h.pid
+    );
+    escape(out, set);
+    let _ = write!(
+        out,
+        "\" subscriber=\"{inside}\" natSrc=\"{pool}\" portFirst=\"{first}\" \
+         portLast=\"{last}\"] port block {pool}:{first}-{last} {what} {inside}"
+    );
 }
 
 /// A protocol by its common name, or `protocol N`; written in place.

@@ -214,7 +214,7 @@ fn a_flooding_host_stays_within_its_limit_and_others_get_in() -> Result<(), Fail
 }
 
 /// `tandemstat --instance I nat --json`, parsed.
-fn nat_json(d: &Daemon) -> Result<serde_json::Value, String> {
+pub fn nat_json(d: &Daemon) -> Result<serde_json::Value, String> {
     let o = crate::netns::tandemstat(&d.instance)
         .args(["nat", "--json"])
         .output()

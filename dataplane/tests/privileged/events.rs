@@ -236,7 +236,7 @@ fn session_events_reach_syslog_and_ipfix() -> Result<(), Failed> {
         ])
         .output()?;
     check(o.status.success(), format!("clear: {o:?}"))?;
-    wait_for(10, "four syslog messages", || rsyslog.lines().len() >= 4)?;
+    wait_for(10, "six syslog messages", || rsyslog.lines().len() >= 6)?;
     thread::sleep(Duration::from_millis(500));
     let lines = rsyslog.lines();
     let find = |msgid: &str, needle: &str| {
@@ -274,19 +274,52 @@ fn session_events_reach_syslog_and_ipfix() -> Result<(), Failed> {
         format!("the UDP delete: {expired}"),
     )?;
 
-    // IPFIX: both sessions' create (natEvent 1) and delete (2), as RFC 8158
-    // lays them out.
+    // The client's port block: allocated with its first mapping, released
+    // with its last, one line each.
+    let block = find("NAT_BLOCK_ALLOC", "subscriber=\"198.18.1.10\"")?;
+    check(
+        block.contains(&format!("natSrc=\"{POOL}\""))
+            && find("NAT_BLOCK_RELEASE", "subscriber=\"198.18.1.10\"")?
+                .contains(&format!("natSrc=\"{POOL}\"")),
+        format!("block events: {block}"),
+    )?;
+    let first: u16 = block
+        .split("portFirst=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no portFirst: {block}"))?;
+    check(
+        (first..first + 256).contains(&tcp_port) && (first..first + 256).contains(&udp_port),
+        format!("ports {tcp_port} and {udp_port} outside the block at {first}: {block}"),
+    )?;
+
+    // IPFIX: both sessions' create (natEvent 4) and delete (5), and the
+    // block's allocation (16) and release (17), as RFC 8158 lays them out.
     let mut records = Vec::new();
-    wait_for(10, "four IPFIX records", || {
+    wait_for(10, "six IPFIX records", || {
         records.extend(ipfix.take());
         records
             .iter()
             .filter(|r| r.get("natEvent").is_some())
             .count()
-            >= 4
+            >= 6
     })?;
+    for event in [16, 17] {
+        check(
+            records.iter().any(|r| {
+                r["natEvent"] == event
+                    && r["sourceIPv4Address"] == CLIENT
+                    && r["postNATSourceIPv4Address"] == POOL
+                    && r["portRangeStart"] == first
+                    && r["portRangeEnd"] == first + 255
+                    && r["portRangeNumPorts"] == 256
+            }),
+            format!("no natEvent {event} for the block at {first}: {records:?}"),
+        )?;
+    }
     for (port, proto) in [(tcp_port, 6), (udp_port, 17)] {
-        for event in [1, 2] {
+        for event in [4, 5] {
             check(
                 records.iter().any(|r| {
                     r["natEvent"] == event
@@ -330,8 +363,10 @@ fn session_events_reach_syslog_and_ipfix() -> Result<(), Failed> {
         format!("statistics JSON: {}", view["events"]),
     )?;
     let c = d.stop();
+    // A message per session create and delete, and per block change (the
+    // client's one block, taken and given back).
     check(
-        lines == c.get("worker.sessions_created") + c.get("worker.sessions_deleted")
+        lines == c.get("worker.sessions_created") + c.get("worker.sessions_deleted") + 2
             && c.get("worker.events_dropped") == 0,
         format!("{lines} messages for {c:?}"),
     )?;
@@ -363,6 +398,12 @@ fn a_full_event_ring_drops_and_counts() -> Result<(), Failed> {
     let burst: Vec<Vec<u8>> = (0..3000u16).map(|i| udp(macs, 40000 + i)).collect();
     send_frames(&topo.client, "c0", burst);
     thread::sleep(Duration::from_secs(1));
+    // The flows' port blocks (none is released: nothing ends) are an
+    // event each too.
+    let nat = crate::cgnat::nat_json(&d)?;
+    let blocks = nat["service_sets"][0]["addresses"][0]["blocks_in_use"]
+        .as_u64()
+        .unwrap_or(0);
     let c = d.stop();
     let (created, dropped) = (
         c.get("worker.sessions_created"),
@@ -377,9 +418,10 @@ fn a_full_event_ring_drops_and_counts() -> Result<(), Failed> {
         format!("{created} sessions, {dropped} events dropped"),
     )?;
     check(
-        syslog_sent + syslog_errors + dropped == created,
+        blocks >= 1 && syslog_sent + syslog_errors + dropped == created + blocks,
         format!(
-            "{syslog_sent} sent + {syslog_errors} refused + {dropped} dropped != {created} created"
+            "{syslog_sent} sent + {syslog_errors} refused + {dropped} dropped != {created} \
+             created + {blocks} blocks"
         ),
     )?;
     let lines = rsyslog.lines().len() as u64;

@@ -80,6 +80,7 @@ impl Services {
         );
         tally.add(WorkerCounter::SessionsDeleted, n);
         tally.add(WorkerCounter::OffloadsRemoved, taken);
+        self.drain_blocks();
         (next, n)
     }
 }

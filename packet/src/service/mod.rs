@@ -307,6 +307,25 @@ impl Services {
         self.events = Some(sink);
     }
 
+    /// Hands the pools' port block changes to the event log (or drops
+    /// them, without one).
+    fn drain_blocks(&mut self) {
+        for (i, set) in self.sets.iter_mut().enumerate() {
+            let Some(pool) = set.nat.as_mut().filter(|p| p.has_block_log()) else {
+                continue;
+            };
+            let mut events = self.events.as_mut();
+            let lost = pool.take_block_log(|b| {
+                if let Some(e) = events.as_deref_mut() {
+                    e.block(b.allocated, i as u8, b.inside, b.pool, (b.first, b.last));
+                }
+            });
+            if let Some(e) = events {
+                e.lost(lost);
+            }
+        }
+    }
+
     /// The event log's ring, when attached.
     pub fn events(&mut self) -> Option<&mut EventSink> {
         self.events.as_mut()
@@ -489,7 +508,9 @@ impl Services {
             }
             return self.existing(&mut p, found, tally);
         }
-        self.first_packet(&p, key, origin, tally, routable)
+        let v = self.first_packet(&p, key, origin, tally, routable);
+        self.drain_blocks();
+        v
     }
 
     /// A packet of the session in `slot`, from its `side`.
@@ -835,6 +856,7 @@ impl Services {
                 }
             });
         self.releases.flush(&mut self.sets);
+        self.drain_blocks();
         tally.add(WorkerCounter::SessionsDeleted, n as u64);
         tally.add(WorkerCounter::OffloadsRemoved, taken.get());
         (n, done)

@@ -195,6 +195,24 @@ pub struct PortPool {
     max_blocks: u8,
     max_sessions: u32,
     rate: u32,
+    /// Blocks handed out or returned since [`Self::take_block_log`] last
+    /// ran, for the event log: (allocated, subscriber, block). Bounded
+    /// (allocated once); past it a change goes unlogged, counted.
+    block_log: Vec<(bool, u32, u32)>,
+    block_log_lost: u64,
+}
+
+/// Block changes a pool keeps for the event log between two drains.
+const BLOCK_LOG: usize = 256;
+
+/// A port block change for the event log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockEvent {
+    pub allocated: bool,
+    pub inside: [u8; 4],
+    pub pool: [u8; 4],
+    pub first: u16,
+    pub last: u16,
 }
 
 /// Why a worker's share of a NAT pool could not be made.
@@ -295,6 +313,8 @@ impl PortPool {
             max_blocks: nat.blocks_per_subscriber.min(MAX_BLOCKS_PER_SUBSCRIBER) as u8,
             max_sessions: nat.sessions_per_subscriber,
             rate: nat.subscriber_sessions_per_sec,
+            block_log: Vec::with_capacity(BLOCK_LOG),
+            block_log_lost: 0,
         })
     }
 
@@ -340,10 +360,47 @@ impl PortPool {
         }
         self.block_owner[b] = i as u32 + 1;
         self.blocks_held += 1;
+        self.log_block(true, self.slab[i].who, b);
+    }
+
+    fn log_block(&mut self, allocated: bool, who: u32, b: usize) {
+        if self.block_log.len() < BLOCK_LOG {
+            self.block_log.push((allocated, who, b as u32));
+        } else {
+            self.block_log_lost += 1;
+        }
+    }
+
+    /// Whether block changes wait for [`Self::take_block_log`].
+    #[inline]
+    pub fn has_block_log(&self) -> bool {
+        !self.block_log.is_empty() || self.block_log_lost > 0
+    }
+
+    /// The block changes since the last call (and how many went
+    /// unlogged), handed to `f` one by one.
+    pub fn take_block_log(&mut self, mut f: impl FnMut(BlockEvent)) -> u64 {
+        for i in 0..self.block_log.len() {
+            let (allocated, who, b) = self.block_log[i];
+            let (lo, hi) = self.block_bits(b as usize);
+            let span = self.span as usize;
+            let port = |bit: usize| (u32::from(self.first) + (bit % span) as u32) as u16;
+            f(BlockEvent {
+                allocated,
+                inside: who.to_be_bytes(),
+                pool: self.addrs[lo / span],
+                first: port(lo),
+                last: port(hi - 1),
+            });
+        }
+        self.block_log.clear();
+        std::mem::take(&mut self.block_log_lost)
     }
 
     /// Block `b` goes back to the pool.
     fn return_block(&mut self, b: usize) {
+        let owner = self.slab[self.block_owner[b] as usize - 1].who;
+        self.log_block(false, owner, b);
         self.block_owner[b] = 0;
         self.blocks_held -= 1;
         if self.whole(b) {

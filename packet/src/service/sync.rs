@@ -249,6 +249,9 @@ impl Services {
             }
         }
         self.repair_step(&mut r, now);
+        // A standby's pools log nothing (it does not forward), but their
+        // logs are emptied.
+        self.drain_blocks();
         let digest = self.table.digest();
         let counts = &r.hub.ports[w].counts;
         counts
