@@ -292,7 +292,7 @@ impl PortPool {
             eim,
             mappings: HashTable::with_capacity_in(
                 if eim { pairs.min(sessions) } else { 0 },
-                Remembered::default(),
+                Remembered::huge(),
             ),
             hasher: foldhash::fast::RandomState::default(),
             block,
@@ -703,14 +703,21 @@ impl PortPool {
     /// the reuse delay), and a block whose last mapping went goes back to
     /// the pool.
     pub fn unbind(&mut self, addr: [u8; 4], port: u16, ep: u64, refused: bool) {
-        let sub = self.subs.get(&subscriber_of(ep)).map(|&i| i as usize);
+        let bit = self.bit(addr, port);
+        // The subscriber: the holder of the pair's block, as a rule (no
+        // lookup), else found by its address.
+        let who = subscriber_of(ep);
+        let sub = bit
+            .map(|b| self.block_owner[self.block_of(b)])
+            .filter(|&o| o != 0 && self.slab[o as usize - 1].who == who)
+            .map(|o| o as usize - 1)
+            .or_else(|| self.subs.get(&who).map(|&i| i as usize));
         if let Some(i) = sub {
             let s = &mut self.slab[i];
             s.sessions = s.sessions.saturating_sub(1);
         }
         // The mapping's users, from the map (one probe: the entry, its
         // count and its removal share a cache line) or the pair.
-        let bit = self.bit(addr, port);
         let last = match bit {
             Some(bit) if self.eim => {
                 let hash = self.hash(ep);

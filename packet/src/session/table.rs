@@ -90,14 +90,41 @@ fn side_bit(side: Side) -> u32 {
 pub(crate) struct Remembered {
     /// Address and size of the newest block; (0, 0) before the first.
     block: Cell<(usize, usize)>,
+    /// Ask for transparent huge pages for a block of 2 MiB or more
+    /// (`MADV_HUGEPAGE`, before hashbrown first writes it): a table probed
+    /// at random then costs no page walk per probe.
+    huge: bool,
+}
+
+impl Remembered {
+    /// An allocator that asks for huge pages (see `huge`).
+    pub(crate) fn huge() -> Self {
+        Self {
+            block: Cell::new((0, 0)),
+            huge: true,
+        }
+    }
 }
 
 // SAFETY: every call is passed on to the global allocator unchanged.
 unsafe impl Allocator for Remembered {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let p = Global.allocate(layout)?;
-        self.block
-            .set((p.cast::<u8>().as_ptr() as usize, layout.size()));
+        let (at, len) = (p.cast::<u8>().as_ptr() as usize, layout.size());
+        if self.huge && len >= 2 << 20 {
+            // The whole 2 MiB pages inside the block; a hint only (a
+            // kernel without THP, or with it off, says no: nothing lost).
+            let start = at.next_multiple_of(2 << 20);
+            let end = (at + len) & !((2 << 20) - 1);
+            if end > start {
+                // SAFETY: [start, end) lies within the block just
+                // allocated; MADV_HUGEPAGE changes no content.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                }
+            }
+        }
+        self.block.set((at, len));
         Ok(p)
     }
 
