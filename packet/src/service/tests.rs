@@ -794,6 +794,59 @@ mod replication {
     }
 
     #[test]
+    fn a_delete_finds_an_outside_initiated_session_on_its_second_worker() {
+        // Placed by subscriber: an outside-initiated session lives on its
+        // inside host's worker; a delete names only the key, and goes
+        // first to the worker the source would pick.
+        let hub = Arc::new(Hub::new(2));
+        let mut w: Vec<Services> = (0..2)
+            .map(|i| {
+                let mut s = services(i, 2, "");
+                s.attach(Arc::clone(&hub), 60);
+                s
+            })
+            .collect();
+        let (inside, remote) = (client_of(1, 2), client_of(0, 2));
+        let k = FlowKey::v4(remote, inside, 40000, 22, 6);
+        let r = sync::record(&Session::new(k, 9, Origin::Outside, 0, 0), 0);
+        let own = sync::Ownership::new(&config(""), 2);
+        assert_eq!(own.owner(&r), Ok((1, None)), "the inside host's worker");
+        assert_eq!(own.of_key(&r.key), 0, "where a key alone goes first");
+        hub.ports[1]
+            .commands
+            .push(ToWorker::Install {
+                seq: 1,
+                generation: 1,
+                rec: r,
+            })
+            .unwrap();
+        w[1].sync_step(1);
+        assert_eq!(w[1].table.len(), 1);
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Remove {
+                rec: tandem_control::sync::DeleteRecord { id: 9, key: r.key },
+            })
+            .unwrap();
+        w[0].sync_step(2);
+        w[1].sync_step(2);
+        assert_eq!(w[1].table.len(), 0, "passed on and removed");
+        assert_eq!(count(&hub.ports[0].counts.not_found), 0);
+        assert_eq!(count(&hub.ports[1].counts.removed), 1);
+        // A delete for a session nowhere is counted once, where it ends.
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Remove {
+                rec: tandem_control::sync::DeleteRecord { id: 9, key: r.key },
+            })
+            .unwrap();
+        w[0].sync_step(3);
+        w[1].sync_step(3);
+        let lost = count(&hub.ports[0].counts.not_found) + count(&hub.ports[1].counts.not_found);
+        assert_eq!(lost, 1);
+    }
+
+    #[test]
     fn a_newer_connection_stops_an_older_sweep() {
         let (mut s, hub) = standby();
         for p in 0..3 {
