@@ -2,15 +2,10 @@
 //! its ports and blocks, the busiest subscribers), with the refusals by
 //! reason from the stats segment.
 
-use std::{
-    fmt::Write as _,
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
-    time::Duration,
-};
+use std::fmt::Write as _;
 
 use serde_json::{Value, json};
-use tandem_control::ctl::{Request, socket_path};
+use tandem_control::ctl::Request;
 
 use crate::model::Snapshot;
 
@@ -40,19 +35,8 @@ pub const REFUSALS: [(&str, &str, &str); 4] = [
 
 /// Asks instance `instance` for its NAT pools: `{"service_sets": [...]}`.
 pub fn fetch(instance: &str) -> Result<Value, String> {
-    let path = socket_path(instance);
-    let mut s = UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "instance {instance}: cannot reach tandemd at {}: {e}",
-            path.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    writeln!(s, "{}", Request::ShowNat.as_line())
-        .map_err(|e| format!("sending the request: {e}"))?;
     let mut answer = None;
-    for line in BufReader::new(s).lines() {
+    for line in crate::sessions::ask(instance, &Request::ShowNat)? {
         let line = line.map_err(|e| format!("reading the answer: {e}"))?;
         if let Some(e) = line.strip_prefix("error: ") {
             return Err(format!("tandemd: {e}"));

@@ -20,8 +20,9 @@ pub enum Answer {
     Count { counts: Value, matched: u64 },
 }
 
-/// Asks instance `instance` for the sessions matching `q`.
-pub fn fetch(instance: &str, q: &Query) -> Result<Answer, String> {
+/// Sends `req` to instance `instance`'s control socket; the answer's
+/// lines follow (10 s at most between two).
+pub fn ask(instance: &str, req: &Request) -> Result<std::io::Lines<BufReader<UnixStream>>, String> {
     let path = socket_path(instance);
     let mut s = UnixStream::connect(&path).map_err(|e| {
         format!(
@@ -31,11 +32,15 @@ pub fn fetch(instance: &str, q: &Query) -> Result<Answer, String> {
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    writeln!(s, "{}", Request::ShowSessions(q.clone()).as_line())
-        .map_err(|e| format!("sending the request: {e}"))?;
+    writeln!(s, "{}", req.as_line()).map_err(|e| format!("sending the request: {e}"))?;
+    Ok(BufReader::new(s).lines())
+}
+
+/// Asks instance `instance` for the sessions matching `q`.
+pub fn fetch(instance: &str, q: &Query) -> Result<Answer, String> {
     let mut rows = Vec::new();
     let mut counts = None;
-    for line in BufReader::new(s).lines() {
+    for line in ask(instance, &Request::ShowSessions(q.clone()))? {
         let line = line.map_err(|e| format!("reading the answer: {e}"))?;
         if let Some(e) = line.strip_prefix("error: ") {
             return Err(format!("tandemd: {e}"));

@@ -747,6 +747,19 @@ mod replication {
         assert_eq!(s.sets[0].nat.as_ref().unwrap().available(), 8);
     }
 
+    /// `workers` workers' services, attached to one hub.
+    fn attached(workers: usize) -> (Arc<Hub>, Vec<Services>) {
+        let hub = Arc::new(Hub::new(workers));
+        let w = (0..workers)
+            .map(|i| {
+                let mut s = services(i, workers, "");
+                s.attach(Arc::clone(&hub), 60);
+                s
+            })
+            .collect();
+        (hub, w)
+    }
+
     fn standby() -> (Services, Arc<Hub>) {
         let hub = Arc::new(Hub::new(1));
         let mut s = services(0, 1, "");
@@ -798,14 +811,7 @@ mod replication {
         // Placed by subscriber: an outside-initiated session lives on its
         // inside host's worker; a delete names only the key, and goes
         // first to the worker the source would pick.
-        let hub = Arc::new(Hub::new(2));
-        let mut w: Vec<Services> = (0..2)
-            .map(|i| {
-                let mut s = services(i, 2, "");
-                s.attach(Arc::clone(&hub), 60);
-                s
-            })
-            .collect();
+        let (hub, mut w) = attached(2);
         let (inside, remote) = (client_of(1, 2), client_of(0, 2));
         let k = FlowKey::v4(remote, inside, 40000, 22, 6);
         let r = sync::record(&Session::new(k, 9, Origin::Outside, 0, 0), 0);
@@ -1009,14 +1015,7 @@ mod replication {
     fn a_peer_with_another_worker_count_is_held_by_the_port_owner_behind_a_stub() {
         // The peer runs 1 worker (its port share is the whole range); this
         // node runs 2 (worker 0 holds ports 1024-1027, worker 1 the rest).
-        let hub = Arc::new(Hub::new(2));
-        let mut w: Vec<Services> = (0..2)
-            .map(|i| {
-                let mut s = services(i, 2, "");
-                s.attach(Arc::clone(&hub), 60);
-                s
-            })
-            .collect();
+        let (hub, mut w) = attached(2);
         let own = sync::Ownership::new(&config(""), 2);
         // A subscriber worker 1 holds here, translated to port 1024.
         let client = client_of(1, 2);
