@@ -283,15 +283,23 @@ fn session_events_reach_syslog_and_ipfix() -> Result<(), Failed> {
                 .contains(&format!("natSrc=\"{POOL}\"")),
         format!("block events: {block}"),
     )?;
-    let first: u16 = block
-        .split("portFirst=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("no portFirst: {block}"))?;
+    // The block's range (256 ports, or fewer for the last block of a
+    // worker's share).
+    let port_of = |key: &str| -> Result<u16, Failed> {
+        block
+            .split(&format!("{key}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("no {key}: {block}").into())
+    };
+    let (first, last) = (port_of("portFirst")?, port_of("portLast")?);
     check(
-        (first..first + 256).contains(&tcp_port) && (first..first + 256).contains(&udp_port),
-        format!("ports {tcp_port} and {udp_port} outside the block at {first}: {block}"),
+        last >= first
+            && last - first < 256
+            && (first..=last).contains(&tcp_port)
+            && (first..=last).contains(&udp_port),
+        format!("ports {tcp_port} and {udp_port} outside the block {first}-{last}: {block}"),
     )?;
 
     // IPFIX: both sessions' create (natEvent 4) and delete (5), and the
@@ -312,8 +320,8 @@ fn session_events_reach_syslog_and_ipfix() -> Result<(), Failed> {
                     && r["sourceIPv4Address"] == CLIENT
                     && r["postNATSourceIPv4Address"] == POOL
                     && r["portRangeStart"] == first
-                    && r["portRangeEnd"] == first + 255
-                    && r["portRangeNumPorts"] == 256
+                    && r["portRangeEnd"] == last
+                    && r["portRangeNumPorts"] == last - first + 1
             }),
             format!("no natEvent {event} for the block at {first}: {records:?}"),
         )?;
