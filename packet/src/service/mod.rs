@@ -141,16 +141,16 @@ impl Releases {
         let Some((addr, port)) = s.nat().filter(|_| s.remote == 0) else {
             return;
         };
-        let set = usize::from(s.service_set);
-        if sets.get(set).is_none_or(|x| x.nat.is_none()) {
-            return;
+        let ep = mapping_endpoint(s);
+        match sets
+            .get(usize::from(s.service_set))
+            .and_then(|x| x.nat.as_ref())
+        {
+            Some(pool) => pool.prefetch(ep),
+            None => return,
         }
         if self.len == Self::MAX {
             self.flush(sets);
-        }
-        let ep = mapping_endpoint(s);
-        if let Some(pool) = sets[set].nat.as_ref() {
-            pool.prefetch(ep);
         }
         self.pending[self.len] = (s.service_set, addr, port, ep);
         self.len += 1;
@@ -389,14 +389,10 @@ impl Services {
         let origin = ingress.map(|i| self.origin(i));
         if origin.is_none_or(|o| self.owner(&key, o) == self.worker) {
             self.table.prefetch(key.table_hash());
-            // A new inside flow looks its mapping up too.
-            let opens = match l4.kind {
-                Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-                Kind::Echo { request } => request,
-                Kind::Udp => true,
-                _ => false,
-            };
-            if opens
+            // A new inside flow (one that may translate) looks its
+            // mapping up too.
+            if opens(l4.kind)
+                && matches!(l4.kind, Kind::Tcp { .. } | Kind::Udp | Kind::Echo { .. })
                 && origin != Some(Origin::Outside)
                 && let Some(src) = key.src_v4()
             {
@@ -594,14 +590,8 @@ impl Services {
         routable: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> Verdict {
         let (l4, now) = (&p.l4, p.now);
-        // Only a flow's opening packet may create its session.
-        let opens = match l4.kind {
-            Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-            Kind::Echo { request } => request,
-            _ => true,
-        };
         let to_pool = key.dst_v4().is_some_and(|d| self.pool_of(d).is_some());
-        if !opens || to_pool {
+        if !opens(l4.kind) || to_pool {
             return Verdict::Drop(DropReason::NoSession);
         }
         let inside_end = if origin == Origin::Inside {
@@ -865,6 +855,16 @@ impl Services {
 
 /// Slots an early drop searches for a session to end.
 const EARLY_DROP_SLOTS: usize = 64;
+
+/// Whether a packet of `kind` may open a session: a TCP SYN without ACK,
+/// an echo request, anything else but TCP and echo replies.
+fn opens(kind: Kind) -> bool {
+    match kind {
+        Kind::Tcp { flags } => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        Kind::Echo { request } => request,
+        _ => true,
+    }
+}
 
 /// The inside endpoint of a translated session's mapping (an echo's
 /// identifier is its port).

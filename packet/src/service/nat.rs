@@ -903,7 +903,8 @@ impl PortPool {
     }
 
     /// Mappings (bound pairs) in use.
-    pub fn mappings(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn mappings(&self) -> usize {
         if self.eim {
             self.mappings.len()
         } else {
@@ -948,7 +949,7 @@ impl PortPool {
     }
 
     /// The subscribers, for views.
-    pub fn subscriber_views(&self) -> impl Iterator<Item = SubscriberView> + '_ {
+    fn subscriber_views(&self) -> impl Iterator<Item = SubscriberView> + '_ {
         self.subs.values().map(|&i| {
             let s = &self.slab[i as usize];
             SubscriberView {

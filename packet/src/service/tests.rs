@@ -828,24 +828,23 @@ mod replication {
             .unwrap();
         w[1].sync_step(1);
         assert_eq!(w[1].table.len(), 1);
-        hub.ports[0]
-            .commands
-            .push(ToWorker::Remove {
-                rec: tandem_control::sync::DeleteRecord { id: 9, key: r.key },
-            })
-            .unwrap();
+        // A delete, as the sync thread sends it: to the key's first worker.
+        let delete = || {
+            hub.ports[own.of_key(&r.key)]
+                .commands
+                .push(ToWorker::Remove {
+                    rec: tandem_control::sync::DeleteRecord { id: 9, key: r.key },
+                })
+                .unwrap();
+        };
+        delete();
         w[0].sync_step(2);
         w[1].sync_step(2);
         assert_eq!(w[1].table.len(), 0, "passed on and removed");
         assert_eq!(count(&hub.ports[0].counts.not_found), 0);
         assert_eq!(count(&hub.ports[1].counts.removed), 1);
         // A delete for a session nowhere is counted once, where it ends.
-        hub.ports[0]
-            .commands
-            .push(ToWorker::Remove {
-                rec: tandem_control::sync::DeleteRecord { id: 9, key: r.key },
-            })
-            .unwrap();
+        delete();
         w[0].sync_step(3);
         w[1].sync_step(3);
         let lost = count(&hub.ports[0].counts.not_found) + count(&hub.ports[1].counts.not_found);
