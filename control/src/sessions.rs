@@ -137,7 +137,9 @@ impl Query {
 
 /// One session as the daemon reports it. The initiator's flow is
 /// `source:source_port -> destination:destination_port` as it arrived
-/// (before NAT); `nat_*` is its translated source.
+/// (before NAT); `nat_source*` is its translated source, `nat_destination*`
+/// its translated destination (a flow from outside to a mapping, a
+/// forwarded port or a static translation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
     pub session_id: u64,
@@ -149,6 +151,10 @@ pub struct Row {
     pub destination_port: u16,
     pub nat_source: Option<IpAddr>,
     pub nat_source_port: Option<u16>,
+    #[serde(default)]
+    pub nat_destination: Option<IpAddr>,
+    #[serde(default)]
+    pub nat_destination_port: Option<u16>,
     /// Forward, Drop or Reject.
     pub state: String,
     /// RFC 793 state for TCP sessions.
@@ -273,6 +279,8 @@ mod tests {
             destination_port: 80,
             nat_source: Some("198.18.2.100".parse().unwrap()),
             nat_source_port: Some(1024),
+            nat_destination: None,
+            nat_destination_port: None,
             state: "Forward".into(),
             tcp_state: Some("ESTABLISHED".into()),
             direction: "I".into(),

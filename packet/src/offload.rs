@@ -240,6 +240,10 @@ pub fn directions(s: &Session) -> Option<[(DirKey, Nat); 2]> {
     let init = key_of(&s.key)?;
     let reply = key_of(&s.reply_key())?;
     Some(match s.nat() {
+        Some((addr, port)) if s.is_dnat() => [
+            (DirKey::V4(init), Nat::Destination(addr, port)),
+            (DirKey::V4(reply), Nat::Source(init.dst, s.key.dport)),
+        ],
         Some((addr, port)) => [
             (DirKey::V4(init), Nat::Source(addr, port)),
             (DirKey::V4(reply), Nat::Destination(init.src, s.key.sport)),

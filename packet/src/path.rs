@@ -39,8 +39,15 @@ pub struct Arrival {
 pub enum Decision {
     /// Routing's outcome: transmit, punt, a reply, or a drop.
     Act(Action),
-    /// Another worker owns the flow: hand it `frame[..len]` (untagged).
-    Handoff { to: usize, len: usize },
+    /// Another worker owns the flow: hand it `frame[..len]` (untagged),
+    /// as arrived on interface `slot` (`ingress`): a hairpinned frame's
+    /// second pass came in on the outside.
+    Handoff {
+        to: usize,
+        len: usize,
+        slot: usize,
+        ingress: u32,
+    },
 }
 
 /// How this node's interfaces are reached: the FIB snapshot and the
@@ -120,6 +127,11 @@ impl Routes<'_> {
         let s = svc.session(slot);
         let back = match side {
             Side::Initiator => s.key.src_ip(),
+            // The inside host a translated destination went to.
+            Side::Responder if s.is_dnat() => match s.inside_endpoint() {
+                Some((a, _)) => IpAddr::from(a),
+                None => return,
+            },
             Side::Responder => s.key.dst_ip(),
         };
         if let Some(other) = self.toward(back) {
@@ -148,6 +160,19 @@ pub fn decide(
     headers: Option<Result<Headers, ParseError>>,
     now: u32,
     tally: &mut Tally,
+) -> Decision {
+    decide_pass(cx, buf, at, headers, now, tally, false)
+}
+
+/// [`decide`]; `again` on a hairpinned frame's second pass.
+fn decide_pass(
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    at: Arrival,
+    headers: Option<Result<Headers, ParseError>>,
+    now: u32,
+    tally: &mut Tally,
+    again: bool,
 ) -> Decision {
     let parsed = headers.unwrap_or_else(|| Headers::parse(&buf[..at.len]));
     let h = match parsed {
@@ -189,7 +214,34 @@ pub fn decide(
             return Decision::Handoff {
                 to,
                 len: ETH_HLEN + h.ip.datagram_len(),
+                slot: at.slot,
+                ingress: at.ingress,
             };
+        }
+        Verdict::Hairpin { snat } => {
+            let outside = cx
+                .services
+                .as_deref()
+                .map(Services::inside_ifindex)
+                .and_then(|i| {
+                    let slot = cx.routes.slots.iter().position(|&x| x != i)?;
+                    Some((slot, cx.routes.slots[slot]))
+                });
+            let (Some(snat), Some((slot, ingress)), false) = (snat, outside, again) else {
+                return Decision::Act(Action::Drop(DropReason::NoSession));
+            };
+            // The sender's mapping first; then in again, as from outside,
+            // to the mapping (or forward) it was sent to.
+            snat.apply(buf, ETH_HLEN);
+            let len = ETH_HLEN + h.ip.datagram_len();
+            let next = Arrival {
+                len,
+                slot,
+                ingress,
+                handed: false,
+            };
+            let headers = Headers::parse(&buf[..len]);
+            return decide_pass(cx, buf, next, Some(headers), now, tally, true);
         }
         Verdict::Reject(l4) => {
             if !cx.limits.reject.allow() {

@@ -259,6 +259,12 @@ pub fn record(s: &Session, now: u32) -> SessionRecord {
     if s.origin() == Origin::Outside {
         flags |= wire::REC_OUTSIDE;
     }
+    if s.is_dnat() {
+        flags |= wire::REC_DNAT;
+    }
+    if s.is_static() {
+        flags |= wire::REC_STATIC;
+    }
     SessionRecord {
         id: s.id,
         key: wire_key(&s.key),
@@ -305,8 +311,13 @@ pub fn session(r: &SessionRecord, now: u32) -> Session {
         2 => SessionAction::Reject,
         _ => SessionAction::Forward,
     } as u8;
-    if r.flags & wire::REC_NAT != 0 {
+    if r.flags & wire::REC_DNAT != 0 {
+        s.set_dnat(r.nat_addr, r.nat_port);
+    } else if r.flags & wire::REC_NAT != 0 {
         s.set_nat(r.nat_addr, r.nat_port);
+    }
+    if r.flags & wire::REC_STATIC != 0 {
+        s.set_static();
     }
     s
 }
@@ -355,10 +366,31 @@ impl Ownership {
         if r.flags & wire::REC_NAT == 0 {
             return Ok((w, None));
         }
-        let Some(Some((lo, span))) = self.nat.get(usize::from(r.service_set)) else {
+        if r.flags & wire::REC_DNAT != 0 {
+            // An outside flow to an inside host: the inside host's packets
+            // are placed by its address.
+            let inside = session(r, 0).reply_key();
+            let w = self.place.of(&inside, Origin::Inside);
+            if r.flags & wire::REC_STATIC != 0 {
+                return Ok((w, None));
+            }
+            // Through a mapping: held where the pool pair's port is.
+            let holder = self.port_owner(r.service_set, r.key.dport)?;
+            return Ok((holder, (holder != w).then_some(w)));
+        }
+        if r.flags & wire::REC_STATIC != 0 {
+            return Ok((w, None));
+        }
+        let holder = self.port_owner(r.service_set, r.nat_port)?;
+        Ok((holder, (holder != w).then_some(w)))
+    }
+
+    /// The worker whose share of service set `set`'s pool holds `port`.
+    fn port_owner(&self, set: u8, port: u16) -> Result<usize, NackReason> {
+        let Some(Some((lo, span))) = self.nat.get(usize::from(set)) else {
             return Err(NackReason::NatConflict);
         };
-        let off = u32::from(r.nat_port.checked_sub(*lo).ok_or(NackReason::NatConflict)?);
+        let off = u32::from(port.checked_sub(*lo).ok_or(NackReason::NatConflict)?);
         if *span == 0 {
             return Err(NackReason::NatConflict);
         }
@@ -366,7 +398,7 @@ impl Ownership {
         if holder >= self.workers {
             return Err(NackReason::NatConflict);
         }
-        Ok((holder, (holder != w).then_some(w)))
+        Ok(holder)
     }
 
     /// The first worker to ask about the session whose initiator key is

@@ -83,7 +83,12 @@ fn reply_flow(r: &Row) -> (String, String) {
         r.nat_source_port.unwrap_or(r.source_port),
         r.protocol,
     );
-    (endpoint(r.destination, r.destination_port, r.protocol), to)
+    let from = endpoint(
+        r.nat_destination.unwrap_or(r.destination),
+        r.nat_destination_port.unwrap_or(r.destination_port),
+        r.protocol,
+    );
+    (from, to)
 }
 
 /// The reply flow's direction letter: the opposite of the session's.
@@ -165,6 +170,18 @@ fn session(o: &mut String, r: &Row, level: Level) {
             o,
             "    NAT source  {:>24}  ->  {}",
             src,
+            endpoint(a, p, r.protocol)
+        );
+    }
+    if matches!(level, Level::Brief | Level::Extensive)
+        && let (Some(a), Some(p)) = (r.nat_destination, r.nat_destination_port)
+    {
+        let _ = writeln!(o, "NAT PLugin Data:");
+        let _ = writeln!(o, "  NAT Action:   Translation Type - DNAPT-44");
+        let _ = writeln!(
+            o,
+            "    NAT destination  {:>19}  ->  {}",
+            dst,
             endpoint(a, p, r.protocol)
         );
     }

@@ -22,8 +22,8 @@ pub use log::{Events, Log};
 pub use redundancy::{HeartbeatPath, Probe, Redundancy, Side, Vip};
 pub use reload::Changes;
 pub use services::{
-    Direction, Firewall, MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat, PortRange, Prefix, Protocol,
-    Rule, RuleAction, ServiceSet, Sessions, Timeouts,
+    Direction, Filtering, Firewall, Forward, MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat, PortRange,
+    Prefix, Protocol, Rule, RuleAction, ServiceSet, Sessions, Timeouts,
 };
 pub use sync::{Sync, SyncRole};
 
@@ -383,11 +383,17 @@ impl Config {
     /// Every NAT pool address of every service set, in configuration
     /// order.
     pub fn pool_addresses(&self) -> Vec<std::net::Ipv4Addr> {
-        self.service_sets
-            .iter()
-            .filter_map(|s| s.nat.as_ref())
-            .flat_map(|n| n.pool.iter().copied())
-            .collect()
+        let mut all: Vec<std::net::Ipv4Addr> = Vec::new();
+        for n in self.service_sets.iter().filter_map(|s| s.nat.as_ref()) {
+            let statics = n.statics.iter().map(|s| s.outside);
+            let forwards = n.forwards.iter().map(|f| *f.outside.ip());
+            for a in n.pool.iter().copied().chain(statics).chain(forwards) {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+        }
+        all
     }
 
     fn validate_services(&self, path: &Path) -> Result<(), ConfigError> {
@@ -493,6 +499,7 @@ impl Config {
                     }
                     pool_owner.push((*a, &set.name));
                 }
+                self.validate_static(nat, &set.name, &at, &mut pool_owner, &invalid)?;
             }
         }
         // The XDP program answers ARP for each pool address from a map of
@@ -503,6 +510,71 @@ impl Config {
                 "at most 1024 pool addresses in all service sets",
                 pool_owner.len().to_string(),
             ));
+        }
+        Ok(())
+    }
+
+    /// A service set's static translations and forwarded ports: each
+    /// outside address (a static one) or (protocol, address, port) (a
+    /// forward) and each static inside address used once over all sets;
+    /// a static outside address is in no pool.
+    fn validate_static<'a>(
+        &self,
+        nat: &services::Nat,
+        set: &'a str,
+        at: &dyn Fn(&str) -> String,
+        owners: &mut Vec<(std::net::Ipv4Addr, &'a str)>,
+        invalid: &dyn Fn(String, &'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let all = || self.service_sets.iter().filter_map(|s| s.nat.as_ref());
+        for (i, st) in nat.statics.iter().enumerate() {
+            if let Some((_, other)) = owners.iter().find(|(p, _)| *p == st.outside) {
+                return Err(invalid(
+                    at(&format!("nat.static[{i}].outside")),
+                    "an address no pool and no other static translation has",
+                    format!("{} (also in {other})", st.outside),
+                ));
+            }
+            owners.push((st.outside, set));
+            let inside_twice = all()
+                .flat_map(|n| n.statics.iter())
+                .filter(|o| o.inside == st.inside)
+                .count()
+                > 1;
+            if inside_twice {
+                return Err(invalid(
+                    at(&format!("nat.static[{i}].inside")),
+                    "an inside address with one static translation",
+                    st.inside.to_string(),
+                ));
+            }
+        }
+        for (i, f) in nat.forwards.iter().enumerate() {
+            if !matches!(f.protocol.0, 6 | 17) || f.outside.port() == 0 || f.inside.port() == 0 {
+                return Err(invalid(
+                    at(&format!("nat.forward[{i}]")),
+                    "protocol tcp or udp, with ports 1-65535",
+                    format!("{} {} -> {}", f.protocol.0, f.outside, f.inside),
+                ));
+            }
+            let twice = all()
+                .flat_map(|n| n.forwards.iter())
+                .filter(|o| o.protocol == f.protocol && o.outside == f.outside)
+                .count()
+                > 1;
+            let on_static = all()
+                .flat_map(|n| n.statics.iter())
+                .any(|s| s.outside == *f.outside.ip());
+            if twice || on_static {
+                return Err(invalid(
+                    at(&format!("nat.forward[{i}].outside")),
+                    "a (protocol, address, port) forwarded once, not on a static address",
+                    f.outside.to_string(),
+                ));
+            }
+            if !owners.iter().any(|(a, _)| a == f.outside.ip()) {
+                owners.push((*f.outside.ip(), set));
+            }
         }
         Ok(())
     }
@@ -897,6 +969,25 @@ mod tests {
             }
         );
 
+        let with = parse(&format!(
+            "{GOOD}\n[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\
+             filtering = \"address-dependent\"\n\
+             [[service_set.nat.static]]\ninside = \"10.0.0.9\"\noutside = \"192.0.2.9\"\n\
+             [[service_set.nat.forward]]\nprotocol = \"udp\"\noutside = \"192.0.2.1:5060\"\n\
+             inside = \"10.0.0.5:5060\"\n"
+        ))
+        .unwrap();
+        let n = with.service_sets[0].nat.as_ref().unwrap();
+        assert_eq!(n.filtering, Filtering::AddressDependent);
+        assert_eq!((n.statics.len(), n.forwards[0].protocol), (1, Protocol(17)));
+        // The NAT answers for the pool, static and forwarded addresses.
+        assert_eq!(
+            with.pool_addresses(),
+            [
+                "192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap(),
+                "192.0.2.9".parse().unwrap()
+            ]
+        );
         for (bad, key) in [
             ("[[service_set]]\nname = \"a b\"\n", "service_set[0].name"),
             (
@@ -908,6 +999,31 @@ mod tests {
                 "service_set[0].nat.pool",
             ),
             ("[sessions]\nper_worker = 0\n", "sessions.per_worker"),
+            (
+                "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\
+                 [[service_set.nat.static]]\ninside = \"10.0.0.1\"\noutside = \"192.0.2.1\"\n",
+                "service_set[0].nat.static[0].outside",
+            ),
+            (
+                "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\
+                 [[service_set.nat.static]]\ninside = \"10.0.0.1\"\noutside = \"192.0.2.7\"\n\
+                 [[service_set.nat.static]]\ninside = \"10.0.0.1\"\noutside = \"192.0.2.8\"\n",
+                "service_set[0].nat.static[0].inside",
+            ),
+            (
+                "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\
+                 [[service_set.nat.forward]]\nprotocol = \"icmp\"\noutside = \"192.0.2.1:80\"\n\
+                 inside = \"10.0.0.1:80\"\n",
+                "service_set[0].nat.forward[0]",
+            ),
+            (
+                "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\
+                 [[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"192.0.2.1:80\"\n\
+                 inside = \"10.0.0.1:80\"\n\
+                 [[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"192.0.2.1:80\"\n\
+                 inside = \"10.0.0.2:80\"\n",
+                "service_set[0].nat.forward[0].outside",
+            ),
             ("[sessions.timeouts]\nudp = 0\n", "sessions.timeouts.udp"),
         ] {
             let e = parse(&format!("{GOOD}\n{bad}")).unwrap_err().to_string();

@@ -247,6 +247,50 @@ pub struct Nat {
     /// many is allowed); 0: no limit.
     #[serde(default = "default_subscriber_sessions_per_sec")]
     pub subscriber_sessions_per_sec: u32,
+    /// Which outside hosts may send to a mapping (RFC 4787 section 5).
+    #[serde(default)]
+    pub filtering: Filtering,
+    /// 1:1 static translations: the inside host leaves from, and is
+    /// reached at, its outside address (ports unchanged).
+    #[serde(default, rename = "static")]
+    pub statics: Vec<StaticNat>,
+    /// Port forwarding: an outside (address, port) reaches an inside
+    /// host's port.
+    #[serde(default, rename = "forward")]
+    pub forwards: Vec<Forward>,
+}
+
+/// RFC 4787 filtering behaviour: which packets from outside reach an
+/// inside endpoint through its mapping without a session of their own.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Any outside host (REQ-8's choice where application transparency
+    /// matters most: STUN, games, VoIP, WebRTC).
+    #[default]
+    EndpointIndependent,
+    /// Hosts the endpoint has sent to (any port of theirs).
+    AddressDependent,
+    /// Only the (address, port)s the endpoint has sent to: each session's
+    /// own replies.
+    AddressAndPortDependent,
+}
+
+/// A 1:1 static translation.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNat {
+    pub inside: Ipv4Addr,
+    pub outside: Ipv4Addr,
+}
+
+/// A forwarded port: flows of `protocol` to `outside` go to `inside`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub protocol: Protocol,
+    pub outside: std::net::SocketAddrV4,
+    pub inside: std::net::SocketAddrV4,
 }
 
 /// RFC 4787 mapping behaviour.

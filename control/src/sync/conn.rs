@@ -25,8 +25,9 @@ use super::{
     auth::Keys,
     lag::Lag,
     wire::{
-        self, CAP_AUTH, CAP_CONTRACT, CAP_DIGEST, DecodeError, DeleteRecord, Digest, Header, Hello,
-        Kind, Message, NackReason, Op, RefreshRecord, SessionRecord, WireKey,
+        self, CAP_AUTH, CAP_CONTRACT, CAP_DIGEST, CAP_STATIC_NAT, DecodeError, DeleteRecord,
+        Digest, Header, Hello, Kind, Message, NackReason, Op, REC_DNAT, REC_STATIC, RefreshRecord,
+        SessionRecord, WireKey,
     },
 };
 
@@ -546,9 +547,14 @@ impl Conn {
     /// (Active) queues a session add; false when it could not be (no
     /// peer, or the backlog over its limit: counted).
     pub fn add(&mut self, r: &SessionRecord, now: Instant, stats: &mut Stats) -> bool {
-        if r.validate(self.s.services).is_err() {
+        if r.validate(self.s.services).is_err()
+            || (r.flags & (REC_DNAT | REC_STATIC) != 0 && !self.both(CAP_STATIC_NAT))
+        {
+            // Not a record this peer can take (an older version's peer
+            // does not read static and outside-through-a-mapping
+            // translations): counted, and sending it again would fail the
+            // same way.
             stats.encode_failures += 1;
-            // Sending it again would fail the same way.
             return true;
         }
         if self.begin(Kind::Add, now, stats) {

@@ -126,7 +126,9 @@ impl Settings {
             dead_after: 3,
             max_backlog: 16 << 20,
             contract: Vec::new(),
-            capabilities: super::wire::CAP_DIGEST | super::wire::CAP_CONTRACT,
+            capabilities: super::wire::CAP_DIGEST
+                | super::wire::CAP_CONTRACT
+                | super::wire::CAP_STATIC_NAT,
         }
     }
 }
@@ -138,13 +140,16 @@ impl Settings {
 /// version. Each is a number or a unit variant: its value ends at the next
 /// `,` or space.
 pub fn legacy_services(sets: &[crate::config::ServiceSet]) -> String {
-    const ADDED: [&str; 6] = [
+    const ADDED: [&str; 9] = [
         ", port_reuse_delay_s: ",
         ", mapping: ",
         ", block_size: ",
         ", blocks_per_subscriber: ",
         ", sessions_per_subscriber: ",
         ", subscriber_sessions_per_sec: ",
+        ", filtering: ",
+        ", statics: ",
+        ", forwards: ",
     ];
     let mut text = format!("{sets:?}");
     for field in ADDED {

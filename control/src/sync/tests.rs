@@ -9,7 +9,10 @@ use std::{
 
 use proptest::prelude::*;
 
-use super::{wire::REC_NAT, *};
+use super::{
+    wire::{CAP_CONTRACT, CAP_DIGEST, REC_DNAT, REC_NAT, REC_OUTSIDE, REC_STATIC},
+    *,
+};
 
 const SERVICES: usize = 2;
 
@@ -1186,4 +1189,35 @@ mod over_tcp {
     }
 
     use socket2::{Domain, SockAddr, Socket, Type};
+}
+
+#[test]
+fn static_and_inbound_translations_go_only_to_a_peer_that_reads_them() {
+    let inbound = |n: u32| SessionRecord {
+        flags: REC_NAT | REC_OUTSIDE | REC_DNAT | REC_STATIC,
+        nat_addr: [198, 18, 1, 10],
+        nat_port: 80,
+        ..record(n)
+    };
+    for (caps, want) in [(None, 2), (Some(CAP_DIGEST | CAP_CONTRACT), 1)] {
+        let mut p = Pair::new(None, None);
+        if let Some(c) = caps {
+            // A peer of the version before static translations.
+            p.b.settings.capabilities = c;
+        }
+        p.add(record(1));
+        p.add(inbound(2));
+        p.connect();
+        p.settle();
+        assert_eq!(p.b.sessions().len(), want, "{caps:?}");
+        assert_eq!(p.a.stats.encode_failures, 2 - want as u64, "{caps:?}");
+    }
+    // Static without a translation is no record.
+    let bad = SessionRecord {
+        flags: REC_STATIC,
+        nat_addr: [0; 4],
+        nat_port: 0,
+        ..record(3)
+    };
+    assert_eq!(bad.validate(2), Err(NackReason::IllegalFlow));
 }

@@ -51,13 +51,19 @@ pub const TCP_STATES: u8 = 10;
 pub const ANSWERED: u8 = 1;
 /// Session actions: forward, drop, reject.
 pub const ACTIONS: u8 = 3;
-/// Record flags: the session is translated (NAPT44); it was initiated
-/// from the outside.
 /// The protocols whose sessions replicate: ICMP, TCP, UDP, ICMPv6.
 pub const PROTOCOLS: [u8; 4] = [1, 6, 17, 58];
 
+/// Record flags: the session is translated (NAPT44); it was initiated
+/// from the outside; the translation rewrites the initiator's
+/// destination (the record's NAT address and port are the inside host's:
+/// an outside flow through a mapping, a forwarded port or a static
+/// translation); the binding is a static rule's, not a pool pair. The
+/// last two only go to a peer with [`CAP_STATIC_NAT`].
 pub const REC_NAT: u8 = 1;
 pub const REC_OUTSIDE: u8 = 2;
+pub const REC_DNAT: u8 = 4;
+pub const REC_STATIC: u8 = 8;
 
 /// Message kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,7 +356,8 @@ impl SessionRecord {
             || (tcp && self.state >= TCP_STATES)
             || (!tcp && self.state > ANSWERED)
             || self.action >= ACTIONS
-            || self.flags & !(REC_NAT | REC_OUTSIDE) != 0
+            || self.flags & !(REC_NAT | REC_OUTSIDE | REC_DNAT | REC_STATIC) != 0
+            || (self.flags & (REC_DNAT | REC_STATIC) != 0 && self.flags & REC_NAT == 0)
             || (self.flags & REC_NAT != 0 && (!k.is_v4() || self.nat_port == 0))
             || (self.flags & REC_NAT == 0 && (self.nat_addr != [0; 4] || self.nat_port != 0))
         {
@@ -464,6 +471,11 @@ pub const CAP_DIGEST: u32 = 2;
 /// change of what may differ (firewall rules, timeouts, limits) keeps the
 /// link, and a mismatch names its field.
 pub const CAP_CONTRACT: u32 = 4;
+/// Capability: the node reads records with [`REC_DNAT`] or
+/// [`REC_STATIC`] (sessions through a mapping from outside, forwarded
+/// ports, static translations). A peer without it is not sent them: it
+/// would refuse them, or take a static binding for a pool pair.
+pub const CAP_STATIC_NAT: u32 = 8;
 /// The entries of a contract: at most this many, each key and value at
 /// most [`CONTRACT_TEXT`] bytes of UTF-8.
 pub const CONTRACT_ENTRIES: usize = 4096;

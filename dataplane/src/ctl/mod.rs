@@ -334,7 +334,8 @@ fn row(
     timeouts: &Timeouts,
     ctx: &Ctx,
 ) -> Row {
-    let nat = s.nat();
+    let dnat = s.nat().filter(|_| s.is_dnat());
+    let nat = s.nat().filter(|_| !s.is_dnat());
     let (interface, direction) = match s.origin() {
         Origin::Inside => (&ctx.cfg.interfaces.inside, "I"),
         Origin::Outside => (&ctx.cfg.interfaces.outside, "O"),
@@ -353,6 +354,8 @@ fn row(
         destination_port: s.key.dport,
         nat_source: nat.map(|(a, _)| std::net::IpAddr::from(a)),
         nat_source_port: nat.map(|(_, p)| p),
+        nat_destination: dnat.map(|(a, _)| std::net::IpAddr::from(a)),
+        nat_destination_port: dnat.map(|(_, p)| p),
         state: format!("{:?}", s.action()),
         tcp_state: s.tcp_state().map(|t: TcpState| t.to_string()),
         direction: direction.into(),

@@ -290,7 +290,9 @@ impl EventLog {
             let (template, record) = match (ev.kind, s.nat(), s.key.src_v4(), s.key.dst_v4()) {
                 (EventKind::PortsExhausted, ..) => (ipfix::NAT_EXHAUSTED, None),
                 _ if block => (ipfix::PORT_BLOCK, None),
-                (kind, Some((nat_src, nat_sport)), Some(src), Some(dst)) => (
+                // RFC 8158's NAT44 session record names the source's
+                // translation: a translated destination is in the syslog.
+                (kind, Some((nat_src, nat_sport)), Some(src), Some(dst)) if !s.is_dnat() => (
                     ipfix::NAT44_SESSION,
                     Some(ipfix::Nat44 {
                         unix_ms: now_ms,

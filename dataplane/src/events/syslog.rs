@@ -98,11 +98,16 @@ pub fn format(
     } else {
         s.nat()
     };
-    if let Some((a, p)) = nat {
+    if let Some((addr, port)) = nat {
+        let (which, port_key) = if s.is_dnat() {
+            ("natDst", "natDport")
+        } else {
+            ("natSrc", "natSport")
+        };
         let _ = write!(
             out,
-            " natSrc=\"{}\" natSport=\"{p}\"",
-            std::net::Ipv4Addr::from(a)
+            " {which}=\"{}\" {port_key}=\"{port}\"",
+            std::net::Ipv4Addr::from(addr)
         );
     }
     let ended = matches!(

@@ -48,10 +48,15 @@ impl Worker {
             };
             let action = match path::decide(&mut cx, buf, at, headers, now, tally) {
                 Decision::Act(a) => a,
-                Decision::Handoff { to, len } => {
+                Decision::Handoff {
+                    to,
+                    len,
+                    slot,
+                    ingress,
+                } => {
                     if self
                         .handoff
-                        .send(&mut self.outbox, to, at.slot, at.ingress, &buf[..len])
+                        .send(&mut self.outbox, to, slot, ingress, &buf[..len])
                     {
                         tally.handoff(to);
                     } else {

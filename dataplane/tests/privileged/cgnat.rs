@@ -213,6 +213,197 @@ fn a_flooding_host_stays_within_its_limit_and_others_get_in() -> Result<(), Fail
     Ok(())
 }
 
+/// A STUN-like server in the server at `SERVER:3478`: answers each
+/// datagram with its source as text, until `n` are answered or 5 s.
+fn reflector(topo: &Topo, n: usize) -> thread::JoinHandle<()> {
+    let s = topo
+        .server
+        .enter(|| UdpSocket::bind((SERVER, 3478)).expect("bind"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let Ok((_, from)) = s.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = s.send_to(from.to_string().as_bytes(), from);
+        }
+    })
+}
+
+/// The mapping of `sock` as the reflector saw it.
+fn mapping_of(sock: &UdpSocket) -> Result<SocketAddr, Failed> {
+    sock.send_to(b"who", (SERVER, 3478))?;
+    let mut buf = [0u8; 64];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    Ok(std::str::from_utf8(&buf[..n])?.parse()?)
+}
+
+/// UDP hole punching through one NAT (RFC 4787 REQ-9, hairpinning): two
+/// inside hosts learn their mappings from a server, then write to each
+/// other's mapping; each hears the other from the other's mapping.
+fn two_inside_hosts_reach_each_other_through_their_mappings() -> Result<(), Failed> {
+    let topo = Topo::new();
+    ipw(&format!(
+        "-n {} addr add {CLIENT2}/24 dev c0",
+        topo.client.name
+    ));
+    let mut node = Daemon::start(&topo.node, &nat_config(""));
+    let stun = reflector(&topo, 2);
+    let (a, b) = topo.client.enter(|| {
+        (
+            UdpSocket::bind((CLIENT, 0)).expect("bind"),
+            UdpSocket::bind((CLIENT2, 0)).expect("bind"),
+        )
+    });
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    }
+    let (ma, mb) = (mapping_of(&a)?, mapping_of(&b)?);
+    let _ = stun.join();
+    check(
+        ma.ip().to_string() == POOL && mb.ip().to_string() == POOL && ma != mb,
+        format!("mappings {ma} and {mb}"),
+    )?;
+    // Each writes to the other's mapping, then each reads.
+    a.send_to(b"from a", mb)?;
+    b.send_to(b"from b", ma)?;
+    let mut buf = [0u8; 64];
+    let (len, from) = b.recv_from(&mut buf)?;
+    check(
+        &buf[..len] == b"from a" && from == ma,
+        format!("B heard {:?} from {from} (A's mapping {ma})", &buf[..len]),
+    )?;
+    let (len, from) = a.recv_from(&mut buf)?;
+    check(
+        &buf[..len] == b"from b" && from == mb,
+        format!("A heard {:?} from {from} (B's mapping {mb})", &buf[..len]),
+    )?;
+    // Sessions, each way: A's and B's to the server, and the hairpin's
+    // halves (each host's own, and the one through the other's mapping).
+    let listed = sessions_json(&node, &["protocol", "udp", "count"])?;
+    let c = node.stop();
+    check(
+        listed["count"].as_u64() >= Some(4) && c.get("drop.no_session") == 0,
+        format!("sessions {listed}; counters {c:?}"),
+    )?;
+    eprintln!("hole punching through one NAT: A {ma}, B {mb}");
+    Ok(())
+}
+
+/// A 1:1 static translation and a forwarded port, both ways and
+/// hairpinned: the server reaches the forwarded port's inside host and
+/// the static host's address; the static host leaves from its own
+/// address with its own port; and the static host reaches the forward
+/// through the pool address, seen there from its static address.
+fn static_nat_and_port_forwarding_work_both_ways() -> Result<(), Failed> {
+    const STATIC_IN: &str = CLIENT2;
+    const STATIC_OUT: &str = "198.18.2.120";
+    let topo = Topo::new();
+    ipw(&format!(
+        "-n {} addr add {STATIC_IN}/24 dev c0",
+        topo.client.name
+    ));
+    let cfg = format!(
+        "{}[[service_set.nat.static]]\ninside = \"{STATIC_IN}\"\noutside = \"{STATIC_OUT}\"\n\
+         [[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"{POOL}:8080\"\n\
+         inside = \"{CLIENT}:9300\"\n",
+        nat_config("")
+    );
+    let mut d = Daemon::start(&topo.node, &cfg);
+    // The forward's inside server: two connections, each echoed once.
+    let listener = topo
+        .client
+        .enter(|| std::net::TcpListener::bind((CLIENT, 9300)).expect("bind"));
+    let inside = thread::spawn(move || {
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            let Ok((mut c, peer)) = listener.accept() else {
+                break;
+            };
+            peers.push(peer);
+            let mut buf = [0u8; 16];
+            let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+            if let Ok(n) = std::io::Read::read(&mut c, &mut buf) {
+                let _ = std::io::Write::write_all(&mut c, &buf[..n]);
+            }
+        }
+        peers
+    });
+    let echo = |mut c: TcpStream| -> Result<(), Failed> {
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        std::io::Write::write_all(&mut c, b"hello")?;
+        let mut buf = [0u8; 5];
+        std::io::Read::read_exact(&mut c, &mut buf)?;
+        check(&buf == b"hello", "echo through the forward")
+    };
+    let to: SocketAddr = format!("{POOL}:8080").parse()?;
+    let from_server = topo
+        .server
+        .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))
+        .map_err(|e| format!("server to the forward: {e}"))?;
+    let server_port = from_server.local_addr()?.port();
+    echo(from_server)?;
+    let hairpin = topo
+        .client
+        .enter(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.bind(
+                &format!("{STATIC_IN}:0")
+                    .parse::<SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )?;
+            s.connect_timeout(&to.into(), Duration::from_secs(3))?;
+            Ok::<TcpStream, std::io::Error>(s.into())
+        })
+        .map_err(|e| format!("static host to the forward: {e}"))?;
+    let hairpin_port = hairpin.local_addr()?.port();
+    echo(hairpin)?;
+    let peers = inside.join().unwrap();
+    check(
+        peers.first() == Some(&SocketAddr::new(SERVER.parse()?, server_port))
+            && peers.get(1) == Some(&SocketAddr::new(STATIC_OUT.parse()?, hairpin_port)),
+        format!(
+            "the forward's host saw {peers:?} (server port {server_port},              the static host's port {hairpin_port})"
+        ),
+    )?;
+    // The static host, out and in, on its own address and port.
+    let w = udp_witness(&topo, SERVER, 9101);
+    let host = topo
+        .client
+        .enter(|| UdpSocket::bind((STATIC_IN, 5000)).expect("bind"));
+    host.set_read_timeout(Some(Duration::from_secs(3)))?;
+    host.send_to(b"out", (SERVER, 9101))?;
+    let seen = w.join().unwrap();
+    check(
+        seen.is_some_and(|x| x.to_string() == format!("{STATIC_OUT}:5000")),
+        format!("the server saw the static host as {seen:?}"),
+    )?;
+    let srv = topo
+        .server
+        .enter(|| UdpSocket::bind((SERVER, 9102)).expect("bind"));
+    srv.send_to(b"in", (STATIC_OUT, 5000))?;
+    let mut buf = [0u8; 8];
+    let (n, from) = host.recv_from(&mut buf)?;
+    check(
+        &buf[..n] == b"in" && from.to_string() == format!("{SERVER}:9102"),
+        format!("the static host heard {:?} from {from}", &buf[..n]),
+    )?;
+    let listed = sessions_json(&d, &["destination-port", "8080"])?;
+    d.stop();
+    let rows = listed["sessions"].as_array().cloned().unwrap_or_default();
+    check(
+        rows.iter().any(|r| {
+            r["direction"] == "O"
+                && r["nat_destination"] == CLIENT
+                && r["nat_destination_port"] == 9300
+        }),
+        format!("sessions to the forward: {listed}"),
+    )?;
+    Ok(())
+}
+
 /// `tandemstat --instance I nat --json`, parsed.
 pub fn nat_json(d: &Daemon) -> Result<serde_json::Value, String> {
     let o = crate::netns::tandemstat(&d.instance)
@@ -247,5 +438,13 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "a_flooding_host_stays_within_its_limit_and_others_get_in",
         flood_test,
+    ),
+    (
+        "two_inside_hosts_reach_each_other_through_their_mappings",
+        two_inside_hosts_reach_each_other_through_their_mappings,
+    ),
+    (
+        "static_nat_and_port_forwarding_work_both_ways",
+        static_nat_and_port_forwarding_work_both_ways,
     ),
 ];

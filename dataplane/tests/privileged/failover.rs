@@ -29,6 +29,10 @@ pub const TESTS: &[(&str, Test)] = &[
         sigkill_of_the_master_keeps_connections_and_it_rejoins_standby,
     ),
     (
+        "failover_a_forwarded_port_keeps_working",
+        a_forwarded_port_keeps_working,
+    ),
+    (
         "failover_an_endpoint_keeps_its_mapping",
         an_endpoint_keeps_its_mapping,
     ),
@@ -317,10 +321,13 @@ fn echo_server(lab: &Lab, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
 }
 
 fn echo_server_on(lab: &Lab, addr: &str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    echo_server_in(&lab.server, addr, stop)
+}
+
+/// An echo server in `ns` at `addr` until `stop`.
+fn echo_server_in(ns: &Ns, addr: &str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
     let addr: std::net::IpAddr = addr.parse().expect("server address");
-    let l = lab
-        .server
-        .enter(move || TcpListener::bind((addr, PORT)).expect("bind echo server"));
+    let l = ns.enter(move || TcpListener::bind((addr, PORT)).expect("bind echo server"));
     l.set_nonblocking(true).expect("nonblocking");
     thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -373,11 +380,19 @@ fn hold_to(
     stop: &Arc<AtomicBool>,
 ) -> Vec<thread::JoinHandle<Result<Duration, String>>> {
     let to = std::net::SocketAddr::new(server.parse().expect("server address"), PORT);
+    hold_from(&lab.client, to, n, stop)
+}
+
+/// [`hold`] from namespace `ns` to `to`.
+fn hold_from(
+    ns: &Ns,
+    to: std::net::SocketAddr,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Result<Duration, String>>> {
     (0..n)
         .map(|i| {
-            let s = lab
-                .client
-                .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)));
+            let s = ns.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)));
             let stop = Arc::clone(stop);
             thread::spawn(move || {
                 let mut s = s.map_err(|e| format!("connection {i}: connect: {e}"))?;
@@ -1913,6 +1928,59 @@ fn udp_echo(
         }
     });
     (seen, h)
+}
+
+/// A forwarded port across a failover: connections from the server to
+/// the pool address's forwarded port reach the inside host's echo
+/// server on A; A is SIGKILLed; they go on through B, which then takes
+/// new ones to the forward too. The sessions are listed with their
+/// translated destination on both nodes.
+fn a_forwarded_port_keeps_working() -> Result<(), Failed> {
+    fn config(node: &str) -> String {
+        format!(
+            "{}[[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"{POOL}:8080\"\n\
+             inside = \"198.18.1.10:{PORT}\"\n",
+            Lab::config(node)
+        )
+    }
+    let lab = Lab::new();
+    let (mut a, b) = lab.start_with(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let inside = echo_server_in(&lab.client, "198.18.1.10", Arc::clone(&stop));
+    let to: std::net::SocketAddr = format!("{POOL}:8080").parse().expect("forward");
+    let conns = hold_from(&lab.server, to, 10, &stop);
+    wait("B to hold the 10 forwarded sessions", || {
+        count(&b).is_ok_and(|c| c >= 10)
+    })?;
+    let listed = |d: &Daemon| -> Result<usize, Failed> {
+        let v = stat_json(d, &["sessions", "destination-port", "8080", "--json"])?;
+        Ok(v["sessions"].as_array().map_or(0, |rows| {
+            rows.iter()
+                .filter(|r| {
+                    r["nat_destination"] == "198.18.1.10"
+                        && r["nat_destination_port"] == u64::from(PORT)
+                        && r["direction"] == "O"
+                })
+                .count()
+        }))
+    };
+    let (on_a, on_b) = (listed(&a)?, listed(&b)?);
+    check(
+        on_a == 10 && on_b == 10,
+        format!("forwarded sessions listed: A {on_a}, B {on_b}"),
+    )?;
+    thread::sleep(Duration::from_millis(300));
+    let _ = a.signal_and_wait(libc::SIGKILL);
+    wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    // New connections to the forward, through B.
+    let fresh = hold_from(&lab.server, to, 3, &stop);
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let gap = survivors(conns)?;
+    survivors(fresh)?;
+    let _ = inside.join();
+    eprintln!("forwarded port across a failover: 10/10 kept, longest gap {gap:?}");
+    Ok(())
 }
 
 /// Endpoint-independent mappings reach the standby with their sessions:

@@ -17,6 +17,7 @@ pub mod nat;
 pub mod policy;
 pub mod sync;
 
+use hashbrown::HashMap;
 use tandem_control::{
     config::{self, Prefix, RuleAction},
     sync::wire::ANSWERED,
@@ -45,6 +46,12 @@ use self::{
 pub enum Verdict {
     /// Route it; then, if `snat` is set, translate its source.
     Pass {
+        snat: Option<Snat>,
+    },
+    /// Inside to inside through an outside address (hairpinning): apply
+    /// `snat` (the sender's mapping), then put the datagram through the
+    /// services again as if it came in on the outside interface.
+    Hairpin {
         snat: Option<Snat>,
     },
     /// Another worker owns the flow: hand the frame over.
@@ -89,6 +96,71 @@ struct Set {
     offload: bool,
 }
 
+/// A static rule's side of a flow: (address, port, protocol) outside, or
+/// (address, port, service set) inside.
+type Endpoint3 = ([u8; 4], u16, u8);
+
+/// The static translations and forwarded ports of every service set, by
+/// outside address (and protocol and port) and by inside address.
+#[derive(Default)]
+struct Statics {
+    /// 1:1: outside address to (inside address, set), and back.
+    outside: HashMap<[u8; 4], ([u8; 4], u8), foldhash::fast::RandomState>,
+    inside: HashMap<[u8; 4], ([u8; 4], u8), foldhash::fast::RandomState>,
+    /// (protocol, outside address, port) to (inside address, port, set).
+    forwards: HashMap<Endpoint3, Endpoint3, foldhash::fast::RandomState>,
+    /// Every address the node answers for from outside: pool addresses,
+    /// static ones, forwarded ones.
+    external: Vec<[u8; 4]>,
+    any: bool,
+}
+
+impl Statics {
+    fn new(cfg: &config::Config) -> Self {
+        let mut st = Self::default();
+        for (i, set) in cfg.service_sets.iter().enumerate() {
+            let Some(n) = &set.nat else {
+                continue;
+            };
+            for x in &n.statics {
+                let (o, a) = (x.outside.octets(), x.inside.octets());
+                st.outside.insert(o, (a, i as u8));
+                st.inside.insert(a, (o, i as u8));
+            }
+            for f in &n.forwards {
+                st.forwards.insert(
+                    (f.outside.ip().octets(), f.outside.port(), f.protocol.0),
+                    (f.inside.ip().octets(), f.inside.port(), i as u8),
+                );
+            }
+        }
+        st.external = cfg
+            .pool_addresses()
+            .iter()
+            .map(std::net::Ipv4Addr::octets)
+            .collect();
+        st.any = !st.outside.is_empty() || !st.forwards.is_empty();
+        st
+    }
+
+    /// Where a packet from outside to (`dst`, `port`) of `proto` goes by
+    /// a static rule: (inside address, port, set).
+    #[inline]
+    fn target(&self, dst: [u8; 4], port: u16, proto: u8) -> Option<([u8; 4], u16, u8)> {
+        if !self.any {
+            return None;
+        }
+        if let Some(&t) = self.forwards.get(&(dst, port, proto)) {
+            return Some(t);
+        }
+        self.outside.get(&dst).map(|&(a, set)| (a, port, set))
+    }
+
+    fn is_external(&self, a: [u8; 4]) -> bool {
+        self.external.contains(&a)
+    }
+}
+
 /// One worker's services: its session shard and its share of every pool.
 pub struct Services {
     worker: usize,
@@ -96,6 +168,7 @@ pub struct Services {
     placement: Placement,
     inside_ifindex: u32,
     sets: Vec<Set>,
+    statics: Statics,
     names: Vec<String>,
     pub table: Table,
     next_id: u64,
@@ -126,10 +199,53 @@ pub struct NatView {
 }
 
 /// NAT bindings to release, at most [`Releases::MAX`]: (service set,
-/// pool address, port, inside endpoint).
+/// the binding).
 struct Releases {
-    pending: [(u8, [u8; 4], u16, u64); Self::MAX],
+    pending: [(u8, Binding); Self::MAX],
     len: usize,
+}
+
+/// A session's hold on a pool pair: the pair, its mapping's inside
+/// endpoint, and the outside host the session is with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Binding {
+    addr: [u8; 4],
+    port: u16,
+    ep: u64,
+    remote: u32,
+}
+
+/// The pool pair session `s` holds, if any: a source-translated
+/// session's own, or the mapping an outside flow came in through (a
+/// static rule's binding holds none).
+fn binding(s: &Session) -> Option<Binding> {
+    let (addr, port) = s.nat().filter(|_| !s.is_static())?;
+    let proto = s.key.proto;
+    let v4 = |a: Option<[u8; 4]>| u32::from_be_bytes(a.unwrap_or_default());
+    Some(if s.is_dnat() {
+        Binding {
+            addr: s.key.dst_v4()?,
+            port: s.key.dport,
+            ep: nat::endpoint(addr, port, proto),
+            remote: v4(s.key.src_v4()),
+        }
+    } else {
+        Binding {
+            addr,
+            port,
+            ep: nat::endpoint(s.key.src_v4()?, s.key.sport, proto),
+            remote: v4(s.key.dst_v4()),
+        }
+    })
+}
+
+/// `s` ended or was refused: its pool pair's mapping loses a user, and
+/// under address-dependent filtering its outside host one session.
+fn unbind(pool: &mut PortPool, b: &Binding, refused: bool) {
+    if pool.remembers_remotes() && !refused {
+        pool.remote(b.addr, b.port, b.remote, false);
+    }
+    pool.unbind(b.addr, b.port, b.ep, refused);
 }
 
 impl Releases {
@@ -138,28 +254,27 @@ impl Releases {
     /// Queues the binding of `s`, which ended, after prefetching its
     /// mapping; when the queue is full, releases what it holds first.
     fn push(&mut self, sets: &mut [Set], s: &Session) {
-        let Some((addr, port)) = s.nat().filter(|_| s.remote == 0) else {
+        let Some(b) = binding(s).filter(|_| s.remote == 0) else {
             return;
         };
-        let ep = mapping_endpoint(s);
         match sets
             .get(usize::from(s.service_set))
             .and_then(|x| x.nat.as_ref())
         {
-            Some(pool) => pool.prefetch(ep),
+            Some(pool) => pool.prefetch(b.ep),
             None => return,
         }
         if self.len == Self::MAX {
             self.flush(sets);
         }
-        self.pending[self.len] = (s.service_set, addr, port, ep);
+        self.pending[self.len] = (s.service_set, b);
         self.len += 1;
     }
 
     fn flush(&mut self, sets: &mut [Set]) {
-        for &(set, addr, port, ep) in &self.pending[..self.len] {
-            if let Some(pool) = sets.get_mut(usize::from(set)).and_then(|x| x.nat.as_mut()) {
-                pool.unbind(addr, port, ep, false);
+        for (set, b) in &self.pending[..self.len] {
+            if let Some(pool) = sets.get_mut(usize::from(*set)).and_then(|x| x.nat.as_mut()) {
+                unbind(pool, b, false);
             }
         }
         self.len = 0;
@@ -273,6 +388,7 @@ impl Services {
             placement: Placement::new(cfg, workers),
             inside_ifindex,
             sets,
+            statics: Statics::new(cfg),
             names: cfg.service_sets.iter().map(|s| s.name.clone()).collect(),
             table: Table::new(cfg.sessions.per_worker as usize, cfg.sessions.timeouts, now),
             next_id: 0,
@@ -282,7 +398,7 @@ impl Services {
             events: None,
             early_cursor: 0,
             releases: Releases {
-                pending: [(0, [0; 4], 0, 0); Releases::MAX],
+                pending: [(0, Binding::default()); Releases::MAX],
                 len: 0,
             },
         }))
@@ -354,14 +470,23 @@ impl Services {
     /// address, else by [`Placement`] (the subscriber, on a node that
     /// translates).
     fn owner(&self, k: &FlowKey, origin: Origin) -> usize {
-        if let Some(dst) = k.dst_v4()
-            && let Some(pool) = self.pool_of(dst)
-        {
-            return pool
-                .owner_of_port(k.dport, self.workers)
-                .unwrap_or(self.worker);
+        if let Some(dst) = k.dst_v4() {
+            // A static rule's flows live with the inside host's.
+            if let Some((inside, _, _)) = self.statics.target(dst, k.dport, k.proto) {
+                return self.placement.of_subscriber(inside);
+            }
+            if let Some(pool) = self.pool_of(dst) {
+                return pool
+                    .owner_of_port(k.dport, self.workers)
+                    .unwrap_or(self.worker);
+            }
         }
         self.placement.of(k, origin)
+    }
+
+    /// The inside interface's ifindex.
+    pub fn inside_ifindex(&self) -> u32 {
+        self.inside_ifindex
     }
 
     fn origin(&self, ingress: u32) -> Origin {
@@ -504,7 +629,7 @@ impl Services {
             }
             return self.existing(&mut p, found, tally);
         }
-        let v = self.first_packet(&p, key, origin, tally, routable);
+        let v = self.first_packet(&mut p, key, origin, tally, routable);
         self.drain_blocks();
         v
     }
@@ -554,53 +679,62 @@ impl Services {
             }
         }
         let s = self.table.get(slot);
-        let Some((addr, port)) = s.nat() else {
+        if s.nat().is_none() {
             return Verdict::Pass { snat: None };
-        };
-        match side {
-            Side::Initiator => Verdict::Pass {
-                snat: Some(Snat {
-                    l4: *l4,
-                    addr,
-                    port,
-                }),
-            },
-            Side::Responder => {
-                let to = s.key.src_v4().expect("NAT sessions are IPv4");
-                wire::rewrite_v4(
-                    p.frame,
-                    p.ip.l3(),
-                    l4,
-                    Rewrite::Destination,
-                    to,
-                    s.key.sport,
-                );
-                Verdict::Pass { snat: None }
-            }
         }
+        if let Some((addr, port)) = s.source_nat(side) {
+            let snat = Some(Snat {
+                l4: *l4,
+                addr,
+                port,
+            });
+            return if s.is_hairpin() {
+                Verdict::Hairpin { snat }
+            } else {
+                Verdict::Pass { snat }
+            };
+        }
+        // The other way: to the inside endpoint.
+        let (to, port) = s.inside_endpoint().expect("NAT sessions are IPv4");
+        wire::rewrite_v4(p.frame, p.ip.l3(), l4, Rewrite::Destination, to, port);
+        Verdict::Pass { snat: None }
     }
 
     /// A packet with no session yet, keyed `key`, from `origin`'s side.
     fn first_packet(
         &mut self,
-        p: &Packet<'_>,
+        p: &mut Packet<'_>,
         key: FlowKey,
         origin: Origin,
         tally: &mut Tally,
         routable: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> Verdict {
         let (l4, now) = (&p.l4, p.now);
-        let to_pool = key.dst_v4().is_some_and(|d| self.pool_of(d).is_some());
-        if !opens(l4.kind) || to_pool {
+        if !opens(l4.kind) {
             return Verdict::Drop(DropReason::NoSession);
         }
+        let external = key.dst_v4().filter(|&d| self.statics.is_external(d));
+        if origin == Origin::Outside && external.is_some() {
+            return self.inbound(p, key, tally, routable);
+        }
+        // From inside to an outside address of this node: translated,
+        // then in again from outside.
+        let hairpin = external.is_some();
         let inside_end = if origin == Origin::Inside {
             key.src_ip()
         } else {
             key.dst_ip()
         };
-        let Some(set_idx) = self.sets.iter().position(|s| {
-            s.prefixes.is_empty() || s.prefixes.iter().any(|p| p.contains(inside_end))
+        // A host with a static translation is its rule's set's.
+        let fixed = (origin == Origin::Inside)
+            .then(|| key.src_v4())
+            .flatten()
+            .filter(|_| self.statics.any)
+            .and_then(|a| self.statics.inside.get(&a).copied());
+        let Some(set_idx) = fixed.map(|(_, set)| usize::from(set)).or_else(|| {
+            self.sets.iter().position(|s| {
+                s.prefixes.is_empty() || s.prefixes.iter().any(|p| p.contains(inside_end))
+            })
         }) else {
             // No service set covers this flow: routed without services.
             return Verdict::Pass { snat: None };
@@ -610,7 +744,7 @@ impl Services {
             RuleAction::Drop => return Verdict::Drop(DropReason::Policy),
             RuleAction::Reject => return Verdict::Reject(*l4),
         }
-        if !routable(key.dst_ip()) {
+        if !hairpin && !routable(key.dst_ip()) {
             // The router drops it (no route: an unreachable; an egress
             // this node does not forward on: `foreign_egress`), from the
             // same FIB snapshot: no session, no binding, and nothing
@@ -627,7 +761,16 @@ impl Services {
             && key.is_v4()
             && matches!(l4.kind, Kind::Tcp { .. } | Kind::Udp | Kind::Echo { .. });
         let mut snat = None;
-        if let Some(pool) = self.sets[set_idx].nat.as_mut() {
+        if let Some((outside, _)) = fixed.filter(|_| translate) {
+            // A 1:1 translation keeps the port.
+            s.set_nat(outside, key.sport);
+            s.set_static();
+            snat = Some(Snat {
+                l4: *l4,
+                addr: outside,
+                port: key.sport,
+            });
+        } else if let Some(pool) = self.sets[set_idx].nat.as_mut() {
             if translate {
                 let ep = mapping_endpoint(&s);
                 let (addr, port) = match pool.bind(ep, now) {
@@ -662,6 +805,14 @@ impl Services {
                 return Verdict::Drop(DropReason::NatFailed);
             }
         }
+        if hairpin {
+            if snat.is_none() {
+                return Verdict::Drop(DropReason::NoSession);
+            }
+            // The fast path would send it out untranslated the second time.
+            s.set_hairpin();
+            s.refuse_offload();
+        }
         if !self.table.keys_free(&s) {
             // The reply key collides with a live session (e.g. an outside
             // host reusing a translated port as its source): refuse.
@@ -681,18 +832,130 @@ impl Services {
             tally.add(WorkerCounter::SessionsRefused, 1);
             return Verdict::Drop(DropReason::TableFull);
         };
+        self.created(&s, slot, now, tally);
+        if hairpin {
+            Verdict::Hairpin { snat }
+        } else {
+            Verdict::Pass { snat }
+        }
+    }
+
+    /// The new session `s`, now in `slot`, goes to the peer, the event
+    /// log and the counters; under address-dependent filtering its pool
+    /// pair's mapping remembers its outside host.
+    fn created(&mut self, s: &Session, slot: u32, now: u32, tally: &mut Tally) {
         let lost = sync::emit(self.sync.as_mut(), self.worker, s.key.proto, || {
-            ToSync::Add(record(&s, now))
+            ToSync::Add(record(s, now))
         });
         if lost && let Some(r) = self.sync.as_mut() {
             r.mark(self.table.get_mut(slot));
         }
+        if let Some(b) = binding(s)
+            && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
+            && pool.remembers_remotes()
+        {
+            pool.remote(b.addr, b.port, b.remote, true);
+        }
         if let Some(e) = self.events.as_mut() {
-            e.push(EventKind::Create, &s);
+            e.push(EventKind::Create, s);
         }
         self.next_id += 1;
         tally.add(WorkerCounter::SessionsCreated, 1);
-        Verdict::Pass { snat }
+    }
+
+    /// The first packet of a flow from outside to an address of this
+    /// node: a forwarded port, a static translation's outside address,
+    /// or a pool pair whose mapping's filtering lets its source in. Its
+    /// session translates the destination to the inside host; the
+    /// firewall decides it on the translated key (a rule that matches
+    /// decides; with none, the rule or mapping that let it in does).
+    fn inbound(
+        &mut self,
+        p: &mut Packet<'_>,
+        key: FlowKey,
+        tally: &mut Tally,
+        routable: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> Verdict {
+        let (l4, now) = (&p.l4, p.now);
+        if !matches!(l4.kind, Kind::Tcp { .. } | Kind::Udp | Kind::Echo { .. }) {
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        let (Some(dst), Some(src)) = (key.dst_v4(), key.src_v4()) else {
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        let remote = u32::from_be_bytes(src);
+        let (inside, port, set, fixed) =
+            if let Some((a, port, set)) = self.statics.target(dst, key.dport, key.proto) {
+                (a, port, usize::from(set), true)
+            } else {
+                let Some(set) = self
+                    .sets
+                    .iter()
+                    .position(|s| s.nat.as_ref().is_some_and(|n| n.is_pool_address(dst)))
+                else {
+                    return Verdict::Drop(DropReason::NoSession);
+                };
+                let pool = self.sets[set].nat.as_mut().expect("found above");
+                if matches!(l4.kind, Kind::Echo { .. }) {
+                    return Verdict::Drop(DropReason::NoSession);
+                }
+                let Some(ep) = pool.admit(dst, key.dport, key.proto, remote) else {
+                    return Verdict::Drop(DropReason::NoSession);
+                };
+                let port = (ep >> 32) as u16;
+                ((ep as u32).to_be_bytes(), port, set, false)
+            };
+        let id = self.next_id * self.workers as u64 + self.worker as u64 + 1;
+        let mut s = Session::new(key, id, Origin::Outside, set as u8, now);
+        s.set_dnat(inside, port);
+        if fixed {
+            s.set_static();
+        }
+        if let Kind::Tcp { flags } = l4.kind {
+            s.state = TcpState::Closed.next(Side::Initiator, flags) as u8;
+        }
+        let mut translated = key;
+        translated.dst = crate::session::key::mapped(inside);
+        translated.dport = port;
+        let refuse = match self.sets[set].policy.decide(&translated, Origin::Outside) {
+            (_, None) | (RuleAction::Forward, _) => None,
+            (RuleAction::Drop, Some(_)) => Some(Verdict::Drop(DropReason::Policy)),
+            (RuleAction::Reject, Some(_)) => Some(Verdict::Reject(*l4)),
+        };
+        let refuse = refuse.or_else(|| {
+            (!routable(std::net::IpAddr::from(inside)))
+                .then_some(Verdict::Drop(DropReason::NoSession))
+        });
+        if let Some(v) = refuse {
+            unalloc(&mut self.sets, &s);
+            return v;
+        }
+        if self.statics.is_external(src) {
+            // The second half of a hairpin: its answers go in again too.
+            s.set_hairpin();
+            s.refuse_offload();
+        }
+        if !self.table.keys_free(&s) {
+            unalloc(&mut self.sets, &s);
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        s.count(Side::Initiator, p.ip.datagram_len(), now);
+        let inserted = self.table.insert(s).or_else(|full| {
+            if self.early_drop(tally) {
+                self.table.insert(s)
+            } else {
+                Err(full)
+            }
+        });
+        let Ok(slot) = inserted else {
+            unalloc(&mut self.sets, &s);
+            tally.add(WorkerCounter::SessionsRefused, 1);
+            return Verdict::Drop(DropReason::TableFull);
+        };
+        self.created(&s, slot, now, tally);
+        let l4 = p.l4;
+        wire::rewrite_v4(p.frame, p.ip.l3(), &l4, Rewrite::Destination, inside, port);
+        Verdict::Pass { snat: None }
     }
 
     /// The table is full: ends one session that never saw an answer (or a
@@ -776,15 +1039,18 @@ impl Services {
         if s.action() != SessionAction::Forward {
             return Verdict::Drop(DropReason::Policy);
         }
-        let Some((addr, port)) = s.nat() else {
+        if s.nat().is_none() {
             return Verdict::Pass { snat: None };
-        };
-        let to = s.key.src_v4().expect("NAT sessions are IPv4");
-        let (which, a, p) = match side {
+        }
+        let (which, (a, p)) = match s.source_nat(side) {
+            // From the inside host, about a packet it got: as if from
+            // where that packet was sent to.
+            Some(to) => (Rewrite::Source, to),
             // From the outside, about a translated packet: back to the host.
-            Side::Responder => (Rewrite::Destination, to, s.key.sport),
-            // From the inside host, about a reply it got: as if from the pool.
-            Side::Initiator => (Rewrite::Source, addr, port),
+            None => (
+                Rewrite::Destination,
+                s.inside_endpoint().expect("NAT sessions are IPv4"),
+            ),
         };
         if wire::rewrite_icmp_error_v4(frame, ip.l3(), ip.datagram_len(), l4, which, a, p) {
             Verdict::Pass { snat: None }
@@ -869,30 +1135,31 @@ fn opens(kind: Kind) -> bool {
 /// The inside endpoint of a translated session's mapping (an echo's
 /// identifier is its port).
 fn mapping_endpoint(s: &Session) -> u64 {
-    nat::endpoint(s.key.src_v4().unwrap_or_default(), s.key.sport, s.key.proto)
+    let (a, port) = s.inside_endpoint().unwrap_or_default();
+    nat::endpoint(a, port, s.key.proto)
 }
 
 /// A session that held a NAT binding ended: its mapping loses a user
 /// (see [`PortPool::unbind`]).
 fn release(sets: &mut [Set], s: &Session) {
     if s.remote == 0
-        && let Some((addr, port)) = s.nat()
+        && let Some(b) = binding(s)
         && let Some(pool) = sets
             .get_mut(usize::from(s.service_set))
             .and_then(|x| x.nat.as_mut())
     {
-        pool.unbind(addr, port, mapping_endpoint(s), false);
+        unbind(pool, &b, false);
     }
 }
 
 /// Returns the NAT binding just made for `s`, which was then refused.
 fn unalloc(sets: &mut [Set], s: &Session) {
-    if let Some((addr, port)) = s.nat()
+    if let Some(b) = binding(s)
         && let Some(pool) = sets
             .get_mut(usize::from(s.service_set))
             .and_then(|x| x.nat.as_mut())
     {
-        pool.unbind(addr, port, mapping_endpoint(s), true);
+        unbind(pool, &b, true);
     }
 }
 

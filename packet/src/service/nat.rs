@@ -32,7 +32,7 @@
 use std::{collections::VecDeque, net::Ipv4Addr};
 
 use hashbrown::{HashMap, HashTable};
-use tandem_control::config::{MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat};
+use tandem_control::config::{Filtering, MAX_BLOCKS_PER_SUBSCRIBER, Mapping, Nat};
 
 use crate::session::table::Remembered;
 
@@ -148,11 +148,18 @@ pub struct PortPool {
     /// Bit `a * span + (port - first)` is set while that pair is bound
     /// or cooling; the bits past the last pair are set for good.
     used: Vec<u64>,
-    /// Per pair, under address-and-port-dependent mapping: the inside
-    /// endpoint of its one session (0: none). Endpoint-independent
-    /// mappings keep theirs in the map only, so binding and releasing
-    /// one touches no per-pair line beyond the bitmaps.
+    /// Per pair: the inside endpoint of its mapping (0: none), which a
+    /// packet from outside finds its way in by. Under
+    /// address-and-port-dependent filtering nothing comes in that way, so
+    /// endpoint-independent mappings keep theirs in the map only
+    /// (`track` false): binding and releasing one then touches no
+    /// per-pair line beyond the bitmaps.
     eps: Vec<u64>,
+    track: bool,
+    filtering: Filtering,
+    /// Under address-dependent filtering: per (pair, outside host), the
+    /// sessions of the pair's mapping with that host.
+    remotes: HashMap<(u32, u32), u32, foldhash::fast::RandomState>,
     /// Per pair: the table slot of a synced session holding it, so a
     /// newer binding from the peer can evict a stale one (written by a
     /// standby's installs only; `u32::MAX`: none recorded).
@@ -182,8 +189,10 @@ pub struct PortPool {
     /// plus one (0: none), and the mappings bound in it.
     block_owner: Vec<u32>,
     block_maps: Vec<u32>,
-    /// Per block: its pairs neither bound nor cooling.
+    /// Per block: its pairs neither bound nor cooling, and its pairs no
+    /// forwarded port holds for good.
     block_free: Vec<u32>,
+    block_cap: Vec<u32>,
     /// Per pool address: its blocks held by nobody with every pair free.
     ready: Vec<u32>,
     blocks_held: usize,
@@ -271,6 +280,20 @@ impl PortPool {
         let per_addr = span.div_ceil(block);
         let blocks = addrs.len() * per_addr as usize;
         let eim = nat.mapping == Mapping::EndpointIndependent;
+        // Under address-and-port-dependent mapping a pair serves one
+        // session, whose own replies are all that may come in.
+        let filtering = if eim {
+            nat.filtering
+        } else {
+            Filtering::AddressAndPortDependent
+        };
+        let track = !eim || filtering != Filtering::AddressAndPortDependent;
+        let block_sizes: Vec<u32> = (0..blocks)
+            .map(|b| {
+                let i = b as u32 % per_addr;
+                (span - i * block).min(block)
+            })
+            .collect();
         // Each subscriber holds a block while it has a mapping; a few more
         // for a standby's records that name a block another holds.
         let subs = blocks + 64;
@@ -280,7 +303,17 @@ impl PortPool {
             span,
             first: first as u16,
             used,
-            eps: if eim { Vec::new() } else { vec![0; pairs] },
+            eps: if track { vec![0; pairs] } else { Vec::new() },
+            track,
+            filtering,
+            remotes: HashMap::with_capacity_and_hasher(
+                if filtering == Filtering::AddressDependent {
+                    sessions
+                } else {
+                    0
+                },
+                foldhash::fast::RandomState::default(),
+            ),
             holders: vec![u32::MAX; pairs],
             free: pairs,
             cooling: vec![0u64; pairs.div_ceil(64)],
@@ -299,12 +332,8 @@ impl PortPool {
             per_addr,
             block_owner: vec![0; blocks],
             block_maps: vec![0; blocks],
-            block_free: (0..blocks)
-                .map(|b| {
-                    let i = b as u32 % per_addr;
-                    (span - i * block).min(block)
-                })
-                .collect(),
+            block_free: block_sizes.clone(),
+            block_cap: block_sizes,
             ready: vec![per_addr; n_addrs],
             blocks_held: 0,
             subs: HashMap::with_capacity_and_hasher(subs, foldhash::fast::RandomState::default()),
@@ -315,7 +344,27 @@ impl PortPool {
             rate: nat.subscriber_sessions_per_sec,
             block_log: Vec::with_capacity(BLOCK_LOG),
             block_log_lost: 0,
-        })
+        }
+        .with_forwards(nat))
+    }
+
+    /// Takes the pairs of `nat`'s forwarded ports that fall in this
+    /// share out of use for good: no mapping is ever given one.
+    fn with_forwards(mut self, nat: &Nat) -> Self {
+        for f in &nat.forwards {
+            let Some(bit) = self.bit(f.outside.ip().octets(), f.outside.port()) else {
+                continue;
+            };
+            if self.used[bit / 64] & 1 << (bit % 64) != 0 {
+                continue;
+            }
+            self.used[bit / 64] |= 1 << (bit % 64);
+            self.free -= 1;
+            let b = self.block_of(bit);
+            self.block_free[b] -= 1;
+            self.block_cap[b] -= 1;
+        }
+        self
     }
 
     /// Moves the pool's clock to `now` (seconds): pairs whose reuse delay
@@ -349,8 +398,7 @@ impl PortPool {
 
     /// Whether none of block `b`'s pairs is bound or cooling.
     fn whole(&self, b: usize) -> bool {
-        let (lo, hi) = self.block_bits(b);
-        self.block_free[b] as usize == hi - lo
+        self.block_free[b] == self.block_cap[b]
     }
 
     /// Subscriber slot `i` takes block `b`.
@@ -661,7 +709,8 @@ impl PortPool {
                 use std::hash::BuildHasher as _;
                 hasher.hash_one(m.ep)
             });
-        } else {
+        }
+        if self.track {
             self.eps[bit] = ep;
         }
     }
@@ -682,10 +731,10 @@ impl PortPool {
 
     /// Drops `ep`'s entry in the mapping map if it names `bit`.
     fn unmap(&mut self, ep: u64, bit: usize) {
+        if self.track && self.eps[bit] == ep {
+            self.eps[bit] = 0;
+        }
         if !self.eim {
-            if self.eps[bit] == ep {
-                self.eps[bit] = 0;
-            }
             return;
         }
         let hash = self.hash(ep);
@@ -729,6 +778,9 @@ impl PortPool {
                         e.get_mut().refs -= 1;
                         if e.get().refs == 0 {
                             e.remove();
+                            if self.track {
+                                self.eps[bit] = 0;
+                            }
                             Some(true)
                         } else {
                             Some(false)
@@ -824,6 +876,59 @@ impl PortPool {
         true
     }
 
+    /// The inside endpoint whose endpoint-independent mapping holds
+    /// (`addr`, `port`) for protocol `proto`, if a new flow from the
+    /// outside host `remote` may reach it under the pool's filtering
+    /// (RFC 4787 section 5): then the flow's session is counted as one
+    /// more user of the mapping (its end calls [`Self::unbind`]).
+    pub fn admit(&mut self, addr: [u8; 4], port: u16, proto: u8, remote: u32) -> Option<u64> {
+        if !self.eim || self.filtering == Filtering::AddressAndPortDependent {
+            return None;
+        }
+        let bit = self.bit(addr, port)?;
+        let ep = self.eps[bit];
+        if ep == 0 || (ep >> 48) as u8 != proto || !self.bound(bit) {
+            return None;
+        }
+        if self.filtering == Filtering::AddressDependent
+            && !self.remotes.contains_key(&(bit as u32, remote))
+        {
+            return None;
+        }
+        if !self.add_user(ep, bit) {
+            return None;
+        }
+        if let Some(&i) = self.subs.get(&subscriber_of(ep)) {
+            self.slab[i as usize].sessions += 1;
+        }
+        Some(ep)
+    }
+
+    /// Whether the pool remembers which outside hosts each mapping has
+    /// sessions with (address-dependent filtering): then every session
+    /// that binds or leaves a pair tells it with [`Self::remote`].
+    #[inline]
+    pub fn remembers_remotes(&self) -> bool {
+        self.filtering == Filtering::AddressDependent
+    }
+
+    /// A session of the mapping on (`addr`, `port`) with the outside host
+    /// `remote` began (`add`) or ended.
+    pub fn remote(&mut self, addr: [u8; 4], port: u16, remote: u32, add: bool) {
+        let Some(bit) = self.bit(addr, port) else {
+            return;
+        };
+        let k = (bit as u32, remote);
+        if add {
+            *self.remotes.entry(k).or_insert(0) += 1;
+        } else if let Some(n) = self.remotes.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.remotes.remove(&k);
+            }
+        }
+    }
+
     /// Counts a replicated session of `ep` (and, if `bit` is set, its new
     /// mapping) against its subscriber, which takes the pair's block if
     /// nobody holds it. With no room for another subscriber it goes
@@ -912,6 +1017,23 @@ impl PortPool {
         }
     }
 
+    /// Whether every bound pair's recorded endpoint is its mapping's.
+    #[cfg(test)]
+    pub(crate) fn endpoints_true(&self) -> bool {
+        !self.track
+            || (0..self.eps.len()).all(|bit| {
+                let ep = self.eps[bit];
+                if !self.bound(bit) || !self.eim {
+                    return ep == 0 || self.bound(bit);
+                }
+                ep == 0 && !self.mappings.iter().any(|m| m.bit == bit as u32)
+                    || self
+                        .mappings
+                        .iter()
+                        .any(|m| m.bit == bit as u32 && m.ep == ep)
+            })
+    }
+
     /// Each pool address's ports and blocks in this share, for views (a
     /// walk of the bitmaps: for an operator's request, not per packet).
     pub fn address_use(&self) -> Vec<AddressUse> {
@@ -985,6 +1107,9 @@ mod tests {
             blocks_per_subscriber: 2,
             sessions_per_subscriber: 0,
             subscriber_sessions_per_sec: 0,
+            filtering: Filtering::EndpointIndependent,
+            statics: Vec::new(),
+            forwards: Vec::new(),
         }
     }
 
@@ -1249,7 +1374,7 @@ mod tests {
         /// Any mix of binds, releases, the peer's bindings and time keeps
         /// the counts true to the bitmaps and never hands out a pair twice.
         #[test]
-        fn counts_stay_true(ops in proptest::collection::vec((0u8..5, 1u8..6, 0u16..12), 1..300)) {
+        fn counts_stay_true(ops in proptest::collection::vec((0u8..6, 1u8..6, 0u16..12), 1..300)) {
             let mut n = nat(6000, 6047, 2);
             n.port_reuse_delay_s = 3;
             let mut p = PortPool::new(&n, 0, 1, 1 << 20).unwrap();
@@ -1276,12 +1401,21 @@ mod tests {
                             live.push((pair, e));
                         }
                     }
+                    // A flow from outside through a live mapping.
+                    4 if !live.is_empty() => {
+                        let (pair, owner) = live[usize::from(port) % live.len()];
+                        if let Some(e) = p.admit(pair.0, pair.1, 17, 7) {
+                            proptest::prop_assert_eq!(e, owner);
+                            live.push((pair, e));
+                        }
+                    }
                     _ => {
                         now += 1;
                         p.tick(now);
                     }
                 }
                 proptest::prop_assert!(p.consistent());
+                proptest::prop_assert!(p.endpoints_true());
                 let bound = p.size() - p.available() - p.cooling();
                 proptest::prop_assert_eq!(bound, p.mappings());
             }

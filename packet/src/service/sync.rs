@@ -19,7 +19,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use tandem_control::sync::{DeleteRecord, NackReason, Op, SessionRecord, WireKey, wire::PROTOCOLS};
 
-use super::{Services, mapping_endpoint, release};
+use super::{Binding, Services, binding, mapping_endpoint, release};
 use crate::{
     session::{Origin, Placement, Side},
     sync::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
@@ -564,9 +564,8 @@ impl Services {
             let old = self.table.remove(slot);
             release(&mut self.sets, &old);
         }
-        if let Some((addr, port)) = s.nat() {
+        if let Some(Binding { addr, port, ep, .. }) = binding(&s) {
             let set = usize::from(s.service_set);
-            let ep = mapping_endpoint(&s);
             let Some(pool) = self.sets[set].nat.as_mut() else {
                 return Err(NackReason::NatConflict);
             };
@@ -576,7 +575,9 @@ impl Services {
                 // the link was down): the peer's newer binding wins.
                 let stale = pool.holder(addr, port).filter(|&h| {
                     let x = self.table.get(h);
-                    x.is_live() && x.is_synced() && x.nat() == Some((addr, port))
+                    x.is_live()
+                        && x.is_synced()
+                        && binding(x).is_some_and(|b| (b.addr, b.port) == (addr, port))
                 });
                 let Some(h) = stale else {
                     return Err(NackReason::NatConflict);
@@ -595,10 +596,13 @@ impl Services {
             release(&mut self.sets, &s);
             return Err(NackReason::TableFull);
         };
-        if let Some((addr, port)) = s.nat()
+        if let Some(b) = binding(&s)
             && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
         {
-            pool.set_holder(addr, port, slot);
+            pool.set_holder(b.addr, b.port, slot);
+            if pool.remembers_remotes() {
+                pool.remote(b.addr, b.port, b.remote, true);
+            }
         }
         Ok(true)
     }

@@ -1123,3 +1123,279 @@ mod replication {
         assert!(s.table.is_empty());
     }
 }
+
+/// A second server, and a second inside host.
+const SERVER2: [u8; 4] = [198, 18, 2, 11];
+const CLIENT2: [u8; 4] = [198, 18, 1, 11];
+
+/// Services of a pool with room for several subscribers (blocks of 16
+/// ports) and sessions; lowest ports first.
+fn roomy(extra: &str) -> Services {
+    let cfg = Config::parse(
+        std::path::Path::new("t.toml"),
+        &format!(
+            "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n\
+             [sessions]\nper_worker = 64\n\
+             [[service_set]]\nname = \"lab\"\n[service_set.nat]\npool = [\"198.18.2.100\"]\n\
+             ports = \"1024-1279\"\nport_reuse_delay_s = 0\nblock_size = 16\n{extra}"
+        ),
+    )
+    .unwrap();
+    let mut s = Services::new(&cfg, 0, 1, IN, 0).unwrap().unwrap();
+    s.lowest_ports_first();
+    s
+}
+
+/// Runs a frame from inside that may hairpin: a hairpinned one is
+/// translated, then put through again from outside, as the worker does.
+fn run_in(s: &mut Services, buf: &mut [u8], now: u32, t: &mut Tally) -> Verdict {
+    let ip = parse(buf).unwrap();
+    match s.process(buf, &ip, IN, now, t) {
+        Verdict::Hairpin { snat: Some(n) } => {
+            n.apply(buf, ETH_HLEN);
+            run(s, buf, OUT, now, t)
+        }
+        Verdict::Pass { snat: Some(n) } => {
+            n.apply(buf, ETH_HLEN);
+            Verdict::Pass { snat: Some(n) }
+        }
+        v => v,
+    }
+}
+
+#[test]
+fn filtering_decides_who_reaches_a_mapping_from_outside() {
+    for (filtering, other_port, other_host) in [
+        ("endpoint-independent", true, true),
+        ("address-dependent", true, false),
+        ("address-and-port-dependent", false, false),
+    ] {
+        let mut s = roomy(&format!("filtering = \"{filtering}\"\n"));
+        let mut t = Tally::new(1);
+        let mut f = udp(CLIENT, SERVER, 40000, 3478);
+        run(&mut s, &mut f, IN, 1, &mut t);
+        assert_eq!(endpoints(&f), (POOL, 1024, SERVER, 3478));
+        // The server's other port, then another host, write to the mapping.
+        for (from, port, want) in [(SERVER, 3479, other_port), (SERVER2, 5000, other_host)] {
+            let mut f = udp(from, POOL, port, 1024);
+            let v = run(&mut s, &mut f, OUT, 1, &mut t);
+            if want {
+                assert_eq!(v, Verdict::Pass { snat: None }, "{filtering}");
+                assert_eq!(endpoints(&f), (from, port, CLIENT, 40000), "{filtering}");
+                // The inside host's answer leaves from its mapping.
+                let mut back = udp(CLIENT, from, 40000, port);
+                run(&mut s, &mut back, IN, 2, &mut t);
+                assert_eq!(endpoints(&back), (POOL, 1024, from, port), "{filtering}");
+            } else {
+                assert_eq!(v, Verdict::Drop(DropReason::NoSession), "{filtering}");
+            }
+        }
+        // The mapping lives while any of its sessions does, then goes.
+        let want = 1 + usize::from(other_port) + usize::from(other_host);
+        assert_eq!(s.table.len(), want, "{filtering}");
+        assert_eq!(s.nat_ports().0, 1, "{filtering}");
+        s.expire(1000, &mut t);
+        assert_eq!(s.nat_ports().0, 0, "{filtering}");
+        // Nothing reaches a mapping that is gone.
+        let mut f = udp(SERVER, POOL, 3478, 1024);
+        assert_eq!(
+            run(&mut s, &mut f, OUT, 1000, &mut t),
+            Verdict::Drop(DropReason::NoSession)
+        );
+    }
+}
+
+#[test]
+fn a_firewall_rule_still_decides_flows_through_a_mapping() {
+    let mut s = roomy(
+        "[[service_set.firewall.rules]]\nname = \"no-telnet\"\nprotocol = \"udp\"\n\
+         destination_ports = \"40001\"\ndirection = \"outside\"\naction = \"drop\"\n",
+    );
+    let mut t = Tally::new(1);
+    for port in [40000, 40001] {
+        let mut f = udp(CLIENT, SERVER, port, 3478);
+        run(&mut s, &mut f, IN, 1, &mut t);
+    }
+    // The rule matches the translated destination (the inside port).
+    let mut f = udp(SERVER2, POOL, 5000, 1025);
+    assert_eq!(
+        run(&mut s, &mut f, OUT, 1, &mut t),
+        Verdict::Drop(DropReason::Policy)
+    );
+    let mut f = udp(SERVER2, POOL, 5000, 1024);
+    assert_eq!(
+        run(&mut s, &mut f, OUT, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (SERVER2, 5000, CLIENT, 40000));
+}
+
+#[test]
+fn two_inside_hosts_reach_each_other_through_their_mappings() {
+    for filtering in ["endpoint-independent", "address-and-port-dependent"] {
+        let mut s = roomy(&format!("filtering = \"{filtering}\"\n"));
+        let mut t = Tally::new(1);
+        // Each learns its mapping from a server.
+        for (host, port) in [(CLIENT, 5000), (CLIENT2, 6000)] {
+            let mut f = udp(host, SERVER, port, 3478);
+            run(&mut s, &mut f, IN, 1, &mut t);
+        }
+        let map = |s: &Services, host: [u8; 4], port| {
+            let (slot, _) = s
+                .table
+                .lookup(&FlowKey::v4(host, SERVER, port, 3478, 17))
+                .unwrap();
+            s.table.get(slot).nat().unwrap()
+        };
+        let (a, b) = (map(&s, CLIENT, 5000), map(&s, CLIENT2, 6000));
+        // B punches toward A's mapping first (under port-dependent
+        // filtering A's mapping drops it: A has not sent to B yet).
+        let mut f = udp(CLIENT2, a.0, 6000, a.1);
+        let v = run_in(&mut s, &mut f, 2, &mut t);
+        if filtering == "endpoint-independent" {
+            assert_eq!(v, Verdict::Pass { snat: None });
+            assert_eq!(
+                endpoints(&f),
+                (b.0, b.1, CLIENT, 5000),
+                "A hears B's mapping"
+            );
+        } else {
+            assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+        }
+        // A sends to B's mapping: B hears it from A's mapping.
+        let mut f = udp(CLIENT, b.0, 5000, b.1);
+        assert_eq!(
+            run_in(&mut s, &mut f, 2, &mut t),
+            Verdict::Pass { snat: None }
+        );
+        assert_eq!(endpoints(&f), (a.0, a.1, CLIENT2, 6000), "{filtering}");
+        // And B's answer reaches A from B's mapping.
+        let mut f = udp(CLIENT2, a.0, 6000, a.1);
+        assert_eq!(
+            run_in(&mut s, &mut f, 3, &mut t),
+            Verdict::Pass { snat: None }
+        );
+        assert_eq!(endpoints(&f), (b.0, b.1, CLIENT, 5000), "{filtering}");
+        // No hairpinned session goes to the fast path.
+        for slot in 0..4 {
+            let x = s.table.get(slot);
+            if x.is_live() && x.is_hairpin() {
+                assert!(!s.may_offload(x));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_forwarded_port_reaches_its_host_and_keeps_its_pair() {
+    // The forward's port lies in the pool's range: no mapping gets it.
+    let mut s = roomy(
+        "[[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"198.18.2.100:1024\"\n\
+         inside = \"198.18.1.10:80\"\n",
+    );
+    let mut t = Tally::new(1);
+    let mut syn = tcp(SERVER, POOL, 33000, 1024, "S");
+    assert_eq!(
+        run(&mut s, &mut syn, OUT, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&syn), (SERVER, 33000, CLIENT, 80));
+    let mut synack = tcp(CLIENT, SERVER, 80, 33000, "SA");
+    run(&mut s, &mut synack, IN, 1, &mut t);
+    assert_eq!(endpoints(&synack), (POOL, 1024, SERVER, 33000));
+    let (slot, _) = s
+        .table
+        .lookup(&FlowKey::v4(SERVER, POOL, 33000, 1024, 6))
+        .unwrap();
+    let x = *s.table.get(slot);
+    assert!(x.is_dnat() && x.is_static() && x.origin() == Origin::Outside);
+    assert_eq!(x.tcp_state(), Some(TcpState::SynReceived));
+    // The record carries it to a peer as it is.
+    let r = crate::sync::record(&x, 2);
+    assert_eq!(r.validate(1), Ok(()));
+    assert_eq!(crate::sync::session(&r, 2).reply_key(), x.reply_key());
+    // Dynamic mappings never take the forwarded pair.
+    for port in 0..7 {
+        let mut f = udp(CLIENT2, SERVER, 7000 + port, 53);
+        run(&mut s, &mut f, IN, 1, &mut t);
+        assert_ne!(endpoints(&f).1, 1024);
+    }
+    // An inside host reaches the forward by the outside address too,
+    // seen there from its own mapping; the answer goes back the same way.
+    let mut syn = tcp(CLIENT2, POOL, 34000, 1024, "S");
+    assert_eq!(
+        run_in(&mut s, &mut syn, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    let (from, from_port, to, to_port) = endpoints(&syn);
+    assert_eq!((from, to, to_port), (POOL, CLIENT, 80));
+    let mut synack = tcp(CLIENT, POOL, 80, from_port, "SA");
+    assert_eq!(
+        run_in(&mut s, &mut synack, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&synack), (POOL, 1024, CLIENT2, 34000));
+}
+
+#[test]
+fn a_static_translation_works_both_ways_with_its_ports() {
+    let mut s =
+        roomy("[[service_set.nat.static]]\ninside = \"198.18.1.20\"\noutside = \"198.18.2.120\"\n");
+    let mut t = Tally::new(1);
+    let (host, outside) = ([198, 18, 1, 20], [198, 18, 2, 120]);
+    let mut f = udp(host, SERVER, 5060, 5060);
+    run(&mut s, &mut f, IN, 1, &mut t);
+    assert_eq!(endpoints(&f), (outside, 5060, SERVER, 5060));
+    let mut syn = tcp(SERVER2, outside, 40000, 22, "S");
+    assert_eq!(
+        run(&mut s, &mut syn, OUT, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&syn), (SERVER2, 40000, host, 22));
+    let mut synack = tcp(host, SERVER2, 22, 40000, "SA");
+    run(&mut s, &mut synack, IN, 1, &mut t);
+    assert_eq!(endpoints(&synack), (outside, 22, SERVER2, 40000));
+    // No pool pair is held for either.
+    assert_eq!(s.nat_ports().0, 0);
+    // Other hosts still leave from the pool.
+    let mut f = udp(CLIENT, SERVER, 5060, 5060);
+    run(&mut s, &mut f, IN, 1, &mut t);
+    assert_eq!(endpoints(&f).0, POOL);
+}
+
+#[test]
+fn a_standby_holds_inbound_sessions_and_their_mapping() {
+    let mut a = roomy("");
+    let mut b = roomy("");
+    let mut t = Tally::new(1);
+    let mut f = udp(CLIENT, SERVER, 40000, 3478);
+    run(&mut a, &mut f, IN, 1, &mut t);
+    let mut f = udp(SERVER2, POOL, 5000, 1024);
+    run(&mut a, &mut f, OUT, 1, &mut t);
+    let mut records: Vec<_> = (0..4)
+        .map(|slot| *a.table.get(slot))
+        .filter(Session::is_live)
+        .map(|x| crate::sync::record(&x, 1))
+        .collect();
+    // The inbound one first: the mapping is built from either.
+    records.sort_by_key(|r| r.flags & tandem_control::sync::wire::REC_DNAT == 0);
+    for r in &records {
+        assert_eq!(b.install(r, 1, 1), Ok(true));
+    }
+    assert_eq!(b.nat_ports().0, 1);
+    // After a takeover the inbound flow goes on, and a new one comes in.
+    let mut f = udp(SERVER2, POOL, 5000, 1024);
+    assert_eq!(
+        run(&mut b, &mut f, OUT, 2, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (SERVER2, 5000, CLIENT, 40000));
+    let mut f = udp(SERVER2, POOL, 5001, 1024);
+    assert_eq!(
+        run(&mut b, &mut f, OUT, 2, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    // Every session's end releases the mapping exactly once.
+    b.expire(1000, &mut t);
+    assert_eq!(b.nat_ports().0, 0);
+}

@@ -55,6 +55,21 @@ mod flag {
     pub const RETRIED: u8 = 128;
 }
 
+/// What a translated session's binding is (`Session::xlate`).
+mod xlate {
+    /// The translation rewrites the initiator's destination: `nat_addr`
+    /// and `nat_port` are the inside host's (an outside flow through a
+    /// mapping, a forwarded port or a static translation).
+    pub const DNAT: u8 = 1;
+    /// The binding is a static rule's (a forward or a 1:1 translation),
+    /// not a pool pair.
+    pub const STATIC: u8 = 2;
+    /// Inside to inside through an outside address (hairpinning): the
+    /// source-translated direction goes through the services again, as a
+    /// packet from outside.
+    pub const HAIRPIN: u8 = 4;
+}
+
 /// One session: 104 bytes (checked by `size_is_stated` below).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Session {
@@ -87,6 +102,8 @@ pub struct Session {
     /// worker, which the flow's hash picks here, keeps the stub to hand
     /// the flow's packets and the peer's records for it on to that worker.
     pub remote: u8,
+    /// [`xlate`] bits.
+    xlate: u8,
 }
 
 impl Session {
@@ -182,9 +199,62 @@ impl Session {
         self.flags |= flag::NAT;
     }
 
-    /// The initiator's translated (address, port), if NAT applies.
+    /// The initiator's translated (address, port), if NAT applies: its
+    /// source's, or with [`Self::is_dnat`] its destination's.
     pub fn nat(&self) -> Option<([u8; 4], u16)> {
         (self.flags & flag::NAT != 0).then_some((self.nat_addr, self.nat_port))
+    }
+
+    /// Translates the initiator's destination to (`addr`, `port`).
+    pub fn set_dnat(&mut self, addr: [u8; 4], port: u16) {
+        self.set_nat(addr, port);
+        self.xlate |= xlate::DNAT;
+    }
+
+    /// Whether the translation rewrites the initiator's destination.
+    pub fn is_dnat(&self) -> bool {
+        self.xlate & xlate::DNAT != 0
+    }
+
+    /// Marks the binding a static rule's (no pool pair).
+    pub fn set_static(&mut self) {
+        self.xlate |= xlate::STATIC;
+    }
+
+    pub fn is_static(&self) -> bool {
+        self.xlate & xlate::STATIC != 0
+    }
+
+    /// Marks the session hairpinned (see [`xlate::HAIRPIN`]).
+    pub fn set_hairpin(&mut self) {
+        self.xlate |= xlate::HAIRPIN;
+    }
+
+    pub fn is_hairpin(&self) -> bool {
+        self.xlate & xlate::HAIRPIN != 0
+    }
+
+    /// Where the side that is not translated at the source sends: the
+    /// packets of `side` leave with their source rewritten to this, if
+    /// any (the pool pair a mapping leaves from, or a forward's or
+    /// static translation's outside address).
+    pub fn source_nat(&self, side: Side) -> Option<([u8; 4], u16)> {
+        let (addr, port) = self.nat()?;
+        match (self.is_dnat(), side) {
+            (false, Side::Initiator) => Some((addr, port)),
+            (true, Side::Responder) => Some((self.key.dst_v4()?, self.key.dport)),
+            _ => None,
+        }
+    }
+
+    /// The inside endpoint of a translated session: the initiator's
+    /// source, or with [`Self::is_dnat`] its translated destination.
+    pub fn inside_endpoint(&self) -> Option<([u8; 4], u16)> {
+        if self.is_dnat() {
+            self.nat()
+        } else {
+            Some((self.key.src_v4()?, self.key.sport))
+        }
     }
 
     pub fn tcp_state(&self) -> Option<TcpState> {
@@ -207,7 +277,15 @@ impl Session {
     /// addressed to the translated endpoint when NAT applies.
     pub fn reply_key(&self) -> FlowKey {
         let mut k = self.key.reversed();
-        if let Some((addr, port)) = self.nat() {
+        if let Some((addr, port)) = self.nat().filter(|_| self.is_dnat()) {
+            // The responder (the inside host) answers from where the
+            // initiator's packets were sent on to.
+            k.src = key::mapped(addr);
+            if self.is_echo() {
+                k.dport = port;
+            }
+            k.sport = port;
+        } else if let Some((addr, port)) = self.nat() {
             k.dst = key::mapped(addr);
             if self.is_echo() {
                 k.sport = port;
