@@ -88,6 +88,26 @@ pub fn text(v: &Value) -> String {
             limit(n(&set["subscriber_sessions_per_sec"])),
             n(&set["port_reuse_delay_s"]),
         );
+        if let Some(f) = set["filtering"].as_str() {
+            let _ = writeln!(out, "  Filtering: {f}");
+        }
+        for x in set["static"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  Static: {} <-> {}",
+                x["inside"].as_str().unwrap_or("?"),
+                x["outside"].as_str().unwrap_or("?")
+            );
+        }
+        for f in set["forwards"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  Forward: {} {} -> {}",
+                tandem_control::sessions::protocol_name(f["protocol"].as_u64().unwrap_or(0) as u8),
+                f["outside"].as_str().unwrap_or("?"),
+                f["inside"].as_str().unwrap_or("?")
+            );
+        }
         let _ = writeln!(out, "  Subscribers: {}", n(&set["subscribers"]));
         let _ = writeln!(
             out,
@@ -168,7 +188,10 @@ mod tests {
                 "name": "lab", "mapping": "endpoint-independent", "block_size": 256,
                 "blocks_per_subscriber": 8, "sessions_per_subscriber": 8192,
                 "subscriber_sessions_per_sec": 0, "port_reuse_delay_s": 120,
-                "subscribers": 2,
+                "subscribers": 2, "filtering": "address-dependent",
+                "static": [{"inside": "198.18.1.20", "outside": "198.18.2.120"}],
+                "forwards": [{"protocol": 6, "outside": "198.18.2.100:8080",
+                              "inside": "198.18.1.10:80"}],
                 "addresses": [{"address": "198.18.2.100", "ports": 64512, "ports_in_use": 2048,
                                "ports_cooling": 10, "blocks": 252, "blocks_in_use": 9}],
                 "top_subscribers": [{"inside": "198.18.1.10", "pool_address": "198.18.2.100",
@@ -184,6 +207,9 @@ mod tests {
             "endpoint-independent, block size 256 ports, 8 blocks per subscriber (2048 ports)",
             "no limit of new sessions/s",
             "Subscribers: 2",
+            "Filtering: address-dependent",
+            "Static: 198.18.1.20 <-> 198.18.2.120",
+            "Forward: TCP 198.18.2.100:8080 -> 198.18.1.10:80",
             "198.18.2.100        64512     2048       10     3.2     252       9",
             "198.18.1.10      198.18.2.100           8    2048      2048      1",
             "Translation failures: 10",

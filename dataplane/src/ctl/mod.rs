@@ -310,6 +310,28 @@ fn show_nat(ctx: &Ctx, out: &mut impl Write) -> Result<usize, String> {
                     "address-and-port-dependent"
                 }
             },
+            // Under address-and-port-dependent mapping a pair serves one
+            // session: its filtering is the same, whatever is set.
+            "filtering": match (nat.mapping, nat.filtering) {
+                (
+                    tandem_control::config::Mapping::EndpointIndependent,
+                    tandem_control::config::Filtering::EndpointIndependent,
+                ) => "endpoint-independent",
+                (
+                    tandem_control::config::Mapping::EndpointIndependent,
+                    tandem_control::config::Filtering::AddressDependent,
+                ) => "address-dependent",
+                _ => "address-and-port-dependent",
+            },
+            "static": nat.statics.iter().map(|x| serde_json::json!({
+                "inside": x.inside.to_string(),
+                "outside": x.outside.to_string(),
+            })).collect::<Vec<_>>(),
+            "forwards": nat.forwards.iter().map(|f| serde_json::json!({
+                "protocol": f.protocol.0,
+                "outside": f.outside.to_string(),
+                "inside": f.inside.to_string(),
+            })).collect::<Vec<_>>(),
             "block_size": nat.block_size,
             "blocks_per_subscriber": nat.blocks_per_subscriber,
             "sessions_per_subscriber": nat.sessions_per_subscriber,

@@ -776,16 +776,7 @@ impl Services {
                 let (addr, port) = match pool.bind(ep, now) {
                     Ok(pair) => pair,
                     Err(why) => {
-                        tally.add(WorkerCounter::NatAllocFailures, 1);
-                        tally.add(
-                            match why {
-                                Refusal::PoolExhausted => WorkerCounter::NatPoolExhausted,
-                                Refusal::SubscriberPorts => WorkerCounter::NatSubscriberPorts,
-                                Refusal::SubscriberSessions => WorkerCounter::NatSubscriberSessions,
-                                Refusal::SubscriberRate => WorkerCounter::NatSubscriberRate,
-                            },
-                            1,
-                        );
+                        count_refusal(tally, why);
                         if why == Refusal::PoolExhausted
                             && let Some(e) = self.events.as_mut()
                         {
@@ -899,8 +890,13 @@ impl Services {
                 if matches!(l4.kind, Kind::Echo { .. }) {
                     return Verdict::Drop(DropReason::NoSession);
                 }
-                let Some(ep) = pool.admit(dst, key.dport, key.proto, remote) else {
-                    return Verdict::Drop(DropReason::NoSession);
+                let ep = match pool.admit(dst, key.dport, key.proto, remote) {
+                    Ok(Some(ep)) => ep,
+                    Ok(None) => return Verdict::Drop(DropReason::NoSession),
+                    Err(why) => {
+                        count_refusal(tally, why);
+                        return Verdict::Drop(DropReason::NatFailed);
+                    }
                 };
                 let port = (ep >> 32) as u16;
                 ((ep as u32).to_be_bytes(), port, set, false)
@@ -1117,6 +1113,20 @@ impl Services {
         tally.add(WorkerCounter::OffloadsRemoved, taken.get());
         (n, done)
     }
+}
+
+/// Counts a flow the NAT could not map, by why.
+fn count_refusal(tally: &mut Tally, why: Refusal) {
+    tally.add(WorkerCounter::NatAllocFailures, 1);
+    tally.add(
+        match why {
+            Refusal::PoolExhausted => WorkerCounter::NatPoolExhausted,
+            Refusal::SubscriberPorts => WorkerCounter::NatSubscriberPorts,
+            Refusal::SubscriberSessions => WorkerCounter::NatSubscriberSessions,
+            Refusal::SubscriberRate => WorkerCounter::NatSubscriberRate,
+        },
+        1,
+    );
 }
 
 /// Slots an early drop searches for a session to end.

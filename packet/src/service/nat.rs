@@ -880,28 +880,46 @@ impl PortPool {
     /// (`addr`, `port`) for protocol `proto`, if a new flow from the
     /// outside host `remote` may reach it under the pool's filtering
     /// (RFC 4787 section 5): then the flow's session is counted as one
-    /// more user of the mapping (its end calls [`Self::unbind`]).
-    pub fn admit(&mut self, addr: [u8; 4], port: u16, proto: u8, remote: u32) -> Option<u64> {
+    /// more user of the mapping (its end calls [`Self::unbind`]) and
+    /// against the subscriber's session limit, which refuses it when
+    /// full (`Err`), so a flood from outside cannot grow one subscriber's
+    /// sessions past it. `Ok(None)`: nothing may come in there.
+    pub fn admit(
+        &mut self,
+        addr: [u8; 4],
+        port: u16,
+        proto: u8,
+        remote: u32,
+    ) -> Result<Option<u64>, Refusal> {
         if !self.eim || self.filtering == Filtering::AddressAndPortDependent {
-            return None;
+            return Ok(None);
         }
-        let bit = self.bit(addr, port)?;
+        let Some(bit) = self.bit(addr, port) else {
+            return Ok(None);
+        };
         let ep = self.eps[bit];
         if ep == 0 || (ep >> 48) as u8 != proto || !self.bound(bit) {
-            return None;
+            return Ok(None);
         }
         if self.filtering == Filtering::AddressDependent
             && !self.remotes.contains_key(&(bit as u32, remote))
         {
-            return None;
+            return Ok(None);
+        }
+        let sub = self.subs.get(&subscriber_of(ep)).map(|&i| i as usize);
+        if let Some(i) = sub
+            && self.max_sessions != 0
+            && self.slab[i].sessions >= self.max_sessions
+        {
+            return Err(Refusal::SubscriberSessions);
         }
         if !self.add_user(ep, bit) {
-            return None;
+            return Ok(None);
         }
-        if let Some(&i) = self.subs.get(&subscriber_of(ep)) {
-            self.slab[i as usize].sessions += 1;
+        if let Some(i) = sub {
+            self.slab[i].sessions += 1;
         }
-        Some(ep)
+        Ok(Some(ep))
     }
 
     /// Whether the pool remembers which outside hosts each mapping has
@@ -1404,7 +1422,7 @@ mod tests {
                     // A flow from outside through a live mapping.
                     4 if !live.is_empty() => {
                         let (pair, owner) = live[usize::from(port) % live.len()];
-                        if let Some(e) = p.admit(pair.0, pair.1, 17, 7) {
+                        if let Ok(Some(e)) = p.admit(pair.0, pair.1, 17, 7) {
                             proptest::prop_assert_eq!(e, owner);
                             live.push((pair, e));
                         }

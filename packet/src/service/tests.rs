@@ -1399,3 +1399,28 @@ fn a_standby_holds_inbound_sessions_and_their_mapping() {
     b.expire(1000, &mut t);
     assert_eq!(b.nat_ports().0, 0);
 }
+
+#[test]
+fn flows_from_outside_count_against_the_subscribers_session_limit() {
+    let mut s = roomy("sessions_per_subscriber = 3\n");
+    let mut t = Tally::new(1);
+    let mut f = udp(CLIENT, SERVER, 40000, 3478);
+    run(&mut s, &mut f, IN, 1, &mut t);
+    let verdicts: Vec<Verdict> = (0..4)
+        .map(|i| {
+            let mut f = udp(SERVER2, POOL, 5000 + i, 1024);
+            run(&mut s, &mut f, OUT, 1, &mut t)
+        })
+        .collect();
+    assert_eq!(
+        verdicts[1..],
+        [
+            Verdict::Pass { snat: None },
+            Verdict::Drop(DropReason::NatFailed),
+            Verdict::Drop(DropReason::NatFailed)
+        ]
+    );
+    assert_eq!(t.get(WorkerCounter::NatSubscriberSessions), 2);
+    assert_eq!(t.get(WorkerCounter::NatAllocFailures), 2);
+    assert_eq!(s.table.len(), 3);
+}
