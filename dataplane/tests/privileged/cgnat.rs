@@ -241,11 +241,15 @@ fn mapping_of(sock: &UdpSocket) -> Result<SocketAddr, Failed> {
 
 /// UDP hole punching through one NAT (RFC 4787 REQ-9, hairpinning): two
 /// inside hosts learn their mappings from a server, then write to each
-/// other's mapping; each hears the other from the other's mapping.
+/// other's mapping; each hears the other from the other's mapping. The
+/// two hosts are placed on different workers (of the two this machine's
+/// cores give the node), so the hairpin crosses a handoff each way.
 fn two_inside_hosts_reach_each_other_through_their_mappings() -> Result<(), Failed> {
     let topo = Topo::new();
+    // 198.18.1.10 is worker 0's subscriber of two, 198.18.1.12 worker 1's.
+    const OTHER: &str = "198.18.1.12";
     ipw(&format!(
-        "-n {} addr add {CLIENT2}/24 dev c0",
+        "-n {} addr add {OTHER}/24 dev c0",
         topo.client.name
     ));
     let mut node = Daemon::start(&topo.node, &nat_config(""));
@@ -253,7 +257,7 @@ fn two_inside_hosts_reach_each_other_through_their_mappings() -> Result<(), Fail
     let (a, b) = topo.client.enter(|| {
         (
             UdpSocket::bind((CLIENT, 0)).expect("bind"),
-            UdpSocket::bind((CLIENT2, 0)).expect("bind"),
+            UdpSocket::bind((OTHER, 0)).expect("bind"),
         )
     });
     for s in [&a, &b] {
@@ -284,7 +288,9 @@ fn two_inside_hosts_reach_each_other_through_their_mappings() -> Result<(), Fail
     let listed = sessions_json(&node, &["protocol", "udp", "count"])?;
     let c = node.stop();
     check(
-        listed["count"].as_u64() >= Some(4) && c.get("drop.no_session") == 0,
+        listed["count"].as_u64() >= Some(4)
+            && c.get("drop.no_session") == 0
+            && c.get("worker.handoffs_received") >= 2,
         format!("sessions {listed}; counters {c:?}"),
     )?;
     eprintln!("hole punching through one NAT: A {ma}, B {mb}");

@@ -131,7 +131,12 @@ impl Services {
             if !forwards || !self.may_offload(s) {
                 continue;
             }
-            let (src, dst) = (s.key.src_ip(), s.key.dst_ip());
+            // A translated destination's packets go to the inside host.
+            let dst = match s.inside_endpoint().filter(|_| s.is_dnat()) {
+                Some((a, _)) => IpAddr::from(a),
+                None => s.key.dst_ip(),
+            };
+            let src = s.key.src_ip();
             if let (Some(init_out), Some(reply_out)) = (route(dst), route(src)) {
                 self.offload(slot, Side::Initiator, init_out, reply_out, tally);
             }

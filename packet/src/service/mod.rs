@@ -466,11 +466,15 @@ impl Services {
     }
 
     /// The worker that owns the flow of a packet with key `k` arriving on
-    /// `origin`'s side: by the translated port for traffic to a pool
-    /// address, else by [`Placement`] (the subscriber, on a node that
-    /// translates).
+    /// `origin`'s side: from outside, by the translated port for traffic
+    /// to a pool address and by the inside host for a static rule's;
+    /// else by [`Placement`] (the subscriber, on a node that translates).
     fn owner(&self, k: &FlowKey, origin: Origin) -> usize {
-        if let Some(dst) = k.dst_v4() {
+        // From inside, even to an outside address of the node (a
+        // hairpin), a packet is its sender's: its mapping is there.
+        if origin == Origin::Outside
+            && let Some(dst) = k.dst_v4()
+        {
             // A static rule's flows live with the inside host's.
             if let Some((inside, _, _)) = self.statics.target(dst, k.dport, k.proto) {
                 return self.placement.of_subscriber(inside);

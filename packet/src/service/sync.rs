@@ -21,7 +21,7 @@ use tandem_control::sync::{DeleteRecord, NackReason, Op, SessionRecord, WireKey,
 
 use super::{Binding, Services, binding, mapping_endpoint, release};
 use crate::{
-    session::{Origin, Placement, Side},
+    session::{Origin, Placement, Session, Side},
     sync::{self, Hub, ToSync, ToWorker, WALK_CHUNK, bump},
 };
 
@@ -523,6 +523,25 @@ impl Services {
         let _ = self.table.insert(s);
     }
 
+    /// A peer's session between two inside hosts through an outside
+    /// address of this node (its source-translated side goes to one, or
+    /// its translated destination came from one) is hairpinned here too:
+    /// the record does not say so, the addresses do.
+    fn mark_hairpin(&self, s: &mut Session) {
+        if s.nat().is_none() {
+            return;
+        }
+        let other = if s.is_dnat() {
+            s.key.src_v4()
+        } else {
+            s.key.dst_v4()
+        };
+        if other.is_some_and(|a| self.statics.is_external(a)) {
+            s.set_hairpin();
+            s.refuse_offload();
+        }
+    }
+
     /// The slot of the synced session whose initiator key is `k`.
     fn find_synced(&self, k: &WireKey) -> Option<u32> {
         match self.table.lookup(&sync::flow_key(k)) {
@@ -546,6 +565,7 @@ impl Services {
         }
         let mut s = sync::session(rec, now);
         s.set_synced(generation);
+        self.mark_hairpin(&mut s);
         if let Some((slot, side)) = self.table.lookup(&s.key) {
             let cur = self.table.get_mut(slot);
             if side == Side::Initiator && cur.is_synced() && cur.id == s.id && cur.nat() == s.nat()

@@ -1424,3 +1424,129 @@ fn flows_from_outside_count_against_the_subscribers_session_limit() {
     assert_eq!(t.get(WorkerCounter::NatAllocFailures), 2);
     assert_eq!(s.table.len(), 3);
 }
+
+/// An ICMP port unreachable from `from` to `to` quoting `f`'s datagram.
+fn unreachable_about(from: [u8; 4], to: [u8; 4], f: &[u8]) -> Vec<u8> {
+    let n = ETH_HLEN + parse(f).unwrap().datagram_len();
+    let mut err = Vec::new();
+    PacketBuilder::ethernet2([1; 6], [2; 6])
+        .ipv4(from, to, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut err, &f[ETH_HLEN..n])
+        .unwrap();
+    err.resize(2048, 0);
+    err
+}
+
+#[test]
+fn icmp_errors_of_a_forwarded_flow_are_translated_both_ways() {
+    let mut s = roomy(
+        "[[service_set.nat.forward]]\nprotocol = \"udp\"\noutside = \"198.18.2.100:1100\"\n\
+         inside = \"198.18.1.10:53\"\n",
+    );
+    let mut t = Tally::new(1);
+    let mut q = udp(SERVER, POOL, 33000, 1100);
+    run(&mut s, &mut q, OUT, 1, &mut t);
+    assert_eq!(endpoints(&q), (SERVER, 33000, CLIENT, 53));
+    // The inside host answers the query with an unreachable: it leaves
+    // from the forward's address, quoting what the server sent.
+    let mut err = unreachable_about(CLIENT, SERVER, &q);
+    assert_eq!(
+        run(&mut s, &mut err, IN, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(&err[26..30], &POOL);
+    let end = ETH_HLEN + parse(&err).unwrap().datagram_len();
+    let quote = wire::quoted_v4(&err, 42, end).unwrap();
+    assert_eq!((quote.dst, quote.dport), (POOL, 1100));
+    // The server's unreachable about the host's answer reaches the host.
+    let mut answer = udp(CLIENT, SERVER, 53, 33000);
+    run(&mut s, &mut answer, IN, 1, &mut t);
+    assert_eq!(endpoints(&answer), (POOL, 1100, SERVER, 33000));
+    let mut err = unreachable_about(SERVER, POOL, &answer);
+    assert_eq!(
+        run(&mut s, &mut err, OUT, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(&err[30..34], &CLIENT);
+    let end = ETH_HLEN + parse(&err).unwrap().datagram_len();
+    let quote = wire::quoted_v4(&err, 42, end).unwrap();
+    assert_eq!((quote.src, quote.sport), (CLIENT, 53));
+}
+
+#[test]
+fn a_standby_hairpins_what_its_peer_hairpinned() {
+    let (mut a, mut b) = (roomy(""), roomy(""));
+    let mut t = Tally::new(1);
+    for (host, port) in [(CLIENT, 5000), (CLIENT2, 6000)] {
+        let mut f = udp(host, SERVER, port, 3478);
+        run(&mut a, &mut f, IN, 1, &mut t);
+    }
+    let (ma, mb) = ((POOL, 1024), (POOL, 1040));
+    let mut f = udp(CLIENT, mb.0, 5000, mb.1);
+    assert_eq!(
+        run_in(&mut a, &mut f, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (ma.0, ma.1, CLIENT2, 6000));
+    let records: Vec<_> = (0..64)
+        .map(|slot| *a.table.get(slot))
+        .filter(Session::is_live)
+        .map(|x| crate::sync::record(&x, 1))
+        .collect();
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        assert_eq!(b.install(r, 1, 1), Ok(true));
+    }
+    // After a takeover both hosts go on through their mappings, and no
+    // hairpinned session may take the fast path.
+    let mut f = udp(CLIENT, mb.0, 5000, mb.1);
+    assert_eq!(
+        run_in(&mut b, &mut f, 2, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (ma.0, ma.1, CLIENT2, 6000));
+    let mut f = udp(CLIENT2, ma.0, 6000, ma.1);
+    assert_eq!(
+        run_in(&mut b, &mut f, 2, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (mb.0, mb.1, CLIENT, 5000));
+    let hairpinned = (0..64)
+        .map(|slot| *b.table.get(slot))
+        .filter(|x| x.is_live() && x.is_hairpin())
+        .inspect(|x| assert!(!b.may_offload(x)))
+        .count();
+    assert_eq!(hairpinned, 2);
+}
+
+#[test]
+fn a_hairpin_leaves_from_its_senders_worker_and_enters_at_the_mappings() {
+    let mut w0 = services(0, 2, "");
+    let mut w1 = services(1, 2, "");
+    let mut t = Tally::new(2);
+    let (a, b) = (client_of(0, 2), client_of(1, 2));
+    // B maps on worker 1 (its share: 1028-1031).
+    let mut f = udp(b, SERVER, 6000, 3478);
+    run(&mut w1, &mut f, IN, 0, &mut t);
+    let (_, mb, _, _) = endpoints(&f);
+    // A, on worker 0, writes to B's mapping: translated by A's worker
+    // (its share: 1024-1027), then in again from outside, which is B's
+    // worker's.
+    let mut f = udp(a, POOL, 5000, mb);
+    let ip = parse(&f).unwrap();
+    let Verdict::Hairpin { snat: Some(n) } = w0.process(&mut f, &ip, IN, 0, &mut t) else {
+        panic!("not hairpinned on the sender's worker");
+    };
+    n.apply(&mut f, ETH_HLEN);
+    let (_, ma, _, _) = endpoints(&f);
+    assert!((1024..=1027).contains(&ma), "{ma}");
+    assert_eq!(run(&mut w0, &mut f, OUT, 0, &mut t), Verdict::Handoff(1));
+    assert_eq!(
+        run(&mut w1, &mut f, OUT, 0, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (POOL, ma, b, 6000));
+}
