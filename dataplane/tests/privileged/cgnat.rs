@@ -20,6 +20,9 @@ use crate::{
 const SERVER2: &str = "198.18.2.11";
 /// A second inside host, on the client's interface.
 const CLIENT2: &str = "198.18.1.11";
+/// A third: of the node's two workers, 198.18.1.10 and .11 are worker 0's
+/// subscribers, 198.18.1.12 worker 1's.
+const OTHER: &str = "198.18.1.12";
 
 /// Binds a UDP socket in the server at `addr:port` that reports the
 /// source of the first datagram it gets (within 3 s).
@@ -246,8 +249,6 @@ fn mapping_of(sock: &UdpSocket) -> Result<SocketAddr, Failed> {
 /// cores give the node), so the hairpin crosses a handoff each way.
 fn two_inside_hosts_reach_each_other_through_their_mappings() -> Result<(), Failed> {
     let topo = Topo::new();
-    // 198.18.1.10 is worker 0's subscriber of two, 198.18.1.12 worker 1's.
-    const OTHER: &str = "198.18.1.12";
     ipw(&format!(
         "-n {} addr add {OTHER}/24 dev c0",
         topo.client.name
