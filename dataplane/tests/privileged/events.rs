@@ -440,7 +440,55 @@ fn a_full_event_ring_drops_and_counts() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A flow from outside through a forwarded port is logged with the inside
+/// host it was sent on to (`natDst`, `natDport`), not as a source
+/// translation.
+fn a_forwarded_flow_is_logged_with_its_inside_host() -> Result<(), Failed> {
+    let topo = Topo::new();
+    let rsyslog = Rsyslog::start(&topo.node)?;
+    let cfg = format!(
+        "{}[[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"{POOL}:8080\"\n\
+         inside = \"{CLIENT}:9300\"\n",
+        config("")
+    );
+    let mut d = Daemon::start(&topo.node, &cfg);
+    let listener = topo
+        .client
+        .enter(|| std::net::TcpListener::bind((CLIENT, 9300)).expect("bind"));
+    let accepted = thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    let conn = topo.server.enter(|| {
+        TcpStream::connect_timeout(
+            &format!("{POOL}:8080").parse().unwrap(),
+            Duration::from_secs(3),
+        )
+    })?;
+    let peer = accepted.join().unwrap()?;
+    let sport = conn.local_addr()?.port();
+    check(
+        peer.port() == sport,
+        format!("the inside host saw {peer}, the server's port is {sport}"),
+    )?;
+    let want = format!(
+        "origin=\"outside\" src=\"{SERVER}\" sport=\"{sport}\" dst=\"{POOL}\" \
+         dport=\"8080\" natDst=\"{CLIENT}\" natDport=\"9300\""
+    );
+    wait_for(10, "the forwarded session's create", || {
+        rsyslog
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("SESSION_CREATE|") && l.contains(&want))
+    })
+    .map_err(|e| format!("{e}: {want} not in:\n{}", rsyslog.lines().join("\n")))?;
+    drop(conn);
+    d.stop();
+    Ok(())
+}
+
 pub const TESTS: &[(&str, Test)] = &[
+    (
+        "a_forwarded_flow_is_logged_with_its_inside_host",
+        a_forwarded_flow_is_logged_with_its_inside_host,
+    ),
     (
         "session_events_reach_syslog_and_ipfix",
         session_events_reach_syslog_and_ipfix,

@@ -148,13 +148,25 @@ pub struct PortPool {
     /// Bit `a * span + (port - first)` is set while that pair is bound
     /// or cooling; the bits past the last pair are set for good.
     used: Vec<u64>,
-    /// Per pair: the inside endpoint of its mapping (0: none), which a
-    /// packet from outside finds its way in by. Under
-    /// address-and-port-dependent filtering nothing comes in that way, so
-    /// endpoint-independent mappings keep theirs in the map only
-    /// (`track` false): binding and releasing one then touches no
-    /// per-pair line beyond the bitmaps.
+    /// Per pair, under address-and-port-dependent mapping: the inside
+    /// endpoint of its one session (0: none).
     eps: Vec<u64>,
+    /// Per pair, under endpoint-independent mapping whose filtering lets
+    /// anything in (`track`): the inside port of its mapping, which a
+    /// packet from outside finds its way in by (the inside host is the
+    /// pair's block's holder; the map confirms the whole endpoint). Two
+    /// bytes a pair, so a new mapping's one write there lands on a line
+    /// 32 pairs share. Under address-and-port-dependent filtering
+    /// nothing comes in that way: binding and releasing then touch no
+    /// per-pair line beyond the bitmaps.
+    inside_ports: Vec<u16>,
+    /// Writes to `inside_ports` not yet made, their lines prefetched when
+    /// queued: a new mapping's write would otherwise miss the cache on the
+    /// packet's path (and stall the next locked instruction). Made when
+    /// the queue is full, at every [`Self::tick`] and before a packet
+    /// from outside looks a port up.
+    port_writes: [(u32, u16); PORT_WRITES],
+    port_writes_len: usize,
     track: bool,
     filtering: Filtering,
     /// Under address-dependent filtering: per (pair, outside host), the
@@ -210,6 +222,9 @@ pub struct PortPool {
     block_log: Vec<(bool, u32, u32)>,
     block_log_lost: u64,
 }
+
+/// `inside_ports` writes a pool holds back (see `port_writes`).
+const PORT_WRITES: usize = 32;
 
 /// Block changes a pool keeps for the event log between two drains.
 const BLOCK_LOG: usize = 256;
@@ -287,7 +302,7 @@ impl PortPool {
         } else {
             Filtering::AddressAndPortDependent
         };
-        let track = !eim || filtering != Filtering::AddressAndPortDependent;
+        let track = eim && filtering != Filtering::AddressAndPortDependent;
         let block_sizes: Vec<u32> = (0..blocks)
             .map(|b| {
                 let i = b as u32 % per_addr;
@@ -303,7 +318,10 @@ impl PortPool {
             span,
             first: first as u16,
             used,
-            eps: if track { vec![0; pairs] } else { Vec::new() },
+            eps: if eim { Vec::new() } else { vec![0; pairs] },
+            inside_ports: if track { vec![0; pairs] } else { Vec::new() },
+            port_writes: [(0, 0); PORT_WRITES],
+            port_writes_len: 0,
             track,
             filtering,
             remotes: HashMap::with_capacity_and_hasher(
@@ -370,6 +388,7 @@ impl PortPool {
     /// Moves the pool's clock to `now` (seconds): pairs whose reuse delay
     /// has passed are free again.
     pub fn tick(&mut self, now: u32) {
+        self.write_ports();
         self.now = now;
         while let Some(&(bit, at)) = self.queue.front() {
             if now.saturating_sub(at) < self.delay {
@@ -711,6 +730,13 @@ impl PortPool {
             });
         }
         if self.track {
+            if self.port_writes_len == PORT_WRITES {
+                self.write_ports();
+            }
+            crate::hint::prefetch(self.inside_ports.as_ptr().wrapping_add(bit).cast());
+            self.port_writes[self.port_writes_len] = (bit as u32, (ep >> 32) as u16);
+            self.port_writes_len += 1;
+        } else if !self.eim {
             self.eps[bit] = ep;
         }
     }
@@ -731,10 +757,10 @@ impl PortPool {
 
     /// Drops `ep`'s entry in the mapping map if it names `bit`.
     fn unmap(&mut self, ep: u64, bit: usize) {
-        if self.track && self.eps[bit] == ep {
-            self.eps[bit] = 0;
-        }
         if !self.eim {
+            if self.eps[bit] == ep {
+                self.eps[bit] = 0;
+            }
             return;
         }
         let hash = self.hash(ep);
@@ -777,10 +803,10 @@ impl PortPool {
                     Ok(mut e) => {
                         e.get_mut().refs -= 1;
                         if e.get().refs == 0 {
+                            // The pair's endpoint stays as it is (no
+                            // second write per release): a way in checks
+                            // the map, which no longer has it.
                             e.remove();
-                            if self.track {
-                                self.eps[bit] = 0;
-                            }
                             Some(true)
                         } else {
                             Some(false)
@@ -897,10 +923,13 @@ impl PortPool {
         let Some(bit) = self.bit(addr, port) else {
             return Ok(None);
         };
-        let ep = self.eps[bit];
-        if ep == 0 || (ep >> 48) as u8 != proto || !self.bound(bit) {
+        self.write_ports();
+        let holder = self.block_owner[self.block_of(bit)];
+        if holder == 0 || !self.bound(bit) {
             return Ok(None);
         }
+        let who = self.slab[holder as usize - 1].who.to_be_bytes();
+        let ep = endpoint(who, self.inside_ports[bit], proto);
         if self.filtering == Filtering::AddressDependent
             && !self.remotes.contains_key(&(bit as u32, remote))
         {
@@ -920,6 +949,14 @@ impl PortPool {
             self.slab[i].sessions += 1;
         }
         Ok(Some(ep))
+    }
+
+    /// Makes the `inside_ports` writes held back.
+    fn write_ports(&mut self) {
+        for &(bit, port) in &self.port_writes[..self.port_writes_len] {
+            self.inside_ports[bit as usize] = port;
+        }
+        self.port_writes_len = 0;
     }
 
     /// Whether the pool remembers which outside hosts each mapping has
@@ -1035,20 +1072,15 @@ impl PortPool {
         }
     }
 
-    /// Whether every bound pair's recorded endpoint is its mapping's.
+    /// Whether every mapping's pair records its endpoint (a pair with no
+    /// mapping may keep a stale one: the map is what a way in checks).
     #[cfg(test)]
-    pub(crate) fn endpoints_true(&self) -> bool {
+    pub(crate) fn endpoints_true(&mut self) -> bool {
+        self.write_ports();
         !self.track
-            || (0..self.eps.len()).all(|bit| {
-                let ep = self.eps[bit];
-                if !self.bound(bit) || !self.eim {
-                    return ep == 0 || self.bound(bit);
-                }
-                ep == 0 && !self.mappings.iter().any(|m| m.bit == bit as u32)
-                    || self
-                        .mappings
-                        .iter()
-                        .any(|m| m.bit == bit as u32 && m.ep == ep)
+            || self.mappings.iter().all(|m| {
+                self.inside_ports[m.bit as usize] == (m.ep >> 32) as u16
+                    && self.bound(m.bit as usize)
             })
     }
 
@@ -1356,6 +1388,24 @@ mod tests {
         assert_eq!((p.size(), p.blocks().1), (32256, 126), "the lab's share");
         assert!(p.mappings.capacity() >= p.size() && p.queue.capacity() >= p.size());
         assert!(p.subs.capacity() >= 126 + 64 && p.slab.len() == 126 + 64);
+        // Per pair: the holder slot and the inside port (the default
+        // filtering lets flows in), no endpoint; no remembered hosts.
+        assert_eq!(
+            (p.holders.len(), p.inside_ports.len(), p.eps.len()),
+            (32256, 32256, 0)
+        );
+        assert_eq!((size_of::<u32>(), size_of::<u16>()), (4, 2));
+        assert_eq!(p.remotes.capacity(), 0);
+        n.filtering = Filtering::AddressDependent;
+        let p = PortPool::new(&n, 0, 2, 1 << 20).unwrap();
+        assert!(p.remotes.capacity() >= 1 << 20);
+        assert_eq!(size_of::<((u32, u32), u32)>(), 12, "a remembered host");
+        n.filtering = Filtering::AddressAndPortDependent;
+        let p = PortPool::new(&n, 0, 2, 1 << 20).unwrap();
+        assert_eq!((p.inside_ports.len(), p.eps.len()), (0, 0));
+        n.mapping = Mapping::AddressAndPortDependent;
+        let p = PortPool::new(&n, 0, 2, 1 << 20).unwrap();
+        assert_eq!((p.inside_ports.len(), p.eps.len()), (0, 32256));
     }
 
     /// The prefetch hits what a lookup reads: if a hashbrown update moves
