@@ -478,7 +478,7 @@ fn a_forwarded_flow_is_logged_with_its_inside_host() -> Result<(), Failed> {
             .iter()
             .any(|l| l.starts_with("SESSION_CREATE|") && l.contains(&want))
     })
-    .map_err(|e| format!("{e}: {want} not in:\n{}", rsyslog.lines().join("\n")))?;
+    .map_err(|e| format!("{e:?}: {want} not in:\n{}", rsyslog.lines().join("\n")))?;
     drop(conn);
     d.stop();
     Ok(())
