@@ -192,6 +192,7 @@ fn test(no_lint: bool) -> Result<()> {
     let totals = run_tests(cargo().args([
         "test",
         "--workspace",
+        "--no-fail-fast",
         "--exclude",
         "tandem-ebpf",
         "--",
@@ -228,6 +229,7 @@ fn test(no_lint: bool) -> Result<()> {
             totals.passed += 1;
         } else {
             totals.failed += 1;
+            totals.failures.push(format!("fuzz {target}"));
         }
     }
     // The pair under a short seeded chaos run: every fault kind once.
@@ -247,6 +249,7 @@ fn test(no_lint: bool) -> Result<()> {
             Err(e) => {
                 println!("lab chaos: FAILED: {e:#}");
                 totals.failed += 1;
+                totals.failures.push("lab chaos".into());
             }
         }
         // A rolling upgrade from the previous sync protocol's build.
@@ -263,6 +266,7 @@ fn test(no_lint: bool) -> Result<()> {
             Err(e) => {
                 println!("lab upgrade: FAILED: {e:#}");
                 totals.failed += 1;
+                totals.failures.push("lab upgrade".into());
             }
         }
     } else {
@@ -279,6 +283,13 @@ fn test(no_lint: bool) -> Result<()> {
         Err(e) => {
             println!("install: FAILED: {e:#}");
             totals.failed += 1;
+            totals.failures.push("install".into());
+        }
+    }
+    for name in &totals.failures {
+        match totals.reasons.iter().find(|(n, _)| n == name) {
+            Some((_, why)) => println!("FAILED: {name}: {why}"),
+            None => println!("FAILED: {name}"),
         }
     }
     println!(
@@ -291,11 +302,63 @@ fn test(no_lint: bool) -> Result<()> {
     Ok(())
 }
 
+/// The failure being printed ("---- NAME ----"): its name and first lines.
+type Why = Option<(String, Vec<String>)>;
+
+impl Totals {
+    /// Counts one line of libtest's output (the harness's own tests
+    /// print the same): its results, the failed tests' names and the
+    /// first lines of their failures, named again at the end of the run,
+    /// where a log's tail shows them.
+    fn scan(&mut self, line: &str, why: &mut Why) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" ----"))
+        {
+            let name = name.split_whitespace().next().unwrap_or(name).to_owned();
+            *why = Some((name, Vec::new()));
+        } else if let Some((name, lines)) = why.as_mut() {
+            if line.trim().is_empty() || lines.len() == 3 {
+                self.reasons.push((name.clone(), lines.join(" / ")));
+                *why = None;
+            } else {
+                lines.push(line.trim().to_owned());
+            }
+        }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" FAILED"))
+            .and_then(|l| l.trim_end().strip_suffix("..."))
+        {
+            self.failures.push(name.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut w = part.split_whitespace().rev();
+                let (Some(word), Some(n)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match word {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// The failed tests' names, as printed, and the first lines of
+    /// what each printed.
+    failures: Vec<String>,
+    reasons: Vec<(String, String)>,
 }
 
 /// Runs a libtest-style test command, echoing its output, and sums the
@@ -308,24 +371,11 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
         .with_context(|| format!("starting {cmd:?}"))?;
     let mut t = Totals::default();
     let stdout = child.stdout.take().context("test stdout")?;
+    let mut why = None;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(';') {
-                let mut w = part.split_whitespace().rev();
-                let (Some(word), Some(n)) = (w.next(), w.next()) else {
-                    continue;
-                };
-                let n: u64 = n.parse().unwrap_or(0);
-                match word {
-                    "passed" => t.passed += n,
-                    "failed" => t.failed += n,
-                    "ignored" => t.ignored += n,
-                    _ => {}
-                }
-            }
-        }
+        t.scan(&line, &mut why);
     }
     let status = child.wait()?;
     if !status.success() {
@@ -382,5 +432,46 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { args } => bench(&args),
         Cmd::Traffic { cmd } => traffic::run(&cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_named_with_its_first_lines() {
+        let mut t = Totals::default();
+        let mut why = None;
+        for line in [
+            "test a::ok ... ok",
+            "test b::bad ... FAILED",
+            "test c_mimic                                 ... FAILED",
+            "",
+            "failures:",
+            "",
+            "---- b::bad stdout ----",
+            "thread 'b::bad' panicked at x.rs:1:1:",
+            "assertion failed",
+            "",
+            "---- c_mimic ----",
+            "the servers saw None",
+            "",
+            "test result: FAILED. 1 passed; 2 failed; 3 ignored; 0 measured",
+        ] {
+            t.scan(line, &mut why);
+        }
+        assert_eq!((t.passed, t.failed, t.ignored), (1, 2, 3));
+        assert_eq!(t.failures, ["b::bad", "c_mimic"]);
+        assert_eq!(
+            t.reasons,
+            [
+                (
+                    "b::bad".to_owned(),
+                    "thread 'b::bad' panicked at x.rs:1:1: / assertion failed".to_owned()
+                ),
+                ("c_mimic".to_owned(), "the servers saw None".to_owned())
+            ]
+        );
     }
 }
