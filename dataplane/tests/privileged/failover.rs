@@ -1934,17 +1934,47 @@ fn udp_echo(
 /// the pool address's forwarded port reach the inside host's echo
 /// server on A; A is SIGKILLed; they go on through B, which then takes
 /// new ones to the forward too. The sessions are listed with their
-/// translated destination on both nodes.
+/// translated destination on both nodes. A static translation's outside
+/// address moves with the pool's: the server reaches the static host
+/// through B.
 fn a_forwarded_port_keeps_working() -> Result<(), Failed> {
     fn config(node: &str) -> String {
         format!(
             "{}[[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"{POOL}:8080\"\n\
-             inside = \"198.18.1.10:{PORT}\"\n",
+             inside = \"198.18.1.10:{PORT}\"\n\
+             [[service_set.nat.static]]\ninside = \"198.18.1.11\"\noutside = \"198.18.2.120\"\n",
             Lab::config(node)
         )
     }
     let lab = Lab::new();
+    ipw(&format!(
+        "-n {} addr add 198.18.1.11/24 dev eth0",
+        lab.client.name
+    ));
     let (mut a, b) = lab.start_with(config)?;
+    let static_host = lab
+        .client
+        .enter(|| std::net::UdpSocket::bind("198.18.1.11:5000").expect("bind"));
+    static_host.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let server = lab
+        .server
+        .enter(|| std::net::UdpSocket::bind((SERVER, 0)).expect("bind"));
+    // The static host hears the server at its outside address (a few
+    // tries: the first meets an unresolved neighbour, or a takeover).
+    let reach_static = || -> Result<(), Failed> {
+        for _ in 0..10 {
+            server.send_to(b"hi", "198.18.2.120:5000")?;
+            let mut buf = [0u8; 8];
+            if let Ok((_, from)) = static_host.recv_from(&mut buf) {
+                return check(
+                    from.ip().to_string() == SERVER,
+                    format!("the static host heard {from}"),
+                );
+            }
+        }
+        Err("the static host heard nothing at 198.18.2.120".into())
+    };
+    reach_static()?;
     let stop = Arc::new(AtomicBool::new(false));
     let inside = echo_server_in(&lab.client, "198.18.1.10", Arc::clone(&stop));
     let to: std::net::SocketAddr = format!("{POOL}:8080").parse().expect("forward");
@@ -1972,6 +2002,7 @@ fn a_forwarded_port_keeps_working() -> Result<(), Failed> {
     thread::sleep(Duration::from_millis(300));
     let _ = a.signal_and_wait(libc::SIGKILL);
     wait("B MASTER", || state(&b) == Some(2) && holds_vip(&lab.b))?;
+    reach_static()?;
     // New connections to the forward, through B.
     let fresh = hold_from(&lab.server, to, 3, &stop);
     thread::sleep(Duration::from_secs(1));
