@@ -139,11 +139,19 @@ fn parse_config(firewall: u8) -> Config {
         }
         _ => "[service_set.firewall]\noutside_initiated = \"reject\"\n",
     };
+    // Each filtering, a forward (in the pool's range) and a static
+    // translation: flows from outside and hairpins have ways in.
+    let filtering = ["endpoint-independent", "address-dependent", "address-and-port-dependent"]
+        [usize::from(firewall % 3)];
     let text = format!(
         "[interfaces]\ninside = \"in0\"\noutside = \"out0\"\n\
          [sessions]\nper_worker = 64\n\
          [[service_set]]\nname = \"lab\"\n{rules}\
          [service_set.nat]\npool = [\"198.18.2.100\"]\nports = \"1024-1151\"\n\
+         block_size = 16\nfiltering = \"{filtering}\"\n\
+         [[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"198.18.2.100:1030\"\n\
+         inside = \"198.18.1.10:80\"\n\
+         [[service_set.nat.static]]\ninside = \"198.18.1.20\"\noutside = \"198.18.2.120\"\n\
          [[service_set]]\nname = \"v6\"\ninside_prefixes = [\"2001:db8:1::/64\"]\n"
     );
     Config::parse(Path::new("fuzz.toml"), &text).expect("the fuzz target's configuration")
@@ -229,8 +237,18 @@ fuzz_target!(|data: &[u8]| {
             handed: false,
         };
         match path::decide(&mut cx, &mut buf, at, headers, now, &mut tally) {
-            Decision::Handoff { to, len } => {
+            Decision::Handoff {
+                to,
+                len,
+                slot: from,
+                ingress: via,
+            } => {
                 assert!(to < workers && to != worker, "handed to {to}");
+                // As it arrived, or (a hairpin's second pass) from outside.
+                assert!(
+                    (from, via) == (slot, ingress) || via == OUT,
+                    "handed as from {from}/{via}"
+                );
                 let again = wire::parse(&buf[..len]).expect("a handed frame parses");
                 assert_eq!(again.l3(), ETH_HLEN, "a handed frame is untagged");
             }
