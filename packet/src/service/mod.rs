@@ -808,13 +808,34 @@ impl Services {
             s.set_hairpin();
             s.refuse_offload();
         }
-        if !self.table.keys_free(&s) {
-            // The reply key collides with a live session (e.g. an outside
-            // host reusing a translated port as its source): refuse.
-            unalloc(&mut self.sets, &s);
-            return Verdict::Drop(DropReason::NoSession);
+        if let Err(v) = self.insert_new(s, p.ip.datagram_len(), now, tally) {
+            return v;
         }
-        s.count(Side::Initiator, p.ip.datagram_len(), now);
+        if hairpin {
+            Verdict::Hairpin { snat }
+        } else {
+            Verdict::Pass { snat }
+        }
+    }
+
+    /// Enters the new session `s`, whose first packet is `len` bytes,
+    /// into the table (ending an unanswered one if it is full), and
+    /// tells the peer, the event log and the counters ([`Self::created`]).
+    /// Refused (its binding returned) when one of its keys is taken, as
+    /// when an outside host reuses a translated port as its source, or
+    /// when the table has no room.
+    fn insert_new(
+        &mut self,
+        mut s: Session,
+        len: usize,
+        now: u32,
+        tally: &mut Tally,
+    ) -> Result<u32, Verdict> {
+        if !self.table.keys_free(&s) {
+            unalloc(&mut self.sets, &s);
+            return Err(Verdict::Drop(DropReason::NoSession));
+        }
+        s.count(Side::Initiator, len, now);
         let inserted = self.table.insert(s).or_else(|full| {
             if self.early_drop(tally) {
                 self.table.insert(s)
@@ -825,14 +846,10 @@ impl Services {
         let Ok(slot) = inserted else {
             unalloc(&mut self.sets, &s);
             tally.add(WorkerCounter::SessionsRefused, 1);
-            return Verdict::Drop(DropReason::TableFull);
+            return Err(Verdict::Drop(DropReason::TableFull));
         };
         self.created(&s, slot, now, tally);
-        if hairpin {
-            Verdict::Hairpin { snat }
-        } else {
-            Verdict::Pass { snat }
-        }
+        Ok(slot)
     }
 
     /// The new session `s`, now in `slot`, goes to the peer, the event
@@ -935,24 +952,9 @@ impl Services {
             s.set_hairpin();
             s.refuse_offload();
         }
-        if !self.table.keys_free(&s) {
-            unalloc(&mut self.sets, &s);
-            return Verdict::Drop(DropReason::NoSession);
+        if let Err(v) = self.insert_new(s, p.ip.datagram_len(), now, tally) {
+            return v;
         }
-        s.count(Side::Initiator, p.ip.datagram_len(), now);
-        let inserted = self.table.insert(s).or_else(|full| {
-            if self.early_drop(tally) {
-                self.table.insert(s)
-            } else {
-                Err(full)
-            }
-        });
-        let Ok(slot) = inserted else {
-            unalloc(&mut self.sets, &s);
-            tally.add(WorkerCounter::SessionsRefused, 1);
-            return Verdict::Drop(DropReason::TableFull);
-        };
-        self.created(&s, slot, now, tally);
         let l4 = p.l4;
         wire::rewrite_v4(p.frame, p.ip.l3(), &l4, Rewrite::Destination, inside, port);
         Verdict::Pass { snat: None }
