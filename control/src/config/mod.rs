@@ -565,10 +565,16 @@ impl Config {
             let on_static = all()
                 .flat_map(|n| n.statics.iter())
                 .any(|s| s.outside == *f.outside.ip());
-            if twice || on_static {
+            // On a pool address, only its own set's: that set keeps the
+            // pair out of its mappings.
+            let others_pool = all()
+                .filter(|n| !std::ptr::eq(*n, nat))
+                .any(|n| n.pool.contains(f.outside.ip()));
+            if twice || on_static || others_pool {
                 return Err(invalid(
                     at(&format!("nat.forward[{i}].outside")),
-                    "a (protocol, address, port) forwarded once, not on a static address",
+                    "a (protocol, address, port) forwarded once, not on a static address \
+                     nor on another service set's pool",
                     f.outside.to_string(),
                 ));
             }
@@ -1015,6 +1021,13 @@ mod tests {
                  [[service_set.nat.forward]]\nprotocol = \"icmp\"\noutside = \"192.0.2.1:80\"\n\
                  inside = \"10.0.0.1:80\"\n",
                 "service_set[0].nat.forward[0]",
+            ),
+            (
+                "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\
+                 [[service_set]]\nname = \"b\"\n[service_set.nat]\npool = [\"192.0.2.2\"]\n\
+                 [[service_set.nat.forward]]\nprotocol = \"tcp\"\noutside = \"192.0.2.1:80\"\n\
+                 inside = \"10.0.0.1:80\"\n",
+                "service_set[1].nat.forward[0].outside",
             ),
             (
                 "[[service_set]]\nname = \"a\"\n[service_set.nat]\npool = [\"192.0.2.1\"]\n\

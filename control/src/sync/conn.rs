@@ -548,12 +548,15 @@ impl Conn {
     /// peer, or the backlog over its limit: counted).
     pub fn add(&mut self, r: &SessionRecord, now: Instant, stats: &mut Stats) -> bool {
         if r.validate(self.s.services).is_err()
-            || (r.flags & (REC_DNAT | REC_STATIC) != 0 && !self.both(CAP_STATIC_NAT))
+            || (r.flags & (REC_DNAT | REC_STATIC) != 0
+                && self.peer.is_some()
+                && !self.both(CAP_STATIC_NAT))
         {
             // Not a record this peer can take (an older version's peer
             // does not read static and outside-through-a-mapping
             // translations): counted, and sending it again would fail the
-            // same way.
+            // same way. With no peer yet it is refused below, so repair
+            // sends it to the next one.
             stats.encode_failures += 1;
             return true;
         }

@@ -1212,6 +1212,14 @@ fn static_and_inbound_translations_go_only_to_a_peer_that_reads_them() {
         assert_eq!(p.b.sessions().len(), want, "{caps:?}");
         assert_eq!(p.a.stats.encode_failures, 2 - want as u64, "{caps:?}");
     }
+    // Before the hellos nothing is known of the peer: such a record is
+    // refused as any other (repair sends it later), not counted as one
+    // the peer cannot take.
+    let mut p = Pair::new(None, None);
+    p.connect();
+    let c = p.a.conn.as_mut().unwrap();
+    assert!(!c.add(&inbound(4), p.now, &mut p.a.stats));
+    assert_eq!((p.a.stats.encode_failures, p.a.stats.send_discard), (0, 1));
     // Static without a translation is no record.
     let bad = SessionRecord {
         flags: REC_STATIC,

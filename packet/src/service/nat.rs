@@ -381,6 +381,10 @@ impl PortPool {
             let b = self.block_of(bit);
             self.block_free[b] -= 1;
             self.block_cap[b] -= 1;
+            if self.block_cap[b] == 0 {
+                // Every pair of it forwarded: never handed out.
+                self.ready[b / self.per_addr as usize] -= 1;
+            }
         }
         self
     }
@@ -417,7 +421,7 @@ impl PortPool {
 
     /// Whether none of block `b`'s pairs is bound or cooling.
     fn whole(&self, b: usize) -> bool {
-        self.block_free[b] == self.block_cap[b]
+        self.block_cap[b] != 0 && self.block_free[b] == self.block_cap[b]
     }
 
     /// Subscriber slot `i` takes block `b`.
@@ -1436,6 +1440,33 @@ mod tests {
             }
         }
         assert!(covered * 100 >= keys * 95, "{covered} of {keys} covered");
+    }
+
+    #[test]
+    fn a_block_of_forwarded_ports_is_never_handed_out() {
+        // Blocks of 4 ports (1024-1027, 1028-1031): the first all
+        // forwarded, the second one port of it.
+        let mut n = nat(1024, 1031, 1);
+        n.blocks_per_subscriber = 2;
+        n.forwards = [1024, 1025, 1026, 1027, 1029]
+            .map(|port| tandem_control::config::Forward {
+                protocol: tandem_control::config::Protocol(6),
+                outside: std::net::SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 100), port),
+                inside: std::net::SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 80),
+            })
+            .to_vec();
+        let mut p = PortPool::new(&n, 0, 1, 64).unwrap();
+        assert!(p.consistent());
+        assert_eq!(p.available(), 3);
+        let got: Vec<u16> = (0..4)
+            .filter_map(|i| p.bind(ep(1, i), 0).ok())
+            .map(|x| x.1)
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [1028, 1030, 1031], "{got:?}");
+        assert_eq!(p.bind(ep(2, 1), 0), Err(Refusal::PoolExhausted));
+        assert!(p.consistent());
     }
 
     proptest::proptest! {

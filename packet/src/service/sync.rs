@@ -94,7 +94,13 @@ pub(super) fn emit(
 /// worker has a stub there (see [`ToWorker::Stub`]): it goes with the
 /// session.
 pub(super) fn unstub(r: &WorkerSync, place: Placement, me: usize, s: &crate::session::Session) {
-    let h = place.of(&s.key, s.origin());
+    // A translated destination's stub is where the inside host's packets
+    // go (see `sync::Ownership::owner`).
+    let h = if s.is_dnat() {
+        place.of(&s.reply_key(), Origin::Inside)
+    } else {
+        place.of(&s.key, s.origin())
+    };
     if h != me && s.is_synced() && s.remote == 0 {
         forward(
             &r.hub,
@@ -492,7 +498,9 @@ impl Services {
     /// subscriber).
     fn elsewhere(&self, k: &WireKey) -> Option<usize> {
         let key = sync::flow_key(k);
-        let other = self.placement.of(&key, Origin::Outside);
+        // Where its packets from outside go: by the pool port or the
+        // static rule for a flow to an outside address of the node.
+        let other = self.owner(&key, Origin::Outside);
         (self.placement.of(&key, Origin::Inside) == self.worker && other != self.worker)
             .then_some(other)
     }
@@ -612,6 +620,14 @@ impl Services {
                 }
             }
         }
+        // Its outside host is remembered before the insert, so that a
+        // refusal's release forgets it again.
+        if let Some(b) = binding(&s)
+            && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
+            && pool.remembers_remotes()
+        {
+            pool.remote(b.addr, b.port, b.remote, true);
+        }
         let Ok(slot) = self.table.insert(s) else {
             release(&mut self.sets, &s);
             return Err(NackReason::TableFull);
@@ -620,9 +636,6 @@ impl Services {
             && let Some(pool) = self.sets[usize::from(s.service_set)].nat.as_mut()
         {
             pool.set_holder(b.addr, b.port, slot);
-            if pool.remembers_remotes() {
-                pool.remote(b.addr, b.port, b.remote, true);
-            }
         }
         Ok(true)
     }

@@ -852,6 +852,86 @@ mod replication {
     }
 
     #[test]
+    fn a_refresh_and_a_delete_find_a_forwarded_session() {
+        // A forward's session lives with its inside host (worker 0 here);
+        // its key (remote -> pool address) names neither that host nor a
+        // pool port: commands by key alone must still find it.
+        let forward = "[[service_set.nat.forward]]\nprotocol = \"tcp\"\n\
+                       outside = \"198.18.2.100:8080\"\ninside = \"198.18.1.10:80\"\n";
+        let inside = client_of(0, 2);
+        let forward = forward.replace("198.18.1.10", &std::net::Ipv4Addr::from(inside).to_string());
+        let hub = Arc::new(Hub::new(2));
+        let mut w: Vec<Services> = (0..2)
+            .map(|i| {
+                let mut s = services(i, 2, &forward);
+                s.attach(Arc::clone(&hub), 60);
+                s
+            })
+            .collect();
+        let remote = (10..250)
+            .map(|i| [198, 18, 3, i])
+            .find(|&r| {
+                Placement {
+                    workers: 2,
+                    by_subscriber: true,
+                }
+                .of_subscriber(r)
+                    == 1
+            })
+            .unwrap();
+        let mut x = Session::new(
+            FlowKey::v4(remote, POOL, 40000, 8080, 6),
+            9,
+            Origin::Outside,
+            0,
+            0,
+        );
+        x.set_dnat(inside, 80);
+        x.set_static();
+        let r = sync::record(&x, 0);
+        let own = sync::Ownership::new(&config(&forward), 2);
+        assert_eq!(own.owner(&r), Ok((0, None)), "the inside host's worker");
+        assert_eq!(own.of_key(&r.key), 1, "where a key alone goes first");
+        hub.ports[0]
+            .commands
+            .push(ToWorker::Install {
+                seq: 1,
+                generation: 1,
+                rec: r,
+            })
+            .unwrap();
+        w[0].sync_step(1);
+        assert_eq!(w[0].table.len(), 1);
+        let mut refreshed = sync::refresh_record(&x, 0);
+        refreshed.state = TcpState::Established as u8;
+        hub.ports[own.of_key(&r.key)]
+            .commands
+            .push(ToWorker::Refresh {
+                seq: 2,
+                generation: 1,
+                rec: refreshed,
+            })
+            .unwrap();
+        w[1].sync_step(2);
+        w[0].sync_step(2);
+        let (slot, _) = w[0].table.lookup(&x.key).unwrap();
+        assert_eq!(
+            w[0].table.get(slot).tcp_state(),
+            Some(TcpState::Established)
+        );
+        hub.ports[own.of_key(&r.key)]
+            .commands
+            .push(ToWorker::Remove {
+                rec: tandem_control::sync::DeleteRecord { id: 9, key: r.key },
+            })
+            .unwrap();
+        w[1].sync_step(3);
+        w[0].sync_step(3);
+        assert_eq!(w[0].table.len(), 0, "passed on and removed");
+        assert_eq!(count(&hub.ports[1].counts.not_found), 0);
+    }
+
+    #[test]
     fn a_newer_connection_stops_an_older_sweep() {
         let (mut s, hub) = standby();
         for p in 0..3 {
@@ -1549,4 +1629,34 @@ fn a_hairpin_leaves_from_its_senders_worker_and_enters_at_the_mappings() {
         Verdict::Pass { snat: None }
     );
     assert_eq!(endpoints(&f), (POOL, ma, b, 6000));
+}
+
+#[test]
+fn a_standby_refusing_a_session_keeps_its_mappings_hosts() {
+    // Address-dependent filtering, a table of 4: the second session of a
+    // mapping with the same server is refused for room; the server may
+    // still reach the mapping through the first.
+    let mut b = services(0, 1, "filtering = \"address-dependent\"\n");
+    let session = |sport: u16, dport: u16, nat_port: u16| {
+        let mut x = Session::new(
+            FlowKey::v4(CLIENT, SERVER, sport, dport, 17),
+            u64::from(sport) << 16 | u64::from(dport),
+            Origin::Inside,
+            0,
+            0,
+        );
+        x.set_nat(POOL, nat_port);
+        crate::sync::record(&x, 0)
+    };
+    for (sport, nat_port) in [(5000, 1024), (5001, 1025), (5002, 1026), (5003, 1027)] {
+        assert_eq!(b.install(&session(sport, 53, nat_port), 1, 0), Ok(true));
+    }
+    assert_eq!(
+        b.install(&session(5000, 54, 1024), 1, 0),
+        Err(tandem_control::sync::NackReason::TableFull)
+    );
+    let mut t = Tally::new(1);
+    let mut f = udp(SERVER, POOL, 99, 1024);
+    let v = run(&mut b, &mut f, OUT, 1, &mut t);
+    assert_ne!(v, Verdict::Drop(DropReason::NoSession), "filtered out");
 }
