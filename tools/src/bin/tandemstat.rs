@@ -123,10 +123,11 @@ enum Cmd {
         /// terse | brief | extensive
         level: Option<String>,
     },
-    /// The NAT pools (asked of the daemon): per service set its mapping
-    /// and limits, per pool address the ports in use and cooling and the
-    /// port blocks in use, the subscribers and the ten with the most
-    /// ports; and the translations refused, by reason (from the counters).
+    /// The NAT pools (asked of the daemon): per service set its mapping,
+    /// filtering and limits, its static translations and forwarded ports,
+    /// per pool address the ports in use and cooling and the port blocks
+    /// in use, the subscribers and the ten with the most ports; and the
+    /// translations refused, by reason (from the counters).
     Nat,
     /// The peer as the heartbeats see it: its state, health and priority,
     /// and per path sent, received, echoed, missed and rejected heartbeats,
