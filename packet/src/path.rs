@@ -227,12 +227,14 @@ fn decide_pass(
                     let slot = cx.routes.slots.iter().position(|&x| x != i)?;
                     Some((slot, cx.routes.slots[slot]))
                 });
-            let (Some(snat), Some((slot, ingress)), false) = (snat, outside, again) else {
+            let (Some((slot, ingress)), false) = (outside, again) else {
                 return Decision::Act(Action::Drop(DropReason::NoSession));
             };
             // The sender's mapping first; then in again, as from outside,
             // to the mapping (or forward) it was sent to.
-            snat.apply(buf, ETH_HLEN);
+            if let Some(snat) = snat {
+                snat.apply(buf, ETH_HLEN);
+            }
             let len = ETH_HLEN + h.ip.datagram_len();
             let next = Arrival {
                 len,

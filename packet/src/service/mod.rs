@@ -49,8 +49,9 @@ pub enum Verdict {
         snat: Option<Snat>,
     },
     /// Inside to inside through an outside address (hairpinning): apply
-    /// `snat` (the sender's mapping), then put the datagram through the
-    /// services again as if it came in on the outside interface.
+    /// `snat` (the sender's mapping; `None`: an ICMP error, rewritten
+    /// already), then put the datagram through the services again as if
+    /// it came in on the outside interface.
     Hairpin {
         snat: Option<Snat>,
     },
@@ -1054,11 +1055,15 @@ impl Services {
                 s.inside_endpoint().expect("NAT sessions are IPv4"),
             ),
         };
-        if wire::rewrite_icmp_error_v4(frame, ip.l3(), ip.datagram_len(), l4, which, a, p) {
-            Verdict::Pass { snat: None }
-        } else {
-            Verdict::Drop(DropReason::BadHeader)
+        if !wire::rewrite_icmp_error_v4(frame, ip.l3(), ip.datagram_len(), l4, which, a, p) {
+            return Verdict::Drop(DropReason::BadHeader);
         }
+        if s.is_hairpin() && which == Rewrite::Source {
+            // From one inside host about the other's packet: now from the
+            // outside address, it goes in again to the other.
+            return Verdict::Hairpin { snat: None };
+        }
+        Verdict::Pass { snat: None }
     }
 
     /// Ages the table to `now`; returns how many sessions expired. The

@@ -1456,6 +1456,8 @@ mod tests {
             })
             .to_vec();
         let mut p = PortPool::new(&n, 0, 1, 64).unwrap();
+        // Blocks are searched lowest first: the forwarded one comes first.
+        p.lowest_first();
         assert!(p.consistent());
         assert_eq!(p.available(), 3);
         let got: Vec<u16> = (0..4)

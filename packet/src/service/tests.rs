@@ -1231,8 +1231,10 @@ fn roomy(extra: &str) -> Services {
 fn run_in(s: &mut Services, buf: &mut [u8], now: u32, t: &mut Tally) -> Verdict {
     let ip = parse(buf).unwrap();
     match s.process(buf, &ip, IN, now, t) {
-        Verdict::Hairpin { snat: Some(n) } => {
-            n.apply(buf, ETH_HLEN);
+        Verdict::Hairpin { snat } => {
+            if let Some(n) = snat {
+                n.apply(buf, ETH_HLEN);
+            }
             run(s, buf, OUT, now, t)
         }
         Verdict::Pass { snat: Some(n) } => {
@@ -1659,4 +1661,35 @@ fn a_standby_refusing_a_session_keeps_its_mappings_hosts() {
     let mut f = udp(SERVER, POOL, 99, 1024);
     let v = run(&mut b, &mut f, OUT, 1, &mut t);
     assert_ne!(v, Verdict::Drop(DropReason::NoSession), "filtered out");
+}
+
+#[test]
+fn an_icmp_error_between_hairpinned_hosts_reaches_the_sender() {
+    let mut s = roomy("");
+    let mut t = Tally::new(1);
+    for (host, port) in [(CLIENT, 5000), (CLIENT2, 6000)] {
+        let mut f = udp(host, SERVER, port, 3478);
+        run(&mut s, &mut f, IN, 1, &mut t);
+    }
+    let (ma, mb) = ((POOL, 1024), (POOL, 1040));
+    let mut f = udp(CLIENT, mb.0, 5000, mb.1);
+    assert_eq!(
+        run_in(&mut s, &mut f, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!(endpoints(&f), (ma.0, ma.1, CLIENT2, 6000));
+    // B has no socket there: its unreachable goes back through both
+    // translations to A, quoting what A sent.
+    let mut err = unreachable_about(CLIENT2, ma.0, &f);
+    assert_eq!(
+        run_in(&mut s, &mut err, 1, &mut t),
+        Verdict::Pass { snat: None }
+    );
+    assert_eq!((&err[26..30], &err[30..34]), (&POOL[..], &CLIENT[..]));
+    let end = ETH_HLEN + parse(&err).unwrap().datagram_len();
+    let quote = wire::quoted_v4(&err, 42, end).unwrap();
+    assert_eq!(
+        (quote.src, quote.sport, quote.dst, quote.dport),
+        (CLIENT, 5000, mb.0, mb.1)
+    );
 }
