@@ -161,28 +161,25 @@ fn session(o: &mut String, r: &Row, level: Level) {
         r.session_id,
         yes_no(r.offload)
     );
+    // The translation: the initiator's source (an inside flow) or its
+    // destination (a flow from outside to a mapping, forward or static).
+    let translation = match (r.nat_source, r.nat_source_port) {
+        (Some(a), Some(p)) => Some(("NAPT-44", "NAT source", &src, a, p)),
+        _ => match (r.nat_destination, r.nat_destination_port) {
+            (Some(a), Some(p)) => Some(("DNAPT-44", "NAT destination", &dst, a, p)),
+            _ => None,
+        },
+    };
     if matches!(level, Level::Brief | Level::Extensive)
-        && let (Some(a), Some(p)) = (r.nat_source, r.nat_source_port)
+        && let Some((kind, what, from, a, p)) = translation
     {
         let _ = writeln!(o, "NAT PLugin Data:");
-        let _ = writeln!(o, "  NAT Action:   Translation Type - NAPT-44");
+        let _ = writeln!(o, "  NAT Action:   Translation Type - {kind}");
         let _ = writeln!(
             o,
-            "    NAT source  {:>24}  ->  {}",
-            src,
-            endpoint(a, p, r.protocol)
-        );
-    }
-    if matches!(level, Level::Brief | Level::Extensive)
-        && let (Some(a), Some(p)) = (r.nat_destination, r.nat_destination_port)
-    {
-        let _ = writeln!(o, "NAT PLugin Data:");
-        let _ = writeln!(o, "  NAT Action:   Translation Type - DNAPT-44");
-        let _ = writeln!(
-            o,
-            "    NAT destination  {:>19}  ->  {}",
-            dst,
-            endpoint(a, p, r.protocol)
+            "    {what}  {from:>width$}  ->  {}",
+            endpoint(a, p, r.protocol),
+            width = 34 - what.len()
         );
     }
     let (rsrc, rdst) = reply_flow(r);
@@ -216,6 +213,64 @@ fn session(o: &mut String, r: &Row, level: Level) {
             o,
             "  Bytes: {} initiator, {} responder",
             r.bytes_initiator, r.bytes_responder
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brief_names_the_translation_of_either_side() {
+        let row = |dnat: bool| Row {
+            session_id: 7,
+            service_set: "lab".into(),
+            protocol: 6,
+            source: "198.18.2.10".parse().unwrap(),
+            source_port: 40000,
+            destination: "198.18.2.100".parse().unwrap(),
+            destination_port: 8080,
+            nat_source: (!dnat).then(|| "198.18.2.100".parse().unwrap()),
+            nat_source_port: (!dnat).then_some(1024),
+            nat_destination: dnat.then(|| "198.18.1.10".parse().unwrap()),
+            nat_destination_port: dnat.then_some(80),
+            state: "Forward".into(),
+            tcp_state: None,
+            direction: if dnat { "O" } else { "I" }.into(),
+            interface: "out0".into(),
+            frames_initiator: 1,
+            frames_responder: 1,
+            bytes_initiator: 60,
+            bytes_responder: 60,
+            age_s: 1,
+            idle_s: 0,
+            timeout_s: 20,
+            worker: 0,
+            offload: false,
+        };
+        let text = |dnat| {
+            let rows = vec![row(dnat)];
+            super::text(&Answer::Rows { rows, matched: 1 }, Level::Brief)
+        };
+        let (out, inbound) = (text(false), text(true));
+        assert!(out.contains("Translation Type - NAPT-44\n"), "{out}");
+        assert!(
+            out.contains("    NAT source         198.18.2.10:40000  ->  198.18.2.100:1024\n"),
+            "{out}"
+        );
+        assert!(
+            inbound.contains("Translation Type - DNAPT-44\n"),
+            "{inbound}"
+        );
+        assert!(
+            inbound.contains("    NAT destination    198.18.2.100:8080  ->  198.18.1.10:80\n"),
+            "{inbound}"
+        );
+        // The answer comes from where the initiator's packets were sent on.
+        assert!(
+            inbound.contains("198.18.1.10:80  ->  198.18.2.10:40000"),
+            "{inbound}"
         );
     }
 }

@@ -1522,6 +1522,13 @@ fn unreachable_about(from: [u8; 4], to: [u8; 4], f: &[u8]) -> Vec<u8> {
     err
 }
 
+/// The datagram an ICMPv4 error (untagged, with a 20-byte IP header)
+/// quotes.
+fn quote_of(err: &[u8]) -> wire::Quoted {
+    let end = ETH_HLEN + parse(err).unwrap().datagram_len();
+    wire::quoted_v4(err, 42, end).unwrap()
+}
+
 #[test]
 fn icmp_errors_of_a_forwarded_flow_are_translated_both_ways() {
     let mut s = roomy(
@@ -1540,8 +1547,7 @@ fn icmp_errors_of_a_forwarded_flow_are_translated_both_ways() {
         Verdict::Pass { snat: None }
     );
     assert_eq!(&err[26..30], &POOL);
-    let end = ETH_HLEN + parse(&err).unwrap().datagram_len();
-    let quote = wire::quoted_v4(&err, 42, end).unwrap();
+    let quote = quote_of(&err);
     assert_eq!((quote.dst, quote.dport), (POOL, 1100));
     // The server's unreachable about the host's answer reaches the host.
     let mut answer = udp(CLIENT, SERVER, 53, 33000);
@@ -1553,8 +1559,7 @@ fn icmp_errors_of_a_forwarded_flow_are_translated_both_ways() {
         Verdict::Pass { snat: None }
     );
     assert_eq!(&err[30..34], &CLIENT);
-    let end = ETH_HLEN + parse(&err).unwrap().datagram_len();
-    let quote = wire::quoted_v4(&err, 42, end).unwrap();
+    let quote = quote_of(&err);
     assert_eq!((quote.src, quote.sport), (CLIENT, 53));
 }
 
@@ -1686,8 +1691,7 @@ fn an_icmp_error_between_hairpinned_hosts_reaches_the_sender() {
         Verdict::Pass { snat: None }
     );
     assert_eq!((&err[26..30], &err[30..34]), (&POOL[..], &CLIENT[..]));
-    let end = ETH_HLEN + parse(&err).unwrap().datagram_len();
-    let quote = wire::quoted_v4(&err, 42, end).unwrap();
+    let quote = quote_of(&err);
     assert_eq!(
         (quote.src, quote.sport, quote.dst, quote.dport),
         (CLIENT, 5000, mb.0, mb.1)
